@@ -64,7 +64,11 @@ mod tests {
     fn refuses_other_characters_and_lengths() {
         let long = "a".repeat(254);
         for bad in ["", "a/b", "a b", "ü", "..%2f", long.as_str()] {
-            assert_eq!(CollectionName::parse(bad), Err(InvalidCollectionName), "{bad}");
+            assert_eq!(
+                CollectionName::parse(bad),
+                Err(InvalidCollectionName),
+                "{bad}"
+            );
         }
     }
 }

@@ -79,11 +79,17 @@ pub fn parse_body(body: &[u8], server_time_nanos: i64, id: &PublicId) -> ParsedB
                     ctx.push_value(&mut out, item, Some(i));
                 }
             }
-            Err(e) => ctx.push_unparseable(&mut out, body, &format!("body is not a JSON array of objects: {e}")),
+            Err(e) => ctx.push_unparseable(
+                &mut out,
+                body,
+                &format!("body is not a JSON array of objects: {e}"),
+            ),
         },
         Some(b'{') => match serde_json::from_slice::<&RawValue>(body) {
             Ok(item) => ctx.push_value(&mut out, item, None),
-            Err(e) => ctx.push_unparseable(&mut out, body, &format!("body is not a JSON object: {e}")),
+            Err(e) => {
+                ctx.push_unparseable(&mut out, body, &format!("body is not a JSON object: {e}"))
+            }
         },
         _ => ctx.push_unparseable(
             &mut out,
@@ -146,8 +152,12 @@ fn split_logtail(raw: &RawValue) -> ClientLogtail<'_> {
                 .and_then(timefmt::parse_rfc3339)
                 .map(|t| lt.client_time = Some((v, t)))
                 .is_some(),
-            "proc_id" => serde_json::from_str::<u32>(v.get()).map(|n| lt.proc_id = Some(n)).is_ok(),
-            "proc_seq" => serde_json::from_str::<u64>(v.get()).map(|n| lt.proc_seq = Some(n)).is_ok(),
+            "proc_id" => serde_json::from_str::<u32>(v.get())
+                .map(|n| lt.proc_id = Some(n))
+                .is_ok(),
+            "proc_seq" => serde_json::from_str::<u64>(v.get())
+                .map(|n| lt.proc_seq = Some(n))
+                .is_ok(),
             _ => false,
         };
         if !kept {
@@ -180,7 +190,12 @@ fn kind_of(raw: &RawValue) -> &'static str {
 impl EntryContext {
     /// Opens the stored object with its `logtail` member; returns the buffer
     /// positioned after the `logtail` object, ready for more members.
-    fn start_entry(&self, cap: usize, lt: &ClientLogtail<'_>, error: Option<(&str, &[u8])>) -> Vec<u8> {
+    fn start_entry(
+        &self,
+        cap: usize,
+        lt: &ClientLogtail<'_>,
+        error: Option<(&str, &[u8])>,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(cap + 160);
         out.extend_from_slice(b"{\"logtail\":{");
         if let Some((raw, _)) = lt.client_time {
@@ -211,20 +226,34 @@ impl EntryContext {
 
     fn push_error_entry(&self, out: &mut ParsedBody, message: String, extra: &[u8]) {
         let json = {
-            let mut j = self.start_entry(extra.len(), &ClientLogtail::default(), Some((&message, extra)));
+            let mut j = self.start_entry(
+                extra.len(),
+                &ClientLogtail::default(),
+                Some((&message, extra)),
+            );
             j.push(b'}');
             j
         };
         out.bad += 1;
         out.first_error.get_or_insert(message);
-        out.entries.push(IngestEntry { json, client_time: None, proc_id: None, proc_seq: None, has_error: true });
+        out.entries.push(IngestEntry {
+            json,
+            client_time: None,
+            proc_id: None,
+            proc_seq: None,
+            has_error: true,
+        });
     }
 
     fn push_unparseable(&self, out: &mut ParsedBody, body: &[u8], why: &str) {
         let shown = &body[..body.len().min(MAX_BAD_DATA_BYTES)];
         let text = String::from_utf8_lossy(shown);
         let message = if shown.len() < body.len() {
-            format!("{why} (first {} of {} bytes kept in bad_data)", shown.len(), body.len())
+            format!(
+                "{why} (first {} of {} bytes kept in bad_data)",
+                shown.len(),
+                body.len()
+            )
         } else {
             why.to_owned()
         };
@@ -263,7 +292,11 @@ impl EntryContext {
         let mut error_extra = Vec::new();
         let mut message = None;
         if let Some(v) = lt.not_object {
-            message = Some(format!("{}the logtail member must be an object, got {}", where_(), kind_of(v)));
+            message = Some(format!(
+                "{}the logtail member must be an object, got {}",
+                where_(),
+                kind_of(v)
+            ));
             error_extra.extend_from_slice(b",\"bad_data\":");
             error_extra.extend_from_slice(v.get().as_bytes());
         } else if !lt.refused.is_empty() {
@@ -282,7 +315,11 @@ impl EntryContext {
             }
             error_extra.push(b'}');
         }
-        let mut json = self.start_entry(text.len(), &lt, message.as_deref().map(|m| (m, error_extra.as_slice())));
+        let mut json = self.start_entry(
+            text.len(),
+            &lt,
+            message.as_deref().map(|m| (m, error_extra.as_slice())),
+        );
         for (k, v) in members.0.iter().filter(|(k, _)| k != "logtail") {
             json.push(b',');
             push_key(&mut json, k);
@@ -325,7 +362,9 @@ mod tests {
 
     #[test]
     fn single_object_gains_server_fields_and_keeps_client_ones() {
-        let (p, v) = parse(r#"{"text":"hi","logtail":{"client_time":"2023-11-14T22:13:19.5Z","proc_id":7,"proc_seq":9},"v":1}"#);
+        let (p, v) = parse(
+            r#"{"text":"hi","logtail":{"client_time":"2023-11-14T22:13:19.5Z","proc_id":7,"proc_seq":9},"v":1}"#,
+        );
         assert_eq!(p.bad, 0);
         let e = &v[0];
         assert_eq!(e["text"], "hi");
@@ -335,8 +374,14 @@ mod tests {
         assert_eq!(e["logtail"]["proc_seq"], 9);
         assert_eq!(e["logtail"]["server_time"], "2023-11-14T22:13:20Z");
         assert_eq!(e["logtail"]["id"], id().to_hex());
-        assert_eq!(p.entries[0].client_time, Some(1_700_000_000_000_000_000 - 500_000_000));
-        assert_eq!((p.entries[0].proc_id, p.entries[0].proc_seq), (Some(7), Some(9)));
+        assert_eq!(
+            p.entries[0].client_time,
+            Some(1_700_000_000_000_000_000 - 500_000_000)
+        );
+        assert_eq!(
+            (p.entries[0].proc_id, p.entries[0].proc_seq),
+            (Some(7), Some(9))
+        );
     }
 
     #[test]
@@ -359,12 +404,23 @@ mod tests {
         assert_eq!(p.bad, 3);
         assert_eq!(v[1]["logtail"]["error"]["bad_data"], 42);
         assert_eq!(v[2]["logtail"]["error"]["bad_data"], "s");
-        assert!(v[1]["logtail"]["error"]["message"].as_str().unwrap().contains("entry 1: a number"));
+        assert!(
+            v[1]["logtail"]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("entry 1: a number")
+        );
     }
 
     #[test]
     fn garbage_and_invalid_utf8_are_saved_as_errors() {
-        for body in [&b"not json"[..], b"{\"a\":", b"", b"[\xff\xfe]", b"{\"a\":\"\xc3\x28\"}"] {
+        for body in [
+            &b"not json"[..],
+            b"{\"a\":",
+            b"",
+            b"[\xff\xfe]",
+            b"{\"a\":\"\xc3\x28\"}",
+        ] {
             let p = parse_body(body, 0, &id());
             assert_eq!(p.entries.len(), 1, "{body:?}");
             assert_eq!(p.bad, 1);
@@ -379,7 +435,12 @@ mod tests {
         let (p, v) = parse(&big);
         assert_eq!(p.bad, 1);
         assert!(p.entries[0].json.len() < MAX_ENTRY_BYTES);
-        assert!(v[0]["logtail"]["error"]["message"].as_str().unwrap().contains("over the 262144-byte limit"));
+        assert!(
+            v[0]["logtail"]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("over the 262144-byte limit")
+        );
     }
 
     #[test]

@@ -33,7 +33,10 @@ mod tests {
         let s = format_nanos(n);
         assert_eq!(s, "2023-11-14T22:13:20.123456789Z");
         assert_eq!(parse_rfc3339(&s), Some(n));
-        assert_eq!(parse_rfc3339("2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000_500_000_000));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T23:13:20.5+01:00"),
+            Some(1_700_000_000_500_000_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

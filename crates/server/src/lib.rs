@@ -1,1 +1,224 @@
-//! server
+//! Tally server: the logs-service HTTP API over the store.
+//!
+//! Routes (see DESIGN.md, "Logs service API"):
+//! - `POST /c/{collection}/{private-id}`: ingest (needs only a valid private ID
+//!   and an existing collection);
+//! - `GET /c/{collection}`, `GET /collections`: read (API key);
+//! - `POST /collections`, `POST /instances`: configure (API key);
+//! - `GET /healthz`: liveness, no key.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod catalog;
+pub mod error;
+pub mod ingest;
+pub mod instances;
+pub mod query;
+pub mod retention;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use catalog::Catalog;
+use instances::InstanceStats;
+use retention::RetentionRules;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_store::{Store, StoreConfig};
+use tokio::net::TcpListener;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Data directory (store, catalog).
+    pub data_dir: PathBuf,
+    /// A fixed bootstrap admin key (for automation); generated when `None`.
+    pub bootstrap_key: Option<String>,
+    /// Retention of adopted instances' entries for new collections, in days.
+    pub default_retention_days: u32,
+    /// Bytes an unadopted instance may store per 12 hours, per collection.
+    pub unadopted_cap_bytes: u64,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+    /// Most uploads processed at once before answering 429.
+    pub max_concurrent_uploads: usize,
+    /// Store tuning.
+    pub store: Option<StoreConfig>,
+}
+
+impl ServerConfig {
+    /// Defaults for `data_dir` and `listen`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            bootstrap_key: None,
+            default_retention_days: 30,
+            unadopted_cap_bytes: 10 << 20,
+            retention_interval: Duration::from_secs(60),
+            max_concurrent_uploads: 512,
+            store: None,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub config: Arc<ServerConfig>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// Collections, adoptions, keys.
+    pub catalog: Arc<Catalog>,
+    /// Per-instance statistics.
+    pub instances: Arc<InstanceStats>,
+    /// Upload concurrency limit.
+    pub ingest_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/c/{collection}/{private_id}", post(ingest::post_logs))
+        .route("/c/{collection}", get(query::get_logs))
+        .route(
+            "/collections",
+            get(query::get_collections).post(admin::post_collections),
+        )
+        .route("/instances", post(admin::post_instances))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            error::ApiError::not_found("no such endpoint; see the README for the API")
+        })
+        // Compressed bodies are smaller than the decompressed limit; leave room for headers of incompressible data.
+        .layer(DefaultBodyLimit::max(
+            tally_proto::logtail::MAX_BODY_BYTES + (64 << 10),
+        ))
+        .with_state(state)
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    /// The bootstrap key, when it was generated (or added) at this start.
+    pub new_bootstrap_key: Option<String>,
+    /// What store recovery found.
+    pub recovery: tally_store::RecoveryReport,
+}
+
+impl Server {
+    /// Opens the data directory, recovers the store, and binds the socket.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let rules = Arc::new(RetentionRules::default());
+        let (catalog, created) = Catalog::open(
+            config.data_dir.join("catalog.json"),
+            rules.clone(),
+            config.default_retention_days,
+        )?;
+        let mut new_bootstrap_key = None;
+        if let Some(k) = &config.bootstrap_key {
+            if k.len() < 16 {
+                anyhow::bail!("TALLY_BOOTSTRAP_KEY must be at least 16 characters");
+            }
+            if catalog.find_key(k).is_none() {
+                catalog.add_key(k, "bootstrap admin key (TALLY_BOOTSTRAP_KEY)")?;
+            }
+        } else if created {
+            let k = catalog::generate_key();
+            catalog.add_key(&k, "bootstrap admin key")?;
+            new_bootstrap_key = Some(k);
+        }
+        let store_config = config
+            .store
+            .clone()
+            .unwrap_or_else(|| StoreConfig::new(config.data_dir.join("store")));
+        let (store, recovery) =
+            tokio::task::spawn_blocking(move || Store::open(store_config, rules))
+                .await
+                .context("store recovery panicked")?
+                .context("cannot open the store")?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (is another server running? use --listen)",
+                config.listen
+            )
+        })?;
+        let state = AppState {
+            instances: Arc::new(InstanceStats::open(config.data_dir.join("instances.json"))),
+            ingest_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
+            config: Arc::new(config),
+            store,
+            catalog: Arc::new(catalog),
+        };
+        Ok(Self {
+            listener,
+            state,
+            new_bootstrap_key,
+            recovery,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` completes, then closes the store.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let background = tokio::spawn(background_tasks(state.clone()));
+        let app = router(state.clone());
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+        background.abort();
+        let _ = state.instances.save_if_dirty();
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .ok();
+        Ok(())
+    }
+}
+
+async fn background_tasks(state: AppState) {
+    let mut retention = tokio::time::interval(state.config.retention_interval);
+    let mut stats = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = retention.tick() => {
+                let store = state.store.clone();
+                let now = tally_proto::timefmt::now_nanos();
+                match tokio::task::spawn_blocking(move || store.enforce_retention(now)).await {
+                    Ok(Ok(r)) if r.records_deleted > 0 => tracing::info!(
+                        deleted = r.records_deleted, segments_deleted = r.segments_deleted, segments_rewritten = r.segments_rewritten,
+                        "retention removed expired entries"
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("retention pass failed (will retry): {e}"),
+                    Err(e) => tracing::error!("retention pass panicked: {e}"),
+                }
+            }
+            _ = stats.tick() => {
+                if let Err(e) = state.instances.save_if_dirty() {
+                    tracing::warn!("saving instance statistics failed: {e}");
+                }
+            }
+        }
+    }
+}

@@ -19,14 +19,33 @@ impl Cursor {
     /// committed position, or at the beginning of the log.
     pub fn open(store: Arc<Store>, name: &str, filter: Filter) -> Result<Self, StoreError> {
         let dir = store.dir().join("cursors");
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { what: format!("create {}", dir.display()), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
         let checkpoint = dir.join(format!("{name}.pos"));
         let committed = match std::fs::read_to_string(&checkpoint) {
-            Ok(s) => s.trim().parse().map_err(|_| StoreError::Corrupt(format!("cursor checkpoint {} is not a number", checkpoint.display())))?,
+            Ok(s) => s.trim().parse().map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "cursor checkpoint {} is not a number",
+                    checkpoint.display()
+                ))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-            Err(source) => return Err(StoreError::Io { what: format!("read {}", checkpoint.display()), source }),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: format!("read {}", checkpoint.display()),
+                    source,
+                });
+            }
         };
-        Ok(Self { store, checkpoint, filter, read_pos: committed, committed })
+        Ok(Self {
+            store,
+            checkpoint,
+            filter,
+            read_pos: committed,
+            committed,
+        })
     }
 
     /// The position after the last committed record.
@@ -43,9 +62,10 @@ impl Cursor {
             let store = self.store.clone();
             let filter = self.filter.clone();
             let from = self.read_pos;
-            let batch = tokio::task::spawn_blocking(move || store.scan(from, &filter, max, 16 << 20, now))
-                .await
-                .map_err(|_| StoreError::Closed)??;
+            let batch =
+                tokio::task::spawn_blocking(move || store.scan(from, &filter, max, 16 << 20, now))
+                    .await
+                    .map_err(|_| StoreError::Closed)??;
             self.read_pos = batch.next_seq;
             if !batch.records.is_empty() {
                 return Ok(batch.records);

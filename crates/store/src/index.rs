@@ -117,10 +117,14 @@ impl Filter {
         if b.count == 0 {
             return false;
         }
-        if self.time_start.is_some_and(|t| b.max_time < t) || self.time_end.is_some_and(|t| b.min_time > t) {
+        if self.time_start.is_some_and(|t| b.max_time < t)
+            || self.time_end.is_some_and(|t| b.min_time > t)
+        {
             return false;
         }
-        if !self.collections.is_empty() && !self.collections.iter().any(|c| b.collections.contains(c)) {
+        if !self.collections.is_empty()
+            && !self.collections.iter().any(|c| b.collections.contains(c))
+        {
             return false;
         }
         self.instances.is_empty() || self.instances.iter().any(|i| b.may_contain_instance(i))
@@ -159,13 +163,43 @@ mod tests {
             b.add(u64::from(i) + 1, &rec(i, 100 + i64::from(i), "a"), 10);
         }
         assert!(Filter::default().may_match(&b));
-        assert!(!Filter { time_start: Some(200), ..Default::default() }.may_match(&b));
-        assert!(!Filter { time_end: Some(99), ..Default::default() }.may_match(&b));
-        assert!(!Filter { collections: vec!["b".into()], ..Default::default() }.may_match(&b));
-        assert!(Filter { instances: vec![[3; 32]], ..Default::default() }.may_match(&b));
+        assert!(
+            !Filter {
+                time_start: Some(200),
+                ..Default::default()
+            }
+            .may_match(&b)
+        );
+        assert!(
+            !Filter {
+                time_end: Some(99),
+                ..Default::default()
+            }
+            .may_match(&b)
+        );
+        assert!(
+            !Filter {
+                collections: vec!["b".into()],
+                ..Default::default()
+            }
+            .may_match(&b)
+        );
+        assert!(
+            Filter {
+                instances: vec![[3; 32]],
+                ..Default::default()
+            }
+            .may_match(&b)
+        );
         // With 50 of 2048 bits x3 set, most absent instances are excluded.
         let excluded = (100..=255u8)
-            .filter(|i| !Filter { instances: vec![[*i; 32]], ..Default::default() }.may_match(&b))
+            .filter(|i| {
+                !Filter {
+                    instances: vec![[*i; 32]],
+                    ..Default::default()
+                }
+                .may_match(&b)
+            })
             .count();
         assert!(excluded > 120, "bloom excluded only {excluded} of 156");
     }

@@ -194,7 +194,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         move |source| StoreError::Io { what, source }
     };
     std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("fsync", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
     match path.parent() {
         Some(dir) => segment::sync_dir(dir),
@@ -213,12 +215,21 @@ impl Store {
     /// Opens (or creates) the store, recovering from a crash: a torn or
     /// corrupt WAL tail is cut, a damaged sealed segment is salvaged up to
     /// its first damaged block. The report says what was cut.
-    pub fn open(config: StoreConfig, policy: Arc<dyn RetentionPolicy>) -> Result<(Arc<Store>, RecoveryReport), StoreError> {
+    pub fn open(
+        config: StoreConfig,
+        policy: Arc<dyn RetentionPolicy>,
+    ) -> Result<(Arc<Store>, RecoveryReport), StoreError> {
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { what: format!("create {}", dir.display()), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
         let mut report = RecoveryReport::default();
         let mut names: Vec<(bool, u64, PathBuf)> = Vec::new();
-        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io { what: format!("list {}", dir.display()), source })?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+            what: format!("list {}", dir.display()),
+            source,
+        })?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
@@ -229,7 +240,9 @@ impl Store {
         }
         names.sort_by_key(|(sealed, n, _)| (*n, !*sealed));
 
-        let snapshot = std::fs::read(dir.join(STATE_FILE)).ok().and_then(|b| IngestState::from_bytes(&b));
+        let snapshot = std::fs::read(dir.join(STATE_FILE))
+            .ok()
+            .and_then(|b| IngestState::from_bytes(&b));
         let have_snapshot = snapshot.is_some();
         let mut state = snapshot.unwrap_or_default();
         let now = now_nanos();
@@ -249,9 +262,16 @@ impl Store {
                             records.len(),
                             why.unwrap_or_else(|| "no damaged block found".into())
                         ));
-                        let mut w = segment::SealedWriter::create(&path, config.zstd_level, config.block_target_bytes)?;
+                        let mut w = segment::SealedWriter::create(
+                            &path,
+                            config.zstd_level,
+                            config.block_target_bytes,
+                        )?;
                         for r in &records {
-                            w.push(r, policy.expires_at(&r.rec.collection, &r.rec.instance, r.rec.time))?;
+                            w.push(
+                                r,
+                                policy.expires_at(&r.rec.collection, &r.rec.instance, r.rec.time),
+                            )?;
                         }
                         if records.is_empty() {
                             w.abandon();
@@ -264,7 +284,10 @@ impl Store {
                 };
                 let last = seg.last_seq();
                 if !have_snapshot || last >= state.next_seq {
-                    let recent = seg.all_blocks().iter().any(|b| b.max_time >= now - state::DEDUP_WINDOW_NANOS);
+                    let recent = seg
+                        .all_blocks()
+                        .iter()
+                        .any(|b| b.max_time >= now - state::DEDUP_WINDOW_NANOS);
                     if recent {
                         for b in seg.all_blocks() {
                             for r in seg.read_block(&b)? {
@@ -278,9 +301,15 @@ impl Store {
                 next_seq = next_seq.max(last + 1);
                 segments.push(Arc::new(seg));
             } else {
-                if segments.iter().any(|s| s.first_seq == first && s.is_sealed()) {
+                if segments
+                    .iter()
+                    .any(|s| s.first_seq == first && s.is_sealed())
+                {
                     // Sealed already but not yet deleted: the sealed copy wins.
-                    let covered = segments.iter().find(|s| s.first_seq == first).map_or(0, |s| s.last_seq());
+                    let covered = segments
+                        .iter()
+                        .find(|s| s.first_seq == first)
+                        .map_or(0, |s| s.last_seq());
                     let scan = segment::scan_wal(&path)?;
                     if scan.records.last().is_none_or(|(_, _, r)| r.seq <= covered) {
                         let _ = std::fs::remove_file(&path);
@@ -301,14 +330,19 @@ impl Store {
                         // Header itself torn: rewrite a clean empty WAL.
                         segment::create_wal(&dir, first)?;
                     } else {
-                        let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|source| StoreError::Io {
-                            what: format!("open {}", path.display()),
-                            source,
-                        })?;
-                        f.set_len(keep).and_then(|_| f.sync_all()).map_err(|source| StoreError::Io {
-                            what: format!("truncate {}", path.display()),
-                            source,
-                        })?;
+                        let f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|source| StoreError::Io {
+                                what: format!("open {}", path.display()),
+                                source,
+                            })?;
+                        f.set_len(keep)
+                            .and_then(|_| f.sync_all())
+                            .map_err(|source| StoreError::Io {
+                                what: format!("truncate {}", path.display()),
+                                source,
+                            })?;
                     }
                 }
                 for (_, _, r) in &scan.records {
@@ -359,10 +393,13 @@ impl Store {
 
         let (seg, file, size) = match active {
             Some((seg, size)) => {
-                let f = std::fs::OpenOptions::new().append(true).open(&seg.path).map_err(|source| StoreError::Io {
-                    what: format!("open {} for append", seg.path.display()),
-                    source,
-                })?;
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(|source| StoreError::Io {
+                        what: format!("open {} for append", seg.path.display()),
+                        source,
+                    })?;
                 (seg, f, size)
             }
             None => {
@@ -381,7 +418,11 @@ impl Store {
         write_atomic(&dir.join(STATE_FILE), &snapshot)?;
         let (seal_tx, seal_rx) = std::sync::mpsc::channel::<SealJob>();
         for seg in to_seal {
-            let _ = seal_tx.send(SealJob { seg, state_snapshot: Vec::new(), done: None });
+            let _ = seal_tx.send(SealJob {
+                seg,
+                state_snapshot: Vec::new(),
+                done: None,
+            });
         }
         let writer = Writer {
             inner: inner.clone(),
@@ -398,12 +439,22 @@ impl Store {
         let t1 = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|source| StoreError::Io { what: "spawn writer thread".into(), source })?;
+            .map_err(|source| StoreError::Io {
+                what: "spawn writer thread".into(),
+                source,
+            })?;
         let t2 = std::thread::Builder::new()
             .name("store-sealer".into())
             .spawn(move || writer::run_sealer(sealer_inner, seal_rx))
-            .map_err(|source| StoreError::Io { what: "spawn sealer thread".into(), source })?;
-        let store = Arc::new(Store { inner, tx: Mutex::new(Some(tx)), threads: Mutex::new(vec![t1, t2]) });
+            .map_err(|source| StoreError::Io {
+                what: "spawn sealer thread".into(),
+                source,
+            })?;
+        let store = Arc::new(Store {
+            inner,
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(vec![t1, t2]),
+        });
         Ok((store, report))
     }
 }
@@ -423,7 +474,10 @@ impl Store {
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    fn submit(&self, records: Vec<NewRecord>) -> Result<oneshot::Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
+    fn submit(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
         if let Some(why) = self.inner.poisoned.lock().clone() {
             return Err(StoreError::Poisoned(why));
         }
@@ -439,10 +493,18 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.lock().clone();
         let sent = match tx {
-            Some(tx) => tx.try_send(WriterMsg::Append { records, bytes, reply }).map_err(|e| match e {
-                std::sync::mpsc::TrySendError::Full(_) => StoreError::Overloaded("too many requests are waiting for the disk".into()),
-                std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
-            }),
+            Some(tx) => tx
+                .try_send(WriterMsg::Append {
+                    records,
+                    bytes,
+                    reply,
+                })
+                .map_err(|e| match e {
+                    std::sync::mpsc::TrySendError::Full(_) => {
+                        StoreError::Overloaded("too many requests are waiting for the disk".into())
+                    }
+                    std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+                }),
             None => Err(StoreError::Closed),
         };
         if let Err(e) = sent {
@@ -470,16 +532,30 @@ impl Store {
 
     /// Bytes stored in the last 12 hours for `(collection, instance)`.
     pub fn recent_bytes(&self, collection: &str, instance: &[u8; 32], now: i64) -> u64 {
-        self.inner.state.lock().recent_bytes(collection, instance, now)
+        self.inner
+            .state
+            .lock()
+            .recent_bytes(collection, instance, now)
     }
 
     /// Reads up to `max_records` (and about `max_bytes` of bodies) matching
     /// records at positions `>= from_seq`, skipping blocks the filter
     /// excludes and records expired at `now`.
-    pub fn scan(&self, from_seq: u64, filter: &Filter, max_records: usize, max_bytes: usize, now: i64) -> Result<ScanBatch, StoreError> {
+    pub fn scan(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+        max_records: usize,
+        max_bytes: usize,
+        now: i64,
+    ) -> Result<ScanBatch, StoreError> {
         let end = self.end_seq();
         let segments: Vec<Arc<Segment>> = self.inner.segments.read().clone();
-        let mut out = ScanBatch { records: Vec::new(), next_seq: from_seq.max(1), truncated: false };
+        let mut out = ScanBatch {
+            records: Vec::new(),
+            next_seq: from_seq.max(1),
+            truncated: false,
+        };
         let mut bytes = 0usize;
         for seg in segments {
             for b in seg.blocks_from(out.next_seq) {
@@ -494,7 +570,11 @@ impl Store {
                     Ok(r) => r,
                     Err(e) => {
                         // Never fail every reader for one bad block: skip it, loudly.
-                        tracing::error!("skipping unreadable block (records {}..={}): {e}", b.first_seq, b.last_seq);
+                        tracing::error!(
+                            "skipping unreadable block (records {}..={}): {e}",
+                            b.first_seq,
+                            b.last_seq
+                        );
                         out.next_seq = out.next_seq.max(b.last_seq + 1);
                         continue;
                     }
@@ -529,7 +609,8 @@ impl Store {
     pub async fn seal_now(&self) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         let tx = self.tx.lock().clone().ok_or(StoreError::Closed)?;
-        tx.send(WriterMsg::Rotate(done)).map_err(|_| StoreError::Closed)?;
+        tx.send(WriterMsg::Rotate(done))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
@@ -548,16 +629,27 @@ impl Store {
         let segments: Vec<Arc<Segment>> = self.inner.segments.read().clone();
         for seg in segments.into_iter().filter(|s| s.is_sealed()) {
             let blocks = seg.all_blocks();
-            let due = all || blocks.iter().any(|b| b.earliest_expiry.is_some_and(|t| t <= now));
+            let due = all
+                || blocks
+                    .iter()
+                    .any(|b| b.earliest_expiry.is_some_and(|t| t <= now));
             if !due {
                 continue;
             }
             let tmp_target = seg.path.clone();
-            let mut w = segment::SealedWriter::create(&tmp_target, self.inner.config.zstd_level, self.inner.config.block_target_bytes)?;
+            let mut w = segment::SealedWriter::create(
+                &tmp_target,
+                self.inner.config.zstd_level,
+                self.inner.config.block_target_bytes,
+            )?;
             let mut dropped = 0u64;
             for b in &blocks {
                 for r in seg.read_block(b)? {
-                    let exp = self.inner.policy.expires_at(&r.rec.collection, &r.rec.instance, r.rec.time);
+                    let exp = self.inner.policy.expires_at(
+                        &r.rec.collection,
+                        &r.rec.instance,
+                        r.rec.time,
+                    );
                     if exp.is_some_and(|t| t <= now) {
                         dropped += 1;
                     } else {
@@ -593,8 +685,16 @@ impl Store {
     /// Sizes of the store.
     pub fn stats(&self) -> StoreStats {
         let segs = self.inner.segments.read().clone();
-        let disk_bytes = segs.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
-        StoreStats { segments: segs.len(), disk_bytes, next_seq: self.end_seq() }
+        let disk_bytes = segs
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
+        StoreStats {
+            segments: segs.len(),
+            disk_bytes,
+            next_seq: self.end_seq(),
+        }
     }
 
     /// The store directory.

@@ -106,7 +106,9 @@ fn decode_payload(p: &[u8]) -> Option<Record> {
     let pseq = u64::from_le_bytes(take(p, &mut at)?);
     let instance = take::<32>(p, &mut at)?;
     let [clen] = take::<1>(p, &mut at)?;
-    let collection = std::str::from_utf8(p.get(at..at + clen as usize)?).ok()?.to_owned();
+    let collection = std::str::from_utf8(p.get(at..at + clen as usize)?)
+        .ok()?
+        .to_owned();
     at += clen as usize;
     let blen = u32::from_le_bytes(take(p, &mut at)?) as usize;
     let body = p.get(at..at + blen)?.to_vec();
@@ -160,8 +162,14 @@ pub fn decode_all(buf: &[u8], what: &str) -> Result<Vec<Record>, StoreError> {
                 out.push(r);
                 at += n;
             }
-            Frame::Incomplete => return Err(StoreError::Corrupt(format!("{what}: truncated frame at byte {at}"))),
-            Frame::Corrupt(why) => return Err(StoreError::Corrupt(format!("{what}: {why} at byte {at}"))),
+            Frame::Incomplete => {
+                return Err(StoreError::Corrupt(format!(
+                    "{what}: truncated frame at byte {at}"
+                )));
+            }
+            Frame::Corrupt(why) => {
+                return Err(StoreError::Corrupt(format!("{what}: {why} at byte {at}")));
+            }
         }
     }
     Ok(out)
@@ -205,7 +213,10 @@ mod tests {
         for byte in 0..buf.len() {
             let mut bad = buf.clone();
             bad[byte] ^= 0x10;
-            assert!(!matches!(decode_frame(&bad), Frame::Record(..)), "byte {byte}");
+            assert!(
+                !matches!(decode_frame(&bad), Frame::Record(..)),
+                "byte {byte}"
+            );
         }
     }
 }

@@ -36,7 +36,10 @@ pub fn sealed_name(first_seq: u64) -> String {
 
 /// Parses `wal-N.log` or `seg-N.tsb` into `(is_sealed, N)`.
 pub fn parse_name(name: &str) -> Option<(bool, u64)> {
-    if let Some(n) = name.strip_prefix("wal-").and_then(|r| r.strip_suffix(".log")) {
+    if let Some(n) = name
+        .strip_prefix("wal-")
+        .and_then(|r| r.strip_suffix(".log"))
+    {
         return n.parse().ok().map(|n| (false, n));
     }
     let n = name.strip_prefix("seg-")?.strip_suffix(".tsb")?;
@@ -46,12 +49,17 @@ pub fn parse_name(name: &str) -> Option<(bool, u64)> {
 fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
     let what = what.to_owned();
-    move |source| StoreError::Io { what: format!("{what} {}", path.display()), source }
+    move |source| StoreError::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    }
 }
 
 /// Fsyncs a directory so that a create, rename or unlink in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "fsync directory"))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir, "fsync directory"))
 }
 
 /// Where a segment's records live.
@@ -83,7 +91,14 @@ impl Segment {
     /// Opens an existing WAL file for reading with the given committed chunks.
     pub fn wal(path: PathBuf, first_seq: u64, chunks: Vec<BlockMeta>) -> Result<Self, StoreError> {
         let file = File::open(&path).map_err(io_err(&path, "open"))?;
-        Ok(Self { first_seq, path, file, body: Body::Wal { chunks: RwLock::new(chunks) } })
+        Ok(Self {
+            first_seq,
+            path,
+            file,
+            body: Body::Wal {
+                chunks: RwLock::new(chunks),
+            },
+        })
     }
 
     /// True for a sealed segment.
@@ -119,12 +134,15 @@ impl Segment {
     /// Reads and verifies the records of one block.
     pub fn read_block(&self, b: &BlockMeta) -> Result<Vec<Record>, StoreError> {
         let mut buf = vec![0u8; b.len as usize];
-        self.file.read_exact_at(&mut buf, b.offset).map_err(io_err(&self.path, "read"))?;
+        self.file
+            .read_exact_at(&mut buf, b.offset)
+            .map_err(io_err(&self.path, "read"))?;
         let what = format!("{} block at byte {}", self.path.display(), b.offset);
         match &self.body {
             Body::Wal { .. } => record::decode_all(&buf, &what),
             Body::Sealed { .. } => {
-                let raw = decode_block(&buf, b.raw_bytes as usize).map_err(|why| StoreError::Corrupt(format!("{what}: {why}")))?;
+                let raw = decode_block(&buf, b.raw_bytes as usize)
+                    .map_err(|why| StoreError::Corrupt(format!("{what}: {why}")))?;
                 record::decode_all(&raw, &what)
             }
         }
@@ -133,8 +151,14 @@ impl Segment {
     /// Opens a sealed segment, reading its index from the footer.
     pub fn open_sealed(path: PathBuf, first_seq: u64) -> Result<Self, StoreError> {
         let file = File::open(&path).map_err(io_err(&path, "open"))?;
-        let blocks = read_index(&file).map_err(|why| StoreError::Corrupt(format!("{}: {why}", path.display())))?;
-        Ok(Self { first_seq, path, file, body: Body::Sealed { blocks } })
+        let blocks = read_index(&file)
+            .map_err(|why| StoreError::Corrupt(format!("{}: {why}", path.display())))?;
+        Ok(Self {
+            first_seq,
+            path,
+            file,
+            body: Body::Sealed { blocks },
+        })
     }
 }
 
@@ -144,7 +168,9 @@ fn decode_block(buf: &[u8], raw_hint: usize) -> Result<Vec<u8>, String> {
     }
     let clen = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
     let crc = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    let data = buf.get(BLOCK_HEADER..BLOCK_HEADER + clen).ok_or("block shorter than its header says")?;
+    let data = buf
+        .get(BLOCK_HEADER..BLOCK_HEADER + clen)
+        .ok_or("block shorter than its header says")?;
     if crc32c::crc32c(data) != crc {
         return Err("block checksum mismatch".into());
     }
@@ -157,7 +183,8 @@ fn read_index(file: &File) -> Result<Vec<BlockMeta>, String> {
         return Err("too short for a sealed segment".into());
     }
     let mut foot = [0u8; FOOTER as usize];
-    file.read_exact_at(&mut foot, size - FOOTER).map_err(|e| e.to_string())?;
+    file.read_exact_at(&mut foot, size - FOOTER)
+        .map_err(|e| e.to_string())?;
     if &foot[16..24] != END_MAGIC {
         return Err("missing footer".into());
     }
@@ -168,7 +195,8 @@ fn read_index(file: &File) -> Result<Vec<BlockMeta>, String> {
         return Err("footer points outside the file".into());
     }
     let mut idx = vec![0u8; len as usize];
-    file.read_exact_at(&mut idx, off).map_err(|e| e.to_string())?;
+    file.read_exact_at(&mut idx, off)
+        .map_err(|e| e.to_string())?;
     if crc32c::crc32c(&idx) != crc {
         return Err("index checksum mismatch".into());
     }
@@ -223,7 +251,8 @@ impl SealedWriter {
         if self.cur_meta.count == 0 {
             return Ok(());
         }
-        let z = zstd::bulk::compress(&self.cur, self.level).map_err(io_err(&self.tmp, "compress block for"))?;
+        let z = zstd::bulk::compress(&self.cur, self.level)
+            .map_err(io_err(&self.tmp, "compress block for"))?;
         let mut meta = std::mem::replace(&mut self.cur_meta, BlockMeta::new(0));
         meta.offset = self.pos;
         meta.len = (BLOCK_HEADER + z.len()) as u32;
@@ -231,7 +260,10 @@ impl SealedWriter {
         hdr[..4].copy_from_slice(BLOCK_MAGIC);
         hdr[4..8].copy_from_slice(&(z.len() as u32).to_le_bytes());
         hdr[8..12].copy_from_slice(&crc32c::crc32c(&z).to_le_bytes());
-        self.out.write_all(&hdr).and_then(|_| self.out.write_all(&z)).map_err(io_err(&self.tmp, "write"))?;
+        self.out
+            .write_all(&hdr)
+            .and_then(|_| self.out.write_all(&z))
+            .map_err(io_err(&self.tmp, "write"))?;
         self.pos += meta.len as u64;
         self.blocks.push(meta);
         self.cur.clear();
@@ -247,15 +279,23 @@ impl SealedWriter {
     /// the block summaries.
     pub fn finish(mut self, final_path: &Path) -> Result<Vec<BlockMeta>, StoreError> {
         self.flush_block()?;
-        let json = serde_json::to_vec(&self.blocks).map_err(|e| StoreError::Corrupt(format!("index encoding: {e}")))?;
-        let idx = zstd::bulk::compress(&json, 3).map_err(io_err(&self.tmp, "compress index for"))?;
+        let json = serde_json::to_vec(&self.blocks)
+            .map_err(|e| StoreError::Corrupt(format!("index encoding: {e}")))?;
+        let idx =
+            zstd::bulk::compress(&json, 3).map_err(io_err(&self.tmp, "compress index for"))?;
         let mut foot = Vec::with_capacity(FOOTER as usize);
         foot.extend_from_slice(&self.pos.to_le_bytes());
         foot.extend_from_slice(&(idx.len() as u32).to_le_bytes());
         foot.extend_from_slice(&crc32c::crc32c(&idx).to_le_bytes());
         foot.extend_from_slice(END_MAGIC);
-        self.out.write_all(&idx).and_then(|_| self.out.write_all(&foot)).map_err(io_err(&self.tmp, "write"))?;
-        let f = self.out.into_inner().map_err(|e| io_err(&self.tmp, "flush")(e.into_error()))?;
+        self.out
+            .write_all(&idx)
+            .and_then(|_| self.out.write_all(&foot))
+            .map_err(io_err(&self.tmp, "write"))?;
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err(&self.tmp, "flush")(e.into_error()))?;
         f.sync_all().map_err(io_err(&self.tmp, "fsync"))?;
         std::fs::rename(&self.tmp, final_path).map_err(io_err(final_path, "rename into"))?;
         if let Some(dir) = final_path.parent() {
@@ -274,18 +314,22 @@ impl SealedWriter {
 /// first damaged one. Used to salvage a segment whose index is unreadable.
 pub fn salvage_sealed(path: &Path) -> Result<(Vec<Record>, Option<String>), StoreError> {
     let mut data = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_err(path, "read"))?;
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_err(path, "read"))?;
     if data.get(..8) != Some(SEG_MAGIC) {
         return Ok((Vec::new(), Some("no segment header".into())));
     }
     let mut at = 8;
     let mut out = Vec::new();
     while at + BLOCK_HEADER <= data.len() && &data[at..at + 4] == BLOCK_MAGIC {
-        let clen = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]) as usize;
+        let clen =
+            u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]) as usize;
         let end = (at + BLOCK_HEADER).saturating_add(clen).min(data.len());
-        match decode_block(&data[at..end], 1 << 22).map_err(String::from).and_then(|raw| {
-            record::decode_all(&raw, "salvage").map_err(|e| e.to_string())
-        }) {
+        match decode_block(&data[at..end], 1 << 22)
+            .map_err(String::from)
+            .and_then(|raw| record::decode_all(&raw, "salvage").map_err(|e| e.to_string()))
+        {
             Ok(recs) => out.extend(recs),
             Err(why) => return Ok((out, Some(format!("damaged block at byte {at}: {why}")))),
         }
@@ -311,9 +355,15 @@ pub struct WalScan {
 /// Reads a WAL file, verifying every frame and the continuity of positions.
 pub fn scan_wal(path: &Path) -> Result<WalScan, StoreError> {
     let mut data = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_err(path, "read"))?;
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_err(path, "read"))?;
     let file_len = data.len() as u64;
-    let name_seq = path.file_name().and_then(|n| n.to_str()).and_then(parse_name).map_or(0, |(_, n)| n);
+    let name_seq = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_name)
+        .map_or(0, |(_, n)| n);
     if data.len() < WAL_HEADER as usize || &data[..8] != WAL_MAGIC {
         return Ok(WalScan {
             first_seq: name_seq,
@@ -336,7 +386,10 @@ pub fn scan_wal(path: &Path) -> Result<WalScan, StoreError> {
                 at += n;
             }
             Frame::Record(r, _) => {
-                damage = Some(format!("record at byte {at} has position {} where {expect} was expected", r.seq));
+                damage = Some(format!(
+                    "record at byte {at} has position {} where {expect} was expected",
+                    r.seq
+                ));
                 break;
             }
             Frame::Incomplete => {
@@ -349,17 +402,30 @@ pub fn scan_wal(path: &Path) -> Result<WalScan, StoreError> {
             }
         }
     }
-    Ok(WalScan { first_seq, records, valid_len: at as u64, file_len, damage })
+    Ok(WalScan {
+        first_seq,
+        records,
+        valid_len: at as u64,
+        file_len,
+        damage,
+    })
 }
 
 /// Creates a new, empty WAL file starting at `first_seq` and returns it open for appending.
 pub fn create_wal(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), StoreError> {
     let path = dir.join(wal_name(first_seq));
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io_err(&path, "create"))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path, "create"))?;
     let mut hdr = Vec::with_capacity(16);
     hdr.extend_from_slice(WAL_MAGIC);
     hdr.extend_from_slice(&first_seq.to_le_bytes());
-    f.write_all(&hdr).and_then(|_| f.sync_all()).map_err(io_err(&path, "write header of"))?;
+    f.write_all(&hdr)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&path, "write header of"))?;
     sync_dir(dir)?;
     Ok((path, f))
 }
@@ -379,4 +445,3 @@ pub fn chunks_of(records: &[(u64, usize, Record)], chunk_target: usize) -> Vec<B
     }
     out
 }
-

@@ -78,7 +78,9 @@ struct Live {
 impl IngestState {
     /// True if a record with this identity is already stored.
     pub fn is_duplicate(&self, rec: &NewRecord) -> bool {
-        let Some((pid, pseq)) = rec.identity else { return false };
+        let Some((pid, pseq)) = rec.identity else {
+            return false;
+        };
         self.live
             .seen
             .get(&(rec.collection.clone(), rec.instance, pid))
@@ -89,12 +91,20 @@ impl IngestState {
     pub fn apply(&mut self, seq: u64, rec: &NewRecord) {
         self.next_seq = self.next_seq.max(seq + 1);
         if let Some((pid, pseq)) = rec.identity {
-            let s = self.live.seen.entry((rec.collection.clone(), rec.instance, pid)).or_default();
+            let s = self
+                .live
+                .seen
+                .entry((rec.collection.clone(), rec.instance, pid))
+                .or_default();
             s.insert(pseq);
             s.last_seen = s.last_seen.max(rec.time);
         }
         let hour = rec.time.div_euclid(HOUR);
-        let buckets = self.live.recent.entry((rec.collection.clone(), rec.instance)).or_default();
+        let buckets = self
+            .live
+            .recent
+            .entry((rec.collection.clone(), rec.instance))
+            .or_default();
         match buckets.last_mut() {
             Some((h, b)) if *h == hour => *b += rec.body.len() as u64,
             _ => buckets.push((hour, rec.body.len() as u64)),
@@ -110,12 +120,16 @@ impl IngestState {
         self.live
             .recent
             .get(&(collection.to_owned(), *instance))
-            .map_or(0, |b| b.iter().filter(|(h, _)| *h >= oldest).map(|(_, n)| n).sum())
+            .map_or(0, |b| {
+                b.iter().filter(|(h, _)| *h >= oldest).map(|(_, n)| n).sum()
+            })
     }
 
     /// Forgets identities not seen for a day and counters past their window.
     pub fn prune(&mut self, now: i64) {
-        self.live.seen.retain(|_, s| s.last_seen >= now - DEDUP_WINDOW_NANOS);
+        self.live
+            .seen
+            .retain(|_, s| s.last_seen >= now - DEDUP_WINDOW_NANOS);
         if self.live.seen.len() > MAX_DEDUP_KEYS {
             let mut times: Vec<i64> = self.live.seen.values().map(|s| s.last_seen).collect();
             times.sort_unstable();
@@ -133,8 +147,18 @@ impl IngestState {
     pub fn to_bytes(&self) -> Vec<u8> {
         let snap = IngestState {
             next_seq: self.next_seq,
-            seen: self.live.seen.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            recent: self.live.recent.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            seen: self
+                .live
+                .seen
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            recent: self
+                .live
+                .recent
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             live: Live::default(),
         };
         serde_json::to_vec(&snap).unwrap_or_default()

@@ -75,7 +75,11 @@ impl Writer {
             let mut next = Some(first);
             while let Some(m) = next.take() {
                 match m {
-                    WriterMsg::Append { records, bytes: b, reply } => {
+                    WriterMsg::Append {
+                        records,
+                        bytes: b,
+                        reply,
+                    } => {
                         bytes += b;
                         batch.push((records, b, reply));
                     }
@@ -97,12 +101,22 @@ impl Writer {
         // Shutting down: seal nothing; recovery continues this WAL next start.
     }
 
-    fn commit(&mut self, buf: &mut Vec<u8>, batch: Vec<(Vec<NewRecord>, usize, oneshot::Sender<Result<AppendOutcome, StoreError>>)>) {
+    fn commit(
+        &mut self,
+        buf: &mut Vec<u8>,
+        batch: Vec<(
+            Vec<NewRecord>,
+            usize,
+            oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        )>,
+    ) {
         buf.clear();
         let total_bytes: usize = batch.iter().map(|b| b.1).sum();
         let poisoned = self.inner.poisoned.lock().clone();
         if let Some(why) = poisoned {
-            self.inner.pending_bytes.fetch_sub(total_bytes, std::sync::atomic::Ordering::Relaxed);
+            self.inner
+                .pending_bytes
+                .fetch_sub(total_bytes, std::sync::atomic::Ordering::Relaxed);
             for (_, _, reply) in batch {
                 let _ = reply.send(Err(StoreError::Poisoned(why.clone())));
             }
@@ -151,7 +165,9 @@ impl Writer {
         } else {
             self.file.write_all(buf).and_then(|_| self.file.sync_data())
         };
-        self.inner.pending_bytes.fetch_sub(total_bytes, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .pending_bytes
+            .fetch_sub(total_bytes, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = result {
             let why = format!(
                 "writing {} failed ({e}); the store stopped accepting writes to protect acknowledged data: restart the server to recover",
@@ -220,7 +236,11 @@ impl Writer {
         for w in waiters {
             let _ = w.send(());
         }
-        let _ = self.seal_tx.send(SealJob { seg: old, state_snapshot, done });
+        let _ = self.seal_tx.send(SealJob {
+            seg: old,
+            state_snapshot,
+            done,
+        });
     }
 }
 
@@ -241,10 +261,19 @@ pub(crate) fn run_sealer(inner: Arc<Inner>, rx: Receiver<SealJob>) {
 
 fn seal(inner: &Inner, job: &SealJob) -> Result<(), StoreError> {
     let scan = segment::scan_wal(&job.seg.path)?;
-    let final_path = inner.config.dir.join(segment::sealed_name(job.seg.first_seq));
-    let mut w = segment::SealedWriter::create(&final_path, inner.config.zstd_level, inner.config.block_target_bytes)?;
+    let final_path = inner
+        .config
+        .dir
+        .join(segment::sealed_name(job.seg.first_seq));
+    let mut w = segment::SealedWriter::create(
+        &final_path,
+        inner.config.zstd_level,
+        inner.config.block_target_bytes,
+    )?;
     for (_, _, r) in &scan.records {
-        let expiry = inner.policy.expires_at(&r.rec.collection, &r.rec.instance, r.rec.time);
+        let expiry = inner
+            .policy
+            .expires_at(&r.rec.collection, &r.rec.instance, r.rec.time);
         w.push(r, expiry)?;
     }
     if w.records() == 0 {
@@ -256,7 +285,10 @@ fn seal(inner: &Inner, job: &SealJob) -> Result<(), StoreError> {
         inner.replace_segment(job.seg.first_seq, Some(sealed));
     }
     if !job.state_snapshot.is_empty() {
-        crate::write_atomic(&inner.config.dir.join(crate::STATE_FILE), &job.state_snapshot)?;
+        crate::write_atomic(
+            &inner.config.dir.join(crate::STATE_FILE),
+            &job.state_snapshot,
+        )?;
     }
     std::fs::remove_file(&job.seg.path).map_err(|source| StoreError::Io {
         what: format!("remove sealed WAL {}", job.seg.path.display()),
@@ -264,4 +296,3 @@ fn seal(inner: &Inner, job: &SealJob) -> Result<(), StoreError> {
     })?;
     segment::sync_dir(&inner.config.dir)
 }
-

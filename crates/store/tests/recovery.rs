@@ -27,7 +27,10 @@ fn config(dir: &Path) -> StoreConfig {
 
 /// Writes `n` records one per append (each its own fsync), optionally sealed.
 fn build(dir: &Path, n: u64, seal: bool) -> PathBuf {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (store, _) = Store::open(config(dir), Arc::new(KeepForever)).unwrap();
     rt.block_on(async {
         for i in 1..=n {
@@ -42,15 +45,25 @@ fn build(dir: &Path, n: u64, seal: bool) -> PathBuf {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == ext) && std::fs::metadata(p).unwrap().len() > 16)
+        .find(|p| {
+            p.extension().is_some_and(|e| e == ext) && std::fs::metadata(p).unwrap().len() > 16
+        })
         .expect("segment file")
 }
 
 fn reopen(dir: &Path) -> (Vec<u64>, Vec<String>) {
-    let (store, report) = Store::open(config(dir), Arc::new(KeepForever)).expect("recovery never fails on damaged data");
-    let got = store.scan(1, &Filter::default(), usize::MAX, usize::MAX, 0).unwrap().records;
+    let (store, report) = Store::open(config(dir), Arc::new(KeepForever))
+        .expect("recovery never fails on damaged data");
+    let got = store
+        .scan(1, &Filter::default(), usize::MAX, usize::MAX, 0)
+        .unwrap()
+        .records;
     for r in &got {
-        assert_eq!(r.rec, rec(r.seq), "a recovered record differs from what was written");
+        assert_eq!(
+            r.rec,
+            rec(r.seq),
+            "a recovered record differs from what was written"
+        );
     }
     (got.iter().map(|r| r.seq).collect(), report.cuts)
 }
@@ -74,12 +87,19 @@ fn truncating_the_wal_at_every_byte_of_the_last_records_keeps_the_prefix() {
     for cut in (len - 2 * frame - 3)..len {
         let d = tempfile::tempdir().unwrap();
         copy_dir(base.path(), d.path());
-        let f = std::fs::OpenOptions::new().write(true).open(d.path().join(wal.file_name().unwrap())).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path().join(wal.file_name().unwrap()))
+            .unwrap();
         f.set_len(cut).unwrap();
         let (seqs, cuts) = reopen(d.path());
         let intact = (cut - 16) / frame;
         assert_eq!(seqs, (1..=intact).collect::<Vec<_>>(), "cut at {cut}");
-        assert_eq!(cuts.is_empty(), (cut - 16) % frame == 0, "cut at {cut}: {cuts:?}");
+        assert_eq!(
+            cuts.is_empty(),
+            (cut - 16) % frame == 0,
+            "cut at {cut}: {cuts:?}"
+        );
         // The store accepts writes after the cut, continuing the sequence.
         let (store, _) = Store::open(config(d.path()), Arc::new(KeepForever)).unwrap();
         assert_eq!(store.end_seq(), intact + 1);

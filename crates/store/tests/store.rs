@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tally_store::{Cursor, Filter, KeepForever, NewRecord, RetentionPolicy, Store, StoreConfig, kind};
+use tally_store::{
+    Cursor, Filter, KeepForever, NewRecord, RetentionPolicy, Store, StoreConfig, kind,
+};
 
 fn rec(inst: u8, time: i64, identity: Option<(u32, u64)>, text: &str) -> NewRecord {
     NewRecord {
@@ -29,7 +31,10 @@ fn open(dir: &std::path::Path) -> (Arc<Store>, tally_store::RecoveryReport) {
 }
 
 fn all(store: &Store) -> Vec<tally_store::Record> {
-    store.scan(1, &Filter::default(), usize::MAX, usize::MAX, 0).unwrap().records
+    store
+        .scan(1, &Filter::default(), usize::MAX, usize::MAX, 0)
+        .unwrap()
+        .records
 }
 
 #[tokio::test]
@@ -38,7 +43,10 @@ async fn appended_records_survive_reopen_in_order() {
     let (store, report) = open(dir.path());
     assert!(report.cuts.is_empty());
     for i in 0..50u64 {
-        let out = store.append(vec![rec(1, i as i64, None, &format!("m{i}"))]).await.unwrap();
+        let out = store
+            .append(vec![rec(1, i as i64, None, &format!("m{i}"))])
+            .await
+            .unwrap();
         assert_eq!(out.last_seq, Some(i + 1));
     }
     store.close();
@@ -58,13 +66,26 @@ async fn appended_records_survive_reopen_in_order() {
 async fn retried_identities_are_dropped_even_after_restart_and_sealing() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     let batch: Vec<_> = (1..=10).map(|n| rec(1, now, Some((7, n)), "x")).collect();
     assert_eq!(store.append(batch.clone()).await.unwrap().stored, 10);
     let again = store.append(batch.clone()).await.unwrap();
     assert_eq!((again.stored, again.duplicates), (0, 10));
     // Same proc_seq from another proc_id or instance is not a duplicate.
-    assert_eq!(store.append(vec![rec(1, now, Some((8, 1)), "y"), rec(2, now, Some((7, 1)), "z")]).await.unwrap().stored, 2);
+    assert_eq!(
+        store
+            .append(vec![
+                rec(1, now, Some((8, 1)), "y"),
+                rec(2, now, Some((7, 1)), "z")
+            ])
+            .await
+            .unwrap()
+            .stored,
+        2
+    );
     store.seal_now().await.unwrap();
     store.close();
     drop(store);
@@ -81,25 +102,50 @@ async fn sealed_segments_are_compressed_indexed_and_readable() {
     let (store, _) = open(dir.path());
     let mut raw = 0;
     for i in 0..2000u64 {
-        let r = rec((i % 10) as u8, i as i64, None, &format!("connection from 100.64.0.{} accepted, handshake ok", i % 50));
+        let r = rec(
+            (i % 10) as u8,
+            i as i64,
+            None,
+            &format!("connection from 100.64.0.{} accepted, handshake ok", i % 50),
+        );
         raw += r.body.len();
         store.append(vec![r]).await.unwrap();
     }
     store.seal_now().await.unwrap();
     let stats = store.stats();
-    assert!(stats.disk_bytes < raw as u64 / 2, "stored {} bytes for {raw} raw", stats.disk_bytes);
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(
+        stats.disk_bytes < raw as u64 / 2,
+        "stored {} bytes for {raw} raw",
+        stats.disk_bytes
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(names.iter().any(|n| n.ends_with(".tsb")), "{names:?}");
     // Time and instance filters.
-    let f = Filter { instances: vec![[3; 32]], time_start: Some(100), time_end: Some(199), ..Default::default() };
-    let got = store.scan(1, &f, usize::MAX, usize::MAX, 0).unwrap().records;
+    let f = Filter {
+        instances: vec![[3; 32]],
+        time_start: Some(100),
+        time_end: Some(199),
+        ..Default::default()
+    };
+    let got = store
+        .scan(1, &f, usize::MAX, usize::MAX, 0)
+        .unwrap()
+        .records;
     assert_eq!(got.len(), 10);
-    assert!(got.iter().all(|r| r.rec.instance == [3; 32] && (100..=199).contains(&r.rec.time)));
+    assert!(
+        got.iter()
+            .all(|r| r.rec.instance == [3; 32] && (100..=199).contains(&r.rec.time))
+    );
     // Paging with next_seq visits everything once.
     let mut pos = 1;
     let mut seen = 0;
     loop {
-        let b = store.scan(pos, &Filter::default(), 333, usize::MAX, 0).unwrap();
+        let b = store
+            .scan(pos, &Filter::default(), 333, usize::MAX, 0)
+            .unwrap();
         seen += b.records.len();
         pos = b.next_seq;
         if !b.truncated {
@@ -127,11 +173,17 @@ async fn retention_hides_then_deletes_expired_records() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(small_config(dir.path()), Arc::new(ShortForNine)).unwrap();
     for i in 0..100 {
-        store.append(vec![rec(9, i, None, "gone"), rec(1, i, None, "kept")]).await.unwrap();
+        store
+            .append(vec![rec(9, i, None, "gone"), rec(1, i, None, "kept")])
+            .await
+            .unwrap();
     }
     store.seal_now().await.unwrap();
     // At time 59, records of instance 9 with time <= 49 are expired: hidden at once.
-    let visible = store.scan(1, &Filter::default(), usize::MAX, usize::MAX, 59).unwrap().records;
+    let visible = store
+        .scan(1, &Filter::default(), usize::MAX, usize::MAX, 59)
+        .unwrap()
+        .records;
     assert_eq!(visible.len(), 100 + 50);
     let report = store.enforce_retention(59).unwrap();
     assert_eq!(report.records_deleted, 50);
@@ -140,7 +192,8 @@ async fn retention_hides_then_deletes_expired_records() {
     assert_eq!(report.records_deleted, 50);
     assert!(all(&store).iter().all(|r| r.rec.instance == [1; 32]));
     // Whole segments go when nothing in them is kept.
-    let (store2, _) = Store::open(small_config(&dir.path().join("b")), Arc::new(ShortForNine)).unwrap();
+    let (store2, _) =
+        Store::open(small_config(&dir.path().join("b")), Arc::new(ShortForNine)).unwrap();
     store2.append(vec![rec(9, 0, None, "a")]).await.unwrap();
     store2.seal_now().await.unwrap();
     let before = store2.stats().segments;
@@ -153,8 +206,19 @@ async fn retention_hides_then_deletes_expired_records() {
 async fn cursor_waits_for_new_records_and_resumes_from_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    store.append(vec![rec(1, 1, None, "a"), rec(2, 2, None, "b")]).await.unwrap();
-    let mut c = Cursor::open(store.clone(), "test", Filter { instances: vec![[2; 32]], ..Default::default() }).unwrap();
+    store
+        .append(vec![rec(1, 1, None, "a"), rec(2, 2, None, "b")])
+        .await
+        .unwrap();
+    let mut c = Cursor::open(
+        store.clone(),
+        "test",
+        Filter {
+            instances: vec![[2; 32]],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let first = c.next(10).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].seq, 2);
@@ -165,12 +229,24 @@ async fn cursor_waits_for_new_records_and_resumes_from_checkpoint() {
     });
     store.append(vec![rec(1, 3, None, "c")]).await.unwrap();
     store.append(vec![rec(2, 4, None, "d")]).await.unwrap();
-    let (got, _c) = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+    let (got, _c) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4]);
     // Reopened cursor starts at the committed checkpoint (after seq 2).
     let mut again = Cursor::open(store.clone(), "test", Filter::default()).unwrap();
     assert_eq!(again.committed(), 3);
-    assert_eq!(again.next(10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        again
+            .next(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![3, 4]
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,295 @@
+//! Reading logs: `GET /collections` and `GET /c/<collection>` (query or
+//! `stream=true`, which follows new entries like `tail -f`).
+
+use crate::AppState;
+use crate::auth::require_key;
+use crate::error::ApiError;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+use tally_proto::timefmt::{format_nanos, now_nanos, parse_rfc3339};
+use tally_proto::{CollectionName, PublicId};
+use tally_store::Filter;
+
+/// Default and largest `max-count` of one query.
+pub const DEFAULT_MAX_COUNT: usize = 1000;
+/// Largest `max-count` accepted.
+pub const LIMIT_MAX_COUNT: usize = 100_000;
+/// Most bytes of entries in one query response.
+const MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// Most entries read per step of a stream.
+const STREAM_BATCH: usize = 1000;
+
+/// Parses a time parameter: RFC 3339, or Unix seconds.
+pub fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    if let Some(t) = parse_rfc3339(v) {
+        return Ok(t);
+    }
+    v.parse::<i64>()
+        .ok()
+        .and_then(|s| s.checked_mul(1_000_000_000))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name} must be an RFC 3339 time (2024-01-02T15:04:05Z) or Unix seconds, got {v:?}"
+            ))
+        })
+}
+
+/// Parsed parameters of `GET /c/<collection>`.
+#[derive(Debug, Default)]
+struct LogQuery {
+    instances: Vec<PublicId>,
+    time_start: Option<i64>,
+    time_end: Option<i64>,
+    max_count: Option<usize>,
+    stream: bool,
+    after: Option<u64>,
+}
+
+fn parse_query(params: &[(String, String)]) -> Result<LogQuery, ApiError> {
+    let mut q = LogQuery::default();
+    for (k, v) in params {
+        match k.as_str() {
+            "instances" | "instance" => {
+                for part in v.split(',').filter(|p| !p.is_empty()) {
+                    let id = PublicId::parse(part).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "instances: {part:?} is not a public ID: {e}"
+                        ))
+                    })?;
+                    q.instances.push(id);
+                }
+            }
+            "time-start" => q.time_start = Some(parse_time(k, v)?),
+            "time-end" => q.time_end = Some(parse_time(k, v)?),
+            "max-count" => {
+                let n: usize = v.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "max-count must be a positive integer, got {v:?}"
+                    ))
+                })?;
+                if n == 0 || n > LIMIT_MAX_COUNT {
+                    return Err(ApiError::bad_request(format!(
+                        "max-count must be between 1 and {LIMIT_MAX_COUNT}"
+                    )));
+                }
+                q.max_count = Some(n);
+            }
+            "stream" => {
+                q.stream = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" | "" => false,
+                    _ => return Err(ApiError::bad_request("stream must be true or false")),
+                }
+            }
+            "after" => {
+                q.after = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request("after must be the `next` value of a previous response")
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}; known: instances, time-start, time-end, max-count, stream, after"
+                )));
+            }
+        }
+    }
+    if q.stream && q.time_end.is_some() {
+        return Err(ApiError::bad_request(
+            "stream=true cannot be combined with time-end",
+        ));
+    }
+    Ok(q)
+}
+
+/// `GET /c/<collection>`.
+pub async fn get_logs(
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_key(&state, &headers)?;
+    let collection = CollectionName::parse(&collection)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    if !state.catalog.has_collection(collection.as_str()) {
+        return Err(ApiError::not_found(format!(
+            "collection \"{collection}\" does not exist (GET /collections lists them)"
+        )));
+    }
+    let q = parse_query(&params)?;
+    let filter = Filter {
+        collections: vec![collection.to_string()],
+        instances: q.instances.iter().map(|i| i.0).collect(),
+        time_start: q.time_start,
+        time_end: q.time_end,
+    };
+    if q.stream {
+        return Ok(stream_logs(state, collection, filter, q));
+    }
+    let max = q.max_count.unwrap_or(DEFAULT_MAX_COUNT);
+    let store = state.store.clone();
+    let from = q.after.unwrap_or(1);
+    let batch = tokio::task::spawn_blocking(move || {
+        store.scan(from, &filter, max, MAX_RESPONSE_BYTES, now_nanos())
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query worker failed"))??;
+    let mut out = Vec::with_capacity(
+        batch
+            .records
+            .iter()
+            .map(|r| r.rec.body.len() + 1)
+            .sum::<usize>()
+            + 128,
+    );
+    out.extend_from_slice(
+        format!(
+            "{{\"collection\":\"{collection}\",\"count\":{},",
+            batch.records.len()
+        )
+        .as_bytes(),
+    );
+    if batch.truncated {
+        out.extend_from_slice(format!("\"next\":\"{}\",", batch.next_seq).as_bytes());
+    }
+    out.extend_from_slice(b"\"logs\":[");
+    for (i, r) in batch.records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.rec.body);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+fn stream_logs(
+    state: AppState,
+    collection: CollectionName,
+    filter: Filter,
+    q: LogQuery,
+) -> Response {
+    // Without time-start (or after), a stream starts with entries arriving from now on.
+    let start = match (q.after, q.time_start) {
+        (Some(a), _) => a,
+        (None, Some(_)) => 1,
+        (None, None) => state.store.end_seq(),
+    };
+    let header_obj = serde_json::json!({
+        "collection": collection.as_str(),
+        "instances": q.instances,
+        "time-start": q.time_start.map(format_nanos),
+        "stream": true,
+    });
+    let mut header_line = header_obj.to_string().into_bytes();
+    header_line.push(b'\n');
+    let changes = state.store.subscribe();
+    let init = (
+        state,
+        filter,
+        start,
+        changes,
+        Some(Bytes::from(header_line)),
+    );
+    let s = futures_util::stream::unfold(
+        init,
+        |(state, filter, pos, mut changes, header)| async move {
+            if let Some(h) = header {
+                return Some((
+                    Ok::<Bytes, std::io::Error>(h),
+                    (state, filter, pos, changes, None),
+                ));
+            }
+            let mut pos = pos;
+            loop {
+                let store = state.store.clone();
+                let f = filter.clone();
+                let batch = tokio::task::spawn_blocking(move || {
+                    store.scan(pos, &f, STREAM_BATCH, 1 << 20, now_nanos())
+                })
+                .await;
+                let batch = match batch {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (state, filter, pos, changes, None),
+                        ));
+                    }
+                    Err(_) => return None,
+                };
+                pos = batch.next_seq;
+                if !batch.records.is_empty() {
+                    let mut out = Vec::new();
+                    for r in &batch.records {
+                        out.extend_from_slice(&r.rec.body);
+                        out.push(b'\n');
+                    }
+                    return Some((Ok(Bytes::from(out)), (state, filter, pos, changes, None)));
+                }
+                let p = pos;
+                if changes.wait_for(|end| *end > p).await.is_err() {
+                    return None;
+                }
+            }
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(s),
+    )
+        .into_response()
+}
+
+/// `GET /collections[?collection-name=]`.
+pub async fn get_collections(
+    State(state): State<AppState>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_key(&state, &headers)?;
+    let only = params
+        .iter()
+        .find(|(k, _)| k == "collection-name")
+        .map(|(_, v)| v.clone());
+    let mut out = BTreeMap::new();
+    for (name, c) in state.catalog.collections() {
+        if only.as_ref().is_some_and(|o| *o != name) {
+            continue;
+        }
+        let instances: BTreeMap<String, serde_json::Value> = state
+            .instances
+            .of(&name)
+            .into_iter()
+            .map(|(id, info)| {
+                let mut v = serde_json::json!({
+                    "first-seen": format_nanos(info.first_seen),
+                    "size": info.size,
+                    "entries": info.entries,
+                });
+                if !c.adopted.contains(&id) {
+                    v["orphan"] = serde_json::Value::Bool(true);
+                }
+                (id.to_hex(), v)
+            })
+            .collect();
+        out.insert(
+            name,
+            serde_json::json!({ "instances": instances, "retention-days": c.retention_days }),
+        );
+    }
+    if let Some(o) = only {
+        if out.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "collection \"{o}\" does not exist"
+            )));
+        }
+    }
+    Ok(axum::Json(serde_json::json!({ "collections": out })).into_response())
+}

@@ -1,0 +1,131 @@
+//! `tally`: the Tally server, agent and command-line client in one binary.
+
+mod client;
+mod logs_cmd;
+
+use clap::{Parser, Subcommand};
+use client::ServerArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Tally: self-hosted logging for mesh VPNs.
+///
+/// Run `tally server` on one machine and `tally agent` on every node; read
+/// logs with `tally logs`. Client verbs find the server with --server or
+/// TALLY_SERVER and authenticate with TALLY_API_KEY.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: logs-service API and durable storage.
+    Server(ServerCmd),
+    /// Read logs: `tail` follows, `query` searches.
+    Logs(WithServer<logs_cmd::LogsCmd>),
+    /// List, create and delete collections.
+    Collections(WithServer<logs_cmd::CollectionsCmd>),
+    /// Adopt instances into collections.
+    Instances(WithServer<logs_cmd::InstancesCmd>),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerCmd {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the store and configuration.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
+    data_dir: PathBuf,
+    /// Days to keep entries of adopted instances (new collections).
+    #[arg(long, default_value_t = 30)]
+    retention_days: u32,
+    /// MiB an unadopted instance may store per 12 hours.
+    #[arg(long, default_value_t = 10)]
+    unadopted_cap_mb: u64,
+}
+
+/// A client verb with the server's address and key.
+#[derive(Debug, clap::Args)]
+struct WithServer<T: clap::Subcommand> {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    cmd: T,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
+    let mut config = tally_server::ServerConfig::new(cmd.listen, cmd.data_dir.clone());
+    config.bootstrap_key = std::env::var("TALLY_BOOTSTRAP_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    config.default_retention_days = cmd.retention_days;
+    config.unadopted_cap_bytes = cmd.unadopted_cap_mb << 20;
+    let server = tally_server::Server::bind(config).await?;
+    for cut in &server.recovery.cuts {
+        tracing::warn!("store recovery: {cut}");
+    }
+    let addr = server.local_addr()?;
+    println!("tally server listening on http://{addr}");
+    println!("data directory: {}", cmd.data_dir.display());
+    if let Some(key) = &server.new_bootstrap_key {
+        println!();
+        println!("bootstrap admin API key (shown once; store it now):");
+        println!("  {key}");
+        println!("use it with:  export TALLY_SERVER=http://{addr} TALLY_API_KEY={key}");
+        println!();
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    server.run(shutdown_signal()).await
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_tracing();
+    client::install_crypto();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(cmd) => run_server(cmd).await,
+        Command::Logs(a) => logs_cmd::run_logs(a.cmd, &a.server).await,
+        Command::Collections(a) => logs_cmd::run_collections(a.cmd, &a.server).await,
+        Command::Instances(a) => logs_cmd::run_instances(a.cmd, &a.server).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
