@@ -17,10 +17,11 @@ pub fn format_nanos(nanos: i64) -> String {
         .unwrap_or_else(|| nanos.to_string())
 }
 
-/// Parses an RFC 3339 timestamp into Unix nanoseconds.
+/// Parses an RFC 3339 timestamp into Unix nanoseconds (saturating outside
+/// the years 1677–2262 that fit).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos()).ok()
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?.unix_timestamp_nanos();
+    Some(i64::try_from(t).unwrap_or(if t < 0 { i64::MIN } else { i64::MAX }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use crate::AppState;
 use crate::auth::require_key;
 use crate::error::ApiError;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -53,9 +52,10 @@ fn collection_field(f: &HashMap<String, String>) -> Result<CollectionName, ApiEr
 pub async fn post_collections(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let caller = require_key(&state, &headers)?;
+    let body = crate::body::read_limited(body, 64 << 10).await?;
     let f = fields(&headers, &body)?;
     let name = collection_field(&f)?;
     match f.get("action").map(String::as_str) {
@@ -98,9 +98,10 @@ pub async fn post_collections(
 pub async fn post_instances(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let caller = require_key(&state, &headers)?;
+    let body = crate::body::read_limited(body, 64 << 10).await?;
     let f = fields(&headers, &body)?;
     let name = collection_field(&f)?;
     let list = f

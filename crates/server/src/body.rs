@@ -43,6 +43,27 @@ impl BodyError {
     }
 }
 
+/// Reads a whole request body of at most `limit` bytes, with JSON errors:
+/// 413 past the limit, 400 when the body was cut short.
+pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, crate::error::ApiError> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(crate::error::ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body is over {limit} bytes: send smaller batches"),
+                    ));
+                }
+                source = s.source();
+            }
+            Err(crate::error::ApiError::bad_request(format!("request body could not be read (cut short?): {e}")))
+        }
+    }
+}
+
 /// Supported encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {

@@ -3,7 +3,6 @@
 use crate::AppState;
 use crate::body;
 use crate::error::ApiError;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +15,7 @@ pub async fn post_logs(
     State(state): State<AppState>,
     Path((collection, private_id)): Path<(String, String)>,
     headers: HeaderMap,
-    raw: Bytes,
+    raw: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let collection = CollectionName::parse(&collection)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
@@ -38,6 +37,8 @@ pub async fn post_logs(
             "too many uploads in progress; retry after 1 s",
         ));
     };
+    // Compressed bodies are smaller than the decompressed limit; identity bodies are checked again after.
+    let raw = body::read_limited(raw, MAX_BODY_BYTES + (64 << 10)).await?;
     let now = tally_proto::timefmt::now_nanos();
     let adopted = state.catalog.is_adopted(collection.as_str(), &public);
     if !adopted {

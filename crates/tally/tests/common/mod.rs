@@ -1,0 +1,104 @@
+//! Test harness: runs the real `tally` binary as a server process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The admin key every test server is started with.
+pub const KEY: &str = "tally-test-admin-key-0123456789";
+
+/// A server child process.
+pub struct TestServer {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tally")
+}
+
+impl TestServer {
+    /// Starts `tally server` on a free port with `data_dir`, waiting until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts on a given address.
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin())
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("TALLY_BOOTSTRAP_KEY", KEY)
+            .env("TALLY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tally server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("server printed nothing").expect("read stdout");
+        let url = first
+            .strip_prefix("tally server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// The port the server listens on.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for tests.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().expect("client")
+}
+
+/// Reads every entry of a collection (paging), as JSON values.
+pub async fn read_all(client: &reqwest::Client, url: &str, collection: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = vec![("max-count".to_owned(), "100000".to_owned())];
+        if let Some(a) = &after {
+            q.push(("after".into(), a.clone()));
+        }
+        let resp = client.get(format!("{url}/c/{collection}")).bearer_auth(KEY).query(&q).send().await.expect("query");
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.expect("json");
+        out.extend(v["logs"].as_array().expect("logs").iter().cloned());
+        match v["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return out,
+        }
+    }
+}
