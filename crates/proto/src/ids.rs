@@ -57,6 +57,16 @@ impl PrivateId {
     }
 }
 
+impl Drop for PrivateId {
+    /// Wipes the secret bytes from memory.
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 impl fmt::Debug for PrivateId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PrivateId(<redacted>)")

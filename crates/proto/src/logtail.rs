@@ -471,7 +471,7 @@ mod tests {
         #[test]
         fn any_bytes_parse_to_valid_json_entries(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let p = parse_body(&body, 0, &id());
-            proptest::prop_assert!(!p.entries.is_empty() || body.iter().any(|b| *b == b'['));
+            proptest::prop_assert!(!p.entries.is_empty() || body.contains(&b'['));
             for e in &p.entries {
                 let v: Value = serde_json::from_slice(&e.json).expect("valid JSON");
                 proptest::prop_assert!(v["logtail"]["id"].is_string());

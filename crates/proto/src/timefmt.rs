@@ -20,7 +20,9 @@ pub fn format_nanos(nanos: i64) -> String {
 /// Parses an RFC 3339 timestamp into Unix nanoseconds (saturating outside
 /// the years 1677–2262 that fit).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?.unix_timestamp_nanos();
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .ok()?
+        .unix_timestamp_nanos();
     Some(i64::try_from(t).unwrap_or(if t < 0 { i64::MIN } else { i64::MAX }))
 }
 

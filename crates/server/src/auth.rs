@@ -34,12 +34,10 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<String> {
 /// Checks that the request carries a valid API key.
 pub fn require_key(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(key) = key_from_headers(headers) else {
-        let mut e = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "an API key is required: send it as the basic-auth user name (curl -u KEY:) or as Authorization: Bearer KEY",
-        );
-        e.retry_after = None;
-        return Err(e);
+        ));
     };
     match state.catalog.find_key(&key) {
         Some(k) => Ok(Caller { key_id: k.id }),

@@ -45,7 +45,10 @@ impl BodyError {
 
 /// Reads a whole request body of at most `limit` bytes, with JSON errors:
 /// 413 past the limit, 400 when the body was cut short.
-pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, crate::error::ApiError> {
+pub async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, crate::error::ApiError> {
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b),
         Err(e) => {
@@ -59,7 +62,9 @@ pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<bytes:
                 }
                 source = s.source();
             }
-            Err(crate::error::ApiError::bad_request(format!("request body could not be read (cut short?): {e}")))
+            Err(crate::error::ApiError::bad_request(format!(
+                "request body could not be read (cut short?): {e}"
+            )))
         }
     }
 }

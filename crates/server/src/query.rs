@@ -284,12 +284,12 @@ pub async fn get_collections(
             serde_json::json!({ "instances": instances, "retention-days": c.retention_days }),
         );
     }
-    if let Some(o) = only {
-        if out.is_empty() {
-            return Err(ApiError::not_found(format!(
-                "collection \"{o}\" does not exist"
-            )));
-        }
+    if let Some(o) = only
+        && out.is_empty()
+    {
+        return Err(ApiError::not_found(format!(
+            "collection \"{o}\" does not exist"
+        )));
     }
     Ok(axum::Json(serde_json::json!({ "collections": out })).into_response())
 }

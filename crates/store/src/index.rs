@@ -74,7 +74,7 @@ impl BlockMeta {
         self.min_time = self.min_time.min(rec.time);
         self.max_time = self.max_time.max(rec.time);
         self.raw_bytes += frame_len as u64;
-        if !self.collections.iter().any(|c| *c == rec.collection) {
+        if !self.collections.contains(&rec.collection) {
             self.collections.push(rec.collection.clone());
         }
         for p in bloom_positions(&rec.instance) {

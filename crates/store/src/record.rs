@@ -136,7 +136,7 @@ pub fn decode_frame(buf: &[u8]) -> Frame {
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if len > MAX_PAYLOAD || len < FIXED {
+    if !(FIXED..=MAX_PAYLOAD).contains(&len) {
         return Frame::Corrupt("frame length out of range");
     }
     let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
@@ -184,8 +184,8 @@ mod tests {
             time: 1_000 + i as i64,
             collection: "tailnode".into(),
             instance: [i as u8; 32],
-            identity: (i % 2 == 0).then_some((7, i)),
-            client_time: (i % 3 == 0).then_some(5),
+            identity: i.is_multiple_of(2).then_some((7, i)),
+            client_time: i.is_multiple_of(3).then_some(5),
             kind: kind::LOG,
             body: format!("{{\"n\":{i}}}").into_bytes(),
         }

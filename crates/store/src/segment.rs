@@ -327,7 +327,6 @@ pub fn salvage_sealed(path: &Path) -> Result<(Vec<Record>, Option<String>), Stor
             u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]) as usize;
         let end = (at + BLOCK_HEADER).saturating_add(clen).min(data.len());
         match decode_block(&data[at..end], 1 << 22)
-            .map_err(String::from)
             .and_then(|raw| record::decode_all(&raw, "salvage").map_err(|e| e.to_string()))
         {
             Ok(recs) => out.extend(recs),

@@ -19,6 +19,9 @@ const MAX_DEDUP_KEYS: usize = 1_000_000;
 const MAX_RANGES: usize = 64;
 
 type InstanceKey = (String, [u8; 32]);
+type IdentityKey = (String, [u8; 32], u32);
+/// (hour number, bytes) buckets of one instance.
+type HourBuckets = Vec<(i64, u64)>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SeenRanges {
@@ -40,11 +43,11 @@ impl SeenRanges {
                 r.0 = r.0.min(n);
                 r.1 = r.1.max(n);
                 // Merge with the next range if they now touch.
-                if let Some(&next) = self.ranges.get(i + 1) {
-                    if next.0 <= self.ranges[i].1.saturating_add(1) {
-                        self.ranges[i].1 = self.ranges[i].1.max(next.1);
-                        self.ranges.remove(i + 1);
-                    }
+                if let Some(&next) = self.ranges.get(i + 1)
+                    && next.0 <= self.ranges[i].1.saturating_add(1)
+                {
+                    self.ranges[i].1 = self.ranges[i].1.max(next.1);
+                    self.ranges.remove(i + 1);
                 }
             }
             _ => {
@@ -62,17 +65,18 @@ impl SeenRanges {
 pub struct IngestState {
     /// The state accounts for every record with a smaller position.
     pub next_seq: u64,
-    seen: Vec<((String, [u8; 32], u32), SeenRanges)>,
-    recent: Vec<(InstanceKey, Vec<(i64, u64)>)>,
+    seen: Vec<(IdentityKey, SeenRanges)>,
+    recent: Vec<(InstanceKey, HourBuckets)>,
     #[serde(skip)]
     live: Live,
 }
 
+/// Maps keyed by collection first, so lookups by `&str` need no allocation.
 #[derive(Debug, Clone, Default)]
 struct Live {
-    seen: HashMap<(String, [u8; 32], u32), SeenRanges>,
+    seen: HashMap<String, HashMap<([u8; 32], u32), SeenRanges>>,
     /// Per instance: (hour number, bytes) for the last 12 hours.
-    recent: HashMap<InstanceKey, Vec<(i64, u64)>>,
+    recent: HashMap<String, HashMap<[u8; 32], HourBuckets>>,
 }
 
 impl IngestState {
@@ -83,7 +87,8 @@ impl IngestState {
         };
         self.live
             .seen
-            .get(&(rec.collection.clone(), rec.instance, pid))
+            .get(rec.collection.as_str())
+            .and_then(|m| m.get(&(rec.instance, pid)))
             .is_some_and(|s| s.contains(pseq))
     }
 
@@ -91,20 +96,20 @@ impl IngestState {
     pub fn apply(&mut self, seq: u64, rec: &NewRecord) {
         self.next_seq = self.next_seq.max(seq + 1);
         if let Some((pid, pseq)) = rec.identity {
-            let s = self
-                .live
-                .seen
-                .entry((rec.collection.clone(), rec.instance, pid))
-                .or_default();
+            let per = match self.live.seen.get_mut(rec.collection.as_str()) {
+                Some(m) => m,
+                None => self.live.seen.entry(rec.collection.clone()).or_default(),
+            };
+            let s = per.entry((rec.instance, pid)).or_default();
             s.insert(pseq);
             s.last_seen = s.last_seen.max(rec.time);
         }
         let hour = rec.time.div_euclid(HOUR);
-        let buckets = self
-            .live
-            .recent
-            .entry((rec.collection.clone(), rec.instance))
-            .or_default();
+        let per = match self.live.recent.get_mut(rec.collection.as_str()) {
+            Some(m) => m,
+            None => self.live.recent.entry(rec.collection.clone()).or_default(),
+        };
+        let buckets = per.entry(rec.instance).or_default();
         match buckets.last_mut() {
             Some((h, b)) if *h == hour => *b += rec.body.len() as u64,
             _ => buckets.push((hour, rec.body.len() as u64)),
@@ -119,7 +124,8 @@ impl IngestState {
         let oldest = (now - RECENT_WINDOW_NANOS).div_euclid(HOUR);
         self.live
             .recent
-            .get(&(collection.to_owned(), *instance))
+            .get(collection)
+            .and_then(|m| m.get(instance))
             .map_or(0, |b| {
                 b.iter().filter(|(h, _)| *h >= oldest).map(|(_, n)| n).sum()
             })
@@ -127,38 +133,53 @@ impl IngestState {
 
     /// Forgets identities not seen for a day and counters past their window.
     pub fn prune(&mut self, now: i64) {
-        self.live
-            .seen
-            .retain(|_, s| s.last_seen >= now - DEDUP_WINDOW_NANOS);
-        if self.live.seen.len() > MAX_DEDUP_KEYS {
-            let mut times: Vec<i64> = self.live.seen.values().map(|s| s.last_seen).collect();
+        let mut cut = now - DEDUP_WINDOW_NANOS;
+        let keys: usize = self.live.seen.values().map(HashMap::len).sum();
+        if keys > MAX_DEDUP_KEYS {
+            let mut times: Vec<i64> = self
+                .live
+                .seen
+                .values()
+                .flat_map(|m| m.values().map(|s| s.last_seen))
+                .collect();
             times.sort_unstable();
-            let cut = times[times.len() - MAX_DEDUP_KEYS];
-            self.live.seen.retain(|_, s| s.last_seen >= cut);
+            cut = cut.max(times[times.len() - MAX_DEDUP_KEYS]);
         }
+        for m in self.live.seen.values_mut() {
+            m.retain(|_, s| s.last_seen >= cut);
+        }
+        self.live.seen.retain(|_, m| !m.is_empty());
         let oldest = (now - RECENT_WINDOW_NANOS).div_euclid(HOUR);
-        self.live.recent.retain(|_, b| {
-            b.retain(|(h, _)| *h >= oldest);
-            !b.is_empty()
-        });
+        for m in self.live.recent.values_mut() {
+            m.retain(|_, b| {
+                b.retain(|(h, _)| *h >= oldest);
+                !b.is_empty()
+            });
+        }
+        self.live.recent.retain(|_, m| !m.is_empty());
     }
 
     /// Serializes the state (for a snapshot file).
     pub fn to_bytes(&self) -> Vec<u8> {
+        let seen = self
+            .live
+            .seen
+            .iter()
+            .flat_map(|(c, m)| {
+                m.iter()
+                    .map(move |((i, p), v)| ((c.clone(), *i, *p), v.clone()))
+            })
+            .collect();
+        let recent = self
+            .live
+            .recent
+            .iter()
+            .flat_map(|(c, m)| m.iter().map(move |(i, v)| ((c.clone(), *i), v.clone())))
+            .collect();
         let snap = IngestState {
             next_seq: self.next_seq,
-            seen: self
-                .live
-                .seen
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            recent: self
-                .live
-                .recent
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            seen,
+            recent,
             live: Live::default(),
         };
         serde_json::to_vec(&snap).unwrap_or_default()
@@ -167,8 +188,12 @@ impl IngestState {
     /// Reads a snapshot written by [`IngestState::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let mut s: IngestState = serde_json::from_slice(bytes).ok()?;
-        s.live.seen = std::mem::take(&mut s.seen).into_iter().collect();
-        s.live.recent = std::mem::take(&mut s.recent).into_iter().collect();
+        for ((c, i, p), v) in std::mem::take(&mut s.seen) {
+            s.live.seen.entry(c).or_default().insert((i, p), v);
+        }
+        for ((c, i), v) in std::mem::take(&mut s.recent) {
+            s.live.recent.entry(c).or_default().insert(i, v);
+        }
         Some(s)
     }
 }

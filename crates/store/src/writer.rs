@@ -33,10 +33,15 @@ pub(crate) enum WriterMsg {
     Append {
         records: Vec<NewRecord>,
         bytes: usize,
-        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        reply: Reply,
     },
     Rotate(oneshot::Sender<()>),
 }
+
+/// Reply channel of one append.
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+/// One queued append: records, their bytes, the reply.
+type Pending = (Vec<NewRecord>, usize, Reply);
 
 /// A WAL segment to seal, with the ingest state as of its end.
 pub(crate) struct SealJob {
@@ -101,15 +106,7 @@ impl Writer {
         // Shutting down: seal nothing; recovery continues this WAL next start.
     }
 
-    fn commit(
-        &mut self,
-        buf: &mut Vec<u8>,
-        batch: Vec<(
-            Vec<NewRecord>,
-            usize,
-            oneshot::Sender<Result<AppendOutcome, StoreError>>,
-        )>,
-    ) {
+    fn commit(&mut self, buf: &mut Vec<u8>, batch: Vec<Pending>) {
         buf.clear();
         let total_bytes: usize = batch.iter().map(|b| b.1).sum();
         let poisoned = self.inner.poisoned.lock().clone();
