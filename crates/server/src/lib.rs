@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod instances;
 pub mod query;
 pub mod retention;
+pub mod tls;
 
 use anyhow::Context;
 use axum::Router;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub max_concurrent_uploads: usize,
     /// Store tuning.
     pub store: Option<StoreConfig>,
+    /// TLS certificate chain and key (PEM); plain HTTP when `None`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerConfig {
@@ -64,6 +67,7 @@ impl ServerConfig {
             retention_interval: Duration::from_secs(60),
             max_concurrent_uploads: 512,
             store: None,
+            tls: None,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn router(state: AppState) -> Router {
 /// A bound, not yet serving, server.
 pub struct Server {
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     /// The bootstrap key, when it was generated (or added) at this start.
     pub new_bootstrap_key: Option<String>,
@@ -117,6 +122,10 @@ pub struct Server {
 impl Server {
     /// Opens the data directory, recovers the store, and binds the socket.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(tls::load_config(cert, key)?),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
@@ -163,10 +172,16 @@ impl Server {
         };
         Ok(Self {
             listener,
+            tls,
             state,
             new_bootstrap_key,
             recovery,
         })
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The address actually bound.
@@ -182,10 +197,20 @@ impl Server {
         let state = self.state.clone();
         let background = tokio::spawn(background_tasks(state.clone()));
         let app = router(state.clone());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        match self.tls {
+            Some(config) => {
+                let listener =
+                    tls::TlsListener::new(self.listener, config).context("TLS listener")?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .context("HTTPS server failed")?;
+            }
+            None => axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("HTTP server failed")?,
+        }
         background.abort();
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();

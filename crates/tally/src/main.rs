@@ -1,5 +1,7 @@
 //! `tally`: the Tally server, agent and command-line client in one binary.
 
+mod agent_cmd;
+mod bench;
 mod client;
 mod logs_cmd;
 
@@ -29,6 +31,11 @@ struct Cli {
 enum Command {
     /// Run the server: logs-service API and durable storage.
     Server(ServerCmd),
+    /// Run the node agent (queue logs on disk, upload them), or talk to it:
+    /// `id`, `log MESSAGE`, `logs`.
+    Agent(agent_cmd::AgentArgs),
+    /// Benchmarks (ingest throughput; PostgreSQL comparison).
+    Bench(bench::BenchArgs),
     /// Read logs: `tail` follows, `query` searches.
     Logs(WithServer<logs_cmd::LogsCmd>),
     /// List, create and delete collections.
@@ -51,6 +58,12 @@ struct ServerCmd {
     /// MiB an unadopted instance may store per 12 hours.
     #[arg(long, default_value_t = 10)]
     unadopted_cap_mb: u64,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A client verb with the server's address and key.
@@ -91,22 +104,25 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
         .filter(|k| !k.is_empty());
     config.default_retention_days = cmd.retention_days;
     config.unadopted_cap_bytes = cmd.unadopted_cap_mb << 20;
+    config.tls = cmd.tls_cert.zip(cmd.tls_key);
     let server = tally_server::Server::bind(config).await?;
     for cut in &server.recovery.cuts {
         tracing::warn!("store recovery: {cut}");
     }
-    let addr = server.local_addr()?;
-    println!("tally server listening on http://{addr}");
-    println!("data directory: {}", cmd.data_dir.display());
+    let addr = format!("{}://{}", server.scheme(), server.local_addr()?);
+    let mut banner = format!(
+        "tally server listening on {addr}\ndata directory: {}\n",
+        cmd.data_dir.display()
+    );
     if let Some(key) = &server.new_bootstrap_key {
-        println!();
-        println!("bootstrap admin API key (shown once; store it now):");
-        println!("  {key}");
-        println!("use it with:  export TALLY_SERVER=http://{addr} TALLY_API_KEY={key}");
-        println!();
+        banner.push_str(&format!(
+            "\nbootstrap admin API key (shown once; store it now):\n  {key}\nuse it with:  export TALLY_SERVER={addr} TALLY_API_KEY={key}\n\n"
+        ));
     }
+    // A closed stdout (a supervisor that stopped reading) must not stop the server.
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout();
+    let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
     server.run(shutdown_signal()).await
 }
 
@@ -117,6 +133,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(cmd) => run_server(cmd).await,
+        Command::Agent(args) => agent_cmd::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Logs(a) => logs_cmd::run_logs(a.cmd, &a.server).await,
         Command::Collections(a) => logs_cmd::run_collections(a.cmd, &a.server).await,
         Command::Instances(a) => logs_cmd::run_instances(a.cmd, &a.server).await,

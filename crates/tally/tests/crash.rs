@@ -18,11 +18,15 @@ use tally_proto::PrivateId;
 const WRITERS: u32 = 6;
 const BATCH: u64 = 40;
 const KILLS: usize = 5;
+/// Each writer stops after this many entries (keeps the read-backs quick).
+const MAX_PER_WRITER: u64 = 20_000;
+/// Unadopted instances are capped; these writers are not adopted.
+const SERVER_ARGS: &[&str] = &["--unadopted-cap-mb", "100000"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_entries_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start(dir.path(), SERVER_ARGS);
     let url = Arc::new(RwLock::new(server.url.clone()));
     let server = Arc::new(parking_lot::Mutex::new(server));
     let stop = Arc::new(AtomicBool::new(false));
@@ -35,23 +39,32 @@ async fn acknowledged_entries_survive_kill_9_exactly_once() {
             let c = http();
             let id = PrivateId::generate();
             let mut next = 1u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && next <= MAX_PER_WRITER {
                 let batch: Vec<_> = (next..next + BATCH)
                     .map(|n| serde_json::json!({"text": format!("w{w}-{n}"), "logtail": {"proc_id": w, "proc_seq": n}}))
                     .collect();
                 let body = serde_json::to_vec(&batch).unwrap();
                 // Retry the same batch until it is acknowledged, across restarts.
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let mut last = String::new();
                 loop {
+                    assert!(std::time::Instant::now() < deadline, "writer {w}: batch at {next} never acknowledged; last answer: {last}");
                     let target = format!("{}/c/tailnode/{}", url.read(), id.to_hex());
                     match c.post(&target).body(body.clone()).timeout(Duration::from_secs(10)).send().await {
                         Ok(r) if r.status() == 200 => break,
-                        Ok(r) => assert!(r.status().is_server_error() || r.status() == 429, "unexpected {}", r.status()),
-                        Err(_) => {}
+                        Ok(r) => {
+                            let status = r.status();
+                            last = format!("{status} {}", r.text().await.unwrap_or_default());
+                            assert!(status.is_server_error(), "unexpected answer: {last}");
+                        }
+                        Err(e) => last = e.to_string(),
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 acked.lock().insert(w, next + BATCH - 1);
                 next += BATCH;
+                // Pace the writers so that writes are in flight through every kill.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             (id, next - 1)
         }));
@@ -62,23 +75,35 @@ async fn acknowledged_entries_survive_kill_9_exactly_once() {
         let pause = rand::rng().random_range(150..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let before: HashMap<u32, u64> = acked.lock().clone();
-        let mut s = server.lock();
-        s.kill9();
-        *s = TestServer::start(dir.path(), &[]);
-        *url.write() = s.url.clone();
-        let u = s.url.clone();
-        drop(s);
+        let u = {
+            let mut s = server.lock();
+            s.kill9();
+            *s = TestServer::start(dir.path(), SERVER_ARGS);
+            *url.write() = s.url.clone();
+            s.url.clone()
+        };
         // Everything acknowledged before the kill is readable after it.
         let logs = read_all(&c, &u, "tailnode").await;
+        eprintln!(
+            "round {round}: killed after {pause} ms, {} entries stored",
+            logs.len()
+        );
         let mut max_seen: HashMap<u32, u64> = HashMap::new();
         for e in &logs {
             let lt = &e["logtail"];
-            let (w, n) = (lt["proc_id"].as_u64().unwrap() as u32, lt["proc_seq"].as_u64().unwrap());
+            let (w, n) = (
+                lt["proc_id"].as_u64().unwrap() as u32,
+                lt["proc_seq"].as_u64().unwrap(),
+            );
             let m = max_seen.entry(w).or_default();
             *m = (*m).max(n);
         }
         for (w, n) in before {
-            assert!(max_seen.get(&w).copied().unwrap_or(0) >= n, "round {round}: writer {w} had {n} acknowledged, found {:?}", max_seen.get(&w));
+            assert!(
+                max_seen.get(&w).copied().unwrap_or(0) >= n,
+                "round {round}: writer {w} had {n} acknowledged, found {:?}",
+                max_seen.get(&w)
+            );
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -92,14 +117,21 @@ async fn acknowledged_entries_survive_kill_9_exactly_once() {
     let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
     for e in &logs {
         let lt = &e["logtail"];
-        let key = (lt["proc_id"].as_u64().unwrap() as u32, lt["proc_seq"].as_u64().unwrap());
+        let key = (
+            lt["proc_id"].as_u64().unwrap() as u32,
+            lt["proc_seq"].as_u64().unwrap(),
+        );
         assert_eq!(e["text"], format!("w{}-{}", key.0, key.1));
         *seen.entry(key).or_default() += 1;
     }
     let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "duplicated entries: {dups:?}");
     let total: u64 = expected.values().sum();
-    assert_eq!(seen.len() as u64, total, "every acknowledged entry, exactly once");
+    assert_eq!(
+        seen.len() as u64,
+        total,
+        "every acknowledged entry, exactly once"
+    );
     for (w, last) in expected {
         for n in 1..=last {
             assert!(seen.contains_key(&(w, n)), "writer {w} entry {n} missing");

@@ -40,14 +40,21 @@ impl TestServer {
             .expect("spawn tally server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("server printed nothing").expect("read stdout");
+        let first = lines
+            .next()
+            .expect("server printed nothing")
+            .expect("read stdout");
         let url = first
             .strip_prefix("tally server listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
             .to_owned();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url, data_dir: data_dir.to_path_buf() }
+        Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     /// `kill -9`.
@@ -84,7 +91,11 @@ pub fn http() -> reqwest::Client {
 }
 
 /// Reads every entry of a collection (paging), as JSON values.
-pub async fn read_all(client: &reqwest::Client, url: &str, collection: &str) -> Vec<serde_json::Value> {
+pub async fn read_all(
+    client: &reqwest::Client,
+    url: &str,
+    collection: &str,
+) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -92,7 +103,13 @@ pub async fn read_all(client: &reqwest::Client, url: &str, collection: &str) -> 
         if let Some(a) = &after {
             q.push(("after".into(), a.clone()));
         }
-        let resp = client.get(format!("{url}/c/{collection}")).bearer_auth(KEY).query(&q).send().await.expect("query");
+        let resp = client
+            .get(format!("{url}/c/{collection}"))
+            .bearer_auth(KEY)
+            .query(&q)
+            .send()
+            .await
+            .expect("query");
         assert_eq!(resp.status(), 200);
         let v: serde_json::Value = resp.json().await.expect("json");
         out.extend(v["logs"].as_array().expect("logs").iter().cloned());

@@ -1,0 +1,419 @@
+//! Following log files (`--follow PATH`), one polling thread per file.
+//!
+//! - First sight (no position stored for the path): start at the end.
+//! - Restart: resume at the stored position if the file is the same (device,
+//!   inode) and the bytes before the position still match its fingerprint;
+//!   otherwise it was truncated or rewritten meanwhile: read from the start.
+//!   If the path now names another file (rotated while the agent was
+//!   stopped), the rest of the old file is read first when it is still in
+//!   the same directory (`x.log.1`).
+//! - Rotation by rename: when the path names a new file, the old one is read
+//!   to its end, then the new one from its start.
+//! - Truncation (copytruncate): when the file is shorter than what was read,
+//!   or the bytes before the position changed, read it again from the start.
+//!
+//! Every line's entry carries the position after it (see [`crate::queue`]),
+//! and a position-only record is queued whenever reading restarts elsewhere.
+
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::entry::RAW_CHUNK;
+use crate::lines::{FINGERPRINT_WINDOW, LineSplitter, Parts, RawLine, fingerprint};
+use crate::queue::FilePos;
+use crate::writer::{Item, WriteRequest};
+
+/// Bytes read per `read` call.
+const READ_BUF: usize = 64 * 1024;
+/// Bytes of lines sent to the writer per request.
+const SEND_BYTES: usize = 256 * 1024;
+/// Bytes read per poll before yielding (then polled again at once).
+const POLL_BUDGET: u64 = 4 << 20;
+
+/// The writer is gone: the agent is stopping.
+#[derive(Debug)]
+struct Closed;
+
+struct Tail {
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Next byte to read.
+    read_offset: u64,
+    splitter: LineSplitter,
+    parts: Parts,
+}
+
+impl Tail {
+    fn open_at(file: File, meta: &Metadata, offset: u64, window: Vec<u8>, part: u32) -> Self {
+        Self {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            read_offset: offset,
+            splitter: LineSplitter::new(offset, window, RAW_CHUNK),
+            parts: Parts::new(part),
+        }
+    }
+
+    /// Position after the last line taken.
+    fn position(&self) -> FilePos {
+        let (fingerprint, fingerprint_len) = self.splitter.fingerprint();
+        FilePos {
+            dev: self.dev,
+            ino: self.ino,
+            offset: self.splitter.consumed(),
+            fingerprint,
+            fingerprint_len,
+            part: self.parts.part(),
+        }
+    }
+}
+
+/// Reads the `pos.fingerprint_len` bytes before `pos.offset` and checks them.
+/// Returns them on a match.
+fn check_fingerprint(file: &File, pos: &FilePos) -> io::Result<Option<Vec<u8>>> {
+    let len = u64::from(pos.fingerprint_len);
+    if len > pos.offset || len > FINGERPRINT_WINDOW as u64 {
+        return Ok(None);
+    }
+    let mut buf = vec![0; len as usize];
+    match file.read_exact_at(&mut buf, pos.offset - len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (fp, n) = fingerprint(&[], &buf);
+    Ok((fp == pos.fingerprint && n == pos.fingerprint_len).then_some(buf))
+}
+
+/// Follows one path.
+struct Follower {
+    path: PathBuf,
+    key: Arc<str>,
+    tx: mpsc::Sender<WriteRequest>,
+    tail: Option<Tail>,
+    /// The start could not open the file (other than "not found"): retry
+    /// the start with this stored position rather than reading from 0.
+    retry_initial: Option<Option<FilePos>>,
+    last_warning: Option<String>,
+}
+
+impl Follower {
+    fn warn_once(&mut self, msg: String) {
+        if self.last_warning.as_deref() != Some(msg.as_str()) {
+            tracing::warn!(path = %self.path.display(), "{msg}");
+            self.last_warning = Some(msg);
+        }
+    }
+
+    fn send(&self, items: Vec<Item>) -> Result<(), Closed> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .blocking_send(WriteRequest { items, reply: None })
+            .map_err(|_| Closed)
+    }
+
+    fn mark(&self) -> Result<(), Closed> {
+        match &self.tail {
+            Some(t) => self.send(vec![Item::Mark {
+                path: Arc::clone(&self.key),
+                pos: t.position(),
+            }]),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts following at agent start, from the stored position if any.
+    fn attach_initial(&mut self, stored: Option<FilePos>) -> Result<(), Closed> {
+        let (file, meta) = match File::open(&self.path).and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::info!(path = %self.path.display(), "followed file does not exist yet; it will be read from its start once it appears");
+                return Ok(());
+            }
+            Err(e) => {
+                self.warn_once(format!("cannot open followed file: {e}; retrying"));
+                self.retry_initial = Some(stored);
+                return Ok(());
+            }
+        };
+        self.last_warning = None;
+        match stored {
+            None => {
+                // First sight: only what is written from now on.
+                let len = meta.len();
+                let from = len.saturating_sub(FINGERPRINT_WINDOW as u64);
+                let mut window = vec![0; (len - from) as usize];
+                if let Err(e) = file.read_exact_at(&mut window, from) {
+                    self.warn_once(format!("cannot read followed file: {e}"));
+                    window.clear();
+                }
+                let window_len = window.len() as u64;
+                self.tail = Some(Tail::open_at(file, &meta, from + window_len, window, 0));
+                self.mark()
+            }
+            Some(pos) if (pos.dev, pos.ino) == (meta.dev(), meta.ino()) => {
+                match check_fingerprint(&file, &pos) {
+                    Ok(Some(window)) if pos.offset <= meta.len() => {
+                        self.tail = Some(Tail::open_at(file, &meta, pos.offset, window, pos.part));
+                        Ok(())
+                    }
+                    _ => {
+                        tracing::info!(path = %self.path.display(), "followed file was truncated or rewritten while the agent was stopped; reading it from its start");
+                        self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                        self.mark()
+                    }
+                }
+            }
+            Some(pos) => {
+                self.drain_rotated(&pos)?;
+                self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                self.mark()
+            }
+        }
+    }
+
+    /// The path names a new file since the agent stopped: read the rest of
+    /// the old one if it is still next to it (renamed by log rotation).
+    fn drain_rotated(&mut self, pos: &FilePos) -> Result<(), Closed> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let found = fs::read_dir(dir).ok().and_then(|items| {
+            items.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                fs::symlink_metadata(p)
+                    .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (pos.dev, pos.ino))
+            })
+        });
+        let Some(old) = found else {
+            tracing::warn!(
+                path = %self.path.display(),
+                "followed file was replaced while the agent was stopped and the old file is gone; lines written to it after the agent stopped could not be read"
+            );
+            return Ok(());
+        };
+        let opened = File::open(&old).and_then(|f| f.metadata().map(|m| (f, m)));
+        let Ok((file, meta)) = opened else {
+            return Ok(());
+        };
+        match check_fingerprint(&file, pos) {
+            Ok(Some(window)) if pos.offset <= meta.len() => {
+                tracing::info!(path = %self.path.display(), rotated = %old.display(), "reading the rest of the rotated file first");
+                self.tail = Some(Tail::open_at(file, &meta, pos.offset, window, pos.part));
+                self.read_available(u64::MAX)?;
+                self.finish_tail()?;
+                self.tail = None;
+            }
+            _ => {
+                tracing::warn!(path = %self.path.display(), rotated = %old.display(), "the rotated file changed; not reading it again");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an unterminated last line of the current file.
+    fn finish_tail(&mut self) -> Result<(), Closed> {
+        let Some(t) = self.tail.as_mut() else {
+            return Ok(());
+        };
+        let mut raws = Vec::new();
+        t.splitter.finish(&mut raws);
+        let items = to_items(t, &self.key, raws);
+        self.send(items)
+    }
+
+    /// One poll: notice rotation and truncation, then read what is new.
+    /// Returns true when more data may be waiting.
+    fn poll(&mut self) -> Result<bool, Closed> {
+        if let Some(stored) = self.retry_initial.take() {
+            self.attach_initial(stored)?;
+            if self.tail.is_none() {
+                return Ok(false);
+            }
+        }
+        let meta = fs::metadata(&self.path);
+        match (&self.tail, meta) {
+            (None, Ok(_)) => {
+                // Appeared (or reappeared) since the last poll: all of it is new.
+                match File::open(&self.path).and_then(|f| f.metadata().map(|m| (f, m))) {
+                    Ok((file, meta)) => {
+                        self.last_warning = None;
+                        self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                        self.mark()?;
+                    }
+                    Err(e) => {
+                        self.warn_once(format!("cannot open followed file: {e}; retrying"));
+                        return Ok(false);
+                    }
+                }
+            }
+            (None, Err(e)) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    self.warn_once(format!("cannot access followed file: {e}; retrying"));
+                }
+                return Ok(false);
+            }
+            (Some(t), Ok(m)) if (m.dev(), m.ino()) != (t.dev, t.ino) => {
+                // Rotated by rename: finish the old file, then start the new one.
+                self.read_available(u64::MAX)?;
+                self.finish_tail()?;
+                self.tail = None;
+                return self.poll();
+            }
+            (Some(t), Ok(m)) => {
+                let pos = t.position();
+                let rewritten = m.len() < t.read_offset
+                    || !matches!(check_fingerprint(&t.file, &pos), Ok(Some(_)));
+                if rewritten {
+                    tracing::info!(path = %self.path.display(), "followed file was truncated; reading it from its start");
+                    self.finish_tail()?;
+                    if let Some(t) = self.tail.take() {
+                        let meta = t.file.metadata();
+                        if let Ok(meta) = meta {
+                            self.tail = Some(Tail::open_at(t.file, &meta, 0, Vec::new(), 0));
+                        }
+                    }
+                    self.mark()?;
+                }
+            }
+            // Gone without a replacement yet (rotation in progress) or not
+            // accessible: keep reading the file already open.
+            (Some(_), Err(_)) => {}
+        }
+        self.read_available(POLL_BUDGET)
+    }
+
+    /// Reads up to `budget` bytes from the current file and queues its lines.
+    fn read_available(&mut self, budget: u64) -> Result<bool, Closed> {
+        let Some(t) = self.tail.as_mut() else {
+            return Ok(false);
+        };
+        let mut buf = vec![0; READ_BUF];
+        let mut items = Vec::new();
+        let mut pending_bytes = 0;
+        let mut read = 0u64;
+        let mut error = None;
+        let more = loop {
+            if read >= budget {
+                break true;
+            }
+            let n = match t.file.read_at(&mut buf, t.read_offset) {
+                Ok(0) => break false,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error = Some(e);
+                    break false;
+                }
+            };
+            read += n as u64;
+            t.read_offset += n as u64;
+            let mut raws = Vec::new();
+            t.splitter.push(&buf[..n], &mut raws);
+            pending_bytes += raws.iter().map(|r| r.bytes.len()).sum::<usize>();
+            items.extend(to_items(t, &self.key, raws));
+            if pending_bytes >= SEND_BYTES {
+                self.tx
+                    .blocking_send(WriteRequest {
+                        items: std::mem::take(&mut items),
+                        reply: None,
+                    })
+                    .map_err(|_| Closed)?;
+                pending_bytes = 0;
+            }
+        };
+        self.send(items)?;
+        if let Some(e) = error {
+            self.warn_once(format!("cannot read followed file: {e}; retrying"));
+        }
+        Ok(more)
+    }
+}
+
+/// The queue items for `raws` read from `t`; each line's last entry carries
+/// the file position after it.
+fn to_items(t: &mut Tail, key: &Arc<str>, raws: Vec<RawLine>) -> Vec<Item> {
+    let now = tally_proto::timefmt::now_nanos();
+    let mut items = Vec::with_capacity(raws.len());
+    for raw in raws {
+        let mut lines = t.parts.lines(&raw, key, now);
+        if let Some(last) = lines.last_mut() {
+            last.file = Some(FilePos {
+                dev: t.dev,
+                ino: t.ino,
+                offset: raw.end,
+                fingerprint: raw.fingerprint,
+                fingerprint_len: raw.fingerprint_len,
+                part: t.parts.part(),
+            });
+        }
+        items.extend(lines.into_iter().map(Item::Line));
+    }
+    items
+}
+
+/// A running follower thread.
+#[derive(Debug)]
+pub(crate) struct FollowHandle {
+    stop: std_mpsc::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl FollowHandle {
+    /// Asks the thread to stop and waits for it (blocking).
+    pub(crate) fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts following `path` (`key` is its name in entries and in the queue).
+/// `ready` fires once the starting position is decided and queued.
+pub(crate) fn spawn(
+    path: PathBuf,
+    key: Arc<str>,
+    stored: Option<FilePos>,
+    tx: mpsc::Sender<WriteRequest>,
+    poll_interval: Duration,
+    ready: oneshot::Sender<()>,
+) -> io::Result<FollowHandle> {
+    let (stop, stop_rx) = std_mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name("tally-follow".into())
+        .spawn(move || {
+            let mut f = Follower {
+                path,
+                key,
+                tx,
+                tail: None,
+                retry_initial: None,
+                last_warning: None,
+            };
+            if f.attach_initial(stored).is_err() {
+                return;
+            }
+            let _ = ready.send(());
+            let mut wait = Duration::ZERO;
+            loop {
+                match stop_rx.recv_timeout(wait) {
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                wait = match f.poll() {
+                    Ok(true) => Duration::ZERO,
+                    Ok(false) => poll_interval,
+                    Err(Closed) => return,
+                };
+            }
+        })?;
+    Ok(FollowHandle { stop, thread })
+}

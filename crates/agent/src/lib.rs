@@ -1,0 +1,488 @@
+//! The Tally node agent: log sources, a bounded disk queue and the uploader.
+//!
+//! Lines from the agent's stdin, from followed files and from the local
+//! socket (`tally agent log`) become logtail entries, are fsynced in a
+//! bounded disk queue (`<data-dir>/queue/`) and are uploaded to
+//! `POST {server}/c/{collection}/{private-id}` following the logs-service
+//! protocol. See `DESIGN.md`, "Compatibility targets".
+//!
+//! Start with [`run`] (until SIGINT/SIGTERM), [`run_until`] (until a future
+//! resolves) or [`Agent::start`] and [`Agent::shutdown`].
+
+#![warn(missing_docs)]
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tally_proto::logtail::MAX_BODY_BYTES;
+use tally_proto::{CollectionName, PublicId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+mod entry;
+mod error;
+mod follow;
+mod history;
+mod identity;
+mod lines;
+mod queue;
+mod socket;
+mod stdin;
+mod uploader;
+mod writer;
+
+pub use error::AgentError;
+pub use history::{LocalLog, QUEUE_DIR, recent_logs};
+pub use identity::{IdentityError, PRIVATE_ID_FILE, load_or_create_identity, read_identity};
+pub use queue::QueueError;
+pub use socket::{LogReceipt, SOCKET_FILE, SocketError, log_via_socket};
+pub use uploader::UploadStatus;
+
+use queue::{Queue, QueueOptions};
+use writer::{WriteRequest, Writer};
+
+/// Default collection of node logs.
+pub const DEFAULT_COLLECTION: &str = "tailnode";
+/// Default size limit of the disk queue.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 50 << 20;
+/// Smallest disk queue accepted.
+pub const MIN_QUEUE_MAX_BYTES: u64 = 1 << 20;
+/// Name of the lock file that keeps two agents off one data directory.
+const LOCK_FILE: &str = "agent.lock";
+/// Requests buffered between the sources and the queue writer.
+const CHANNEL_CAPACITY: usize = 64;
+/// Longest followed path accepted (it is stored with every entry).
+const MAX_PATH_BYTES: usize = 4096;
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Base URL of the Tally server (`https://logs.example.com`); required
+    /// unless `no_logs_no_support`.
+    pub server: Option<String>,
+    /// Directory of the identity, the queue, the socket and the lock.
+    pub data_dir: PathBuf,
+    /// Collection to upload to (`[a-zA-Z0-9-_.]+`).
+    pub collection: String,
+    /// Files to follow.
+    pub follow: Vec<PathBuf>,
+    /// Read the agent's own stdin, one entry per line.
+    pub read_stdin: bool,
+    /// Size limit of the disk queue in bytes.
+    pub queue_max_bytes: u64,
+    /// Upload nothing (no network at all); keep logs in the local queue.
+    pub no_logs_no_support: bool,
+    /// How long entries gather before a batch is sent (unless it is full).
+    pub flush_delay: Duration,
+    /// Shortest wait before retrying an upload without `Retry-After`.
+    pub backoff_min: Duration,
+    /// Longest wait before retrying an upload without `Retry-After`.
+    pub backoff_max: Duration,
+    /// Cap of every wait, `Retry-After` included.
+    pub max_sleep: Duration,
+    /// Largest uncompressed batch body.
+    pub batch_max_bytes: usize,
+    /// How often followed files are checked.
+    pub poll_interval: Duration,
+    /// Shortest time between two fsyncs of the queue (group commit).
+    pub fsync_interval: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults of the logs-service protocol
+    /// (2 s flush delay, 30–60 s backoff, 5 min cap, 256 KiB batches), the
+    /// `tailnode` collection and a 50 MiB queue.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            server: None,
+            data_dir: data_dir.into(),
+            collection: DEFAULT_COLLECTION.to_owned(),
+            follow: Vec::new(),
+            read_stdin: false,
+            queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+            no_logs_no_support: false,
+            flush_delay: Duration::from_secs(2),
+            backoff_min: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(60),
+            max_sleep: Duration::from_secs(300),
+            batch_max_bytes: 256 << 10,
+            poll_interval: Duration::from_millis(250),
+            fsync_interval: Duration::from_millis(50),
+        }
+    }
+
+    /// Checks the configuration.
+    fn validate(&self) -> Result<Validated, AgentError> {
+        let bad = |msg: String| Err(AgentError::Config(msg));
+        if CollectionName::parse(&self.collection).is_err() {
+            return bad(format!(
+                "invalid collection name {:?}: use letters, digits, '-', '_' and '.'",
+                self.collection
+            ));
+        }
+        if self.queue_max_bytes < MIN_QUEUE_MAX_BYTES {
+            return bad(format!(
+                "the disk queue must be at least 1 MiB, not {} bytes",
+                self.queue_max_bytes
+            ));
+        }
+        if self.backoff_min > self.backoff_max {
+            return bad("backoff_min is larger than backoff_max".into());
+        }
+        if self.batch_max_bytes == 0 || self.batch_max_bytes > MAX_BODY_BYTES / 2 {
+            return bad(format!(
+                "batch_max_bytes must be between 1 and {}",
+                MAX_BODY_BYTES / 2
+            ));
+        }
+        let server = match (&self.server, self.no_logs_no_support) {
+            (_, true) => None,
+            (None, false) => {
+                return bad("no server to upload logs to: pass --server URL or set TALLY_SERVER (or pass --no-logs-no-support to keep logs on this node only)".into());
+            }
+            (Some(s), false) => {
+                let url = reqwest::Url::parse(s)
+                    .map_err(|e| AgentError::Config(format!("invalid server URL {s:?}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https")
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                {
+                    return bad(format!(
+                        "invalid server URL {s:?}: use http(s)://host[:port][/path]"
+                    ));
+                }
+                Some(s.trim_end_matches('/').to_owned())
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let mut follow = Vec::new();
+        for p in &self.follow {
+            let abs = std::path::absolute(p)
+                .map_err(|e| AgentError::Config(format!("cannot follow {}: {e}", p.display())))?;
+            let Some(key) = abs.to_str() else {
+                return bad(format!(
+                    "cannot follow {}: the path is not valid UTF-8",
+                    abs.display()
+                ));
+            };
+            if key.len() > MAX_PATH_BYTES {
+                return bad(format!(
+                    "cannot follow {}: the path is too long",
+                    abs.display()
+                ));
+            }
+            if seen.insert(key.to_owned()) {
+                let key: Arc<str> = Arc::from(key);
+                follow.push((abs, key));
+            }
+        }
+        Ok(Validated { server, follow })
+    }
+}
+
+/// A checked configuration's derived values.
+struct Validated {
+    /// Base URL to upload to, without a trailing slash; `None`: no uploads.
+    server: Option<String>,
+    /// Followed paths, absolute and deduplicated, with their UTF-8 form.
+    follow: Vec<(PathBuf, Arc<str>)>,
+}
+
+/// Takes the data directory's lock (released when the file is closed).
+fn lock_data_dir(dir: &Path) -> Result<File, AgentError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(AgentError::io("open", &path))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(AgentError::AlreadyRunning {
+                dir: dir.to_owned(),
+                lock: path,
+            });
+        }
+        return Err(AgentError::io("lock", &path)(e));
+    }
+    Ok(file)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))?
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    public_id: PublicId,
+    socket_path: PathBuf,
+    stop_sources: CancellationToken,
+    stop_uploader: CancellationToken,
+    stop_writer: CancellationToken,
+    followers: Vec<follow::FollowHandle>,
+    socket_task: Option<JoinHandle<()>>,
+    uploader_task: Option<JoinHandle<()>>,
+    writer_task: Option<JoinHandle<()>>,
+    durable: watch::Receiver<u64>,
+    status: watch::Receiver<UploadStatus>,
+    fatal_tx: mpsc::UnboundedSender<AgentError>,
+    fatal_rx: mpsc::UnboundedReceiver<AgentError>,
+    _lock: File,
+}
+
+impl Agent {
+    /// Starts the agent: identity, queue recovery, sources, socket and
+    /// uploader. Returns once every source is in place (files positioned,
+    /// socket listening).
+    pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let Validated { server, follow } = config.validate()?;
+        let data_dir = config.data_dir.clone();
+        let identity = {
+            let dir = data_dir.clone();
+            blocking(move || Ok(load_or_create_identity(&dir)?)).await?
+        };
+        let lock = lock_data_dir(&data_dir)?;
+        let queue = {
+            let dir = data_dir.join(QUEUE_DIR);
+            let opts = QueueOptions::for_size(config.queue_max_bytes);
+            blocking(move || Ok(Queue::open(&dir, opts)?)).await?
+        };
+        let positions = queue.file_positions().clone();
+        let queue = Arc::new(Mutex::new(queue));
+
+        if config.no_logs_no_support {
+            eprintln!(
+                "tally agent: --no-logs-no-support is set: nothing is uploaded and no network connection is made; \
+                 logs are kept only on this node in {} (at most {}, oldest deleted first). \
+                 Read them with `tally agent logs`.",
+                data_dir.join(QUEUE_DIR).display(),
+                writer::human_size(config.queue_max_bytes),
+            );
+        }
+
+        let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel::<WriteRequest>(CHANNEL_CAPACITY);
+        let (durable_tx, durable) = watch::channel(0);
+        let (status_tx, status) = watch::channel(UploadStatus::default());
+        let stop_sources = CancellationToken::new();
+        let stop_uploader = CancellationToken::new();
+        let stop_writer = CancellationToken::new();
+
+        let writer = Writer {
+            queue: Arc::clone(&queue),
+            proc_id: rand::random(),
+            next_seq: 1,
+            drop_notices: !config.no_logs_no_support,
+            queue_max_bytes: config.queue_max_bytes,
+            fsync_interval: config.fsync_interval,
+            durable: durable_tx,
+        };
+        let writer_task = {
+            let (stop, fatal) = (stop_writer.clone(), fatal_tx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = writer.run(rx, stop).await {
+                    let _ = fatal.send(e);
+                }
+            })
+        };
+        let mut agent = Self {
+            public_id: identity.public(),
+            socket_path: data_dir.join(SOCKET_FILE),
+            stop_sources,
+            stop_uploader,
+            stop_writer,
+            followers: Vec::new(),
+            socket_task: None,
+            uploader_task: None,
+            writer_task: Some(writer_task),
+            durable,
+            status,
+            fatal_tx,
+            fatal_rx,
+            _lock: lock,
+        };
+
+        let mut readies = Vec::new();
+        for (path, key) in follow {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let stored = positions.get(&*key).copied();
+            let handle = follow::spawn(
+                path.clone(),
+                key,
+                stored,
+                tx.clone(),
+                config.poll_interval,
+                ready_tx,
+            )
+            .map_err(AgentError::io("start a thread to follow", &path))?;
+            agent.followers.push(handle);
+            readies.push(ready_rx);
+        }
+        for ready in readies {
+            // An error means the writer stopped; `failed` reports why.
+            let _ = ready.await;
+        }
+
+        let listener = socket::bind(&agent.socket_path)?;
+        agent.socket_task = Some(tokio::spawn(socket::serve(
+            listener,
+            tx.clone(),
+            agent.stop_sources.clone(),
+        )));
+        if config.read_stdin {
+            stdin::spawn(tx.clone()).map_err(AgentError::io("start a thread to read", "stdin"))?;
+        }
+        drop(tx);
+
+        if let Some(server) = server {
+            let private_hex = identity.to_hex();
+            let uploader = uploader::Uploader {
+                client: uploader::http_client()?,
+                cfg: uploader::UploadConfig {
+                    url: format!("{server}/c/{}/{private_hex}", config.collection),
+                    shown_url: format!("{server}/c/{}/<private-id>", config.collection),
+                    private_hex,
+                    flush_delay: config.flush_delay,
+                    backoff_min: config.backoff_min,
+                    backoff_max: config.backoff_max,
+                    max_sleep: config.max_sleep,
+                    batch_max_bytes: config.batch_max_bytes,
+                },
+                queue: Arc::clone(&queue),
+                status: status_tx,
+            };
+            let durable = agent.durable.clone();
+            let (stop, fatal) = (agent.stop_uploader.clone(), agent.fatal_tx.clone());
+            agent.uploader_task = Some(tokio::spawn(async move {
+                if let Err(e) = uploader.run(durable, stop).await {
+                    let _ = fatal.send(e);
+                }
+            }));
+        }
+        tracing::info!(public_id = %agent.public_id, data_dir = %data_dir.display(), "agent started");
+        Ok(agent)
+    }
+
+    /// This node's public ID.
+    pub fn public_id(&self) -> PublicId {
+        self.public_id
+    }
+
+    /// The local socket `tally agent log` talks to.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The `proc_seq` of the last entry made durable (fsynced); changes
+    /// after every group commit.
+    pub fn durable_seq(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+
+    /// The uploader's counters (all zero when uploading is off).
+    pub fn upload_status(&self) -> watch::Receiver<UploadStatus> {
+        self.status.clone()
+    }
+
+    /// Resolves when the agent cannot go on (the disk queue failed).
+    pub async fn failed(&mut self) -> AgentError {
+        match self.fatal_rx.recv().await {
+            Some(e) => e,
+            // Unreachable: the agent holds a sender.
+            None => AgentError::Task("the agent's error channel closed".into()),
+        }
+    }
+
+    /// Stops the sources, the uploader and then the writer, which commits
+    /// everything already read and writes the queue state.
+    pub async fn shutdown(mut self) -> Result<(), AgentError> {
+        self.stop_sources.cancel();
+        let followers = std::mem::take(&mut self.followers);
+        let _ = tokio::task::spawn_blocking(move || {
+            followers.into_iter().for_each(follow::FollowHandle::stop)
+        })
+        .await;
+        if let Some(t) = self.socket_task.take() {
+            let _ = t.await;
+        }
+        self.stop_uploader.cancel();
+        if let Some(t) = self.uploader_task.take() {
+            let _ = t.await;
+        }
+        self.stop_writer.cancel();
+        if let Some(t) = self.writer_task.take() {
+            t.await
+                .map_err(|e| AgentError::Task(format!("queue writer: {e}")))?;
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        match self.fatal_rx.try_recv() {
+            Ok(e) => Err(e),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_sources.cancel();
+        self.stop_uploader.cancel();
+        self.stop_writer.cancel();
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    run_until(config, shutdown_signal()).await
+}
+
+/// Runs the agent until `shutdown` resolves (or the agent fails), then shuts
+/// it down cleanly.
+pub async fn run_until(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut agent = Agent::start(config).await?;
+    let failure = tokio::select! {
+        () = shutdown => None,
+        e = agent.failed() => Some(e),
+    };
+    let result = agent.shutdown().await;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(result?)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
+                _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The local socket `<data-dir>/agent.sock`, through which `tally agent log`
+//! and scripts log.
+//!
+//! Protocol: one request per line, either a JSON object
+//! `{"text":"...","v":N}` (`v` optional; the text may hold newlines) or plain
+//! text (a `[vN] ` prefix sets the level). Each request is answered with one
+//! line once its entries are fsynced in the queue:
+//! `{"ok":true,"proc_seq":[...]}` or `{"ok":false,"error":"..."}`.
+//! For example: `echo 'backup done' | socat - UNIX-CONNECT:<data-dir>/agent.sock`.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::entry::{Level, make_lines, message_lines};
+use crate::error::AgentError;
+use crate::writer::{Item, WriteRequest};
+
+/// Name of the socket inside the data directory.
+pub const SOCKET_FILE: &str = "agent.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 4 << 20;
+/// How long a client waits for the agent's answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Source name of entries logged through the socket.
+const SOURCE: &str = "cli";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<u32>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    proc_seq: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Why logging through the agent's socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Nothing listens on the socket.
+    #[error("no agent is listening on {path}; start it with `tally agent --server URL`")]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Connecting failed for another reason (permissions, ...).
+    #[error("cannot connect to the agent at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The conversation broke off.
+    #[error("talking to the agent at {path} failed: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// No answer in time.
+    #[error("the agent at {path} did not confirm within {} s", CLIENT_TIMEOUT.as_secs())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The agent answered with an error.
+    #[error("the agent could not log the message: {0}")]
+    Refused(String),
+    /// The agent's answer could not be read.
+    #[error("the agent at {path} sent an unreadable answer")]
+    BadReply {
+        /// The socket path.
+        path: PathBuf,
+    },
+}
+
+/// What the agent answered to a logged message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogReceipt {
+    /// The `proc_seq` of each entry written (several for a message split in
+    /// parts).
+    pub proc_seq: Vec<u64>,
+}
+
+/// Logs `text` through the agent running with `data_dir`, at verbosity
+/// `level`. Returns once the entry is fsynced in the agent's queue.
+pub async fn log_via_socket(
+    data_dir: &Path,
+    text: &str,
+    level: Option<u32>,
+) -> Result<LogReceipt, SocketError> {
+    let path = data_dir.join(SOCKET_FILE);
+    let stream = UnixStream::connect(&path)
+        .await
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                SocketError::NotRunning { path: path.clone() }
+            }
+            _ => SocketError::Connect {
+                path: path.clone(),
+                source,
+            },
+        })?;
+    let mut line = serde_json::to_vec(&Request {
+        text: text.to_owned(),
+        v: level,
+    })
+    .map_err(|_| SocketError::BadReply { path: path.clone() })?;
+    line.push(b'\n');
+    let exchange = async {
+        let (r, mut w) = stream.into_split();
+        w.write_all(&line).await?;
+        w.shutdown().await?;
+        let mut answer = Vec::new();
+        BufReader::new(r)
+            .take(64 * 1024)
+            .read_until(b'\n', &mut answer)
+            .await?;
+        Ok::<_, io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| SocketError::Timeout { path: path.clone() })?
+        .map_err(|source| SocketError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    if answer.is_empty() {
+        return Err(SocketError::Io {
+            path,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without answering",
+            ),
+        });
+    }
+    let reply: Reply =
+        serde_json::from_slice(&answer).map_err(|_| SocketError::BadReply { path })?;
+    if reply.ok {
+        Ok(LogReceipt {
+            proc_seq: reply.proc_seq,
+        })
+    } else {
+        Err(SocketError::Refused(reply.error.unwrap_or_default()))
+    }
+}
+
+/// Binds the socket (mode 0600), replacing a stale one: the caller holds
+/// the data directory's lock, so no other agent uses it.
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(AgentError::io("remove stale socket", path)(e));
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(AgentError::io("listen on", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(AgentError::io("set permissions of", path))?;
+    Ok(listener)
+}
+
+/// Serves clients until `stop`; then waits for requests in progress.
+pub(crate) async fn serve(
+    listener: UnixListener,
+    tx: mpsc::Sender<WriteRequest>,
+    stop: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(handle(stream, tx.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("cannot accept a connection on the agent socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+async fn handle(stream: UnixStream, tx: mpsc::Sender<WriteRequest>, stop: CancellationToken) {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = limited.read_until(b'\n', &mut line) => read,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = if line.len() > MAX_REQUEST {
+            Reply {
+                error: Some(format!("request longer than {MAX_REQUEST} bytes")),
+                ..Reply::default()
+            }
+        } else {
+            submit(&line, &tx).await
+        };
+        let too_long = line.len() > MAX_REQUEST;
+        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+        out.push(b'\n');
+        if w.write_all(&out).await.is_err() || too_long {
+            return;
+        }
+    }
+}
+
+async fn submit(line: &[u8], tx: &mpsc::Sender<WriteRequest>) -> Reply {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let source: Arc<str> = Arc::from(SOURCE);
+    let lines = match line.first() {
+        Some(b'{') => match serde_json::from_slice::<Request>(line) {
+            Ok(req) => {
+                let level = if req.v.is_some() {
+                    Level::Fixed(req.v)
+                } else {
+                    Level::FromPrefix
+                };
+                message_lines(&req.text, &source, level)
+            }
+            Err(_) => make_lines(
+                line,
+                &source,
+                Level::FromPrefix,
+                0,
+                false,
+                tally_proto::timefmt::now_nanos(),
+            ),
+        },
+        _ => make_lines(
+            line,
+            &source,
+            Level::FromPrefix,
+            0,
+            false,
+            tally_proto::timefmt::now_nanos(),
+        ),
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let req = WriteRequest {
+        items: lines.into_iter().map(Item::Line).collect(),
+        reply: Some(reply_tx),
+    };
+    let stopped = || Reply {
+        error: Some("the agent is stopping".into()),
+        ..Reply::default()
+    };
+    if tx.send(req).await.is_err() {
+        return stopped();
+    }
+    match reply_rx.await {
+        Ok(Ok(proc_seq)) => Reply {
+            ok: true,
+            proc_seq,
+            error: None,
+        },
+        Ok(Err(error)) => Reply {
+            error: Some(error),
+            ..Reply::default()
+        },
+        Err(_) => stopped(),
+    }
+}

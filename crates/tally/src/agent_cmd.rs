@@ -1,0 +1,142 @@
+//! `tally agent`: run the node agent, or talk to the one running on this
+//! node (`id`, `log`, `logs`).
+
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Run the node agent: upload this node's logs (its stdin, followed files
+/// and `tally agent log` messages) to a Tally server, through a bounded disk
+/// queue that survives outages and restarts.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Tally server to upload logs to, e.g. https://logs.example.com
+    #[arg(long, env = "TALLY_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Directory of the agent's identity, disk queue and socket
+    #[arg(
+        long,
+        env = "TALLY_AGENT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./tally-agent",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Collection to upload logs to ([a-zA-Z0-9-_.]+)
+    #[arg(long, value_name = "NAME", default_value = tally_agent::DEFAULT_COLLECTION)]
+    pub collection: String,
+
+    /// Follow a log file, from its end on first sight; survives rotation
+    /// (rename or copytruncate) and restarts. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub follow: Vec<PathBuf>,
+
+    /// Do not read standard input (by default it is read, one entry per
+    /// line, unless it is a terminal)
+    #[arg(long)]
+    pub no_stdin: bool,
+
+    /// Size limit of the disk queue in MiB; when full, uploaded logs go
+    /// first, then the oldest unuploaded ones (and a log says how many)
+    #[arg(long, value_name = "MIB", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub queue_max_mb: u64,
+
+    /// Upload nothing and open no connection: logs stay on this node only
+    /// (read them with `tally agent logs`)
+    #[arg(long)]
+    pub no_logs_no_support: bool,
+
+    /// Without a subcommand, the agent runs until SIGINT or SIGTERM.
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+/// Talking to the agent of this node.
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Print this node's public ID (the one the server shows and admins adopt)
+    Id,
+    /// Log a message through the running agent; returns once it is on disk
+    Log {
+        /// Verbosity level of the entry ("v"); without it, a "[vN] " prefix
+        /// of the message sets it
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=99))]
+        level: Option<u32>,
+        /// The message; several words are joined with spaces
+        #[arg(required = true, value_name = "MESSAGE")]
+        message: Vec<String>,
+    },
+    /// Show this node's recent logs from the local queue (uploaded or not;
+    /// works whether the agent runs or not)
+    Logs {
+        /// How many entries to show
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 50)]
+        lines: usize,
+        /// Print each entry as a JSON object, with an "uploaded" member
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `tally agent` with its arguments.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    match args.command {
+        None => {
+            let mut config = tally_agent::AgentConfig::new(args.data_dir);
+            config.server = args.server;
+            config.collection = args.collection;
+            config.follow = args.follow;
+            config.read_stdin = !args.no_stdin && !io::stdin().is_terminal();
+            config.queue_max_bytes = args.queue_max_mb.saturating_mul(1 << 20);
+            config.no_logs_no_support = args.no_logs_no_support;
+            tally_agent::run(config).await
+        }
+        Some(AgentCommand::Id) => {
+            let id = tally_agent::read_identity(&args.data_dir)?;
+            println!("{}", id.public());
+            Ok(())
+        }
+        Some(AgentCommand::Log { level, message }) => {
+            tally_agent::log_via_socket(&args.data_dir, &message.join(" "), level).await?;
+            Ok(())
+        }
+        Some(AgentCommand::Logs { lines, json }) => {
+            if !args.data_dir.is_dir() {
+                anyhow::bail!(
+                    "no agent data directory at {}; pass --data-dir DIR (or set TALLY_AGENT_DATA_DIR) to the one the agent uses",
+                    args.data_dir.display()
+                );
+            }
+            let logs = tally_agent::recent_logs(&args.data_dir, lines).with_context(|| {
+                format!("cannot read the local logs in {}", args.data_dir.display())
+            })?;
+            match print_logs(&logs, json) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.context("cannot write to stdout"),
+            }
+        }
+    }
+}
+
+fn print_logs(logs: &[tally_agent::LocalLog], json: bool) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for log in logs {
+        if json {
+            let mut entry = log.json.clone();
+            if let Some(object) = entry.as_object_mut() {
+                object.insert("uploaded".into(), log.uploaded.into());
+            }
+            writeln!(out, "{entry}")?;
+        } else {
+            writeln!(out, "{log}")?;
+        }
+    }
+    out.flush()?;
+    if !json && logs.iter().any(|l| !l.uploaded) {
+        eprintln!("(* = not uploaded yet)");
+    }
+    Ok(())
+}

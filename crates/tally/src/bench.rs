@@ -1,0 +1,2577 @@
+//! `tally bench ingest`: measures ingest throughput, latency, server CPU and
+//! memory, and bytes on disk, with realistic tailscaled-like log entries;
+//! optionally loads the same entries into a throwaway PostgreSQL cluster for
+//! comparison (`--postgres`).
+//!
+//! Everything a client does before the timed loop (generating entries,
+//! compressing batches, connecting) happens up front, so the timed loop only
+//! sends pre-built request bodies: what is measured is the server.
+//!
+//! Layout of this file: arguments; [`run`]; machine facts; the entry
+//! generator; the Tally run (server process, load, verification, disk); the
+//! PostgreSQL run; statistics and formatting helpers.
+
+use anyhow::{Context, bail, ensure};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_proto::{PrivateId, PublicId};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Benchmarks.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark to run.
+    #[command(subcommand)]
+    pub cmd: BenchCmd,
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCmd {
+    /// Ingest throughput: concurrent clients POST zstd batches of
+    /// tailscaled-like entries; reports entries/s, MB/s, latency, server CPU
+    /// and RSS, bytes on disk, and checks that every acknowledged entry was
+    /// stored. `--postgres` also loads the same entries into PostgreSQL.
+    Ingest(IngestArgs),
+}
+
+/// Settings of `tally bench ingest`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Concurrent clients (each one instance, one keep-alive connection).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Seconds of unmeasured load before the measurement starts.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Entries per request (about 200 bytes of JSON each).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_entries: usize,
+    /// Pre-built batches per client; when a client has sent them all it
+    /// starts over as a new instance (a fresh private ID), so nothing is a
+    /// duplicate.
+    #[arg(long, default_value_t = 32)]
+    pub pool_batches: usize,
+    /// zstd level of the request bodies.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Collection to write to (must exist).
+    #[arg(long, default_value = "tailnode")]
+    pub collection: String,
+    /// Seed of the entry generator (same seed, same lines; client_time
+    /// follows the clock).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Benchmark a running server at this URL instead of starting one
+    /// (server CPU, memory and disk are then not measured).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Admin API key of the server given with --server (to adopt the
+    /// benchmark's instances and to count what was stored).
+    #[arg(long = "api-key", env = "TALLY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Parent directory of the temporary data directories (default: the
+    /// system temporary directory); choose it to benchmark another disk.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the temporary data directories and print where they are.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also load the same entries into a throwaway PostgreSQL cluster
+    /// (COPY FROM STDIN through psql, one session per client) and compare.
+    #[arg(long)]
+    pub postgres: bool,
+    /// Run only the PostgreSQL side.
+    #[arg(long)]
+    pub postgres_only: bool,
+    /// Directory of PostgreSQL's initdb, pg_ctl and psql (default: the
+    /// newest /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// Extra PostgreSQL setting `name=value` (repeatable), e.g.
+    /// `--pg-conf max_wal_size=4GB`; the default is an untuned cluster.
+    #[arg(long = "pg-conf")]
+    pub pg_conf: Vec<String>,
+}
+
+/// Runs a benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        BenchCmd::Ingest(a) => ingest(a).await,
+    }
+}
+
+async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+    ensure!(a.clients >= 1, "--clients must be at least 1");
+    ensure!(a.batch_entries >= 1, "--batch-entries must be at least 1");
+    ensure!(a.pool_batches >= 1, "--pool-batches must be at least 1");
+    ensure!(
+        a.duration > 0.0 && a.warmup >= 0.0,
+        "--duration must be positive and --warmup not negative"
+    );
+    ensure!(
+        (1..=22).contains(&a.zstd_level),
+        "--zstd-level must be 1 to 22"
+    );
+    crate::client::install_crypto();
+    let machine = Machine::detect();
+    println!("{}", machine.render());
+    let idle = MachineCpu::sample();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = MachineCpu::sample().busy_pct_since(&idle);
+    if busy > 25.0 {
+        println!(
+            "WARNING: the machine was already busy before the benchmark ({busy:.0}% of a core); results will be low"
+        );
+    }
+    println!(
+        "workload: {} clients x {} entries/request, {} s warm-up + {} s measured, zstd level {}, seed {}",
+        a.clients, a.batch_entries, a.warmup, a.duration, a.zstd_level, a.seed
+    );
+    let tally = if a.postgres_only {
+        None
+    } else {
+        let r = run_tally(&a).await?;
+        println!("\n{}", r.render());
+        Some(r)
+    };
+    let pg = if a.postgres || a.postgres_only {
+        let r = run_postgres(&a).await?;
+        println!("\n{}", r.render());
+        Some(r)
+    } else {
+        None
+    };
+    if let (Some(t), Some(p)) = (&tally, &pg) {
+        println!("\n{}", render_comparison(t, p));
+    }
+    let failed = tally.as_ref().is_some_and(|t| !t.verified_ok());
+    if failed {
+        bail!(
+            "verification failed: the server stored a different number of entries than it acknowledged (see above)"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Machine facts
+// ---------------------------------------------------------------------------
+
+/// The machine the benchmark runs on.
+struct Machine {
+    cpu: String,
+    cores: usize,
+    kernel: String,
+    mem_total: String,
+}
+
+impl Machine {
+    fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown CPU".to_owned(), |(_, v)| v.trim().to_owned());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
+        let mem_total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().strip_suffix("kB"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .map_or_else(|| "unknown".to_owned(), |kb| fmt_bytes(kb * 1024));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            cpu,
+            cores,
+            kernel,
+            mem_total,
+        }
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "machine: {} ({} cores), {} RAM, Linux {}",
+            self.cpu, self.cores, self.mem_total, self.kernel
+        )
+    }
+}
+
+/// The file system holding `path`, from /proc/mounts: `device (type)`.
+fn filesystem_of(path: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && path.starts_with(f[1])).then(|| (f[1].len(), f[0], f[2]))
+        })
+        .max_by_key(|m| m.0)
+        .map_or_else(
+            || "unknown".to_owned(),
+            |(_, dev, ty)| format!("{dev} ({ty})"),
+        )
+}
+
+// ---------------------------------------------------------------------------
+// Entry generator: tailscaled-like operational lines
+// ---------------------------------------------------------------------------
+
+const DERP_REGIONS: &[(u16, &str)] = &[
+    (1, "nyc"),
+    (2, "sfo"),
+    (3, "sin"),
+    (4, "fra"),
+    (5, "syd"),
+    (6, "blr"),
+    (7, "tok"),
+    (8, "lhr"),
+    (9, "dfw"),
+    (10, "sea"),
+    (11, "sao"),
+    (12, "ord"),
+    (13, "den"),
+    (14, "ams"),
+    (16, "mia"),
+    (17, "lax"),
+    (18, "par"),
+    (19, "mad"),
+    (20, "hkg"),
+    (21, "tor"),
+    (22, "waw"),
+    (24, "hnl"),
+];
+
+const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// A peer as tailscaled's logs show it.
+struct Peer {
+    /// Short node key, as in `[AbCdE]`.
+    key: String,
+    /// Short disco key, as in `d:0123456789abcdef`.
+    disco: String,
+    /// Tailnet address.
+    ip: Ipv4Addr,
+    /// Public endpoint.
+    ep: (Ipv4Addr, u16),
+    /// LAN endpoint.
+    lan: (Ipv4Addr, u16),
+}
+
+/// One generated entry.
+struct GenEntry {
+    /// The entry's JSON object, as a client sends it.
+    json: String,
+    /// Its `logtail.client_time`.
+    client_time: String,
+}
+
+/// Deterministic generator of one client's entries: its own peers, proc_id,
+/// increasing proc_seq and client_time.
+struct EntryGen {
+    rng: SmallRng,
+    proc_id: u32,
+    seq: u64,
+    time_ns: i64,
+    me: Peer,
+    user: String,
+    tailnet: String,
+    peers: Vec<Peer>,
+    conn_gen: u32,
+}
+
+impl EntryGen {
+    fn new(seed: u64, client: usize, start_ns: i64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (client as u64).wrapping_add(1),
+        );
+        let me = Self::peer(&mut rng);
+        let n_peers = rng.random_range(8..60);
+        let peers = (0..n_peers).map(|_| Self::peer(&mut rng)).collect();
+        let user = format!(
+            "{}@example{}.com",
+            ["alice", "bob", "carol", "dave", "erin", "frank", "grace"][rng.random_range(0..7)],
+            rng.random_range(1..100)
+        );
+        let tailnet = format!("tail{:05x}.ts.net", rng.random_range(0..0xFFFFFu32));
+        Self {
+            proc_id: rng.random(),
+            seq: 0,
+            time_ns: start_ns,
+            me,
+            user,
+            tailnet,
+            peers,
+            conn_gen: rng.random_range(1..20),
+            rng,
+        }
+    }
+
+    fn peer(rng: &mut SmallRng) -> Peer {
+        let key = (0..5)
+            .map(|_| B64[rng.random_range(0..B64.len())] as char)
+            .collect();
+        let disco = format!("{:016x}", rng.random::<u64>());
+        let ip = Ipv4Addr::new(
+            100,
+            rng.random_range(64..128),
+            rng.random(),
+            rng.random_range(1..255),
+        );
+        let ep = (
+            Ipv4Addr::new(
+                rng.random_range(1..224),
+                rng.random(),
+                rng.random(),
+                rng.random_range(1..255),
+            ),
+            if rng.random_bool(0.5) {
+                41641
+            } else {
+                rng.random_range(1024..65535)
+            },
+        );
+        let lan = (
+            Ipv4Addr::new(
+                [10, 192, 172][rng.random_range(0..3)],
+                rng.random_range(0..32),
+                rng.random(),
+                rng.random_range(1..255),
+            ),
+            41641,
+        );
+        Peer {
+            key,
+            disco,
+            ip,
+            ep,
+            lan,
+        }
+    }
+
+    /// A Go-style duration (`850µs`, `12.345ms`, `1.204s`) below `max_ms`.
+    fn dur(&mut self, max_ms: u64) -> String {
+        let us = self.rng.random_range(40..max_ms.max(1) * 1000);
+        if us < 1000 {
+            format!("{us}µs")
+        } else if us < 1_000_000 {
+            format!("{}.{:03}ms", us / 1000, us % 1000)
+        } else {
+            format!("{}.{:03}s", us / 1_000_000, (us / 1000) % 1000)
+        }
+    }
+
+    fn txid(&mut self) -> String {
+        format!("{:012x}", self.rng.random::<u64>() & 0xFFFF_FFFF_FFFF)
+    }
+
+    fn derp(&mut self) -> (u16, &'static str) {
+        DERP_REGIONS[self.rng.random_range(0..DERP_REGIONS.len())]
+    }
+
+    /// The text of one line and its verbosity (`v`, 0 for none).
+    fn line(&mut self) -> (String, u8) {
+        let p = self.rng.random_range(0..self.peers.len());
+        let q = self.rng.random_range(0..self.peers.len());
+        let pick = self.rng.random_range(0..100u32);
+        let (pk, disco, pip) = {
+            let peer = &self.peers[p];
+            (peer.key.clone(), peer.disco.clone(), peer.ip)
+        };
+        let (ep, lan) = (self.peers[q].ep, self.peers[q].lan);
+        match pick {
+            0..=13 => {
+                let tx = self.txid();
+                let mtu = [1280, 1360, 1420][self.rng.random_range(0..3)];
+                (
+                    format!(
+                        "magicsock: disco: node [{pk}] d:{disco} now using {}:{} mtu={mtu} tx={tx}",
+                        ep.0, ep.1
+                    ),
+                    0,
+                )
+            }
+            14..=25 => {
+                let what = [
+                    "Sending keepalive packet",
+                    "Receiving keepalive packet",
+                    "Sending handshake initiation",
+                    "Received handshake response",
+                    "Sending handshake response",
+                ][self.rng.random_range(0..5)];
+                (format!("wg: [{pk}] - {what}"), 2)
+            }
+            26..=35 => {
+                let sport = self.rng.random_range(32768..61000);
+                let dport = [22, 80, 443, 53, 5432, 8080, 9100][self.rng.random_range(0..7)];
+                let len = self.rng.random_range(40..1400);
+                let me = self.me.ip;
+                if self.rng.random_bool(0.7) {
+                    (
+                        format!("Accept: TCP{{{pip}:{sport} > {me}:{dport}}} {len} tcp ok"),
+                        0,
+                    )
+                } else {
+                    (
+                        format!("Accept: UDP{{{pip}:{sport} > {me}:{dport}}} {len} ok"),
+                        0,
+                    )
+                }
+            }
+            36..=43 => {
+                let tx = self.txid();
+                let lat = self.dur(180);
+                (
+                    format!(
+                        "magicsock: disco: node [{pk}] d:{disco} got pong tx={tx} from {}:{} latency={lat} pong.src={}:{}",
+                        ep.0, ep.1, self.me.ep.0, self.me.ep.1
+                    ),
+                    1,
+                )
+            }
+            44..=49 => {
+                let (r1, _) = self.derp();
+                let (r2, _) = self.derp();
+                let (r3, _) = self.derp();
+                let (m1, m2, m3) = (
+                    self.rng.random_range(3..40),
+                    self.rng.random_range(20..120),
+                    self.rng.random_range(60..300),
+                );
+                (
+                    format!(
+                        "netcheck: report: udp=true v6=false v6os=true mapvarydest=false portmap=? v4a={}:{} derp={r1} derpdist={r1}v4:{m1}ms,{r2}v4:{m2}ms,{r3}v4:{m3}ms",
+                        self.me.ep.0, self.me.ep.1
+                    ),
+                    0,
+                )
+            }
+            50..=54 => {
+                let (r, name) = self.derp();
+                (
+                    format!("derphttp.Client.Recv: connecting to derp-{r} ({name})"),
+                    0,
+                )
+            }
+            55..=59 => {
+                let (r, _) = self.derp();
+                self.conn_gen += 1;
+                (
+                    format!("magicsock: derp-{r} connected; connGen={}", self.conn_gen),
+                    0,
+                )
+            }
+            60..=63 => (
+                format!(
+                    "magicsock: endpoints changed: {}:{} (stun), {}:{} (local)",
+                    self.me.ep.0, self.me.ep.1, self.me.lan.0, self.me.lan.1
+                ),
+                0,
+            ),
+            64..=67 => {
+                let n = self.peers.len();
+                let active = self.rng.random_range(1..=n);
+                (
+                    format!(
+                        "wgengine: Reconfig: configuring userspace WireGuard config (with {active}/{n} peers)"
+                    ),
+                    0,
+                )
+            }
+            68..=70 => {
+                let h: u16 = self.rng.random();
+                (
+                    format!(
+                        "netmap: self: [{}] auth=machine-authorized u={} [{}/32 fd7a:115c:a1e0::{h:x}/128]",
+                        self.me.key, self.user, self.me.ip
+                    ),
+                    0,
+                )
+            }
+            71..=75 => {
+                let tx = self.txid();
+                (
+                    format!(
+                        "magicsock: disco: sent Ping to [{pk}] d:{disco} @ {}:{} tx={tx}",
+                        lan.0, lan.1
+                    ),
+                    1,
+                )
+            }
+            76..=79 => {
+                let sport = self.rng.random_range(32768..61000);
+                let dport = [22, 443, 3389, 8443][self.rng.random_range(0..4)];
+                (
+                    format!(
+                        "open-conn-track: timeout opening (TCP {}:{sport} => {pip}:{dport}); no associated peer node",
+                        self.me.ip
+                    ),
+                    0,
+                )
+            }
+            80..=83 => (
+                format!("wgengine: idle peer [{pk}] now active, reconfiguring WireGuard"),
+                1,
+            ),
+            84..=86 => {
+                let n = self.rng.random_range(1..12);
+                (
+                    format!("[RATELIMIT] format(\"Accept: %s\") ({n} dropped)"),
+                    0,
+                )
+            }
+            87..=89 => {
+                let hosts = self.peers.len() * 2;
+                (
+                    format!(
+                        "dns: Set: {{DefaultResolvers:[] Routes:{{}} SearchDomains:[{}] Hosts:{hosts}}}",
+                        self.tailnet
+                    ),
+                    0,
+                )
+            }
+            90..=91 => (
+                format!(
+                    "LinkChange: major, rebinding. New state: interfaces.State{{defaultRoute=eth0 ifs={{eth0:[{}/24]}} v4=true v6=false}}",
+                    self.me.lan.0
+                ),
+                0,
+            ),
+            92..=95 => {
+                let ago = self.dur(120_000);
+                (
+                    format!("magicsock: [{pk}] stopping Tx, last activity {ago} ago"),
+                    1,
+                )
+            }
+            _ => {
+                let lat = self.dur(900);
+                (
+                    format!(
+                        "control: mapRoutine: netmap received: state:synchronized peers={} took {lat}",
+                        self.peers.len()
+                    ),
+                    0,
+                )
+            }
+        }
+    }
+
+    /// The next entry: increasing proc_seq, client_time a few ms later.
+    fn next_entry(&mut self) -> GenEntry {
+        self.seq += 1;
+        self.time_ns += self.rng.random_range(0..12_000_000);
+        let client_time = tally_proto::timefmt::format_nanos(self.time_ns);
+        let (text, v) = self.line();
+        let mut json = String::with_capacity(text.len() + 128);
+        let _ = write!(
+            json,
+            "{{\"logtail\":{{\"client_time\":\"{client_time}\",\"proc_id\":{},\"proc_seq\":{}}},\"text\":",
+            self.proc_id, self.seq
+        );
+        json.push_str(&serde_json::Value::String(text).to_string());
+        if v > 0 {
+            let _ = write!(json, ",\"v\":{v}");
+        }
+        json.push('}');
+        GenEntry { json, client_time }
+    }
+}
+
+/// Batches by client number, as one generator thread made them.
+type ClientPools<T> = Vec<(usize, Vec<T>)>;
+
+/// Generates every client's batches on all cores; `build` turns one batch of
+/// entries into what the client sends.
+fn generate_pools<T: Send>(
+    a: &IngestArgs,
+    build: impl Fn(usize, &[GenEntry]) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<Vec<T>>> {
+    let start_ns = tally_proto::timefmt::now_nanos();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(a.clients);
+    let build = &build;
+    let results: Vec<anyhow::Result<ClientPools<T>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || -> anyhow::Result<ClientPools<T>> {
+                    let mut out = Vec::new();
+                    for c in (t..a.clients).step_by(threads) {
+                        let mut g = EntryGen::new(a.seed, c, start_ns);
+                        let mut batches = Vec::with_capacity(a.pool_batches);
+                        for _ in 0..a.pool_batches {
+                            let entries: Vec<GenEntry> =
+                                (0..a.batch_entries).map(|_| g.next_entry()).collect();
+                            batches.push(build(c, &entries)?);
+                        }
+                        out.push((c, batches));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("generator thread panicked")))
+            })
+            .collect()
+    });
+    let mut pools: Vec<Option<Vec<T>>> = (0..a.clients).map(|_| None).collect();
+    for r in results {
+        for (c, b) in r? {
+            pools[c] = Some(b);
+        }
+    }
+    pools
+        .into_iter()
+        .map(|p| p.context("a client's batches were not generated"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Load accounting shared by the Tally and PostgreSQL runs
+// ---------------------------------------------------------------------------
+
+/// When the measured window starts and ends.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    warm_end: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn new(warmup: f64, duration: f64) -> Self {
+        let start = Instant::now();
+        let warm_end = start + Duration::from_secs_f64(warmup);
+        Self {
+            warm_end,
+            end: warm_end + Duration::from_secs_f64(duration),
+        }
+    }
+
+    /// True for a request that completed inside the measured window.
+    fn counts(&self, done: Instant) -> bool {
+        done >= self.warm_end && done <= self.end
+    }
+}
+
+/// What one client saw.
+#[derive(Debug, Default)]
+struct ClientStats {
+    /// Successful requests completed inside the window.
+    window_requests: u64,
+    /// Entries of those requests.
+    window_entries: u64,
+    /// Uncompressed JSON bytes of those entries.
+    window_raw_bytes: u64,
+    /// Latency of those requests, microseconds.
+    latencies_us: Vec<u64>,
+    /// Non-success responses by status (whole run).
+    statuses: BTreeMap<u16, u64>,
+    /// Requests that failed without a response (whole run).
+    transport_errors: u64,
+    /// The first transport error.
+    first_error: Option<String>,
+    /// Successful requests (whole run, warm-up and tail included).
+    ok_requests: u64,
+    /// Entries sent in successful requests (whole run).
+    ok_entries: u64,
+    /// Raw JSON bytes of those entries.
+    ok_raw_bytes: u64,
+    /// Entries the server said it stored (`stored`).
+    acked_stored: u64,
+    /// Entries the server said were duplicates.
+    acked_duplicates: u64,
+    /// Times the client started over with a new instance.
+    wraps: u64,
+}
+
+impl ClientStats {
+    fn success(&mut self, w: &Window, t0: Instant, t1: Instant, entries: usize, raw: usize) {
+        self.ok_requests += 1;
+        self.ok_entries += entries as u64;
+        self.ok_raw_bytes += raw as u64;
+        if w.counts(t1) {
+            self.window_requests += 1;
+            self.window_entries += entries as u64;
+            self.window_raw_bytes += raw as u64;
+            self.latencies_us
+                .push(u64::try_from((t1 - t0).as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+
+    fn merge(&mut self, o: ClientStats) {
+        self.window_requests += o.window_requests;
+        self.window_entries += o.window_entries;
+        self.window_raw_bytes += o.window_raw_bytes;
+        self.latencies_us.extend(o.latencies_us);
+        for (k, v) in o.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.transport_errors += o.transport_errors;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        self.ok_requests += o.ok_requests;
+        self.ok_entries += o.ok_entries;
+        self.ok_raw_bytes += o.ok_raw_bytes;
+        self.acked_stored += o.acked_stored;
+        self.acked_duplicates += o.acked_duplicates;
+        self.wraps += o.wraps;
+    }
+}
+
+/// Throughput and latency of a run.
+struct LoadSummary {
+    seconds: f64,
+    stats: ClientStats,
+}
+
+impl LoadSummary {
+    fn entries_per_sec(&self) -> f64 {
+        self.stats.window_entries as f64 / self.seconds
+    }
+
+    fn mb_per_sec(&self) -> f64 {
+        self.stats.window_raw_bytes as f64 / self.seconds / 1e6
+    }
+
+    fn render(&self, out: &mut String) {
+        let s = &self.stats;
+        let mut lat = s.latencies_us.clone();
+        lat.sort_unstable();
+        let ms = |p: f64| percentile(&lat, p) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "  throughput:   {} entries/s, {:.1} MB/s of JSON, {:.1} requests/s ({} requests in {:.1} s)",
+            fmt_count(self.entries_per_sec()),
+            self.mb_per_sec(),
+            s.window_requests as f64 / self.seconds,
+            s.window_requests,
+            self.seconds
+        );
+        let _ = writeln!(
+            out,
+            "  latency:      p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(50.0),
+            ms(90.0),
+            ms(99.0),
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+        if s.statuses.is_empty() && s.transport_errors == 0 {
+            let _ = writeln!(out, "  errors:       none");
+        } else {
+            let by: Vec<String> = s
+                .statuses
+                .iter()
+                .map(|(k, v)| format!("{v} x {k}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  errors:       {} (non-success responses), {} transport errors{}",
+                if by.is_empty() {
+                    "none".to_owned()
+                } else {
+                    by.join(", ")
+                },
+                s.transport_errors,
+                s.first_error
+                    .as_ref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /proc sampling
+// ---------------------------------------------------------------------------
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Fields of /proc/<pid>/stat after the command name (field 3 onwards).
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// utime + stime of a process (all its threads, and threads that exited), in ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU ticks of each live thread of `pid`, by thread id, with its name.
+fn thread_cpu_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let base = format!("/proc/{pid}/task/{tid}");
+        let name = std::fs::read_to_string(format!("{base}/comm"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let Some(f) = stat_fields(&format!("{base}/stat")) else {
+            continue;
+        };
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(tid, (name, ticks));
+    }
+    out
+}
+
+/// A `kB` field of /proc/<pid>/status (VmHWM, VmRSS), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// Proportional set size of a process (shared pages split among sharers), bytes.
+fn proc_pss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// `pid` and its direct children (PostgreSQL's postmaster forks every process).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = stat_fields(&format!("/proc/{p}/stat"))
+                .and_then(|f| f.get(1).and_then(|v| v.parse::<u32>().ok()));
+            if ppid == Some(pid) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Machine-wide CPU time from /proc/stat, in ticks.
+#[derive(Debug, Clone, Copy, Default)]
+struct MachineCpu {
+    busy: u64,
+    iowait: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    /// Busy CPU since `before`, as % of one core.
+    fn busy_pct_since(&self, before: &MachineCpu) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        self.busy.saturating_sub(before.busy) as f64 / total * 100.0 * cores
+    }
+
+    fn sample() -> Self {
+        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+            return Self::default();
+        };
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let get = |i: usize| v.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal (guest is inside user).
+        let total: u64 = (0..8).map(get).sum();
+        Self {
+            busy: total - get(3) - get(4),
+            iowait: get(4),
+            steal: get(7),
+            total,
+        }
+    }
+}
+
+/// CPU use during the window, as % of one core.
+#[derive(Debug, Default)]
+struct CpuWindow {
+    /// The measured server (or PostgreSQL's processes).
+    server_pct: Option<f64>,
+    /// This benchmark process and its helpers.
+    client_pct: f64,
+    /// The whole machine: busy, iowait, steal (sums over cores).
+    machine_busy_pct: f64,
+    machine_iowait_pct: f64,
+    machine_steal_pct: f64,
+    /// Per thread name of the server: % of one core.
+    threads: Vec<(String, f64)>,
+}
+
+impl CpuWindow {
+    /// CPU used by everything else on the machine (other users, the kernel's
+    /// own threads), % of one core.
+    fn other_pct(&self) -> f64 {
+        (self.machine_busy_pct - self.server_pct.unwrap_or(0.0) - self.client_pct).max(0.0)
+    }
+
+    fn render(&self, out: &mut String, server: &str) {
+        // Without the server's pid (--server), its CPU is part of "other".
+        let other = if self.server_pct.is_some() {
+            "other processes"
+        } else {
+            "other processes (server included)"
+        };
+        let _ = writeln!(
+            out,
+            "  cpu (% of one core): {server} {}, bench client {:.0}, {other} {:.0}; machine busy {:.0} of {} (iowait {:.0}, steal {:.0})",
+            self.server_pct
+                .map_or_else(|| "n/a".to_owned(), |p| format!("{p:.0}")),
+            self.client_pct,
+            self.other_pct(),
+            self.machine_busy_pct,
+            std::thread::available_parallelism().map_or(1, |n| n.get()) * 100,
+            self.machine_iowait_pct,
+            self.machine_steal_pct,
+        );
+        if self.server_pct.is_some() && self.other_pct() > 20.0 {
+            let _ = writeln!(
+                out,
+                "  WARNING: other processes used {:.0}% of a core during the measurement; the figures above are pessimistic",
+                self.other_pct()
+            );
+        }
+    }
+}
+
+/// Samples taken at the start and the end of the window.
+struct CpuSampler {
+    thread_pid: Option<u32>,
+    server_ticks: Vec<(u32, u64)>,
+    client_ticks: Vec<(u32, u64)>,
+    machine: MachineCpu,
+    threads: BTreeMap<u32, (String, u64)>,
+    at: Instant,
+}
+
+impl CpuSampler {
+    /// CPU ticks of each process that can be read.
+    fn ticks(pids: &[u32]) -> Vec<(u32, u64)> {
+        pids.iter()
+            .filter_map(|p| Some((*p, proc_cpu_ticks(*p)?)))
+            .collect()
+    }
+
+    /// Ticks used since `then` by the processes still running; processes
+    /// that exited at the very end (psql, its backends) are left out.
+    fn used_since(then: &[(u32, u64)]) -> u64 {
+        then.iter()
+            .filter_map(|(p, t)| Some(proc_cpu_ticks(*p)?.saturating_sub(*t)))
+            .sum()
+    }
+
+    fn start(server: &[u32], client: &[u32], thread_pid: Option<u32>) -> Self {
+        Self {
+            server_ticks: Self::ticks(server),
+            client_ticks: Self::ticks(client),
+            machine: MachineCpu::sample(),
+            threads: thread_pid.map(thread_cpu_ticks).unwrap_or_default(),
+            at: Instant::now(),
+            thread_pid,
+        }
+    }
+
+    fn finish(&self) -> CpuWindow {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-9);
+        let hz = clock_ticks_per_sec();
+        let pct = |ticks: u64| ticks as f64 / hz / secs * 100.0;
+        let server_pct =
+            (!self.server_ticks.is_empty()).then(|| pct(Self::used_since(&self.server_ticks)));
+        let client_pct = pct(Self::used_since(&self.client_ticks));
+        let m = MachineCpu::sample();
+        let d_total = m.total.saturating_sub(self.machine.total).max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let share = |a: u64, b: u64| a.saturating_sub(b) as f64 / d_total * 100.0 * cores;
+        let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(pid) = self.thread_pid {
+            for (tid, (name, ticks)) in thread_cpu_ticks(pid) {
+                let before = self.threads.get(&tid).map_or(0, |t| t.1);
+                *by_name.entry(name).or_default() += ticks.saturating_sub(before);
+            }
+        }
+        let mut threads: Vec<(String, f64)> = by_name
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(n, t)| (n, pct(t)))
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        CpuWindow {
+            server_pct,
+            client_pct,
+            machine_busy_pct: share(m.busy, self.machine.busy),
+            machine_iowait_pct: share(m.iowait, self.machine.iowait),
+            machine_steal_pct: share(m.steal, self.machine.steal),
+            threads,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tally
+// ---------------------------------------------------------------------------
+
+/// One pre-built request.
+struct TallyBatch {
+    /// zstd-compressed JSON array.
+    body: bytes::Bytes,
+    /// Bytes of the JSON array before compression (`Orig-Content-Length`).
+    orig_len: usize,
+    /// Entries in the batch.
+    entries: usize,
+    /// Sum of the entries' JSON sizes.
+    raw_bytes: usize,
+}
+
+/// The server under test.
+struct TallyServer {
+    base: String,
+    key: String,
+    child: Option<tokio::process::Child>,
+    pid: Option<u32>,
+    data_dir: Option<PathBuf>,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl TallyServer {
+    async fn start(a: &IngestArgs) -> anyhow::Result<Self> {
+        if let Some(url) = &a.server {
+            let key = a.api_key.clone().context(
+                "--server needs an admin API key (--api-key or TALLY_API_KEY) to adopt the benchmark's instances and count what was stored",
+            )?;
+            return Ok(Self {
+                base: url.trim_end_matches('/').to_owned(),
+                key,
+                child: None,
+                pid: None,
+                data_dir: None,
+                tmp: None,
+            });
+        }
+        let tmp = temp_dir(a, "tally-bench-")?;
+        let data_dir = tmp.path().join("data");
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let key = format!("bench-{:032x}", rand::random::<u128>());
+        let log_path = tmp.path().join("server.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("server")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("TALLY_BOOTSTRAP_KEY", &key)
+            .env_remove("TALLY_LISTEN")
+            .env_remove("TALLY_DATA_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} server", exe.display()))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().context("server stdout is not piped")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .context("the server did not print its address within 120 s")?
+            .context("cannot read the server's output")?;
+        let Some(first) = first else {
+            bail!(
+                "the server exited before listening; its log ({}):\n{}",
+                log_path.display(),
+                tail_of(&log_path)
+            );
+        };
+        let base = first
+            .strip_prefix("tally server listening on ")
+            .with_context(|| format!("unexpected first line from the server: {first:?}"))?
+            .trim()
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        eprintln!(
+            "started `tally server` (pid {}) at {base}, data in {}",
+            pid.unwrap_or(0),
+            data_dir.display()
+        );
+        Ok(Self {
+            base,
+            key,
+            child: Some(child),
+            pid,
+            data_dir: Some(data_dir),
+            tmp: Some(tmp),
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        self.tmp
+            .as_ref()
+            .map(|t| tail_of(&t.path().join("server.log")))
+            .unwrap_or_default()
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    async fn stop(&mut self) -> anyhow::Result<Duration> {
+        let (Some(child), Some(pid)) = (self.child.as_mut(), self.pid) else {
+            return Ok(Duration::ZERO);
+        };
+        let t = Instant::now();
+        let pid = i32::try_from(pid).context("server pid out of range")?;
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot send SIGTERM to the server: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+            .await
+            .context("the server did not exit within 120 s of SIGTERM")?
+            .context("cannot wait for the server")?;
+        if !status.success() {
+            bail!(
+                "the server exited with {status} after SIGTERM; its log:\n{}",
+                self.log_tail()
+            );
+        }
+        self.child = None;
+        Ok(t.elapsed())
+    }
+}
+
+/// A temporary directory under --work-dir (or the system's).
+fn temp_dir(a: &IngestArgs, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    let dir = match &a.work_dir {
+        Some(d) => b.tempdir_in(d),
+        None => b.tempdir(),
+    }
+    .context("cannot create a temporary directory (see --work-dir)")?;
+    Ok(dir)
+}
+
+/// The last lines of a log file, for error messages.
+fn tail_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Sizes of the store directory.
+#[derive(Debug, Default, Clone)]
+struct StoreDisk {
+    sealed_files: usize,
+    sealed_bytes: u64,
+    sealed_entries: u64,
+    wal_files: usize,
+    wal_bytes: u64,
+    wal_entries: u64,
+    other_bytes: u64,
+    allocated_bytes: u64,
+}
+
+impl StoreDisk {
+    fn total(&self) -> u64 {
+        self.sealed_bytes + self.wal_bytes + self.other_bytes
+    }
+
+    /// Measures `dir`; `end_seq` (one past the last stored position) gives
+    /// the number of entries in the last segment.
+    fn measure(dir: &Path, end_seq: u64) -> anyhow::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Self::default();
+        let mut segs: Vec<(u64, bool, u64)> = Vec::new();
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+            let md = e
+                .metadata()
+                .with_context(|| format!("cannot stat {}", e.path().display()))?;
+            if !md.is_file() {
+                continue;
+            }
+            out.allocated_bytes += md.blocks() * 512;
+            let name = e.file_name().to_string_lossy().into_owned();
+            match tally_store::segment::parse_name(&name) {
+                Some((sealed, first)) => segs.push((first, sealed, md.len())),
+                None => out.other_bytes += md.len(),
+            }
+        }
+        segs.sort_unstable();
+        for (i, (first, sealed, len)) in segs.iter().enumerate() {
+            let next = segs.get(i + 1).map_or(end_seq, |s| s.0);
+            let n = next.saturating_sub(*first);
+            if *sealed {
+                out.sealed_files += 1;
+                out.sealed_bytes += len;
+                out.sealed_entries += n;
+            } else {
+                out.wal_files += 1;
+                out.wal_bytes += len;
+                out.wal_entries += n;
+            }
+        }
+        Ok(out)
+    }
+
+    fn render(&self, out: &mut String, label: &str, raw_per_entry: f64) {
+        let entries = self.sealed_entries + self.wal_entries;
+        let per = |b: u64, n: u64| if n == 0 { 0.0 } else { b as f64 / n as f64 };
+        let _ = writeln!(
+            out,
+            "  disk ({label}): {} = {:.1} B/entry ({:.1}% of raw JSON); allocated {}",
+            fmt_bytes(self.total()),
+            per(self.total(), entries),
+            pct_of(per(self.total(), entries), raw_per_entry),
+            fmt_bytes(self.allocated_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "      sealed: {} in {} segments, {} entries, {:.1} B/entry ({:.1}% of raw); WAL: {} in {} files, {} entries, {:.1} B/entry; other files {}",
+            fmt_bytes(self.sealed_bytes),
+            self.sealed_files,
+            self.sealed_entries,
+            per(self.sealed_bytes, self.sealed_entries),
+            pct_of(per(self.sealed_bytes, self.sealed_entries), raw_per_entry),
+            fmt_bytes(self.wal_bytes),
+            self.wal_files,
+            self.wal_entries,
+            per(self.wal_bytes, self.wal_entries),
+            fmt_bytes(self.other_bytes),
+        );
+    }
+}
+
+/// The outcome of the Tally run.
+struct TallyReport {
+    summary: LoadSummary,
+    cpu: CpuWindow,
+    peak_rss: Option<u64>,
+    rss_end: Option<u64>,
+    counted: Option<u64>,
+    gen_seconds: f64,
+    body_ratio: f64,
+    raw_per_entry: f64,
+    disk_at_stop: Option<StoreDisk>,
+    disk_sealed: Option<StoreDisk>,
+    seal_seconds: f64,
+    stop_seconds: f64,
+    filesystem: String,
+    external: bool,
+}
+
+impl TallyReport {
+    fn verified_ok(&self) -> bool {
+        self.counted
+            .is_none_or(|c| c == self.summary.stats.acked_stored)
+    }
+
+    /// Bytes per entry after sealing (or at stop, when sealing was not measured).
+    fn disk_per_entry(&self) -> Option<f64> {
+        let d = self.disk_sealed.as_ref().or(self.disk_at_stop.as_ref())?;
+        let n = d.sealed_entries + d.wal_entries;
+        (n > 0).then(|| d.total() as f64 / n as f64)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let s = &self.summary.stats;
+        let _ = writeln!(
+            out,
+            "== Tally{} ==",
+            if self.external {
+                " (external server)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  prepared:     {:.1} s to generate and compress; {:.0} B of JSON per entry, request bodies compressed {:.1}x",
+            self.gen_seconds, self.raw_per_entry, self.body_ratio
+        );
+        self.summary.render(&mut out);
+        self.cpu.render(&mut out, "server");
+        if !self.cpu.threads.is_empty() {
+            let top: Vec<String> = self
+                .cpu
+                .threads
+                .iter()
+                .take(6)
+                .map(|(n, p)| format!("{n} {p:.0}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  server threads (% of one core, live threads): {}",
+                top.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  server memory: peak RSS (VmHWM) {}, RSS at end of load {}",
+            self.peak_rss.map_or_else(|| "n/a".to_owned(), fmt_bytes),
+            self.rss_end.map_or_else(|| "n/a".to_owned(), fmt_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "  acknowledged: {} requests, {} entries stored, {} duplicates, {} client restarts as new instances",
+            s.ok_requests, s.acked_stored, s.acked_duplicates, s.wraps
+        );
+        match self.counted {
+            Some(c) if c == s.acked_stored => {
+                let _ = writeln!(
+                    out,
+                    "  verified:     the query API returns {c} entries = every acknowledged entry"
+                );
+            }
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "  VERIFICATION FAILED: the query API returns {c} entries, {} were acknowledged",
+                    s.acked_stored
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  verified:     not checked");
+            }
+        }
+        if let Some(d) = &self.disk_at_stop {
+            let _ = writeln!(
+                out,
+                "  data on {}; server stopped (SIGTERM) in {:.1} s",
+                self.filesystem, self.stop_seconds
+            );
+            d.render(&mut out, "as the server left it", self.raw_per_entry);
+            if d.wal_bytes > 0 {
+                let _ = writeln!(
+                    out,
+                    "      note: the server does not seal its active WAL segment at shutdown ({:.0}% of the bytes above are unsealed WAL); it seals by size (64 MiB) or age (5 min) while running",
+                    pct_of(d.wal_bytes as f64, d.total() as f64)
+                );
+            }
+        }
+        if let Some(d) = &self.disk_sealed {
+            d.render(
+                &mut out,
+                &format!(
+                    "after sealing the active WAL offline, {:.1} s",
+                    self.seal_seconds
+                ),
+                self.raw_per_entry,
+            );
+        }
+        out.push_str(&self.render_goals());
+        out
+    }
+
+    /// The project's goals: >= 500,000 entries/s (~100 MB/s) with fsynced
+    /// acks, < 200 MiB RSS, stored size < 25% of the raw JSON.
+    fn render_goals(&self) -> String {
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut goals = Vec::new();
+        let eps = self.summary.entries_per_sec();
+        goals.push(format!(
+            ">= 500,000 entries/s {} ({:.0}% of it)",
+            verdict(eps >= 500_000.0),
+            eps / 5_000.0
+        ));
+        let mbs = self.summary.mb_per_sec();
+        goals.push(format!(
+            ">= 100 MB/s {} ({:.0}%)",
+            verdict(mbs >= 100.0),
+            mbs
+        ));
+        if let Some(rss) = self.peak_rss {
+            goals.push(format!(
+                "< 200 MiB RSS {} ({})",
+                verdict(rss < 200 << 20),
+                fmt_bytes(rss)
+            ));
+        }
+        if let Some(per) = self.disk_per_entry() {
+            let pct = pct_of(per, self.raw_per_entry);
+            goals.push(format!(
+                "< 25% of raw on disk {} ({pct:.1}%)",
+                verdict(pct < 25.0)
+            ));
+        }
+        format!("  goals:        {}\n", goals.join("; "))
+    }
+}
+
+async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
+    let t = Instant::now();
+    eprintln!(
+        "generating {} x {} batches of {} entries ...",
+        a.clients, a.pool_batches, a.batch_entries
+    );
+    let level = a.zstd_level;
+    let pools = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || {
+            generate_pools(&a, |_, entries| {
+                let mut json = Vec::with_capacity(entries.iter().map(|e| e.json.len() + 1).sum());
+                json.push(b'[');
+                for (i, e) in entries.iter().enumerate() {
+                    if i > 0 {
+                        json.push(b',');
+                    }
+                    json.extend_from_slice(e.json.as_bytes());
+                }
+                json.push(b']');
+                ensure!(
+                    json.len() <= tally_proto::logtail::MAX_BODY_BYTES,
+                    "a batch of {} entries is {} bytes, over the server's {}-byte limit: use a smaller --batch-entries",
+                    entries.len(),
+                    json.len(),
+                    tally_proto::logtail::MAX_BODY_BYTES
+                );
+                let body = zstd::bulk::compress(&json, level).context("zstd compression failed")?;
+                Ok(TallyBatch {
+                    body: bytes::Bytes::from(body),
+                    orig_len: json.len(),
+                    entries: entries.len(),
+                    raw_bytes: entries.iter().map(|e| e.json.len()).sum(),
+                })
+            })
+        })
+        .await
+        .context("generator panicked")??
+    };
+    let gen_seconds = t.elapsed().as_secs_f64();
+    let (mut orig, mut comp, mut raw, mut n) = (0usize, 0usize, 0usize, 0usize);
+    for b in pools.iter().flatten() {
+        orig += b.orig_len;
+        comp += b.body.len();
+        raw += b.raw_bytes;
+        n += b.entries;
+    }
+    let body_ratio = orig as f64 / comp.max(1) as f64;
+    let raw_per_entry = raw as f64 / n.max(1) as f64;
+
+    let mut server = TallyServer::start(a).await?;
+    let http = http_client(Duration::from_secs(300))?;
+    // Instances: each client starts over as a new instance when it has sent
+    // its pool; enough generations for 2 M entries/s.
+    let pool_entries = (a.pool_batches * a.batch_entries * a.clients) as f64;
+    let generations = ((2e6 * (a.warmup + a.duration) / pool_entries).ceil() as usize + 1).max(2);
+    let ids: Vec<Vec<PrivateId>> = (0..a.clients)
+        .map(|_| (0..generations).map(|_| PrivateId::generate()).collect())
+        .collect();
+    let publics: Vec<PublicId> = ids.iter().flatten().map(PrivateId::public).collect();
+    eprintln!(
+        "adopting {} instances into \"{}\" ...",
+        publics.len(),
+        a.collection
+    );
+    adopt(&http, &server, &a.collection, &publics).await?;
+
+    let pools: Vec<Arc<Vec<TallyBatch>>> = pools.into_iter().map(Arc::new).collect();
+    let mut clients = Vec::with_capacity(a.clients);
+    for _ in 0..a.clients {
+        clients.push(http_client(Duration::from_secs(120))?);
+    }
+    eprintln!(
+        "load: {} clients for {} s warm-up + {} s ...",
+        a.clients, a.warmup, a.duration
+    );
+    let window = Window::new(a.warmup, a.duration);
+    let mut tasks = Vec::with_capacity(a.clients);
+    for (c, (pool, client)) in pools.iter().zip(clients).enumerate() {
+        let urls: Vec<String> = ids[c]
+            .iter()
+            .map(|id| format!("{}/c/{}/{}", server.base, a.collection, id.to_hex()))
+            .collect();
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(tally_client(client, urls, pool, window)));
+    }
+    let (cpu, peak_rss, rss_end) = sample_window(window, server.pid).await;
+    let mut stats = ClientStats::default();
+    for t in tasks {
+        stats.merge(t.await.context("a client task panicked")?);
+    }
+    let summary = LoadSummary {
+        seconds: a.duration,
+        stats,
+    };
+    if let Some(Ok(Some(status))) = server.child.as_mut().map(|c| c.try_wait()) {
+        bail!(
+            "the server exited during the benchmark ({status}); its log:\n{}",
+            server.log_tail()
+        );
+    }
+
+    eprintln!("counting stored entries through the query API ...");
+    let instance_filter = server
+        .child
+        .is_none()
+        .then(|| publics.iter().map(PublicId::to_hex).collect::<Vec<_>>());
+    let counted = count_stored(&http, &server, &a.collection, instance_filter.as_deref()).await?;
+
+    let mut report = TallyReport {
+        summary,
+        cpu,
+        peak_rss,
+        rss_end,
+        counted: Some(counted),
+        gen_seconds,
+        body_ratio,
+        raw_per_entry,
+        disk_at_stop: None,
+        disk_sealed: None,
+        seal_seconds: 0.0,
+        stop_seconds: 0.0,
+        filesystem: String::new(),
+        external: server.child.is_none(),
+    };
+    if let Some(data_dir) = server.data_dir.clone() {
+        report.filesystem = filesystem_of(&data_dir);
+        eprintln!("stopping the server (SIGTERM) and measuring the store ...");
+        report.stop_seconds = server.stop().await?.as_secs_f64();
+        let store_dir = data_dir.join("store");
+        // A fresh store numbers entries from 1.
+        let end_seq = counted + 1;
+        report.disk_at_stop = Some(StoreDisk::measure(&store_dir, end_seq)?);
+        let t = Instant::now();
+        seal_offline(&store_dir).await?;
+        report.seal_seconds = t.elapsed().as_secs_f64();
+        report.disk_sealed = Some(StoreDisk::measure(&store_dir, end_seq)?);
+        if let (true, Some(tmp)) = (a.keep, server.tmp.take()) {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+    }
+    Ok(report)
+}
+
+fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1)
+        .timeout(timeout)
+        .build()
+        .context("cannot build an HTTP client")
+}
+
+/// Adopts the benchmark's instances so no unadopted-instance cap applies.
+async fn adopt(
+    http: &reqwest::Client,
+    server: &TallyServer,
+    collection: &str,
+    ids: &[PublicId],
+) -> anyhow::Result<()> {
+    // Admin bodies are limited to 64 KiB: 500 IDs are about 34 KB of JSON.
+    for chunk in ids.chunks(500) {
+        let list: Vec<String> = chunk.iter().map(PublicId::to_hex).collect();
+        let resp = http
+            .post(format!("{}/instances", server.base))
+            .bearer_auth(&server.key)
+            .json(&serde_json::json!({ "collection": collection, "instances": list }))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", server.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            bail!("adopting the benchmark's instances failed: {status}: {text}");
+        }
+    }
+    Ok(())
+}
+
+/// The server's answer to an upload.
+#[derive(Deserialize)]
+struct UploadAck {
+    stored: u64,
+    duplicates: u64,
+}
+
+/// One client: sends its pool over one keep-alive connection until the
+/// window ends, starting over as a new instance when the pool is used up.
+async fn tally_client(
+    http: reqwest::Client,
+    urls: Vec<String>,
+    pool: Arc<Vec<TallyBatch>>,
+    w: Window,
+) -> ClientStats {
+    let mut st = ClientStats::default();
+    let mut i = 0usize;
+    let mut consecutive_errors = 0u32;
+    while Instant::now() < w.end {
+        let batch = &pool[i % pool.len()];
+        let generation = i / pool.len();
+        let url = &urls[generation % urls.len()];
+        let t0 = Instant::now();
+        let sent = http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_ENCODING, "zstd")
+            .header("Orig-Content-Length", batch.orig_len)
+            .body(batch.body.clone())
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                st.transport_errors += 1;
+                st.first_error.get_or_insert_with(|| format!("{e:#}"));
+                consecutive_errors += 1;
+                if consecutive_errors > 50 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = resp.bytes().await;
+        let t1 = Instant::now();
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                st.transport_errors += 1;
+                st.first_error.get_or_insert_with(|| format!("{e:#}"));
+                continue;
+            }
+        };
+        consecutive_errors = 0;
+        if status == StatusCode::OK {
+            match serde_json::from_slice::<UploadAck>(&body) {
+                Ok(ack) => {
+                    st.acked_stored += ack.stored;
+                    st.acked_duplicates += ack.duplicates;
+                    st.success(&w, t0, t1, batch.entries, batch.raw_bytes);
+                }
+                Err(e) => {
+                    st.first_error
+                        .get_or_insert_with(|| format!("unexpected 200 body: {e}"));
+                    *st.statuses.entry(200).or_default() += 1;
+                }
+            }
+            i += 1;
+        } else {
+            *st.statuses.entry(status.as_u16()).or_default() += 1;
+            if st.first_error.is_none() {
+                st.first_error = Some(format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ));
+            }
+            if status == StatusCode::BAD_REQUEST {
+                // Saved with an error; clients must not resend.
+                i += 1;
+            } else {
+                // Retry the same batch like a real client, without waiting
+                // the full Retry-After (it would only idle the benchmark).
+                let wait = retry_after.map_or(100, |s| (s * 1000).min(1000));
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    }
+    st.wraps = (i / pool.len()) as u64;
+    st
+}
+
+/// Samples CPU at the window's start and end, and the server's memory at
+/// the end: (cpu, VmHWM, VmRSS). Without a pid (--server) only the bench
+/// and the machine are measured.
+async fn sample_window(
+    w: Window,
+    server_pid: Option<u32>,
+) -> (CpuWindow, Option<u64>, Option<u64>) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(w.warm_end)).await;
+    let server: Vec<u32> = server_pid.into_iter().collect();
+    let sampler = CpuSampler::start(&server, &[std::process::id()], server_pid);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(w.end)).await;
+    let cpu = sampler.finish();
+    let hwm = server_pid.and_then(|p| proc_status_bytes(p, "VmHWM"));
+    let rss = server_pid.and_then(|p| proc_status_bytes(p, "VmRSS"));
+    (cpu, hwm, rss)
+}
+
+/// One page of `GET /c/<collection>`; the entries are skipped unparsed.
+#[derive(Deserialize)]
+struct QueryPage {
+    count: u64,
+    next: Option<String>,
+}
+
+/// Counts stored entries through the query API, paging with `after`.
+async fn count_stored(
+    http: &reqwest::Client,
+    server: &TallyServer,
+    collection: &str,
+    instances: Option<&[String]>,
+) -> anyhow::Result<u64> {
+    let filters: Vec<Option<String>> = match instances {
+        None => vec![None],
+        Some(ids) => ids.chunks(64).map(|c| Some(c.join(","))).collect(),
+    };
+    let mut total = 0u64;
+    for filter in filters {
+        let mut after: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = vec![("max-count", "100000".to_owned())];
+            if let Some(f) = &filter {
+                q.push(("instances", f.clone()));
+            }
+            if let Some(a) = &after {
+                q.push(("after", a.clone()));
+            }
+            let resp = http
+                .get(format!("{}/c/{collection}", server.base))
+                .bearer_auth(&server.key)
+                .query(&q)
+                .send()
+                .await
+                .context("query request failed")?;
+            let status = resp.status();
+            let body = resp.bytes().await.context("reading a query response")?;
+            if !status.is_success() {
+                bail!(
+                    "query failed: {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(500)])
+                );
+            }
+            let page: QueryPage =
+                serde_json::from_slice(&body).context("query response is not the expected JSON")?;
+            total += page.count;
+            match page.next {
+                Some(n) if page.count > 0 || after.as_deref() != Some(n.as_str()) => {
+                    after = Some(n)
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Opens the stopped server's store and seals its active WAL segment, as the
+/// server does by itself once a segment is 64 MiB or 5 minutes old.
+async fn seal_offline(store_dir: &Path) -> anyhow::Result<()> {
+    let config = tally_store::StoreConfig::new(store_dir);
+    let (store, _) = tokio::task::spawn_blocking(move || {
+        tally_store::Store::open(config, Arc::new(tally_store::KeepForever))
+    })
+    .await
+    .context("store recovery panicked")?
+    .context("cannot open the benchmark's store to seal it")?;
+    store
+        .seal_now()
+        .await
+        .context("sealing the active WAL segment failed")?;
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .context("closing the store panicked")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------
+
+/// A throwaway PostgreSQL cluster in a temporary directory.
+struct PgCluster {
+    bin: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    data: PathBuf,
+    sock: PathBuf,
+    port: u16,
+    /// When running as root: the OS user that runs the server.
+    run_as: Option<String>,
+    version: String,
+}
+
+impl PgCluster {
+    fn find_bin(a: &IngestArgs) -> anyhow::Result<PathBuf> {
+        if let Some(b) = &a.pg_bin {
+            ensure!(
+                b.join("initdb").exists(),
+                "no initdb in --pg-bin {}",
+                b.display()
+            );
+            return Ok(b.clone());
+        }
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((v, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, b)| b).context(
+            "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: install them (Debian: apt-get install postgresql) or pass --pg-bin",
+        )
+    }
+
+    fn command(&self, program: &str) -> tokio::process::Command {
+        let exe = self.bin.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = tokio::process::Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(exe);
+                c
+            }
+            None => tokio::process::Command::new(exe),
+        }
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .command(program)
+            .args(args)
+            .current_dir(self.sock.as_path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn start(a: &IngestArgs) -> anyhow::Result<Self> {
+        let bin = Self::find_bin(a)?;
+        let tmp = temp_dir(a, "tally-bench-pg-")?;
+        // PostgreSQL refuses to run as root: run it as the `postgres` user.
+        // SAFETY: geteuid has no preconditions.
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            let (uid, gid) = passwd_ids("postgres").context(
+                "running as root and there is no `postgres` OS user to run PostgreSQL as",
+            )?;
+            std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
+                .with_context(|| format!("cannot chown {} to postgres", tmp.path().display()))?;
+            Some("postgres".to_owned())
+        } else {
+            None
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port")?
+            .port();
+        let sock = tmp.path().to_path_buf();
+        let data = sock.join("data");
+        let mut c = Self {
+            bin,
+            data,
+            sock,
+            port,
+            run_as,
+            tmp: Some(tmp),
+            version: String::new(),
+        };
+        let data_s = c.data.display().to_string();
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                &data_s,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )
+        .await
+        .context("initdb failed")?;
+        let mut opts = format!(
+            "-p {} -k {} -c listen_addresses=''",
+            c.port,
+            c.sock.display()
+        );
+        for kv in &a.pg_conf {
+            ensure!(
+                kv.contains('=') && !kv.contains(char::is_whitespace),
+                "--pg-conf wants name=value without spaces, got {kv:?}"
+            );
+            let _ = write!(opts, " -c {kv}");
+        }
+        let log = c.sock.join("postgres.log").display().to_string();
+        c.run(
+            "pg_ctl",
+            &["-D", &data_s, "-l", &log, "-w", "-o", &opts, "start"],
+        )
+        .await
+        .with_context(|| format!("PostgreSQL did not start; see {log}"))?;
+        c.version = c
+            .sql("SHOW server_version")
+            .await
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Ok(c)
+    }
+
+    fn psql(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(self.bin.join("psql"));
+        c.args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.sock)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres"]);
+        c
+    }
+
+    async fn sql(&self, sql: &str) -> anyhow::Result<String> {
+        let out = self
+            .psql()
+            .args(["-A", "-t", "-c", sql])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .context("cannot run psql")?;
+        if !out.status.success() {
+            bail!(
+                "psql -c {sql:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    async fn stop(&mut self, keep: bool) -> anyhow::Result<()> {
+        let data_s = self.data.display().to_string();
+        self.run("pg_ctl", &["-D", &data_s, "-m", "fast", "-w", "stop"])
+            .await
+            .context("pg_ctl stop failed")?;
+        if let (true, Some(tmp)) = (keep, self.tmp.take()) {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        // On an error path the cluster may still run: stop it (best effort)
+        // before the directory is removed.
+        if self.tmp.is_some() && self.data.join("postmaster.pid").exists() {
+            let exe = self.bin.join("pg_ctl");
+            let mut c = match &self.run_as {
+                Some(u) => {
+                    let mut c = std::process::Command::new("runuser");
+                    c.arg("-u").arg(u).arg("--").arg(exe);
+                    c
+                }
+                None => std::process::Command::new(exe),
+            };
+            let _ = c
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// uid and gid of an OS user, from /etc/passwd.
+fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// One pre-built COPY command with its data.
+struct PgBatch {
+    /// `COPY ... FROM STDIN;`, the rows, `\.`.
+    script: Vec<u8>,
+    /// Where each row's 64-character instance column is in `script`.
+    instance_at: Vec<usize>,
+    /// The client generation whose instance `script` holds.
+    generation: usize,
+    entries: usize,
+    raw_bytes: usize,
+}
+
+/// The outcome of the PostgreSQL run.
+struct PgReport {
+    summary: LoadSummary,
+    cpu: CpuWindow,
+    pss: Option<u64>,
+    rows: u64,
+    total_size: u64,
+    table_size: u64,
+    index_size: u64,
+    wal_size: u64,
+    raw_per_entry: f64,
+    version: String,
+    conf: Vec<String>,
+}
+
+impl PgReport {
+    fn disk_per_entry(&self) -> f64 {
+        self.total_size as f64 / self.rows.max(1) as f64
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "== PostgreSQL {} ({}), COPY FROM STDIN via psql over a Unix socket ==",
+            self.version,
+            if self.conf.is_empty() {
+                "default settings: fsync on, synchronous_commit on".to_owned()
+            } else {
+                self.conf.join(" ")
+            }
+        );
+        self.summary.render(&mut out);
+        self.cpu.render(&mut out, "postgres processes");
+        let _ = writeln!(
+            out,
+            "  memory:       PSS of all postgres processes at end of load {}",
+            self.pss.map_or_else(|| "n/a".to_owned(), fmt_bytes)
+        );
+        let s = &self.summary.stats;
+        let _ = writeln!(
+            out,
+            "  rows:         {} in the table, {} acknowledged{}",
+            self.rows,
+            s.acked_stored,
+            if self.rows == s.acked_stored {
+                ""
+            } else {
+                " (MISMATCH)"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  disk:         pg_total_relation_size {} = {:.1} B/entry ({:.1}% of raw JSON): heap+TOAST {}, index {}; WAL directory {}",
+            fmt_bytes(self.total_size),
+            self.disk_per_entry(),
+            pct_of(self.disk_per_entry(), self.raw_per_entry),
+            fmt_bytes(self.table_size),
+            fmt_bytes(self.index_size),
+            fmt_bytes(self.wal_size)
+        );
+        out
+    }
+}
+
+/// Escapes text for COPY's text format.
+fn copy_escape(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+async fn run_postgres(a: &IngestArgs) -> anyhow::Result<PgReport> {
+    eprintln!("starting a throwaway PostgreSQL cluster ...");
+    let mut pg = PgCluster::start(a).await?;
+    let result = postgres_load(a, &pg).await;
+    let stopped = pg.stop(a.keep).await;
+    let report = result?;
+    stopped?;
+    Ok(report)
+}
+
+async fn postgres_load(a: &IngestArgs, pg: &PgCluster) -> anyhow::Result<PgReport> {
+    pg.sql(
+        "CREATE TABLE logs (collection text, instance text, time timestamptz, entry jsonb); \
+         CREATE INDEX logs_collection_instance_time ON logs (collection, instance, time)",
+    )
+    .await?;
+    eprintln!(
+        "generating {} x {} batches of {} entries (same seed, same lines) ...",
+        a.clients, a.pool_batches, a.batch_entries
+    );
+    let instances: Vec<String> = (0..a.clients)
+        .map(|_| PrivateId::generate().public().to_hex())
+        .collect();
+    let collection = a.collection.clone();
+    let pools = {
+        let a = a.clone();
+        let instances = instances.clone();
+        tokio::task::spawn_blocking(move || {
+            generate_pools(&a, |c, entries| {
+                let mut s = Vec::with_capacity(entries.iter().map(|e| e.json.len() + 140).sum());
+                s.extend_from_slice(b"COPY logs (collection, instance, time, entry) FROM STDIN;\n");
+                let mut instance_at = Vec::with_capacity(entries.len());
+                for e in entries {
+                    copy_escape(&mut s, &collection);
+                    s.push(b'\t');
+                    instance_at.push(s.len());
+                    s.extend_from_slice(instances[c].as_bytes());
+                    s.push(b'\t');
+                    s.extend_from_slice(e.client_time.as_bytes());
+                    s.push(b'\t');
+                    copy_escape(&mut s, &e.json);
+                    s.push(b'\n');
+                }
+                s.extend_from_slice(b"\\.\n");
+                Ok(PgBatch {
+                    script: s,
+                    instance_at,
+                    generation: 0,
+                    entries: entries.len(),
+                    raw_bytes: entries.iter().map(|e| e.json.len()).sum(),
+                })
+            })
+        })
+        .await
+        .context("generator panicked")??
+    };
+    let (mut raw, mut n) = (0usize, 0usize);
+    for b in pools.iter().flatten() {
+        raw += b.raw_bytes;
+        n += b.entries;
+    }
+    let raw_per_entry = raw as f64 / n.max(1) as f64;
+
+    // One psql session per client, connected before the clock starts.
+    let mut sessions = Vec::with_capacity(a.clients);
+    for _ in 0..a.clients {
+        let mut child = pg
+            .psql()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start psql")?;
+        let mut stdin = child.stdin.take().context("psql stdin is not piped")?;
+        let stdout = child.stdout.take().context("psql stdout is not piped")?;
+        let mut lines = BufReader::new(stdout).lines();
+        stdin
+            .write_all(b"\\echo READY\n")
+            .await
+            .context("cannot write to psql")?;
+        stdin.flush().await.context("cannot write to psql")?;
+        match lines.next_line().await.context("cannot read from psql")? {
+            Some(l) if l.trim() == "READY" => {}
+            other => bail!(
+                "psql did not connect (said {other:?}): {}",
+                psql_stderr(&mut child).await
+            ),
+        }
+        sessions.push((child, stdin, lines));
+    }
+    let psql_pids: Vec<u32> = sessions.iter().filter_map(|s| s.0.id()).collect();
+    let postmaster = pg.postmaster_pid().context("cannot read postmaster.pid")?;
+    eprintln!(
+        "load: {} psql sessions for {} s warm-up + {} s ...",
+        a.clients, a.warmup, a.duration
+    );
+    let window = Window::new(a.warmup, a.duration);
+    let mut tasks = Vec::with_capacity(a.clients);
+    for ((pool, instance), (child, stdin, lines)) in pools.into_iter().zip(instances).zip(sessions)
+    {
+        let session = PgSession {
+            child,
+            stdin,
+            lines,
+        };
+        tasks.push(tokio::spawn(pg_client(session, pool, instance, window)));
+    }
+    // CPU of the postmaster's process tree; the bench's own CPU includes psql's.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(window.warm_end)).await;
+    let mut client_pids = psql_pids.clone();
+    client_pids.push(std::process::id());
+    let sampler = CpuSampler::start(&process_tree(postmaster), &client_pids, None);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(window.end)).await;
+    let cpu = sampler.finish();
+    // Processes that exit while being read are skipped.
+    let pss: Vec<u64> = process_tree(postmaster)
+        .into_iter()
+        .filter_map(proc_pss_bytes)
+        .collect();
+    let pss = (!pss.is_empty()).then(|| pss.iter().sum::<u64>());
+    let mut stats = ClientStats::default();
+    for t in tasks {
+        stats.merge(t.await.context("a client task panicked")??);
+    }
+    let summary = LoadSummary {
+        seconds: a.duration,
+        stats,
+    };
+    let row = pg
+        .sql(
+            "SELECT count(*), pg_total_relation_size('logs'), pg_table_size('logs'), \
+             pg_indexes_size('logs'), (SELECT sum(size) FROM pg_ls_waldir()) FROM logs",
+        )
+        .await?;
+    let f: Vec<u64> = row
+        .trim()
+        .split('|')
+        .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+        .collect();
+    ensure!(f.len() == 5, "unexpected size query output: {row:?}");
+    Ok(PgReport {
+        summary,
+        cpu,
+        pss,
+        rows: f[0],
+        total_size: f[1],
+        table_size: f[2],
+        index_size: f[3],
+        wal_size: f[4],
+        raw_per_entry,
+        version: pg.version.clone(),
+        conf: a.pg_conf.clone(),
+    })
+}
+
+async fn psql_stderr(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), e.read_to_string(&mut s)).await;
+    }
+    s
+}
+
+/// A connected psql process.
+struct PgSession {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+/// One PostgreSQL client: a COPY per batch through its psql session, the
+/// next one sent after psql printed `COPY n` (committed, WAL flushed). Like
+/// the Tally clients it starts over as a new instance when its pool is used
+/// up, so index keys stay distinct.
+async fn pg_client(
+    session: PgSession,
+    mut pool: Vec<PgBatch>,
+    instance: String,
+    w: Window,
+) -> anyhow::Result<ClientStats> {
+    let PgSession {
+        mut child,
+        mut stdin,
+        mut lines,
+    } = session;
+    let mut st = ClientStats::default();
+    let mut instances = vec![instance];
+    let mut i = 0usize;
+    let len = pool.len();
+    while Instant::now() < w.end {
+        let generation = i / len;
+        while instances.len() <= generation {
+            instances.push(PrivateId::generate().public().to_hex());
+        }
+        let batch = &mut pool[i % len];
+        if batch.generation != generation {
+            let id = instances[generation].as_bytes();
+            for &at in &batch.instance_at {
+                batch.script[at..at + id.len()].copy_from_slice(id);
+            }
+            batch.generation = generation;
+        }
+        let t0 = Instant::now();
+        let sent = async {
+            stdin.write_all(&batch.script).await?;
+            stdin.flush().await?;
+            lines.next_line().await
+        }
+        .await;
+        let t1 = Instant::now();
+        let line = match sent {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => {
+                bail!("psql stopped: {}", psql_stderr(&mut child).await);
+            }
+        };
+        let Some(n) = line
+            .strip_prefix("COPY ")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        else {
+            bail!("unexpected psql output {line:?}");
+        };
+        st.acked_stored += n;
+        st.success(&w, t0, t1, batch.entries, batch.raw_bytes);
+        i += 1;
+    }
+    st.wraps = (i / len) as u64;
+    drop(stdin);
+    let status = child.wait().await.context("waiting for psql")?;
+    ensure!(status.success(), "psql exited with {status}");
+    Ok(st)
+}
+
+// ---------------------------------------------------------------------------
+// Comparison and formatting
+// ---------------------------------------------------------------------------
+
+fn render_comparison(t: &TallyReport, p: &PgReport) -> String {
+    let mut out = String::from("== Tally / PostgreSQL ==\n");
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let _ = writeln!(
+        out,
+        "  entries/s:    {} / {} = {:.2}x",
+        fmt_count(t.summary.entries_per_sec()),
+        fmt_count(p.summary.entries_per_sec()),
+        ratio(t.summary.entries_per_sec(), p.summary.entries_per_sec())
+    );
+    let _ = writeln!(
+        out,
+        "  MB/s:         {:.1} / {:.1} = {:.2}x",
+        t.summary.mb_per_sec(),
+        p.summary.mb_per_sec(),
+        ratio(t.summary.mb_per_sec(), p.summary.mb_per_sec())
+    );
+    let lat = |s: &ClientStats, q: f64| {
+        let mut l = s.latencies_us.clone();
+        l.sort_unstable();
+        percentile(&l, q) as f64 / 1000.0
+    };
+    let _ = writeln!(
+        out,
+        "  p99 latency:  {:.1} ms / {:.1} ms",
+        lat(&t.summary.stats, 99.0),
+        lat(&p.summary.stats, 99.0)
+    );
+    if let Some(td) = t.disk_per_entry() {
+        let _ = writeln!(
+            out,
+            "  bytes/entry on disk: {:.1} / {:.1} = {:.2}x",
+            td,
+            p.disk_per_entry(),
+            ratio(td, p.disk_per_entry())
+        );
+    }
+    out
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn pct_of(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        part / whole * 100.0
+    } else {
+        0.0
+    }
+}
+
+/// `1234567.8` as `1,234,568`.
+fn fmt_count(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Bytes in binary units.
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> IngestArgs {
+        IngestArgs {
+            clients: 3,
+            duration: 1.0,
+            warmup: 0.0,
+            batch_entries: 50,
+            pool_batches: 2,
+            zstd_level: 3,
+            collection: "tailnode".into(),
+            seed: 7,
+            server: None,
+            api_key: None,
+            work_dir: None,
+            keep: false,
+            postgres: false,
+            postgres_only: false,
+            pg_bin: None,
+            pg_conf: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entries_are_valid_logtail_json_of_about_200_bytes() {
+        let mut g = EntryGen::new(1, 0, 1_700_000_000_000_000_000);
+        let mut total = 0;
+        for i in 1..=2000u64 {
+            let e = g.next_entry();
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+            assert_eq!(v["logtail"]["proc_seq"], i);
+            assert!(v["text"].is_string());
+            assert_eq!(v["logtail"]["client_time"], e.client_time.as_str());
+            total += e.json.len();
+        }
+        let avg = total / 2000;
+        assert!((150..260).contains(&avg), "average entry {avg} bytes");
+    }
+
+    #[test]
+    fn server_parses_generated_batches_without_errors() {
+        let a = args();
+        let pools = generate_pools(&a, |_, entries| {
+            let body = format!(
+                "[{}]",
+                entries
+                    .iter()
+                    .map(|e| e.json.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            Ok(body)
+        })
+        .unwrap();
+        assert_eq!(pools.len(), 3);
+        let id = PrivateId::generate().public();
+        for body in pools.iter().flatten() {
+            let p = tally_proto::logtail::parse_body(body.as_bytes(), 0, &id);
+            assert_eq!(p.bad, 0, "{:?}", p.first_error);
+            assert_eq!(p.entries.len(), 50);
+        }
+        // Same seed, same lines (client_time follows the clock); clients differ.
+        let text = |json: &str| {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            (v["text"].clone(), v["logtail"]["proc_id"].clone())
+        };
+        let once = generate_pools(&a, |_, e| Ok(text(&e[0].json))).unwrap();
+        let twice = generate_pools(&a, |_, e| Ok(text(&e[0].json))).unwrap();
+        assert_eq!(once, twice);
+        assert_ne!(once[0][0], once[1][0]);
+    }
+
+    #[test]
+    fn helpers_format_and_rank() {
+        assert_eq!(fmt_count(1234567.4), "1,234,567");
+        assert_eq!(fmt_count(12.0), "12");
+        assert_eq!(fmt_bytes(512), "512 B");
+        assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[], 50.0), 0);
+        let mut out = Vec::new();
+        copy_escape(&mut out, "a\\b\tc\n");
+        assert_eq!(out, b"a\\\\b\\tc\\n");
+    }
+
+    #[test]
+    fn store_disk_counts_entries_from_segment_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("seg-00000000000000000001.tsb"), [0u8; 10]).unwrap();
+        std::fs::write(dir.path().join("seg-00000000000000000101.tsb"), [0u8; 20]).unwrap();
+        std::fs::write(dir.path().join("wal-00000000000000000151.log"), [0u8; 5]).unwrap();
+        std::fs::write(dir.path().join("ingest-state.json"), [0u8; 3]).unwrap();
+        let d = StoreDisk::measure(dir.path(), 201).unwrap();
+        assert_eq!(
+            (d.sealed_files, d.sealed_bytes, d.sealed_entries),
+            (2, 30, 150)
+        );
+        assert_eq!((d.wal_files, d.wal_bytes, d.wal_entries), (1, 5, 50));
+        assert_eq!(d.other_bytes, 3);
+    }
+}

@@ -1,0 +1,148 @@
+//! The server speaks HTTPS (rustls, HTTP/2 by ALPN) when given a certificate and key.
+
+mod common;
+
+use common::TestServer;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (Debian package openssl) makes the test certificates");
+    assert!(ok.success(), "openssl {args:?}");
+}
+
+/// A test CA and a leaf certificate for localhost / 127.0.0.1 signed by it.
+fn make_certs(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Tally test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn serves_ingest_and_reads_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = server.url.clone();
+    assert!(url.starts_with("https://"), "{url}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let id = tally_proto::PrivateId::generate();
+    let r = c
+        .post(format!("{url}/c/tailnode/{}", id.to_hex()))
+        .body(r#"{"text":"over tls"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let logs = common::read_all(&c, &url, "tailnode").await;
+    assert_eq!(logs[0]["text"], "over tls");
+    // A client that does not trust the certificate is refused.
+    assert!(
+        common::http()
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[test]
+fn a_missing_or_mismatched_key_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let out = Command::new(common::bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--tls-cert", "cert.pem", "--tls-key", "ca.key"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("do not match"), "{err}");
+}
