@@ -93,6 +93,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// Shortest time between two fsyncs of the queue (group commit).
     pub fsync_interval: Duration,
+    /// Trust only this CA (PEM) for the server's certificate.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -115,6 +117,7 @@ impl AgentConfig {
             batch_max_bytes: 256 << 10,
             poll_interval: Duration::from_millis(250),
             fsync_interval: Duration::from_millis(50),
+            ca_cert: None,
         }
     }
 
@@ -354,7 +357,7 @@ impl Agent {
         if let Some(server) = server {
             let private_hex = identity.to_hex();
             let uploader = uploader::Uploader {
-                client: uploader::http_client()?,
+                client: uploader::http_client(config.ca_cert.as_deref())?,
                 cfg: uploader::UploadConfig {
                     url: format!("{server}/c/{}/{private_hex}", config.collection),
                     shown_url: format!("{server}/c/{}/<private-id>", config.collection),

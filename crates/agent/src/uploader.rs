@@ -77,15 +77,39 @@ pub(crate) struct Uploader {
 }
 
 /// Builds the one HTTP client (keep-alive, rustls with the ring provider).
-pub(crate) fn http_client() -> Result<reqwest::Client, AgentError> {
+/// With `ca_cert`, only certificates issued by that CA (PEM) are trusted,
+/// for servers with a private CA; otherwise the system's roots are.
+pub(crate) fn http_client(
+    ca_cert: Option<&std::path::Path>,
+) -> Result<reqwest::Client, AgentError> {
     // Fails only when a provider is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("tally-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| AgentError::Http(e.to_string()))
+        .timeout(Duration::from_secs(60));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| {
+            AgentError::Config(format!(
+                "cannot read the CA certificate {}: {e}",
+                path.display()
+            ))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            AgentError::Config(format!(
+                "{} is not a PEM certificate bundle: {e}",
+                path.display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(AgentError::Config(format!(
+                "{} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().map_err(|e| AgentError::Http(e.to_string()))
 }
 
 /// The server's `Retry-After`, as seconds or an HTTP date.

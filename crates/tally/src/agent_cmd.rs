@@ -49,6 +49,26 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_logs_no_support: bool,
 
+    /// Trust only this CA certificate (PEM) for an https server with a
+    /// private CA (default: the system's roots)
+    #[arg(long, env = "TALLY_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Shortest wait before retrying a failed upload that carried no
+    /// Retry-After (the protocol's default: 30s; each wait is jittered up
+    /// to --retry-max)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_min: std::time::Duration,
+
+    /// Longest such wait (default 60s; every wait is capped at 5 minutes)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_max: std::time::Duration,
+
+    /// How long new entries gather before they are uploaded (unless a
+    /// 256 KiB batch is full first)
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub flush_delay: std::time::Duration,
+
     /// Without a subcommand, the agent runs until SIGINT or SIGTERM.
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
@@ -92,7 +112,37 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.read_stdin = !args.no_stdin && !io::stdin().is_terminal();
             config.queue_max_bytes = args.queue_max_mb.saturating_mul(1 << 20);
             config.no_logs_no_support = args.no_logs_no_support;
-            tally_agent::run(config).await
+            config.ca_cert = args.ca_cert;
+            if args.retry_min > args.retry_max {
+                anyhow::bail!("--retry-min must not be longer than --retry-max");
+            }
+            config.backoff_min = args.retry_min;
+            config.backoff_max = args.retry_max;
+            config.flush_delay = args.flush_delay;
+            let target = config.server.clone();
+            let mut agent = tally_agent::Agent::start(config).await?;
+            // One line on stdout once files are positioned and the socket
+            // listens: supervisors and tests can wait for it.
+            let ready = match &target {
+                Some(url) if !args.no_logs_no_support => format!("uploading to {url}"),
+                _ => "keeping logs on this node only".to_owned(),
+            };
+            let mut out = io::stdout();
+            let _ = writeln!(
+                out,
+                "tally agent ready: instance {} {ready}",
+                agent.public_id()
+            )
+            .and_then(|_| out.flush());
+            let failure = tokio::select! {
+                () = crate::shutdown_signal() => None,
+                e = agent.failed() => Some(e),
+            };
+            agent.shutdown().await?;
+            match failure {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
         }
         Some(AgentCommand::Id) => {
             let id = tally_agent::read_identity(&args.data_dir)?;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TEST_CA, TestAgent, TestServer, await_entries};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -129,6 +129,38 @@ async fn serves_ingest_and_reads_over_tls() {
             .await
             .is_err()
     );
+
+    // The agent uploads over TLS when told to trust the private CA.
+    let _ = TEST_CA.set(std::fs::read(dir.path().join("ca.pem")).unwrap());
+    let agent_dir = dir.path().join("agent");
+    let localhost = url.replace("127.0.0.1", "localhost");
+    let ca_path = dir.path().join("ca.pem");
+    let agent = TestAgent::start(
+        &localhost,
+        &agent_dir,
+        &["--ca-cert", ca_path.to_str().unwrap()],
+    );
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "agent",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "log",
+            "hello",
+            "over",
+            "tls",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    await_entries(&url, &agent.public_id, 1).await;
+    let logs = common::read_all(&c, &url, "tailnode").await;
+    assert_eq!(logs.last().unwrap()["text"], "hello over tls");
+    agent.stop();
 }
 
 #[test]

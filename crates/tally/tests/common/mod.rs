@@ -1,9 +1,29 @@
 //! Test harness: runs the real `tally` binary as a server process.
 #![allow(dead_code)]
 
+use futures_util::StreamExt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Extra CA (PEM) trusted by [`http_for`], set by TLS tests.
+pub static TEST_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// A client for `url`: trusts [`TEST_CA`] for https.
+pub fn http_for(url: &str) -> reqwest::Client {
+    match TEST_CA.get() {
+        Some(pem) if url.starts_with("https") => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let ca = reqwest::Certificate::from_pem(pem).expect("CA");
+            reqwest::Client::builder()
+                .tls_certs_only([ca])
+                .build()
+                .expect("client")
+        }
+        _ => http(),
+    }
+}
 
 /// The admin key every test server is started with.
 pub const KEY: &str = "tally-test-admin-key-0123456789";
@@ -118,4 +138,84 @@ pub async fn read_all(
             None => return out,
         }
     }
+}
+
+/// A running `tally agent` child process.
+pub struct TestAgent {
+    pub child: Child,
+    pub public_id: String,
+}
+
+impl TestAgent {
+    /// Starts an agent with short retry waits and waits until it is ready.
+    pub fn start(server: &str, data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin())
+            .args(["agent", "--server", server, "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .args([
+                "--no-stdin",
+                "--retry-min",
+                "100ms",
+                "--retry-max",
+                "300ms",
+                "--flush-delay",
+                "100ms",
+            ])
+            .env("TALLY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tally agent");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("agent printed nothing").unwrap();
+        let public_id = ready
+            .strip_prefix("tally agent ready: instance ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {ready}"))
+            .to_owned();
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, public_id }
+    }
+
+    /// SIGTERM; the agent must exit cleanly.
+    pub fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits, on a live stream of the instance's entries, until `n` have arrived.
+pub async fn await_entries(url: &str, instance: &str, n: usize) {
+    let c = http_for(url);
+    let resp = c
+        .get(format!("{url}/c/tailnode"))
+        .bearer_auth(KEY)
+        .query(&[
+            ("stream", "true"),
+            ("time-start", "2000-01-01T00:00:00Z"),
+            ("instances", instance),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut newlines = 0;
+    let wait = async {
+        while newlines < n + 1 {
+            let chunk = body.next().await.expect("stream ended").unwrap();
+            newlines += chunk.iter().filter(|b| **b == b'\n').count();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("only {} of {n} entries arrived", newlines.saturating_sub(1)));
 }
