@@ -61,3 +61,38 @@ impl RetentionPolicy for RetentionRules {
         Some(time.saturating_add(keep))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use tally_proto::PublicId;
+
+    #[test]
+    fn adopted_unadopted_and_deleted_collections_expire_as_specified() {
+        let rules = RetentionRules::default();
+        let adopted = PublicId([1; 32]);
+        let mut cols = BTreeMap::new();
+        cols.insert(
+            "logs".to_owned(),
+            Collection {
+                created: 1_000,
+                retention_days: 30,
+                adopted: BTreeSet::from([adopted]),
+            },
+        );
+        rules.replace(&cols);
+        let t = 10_000;
+        assert_eq!(
+            rules.expires_at("logs", &adopted.0, t),
+            Some(t + 30 * DAY_NANOS)
+        );
+        assert_eq!(
+            rules.expires_at("logs", &[2; 32], t),
+            Some(t + UNADOPTED_RETENTION_NANOS)
+        );
+        // Entries older than the collection belong to a deleted predecessor.
+        assert_eq!(rules.expires_at("logs", &adopted.0, 999), Some(i64::MIN));
+        assert_eq!(rules.expires_at("gone", &adopted.0, t), Some(i64::MIN));
+    }
+}

@@ -1,0 +1,182 @@
+//! The command-line client against a real server: verbs work, and errors say
+//! what to do.
+
+mod common;
+
+use common::{KEY, TestServer, bin};
+use std::process::{Command, Output};
+
+fn tally(server: &str, key: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env("TALLY_SERVER", server)
+        .env_remove("TALLY_API_KEY");
+    if let Some(k) = key {
+        cmd.env("TALLY_API_KEY", k);
+    }
+    cmd.output().expect("run tally")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn collections_adoption_and_queries_from_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    ok(&tally(
+        url,
+        Some(KEY),
+        &[
+            "collections",
+            "create",
+            "app.example.com",
+            "--retention-days",
+            "7",
+        ],
+    ));
+    let id = tally_proto::PrivateId::generate();
+    let c = common::http();
+    for text in ["disk full on /var", "all good", "disk almost full"] {
+        let r = c
+            .post(format!("{url}/c/app.example.com/{}", id.to_hex()))
+            .body(format!("{{\"text\":\"{text}\",\"v\":1}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let public = id.public().to_hex();
+    let out = ok(&tally(
+        url,
+        Some(KEY),
+        &[
+            "instances",
+            "adopt",
+            "--collection",
+            "app.example.com",
+            &public,
+        ],
+    ));
+    assert!(out.contains("adopted 1 new instance"), "{out}");
+    let list = ok(&tally(url, Some(KEY), &["collections", "list"]));
+    assert!(
+        list.contains("app.example.com") && list.contains(&public),
+        "{list}"
+    );
+    let found = ok(&tally(
+        url,
+        Some(KEY),
+        &[
+            "logs",
+            "query",
+            "-c",
+            "app.example.com",
+            "--since",
+            "1h",
+            "--grep",
+            "disk",
+        ],
+    ));
+    let lines: Vec<&str> = found.lines().collect();
+    assert_eq!(lines.len(), 2, "{found}");
+    assert!(
+        lines[0].contains("[v1] disk full on /var") && lines[0].contains(&public[..8]),
+        "{found}"
+    );
+    let json = ok(&tally(
+        url,
+        Some(KEY),
+        &[
+            "logs",
+            "query",
+            "-c",
+            "app.example.com",
+            "--json",
+            "--instance",
+            &public,
+        ],
+    ));
+    assert_eq!(json.lines().count(), 3);
+    for l in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["logtail"]["id"], public.as_str());
+    }
+    ok(&tally(
+        url,
+        Some(KEY),
+        &["collections", "delete", "app.example.com"],
+    ));
+    let e = err(&tally(
+        url,
+        Some(KEY),
+        &["logs", "query", "-c", "app.example.com"],
+    ));
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[tokio::test]
+async fn errors_tell_the_user_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let e = err(&tally(&server.url, None, &["collections", "list"]));
+    assert!(e.contains("TALLY_API_KEY"), "{e}");
+    let e = err(&tally(
+        &server.url,
+        Some("not-a-key"),
+        &["collections", "list"],
+    ));
+    assert!(e.contains("401") && e.contains("not valid"), "{e}");
+    let e = err(&tally(
+        "http://127.0.0.1:1",
+        Some(KEY),
+        &["collections", "list"],
+    ));
+    assert!(
+        e.contains("cannot reach the server") && e.contains("TALLY_SERVER"),
+        "{e}"
+    );
+    let e = err(&tally(
+        &server.url,
+        Some(KEY),
+        &["logs", "query", "--since", "last tuesday"],
+    ));
+    assert!(e.contains("duration") && e.contains("RFC 3339"), "{e}");
+    let e = err(&tally(
+        &server.url,
+        Some(KEY),
+        &["collections", "create", "bad name"],
+    ));
+    assert!(e.contains("invalid collection name"), "{e}");
+    // The agent refuses to run without a server, and says how to set one.
+    let e = err(&Command::new(bin())
+        .args(["agent", "--no-stdin", "--data-dir"])
+        .arg(dir.path().join("a"))
+        .env_remove("TALLY_SERVER")
+        .output()
+        .unwrap());
+    assert!(e.contains("--server"), "{e}");
+    let e = err(&Command::new(bin())
+        .args(["agent", "--data-dir"])
+        .arg(dir.path().join("a"))
+        .args(["log", "hi"])
+        .output()
+        .unwrap());
+    assert!(e.contains("no agent is listening"), "{e}");
+}
