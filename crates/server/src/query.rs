@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_COUNT: usize = 1000;
 pub const LIMIT_MAX_COUNT: usize = 100_000;
 /// Most bytes of entries in one query response.
 const MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// Idle time after which a stream sends a blank line (NDJSON readers skip it).
+const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most entries read per step of a stream.
 const STREAM_BATCH: usize = 1000;
 
@@ -231,8 +233,20 @@ fn stream_logs(
                     return Some((Ok(Bytes::from(out)), (state, filter, pos, changes, None)));
                 }
                 let p = pos;
-                if changes.wait_for(|end| *end > p).await.is_err() {
-                    return None;
+                // An idle stream sends a blank line now and then, so a
+                // reader that went away is noticed and its task ends.
+                let woke = tokio::time::timeout(STREAM_HEARTBEAT, changes.wait_for(|end| *end > p))
+                    .await
+                    .map(|r| r.is_ok());
+                match woke {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(_) => {
+                        return Some((
+                            Ok(Bytes::from_static(b"\n")),
+                            (state, filter, pos, changes, None),
+                        ));
+                    }
                 }
             }
         },

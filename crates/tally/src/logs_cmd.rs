@@ -185,6 +185,9 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=nl).collect();
                     let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    if line.trim().is_empty() {
+                        continue; // heartbeat
+                    }
                     if !header_seen {
                         header_seen = true;
                         continue;

@@ -19,6 +19,9 @@ impl Lines {
         loop {
             if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                if line.len() == 1 {
+                    continue; // heartbeat
+                }
                 return String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
             }
             let chunk = self

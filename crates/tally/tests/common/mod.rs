@@ -209,10 +209,17 @@ pub async fn await_entries(url: &str, instance: &str, n: usize) {
         .unwrap();
     let mut body = resp.bytes_stream();
     let mut newlines = 0;
+    let mut prev = b'\n';
     let wait = async {
         while newlines < n + 1 {
             let chunk = body.next().await.expect("stream ended").unwrap();
-            newlines += chunk.iter().filter(|b| **b == b'\n').count();
+            // Count line ends that close a JSON line (heartbeats are bare newlines).
+            for b in chunk.iter() {
+                if *b == b'\n' && prev != b'\n' {
+                    newlines += 1;
+                }
+                prev = *b;
+            }
         }
     };
     tokio::time::timeout(Duration::from_secs(120), wait)
