@@ -272,8 +272,8 @@ pub async fn run_collections(cmd: CollectionsCmd, server: &ServerArgs) -> anyhow
                     };
                     println!(
                         "{name:<24} {id:<66} {:>12} {:>10}  {}{orphan}",
-                        i["size"],
-                        i["entries"],
+                        i["size"].as_u64().unwrap_or(0),
+                        i["entries"].as_u64().unwrap_or(0),
                         i["first-seen"].as_str().unwrap_or("-")
                     );
                 }
