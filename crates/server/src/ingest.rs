@@ -4,11 +4,80 @@ use crate::AppState;
 use crate::body;
 use crate::error::ApiError;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tally_proto::logtail::{self, MAX_BODY_BYTES};
 use tally_proto::{CollectionName, PrivateId};
 use tally_store::{NewRecord, kind};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Bytes of one permit of the ingest memory budget.
+const BUDGET_UNIT: usize = 1024;
+
+/// Largest raw (possibly compressed) request body read.
+const MAX_RAW_BYTES: usize = MAX_BODY_BYTES + (64 << 10);
+
+/// Memory held per byte of decompressed body: the decompressed body itself,
+/// plus the records built from it until they are written. Records are about
+/// twice the JSON: the stored entry gains `server_time` and `id` (≈105 B on
+/// ≈200 B entries), and each record has its own allocations and fixed fields.
+const HELD_PER_DECODED_BYTE: usize = 3;
+
+/// Permits of a budget of `bytes` (one per KiB, at least one).
+pub fn budget_permits(bytes: usize) -> usize {
+    (bytes / BUDGET_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+/// Bytes of memory an upload with these headers is expected to hold at
+/// most: its raw body (`Content-Length`, else the largest accepted) plus
+/// [`HELD_PER_DECODED_BYTE`] times its decompressed size bound (the raw size
+/// for an identity body, else `Orig-Content-Length`, else the limit). A
+/// header that lies about a size only makes the request fail later (413 or
+/// 400): decoding enforces the same limits.
+pub fn reservation(headers: &HeaderMap) -> usize {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<usize>().ok())
+    };
+    let raw =
+        number(header::CONTENT_LENGTH.as_str()).map_or(MAX_RAW_BYTES, |n| n.min(MAX_RAW_BYTES));
+    let identity = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"));
+    let decoded = if identity {
+        raw.min(MAX_BODY_BYTES)
+    } else {
+        number("orig-content-length").map_or(MAX_BODY_BYTES, |n| n.min(MAX_BODY_BYTES))
+    };
+    raw + decoded * HELD_PER_DECODED_BYTE
+}
+
+/// Reserves room for an upload in the memory budget, waiting up to
+/// `ingest_budget_wait`; answers 503 with `Retry-After` when there is none.
+async fn reserve(state: &AppState, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
+    let total = budget_permits(state.config.ingest_memory_budget);
+    let want = reservation(headers).div_ceil(BUDGET_UNIT).clamp(1, total);
+    let want = u32::try_from(want).unwrap_or(u32::MAX);
+    let wait = state.config.ingest_budget_wait;
+    let busy = || {
+        ApiError::retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+            format!(
+                "server is busy: uploads in progress fill its {} MiB ingest memory budget and no room was freed for this one within {} s; retry after 1 s",
+                state.config.ingest_memory_budget >> 20,
+                wait.as_secs_f64()
+            ),
+        )
+    };
+    match tokio::time::timeout(wait, state.ingest_budget.clone().acquire_many_owned(want)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) | Err(_) => Err(busy()),
+    }
+}
 
 /// Handles one upload.
 pub async fn post_logs(
@@ -37,8 +106,10 @@ pub async fn post_logs(
             "too many uploads in progress; retry after 1 s",
         ));
     };
+    // Held until the records are written: memory is bounded by bytes, not by request count.
+    let _budget = reserve(&state, &headers).await?;
     // Compressed bodies are smaller than the decompressed limit; identity bodies are checked again after.
-    let raw = body::read_limited(raw, MAX_BODY_BYTES + (64 << 10)).await?;
+    let raw = body::read_limited(raw, MAX_RAW_BYTES).await?;
     let now = tally_proto::timefmt::now_nanos();
     let adopted = state.catalog.is_adopted(collection.as_str(), &public);
     if !adopted {
@@ -58,6 +129,15 @@ pub async fn post_logs(
     }
     let (parsed, decode_error) = {
         let headers = headers.clone();
+        // Parsing is CPU-bound: more at once than there are CPUs only adds
+        // blocking threads, each with its own malloc arena (peak RSS).
+        let _parsing = state.parse_slots.acquire().await.map_err(|_| {
+            ApiError::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                5,
+                "server is shutting down; retry shortly",
+            )
+        })?;
         tokio::task::spawn_blocking(move || match body::decode(&headers, &raw, MAX_BODY_BYTES) {
             Ok(bytes) => Ok((logtail::parse_body(&bytes, now, &public), None)),
             Err(e @ body::BodyError::Corrupt(_)) => {
@@ -106,4 +186,105 @@ pub async fn post_logs(
     }
     let body = serde_json::json!({ "stored": outcome.stored, "duplicates": outcome.duplicates });
     Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Server, ServerConfig};
+    use axum::http::HeaderValue;
+    use std::time::Duration;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reservations_follow_the_declared_sizes_and_fall_back_to_the_limits() {
+        let zstd = headers(&[
+            ("content-length", "25000"),
+            ("content-encoding", "zstd"),
+            ("orig-content-length", "193000"),
+        ]);
+        assert_eq!(reservation(&zstd), 25_000 + 3 * 193_000);
+        let identity = headers(&[("content-length", "1000")]);
+        assert_eq!(reservation(&identity), 1000 + 3 * 1000);
+        // Unknown sizes, or sizes past the limits, count as the limits.
+        let unknown = headers(&[("content-encoding", "gzip")]);
+        assert_eq!(reservation(&unknown), MAX_RAW_BYTES + 3 * MAX_BODY_BYTES);
+        let lying = headers(&[
+            ("content-length", "99999999"),
+            ("content-encoding", "zstd"),
+            ("orig-content-length", "99999999"),
+        ]);
+        assert_eq!(reservation(&lying), reservation(&unknown));
+        assert_eq!(budget_permits(32 << 20), 32 << 10);
+        assert_eq!(budget_permits(0), 1);
+    }
+
+    #[tokio::test]
+    async fn uploads_wait_for_the_memory_budget_then_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        config.ingest_memory_budget = 4 << 20;
+        config.ingest_budget_wait = Duration::from_millis(300);
+        config.bootstrap_key = Some("0123456789abcdef0123".into());
+        let server = Server::bind(config).await.unwrap();
+        let state = server.state.clone();
+        state
+            .catalog
+            .create_collection(&CollectionName::parse("logs").unwrap(), None)
+            .unwrap();
+        let url = format!(
+            "http://{}/c/logs/{}",
+            server.local_addr().unwrap(),
+            PrivateId::generate().to_hex()
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let post = || client.post(&url).body(r#"[{"text":"hello"}]"#).send();
+
+        // The whole budget is taken: the upload waits, then is refused.
+        let all = state
+            .ingest_budget
+            .clone()
+            .acquire_many_owned(u32::try_from(budget_permits(4 << 20)).unwrap())
+            .await
+            .unwrap();
+        let resp = post().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("ingest memory budget"),
+            "{body}"
+        );
+
+        // Room freed while waiting: the upload proceeds.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(all);
+        });
+        let resp = post().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        release.await.unwrap();
+        // Every reservation was returned.
+        assert_eq!(
+            state.ingest_budget.available_permits(),
+            budget_permits(4 << 20)
+        );
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap();
+    }
 }

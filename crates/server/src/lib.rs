@@ -49,6 +49,13 @@ pub struct ServerConfig {
     pub retention_interval: Duration,
     /// Most uploads processed at once before answering 429.
     pub max_concurrent_uploads: usize,
+    /// Memory budget of uploads in progress, in bytes: each upload reserves
+    /// an estimate of what it will hold (see [`ingest::reservation`]) before
+    /// its body is read, and waits while the budget is used up.
+    pub ingest_memory_budget: usize,
+    /// How long an upload waits for room in the budget before it is
+    /// answered 503 with `Retry-After`.
+    pub ingest_budget_wait: Duration,
     /// Store tuning.
     pub store: Option<StoreConfig>,
     /// TLS certificate chain and key (PEM); plain HTTP when `None`.
@@ -66,6 +73,8 @@ impl ServerConfig {
             unadopted_cap_bytes: 10 << 20,
             retention_interval: Duration::from_secs(60),
             max_concurrent_uploads: 512,
+            ingest_memory_budget: 32 << 20,
+            ingest_budget_wait: Duration::from_secs(5),
             store: None,
             tls: None,
         }
@@ -85,6 +94,10 @@ pub struct AppState {
     pub instances: Arc<InstanceStats>,
     /// Upload concurrency limit.
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// Upload memory budget, one permit per KiB.
+    pub ingest_budget: Arc<tokio::sync::Semaphore>,
+    /// Decoding and parsing of upload bodies running at once: one per CPU.
+    pub parse_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The HTTP routes.
@@ -166,6 +179,12 @@ impl Server {
         let state = AppState {
             instances: Arc::new(InstanceStats::open(config.data_dir.join("instances.json"))),
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
+            ingest_budget: Arc::new(tokio::sync::Semaphore::new(ingest::budget_permits(
+                config.ingest_memory_budget,
+            ))),
+            parse_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             config: Arc::new(config),
             store,
             catalog: Arc::new(catalog),

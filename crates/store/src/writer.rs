@@ -256,8 +256,11 @@ pub(crate) fn run_sealer(inner: Arc<Inner>, rx: Receiver<SealJob>) {
     }
 }
 
+/// Seals a finished WAL segment: streams it chunk by chunk (one chunk of
+/// about 256 KiB in memory, never the whole file), verifies each frame once
+/// and copies its bytes unchanged into the sealed blocks, with each
+/// record's expiry from the retention policy in the block summaries.
 fn seal(inner: &Inner, job: &SealJob) -> Result<(), StoreError> {
-    let scan = segment::scan_wal(&job.seg.path)?;
     let final_path = inner
         .config
         .dir
@@ -267,11 +270,9 @@ fn seal(inner: &Inner, job: &SealJob) -> Result<(), StoreError> {
         inner.config.zstd_level,
         inner.config.block_target_bytes,
     )?;
-    for (_, _, r) in &scan.records {
-        let expiry = inner
-            .policy
-            .expires_at(&r.rec.collection, &r.rec.instance, r.rec.time);
-        w.push(r, expiry)?;
+    if let Err(e) = copy_frames(inner, &job.seg, &mut w) {
+        w.abandon();
+        return Err(e);
     }
     if w.records() == 0 {
         w.abandon();
@@ -292,4 +293,134 @@ fn seal(inner: &Inner, job: &SealJob) -> Result<(), StoreError> {
         source,
     })?;
     segment::sync_dir(&inner.config.dir)
+}
+
+/// Copies every committed frame of the WAL segment `seg` into `w`. Any
+/// damaged frame, or a chunk whose frames disagree with its summary (count,
+/// positions), fails the seal: the WAL then stays as it is, readable, and
+/// recovery at the next start deals with it.
+fn copy_frames(
+    inner: &Inner,
+    seg: &Segment,
+    w: &mut segment::SealedWriter,
+) -> Result<(), StoreError> {
+    let mut buf = Vec::new();
+    let mut expect: Option<u64> = None;
+    for chunk in seg.all_blocks() {
+        seg.read_raw(&chunk, &mut buf)?;
+        let corrupt = |at: usize, why: &str| {
+            StoreError::Corrupt(format!(
+                "{} at byte {}: {why}",
+                seg.path.display(),
+                chunk.offset + at as u64
+            ))
+        };
+        let mut at = 0;
+        let mut count = 0u32;
+        while at < buf.len() {
+            let head = match segment::check_frame(&buf[at..]) {
+                segment::FrameCheck::Valid(h) => h,
+                segment::FrameCheck::Incomplete => return Err(corrupt(at, "truncated frame")),
+                segment::FrameCheck::Corrupt(why) => return Err(corrupt(at, why)),
+            };
+            let want = expect.unwrap_or(chunk.first_seq);
+            if head.seq != want {
+                return Err(corrupt(
+                    at,
+                    &format!("record has position {} where {want} was expected", head.seq),
+                ));
+            }
+            expect = Some(head.seq + 1);
+            let expiry = inner
+                .policy
+                .expires_at(head.collection, &head.instance, head.time);
+            w.push_frame(&buf[at..at + head.len], &head, expiry)?;
+            at += head.len;
+            count += 1;
+        }
+        if count != chunk.count || (count > 0 && expect != Some(chunk.last_seq + 1)) {
+            return Err(corrupt(
+                at,
+                &format!(
+                    "chunk holds {count} records ending before position {}, its summary says {} ending at {}",
+                    expect.unwrap_or(0),
+                    chunk.count,
+                    chunk.last_seq
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::record::{NewRecord, kind};
+    use crate::{Filter, KeepForever, Store, StoreConfig};
+    use std::sync::Arc;
+
+    fn rec(i: u64) -> NewRecord {
+        NewRecord {
+            time: 1_000 + i as i64,
+            collection: "tailnode".into(),
+            instance: [(i % 7) as u8; 32],
+            identity: Some((1, i)),
+            client_time: None,
+            kind: kind::LOG,
+            body: format!("{{\"n\":{i}}}").into_bytes(),
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> StoreConfig {
+        let mut c = StoreConfig::new(dir);
+        c.block_target_bytes = 4096;
+        c.chunk_target_bytes = 1024;
+        c
+    }
+
+    fn files(dir: &std::path::Path, suffix: &str) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn sealing_streams_every_record_into_the_sealed_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(config(dir.path()), Arc::new(KeepForever)).unwrap();
+        for i in 0..40 {
+            let batch = (i * 50..(i + 1) * 50).map(rec).collect();
+            store.append(batch).await.unwrap();
+        }
+        store.seal_now().await.unwrap();
+        assert_eq!(files(dir.path(), ".tsb"), 1);
+        assert_eq!(files(dir.path(), ".log"), 1, "only the new active WAL");
+        let got = store
+            .scan(1, &Filter::default(), usize::MAX, usize::MAX, 0)
+            .unwrap()
+            .records;
+        assert_eq!(got.len(), 2000);
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1);
+            assert_eq!(r.rec, rec(i as u64));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_wal_chunk_fails_the_seal_and_keeps_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(config(dir.path()), Arc::new(KeepForever)).unwrap();
+        store.append((0..200).map(rec).collect()).await.unwrap();
+        let wal = dir.path().join(crate::segment::wal_name(1));
+        let mut bytes = std::fs::read(&wal).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&wal, &bytes).unwrap();
+        store.seal_now().await.unwrap();
+        assert!(wal.exists(), "the damaged WAL must not be deleted");
+        assert_eq!(files(dir.path(), ".tsb"), 0);
+        assert_eq!(files(dir.path(), ".tmp"), 0);
+    }
 }
