@@ -48,16 +48,27 @@ fn collection_field(f: &HashMap<String, String>) -> Result<CollectionName, ApiEr
     CollectionName::parse(name).map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
 }
 
+/// The common start of a configuration call: the caller's key, the
+/// form/JSON fields, and the validated `collection` field.
+async fn configuration_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<(crate::auth::Caller, HashMap<String, String>, CollectionName), ApiError> {
+    let caller = require_key(state, headers)?;
+    let body = crate::body::read_limited(body, 64 << 10).await?;
+    let f = fields(headers, &body)?;
+    let name = collection_field(&f)?;
+    Ok((caller, f, name))
+}
+
 /// `POST /collections`.
 pub async fn post_collections(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_key(&state, &headers)?;
-    let body = crate::body::read_limited(body, 64 << 10).await?;
-    let f = fields(&headers, &body)?;
-    let name = collection_field(&f)?;
+    let (caller, f, name) = configuration_request(&state, &headers, body).await?;
     match f.get("action").map(String::as_str) {
         Some("create") => {
             let days = match f.get("retention-days") {
@@ -100,10 +111,7 @@ pub async fn post_instances(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_key(&state, &headers)?;
-    let body = crate::body::read_limited(body, 64 << 10).await?;
-    let f = fields(&headers, &body)?;
-    let name = collection_field(&f)?;
+    let (caller, f, name) = configuration_request(&state, &headers, body).await?;
     let list = f
         .get("instances")
         .or_else(|| f.get("instance"))
