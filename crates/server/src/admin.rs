@@ -2,9 +2,9 @@
 //! and `POST /instances` (adopt). Bodies are form- or JSON-encoded.
 
 use crate::AppState;
-use crate::auth::require_key;
+use crate::auth::Caller;
 use crate::error::ApiError;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
@@ -48,27 +48,26 @@ fn collection_field(f: &HashMap<String, String>) -> Result<CollectionName, ApiEr
     CollectionName::parse(name).map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
 }
 
-/// The common start of a configuration call: the caller's key, the
-/// form/JSON fields, and the validated `collection` field.
+/// The common start of a configuration call: the form/JSON fields and the
+/// validated `collection` field.
 async fn configuration_request(
-    state: &AppState,
     headers: &HeaderMap,
     body: axum::body::Body,
-) -> Result<(crate::auth::Caller, HashMap<String, String>, CollectionName), ApiError> {
-    let caller = require_key(state, headers)?;
+) -> Result<(HashMap<String, String>, CollectionName), ApiError> {
     let body = crate::body::read_limited(body, 64 << 10).await?;
     let f = fields(headers, &body)?;
     let name = collection_field(&f)?;
-    Ok((caller, f, name))
+    Ok((f, name))
 }
 
 /// `POST /collections`.
 pub async fn post_collections(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let (caller, f, name) = configuration_request(&state, &headers, body).await?;
+    let (f, name) = configuration_request(&headers, body).await?;
     match f.get("action").map(String::as_str) {
         Some("create") => {
             let days = match f.get("retention-days") {
@@ -79,18 +78,32 @@ pub async fn post_collections(
                     )
                 })?),
             };
-            state.catalog.create_collection(&name, days)?;
-            tracing::info!(collection = %name, key = %caller.key_id, "collection created");
+            state
+                .control
+                .create_collection(
+                    caller.tailnet(),
+                    &caller.ctx,
+                    name.as_str(),
+                    days,
+                    tally_proto::timefmt::now_nanos(),
+                )
+                .await?;
+            state.catalog.reload(&state.control).await?;
+            tracing::info!(collection = %name, key = %caller.principal.key_id, "collection created");
             Ok(
                 axum::Json(serde_json::json!({ "collection": name, "action": "create" }))
                     .into_response(),
             )
         }
         Some("delete") => {
-            state.catalog.delete_collection(&name)?;
+            state
+                .control
+                .delete_collection(caller.tailnet(), &caller.ctx, name.as_str())
+                .await?;
+            state.catalog.reload(&state.control).await?;
             state.instances.forget(name.as_str());
             state.store.recheck_retention();
-            tracing::info!(collection = %name, key = %caller.key_id, "collection deleted");
+            tracing::info!(collection = %name, key = %caller.principal.key_id, "collection deleted");
             Ok(
                 axum::Json(serde_json::json!({ "collection": name, "action": "delete" }))
                     .into_response(),
@@ -108,10 +121,11 @@ pub async fn post_collections(
 /// `POST /instances`.
 pub async fn post_instances(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let (caller, f, name) = configuration_request(&state, &headers, body).await?;
+    let (f, name) = configuration_request(&headers, body).await?;
     let list = f
         .get("instances")
         .or_else(|| f.get("instance"))
@@ -127,8 +141,12 @@ pub async fn post_instances(
     if ids.is_empty() {
         return Err(ApiError::bad_request("instances is empty"));
     }
-    let newly = state.catalog.adopt(&name, &ids)?;
-    tracing::info!(collection = %name, key = %caller.key_id, adopted = newly.len(), "instances adopted");
+    let newly = state
+        .control
+        .adopt(caller.tailnet(), &caller.ctx, name.as_str(), &ids)
+        .await?;
+    state.catalog.reload(&state.control).await?;
+    tracing::info!(collection = %name, key = %caller.principal.key_id, adopted = newly.len(), "instances adopted");
     Ok(axum::Json(
         serde_json::json!({ "collection": name, "instances": ids, "newly_adopted": newly }),
     )

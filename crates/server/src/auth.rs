@@ -1,16 +1,28 @@
 //! API-key authentication: the key is the basic-auth user name (as in the
-//! logs-service API) or an `Authorization: Bearer` token.
+//! logs-service API) or an `Authorization: Bearer` token, checked against
+//! the SHA-256 hashes in the control database.
 
 use crate::AppState;
+use crate::control::audit::{AuditContext, Origin};
+use crate::control::principals::Principal;
 use crate::error::ApiError;
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
 
-/// The authenticated caller.
+/// The authenticated caller of a guarded route.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// Public identifier of the key used.
-    pub key_id: String,
+    /// The key's user and tailnet.
+    pub principal: Principal,
+    /// Actor, origin and address for audit events.
+    pub ctx: AuditContext,
+}
+
+impl Caller {
+    /// The caller's tailnet ID.
+    pub fn tailnet(&self) -> &str {
+        &self.principal.tailnet_id
+    }
 }
 
 /// Extracts the API key from the headers, if any.
@@ -31,19 +43,26 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// Checks that the request carries a valid API key.
-pub fn require_key(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// Authenticates the request's API key.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    remote: Option<String>,
+) -> Result<Caller, ApiError> {
     let Some(key) = key_from_headers(headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "an API key is required: send it as the basic-auth user name (curl -u KEY:) or as Authorization: Bearer KEY",
         ));
     };
-    match state.catalog.find_key(&key) {
-        Some(k) => Ok(Caller { key_id: k.id }),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the API key is not valid (unknown or revoked)",
-        )),
-    }
+    let principal = state.control.authenticate(&key).await?;
+    let origin = Origin::from_header(headers.get("tally-origin").and_then(|v| v.to_str().ok()));
+    Ok(Caller {
+        ctx: AuditContext {
+            actor: principal.actor(),
+            origin,
+            remote,
+        },
+        principal,
+    })
 }

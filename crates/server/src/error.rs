@@ -44,9 +44,15 @@ impl ApiError {
     }
 }
 
+/// The message of an error response, kept in its extensions so that the
+/// route guard can record refused changes in the audit log.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();
+        let message = ErrorMessage(self.message);
         let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
@@ -63,18 +69,30 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        resp.extensions_mut().insert(message);
         resp
     }
 }
 
-impl From<crate::catalog::CatalogError> for ApiError {
-    fn from(e: crate::catalog::CatalogError) -> Self {
-        use crate::catalog::CatalogError as E;
+impl From<crate::control::ControlError> for ApiError {
+    fn from(e: crate::control::ControlError) -> Self {
+        use crate::control::ControlError as E;
         let status = match &e {
-            E::NoSuchCollection(_) => StatusCode::NOT_FOUND,
-            E::CollectionExists(_) => StatusCode::CONFLICT,
-            E::Save(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Conflict(_) => StatusCode::CONFLICT,
+            E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::Forbidden(_) => StatusCode::FORBIDDEN,
+            E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            E::Db(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("control plane: {e}");
+            return Self::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                5,
+                "the control database failed; retry shortly (the server log has details)",
+            );
+        }
         Self::new(status, e.to_string())
     }
 }

@@ -1,16 +1,14 @@
-//! Tally server: the logs-service HTTP API over the store.
-//!
-//! Routes (see DESIGN.md, "Logs service API"):
-//! - `POST /c/{collection}/{private-id}`: ingest (needs only a valid private ID
-//!   and an existing collection);
-//! - `GET /c/{collection}`, `GET /collections`: read (API key);
-//! - `POST /collections`, `POST /instances`: configure (API key);
-//! - `GET /healthz`: liveness, no key.
+//! Tally server: the logs-service HTTP API over the store, and the control
+//! plane (tailnets, users, keys, nodes, settings, configuration audit log)
+//! over the control database. Every route and its access rule is in
+//! [`api::table`].
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod control;
 pub mod error;
 pub mod ingest;
 pub mod instances;
@@ -19,10 +17,8 @@ pub mod retention;
 pub mod tls;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use catalog::Catalog;
+use control::ControlDb;
 use instances::InstanceStats;
 use retention::RetentionRules;
 use std::net::SocketAddr;
@@ -60,6 +56,9 @@ pub struct ServerConfig {
     pub store: Option<StoreConfig>,
     /// TLS certificate chain and key (PEM); plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// PostgreSQL URL of the control database; SQLite `control.db` in the
+    /// data directory when `None`.
+    pub control_db: Option<String>,
 }
 
 impl ServerConfig {
@@ -77,6 +76,7 @@ impl ServerConfig {
             ingest_budget_wait: Duration::from_secs(5),
             store: None,
             tls: None,
+            control_db: None,
         }
     }
 }
@@ -88,8 +88,10 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The store.
     pub store: Arc<Store>,
-    /// Collections, adoptions, keys.
+    /// Cached collections and adoptions.
     pub catalog: Arc<Catalog>,
+    /// The control database.
+    pub control: ControlDb,
     /// Per-instance statistics.
     pub instances: Arc<InstanceStats>,
     /// Upload concurrency limit.
@@ -100,25 +102,9 @@ pub struct AppState {
     pub parse_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// The HTTP routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/c/{collection}/{private_id}", post(ingest::post_logs))
-        .route("/c/{collection}", get(query::get_logs))
-        .route(
-            "/collections",
-            get(query::get_collections).post(admin::post_collections),
-        )
-        .route("/instances", post(admin::post_instances))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async {
-            error::ApiError::not_found("no such endpoint; see the README for the API")
-        })
-        // Compressed bodies are smaller than the decompressed limit; leave room for headers of incompressible data.
-        .layer(DefaultBodyLimit::max(
-            tally_proto::logtail::MAX_BODY_BYTES + (64 << 10),
-        ))
-        .with_state(state)
+/// The HTTP routes (see [`api::table`]).
+pub fn router(state: AppState) -> axum::Router {
+    api::router(state)
 }
 
 /// A bound, not yet serving, server.
@@ -143,24 +129,35 @@ impl Server {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
         let rules = Arc::new(RetentionRules::default());
-        let (catalog, created) = Catalog::open(
-            config.data_dir.join("catalog.json"),
-            rules.clone(),
-            config.default_retention_days,
-        )?;
+        let control = ControlDb::open(config.control_db.as_deref(), &config.data_dir)
+            .await
+            .context("cannot open the control database")?;
+        let (tailnet, created) = control.ensure_default_tailnet().await?;
+        let owner = control.first_owner(&tailnet.id).await?;
+        if created {
+            catalog::seed_collections(&control, &config.data_dir, &tailnet.id, &owner).await?;
+        }
         let mut new_bootstrap_key = None;
         if let Some(k) = &config.bootstrap_key {
             if k.len() < 16 {
                 anyhow::bail!("TALLY_BOOTSTRAP_KEY must be at least 16 characters");
             }
-            if catalog.find_key(k).is_none() {
-                catalog.add_key(k, "bootstrap admin key (TALLY_BOOTSTRAP_KEY)")?;
-            }
+            catalog::add_bootstrap_key(
+                &control,
+                &tailnet.id,
+                &owner,
+                k,
+                "bootstrap admin key (TALLY_BOOTSTRAP_KEY)",
+            )
+            .await?;
         } else if created {
             let k = catalog::generate_key();
-            catalog.add_key(&k, "bootstrap admin key")?;
+            catalog::add_bootstrap_key(&control, &tailnet.id, &owner, &k, "bootstrap admin key")
+                .await?;
             new_bootstrap_key = Some(k);
         }
+        let catalog = Catalog::new(rules.clone());
+        catalog.reload(&control).await?;
         let store_config = config
             .store
             .clone()
@@ -188,6 +185,7 @@ impl Server {
             config: Arc::new(config),
             store,
             catalog: Arc::new(catalog),
+            control,
         };
         Ok(Self {
             listener,
@@ -220,15 +218,21 @@ impl Server {
             Some(config) => {
                 let listener =
                     tls::TlsListener::new(self.listener, config).context("TLS listener")?;
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .context("HTTPS server failed")?;
-            }
-            None => axum::serve(self.listener, app)
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<api::ClientAddr>(),
+                )
                 .with_graceful_shutdown(shutdown)
                 .await
-                .context("HTTP server failed")?,
+                .context("HTTPS server failed")?;
+            }
+            None => axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<api::ClientAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?,
         }
         background.abort();
         let _ = state.instances.save_if_dirty();
@@ -236,6 +240,7 @@ impl Server {
         tokio::task::spawn_blocking(move || store.close())
             .await
             .ok();
+        state.control.close().await;
         Ok(())
     }
 }
@@ -243,6 +248,7 @@ impl Server {
 async fn background_tasks(state: AppState) {
     let mut retention = tokio::time::interval(state.config.retention_interval);
     let mut stats = tokio::time::interval(Duration::from_secs(5));
+    let mut audit = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = retention.tick() => {
@@ -261,6 +267,14 @@ async fn background_tasks(state: AppState) {
             _ = stats.tick() => {
                 if let Err(e) = state.instances.save_if_dirty() {
                     tracing::warn!("saving instance statistics failed: {e}");
+                }
+                if let Err(e) = state.catalog.reload(&state.control).await {
+                    tracing::warn!("reloading collections from the control database failed: {e}");
+                }
+            }
+            _ = audit.tick() => {
+                if let Err(e) = state.control.audit_retention(tally_proto::timefmt::now_nanos()).await {
+                    tracing::error!("audit log retention failed (will retry): {e}");
                 }
             }
         }

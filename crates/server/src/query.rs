@@ -2,11 +2,11 @@
 //! `stream=true`, which follows new entries like `tail -f`).
 
 use crate::AppState;
-use crate::auth::require_key;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 use tally_proto::timefmt::{format_nanos, now_nanos, parse_rfc3339};
@@ -111,12 +111,11 @@ pub async fn get_logs(
     State(state): State<AppState>,
     Path(collection): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    require_key(&state, &headers)?;
     let collection = CollectionName::parse(&collection)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
-    if !state.catalog.has_collection(collection.as_str()) {
+    if state.catalog.owner(collection.as_str()).as_deref() != Some(caller.tailnet()) {
         return Err(ApiError::not_found(format!(
             "collection \"{collection}\" does not exist (GET /collections lists them)"
         )));
@@ -265,16 +264,15 @@ fn stream_logs(
 pub async fn get_collections(
     State(state): State<AppState>,
     Query(params): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    require_key(&state, &headers)?;
     let only = params
         .iter()
         .find(|(k, _)| k == "collection-name")
         .map(|(_, v)| v.clone());
     let mut out = BTreeMap::new();
     for (name, c) in state.catalog.collections() {
-        if only.as_ref().is_some_and(|o| *o != name) {
+        if c.tailnet_id != caller.tailnet() || only.as_ref().is_some_and(|o| *o != name) {
             continue;
         }
         let instances: BTreeMap<String, serde_json::Value> = state

@@ -5,7 +5,7 @@
 //! deleted collection (or of an earlier collection with the same name) expire
 //! at once.
 
-use crate::catalog::Collection;
+use crate::control::collections::CollectionRow;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tally_store::RetentionPolicy;
@@ -28,7 +28,7 @@ pub struct RetentionRules {
 
 impl RetentionRules {
     /// Replaces the rules with those of `collections`.
-    pub fn replace(&self, collections: &BTreeMap<String, Collection>) {
+    pub fn replace(&self, collections: &BTreeMap<String, CollectionRow>) {
         let rules = collections
             .iter()
             .map(|(name, c)| {
@@ -75,9 +75,11 @@ mod tests {
         let mut cols = BTreeMap::new();
         cols.insert(
             "logs".to_owned(),
-            Collection {
+            CollectionRow {
+                tailnet_id: "T1".into(),
                 created: 1_000,
                 retention_days: 30,
+                own_retention_days: Some(30),
                 adopted: BTreeSet::from([adopted]),
             },
         );

@@ -1,0 +1,161 @@
+//! Devices (nodes): `GET /api/v2/tailnet/{t}/devices`,
+//! `GET|PATCH|DELETE /api/v2/device/{id}`, `POST .../name|tags`, and the
+//! agents' `POST /api/v2/register` (auth key).
+
+use super::json_body;
+use crate::AppState;
+use crate::auth::{Caller, key_from_headers};
+use crate::control::nodes::{NodeUpdate, Registration};
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Body of `POST .../name`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameBody {
+    /// New name.
+    pub name: String,
+}
+
+/// Body of `POST .../tags`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsBody {
+    /// New tags.
+    pub tags: Vec<String>,
+}
+
+/// `GET /api/v2/tailnet/{t}/devices`.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "devices": state.control.nodes(caller.tailnet()).await? })).into_response())
+}
+
+/// `GET /api/v2/device/{id}`.
+pub async fn get_one(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.control.node(caller.tailnet(), &id).await?).into_response())
+}
+
+async fn apply(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    u: NodeUpdate,
+) -> Result<Response, ApiError> {
+    Ok(Json(
+        state
+            .control
+            .update_node(caller.tailnet(), &caller.ctx, id, &u)
+            .await?,
+    )
+    .into_response())
+}
+
+/// `PATCH /api/v2/device/{id}` (Tally): name and tags in one change.
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let u: NodeUpdate = json_body(body).await?;
+    apply(&state, &caller, &id, u).await
+}
+
+/// `POST /api/v2/device/{id}/name`.
+pub async fn set_name(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let b: NameBody = json_body(body).await?;
+    apply(
+        &state,
+        &caller,
+        &id,
+        NodeUpdate {
+            name: Some(b.name),
+            tags: None,
+        },
+    )
+    .await
+}
+
+/// `POST /api/v2/device/{id}/tags`.
+pub async fn set_tags(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let b: TagsBody = json_body(body).await?;
+    apply(
+        &state,
+        &caller,
+        &id,
+        NodeUpdate {
+            name: None,
+            tags: Some(b.tags),
+        },
+    )
+    .await
+}
+
+/// `DELETE /api/v2/device/{id}`.
+pub async fn remove(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .control
+        .delete_node(caller.tailnet(), &caller.ctx, &id)
+        .await?;
+    Ok(Json(json!({})).into_response())
+}
+
+/// `POST /api/v2/register`: an agent registers its node with an auth key
+/// (Bearer); answers the node and the tailnet settings agents follow.
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(remote): Extension<super::RemoteAddr>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let Some(secret) = key_from_headers(&headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "an auth key is required: send it as Authorization: Bearer KEY (tally keys create --type auth)",
+        ));
+    };
+    let key = state.control.check_auth_key(&secret).await?;
+    let reg: Registration = json_body(body).await?;
+    let (node, created) = state.control.register_node(&key, &reg, remote.0).await?;
+    let flow = state
+        .control
+        .setting_i64(&key.tailnet_id, "networkFlowLoggingOn")
+        .await?
+        != 0;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "node": node, "settings": { "networkFlowLoggingOn": flow } })),
+    )
+        .into_response())
+}

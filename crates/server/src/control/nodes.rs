@@ -1,0 +1,376 @@
+//! The node inventory: agents register into it with an auth key; admins
+//! list, rename, tag and remove nodes.
+
+use super::audit::{Actor, AuditContext, EventSpec, Target};
+use super::model::{Device, rfc3339};
+use super::principals::{AuthKeyUse, validate_tags, validate_text};
+use super::tailnets::truncate;
+use super::{ControlDb, ControlError, json_list, new_id, to_json_list};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+/// What an agent reports when it registers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Registration {
+    /// Node name (defaults to the hostname).
+    #[serde(default)]
+    pub name: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Operating system.
+    #[serde(default)]
+    pub os: String,
+    /// Tailnet addresses (IPs or CIDRs).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Requested tags (the auth key's tags win when it has some).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Advertised routes (CIDRs).
+    #[serde(default)]
+    pub advertised_routes: Vec<String>,
+    /// `--no-logs-no-support`.
+    #[serde(default)]
+    pub no_logs_no_support: bool,
+    /// The agent's public instance ID (hex), if it ships logs.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+/// Checks a node name: 1–63 of letters, digits and `-`, not starting or
+/// ending with `-` (a DNS label).
+pub fn validate_node_name(name: &str) -> Result<(), ControlError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "node name {:?} is not valid: use 1 to 63 letters, digits or '-' (a DNS label)",
+            truncate(name, 80)
+        )))
+    }
+}
+
+fn validate_cidrs(field: &str, list: &[String]) -> Result<(), ControlError> {
+    if list.len() > 256 {
+        return Err(ControlError::Invalid(format!(
+            "{field}: at most 256 entries"
+        )));
+    }
+    for a in list {
+        let (ip, bits) = a
+            .split_once('/')
+            .map_or((a.as_str(), None), |(i, b)| (i, Some(b)));
+        let parsed: Option<std::net::IpAddr> = ip.parse().ok();
+        let bits_ok = match (parsed, bits) {
+            (Some(_), None) => true,
+            (Some(std::net::IpAddr::V4(_)), Some(b)) => b.parse::<u8>().is_ok_and(|b| b <= 32),
+            (Some(std::net::IpAddr::V6(_)), Some(b)) => b.parse::<u8>().is_ok_and(|b| b <= 128),
+            (None, _) => false,
+        };
+        if !bits_ok {
+            return Err(ControlError::Invalid(format!(
+                "{field}: {:?} is not an IP address or CIDR",
+                truncate(a, 80)
+            )));
+        }
+    }
+    Ok(())
+}
+
+const NODE_COLS: &str = "id, tailnet_id, name, hostname, os, addresses, tags, routes, no_logs, instance, user_id, created, last_seen";
+
+fn node_from_row(r: &sqlx::any::AnyRow) -> Result<Device, ControlError> {
+    let id: String = r.try_get("id")?;
+    Ok(Device {
+        node_id: id.clone(),
+        id,
+        name: r.try_get("name")?,
+        hostname: r.try_get("hostname")?,
+        addresses: json_list(&r.try_get::<String, _>("addresses")?),
+        os: r.try_get("os")?,
+        tags: json_list(&r.try_get::<String, _>("tags")?),
+        advertised_routes: json_list(&r.try_get::<String, _>("routes")?),
+        no_logs_no_support: r.try_get::<i64, _>("no_logs")? != 0,
+        instance: r.try_get("instance")?,
+        user: r.try_get("user_id")?,
+        created: rfc3339(r.try_get("created")?),
+        last_seen: rfc3339(r.try_get("last_seen")?),
+        tailnet_id: r.try_get("tailnet_id")?,
+    })
+}
+
+fn node_target(d: &Device, property: &str) -> Target {
+    Target {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        target_type: "NODE".into(),
+        property: property.into(),
+        is_ephemeral: false,
+    }
+}
+
+/// A rename and/or retag in one change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdate {
+    /// New name.
+    pub name: Option<String>,
+    /// New tags (replacing the old).
+    pub tags: Option<Vec<String>>,
+}
+
+impl ControlDb {
+    /// Registers (or re-registers, by instance ID or name) a node with an
+    /// auth key. Returns the node and whether it is new.
+    pub async fn register_node(
+        &self,
+        key: &AuthKeyUse,
+        reg: &Registration,
+        remote: Option<String>,
+    ) -> Result<(Device, bool), ControlError> {
+        validate_text("hostname", &reg.hostname, 253)?;
+        validate_text("os", &reg.os, 64)?;
+        let name = if reg.name.is_empty() {
+            reg.hostname
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            reg.name.clone()
+        };
+        validate_node_name(&name)?;
+        validate_cidrs("addresses", &reg.addresses)?;
+        validate_cidrs("advertisedRoutes", &reg.advertised_routes)?;
+        let tags = if key.caps.tags.is_empty() {
+            reg.tags.clone()
+        } else {
+            key.caps.tags.clone()
+        };
+        validate_tags(&tags)?;
+        if let Some(i) = &reg.instance {
+            tally_proto::PublicId::parse(i)
+                .map_err(|e| ControlError::Invalid(format!("instance is not a public ID: {e}")))?;
+        }
+        let user = sqlx::query("SELECT login_name, display_name FROM users WHERE id = $1")
+            .bind(&key.user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let (login, display) = match user {
+            Some(u) => (u.try_get("login_name")?, u.try_get("display_name")?),
+            None => (String::new(), String::new()),
+        };
+        let ctx = AuditContext {
+            actor: Actor {
+                id: key.user_id.clone(),
+                actor_type: "USER".into(),
+                login_name: login,
+                display_name: display,
+                tags: Vec::new(),
+            },
+            origin: super::audit::Origin::Api,
+            remote,
+        };
+        let now = tally_proto::timefmt::now_nanos();
+        let existing = match &reg.instance {
+            Some(i) => {
+                sqlx::query(&format!(
+                    "SELECT {NODE_COLS} FROM nodes WHERE tailnet_id = $1 AND instance = $2"
+                ))
+                .bind(&key.tailnet_id)
+                .bind(i)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => None,
+        };
+        let mut change = self.begin_change(&key.tailnet_id, &ctx).await?;
+        let new_values = json!({
+            "name": name, "hostname": reg.hostname, "os": reg.os, "addresses": reg.addresses,
+            "tags": tags, "advertisedRoutes": reg.advertised_routes,
+            "noLogsNoSupport": reg.no_logs_no_support,
+        });
+        let (id, created) = if let Some(row) = existing {
+            let old = node_from_row(&row)?;
+            sqlx::query(
+                "UPDATE nodes SET hostname = $1, os = $2, addresses = $3, routes = $4, no_logs = $5, last_seen = $6 WHERE id = $7",
+            )
+            .bind(&reg.hostname)
+            .bind(&reg.os)
+            .bind(to_json_list(&reg.addresses))
+            .bind(to_json_list(&reg.advertised_routes))
+            .bind(i64::from(reg.no_logs_no_support))
+            .bind(now)
+            .bind(&old.id)
+            .execute(change.tx())
+            .await?;
+            let old_values = json!({
+                "hostname": old.hostname, "os": old.os, "addresses": old.addresses,
+                "advertisedRoutes": old.advertised_routes, "noLogsNoSupport": old.no_logs_no_support,
+            });
+            change
+                .record(
+                    EventSpec::new("UPDATE", node_target(&old, ""))
+                        .values(old_values, new_values)
+                        .details(format!("re-registered with auth key {}", key.key_id)),
+                )
+                .await?;
+            (old.id, false)
+        } else {
+            let id = new_id("n");
+            sqlx::query(&format!(
+                "INSERT INTO nodes ({NODE_COLS}, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ))
+            .bind(&id)
+            .bind(&key.tailnet_id)
+            .bind(&name)
+            .bind(&reg.hostname)
+            .bind(&reg.os)
+            .bind(to_json_list(&reg.addresses))
+            .bind(to_json_list(&tags))
+            .bind(to_json_list(&reg.advertised_routes))
+            .bind(i64::from(reg.no_logs_no_support))
+            .bind(reg.instance.clone())
+            .bind(&key.user_id)
+            .bind(now)
+            .bind(now)
+            .bind(&key.key_id)
+            .execute(change.tx())
+            .await?;
+            sqlx::query("UPDATE keys SET uses = uses + 1 WHERE id = $1")
+                .bind(&key.key_id)
+                .execute(change.tx())
+                .await?;
+            let target = Target {
+                id: id.clone(),
+                name: name.clone(),
+                target_type: "NODE".into(),
+                property: String::new(),
+                is_ephemeral: key.caps.ephemeral,
+            };
+            change
+                .record(
+                    EventSpec::new("CREATE", target)
+                        .values(Value::Null, new_values)
+                        .details(format!("registered with auth key {}", key.key_id)),
+                )
+                .await?;
+            (id, true)
+        };
+        change.commit().await?;
+        Ok((self.node(&key.tailnet_id, &id).await?, created))
+    }
+
+    /// Nodes of a tailnet, by name.
+    pub async fn nodes(&self, tailnet_id: &str) -> Result<Vec<Device>, ControlError> {
+        sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE tailnet_id = $1 ORDER BY name, id"
+        ))
+        .bind(tailnet_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(node_from_row)
+        .collect()
+    }
+
+    /// One node of a tailnet.
+    pub async fn node(&self, tailnet_id: &str, id: &str) -> Result<Device, ControlError> {
+        let row = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE id = $1 AND tailnet_id = $2"
+        ))
+        .bind(id)
+        .bind(tailnet_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| ControlError::NotFound(format!("device {}", truncate(id, 40))))?;
+        node_from_row(&row)
+    }
+
+    /// Renames and/or retags a node: one event per property, one group.
+    pub async fn update_node(
+        &self,
+        tailnet_id: &str,
+        ctx: &AuditContext,
+        id: &str,
+        update: &NodeUpdate,
+    ) -> Result<Device, ControlError> {
+        if update.name.is_none() && update.tags.is_none() {
+            return Err(ControlError::Invalid(
+                "nothing to change: give name and/or tags".into(),
+            ));
+        }
+        if let Some(n) = &update.name {
+            validate_node_name(n)?;
+        }
+        if let Some(t) = &update.tags {
+            validate_tags(t)?;
+        }
+        let node = self.node(tailnet_id, id).await?;
+        let mut change = self.begin_change(tailnet_id, ctx).await?;
+        let mut changed = 0;
+        if let Some(n) = update.name.as_ref().filter(|n| **n != node.name) {
+            sqlx::query("UPDATE nodes SET name = $1 WHERE id = $2")
+                .bind(n)
+                .bind(id)
+                .execute(change.tx())
+                .await?;
+            change
+                .record(
+                    EventSpec::new("UPDATE", node_target(&node, "name"))
+                        .values(json!(node.name), json!(n)),
+                )
+                .await?;
+            changed += 1;
+        }
+        if let Some(t) = update.tags.as_ref().filter(|t| **t != node.tags) {
+            sqlx::query("UPDATE nodes SET tags = $1 WHERE id = $2")
+                .bind(to_json_list(t))
+                .bind(id)
+                .execute(change.tx())
+                .await?;
+            change
+                .record(
+                    EventSpec::new("UPDATE", node_target(&node, "tags"))
+                        .values(json!(node.tags), json!(t)),
+                )
+                .await?;
+            changed += 1;
+        }
+        if changed == 0 {
+            return Err(ControlError::Conflict(
+                "the device already has that name and those tags".into(),
+            ));
+        }
+        change.commit().await?;
+        self.node(tailnet_id, id).await
+    }
+
+    /// Removes a node from the inventory.
+    pub async fn delete_node(
+        &self,
+        tailnet_id: &str,
+        ctx: &AuditContext,
+        id: &str,
+    ) -> Result<(), ControlError> {
+        let node = self.node(tailnet_id, id).await?;
+        let mut change = self.begin_change(tailnet_id, ctx).await?;
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(change.tx())
+            .await?;
+        change
+            .record(EventSpec::new("DELETE", node_target(&node, "")).values(
+                json!({ "name": node.name, "addresses": node.addresses, "tags": node.tags }),
+                Value::Null,
+            ))
+            .await?;
+        change.commit().await
+    }
+}
