@@ -201,6 +201,11 @@ impl Server {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// The control database (tests and benchmarks inspect it).
+    pub fn control(&self) -> ControlDb {
+        self.state.control.clone()
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)

@@ -48,6 +48,10 @@ pub struct CreateKey {
     /// What it is for.
     #[serde(default)]
     pub description: String,
+    /// Tally: the user the key acts for (default: the caller); giving a
+    /// key to a user needs the right to manage that user's role.
+    #[serde(default)]
+    pub user_id: Option<String>,
     /// Accepted for Tailscale compatibility (OAuth scopes): must be absent or empty.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
@@ -98,12 +102,28 @@ pub async fn create(
             "capabilities apply to auth keys only; leave them out for an api key",
         ));
     }
+    let user_id = match b.user_id {
+        Some(id) if id != caller.principal.user_id => {
+            let user = state.control.user(caller.tailnet(), &id).await?;
+            if !caller.principal.role.may_manage(user.role) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    format!(
+                        "a {} cannot create keys for a {}; ask an owner",
+                        caller.principal.role, user.role
+                    ),
+                ));
+            }
+            id
+        }
+        _ => caller.principal.user_id.clone(),
+    };
     let k = state
         .control
         .create_key(
             caller.tailnet(),
             &caller.ctx,
-            &caller.principal.user_id,
+            &user_id,
             key_type,
             &b.description,
             b.expiry_seconds,
@@ -134,7 +154,7 @@ pub async fn revoke(
     let id = p.get("keyId").map(String::as_str).unwrap_or_default();
     state
         .control
-        .revoke_key(caller.tailnet(), &caller.ctx, id)
+        .revoke_key(caller.tailnet(), &caller.ctx, &caller.principal, id)
         .await?;
     Ok(Json(json!({})).into_response())
 }

@@ -591,14 +591,25 @@ impl ControlDb {
         key_from_row(&row, tally_proto::timefmt::now_nanos())
     }
 
-    /// Revokes a key.
+    /// Revokes a key. Revoking another user's key needs the right to
+    /// manage that user's role (a network admin cannot revoke an owner's key).
     pub async fn revoke_key(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
+        caller: &Principal,
         id: &str,
     ) -> Result<(), ControlError> {
         let key = self.key(tailnet_id, id).await?;
+        if key.user_id != caller.user_id
+            && let Ok(owner) = self.user(tailnet_id, &key.user_id).await
+            && !caller.role.may_manage(owner.role)
+        {
+            return Err(ControlError::Forbidden(format!(
+                "a {} cannot revoke a key of a {}; ask an owner",
+                caller.role, owner.role
+            )));
+        }
         if key.revoked.is_some() {
             return Err(ControlError::Conflict(format!(
                 "key {id} is already revoked"

@@ -1,0 +1,1053 @@
+//! The control plane against a real server, on SQLite and on PostgreSQL:
+//! the permission matrix over every route of the route table, one audit
+//! event group per mutation, refusals recorded with data unchanged,
+//! tamper detection, retention with a verifiable chain, bad input, and
+//! tailnet isolation.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Db, Env, OWNER_KEY, start};
+use tally_server::api::{Guard, specs};
+use tally_server::control::model::{ROLES, Role};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_on_sqlite() {
+    suite(&Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_on_postgres() {
+    let Some(mut pg) = tally_pgtemp::for_tests("control_plane_on_postgres") else {
+        return;
+    };
+    suite(&Db::Postgres(&pg)).await;
+    pg.stop(false).expect("PostgreSQL stops");
+}
+
+async fn suite(db: &Db<'_>) {
+    eprintln!("[{}] permission matrix", db.name());
+    permission_matrix(db).await;
+    eprintln!("[{}] audit values", db.name());
+    audit_values(db).await;
+    eprintln!("[{}] tampering", db.name());
+    tampering(db).await;
+    eprintln!("[{}] retention", db.name());
+    retention(db).await;
+    eprintln!("[{}] bad input", db.name());
+    bad_input(db).await;
+    eprintln!("[{}] isolation and registration", db.name());
+    isolation_and_registration(db).await;
+}
+
+/// Fresh objects for one call of a route, and its path and body.
+struct Fixture {
+    path: String,
+    body: Option<Value>,
+}
+
+async fn fixture(
+    env: &Env,
+    auth_key: &str,
+    keyholder: &str,
+    method: &Method,
+    pattern: &str,
+    n: usize,
+) -> Fixture {
+    let mut path = pattern
+        .replace("{tailnet}", "-")
+        .replace("{collection}", "tailnode");
+    if path.contains("{deviceId}") {
+        let id = env.register(auth_key, &format!("node-{n}")).await;
+        path = path.replace("{deviceId}", &id);
+    }
+    if path.contains("{userId}") {
+        let (s, u) = env
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/users",
+                Some(json!({ "loginName": format!("victim-{n}@example.com") })),
+            )
+            .await;
+        assert_eq!(s, 200, "{u}");
+        path = path.replace("{userId}", u["id"].as_str().expect("id"));
+    }
+    if path.contains("{keyId}") {
+        let (s, k) = env
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/keys",
+                Some(json!({ "keyType": "api", "userId": keyholder, "description": format!("victim {n}") })),
+            )
+            .await;
+        assert_eq!(s, 200, "{k}");
+        path = path.replace("{keyId}", k["id"].as_str().expect("id"));
+    }
+    let body = match (method.as_str(), pattern) {
+        ("POST", "/collections") => {
+            Some(json!({ "collection": format!("c{n}"), "action": "create" }))
+        }
+        ("POST", "/instances") => Some(json!({
+            "collection": "tailnode",
+            "instances": [hex::encode(rand::random::<[u8; 32]>())],
+        })),
+        ("POST", "/api/v2/tailnets") => Some(json!({ "name": format!("tn{n}") })),
+        ("PATCH", "/api/v2/tailnet/{tailnet}") => Some(json!({ "name": format!("default{n}") })),
+        ("PATCH", "/api/v2/tailnet/{tailnet}/settings") => {
+            let (_, cur) = env
+                .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/settings", None)
+                .await;
+            let on = cur["networkFlowLoggingOn"].as_bool().expect("setting");
+            Some(json!({ "networkFlowLoggingOn": !on }))
+        }
+        ("POST", "/api/v2/tailnet/{tailnet}/keys") => {
+            Some(json!({ "keyType": "api", "description": format!("k{n}") }))
+        }
+        ("PATCH", "/api/v2/device/{deviceId}") => {
+            Some(json!({ "name": format!("dev{n}"), "tags": [format!("tag:t{n}")] }))
+        }
+        ("POST", "/api/v2/device/{deviceId}/name") => Some(json!({ "name": format!("dev{n}") })),
+        ("POST", "/api/v2/device/{deviceId}/tags") => {
+            Some(json!({ "tags": [format!("tag:t{n}")] }))
+        }
+        ("POST", "/api/v2/tailnet/{tailnet}/users") => {
+            Some(json!({ "loginName": format!("user{n}@example.com"), "role": "member" }))
+        }
+        ("POST", "/api/v2/users/{userId}/role") => Some(json!({ "role": "auditor" })),
+        _ => None,
+    };
+    Fixture { path, body }
+}
+
+/// Every guarded route of the table, for every role: allowed calls
+/// succeed (2xx) and record one event group, others get 403 with a clear
+/// message and record one refusal. Unauthenticated calls get 401.
+async fn permission_matrix(db: &Db<'_>) {
+    let env = start(db).await;
+    let mut keys = Vec::new();
+    for role in ROLES {
+        let key = if role == Role::Owner {
+            OWNER_KEY.to_owned()
+        } else {
+            env.user_with_key(&format!("{role}@example.com"), role.name())
+                .await
+                .1
+        };
+        keys.push((role, key));
+    }
+    // Least powerful first, so that the owner deleting the tailnet comes last.
+    keys.reverse();
+    let auth_key = env.auth_key(true, &[]).await;
+    let (keyholder, _) = env.user_with_key("keyholder@example.com", "member").await;
+    // Deleting a tailnet needs another one to exist.
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::POST,
+            "/api/v2/tailnets",
+            Some(json!({ "name": "spare" })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut routes = specs();
+    routes.sort_by_key(|s| s.path == "/api/v2/tailnet/{tailnet}" && s.method == Method::DELETE);
+    let mut n = 0;
+    let mut checked = 0;
+    for spec in &routes {
+        let Guard::Role(permission) = spec.guard else {
+            assert!(
+                matches!(
+                    spec.guard,
+                    Guard::Public | Guard::PrivateId | Guard::AuthKey
+                ),
+                "unexpected guard"
+            );
+            continue;
+        };
+        // No key: 401 before anything else.
+        n += 1;
+        let f = fixture(&env, &auth_key, &keyholder, &spec.method, spec.path, n).await;
+        let resp = env
+            .http
+            .request(spec.method.clone(), format!("{}{}", env.base, f.path))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            resp.status(),
+            401,
+            "{} {} without a key",
+            spec.method,
+            spec.path
+        );
+        for (role, key) in &keys {
+            n += 1;
+            let f = fixture(&env, &auth_key, &keyholder, &spec.method, spec.path, n).await;
+            let before = env.head_seq(&env.tailnet).await;
+            let (status, body) = env
+                .call(key, spec.method.clone(), &f.path, f.body.clone())
+                .await;
+            let what = format!("{} {} as {role}: {status} {body}", spec.method, f.path);
+            let events = env.events_after(&env.tailnet, before).await;
+            if role.allows(permission) {
+                assert!((200..300).contains(&status), "allowed call failed: {what}");
+                if spec.is_mutation() && spec.path != "/api/v2/tailnets" {
+                    assert!(!events.is_empty(), "no audit event for {what}");
+                    let group = &events[0]["eventGroupID"];
+                    for e in &events {
+                        assert_eq!(&e["eventGroupID"], group, "one group per call: {what}");
+                        assert!(
+                            e.get("error").is_none(),
+                            "success recorded as refusal: {what}"
+                        );
+                        assert_eq!(
+                            e["actor"]["loginName"].as_str(),
+                            Some(login_of(*role).as_str())
+                        );
+                    }
+                } else if spec.path == "/api/v2/tailnets" && spec.method == Method::POST {
+                    let new_id = body["tailnet"]["id"].as_str().expect("new tailnet id");
+                    let created = env.events_after(new_id, 0).await;
+                    assert!(
+                        created
+                            .iter()
+                            .any(|e| e["action"] == "CREATE" && e["target"]["type"] == "TAILNET")
+                    );
+                } else {
+                    assert!(events.is_empty(), "a read wrote audit events: {what}");
+                }
+            } else {
+                assert_eq!(status, 403, "denied call not refused: {what}");
+                let msg = body["error"].as_str().unwrap_or_default();
+                assert!(
+                    msg.contains("permission denied")
+                        && msg.contains(role.name())
+                        && msg.contains(permission.name()),
+                    "unclear refusal: {what}"
+                );
+                if spec.is_mutation() {
+                    assert_eq!(events.len(), 1, "one refusal event for {what}: {events:?}");
+                    assert!(
+                        events[0]["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("permission denied"))
+                    );
+                    assert_eq!(events[0]["target"]["type"], spec.target_type);
+                } else {
+                    assert!(
+                        events.is_empty(),
+                        "a refused read wrote audit events: {what}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7 * 25, "only {checked} route/role pairs checked");
+    env.stop().await;
+}
+
+fn login_of(role: Role) -> String {
+    if role == Role::Owner {
+        "admin".into()
+    } else {
+        format!("{role}@example.com")
+    }
+}
+
+/// Old/new values, one group for a two-property change, no secrets, and a
+/// refused change leaves data unchanged and is recorded.
+async fn audit_values(db: &Db<'_>) {
+    let env = start(db).await;
+    let t = env.tailnet.clone();
+
+    let before = env.head_seq(&t).await;
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings",
+            Some(json!({ "networkFlowLoggingOn": true, "flowsRetentionDays": 45 })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ev = env.events_after(&t, before).await;
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["eventGroupID"], ev[1]["eventGroupID"]);
+    let flow = ev
+        .iter()
+        .find(|e| e["target"]["property"] == "networkFlowLoggingOn")
+        .expect("flow event");
+    assert_eq!(
+        (flow["action"].as_str(), &flow["old"], &flow["new"]),
+        (Some("ENABLE"), &json!(false), &json!(true))
+    );
+    let ret = ev
+        .iter()
+        .find(|e| e["target"]["property"] == "flowsRetentionDays")
+        .expect("retention event");
+    assert_eq!(
+        (ret["action"].as_str(), &ret["old"], &ret["new"]),
+        (Some("UPDATE"), &json!(30), &json!(45))
+    );
+    assert_eq!(ret["origin"], "API");
+    assert_eq!(ret["type"], "CONFIG");
+
+    // Rename and retag in one call: one group, two events.
+    let ak = env.auth_key(false, &["tag:web"]).await;
+    let node = env.register(&ak, "web1.example.com").await;
+    let before = env.head_seq(&t).await;
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::PATCH,
+            &format!("/api/v2/device/{node}"),
+            Some(json!({ "name": "web-one", "tags": ["tag:web", "tag:prod"] })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ev = env.events_after(&t, before).await;
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["eventGroupID"], ev[1]["eventGroupID"]);
+    assert_eq!(
+        (&ev[0]["target"]["property"], &ev[0]["old"], &ev[0]["new"]),
+        (&json!("name"), &json!("web1"), &json!("web-one"))
+    );
+    assert_eq!(
+        (&ev[1]["target"]["property"], &ev[1]["old"], &ev[1]["new"]),
+        (
+            &json!("tags"),
+            &json!(["tag:web"]),
+            &json!(["tag:web", "tag:prod"])
+        )
+    );
+
+    // A role change with the CLI origin.
+    let (uid, _) = env.user_with_key("carol@example.com", "member").await;
+    let before = env.head_seq(&t).await;
+    let resp = env
+        .http
+        .post(format!("{}/api/v2/users/{uid}/role", env.base))
+        .bearer_auth(OWNER_KEY)
+        .header("Tally-Origin", "CLI")
+        .json(&json!({ "role": "it-admin" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let ev = env.events_after(&t, before).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (&ev[0]["old"], &ev[0]["new"], &ev[0]["origin"]),
+        (&json!("member"), &json!("it-admin"), &json!("CLI"))
+    );
+
+    // No secret in any event.
+    let (s, k) = env
+        .call(
+            OWNER_KEY,
+            Method::POST,
+            "/api/v2/tailnet/-/keys",
+            Some(json!({ "keyType": "api", "description": "ci" })),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let secret = k["key"].as_str().expect("secret");
+    let all = env.events_after(&t, 0).await;
+    let text = serde_json::to_string(&all).expect("json");
+    assert!(
+        !text.contains(secret) && !text.contains(OWNER_KEY) && !text.contains(&ak),
+        "a secret is in the audit log"
+    );
+    assert!(k["id"].as_str().is_some_and(|id| text.contains(id)));
+
+    // Refused changes: data unchanged, one refusal event each.
+    let refused: [(Method, String, Value, u16); 4] = [
+        (
+            Method::POST,
+            format!("/api/v2/device/{node}/name"),
+            json!({ "name": "bad name!" }),
+            400,
+        ),
+        (
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings".into(),
+            json!({ "auditRetentionDays": 30 }),
+            400,
+        ),
+        (
+            Method::POST,
+            format!(
+                "/api/v2/users/{}/role",
+                env.control.first_owner(&t).await.expect("owner")
+            ),
+            json!({ "role": "member" }),
+            409,
+        ),
+        (
+            Method::DELETE,
+            "/api/v2/tailnet/-/keys/knonexistent".into(),
+            Value::Null,
+            404,
+        ),
+    ];
+    for (method, path, body, want) in refused {
+        let (_, devices_before) = env
+            .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/devices", None)
+            .await;
+        let (_, settings_before) = env
+            .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/settings", None)
+            .await;
+        let (_, users_before) = env
+            .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/users", None)
+            .await;
+        let before = env.head_seq(&t).await;
+        let body = (!body.is_null()).then_some(body);
+        let (s, v) = env.call(OWNER_KEY, method.clone(), &path, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        let msg = v["error"].as_str().expect("error message");
+        let ev = env.events_after(&t, before).await;
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0]["error"].as_str(), Some(msg));
+        assert!(ev[0].get("new").is_none());
+        assert_eq!(
+            env.call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/devices", None)
+                .await
+                .1,
+            devices_before
+        );
+        assert_eq!(
+            env.call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/settings", None)
+                .await
+                .1,
+            settings_before
+        );
+        assert_eq!(
+            env.call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/users", None)
+                .await
+                .1,
+            users_before
+        );
+    }
+
+    // Filters: actor, action, target, property, free text, paging, time.
+    let q = |p: &str| format!("/api/v2/tailnet/-/logging/configuration?{p}");
+    let (_, v) = env
+        .call(OWNER_KEY, Method::GET, &q("action=ENABLE"), None)
+        .await;
+    assert_eq!(v["logs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["tailnetId"], json!(t));
+    assert_eq!(v["version"], "1.1");
+    let (_, v) = env
+        .call(
+            OWNER_KEY,
+            Method::GET,
+            &q("targetType=NODE&property=tags"),
+            None,
+        )
+        .await;
+    assert_eq!(v["logs"].as_array().map(Vec::len), Some(1), "{v}");
+    let (_, v) = env
+        .call(OWNER_KEY, Method::GET, &q("q=WEB-ONE"), None)
+        .await;
+    assert!(
+        v["logs"].as_array().is_some_and(|l| !l.is_empty()
+            && l.iter()
+                .all(|e| e.to_string().to_lowercase().contains("web-one"))),
+        "{v}"
+    );
+    let (_, v) = env
+        .call(OWNER_KEY, Method::GET, &q("actor=nobody@example.com"), None)
+        .await;
+    assert_eq!(v["logs"].as_array().map(Vec::len), Some(0));
+    let total = env.events_after(&t, 0).await.len();
+    let mut seen = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let p = match before {
+            Some(b) => q(&format!("limit=3&before={b}")),
+            None => q("limit=3"),
+        };
+        let (s, v) = env.call(OWNER_KEY, Method::GET, &p, None).await;
+        assert_eq!(s, 200, "{v}");
+        for e in v["logs"].as_array().expect("logs") {
+            seen.push(e["seq"].as_i64().expect("seq"));
+        }
+        match v["nextBefore"].as_i64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), total);
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats: {seen:?}"
+    );
+    let (_, v) = env
+        .call(
+            OWNER_KEY,
+            Method::GET,
+            &q("start=2000-01-01T00:00:00Z&end=2000-01-02T00:00:00Z"),
+            None,
+        )
+        .await;
+    assert_eq!(v["logs"].as_array().map(Vec::len), Some(0));
+    env.stop().await;
+}
+
+/// Edited, deleted, swapped and cut-off events are reported at the right place.
+async fn tampering(db: &Db<'_>) {
+    let env = start(db).await;
+    let t = env.tailnet.clone();
+    for i in 0..6 {
+        env.user_with_key(&format!("u{i}@example.com"), "member")
+            .await;
+    }
+    let v = env.verify().await;
+    assert_eq!(v["intact"], true, "{v}");
+    let n = v["events"].as_i64().expect("events");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("intact, {n} events, head ")))
+    );
+    let pool = env.control.pool();
+    let row = |seq: i64| {
+        let t = t.clone();
+        async move {
+            let r: (String, String, String, String) = {
+                use sqlx::Row;
+                let r = sqlx::query("SELECT body, prev_hash, hash, actor_login FROM audit_events WHERE tailnet_id = $1 AND seq = $2")
+                    .bind(&t)
+                    .bind(seq)
+                    .fetch_one(pool)
+                    .await
+                    .expect("row");
+                (r.get(0), r.get(1), r.get(2), r.get(3))
+            };
+            r
+        }
+    };
+    let set = |seq: i64, body: String, prev: String, hash: String| {
+        let t = t.clone();
+        async move {
+            sqlx::query("UPDATE audit_events SET body = $1, prev_hash = $2, hash = $3 WHERE tailnet_id = $4 AND seq = $5")
+                .bind(body)
+                .bind(prev)
+                .bind(hash)
+                .bind(&t)
+                .bind(seq)
+                .execute(pool)
+                .await
+                .expect("update");
+        }
+    };
+    let broken_at = |v: &Value| v["brokenAt"]["seq"].as_i64();
+
+    // 1. Edit a field of event 5.
+    let (body5, prev5, hash5, _) = row(5).await;
+    set(
+        5,
+        body5.replace("\"CREATE\"", "\"DELETE\""),
+        prev5.clone(),
+        hash5.clone(),
+    )
+    .await;
+    let v = env.verify().await;
+    assert_eq!(
+        (v["intact"].as_bool(), broken_at(&v)),
+        (Some(false), Some(5)),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("edited")),
+        "{v}"
+    );
+    set(5, body5.clone(), prev5.clone(), hash5.clone()).await;
+    assert_eq!(env.verify().await["intact"], true);
+
+    // 2. Edit only an indexed column (what filters see).
+    sqlx::query(
+        "UPDATE audit_events SET actor_login = 'mallory' WHERE tailnet_id = $1 AND seq = 6",
+    )
+    .bind(&t)
+    .execute(pool)
+    .await
+    .expect("update");
+    let v = env.verify().await;
+    assert_eq!(broken_at(&v), Some(6), "{v}");
+    let (_, _, _, login6) = row(6).await;
+    assert_eq!(login6, "mallory");
+    sqlx::query("UPDATE audit_events SET actor_login = 'admin' WHERE tailnet_id = $1 AND seq = 6")
+        .bind(&t)
+        .execute(pool)
+        .await
+        .expect("update");
+    assert_eq!(env.verify().await["intact"], true);
+
+    // 3. Swap events 7 and 8 (contents change places, positions stay).
+    let (b7, p7, h7, _) = row(7).await;
+    let (b8, p8, h8, _) = row(8).await;
+    set(7, b8.clone(), p8.clone(), h8.clone()).await;
+    set(8, b7.clone(), p7.clone(), h7.clone()).await;
+    let v = env.verify().await;
+    assert_eq!(broken_at(&v), Some(7), "{v}");
+    set(7, b7, p7, h7).await;
+    set(8, b8, p8, h8).await;
+    assert_eq!(env.verify().await["intact"], true);
+
+    // 4. Delete event 4.
+    sqlx::query("DELETE FROM audit_events WHERE tailnet_id = $1 AND seq = 4")
+        .bind(&t)
+        .execute(pool)
+        .await
+        .expect("delete");
+    let v = env.verify().await;
+    assert_eq!(broken_at(&v), Some(4), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("#4 is missing")),
+        "{v}"
+    );
+
+    // 5. Delete the newest event (on a fresh server: the head no longer matches).
+    env.stop().await;
+    let env = start(db).await;
+    let t = env.tailnet.clone();
+    env.user_with_key("z@example.com", "member").await;
+    let head = env.head_seq(&t).await;
+    sqlx::query("DELETE FROM audit_events WHERE tailnet_id = $1 AND seq = $2")
+        .bind(&t)
+        .bind(head)
+        .execute(env.control.pool())
+        .await
+        .expect("delete");
+    let v = env.verify().await;
+    assert_eq!(broken_at(&v), Some(head), "{v}");
+    env.stop().await;
+}
+
+/// A cut at the retention horizon leaves a verifiable chain and a SYSTEM event.
+async fn retention(db: &Db<'_>) {
+    use tally_server::control::audit::{AuditContext, EventSpec, Target};
+    let env = start(db).await;
+    let t = env.tailnet.clone();
+    let day = 86_400_000_000_000i64;
+    let t0 = tally_proto::timefmt::now_nanos();
+    let old = env.head_seq(&t).await;
+    // Events 50 days later (the chain's times only rise).
+    let mut change = env
+        .control
+        .begin_change(&t, &AuditContext::system())
+        .await
+        .expect("change");
+    for i in 0..3 {
+        let target = Target {
+            id: format!("x{i}"),
+            target_type: "NODE".into(),
+            ..Target::default()
+        };
+        change
+            .record_at(EventSpec::new("UPDATE", target), t0 + 50 * day)
+            .await
+            .expect("record");
+    }
+    change.commit().await.expect("commit");
+    // Nothing is 90 days old yet.
+    assert_eq!(
+        env.control
+            .audit_retention(t0 + 60 * day)
+            .await
+            .expect("retention"),
+        0
+    );
+    // 100 days on, the first `old` events are past 90 days; the 3 later ones are not.
+    let removed = env
+        .control
+        .audit_retention(t0 + 100 * day)
+        .await
+        .expect("retention");
+    assert_eq!(removed, old as u64);
+    let v = env.verify().await;
+    assert_eq!(v["intact"], true, "{v}");
+    assert_eq!(v["anchorSeq"].as_i64(), Some(old));
+    assert_eq!(
+        v["events"].as_i64(),
+        Some(4),
+        "3 kept + the SYSTEM event: {v}"
+    );
+    let ev = env.events_after(&t, 0).await;
+    let sys = ev.last().expect("system event");
+    assert_eq!(
+        (&sys["origin"], &sys["actor"]["type"], &sys["action"]),
+        (&json!("SYSTEM"), &json!("SYSTEM"), &json!("DELETE"))
+    );
+    assert_eq!(sys["new"]["removedEvents"].as_i64(), Some(old));
+    // New events after the cut chain on; deleting the first kept one is caught.
+    env.user_with_key("after@example.com", "member").await;
+    assert_eq!(env.verify().await["intact"], true);
+    sqlx::query("DELETE FROM audit_events WHERE tailnet_id = $1 AND seq = $2")
+        .bind(&t)
+        .bind(old + 1)
+        .execute(env.control.pool())
+        .await
+        .expect("delete");
+    let v = env.verify().await;
+    assert_eq!(v["brokenAt"]["seq"].as_i64(), Some(old + 1), "{v}");
+    env.stop().await;
+}
+
+/// Malformed JSON, unknown fields, overlong names, SQL-looking strings and
+/// invalid time ranges: a clear 4xx, nothing changed, refusal recorded.
+async fn bad_input(db: &Db<'_>) {
+    let env = start(db).await;
+    let t = env.tailnet.clone();
+    let ak = env.auth_key(true, &[]).await;
+    let node = env.register(&ak, "db1").await;
+    let (uid, _) = env.user_with_key("dave@example.com", "member").await;
+    let long = "x".repeat(300);
+    let cases: Vec<(Method, String, String)> = vec![
+        (
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings".into(),
+            "{".into(),
+        ),
+        (
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings".into(),
+            r#"{"networkFlowLoggingOn": "yes"}"#.into(),
+        ),
+        (
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings".into(),
+            r#"{"devicesApprovalOn": true}"#.into(),
+        ),
+        (
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings".into(),
+            r#"["networkFlowLoggingOn"]"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/users".into(),
+            r#"{"loginName":"eve@example.com","bogus":1}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/users".into(),
+            format!(r#"{{"loginName":"{long}"}}"#),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/users".into(),
+            r#"{"loginName":"x'; DROP TABLE users; --"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/users".into(),
+            r#"{"loginName":"eve@example.com","role":"superuser"}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/api/v2/device/{node}/name"),
+            r#"{"name":"db1'); DELETE FROM nodes; --"}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/api/v2/device/{node}/name"),
+            format!(r#"{{"name":"{long}"}}"#),
+        ),
+        (
+            Method::POST,
+            format!("/api/v2/device/{node}/tags"),
+            r#"{"tags":["tag:ok","tag:x' OR '1'='1"]}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/api/v2/device/{node}/tags"),
+            r#"{"tags":"tag:a"}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/api/v2/users/{uid}/role"),
+            r#"{"role":""}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/keys".into(),
+            r#"{"keyType":"api","expirySeconds":-5}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/keys".into(),
+            r#"{"keyType":"root"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnet/-/keys".into(),
+            format!(r#"{{"keyType":"api","description":"{long}"}}"#),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnets".into(),
+            r#"{"name":"Bad Name"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/api/v2/tailnets".into(),
+            format!(r#"{{"name":"{long}"}}"#),
+        ),
+        (
+            Method::POST,
+            "/collections".into(),
+            r#"{"collection":"bad name","action":"create"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/instances".into(),
+            r#"{"collection":"tailnode","instances":"zz"}"#.into(),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let state = snapshot(&env).await;
+        let before = env.head_seq(&t).await;
+        let (s, v) = env.call_raw(OWNER_KEY, method.clone(), &path, &body).await;
+        let what = format!(
+            "{method} {path} {}: {s} {v}",
+            body.chars().take(60).collect::<String>()
+        );
+        // 403 is the logs-service protocol's answer to an invalid collection name.
+        let not_a_denial = s != 403 || !v.to_string().contains("permission denied");
+        assert!(
+            (400..500).contains(&s) && s != 401 && not_a_denial,
+            "{what}"
+        );
+        assert!(
+            v["error"].as_str().is_some_and(|m| m.len() > 10),
+            "unclear error: {what}"
+        );
+        assert_eq!(snapshot(&env).await, state, "data changed: {what}");
+        let ev = env.events_after(&t, before).await;
+        assert!(
+            ev.len() == 1 && ev[0]["error"].is_string(),
+            "refusal not recorded: {what} {ev:?}"
+        );
+    }
+    // Queries: invalid ranges and values are 400; SQL in filters matches nothing.
+    for p in [
+        "start=yesterday",
+        "start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z",
+        "limit=0",
+        "limit=100000",
+        "before=-1",
+        "bogus=1",
+    ] {
+        let (s, v) = env
+            .call(
+                OWNER_KEY,
+                Method::GET,
+                &format!("/api/v2/tailnet/-/logging/configuration?{p}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "{p}: {v}");
+    }
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::GET,
+            "/api/v2/tailnet/-/logging/configuration?actor=%27%20OR%201%3D1%20--&q=%25",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["logs"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(env.verify().await["intact"], true);
+    env.stop().await;
+}
+
+/// Keys act in their own tailnet only; registration needs a valid auth key.
+async fn isolation_and_registration(db: &Db<'_>) {
+    let env = start(db).await;
+    let ak = env.auth_key(false, &["tag:ci"]).await;
+    let node = env.register(&ak, "ci1").await;
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::POST,
+            "/api/v2/tailnets",
+            Some(json!({ "name": "other" })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let other_key = v["ownerKey"]["key"].as_str().expect("owner key").to_owned();
+    // The other tailnet's owner sees nothing of the default tailnet.
+    let (s, v) = env
+        .call(
+            &other_key,
+            Method::GET,
+            "/api/v2/tailnet/default/devices",
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("belongs to tailnet"))
+    );
+    let (s, _) = env
+        .call(
+            &other_key,
+            Method::GET,
+            &format!("/api/v2/device/{node}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = env.call(&other_key, Method::GET, "/c/tailnode", None).await;
+    assert_eq!(s, 404);
+    let (_, v) = env
+        .call(&other_key, Method::GET, "/collections", None)
+        .await;
+    assert_eq!(v["collections"], json!({}));
+    let (_, v) = env
+        .call(&other_key, Method::GET, "/api/v2/tailnet/-/devices", None)
+        .await;
+    assert_eq!(v["devices"], json!([]));
+    // The default tailnet is reachable by ID, by name and as '-'.
+    for t in ["-", "default", env.tailnet.as_str()] {
+        let (s, _) = env
+            .call(
+                OWNER_KEY,
+                Method::GET,
+                &format!("/api/v2/tailnet/{t}/devices"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{t}");
+    }
+    // Registration: no key, an API key, a used one-off key, a revoked key.
+    let reg = json!({ "hostname": "n2" });
+    let resp = env
+        .http
+        .post(format!("{}/api/v2/register", env.base))
+        .json(&reg)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 401);
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::POST,
+            "/api/v2/register",
+            Some(reg.clone()),
+        )
+        .await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains("auth key")));
+    let (s, v) = env
+        .call(&ak, Method::POST, "/api/v2/register", Some(reg.clone()))
+        .await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains("one use")));
+    let ak2 = env.auth_key(true, &[]).await;
+    let (_, keys) = env
+        .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/keys", None)
+        .await;
+    let id2 = keys["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| {
+            k["invalid"] == false
+                && k["keyType"] == "auth"
+                && k["capabilities"]["devices"]["create"]["reusable"] == true
+        })
+        .expect("reusable key")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (s, _) = env
+        .call(
+            OWNER_KEY,
+            Method::DELETE,
+            &format!("/api/v2/tailnet/-/keys/{id2}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = env
+        .call(&ak2, Method::POST, "/api/v2/register", Some(reg))
+        .await;
+    assert_eq!(s, 401, "{v}");
+    // The registered node carries the key's tags; the node list shows it.
+    let (_, v) = env
+        .call(
+            OWNER_KEY,
+            Method::GET,
+            &format!("/api/v2/device/{node}"),
+            None,
+        )
+        .await;
+    assert_eq!(v["tags"], json!(["tag:ci"]));
+    assert_eq!(v["name"], "ci1");
+    // A revoked API key stops working at once.
+    let (uid, k) = env.user_with_key("temp@example.com", "admin").await;
+    let (_, keys) = env
+        .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/keys", None)
+        .await;
+    let kid = keys["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|x| x["userId"] == json!(uid))
+        .expect("key")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        env.call(&k, Method::GET, "/api/v2/tailnet/-/users", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        env.call(
+            OWNER_KEY,
+            Method::DELETE,
+            &format!("/api/v2/tailnet/-/keys/{kid}"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, v) = env
+        .call(&k, Method::GET, "/api/v2/tailnet/-/users", None)
+        .await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains("revoked")));
+    env.stop().await;
+}
+
+/// What a GET of every listing shows (to prove a refused change changed nothing).
+async fn snapshot(env: &Env) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in [
+        "/api/v2/tailnet/-/settings",
+        "/api/v2/tailnet/-/users",
+        "/api/v2/tailnet/-/devices",
+        "/api/v2/tailnet/-/keys",
+        "/api/v2/tailnets",
+        "/collections",
+    ] {
+        out.push(env.call(OWNER_KEY, Method::GET, p, None).await.1);
+    }
+    out
+}

@@ -1,0 +1,252 @@
+//! Harness of the control-plane tests: a real server on a real socket with
+//! its control database on SQLite (a file in a temp dir) or on a throwaway
+//! PostgreSQL cluster (a fresh database per server).
+
+#![allow(dead_code)]
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tally_server::control::ControlDb;
+use tally_server::control::audit::AuditQuery;
+use tally_server::{Server, ServerConfig};
+
+/// The bootstrap (owner) key of every test server.
+pub const OWNER_KEY: &str = "tally-test-owner-key-0123456789";
+
+/// Where the control database lives.
+pub enum Db<'a> {
+    /// `control.db` in the data directory.
+    Sqlite,
+    /// A fresh database on this cluster.
+    Postgres(&'a tally_pgtemp::PgCluster),
+}
+
+impl Db<'_> {
+    /// For messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Db::Sqlite => "SQLite",
+            Db::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
+/// A running server and a client.
+pub struct Env {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// The server's control database.
+    pub control: ControlDb,
+    /// The default tailnet's ID.
+    pub tailnet: String,
+    /// The data directory.
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a server on `db`.
+pub async fn start(db: &Db<'_>) -> Env {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path().into());
+    config.bootstrap_key = Some(OWNER_KEY.into());
+    if let Db::Postgres(pg) = db {
+        let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+        config.control_db = Some(pg.create_database(&name).expect("create database"));
+    }
+    let server = Server::bind(config).await.expect("server binds");
+    let base = format!("http://{}", server.local_addr().expect("addr"));
+    let control = server.control();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let mut env = Env {
+        base,
+        http,
+        control,
+        tailnet: String::new(),
+        dir,
+        stop: Some(tx),
+        task: Some(task),
+    };
+    let (s, v) = env
+        .call(OWNER_KEY, Method::GET, "/api/v2/tailnets", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    env.tailnet = v["tailnets"][0]["id"]
+        .as_str()
+        .expect("tailnet id")
+        .to_owned();
+    env
+}
+
+impl Env {
+    /// One request with an API key; returns the status and the JSON body
+    /// (`Null` when the body is not JSON).
+    pub async fn call(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A request with a raw body.
+    pub async fn call_raw(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Every audit event of a tailnet with a sequence number above `after`, oldest first.
+    pub async fn events_after(&self, tailnet: &str, after: i64) -> Vec<Value> {
+        let page = self
+            .control
+            .audit_query(
+                tailnet,
+                &AuditQuery {
+                    limit: 1000,
+                    ..AuditQuery::default()
+                },
+            )
+            .await
+            .expect("audit query");
+        let mut v: Vec<Value> = page
+            .events
+            .into_iter()
+            .filter(|e| e["seq"].as_i64().expect("seq") > after)
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// The newest sequence number of a tailnet's audit log.
+    pub async fn head_seq(&self, tailnet: &str) -> i64 {
+        let page = self
+            .control
+            .audit_query(
+                tailnet,
+                &AuditQuery {
+                    limit: 1,
+                    ..AuditQuery::default()
+                },
+            )
+            .await
+            .expect("audit query");
+        page.events
+            .first()
+            .map_or(0, |e| e["seq"].as_i64().expect("seq"))
+    }
+
+    /// Creates a user with `role` and an API key for it; returns (user ID, key).
+    pub async fn user_with_key(&self, login: &str, role: &str) -> (String, String) {
+        let (s, u) = self
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/users",
+                Some(json!({ "loginName": login, "role": role })),
+            )
+            .await;
+        assert_eq!(s, 200, "create user {login}: {u}");
+        let id = u["id"].as_str().expect("user id").to_owned();
+        let (s, k) = self
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/keys",
+                Some(json!({ "keyType": "api", "userId": id, "description": login })),
+            )
+            .await;
+        assert_eq!(s, 200, "create key for {login}: {k}");
+        (id, k["key"].as_str().expect("key").to_owned())
+    }
+
+    /// Creates a reusable auth key (owner); returns its secret.
+    pub async fn auth_key(&self, reusable: bool, tags: &[&str]) -> String {
+        let (s, k) = self
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/keys",
+                Some(json!({
+                    "capabilities": { "devices": { "create": { "reusable": reusable, "tags": tags } } },
+                    "expirySeconds": 3600,
+                    "description": "test nodes",
+                })),
+            )
+            .await;
+        assert_eq!(s, 200, "create auth key: {k}");
+        k["key"].as_str().expect("key").to_owned()
+    }
+
+    /// Registers a node with an auth key; returns its ID.
+    pub async fn register(&self, auth_key: &str, hostname: &str) -> String {
+        let (s, v) = self
+            .call(
+                auth_key,
+                Method::POST,
+                "/api/v2/register",
+                Some(json!({ "hostname": hostname, "os": "linux", "addresses": ["100.64.0.7"] })),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "register {hostname}: {s} {v}");
+        v["node"]["id"].as_str().expect("node id").to_owned()
+    }
+
+    /// The chain report of the verify endpoint for the owner's tailnet.
+    pub async fn verify(&self) -> Value {
+        let (s, v) = self
+            .call(
+                OWNER_KEY,
+                Method::GET,
+                "/api/v2/tailnet/-/logging/configuration/verify",
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server ran");
+        }
+    }
+}
