@@ -235,12 +235,8 @@ mod tests {
         config.bootstrap_key = Some("0123456789abcdef0123".into());
         let server = Server::bind(config).await.unwrap();
         let state = server.state.clone();
-        state
-            .catalog
-            .create_collection(&CollectionName::parse("logs").unwrap(), None)
-            .unwrap();
         let url = format!(
-            "http://{}/c/logs/{}",
+            "http://{}/c/tailnode/{}",
             server.local_addr().unwrap(),
             PrivateId::generate().to_hex()
         );

@@ -5,7 +5,7 @@ use super::json_body;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::control::model::DeviceCreate;
-use crate::control::principals::KeyType;
+use crate::control::principals::{KeySpec, KeyType};
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::{Extension, Path, State};
@@ -123,11 +123,13 @@ pub async fn create(
         .create_key(
             caller.tailnet(),
             &caller.ctx,
-            &user_id,
-            key_type,
-            &b.description,
-            b.expiry_seconds,
-            &caps,
+            KeySpec {
+                user_id: &user_id,
+                key_type,
+                description: &b.description,
+                expiry_secs: b.expiry_seconds,
+                caps: &caps,
+            },
         )
         .await?;
     let mut v = serde_json::to_value(&k.info).unwrap_or_default();

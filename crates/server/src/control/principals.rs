@@ -39,6 +39,21 @@ impl KeyType {
     }
 }
 
+/// What a new key is.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec<'a> {
+    /// The user it acts for (API keys) or registers for (auth keys).
+    pub user_id: &'a str,
+    /// API or auth.
+    pub key_type: KeyType,
+    /// What it is for.
+    pub description: &'a str,
+    /// Lifetime in seconds (default: none for API keys, 90 days for auth keys).
+    pub expiry_secs: Option<i64>,
+    /// Auth keys: what registered devices get.
+    pub caps: &'a DeviceCreate,
+}
+
 /// A key just created: its metadata and its secret (shown once).
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -428,18 +443,20 @@ impl ControlDb {
     }
 
     /// Inserts a key inside a change and records it (without its secret).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn insert_key(
         &self,
         change: &mut Change,
-        user_id: &str,
-        key_type: KeyType,
-        description: &str,
-        expiry_secs: Option<i64>,
-        caps: &DeviceCreate,
+        spec: KeySpec<'_>,
         preset_hash: Option<&str>,
         now: i64,
     ) -> Result<NewKey, ControlError> {
+        let KeySpec {
+            user_id,
+            key_type,
+            description,
+            expiry_secs,
+            caps,
+        } = spec;
         validate_text("description", description, 100)?;
         if key_type == KeyType::Auth {
             validate_tags(&caps.tags)?;
@@ -503,29 +520,16 @@ impl ControlDb {
         Ok(NewKey { info, secret })
     }
 
-    /// Creates a key for `user_id`.
+    /// Creates a key.
     pub async fn create_key(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
-        user_id: &str,
-        key_type: KeyType,
-        description: &str,
-        expiry_secs: Option<i64>,
-        caps: &DeviceCreate,
+        spec: KeySpec<'_>,
     ) -> Result<NewKey, ControlError> {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
         let k = self
-            .insert_key(
-                &mut change,
-                user_id,
-                key_type,
-                description,
-                expiry_secs,
-                caps,
-                None,
-                tally_proto::timefmt::now_nanos(),
-            )
+            .insert_key(&mut change, spec, None, tally_proto::timefmt::now_nanos())
             .await?;
         change.commit().await?;
         Ok(k)
@@ -550,13 +554,16 @@ impl ControlDb {
         let mut change = self
             .begin_change(tailnet_id, &AuditContext::system())
             .await?;
+        let spec = KeySpec {
+            user_id,
+            key_type: KeyType::Api,
+            description,
+            expiry_secs: None,
+            caps: &DeviceCreate::default(),
+        };
         self.insert_key(
             &mut change,
-            user_id,
-            KeyType::Api,
-            description,
-            None,
-            &DeviceCreate::default(),
+            spec,
             Some(hash),
             tally_proto::timefmt::now_nanos(),
         )

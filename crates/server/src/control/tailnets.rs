@@ -3,7 +3,7 @@
 
 use super::audit::{AuditContext, Change, EventSpec, Target, genesis_hash};
 use super::model::{Role, Tailnet, rfc3339};
-use super::principals::{KeyType, NewKey};
+use super::principals::{KeySpec, KeyType, NewKey};
 use super::{ControlDb, ControlError, new_id};
 use serde_json::json;
 use sqlx::Row;
@@ -132,11 +132,13 @@ impl ControlDb {
                 Some(
                     self.insert_key(
                         &mut change,
-                        &owner.id,
-                        KeyType::Api,
-                        "owner key (created with the tailnet)",
-                        None,
-                        &Default::default(),
+                        KeySpec {
+                            user_id: &owner.id,
+                            key_type: KeyType::Api,
+                            description: "owner key (created with the tailnet)",
+                            expiry_secs: None,
+                            caps: &Default::default(),
+                        },
                         None,
                         now,
                     )
