@@ -37,7 +37,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// A fixed bootstrap admin key (for automation); generated when `None`.
     pub bootstrap_key: Option<String>,
-    /// Retention of adopted instances' entries for new collections, in days.
+    /// The default tailnet's `logsRetentionDays` when it is created (first
+    /// start), in days; later changed with the tailnet settings.
     pub default_retention_days: u32,
     /// Bytes an unadopted instance may store per 12 hours, per collection.
     pub unadopted_cap_bytes: u64,
@@ -136,6 +137,20 @@ impl Server {
         let owner = control.first_owner(&tailnet.id).await?;
         if created {
             catalog::seed_collections(&control, &config.data_dir, &tailnet.id, &owner).await?;
+            if config.default_retention_days != 30 {
+                let mut patch = serde_json::Map::new();
+                patch.insert(
+                    "logsRetentionDays".into(),
+                    config.default_retention_days.into(),
+                );
+                control
+                    .update_settings(
+                        &tailnet.id,
+                        &control::audit::AuditContext::system(),
+                        &patch,
+                    )
+                    .await?;
+            }
         }
         let mut new_bootstrap_key = None;
         if let Some(k) = &config.bootstrap_key {
