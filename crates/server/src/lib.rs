@@ -144,11 +144,7 @@ impl Server {
                     config.default_retention_days.into(),
                 );
                 control
-                    .update_settings(
-                        &tailnet.id,
-                        &control::audit::AuditContext::system(),
-                        &patch,
-                    )
+                    .update_settings(&tailnet.id, &control::audit::AuditContext::system(), &patch)
                     .await?;
             }
         }

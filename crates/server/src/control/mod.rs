@@ -133,6 +133,22 @@ impl ControlDb {
     }
 
     async fn migrate(&self) -> Result<(), ControlError> {
+        // Servers sharing a PostgreSQL database migrate one at a time.
+        let mut lock = None;
+        if self.backend == Backend::Postgres {
+            let mut conn = self.pool.acquire().await?;
+            conn.execute("SELECT pg_advisory_lock(7461726)").await?;
+            lock = Some(conn);
+        }
+        let result = self.migrate_locked().await;
+        if let Some(mut conn) = lock {
+            conn.execute("SELECT pg_advisory_unlock(7461726)")
+                .await?;
+        }
+        result
+    }
+
+    async fn migrate_locked(&self) -> Result<(), ControlError> {
         self.pool
             .execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied BIGINT NOT NULL)",

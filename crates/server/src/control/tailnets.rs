@@ -188,7 +188,7 @@ impl ControlDb {
                 .ok_or_else(|| ControlError::NotFound(format!("tailnet {id}")))?;
             return Ok((t, false));
         }
-        let created = self
+        match self
             .create_tailnet(
                 DEFAULT_TAILNET,
                 "admin",
@@ -196,8 +196,17 @@ impl ControlDb {
                 &AuditContext::system(),
                 false,
             )
-            .await?;
-        Ok((created.tailnet, true))
+            .await
+        {
+            Ok(created) => Ok((created.tailnet, true)),
+            // Another server sharing the database created it first.
+            Err(ControlError::Conflict(_)) => self
+                .tailnet_by_name(DEFAULT_TAILNET)
+                .await?
+                .map(|t| (t, false))
+                .ok_or_else(|| ControlError::NotFound(format!("tailnet {DEFAULT_TAILNET}"))),
+            Err(e) => Err(e),
+        }
     }
 
     /// A live tailnet by ID.
