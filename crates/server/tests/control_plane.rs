@@ -159,10 +159,7 @@ async fn permission_matrix(db: &Db<'_>) {
     for spec in &routes {
         let Guard::Role(permission) = spec.guard else {
             assert!(
-                matches!(
-                    spec.guard,
-                    Guard::Public | Guard::PrivateId | Guard::AuthKey
-                ),
+                matches!(spec.guard, Guard::Public | Guard::PrivateId),
                 "unexpected guard"
             );
             continue;
@@ -933,29 +930,39 @@ async fn isolation_and_registration(db: &Db<'_>) {
     }
     // Registration: no key, an API key, a used one-off key, a revoked key.
     let reg = json!({ "hostname": "n2" });
+    let fresh = || {
+        format!(
+            "/api/v2/agent/{}",
+            tally_proto::PrivateId::generate().to_hex()
+        )
+    };
     let resp = env
         .http
-        .post(format!("{}/api/v2/register", env.base))
+        .post(format!("{}{}", env.base, fresh()))
         .json(&reg)
         .send()
         .await
         .expect("sent");
     assert_eq!(resp.status(), 401);
     let (s, v) = env
-        .call(
-            OWNER_KEY,
-            Method::POST,
-            "/api/v2/register",
-            Some(reg.clone()),
-        )
+        .call(OWNER_KEY, Method::POST, &fresh(), Some(reg.clone()))
         .await;
     assert_eq!(s, 401, "{v}");
     assert!(v["error"].as_str().is_some_and(|m| m.contains("auth key")));
     let (s, v) = env
-        .call(&ak, Method::POST, "/api/v2/register", Some(reg.clone()))
+        .call(&ak, Method::POST, &fresh(), Some(reg.clone()))
         .await;
     assert_eq!(s, 401, "{v}");
     assert!(v["error"].as_str().is_some_and(|m| m.contains("one use")));
+    let (s, v) = env
+        .call(
+            &ak,
+            Method::POST,
+            "/api/v2/agent/not-a-private-id",
+            Some(reg.clone()),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
     let ak2 = env.auth_key(true, &[]).await;
     let (_, keys) = env
         .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/keys", None)
@@ -983,9 +990,46 @@ async fn isolation_and_registration(db: &Db<'_>) {
         .await;
     assert_eq!(s, 200);
     let (s, v) = env
-        .call(&ak2, Method::POST, "/api/v2/register", Some(reg))
+        .call(&ak2, Method::POST, &fresh(), Some(reg.clone()))
         .await;
     assert_eq!(s, 401, "{v}");
+    // A registered agent reports in with its private ID alone: no audit
+    // event unless something changed.
+    let ak3 = env.auth_key(true, &[]).await;
+    let private = tally_proto::PrivateId::generate().to_hex();
+    let path = format!("/api/v2/agent/{private}");
+    let (s, v) = env.call(&ak3, Method::POST, &path, Some(reg.clone())).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["settings"]["networkFlowLoggingOn"], false);
+    let before = env.head_seq(&env.tailnet).await;
+    let resp = env
+        .http
+        .post(format!("{}{path}", env.base))
+        .json(&reg)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        env.head_seq(&env.tailnet).await,
+        before,
+        "an unchanged report is not a change"
+    );
+    let moved = json!({ "hostname": "n2", "addresses": ["100.64.0.9"] });
+    let resp = env
+        .http
+        .post(format!("{}{path}", env.base))
+        .json(&moved)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let ev = env.events_after(&env.tailnet, before).await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (&ev[0]["actor"]["type"], &ev[0]["new"]["addresses"]),
+        (&json!("NODE"), &json!(["100.64.0.9"]))
+    );
     // The registered node carries the key's tags; the node list shows it.
     let (_, v) = env
         .call(

@@ -126,26 +126,34 @@ pub async fn remove(
     Ok(Json(json!({})).into_response())
 }
 
-/// `POST /api/v2/register`: an agent registers its node with an auth key
-/// (Bearer); answers the node and the tailnet settings agents follow.
-pub async fn register(
+/// `POST /api/v2/agent/{private_id}`: an agent registers its node (first
+/// time with an auth key as Bearer) or reports in (its private ID is its
+/// identity); answers the node, the settings agents follow and how often to
+/// report.
+pub async fn agent_report(
     State(state): State<AppState>,
+    Path(private_id): Path<String>,
     headers: HeaderMap,
     Extension(remote): Extension<super::RemoteAddr>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let Some(secret) = key_from_headers(&headers) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "an auth key is required: send it as Authorization: Bearer KEY (tally keys create --type auth)",
-        ));
-    };
-    let key = state.control.check_auth_key(&secret).await?;
+    let private = tally_proto::PrivateId::parse(&private_id).map_err(|e| {
+        ApiError::bad_request(format!("the private ID in the URL is not valid: {e}"))
+    })?;
+    let instance = private.public();
+    drop(private);
+    let secret = key_from_headers(&headers);
     let reg: Registration = json_body(body).await?;
-    let (node, created) = state.control.register_node(&key, &reg, remote.0).await?;
+    let (node, created) = state
+        .control
+        .register_agent(&instance, secret.as_deref(), &reg, remote.0)
+        .await?;
+    if created {
+        state.catalog.reload(&state.control).await?;
+    }
     let flow = state
         .control
-        .setting_i64(&key.tailnet_id, "networkFlowLoggingOn")
+        .setting_i64(&node.tailnet_id, "networkFlowLoggingOn")
         .await?
         != 0;
     let status = if created {
@@ -155,7 +163,14 @@ pub async fn register(
     };
     Ok((
         status,
-        Json(json!({ "node": node, "settings": { "networkFlowLoggingOn": flow } })),
+        Json(json!({
+            "node": node,
+            "settings": { "networkFlowLoggingOn": flow },
+            "reportSeconds": AGENT_REPORT_SECONDS,
+        })),
     )
         .into_response())
 }
+
+/// How often agents report in (and learn setting changes).
+pub const AGENT_REPORT_SECONDS: u64 = 30;

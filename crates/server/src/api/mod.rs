@@ -30,10 +30,9 @@ use std::net::SocketAddr;
 pub enum Guard {
     /// Nothing (health check).
     Public,
-    /// A valid private ID in the path (logs-service ingest).
+    /// A valid private ID in the path (logs-service ingest, agent reports;
+    /// a first registration also needs an auth key).
     PrivateId,
-    /// An auth key (node registration).
-    AuthKey,
     /// An API key whose role has this permission.
     Role(Permission),
 }
@@ -83,7 +82,7 @@ fn r(
 
 /// The routes and their handlers.
 pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
-    use Guard::{AuthKey, PrivateId, Public, Role};
+    use Guard::{PrivateId, Public, Role};
     use Method as M;
     use Permission as P;
     vec![
@@ -314,11 +313,11 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         r(
             M::POST,
-            "/api/v2/register",
-            AuthKey,
+            "/api/v2/agent/{private_id}",
+            PrivateId,
             "NODE",
             "CREATE",
-            post(devices::register),
+            post(devices::agent_report),
         ),
     ]
 }

@@ -142,8 +142,7 @@ impl ControlDb {
         }
         let result = self.migrate_locked().await;
         if let Some(mut conn) = lock {
-            conn.execute("SELECT pg_advisory_unlock(7461726)")
-                .await?;
+            conn.execute("SELECT pg_advisory_unlock(7461726)").await?;
         }
         result
     }

@@ -3,7 +3,7 @@
 
 use super::audit::{Actor, AuditContext, EventSpec, Target};
 use super::model::{Device, rfc3339};
-use super::principals::{AuthKeyUse, validate_tags, validate_text};
+use super::principals::{validate_tags, validate_text};
 use super::tailnets::truncate;
 use super::{ControlDb, ControlError, json_list, new_id, to_json_list};
 use serde::Deserialize;
@@ -34,9 +34,6 @@ pub struct Registration {
     /// `--no-logs-no-support`.
     #[serde(default)]
     pub no_logs_no_support: bool,
-    /// The agent's public instance ID (hex), if it ships logs.
-    #[serde(default)]
-    pub instance: Option<String>,
 }
 
 /// Checks a node name: 1–63 of letters, digits and `-`, not starting or
@@ -126,15 +123,36 @@ pub struct NodeUpdate {
 }
 
 impl ControlDb {
-    /// Registers (or re-registers, by instance ID or name) a node with an
-    /// auth key. Returns the node and whether it is new.
-    pub async fn register_node(
+    /// The node whose agent has this instance (public ID), in any tailnet.
+    pub async fn node_by_instance(
         &self,
-        key: &AuthKeyUse,
+        instance: &tally_proto::PublicId,
+    ) -> Result<Option<Device>, ControlError> {
+        sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE instance = $1"
+        ))
+        .bind(instance.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| node_from_row(&r))
+        .transpose()
+    }
+
+    /// An agent's registration: a known instance updates its node (audited
+    /// only when something changed; otherwise only `lastSeen` moves); an
+    /// unknown one needs a valid auth key and creates a node. Returns the
+    /// node and whether it is new.
+    pub async fn register_agent(
+        &self,
+        instance: &tally_proto::PublicId,
+        auth_key: Option<&str>,
         reg: &Registration,
         remote: Option<String>,
     ) -> Result<(Device, bool), ControlError> {
         validate_text("hostname", &reg.hostname, 253)?;
+        if reg.hostname.is_empty() {
+            return Err(ControlError::Invalid("hostname is required".into()));
+        }
         validate_text("os", &reg.os, 64)?;
         let name = if reg.name.is_empty() {
             reg.hostname
@@ -148,16 +166,75 @@ impl ControlDb {
         validate_node_name(&name)?;
         validate_cidrs("addresses", &reg.addresses)?;
         validate_cidrs("advertisedRoutes", &reg.advertised_routes)?;
+        validate_tags(&reg.tags)?;
+        let now = tally_proto::timefmt::now_nanos();
+        if let Some(old) = self.node_by_instance(instance).await? {
+            let changed = old.hostname != reg.hostname
+                || old.os != reg.os
+                || old.addresses != reg.addresses
+                || old.advertised_routes != reg.advertised_routes
+                || old.no_logs_no_support != reg.no_logs_no_support;
+            if !changed {
+                sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(&old.id)
+                    .execute(&self.pool)
+                    .await?;
+                return Ok((self.node(&old.tailnet_id, &old.id).await?, false));
+            }
+            let ctx = AuditContext {
+                actor: Actor {
+                    id: old.id.clone(),
+                    actor_type: "NODE".into(),
+                    login_name: old.name.clone(),
+                    display_name: old.hostname.clone(),
+                    tags: old.tags.clone(),
+                },
+                origin: super::audit::Origin::Api,
+                remote,
+            };
+            let mut change = self.begin_change(&old.tailnet_id, &ctx).await?;
+            sqlx::query(
+                "UPDATE nodes SET hostname = $1, os = $2, addresses = $3, routes = $4, no_logs = $5, last_seen = $6 WHERE id = $7",
+            )
+            .bind(&reg.hostname)
+            .bind(&reg.os)
+            .bind(to_json_list(&reg.addresses))
+            .bind(to_json_list(&reg.advertised_routes))
+            .bind(i64::from(reg.no_logs_no_support))
+            .bind(now)
+            .bind(&old.id)
+            .execute(change.tx())
+            .await?;
+            let old_values = json!({
+                "hostname": old.hostname, "os": old.os, "addresses": old.addresses,
+                "advertisedRoutes": old.advertised_routes, "noLogsNoSupport": old.no_logs_no_support,
+            });
+            let new_values = json!({
+                "hostname": reg.hostname, "os": reg.os, "addresses": reg.addresses,
+                "advertisedRoutes": reg.advertised_routes, "noLogsNoSupport": reg.no_logs_no_support,
+            });
+            change
+                .record(
+                    EventSpec::new("UPDATE", node_target(&old, ""))
+                        .values(old_values, new_values)
+                        .details("the agent reported new node details"),
+                )
+                .await?;
+            change.commit().await?;
+            return Ok((self.node(&old.tailnet_id, &old.id).await?, false));
+        }
+        let Some(secret) = auth_key else {
+            return Err(ControlError::Unauthorized(
+                "this node is not registered yet: start the agent with --auth-key (tally keys create --type auth)".into(),
+            ));
+        };
+        let key = self.check_auth_key(secret).await?;
         let tags = if key.caps.tags.is_empty() {
             reg.tags.clone()
         } else {
             key.caps.tags.clone()
         };
-        validate_tags(&tags)?;
-        if let Some(i) = &reg.instance {
-            tally_proto::PublicId::parse(i)
-                .map_err(|e| ControlError::Invalid(format!("instance is not a public ID: {e}")))?;
-        }
         let user = sqlx::query("SELECT login_name, display_name FROM users WHERE id = $1")
             .bind(&key.user_id)
             .fetch_optional(&self.pool)
@@ -177,94 +254,61 @@ impl ControlDb {
             origin: super::audit::Origin::Api,
             remote,
         };
-        let now = tally_proto::timefmt::now_nanos();
-        let existing = match &reg.instance {
-            Some(i) => {
-                sqlx::query(&format!(
-                    "SELECT {NODE_COLS} FROM nodes WHERE tailnet_id = $1 AND instance = $2"
-                ))
-                .bind(&key.tailnet_id)
-                .bind(i)
-                .fetch_optional(&self.pool)
-                .await?
-            }
-            None => None,
-        };
         let mut change = self.begin_change(&key.tailnet_id, &ctx).await?;
+        // A one-off key is spent by this registration (checked again under the lock).
+        let spent = sqlx::query(
+            "UPDATE keys SET uses = uses + 1 WHERE id = $1 AND (reusable = 1 OR uses = 0)",
+        )
+        .bind(&key.key_id)
+        .execute(change.tx())
+        .await?
+        .rows_affected();
+        if spent != 1 {
+            return Err(ControlError::Unauthorized(
+                "the auth key was for one use and has been used; create a reusable one".into(),
+            ));
+        }
+        let id = new_id("n");
+        sqlx::query(&format!(
+            "INSERT INTO nodes ({NODE_COLS}, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&id)
+        .bind(&key.tailnet_id)
+        .bind(&name)
+        .bind(&reg.hostname)
+        .bind(&reg.os)
+        .bind(to_json_list(&reg.addresses))
+        .bind(to_json_list(&tags))
+        .bind(to_json_list(&reg.advertised_routes))
+        .bind(i64::from(reg.no_logs_no_support))
+        .bind(instance.to_string())
+        .bind(&key.user_id)
+        .bind(now)
+        .bind(now)
+        .bind(&key.key_id)
+        .execute(change.tx())
+        .await?;
+        let target = Target {
+            id: id.clone(),
+            name: name.clone(),
+            target_type: "NODE".into(),
+            property: String::new(),
+            is_ephemeral: key.caps.ephemeral,
+        };
         let new_values = json!({
             "name": name, "hostname": reg.hostname, "os": reg.os, "addresses": reg.addresses,
             "tags": tags, "advertisedRoutes": reg.advertised_routes,
-            "noLogsNoSupport": reg.no_logs_no_support,
+            "noLogsNoSupport": reg.no_logs_no_support, "instance": instance.to_string(),
         });
-        let (id, created) = if let Some(row) = existing {
-            let old = node_from_row(&row)?;
-            sqlx::query(
-                "UPDATE nodes SET hostname = $1, os = $2, addresses = $3, routes = $4, no_logs = $5, last_seen = $6 WHERE id = $7",
+        change
+            .record(
+                EventSpec::new("CREATE", target)
+                    .values(Value::Null, new_values)
+                    .details(format!("registered with auth key {}", key.key_id)),
             )
-            .bind(&reg.hostname)
-            .bind(&reg.os)
-            .bind(to_json_list(&reg.addresses))
-            .bind(to_json_list(&reg.advertised_routes))
-            .bind(i64::from(reg.no_logs_no_support))
-            .bind(now)
-            .bind(&old.id)
-            .execute(change.tx())
             .await?;
-            let old_values = json!({
-                "hostname": old.hostname, "os": old.os, "addresses": old.addresses,
-                "advertisedRoutes": old.advertised_routes, "noLogsNoSupport": old.no_logs_no_support,
-            });
-            change
-                .record(
-                    EventSpec::new("UPDATE", node_target(&old, ""))
-                        .values(old_values, new_values)
-                        .details(format!("re-registered with auth key {}", key.key_id)),
-                )
-                .await?;
-            (old.id, false)
-        } else {
-            let id = new_id("n");
-            sqlx::query(&format!(
-                "INSERT INTO nodes ({NODE_COLS}, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ))
-            .bind(&id)
-            .bind(&key.tailnet_id)
-            .bind(&name)
-            .bind(&reg.hostname)
-            .bind(&reg.os)
-            .bind(to_json_list(&reg.addresses))
-            .bind(to_json_list(&tags))
-            .bind(to_json_list(&reg.advertised_routes))
-            .bind(i64::from(reg.no_logs_no_support))
-            .bind(reg.instance.clone())
-            .bind(&key.user_id)
-            .bind(now)
-            .bind(now)
-            .bind(&key.key_id)
-            .execute(change.tx())
-            .await?;
-            sqlx::query("UPDATE keys SET uses = uses + 1 WHERE id = $1")
-                .bind(&key.key_id)
-                .execute(change.tx())
-                .await?;
-            let target = Target {
-                id: id.clone(),
-                name: name.clone(),
-                target_type: "NODE".into(),
-                property: String::new(),
-                is_ephemeral: key.caps.ephemeral,
-            };
-            change
-                .record(
-                    EventSpec::new("CREATE", target)
-                        .values(Value::Null, new_values)
-                        .details(format!("registered with auth key {}", key.key_id)),
-                )
-                .await?;
-            (id, true)
-        };
         change.commit().await?;
-        Ok((self.node(&key.tailnet_id, &id).await?, created))
+        Ok((self.node(&key.tailnet_id, &id).await?, true))
     }
 
     /// Nodes of a tailnet, by name.

@@ -212,13 +212,15 @@ impl Env {
         k["key"].as_str().expect("key").to_owned()
     }
 
-    /// Registers a node with an auth key; returns its ID.
+    /// Registers a new node (a fresh agent identity) with an auth key;
+    /// returns its ID.
     pub async fn register(&self, auth_key: &str, hostname: &str) -> String {
+        let private = tally_proto::PrivateId::generate().to_hex();
         let (s, v) = self
             .call(
                 auth_key,
                 Method::POST,
-                "/api/v2/register",
+                &format!("/api/v2/agent/{private}"),
                 Some(json!({ "hostname": hostname, "os": "linux", "addresses": ["100.64.0.7"] })),
             )
             .await;
