@@ -3,13 +3,13 @@
 //! store's retention rules. Reloaded after every change and periodically
 //! (other servers may share a PostgreSQL control database).
 
-use crate::control::collections::CollectionRow;
+use crate::control::collections::{CollectionRow, FLOWS_COLLECTION};
 use crate::control::principals::hash_secret;
 use crate::control::{ControlDb, ControlError};
 use crate::retention::RetentionRules;
 use parking_lot::RwLock;
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tally_proto::PublicId;
@@ -22,9 +22,26 @@ pub fn generate_key() -> String {
     format!("tally-api-{}", hex::encode(rand::random::<[u8; 24]>()))
 }
 
-/// The cached collections, shared by handlers.
+/// A registered agent: its node and tailnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    /// Node ID.
+    pub node_id: String,
+    /// Tailnet ID.
+    pub tailnet_id: String,
+}
+
+#[derive(Default)]
+struct Cached {
+    collections: BTreeMap<String, CollectionRow>,
+    nodes: HashMap<PublicId, NodeRef>,
+    flow_logging: HashSet<String>,
+}
+
+/// The cached collections, registered agents and flow-logging switches,
+/// shared by handlers.
 pub struct Catalog {
-    data: RwLock<BTreeMap<String, CollectionRow>>,
+    data: RwLock<Cached>,
     rules: Arc<RetentionRules>,
 }
 
@@ -32,40 +49,80 @@ impl Catalog {
     /// An empty catalog publishing to `rules`.
     pub fn new(rules: Arc<RetentionRules>) -> Self {
         Self {
-            data: RwLock::new(BTreeMap::new()),
+            data: RwLock::new(Cached::default()),
             rules,
         }
     }
 
     /// Reloads from the database and republishes the retention rules.
+    /// Registered agents count as adopted into the flow-log collection.
     pub async fn reload(&self, db: &ControlDb) -> Result<(), ControlError> {
-        let fresh = db.load_collections().await?;
-        self.rules.replace(&fresh);
-        *self.data.write() = fresh;
+        let mut collections = db.load_collections().await?;
+        let mut nodes = HashMap::new();
+        for (instance, node_id, tailnet_id) in db.node_instances().await? {
+            if let Ok(id) = PublicId::parse(&instance) {
+                nodes.insert(
+                    id,
+                    NodeRef {
+                        node_id,
+                        tailnet_id,
+                    },
+                );
+            }
+        }
+        if let Some(flows) = collections.get_mut(FLOWS_COLLECTION) {
+            flows.adopted.extend(nodes.keys().copied());
+        }
+        let flow_logging = db
+            .tailnets_with("networkFlowLoggingOn")
+            .await?
+            .into_iter()
+            .collect();
+        self.rules.replace(&collections);
+        *self.data.write() = Cached {
+            collections,
+            nodes,
+            flow_logging,
+        };
         Ok(())
     }
 
     /// True if the collection exists.
     pub fn has_collection(&self, name: &str) -> bool {
-        self.data.read().contains_key(name)
+        self.data.read().collections.contains_key(name)
     }
 
     /// The tailnet owning a collection.
     pub fn owner(&self, name: &str) -> Option<String> {
-        self.data.read().get(name).map(|c| c.tailnet_id.clone())
+        self.data
+            .read()
+            .collections
+            .get(name)
+            .map(|c| c.tailnet_id.clone())
     }
 
     /// True if `instance` is adopted into `collection`.
     pub fn is_adopted(&self, collection: &str, instance: &PublicId) -> bool {
         self.data
             .read()
+            .collections
             .get(collection)
             .is_some_and(|c| c.adopted.contains(instance))
     }
 
     /// Every collection, by name.
     pub fn collections(&self) -> BTreeMap<String, CollectionRow> {
-        self.data.read().clone()
+        self.data.read().collections.clone()
+    }
+
+    /// The registered node of an agent instance.
+    pub fn node(&self, instance: &PublicId) -> Option<NodeRef> {
+        self.data.read().nodes.get(instance).cloned()
+    }
+
+    /// Whether a tailnet has flow logging on.
+    pub fn flow_logging(&self, tailnet_id: &str) -> bool {
+        self.data.read().flow_logging.contains(tailnet_id)
     }
 }
 

@@ -2,12 +2,13 @@
 
 use crate::AppState;
 use crate::body;
+use crate::control::collections::FLOWS_COLLECTION;
 use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tally_proto::logtail::{self, MAX_BODY_BYTES};
-use tally_proto::{CollectionName, PrivateId};
+use tally_proto::{CollectionName, PrivateId, PublicId};
 use tally_store::{NewRecord, kind};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -99,6 +100,9 @@ pub async fn post_logs(
             "collection \"{collection}\" does not exist; an admin creates it with POST /collections (collection={collection}, action=create)"
         )));
     }
+    if collection.as_str() == FLOWS_COLLECTION {
+        check_flow_source(&state, &public)?;
+    }
     let Ok(_permit) = state.ingest_slots.clone().try_acquire_owned() else {
         return Err(ApiError::retry(
             StatusCode::TOO_MANY_REQUESTS,
@@ -186,6 +190,29 @@ pub async fn post_logs(
     }
     let body = serde_json::json!({ "stored": outcome.stored, "duplicates": outcome.duplicates });
     Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// Flow records come only from registered agents of tailnets with flow
+/// logging on; anything else is refused (403) with what to do.
+fn check_flow_source(state: &AppState, instance: &PublicId) -> Result<(), ApiError> {
+    let Some(node) = state.catalog.node(instance) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "instance {instance} is not a registered node; flow logs come from agents registered with --auth-key"
+            ),
+        ));
+    };
+    if !state.catalog.flow_logging(&node.tailnet_id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "flow logging is off for tailnet {}; an admin turns it on with `tally settings set --flow-logging on` (PATCH /api/v2/tailnet/-/settings {{\"networkFlowLoggingOn\":true}})",
+                node.tailnet_id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,6 +39,70 @@ async fn suite(db: &Db<'_>) {
     bad_input(db).await;
     eprintln!("[{}] isolation and registration", db.name());
     isolation_and_registration(db).await;
+    eprintln!("[{}] flow-log gating", db.name());
+    flow_gating(db).await;
+}
+
+/// Flow records are taken only from registered agents of tailnets with flow
+/// logging on, and the switch works without a restart.
+async fn flow_gating(db: &Db<'_>) {
+    let env = start(db).await;
+    let ak = env.auth_key(true, &[]).await;
+    let private = tally_proto::PrivateId::generate().to_hex();
+    let (s, v) = env
+        .call(
+            &ak,
+            Method::POST,
+            &format!("/api/v2/agent/{private}"),
+            Some(json!({ "hostname": "f1" })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let record = r#"[{"nodeId":"n1","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:05Z"}]"#;
+    let post = |pid: String| {
+        let http = env.http.clone();
+        let url = format!("{}/c/tailtraffic/{pid}", env.base);
+        async move { http.post(url).body(record).send().await.expect("sent") }
+    };
+    let resp = post(private.clone()).await;
+    assert_eq!(resp.status(), 403);
+    let msg = resp.text().await.expect("body");
+    assert!(msg.contains("flow logging is off"), "{msg}");
+    let resp = post(tally_proto::PrivateId::generate().to_hex()).await;
+    assert_eq!(resp.status(), 403);
+    assert!(
+        resp.text()
+            .await
+            .expect("body")
+            .contains("not a registered node")
+    );
+    let (s, _) = env
+        .call(
+            OWNER_KEY,
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings",
+            Some(json!({ "networkFlowLoggingOn": true })),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let resp = post(private.clone()).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let (s, _) = env
+        .call(
+            OWNER_KEY,
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings",
+            Some(json!({ "networkFlowLoggingOn": false })),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(post(private).await.status(), 403);
+    env.stop().await;
 }
 
 /// Fresh objects for one call of a route, and its path and body.

@@ -123,6 +123,7 @@ pub async fn remove(
         .control
         .delete_node(caller.tailnet(), &caller.ctx, &id)
         .await?;
+    state.catalog.reload(&state.control).await?;
     Ok(Json(json!({})).into_response())
 }
 

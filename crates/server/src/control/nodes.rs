@@ -123,6 +123,22 @@ pub struct NodeUpdate {
 }
 
 impl ControlDb {
+    /// Every registered agent instance: (public ID hex, node ID, tailnet ID).
+    pub async fn node_instances(&self) -> Result<Vec<(String, String, String)>, ControlError> {
+        sqlx::query("SELECT instance, id, tailnet_id FROM nodes WHERE instance IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("instance")?,
+                    r.try_get("id")?,
+                    r.try_get("tailnet_id")?,
+                ))
+            })
+            .collect()
+    }
+
     /// The node whose agent has this instance (public ID), in any tailnet.
     pub async fn node_by_instance(
         &self,

@@ -114,6 +114,17 @@ impl ControlDb {
         Ok(out)
     }
 
+    /// Tailnets where a boolean setting is on.
+    pub async fn tailnets_with(&self, name: &str) -> Result<Vec<String>, ControlError> {
+        sqlx::query("SELECT tailnet_id FROM settings WHERE name = $1 AND value = '1'")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get("tailnet_id")?))
+            .collect()
+    }
+
     /// One numeric setting (booleans as 0/1).
     pub async fn setting_i64(&self, tailnet_id: &str, name: &str) -> Result<i64, ControlError> {
         let d = def(name).ok_or_else(|| ControlError::Internal(format!("no setting {name}")))?;
