@@ -1,0 +1,31 @@
+//! Tally's flow capture path: what the agent runs to turn the packets on a
+//! mesh interface into Tailscale-shaped flow records.
+//!
+//! ```text
+//! capture (AF_PACKET socket, reader thread)
+//!   └► parse (etherparse slices → PacketInfo)
+//!        └► table (ConnTable: 5-tuple entries, open/close events, bounded)
+//!             └► record (every interval: FlowRecord, classified virtual/subnet/exit)
+//! ```
+//!
+//! - [`parse`]: one frame (Ethernet or raw IP) to a [`parse::PacketInfo`].
+//! - [`table`]: the bounded connection table and its events.
+//! - [`record`]: the flow record shape and classification.
+//! - [`capture`]: the Linux packet socket (the only I/O in this crate).
+//! - [`bench`]: the throughput and memory benchmark behind `benches/table.rs`.
+
+pub mod bench;
+pub mod capture;
+pub mod parse;
+pub mod record;
+pub mod table;
+
+pub use capture::{
+    Capture, CaptureConfig, CaptureError, CaptureHandle, CaptureMode, CaptureStats, Packet,
+};
+pub use parse::{LinkType, Malformed, PacketInfo, ParseError, TcpFlags, parse_packet};
+pub use record::{Classifier, ConnectionCounts, FlowRecord, IpPrefix, TrafficKind};
+pub use table::{
+    CloseReason, ConnTable, Counts, Direction, FlowEvent, FlowEventKind, FlowKey, IntervalCounts,
+    TableConfig,
+};
