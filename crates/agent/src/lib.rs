@@ -17,7 +17,7 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tally_proto::logtail::MAX_BODY_BYTES;
@@ -28,28 +28,37 @@ use tokio_util::sync::CancellationToken;
 
 mod entry;
 mod error;
+mod flows;
 mod follow;
 mod history;
 mod identity;
 mod lines;
+mod pipeline;
 mod queue;
+mod report;
 mod socket;
 mod stdin;
 mod uploader;
 mod writer;
 
 pub use error::AgentError;
+pub use flows::{FLOW_SOURCE, FlowOptions};
 pub use history::{LocalLog, QUEUE_DIR, recent_logs};
 pub use identity::{IdentityError, PRIVATE_ID_FILE, load_or_create_identity, read_identity};
 pub use queue::QueueError;
+pub use report::{NODE_ID_FILE, NodeInfo, NodeSettings, Peer, hostname};
 pub use socket::{LogReceipt, SOCKET_FILE, SocketError, log_via_socket};
+pub use tally_flow::TableConfig;
 pub use uploader::UploadStatus;
 
-use queue::{Queue, QueueOptions};
-use writer::{WriteRequest, Writer};
+use pipeline::{Pipeline, PipelineSpec, UploadSettings};
 
 /// Default collection of node logs.
 pub const DEFAULT_COLLECTION: &str = "tailnode";
+/// Collection of network flow records.
+pub const FLOWS_COLLECTION: &str = "tailtraffic";
+/// Queue directory of flow records, in the data directory.
+pub const FLOW_QUEUE_DIR: &str = "flow-queue";
 /// Default size limit of the disk queue.
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 50 << 20;
 /// Smallest disk queue accepted.
@@ -57,7 +66,7 @@ pub const MIN_QUEUE_MAX_BYTES: u64 = 1 << 20;
 /// Name of the lock file that keeps two agents off one data directory.
 const LOCK_FILE: &str = "agent.lock";
 /// Requests buffered between the sources and the queue writer.
-const CHANNEL_CAPACITY: usize = 64;
+pub(crate) const CHANNEL_CAPACITY: usize = 64;
 /// Longest followed path accepted (it is stored with every entry).
 const MAX_PATH_BYTES: usize = 4096;
 
@@ -95,6 +104,15 @@ pub struct AgentConfig {
     pub fsync_interval: Duration,
     /// Trust only this CA (PEM) for the server's certificate.
     pub ca_cert: Option<PathBuf>,
+    /// Auth key to register the node with (first start); once registered
+    /// (`<data-dir>/node-id`), the agent reports in without it.
+    pub auth_key: Option<String>,
+    /// What the agent reports about its node.
+    pub node: NodeInfo,
+    /// How often the agent reports in when the server does not say.
+    pub report_interval: Duration,
+    /// Network flow logging (captures while the tailnet has it on).
+    pub flows: Option<FlowOptions>,
 }
 
 impl AgentConfig {
@@ -118,6 +136,14 @@ impl AgentConfig {
             poll_interval: Duration::from_millis(250),
             fsync_interval: Duration::from_millis(50),
             ca_cert: None,
+            auth_key: None,
+            node: NodeInfo {
+                hostname: hostname(),
+                os: std::env::consts::OS.to_owned(),
+                ..NodeInfo::default()
+            },
+            report_interval: Duration::from_secs(30),
+            flows: None,
         }
     }
 
@@ -223,7 +249,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, AgentError> {
     Ok(file)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
 ) -> Result<T, AgentError> {
     tokio::task::spawn_blocking(f)
@@ -232,22 +258,32 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A running agent.
-#[derive(Debug)]
 pub struct Agent {
     public_id: PublicId,
     socket_path: PathBuf,
     stop_sources: CancellationToken,
-    stop_uploader: CancellationToken,
-    stop_writer: CancellationToken,
     followers: Vec<follow::FollowHandle>,
     socket_task: Option<JoinHandle<()>>,
-    uploader_task: Option<JoinHandle<()>>,
-    writer_task: Option<JoinHandle<()>>,
-    durable: watch::Receiver<u64>,
-    status: watch::Receiver<UploadStatus>,
-    fatal_tx: mpsc::UnboundedSender<AgentError>,
+    logs: Pipeline,
+    flows: Option<Pipeline>,
+    stop_flows: CancellationToken,
+    flows_task: Option<JoinHandle<()>>,
+    settings: watch::Receiver<NodeSettings>,
+    stop_reporter: CancellationToken,
+    reporter_task: Option<JoinHandle<()>>,
+    /// Keeps the error channel open while tasks come and go.
+    _fatal_tx: mpsc::UnboundedSender<AgentError>,
     fatal_rx: mpsc::UnboundedReceiver<AgentError>,
     _lock: File,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("public_id", &self.public_id)
+            .field("socket_path", &self.socket_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Agent {
@@ -262,13 +298,6 @@ impl Agent {
             blocking(move || Ok(load_or_create_identity(&dir)?)).await?
         };
         let lock = lock_data_dir(&data_dir)?;
-        let queue = {
-            let dir = data_dir.join(QUEUE_DIR);
-            let opts = QueueOptions::for_size(config.queue_max_bytes);
-            blocking(move || Ok(Queue::open(&dir, opts)?)).await?
-        };
-        let positions = queue.file_positions().clone();
-        let queue = Arc::new(Mutex::new(queue));
 
         if config.no_logs_no_support {
             eprintln!(
@@ -281,43 +310,100 @@ impl Agent {
         }
 
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
-        let (tx, rx) = mpsc::channel::<WriteRequest>(CHANNEL_CAPACITY);
-        let (durable_tx, durable) = watch::channel(0);
-        let (status_tx, status) = watch::channel(UploadStatus::default());
-        let stop_sources = CancellationToken::new();
-        let stop_uploader = CancellationToken::new();
-        let stop_writer = CancellationToken::new();
-
-        let writer = Writer {
-            queue: Arc::clone(&queue),
-            proc_id: rand::random(),
-            next_seq: 1,
-            drop_notices: !config.no_logs_no_support,
-            queue_max_bytes: config.queue_max_bytes,
-            fsync_interval: config.fsync_interval,
-            durable: durable_tx,
+        let client = match &server {
+            Some(_) => Some(uploader::http_client(config.ca_cert.as_deref())?),
+            None => None,
         };
-        let writer_task = {
-            let (stop, fatal) = (stop_writer.clone(), fatal_tx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = writer.run(rx, stop).await {
-                    let _ = fatal.send(e);
-                }
-            })
+        let upload = UploadSettings {
+            server,
+            client,
+            flush_delay: config.flush_delay,
+            backoff: (config.backoff_min, config.backoff_max, config.max_sleep),
+            batch_max_bytes: config.batch_max_bytes,
+            fsync_interval: config.fsync_interval,
+        };
+        let (logs, positions) = Pipeline::start(
+            PipelineSpec {
+                collection: config.collection.clone(),
+                queue_dir: data_dir.join(QUEUE_DIR),
+                queue_max_bytes: config.queue_max_bytes,
+                drop_notices: !config.no_logs_no_support,
+                drop_on_forbidden: false,
+            },
+            &upload,
+            &identity,
+            fatal_tx.clone(),
+        )
+        .await?;
+        let tx = logs.tx.clone();
+        let (settings_tx, settings) = watch::channel(NodeSettings::default());
+        let stop_reporter = CancellationToken::new();
+        let marker = data_dir.join(NODE_ID_FILE);
+        let registered = marker.exists();
+        let reporter_task = match (&upload.server, &upload.client) {
+            (Some(server), Some(client)) if registered || config.auth_key.is_some() => {
+                let reporter = report::Reporter {
+                    client: client.clone(),
+                    server: server.clone(),
+                    private_hex: identity.to_hex(),
+                    auth_key: config.auth_key.clone(),
+                    info: config.node.clone(),
+                    interval: config.report_interval,
+                    settings: settings_tx,
+                    marker,
+                };
+                Some(tokio::spawn(reporter.run(stop_reporter.clone())))
+            }
+            _ => None,
+        };
+        let stop_flows = CancellationToken::new();
+        let (flows, flows_task) = match (&config.flows, &upload.server) {
+            (Some(opts), Some(_)) if reporter_task.is_some() => {
+                let (pipe, _) = Pipeline::start(
+                    PipelineSpec {
+                        collection: FLOWS_COLLECTION.to_owned(),
+                        queue_dir: data_dir.join(FLOW_QUEUE_DIR),
+                        queue_max_bytes: config.queue_max_bytes,
+                        drop_notices: false,
+                        drop_on_forbidden: true,
+                    },
+                    &upload,
+                    &identity,
+                    fatal_tx.clone(),
+                )
+                .await?;
+                let runner = flows::FlowRunner {
+                    opts: opts.clone(),
+                    own_addresses: config.node.addresses.clone(),
+                    own_routes: config.node.advertised_routes.clone(),
+                    settings: settings.clone(),
+                    records: pipe.tx.clone(),
+                    logs: tx.clone(),
+                };
+                let task = tokio::spawn(runner.run(stop_flows.clone()));
+                (Some(pipe), Some(task))
+            }
+            (Some(_), _) => {
+                return Err(AgentError::Config(
+                    "flow logging needs a server and a registered node: pass --server and, on first start, --auth-key".into(),
+                ));
+            }
+            _ => (None, None),
         };
         let mut agent = Self {
             public_id: identity.public(),
             socket_path: data_dir.join(SOCKET_FILE),
-            stop_sources,
-            stop_uploader,
-            stop_writer,
+            stop_sources: CancellationToken::new(),
             followers: Vec::new(),
             socket_task: None,
-            uploader_task: None,
-            writer_task: Some(writer_task),
-            durable,
-            status,
-            fatal_tx,
+            logs,
+            flows,
+            stop_flows,
+            flows_task,
+            settings,
+            stop_reporter,
+            reporter_task,
+            _fatal_tx: fatal_tx,
             fatal_rx,
             _lock: lock,
         };
@@ -353,32 +439,6 @@ impl Agent {
             stdin::spawn(tx.clone()).map_err(AgentError::io("start a thread to read", "stdin"))?;
         }
         drop(tx);
-
-        if let Some(server) = server {
-            let private_hex = identity.to_hex();
-            let uploader = uploader::Uploader {
-                client: uploader::http_client(config.ca_cert.as_deref())?,
-                cfg: uploader::UploadConfig {
-                    url: format!("{server}/c/{}/{private_hex}", config.collection),
-                    shown_url: format!("{server}/c/{}/<private-id>", config.collection),
-                    private_hex,
-                    flush_delay: config.flush_delay,
-                    backoff_min: config.backoff_min,
-                    backoff_max: config.backoff_max,
-                    max_sleep: config.max_sleep,
-                    batch_max_bytes: config.batch_max_bytes,
-                },
-                queue: Arc::clone(&queue),
-                status: status_tx,
-            };
-            let durable = agent.durable.clone();
-            let (stop, fatal) = (agent.stop_uploader.clone(), agent.fatal_tx.clone());
-            agent.uploader_task = Some(tokio::spawn(async move {
-                if let Err(e) = uploader.run(durable, stop).await {
-                    let _ = fatal.send(e);
-                }
-            }));
-        }
         tracing::info!(public_id = %agent.public_id, data_dir = %data_dir.display(), "agent started");
         Ok(agent)
     }
@@ -396,12 +456,18 @@ impl Agent {
     /// The `proc_seq` of the last entry made durable (fsynced); changes
     /// after every group commit.
     pub fn durable_seq(&self) -> watch::Receiver<u64> {
-        self.durable.clone()
+        self.logs.durable.clone()
+    }
+
+    /// What the server last said about this node and its tailnet
+    /// (changes when a report's answer differs).
+    pub fn node_settings(&self) -> watch::Receiver<NodeSettings> {
+        self.settings.clone()
     }
 
     /// The uploader's counters (all zero when uploading is off).
     pub fn upload_status(&self) -> watch::Receiver<UploadStatus> {
-        self.status.clone()
+        self.logs.status.clone()
     }
 
     /// Resolves when the agent cannot go on (the disk queue failed).
@@ -425,15 +491,20 @@ impl Agent {
         if let Some(t) = self.socket_task.take() {
             let _ = t.await;
         }
-        self.stop_uploader.cancel();
-        if let Some(t) = self.uploader_task.take() {
+        self.stop_flows.cancel();
+        if let Some(t) = self.flows_task.take() {
             let _ = t.await;
         }
-        self.stop_writer.cancel();
-        if let Some(t) = self.writer_task.take() {
-            t.await
-                .map_err(|e| AgentError::Task(format!("queue writer: {e}")))?;
+        self.stop_reporter.cancel();
+        if let Some(t) = self.reporter_task.take() {
+            let _ = t.await;
         }
+        if let Some(f) = self.flows.as_mut() {
+            f.stop_uploader().await;
+            f.stop_writer().await?;
+        }
+        self.logs.stop_uploader().await;
+        self.logs.stop_writer().await?;
         let _ = std::fs::remove_file(&self.socket_path);
         match self.fatal_rx.try_recv() {
             Ok(e) => Err(e),
@@ -445,8 +516,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop_sources.cancel();
-        self.stop_uploader.cancel();
-        self.stop_writer.cancel();
+        self.stop_reporter.cancel();
+        self.stop_flows.cancel();
     }
 }
 

@@ -62,6 +62,9 @@ pub(crate) struct UploadConfig {
     pub max_sleep: Duration,
     /// Largest uncompressed body.
     pub batch_max_bytes: usize,
+    /// Drop a batch the server refuses with 403 instead of retrying it
+    /// (flow records of a tailnet whose flow logging was turned off).
+    pub drop_on_forbidden: bool,
 }
 
 /// The upload loop.
@@ -319,6 +322,13 @@ impl Uploader {
                     let wait = retry_after(resp.headers());
                     let body = read_some(resp).await;
                     let msg = redact(&error_message(status, &body), &self.cfg.private_hex);
+                    if status == StatusCode::FORBIDDEN && self.cfg.drop_on_forbidden {
+                        tracing::warn!(
+                            url = %self.cfg.shown_url,
+                            "the server refused {n} entries and they are dropped: {msg}"
+                        );
+                        return Delivery::Rejected;
+                    }
                     if status == StatusCode::BAD_REQUEST {
                         tracing::warn!(
                             url = %self.cfg.shown_url,

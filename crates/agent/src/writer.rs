@@ -34,6 +34,9 @@ const AGENT_SOURCE: &str = "tally-agent";
 pub(crate) enum Item {
     /// A log line.
     Line(Line),
+    /// A ready JSON entry (a flow record); the writer adds its `logtail`
+    /// member (`client_time`, `proc_id`, `proc_seq`).
+    Record(serde_json::Map<String, serde_json::Value>),
     /// A followed file's new position (first seen, rotated, truncated).
     Mark {
         /// The followed path.
@@ -63,6 +66,8 @@ impl WriteRequest {
             .iter()
             .map(|i| match i {
                 Item::Line(l) => l.text.len(),
+                // A rough size: records are small (a few KiB).
+                Item::Record(r) => r.len() * 64,
                 Item::Mark { .. } => 0,
             })
             .sum()
@@ -234,6 +239,32 @@ impl Writer {
             }
             Item::Line(line) => {
                 let seq = self.append_line(q, &line)?;
+                Ok(Some(seq))
+            }
+            Item::Record(mut record) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                record.insert(
+                    "logtail".into(),
+                    serde_json::json!({
+                        "client_time": tally_proto::timefmt::format_nanos(tally_proto::timefmt::now_nanos()),
+                        "proc_id": self.proc_id,
+                        "proc_seq": seq,
+                    }),
+                );
+                let json = serde_json::to_vec(&record)?;
+                let dropped = q
+                    .append(&Record::Entry {
+                        json: &json,
+                        file: None,
+                    })?
+                    .dropped;
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        "the disk queue was full: the oldest records not uploaded yet were deleted"
+                    );
+                }
                 Ok(Some(seq))
             }
         }

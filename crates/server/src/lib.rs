@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// PostgreSQL URL of the control database; SQLite `control.db` in the
     /// data directory when `None`.
     pub control_db: Option<String>,
+    /// How often agents report in (and so how fast they learn a setting
+    /// change such as flow logging on/off), in seconds.
+    pub agent_report_seconds: u64,
 }
 
 impl ServerConfig {
@@ -78,6 +81,7 @@ impl ServerConfig {
             store: None,
             tls: None,
             control_db: None,
+            agent_report_seconds: 30,
         }
     }
 }

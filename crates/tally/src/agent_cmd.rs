@@ -69,6 +69,57 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub flush_delay: std::time::Duration,
 
+    /// Auth key to register this node with the server's inventory (first
+    /// start only; later starts report in with the agent's identity)
+    #[arg(
+        long,
+        env = "TALLY_AUTH_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub auth_key: Option<String>,
+
+    /// This node's tailnet address (IP or CIDR), reported to the server.
+    /// Repeatable.
+    #[arg(long = "address", value_name = "IP")]
+    pub addresses: Vec<String>,
+
+    /// A route this node advertises (CIDR), reported to the server.
+    /// Repeatable.
+    #[arg(long = "route", value_name = "CIDR")]
+    pub routes: Vec<String>,
+
+    /// A tag to ask for (tag:name); an auth key's own tags win. Repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// Hostname to report (default: this machine's)
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// Capture network flows on --iface while the tailnet has flow logging
+    /// on (needs --server, a registered node and CAP_NET_RAW)
+    #[arg(long)]
+    pub flows: bool,
+
+    /// Interface to capture flows on (the mesh interface: tailscale0, wg0,
+    /// ...). Repeatable.
+    #[arg(long = "iface", value_name = "IFACE", requires = "flows")]
+    pub ifaces: Vec<String>,
+
+    /// Length of one flow record's interval
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub flow_interval: std::time::Duration,
+
+    /// Idle time after which a UDP, ICMP or half-open flow is closed
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub flow_idle_timeout: std::time::Duration,
+
+    /// Most connections tracked at once (the oldest idle ones are evicted
+    /// first, and records count the evictions)
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub flow_max_connections: u64,
+
     /// Without a subcommand, the agent runs until SIGINT or SIGTERM.
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
@@ -119,6 +170,34 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.backoff_min = args.retry_min;
             config.backoff_max = args.retry_max;
             config.flush_delay = args.flush_delay;
+            config.auth_key = args.auth_key;
+            config.node.addresses = args.addresses;
+            config.node.advertised_routes = args.routes;
+            config.node.tags = args.tags;
+            config.node.no_logs_no_support = args.no_logs_no_support;
+            if let Some(h) = args.hostname {
+                config.node.hostname = h;
+            }
+            if args.flows {
+                if args.ifaces.is_empty() {
+                    anyhow::bail!(
+                        "--flows needs at least one --iface (the mesh interface, e.g. tailscale0 or wg0)"
+                    );
+                }
+                if args.flow_interval < std::time::Duration::from_secs(1) {
+                    anyhow::bail!("--flow-interval must be at least 1s");
+                }
+                let table = tally_agent::TableConfig {
+                    max_entries: usize::try_from(args.flow_max_connections).unwrap_or(usize::MAX),
+                    idle_timeout: args.flow_idle_timeout,
+                    ..tally_agent::TableConfig::default()
+                };
+                config.flows = Some(tally_agent::FlowOptions {
+                    ifaces: args.ifaces,
+                    interval: args.flow_interval,
+                    table,
+                });
+            }
             let target = config.server.clone();
             let mut agent = tally_agent::Agent::start(config).await?;
             // One line on stdout once files are positioned and the socket
@@ -134,6 +213,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 agent.public_id()
             )
             .and_then(|_| out.flush());
+            // One more line once the node is registered.
+            let mut settings = agent.node_settings();
+            tokio::spawn(async move {
+                while settings.changed().await.is_ok() {
+                    let node = settings.borrow_and_update().node_id.clone();
+                    if let Some(node) = node {
+                        let mut out = io::stdout();
+                        let _ = writeln!(out, "tally agent registered: node {node}")
+                            .and_then(|_| out.flush());
+                        break;
+                    }
+                }
+            });
             let failure = tokio::select! {
                 () = crate::shutdown_signal() => None,
                 e = agent.failed() => Some(e),

@@ -157,6 +157,15 @@ pub async fn agent_report(
         .setting_i64(&node.tailnet_id, "networkFlowLoggingOn")
         .await?
         != 0;
+    // The tailnet's other nodes: agents classify traffic with them.
+    let peers: Vec<serde_json::Value> = state
+        .control
+        .nodes(&node.tailnet_id)
+        .await?
+        .into_iter()
+        .filter(|n| n.id != node.id)
+        .map(|n| json!({ "nodeId": n.id, "name": n.name, "addresses": n.addresses, "advertisedRoutes": n.advertised_routes }))
+        .collect();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -167,11 +176,9 @@ pub async fn agent_report(
         Json(json!({
             "node": node,
             "settings": { "networkFlowLoggingOn": flow },
-            "reportSeconds": AGENT_REPORT_SECONDS,
+            "reportSeconds": state.config.agent_report_seconds,
+            "peers": peers,
         })),
     )
         .into_response())
 }
-
-/// How often agents report in (and learn setting changes).
-pub const AGENT_REPORT_SECONDS: u64 = 30;

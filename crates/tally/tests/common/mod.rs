@@ -144,6 +144,8 @@ pub async fn read_all(
 pub struct TestAgent {
     pub child: Child,
     pub public_id: String,
+    /// The agent's later stdout lines.
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl TestAgent {
@@ -174,8 +176,30 @@ impl TestAgent {
             .and_then(|r| r.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected first line: {ready}"))
             .to_owned();
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, public_id }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            public_id,
+            lines: rx,
+        }
+    }
+
+    /// Waits (at most `timeout`) for a stdout line starting with `prefix`.
+    pub fn wait_line(&self, prefix: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => continue,
+                Err(e) => panic!("no line starting with {prefix:?} from the agent: {e}"),
+            }
+        }
     }
 
     /// SIGTERM; the agent must exit cleanly.

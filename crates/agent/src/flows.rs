@@ -1,0 +1,329 @@
+//! Network flow logging in the agent: while the tailnet has flow logging on
+//! (learned from the server's answers to the agent's reports), capture the
+//! mesh interfaces (`tally-flow`), count connections in a bounded table and,
+//! every interval, queue one Tailscale-shaped flow record for the
+//! `tailtraffic` collection. Flow opens and closes are entries of the node's
+//! log stream (source `tally-flows`). Turning flow logging off stops the
+//! capture without a restart.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tally_flow::{
+    Capture, CaptureConfig, CaptureError, CaptureHandle, Classifier, ConnTable, FlowEvent,
+    FlowEventKind, IpPrefix, TableConfig,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::entry::Line;
+use crate::report::NodeSettings;
+use crate::writer::{Item, WriteRequest};
+
+/// Source name of flow events in the node's log stream.
+pub const FLOW_SOURCE: &str = "tally-flows";
+/// Most flow events logged per interval (a summary counts the rest).
+const MAX_EVENTS_PER_INTERVAL: usize = 2000;
+
+/// Flow capture settings.
+#[derive(Debug, Clone)]
+pub struct FlowOptions {
+    /// Interfaces to capture (the mesh interface: `tailscale0`, `wg0`, ...).
+    pub ifaces: Vec<String>,
+    /// Length of one record's interval.
+    pub interval: Duration,
+    /// Connection table limits and timeouts.
+    pub table: TableConfig,
+}
+
+impl Default for FlowOptions {
+    fn default() -> Self {
+        Self {
+            ifaces: Vec::new(),
+            interval: Duration::from_secs(5),
+            table: TableConfig::default(),
+        }
+    }
+}
+
+/// Shared between capture threads and the interval task.
+struct Shared {
+    table: ConnTable,
+    events: Vec<FlowEvent>,
+    events_dropped: u64,
+}
+
+/// The flow loop's inputs.
+pub(crate) struct FlowRunner {
+    /// Settings.
+    pub opts: FlowOptions,
+    /// This node's own addresses and routes (from the configuration).
+    pub own_addresses: Vec<String>,
+    /// Routes this node advertises.
+    pub own_routes: Vec<String>,
+    /// What the server says.
+    pub settings: watch::Receiver<NodeSettings>,
+    /// The `tailtraffic` pipeline.
+    pub records: mpsc::Sender<WriteRequest>,
+    /// The node's log pipeline.
+    pub logs: mpsc::Sender<WriteRequest>,
+}
+
+fn prefixes(list: &[String]) -> impl Iterator<Item = IpPrefix> + '_ {
+    list.iter().filter_map(|s| s.parse::<IpPrefix>().ok())
+}
+
+fn classifier(own_addresses: &[String], own_routes: &[String], s: &NodeSettings) -> Classifier {
+    // Addresses may carry a prefix length ("100.64.0.5/32", "10.0.0.5/24"):
+    // the node's address is the part before it.
+    let hosts = |list: &[String]| -> Vec<IpAddr> {
+        list.iter()
+            .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .collect()
+    };
+    let mut c = Classifier::default();
+    c.tailnet_nodes.extend(hosts(own_addresses));
+    c.routes.extend(prefixes(own_routes));
+    for peer in &s.peers {
+        c.tailnet_nodes.extend(hosts(&peer.addresses));
+        c.routes.extend(prefixes(&peer.advertised_routes));
+    }
+    c
+}
+
+fn now() -> u64 {
+    u64::try_from(tally_proto::timefmt::now_nanos()).unwrap_or(0)
+}
+
+fn event_line(e: &FlowEvent) -> Line {
+    let proto = match e.key.proto {
+        1 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        n => format!("proto-{n}"),
+    };
+    let t = &e.totals;
+    let text = match e.kind {
+        FlowEventKind::Open => format!(
+            "flow open {proto} {} -> {}{}",
+            e.key.local_addr(),
+            e.key.remote_addr(),
+            if e.mid_stream { " (mid-stream)" } else { "" }
+        ),
+        FlowEventKind::Close(reason) => format!(
+            "flow close {proto} {} -> {} ({}): tx {} pkts {} B, rx {} pkts {} B",
+            e.key.local_addr(),
+            e.key.remote_addr(),
+            reason.as_str(),
+            t.tx_pkts,
+            t.tx_bytes,
+            t.rx_pkts,
+            t.rx_bytes
+        ),
+    };
+    agent_line(text, i64::try_from(e.at).unwrap_or(i64::MAX))
+}
+
+fn agent_line(text: String, at: i64) -> Line {
+    Line {
+        text,
+        source: Arc::from(FLOW_SOURCE),
+        v: None,
+        invalid_utf8: false,
+        part: None,
+        client_time: at,
+        file: None,
+    }
+}
+
+impl FlowRunner {
+    async fn log(&self, lines: Vec<Line>) {
+        if lines.is_empty() {
+            return;
+        }
+        let req = WriteRequest {
+            items: lines.into_iter().map(Item::Line).collect(),
+            reply: None,
+        };
+        let _ = self.logs.send(req).await;
+    }
+
+    /// Starts one capture per interface; failures are logged (and written to
+    /// the node's log) and that interface is skipped.
+    async fn start_captures(&self, shared: &Arc<Mutex<Shared>>) -> Vec<CaptureHandle> {
+        let mut handles = Vec::new();
+        let mut problems = Vec::new();
+        for iface in &self.opts.ifaces {
+            let opened = Capture::open(&CaptureConfig::new(iface.clone())).and_then(|cap| {
+                let shared = Arc::clone(shared);
+                cap.spawn(move |p| {
+                    let Ok(mut s) = shared.lock() else { return };
+                    if let Ok(events) = s
+                        .table
+                        .observe_frame(p.at, p.dir, p.link, p.data, p.wire_len)
+                    {
+                        for e in events {
+                            if s.events.len() < MAX_EVENTS_PER_INTERVAL {
+                                s.events.push(e);
+                            } else {
+                                s.events_dropped += 1;
+                            }
+                        }
+                    }
+                })
+            });
+            match opened {
+                Ok(h) => {
+                    tracing::info!(%iface, "capturing flows");
+                    handles.push(h);
+                }
+                Err(e) => {
+                    let hint = matches!(e, CaptureError::PermissionDenied { .. });
+                    tracing::error!("flow capture not started: {e}");
+                    problems.push(agent_line(
+                        format!(
+                            "flow capture on {iface} not started: {e}{}",
+                            if hint { "" } else { "; logs are still shipped" }
+                        ),
+                        tally_proto::timefmt::now_nanos(),
+                    ));
+                }
+            }
+        }
+        self.log(problems).await;
+        handles
+    }
+
+    /// Runs until `stop`: captures while flow logging is on.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        loop {
+            // Wait for flow logging on and a node ID.
+            let node_id = loop {
+                let s = self.settings.borrow_and_update().clone();
+                if let (true, Some(id)) = (s.flow_logging, s.node_id) {
+                    break id;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = self.settings.changed() => if changed.is_err() { return },
+                }
+            };
+            let shared = Arc::new(Mutex::new(Shared {
+                table: ConnTable::new(self.opts.table.clone()),
+                events: Vec::new(),
+                events_dropped: 0,
+            }));
+            let handles = self.start_captures(&shared).await;
+            if handles.is_empty() {
+                // Nothing to capture: wait for the next settings change.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = self.settings.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            let mut start = now();
+            let mut ticker = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.opts.interval,
+                self.opts.interval,
+            );
+            let mut drops: Vec<u64> = vec![0; handles.len()];
+            let stopping = loop {
+                let turned_off = tokio::select! {
+                    () = stop.cancelled() => true,
+                    _ = ticker.tick() => false,
+                    changed = self.settings.changed() => {
+                        changed.is_err() || !self.settings.borrow().flow_logging
+                    }
+                };
+                let end = now();
+                for (h, seen) in handles.iter().zip(drops.iter_mut()) {
+                    let d = h.stats().kernel_drops;
+                    if d > *seen {
+                        if let Ok(mut s) = shared.lock() {
+                            s.table.note_dropped(d - *seen);
+                        }
+                        *seen = d;
+                    }
+                }
+                let classes = classifier(
+                    &self.own_addresses,
+                    &self.own_routes,
+                    &self.settings.borrow(),
+                );
+                self.flush(&shared, start, end, &node_id, &classes, turned_off)
+                    .await;
+                start = end;
+                if turned_off {
+                    break stop.is_cancelled();
+                }
+            };
+            let stopped = tokio::task::spawn_blocking(move || {
+                for h in handles {
+                    let _ = h.stop();
+                }
+            });
+            let _ = stopped.await;
+            self.log(vec![agent_line(
+                "flow capture stopped".into(),
+                tally_proto::timefmt::now_nanos(),
+            )])
+            .await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Queues the interval's record and logs its events.
+    async fn flush(
+        &self,
+        shared: &Arc<Mutex<Shared>>,
+        start: u64,
+        end: u64,
+        node_id: &str,
+        classes: &Classifier,
+        closing: bool,
+    ) {
+        let (record, events, dropped) = {
+            let Ok(mut s) = shared.lock() else { return };
+            let mut closed = if closing {
+                s.table.close_all(end)
+            } else {
+                s.table.expire(end)
+            };
+            let record = s.table.take_record(start, end, node_id, classes);
+            let mut events = std::mem::take(&mut s.events);
+            let room = MAX_EVENTS_PER_INTERVAL.saturating_sub(events.len());
+            let extra = closed.len().saturating_sub(room) as u64;
+            closed.truncate(room);
+            events.extend(closed);
+            let dropped = std::mem::take(&mut s.events_dropped) + extra;
+            (record, events, dropped)
+        };
+        let mut lines: Vec<Line> = events.iter().map(event_line).collect();
+        if dropped > 0 {
+            lines.push(agent_line(
+                format!("{dropped} more flow events in this interval were not logged"),
+                i64::try_from(end).unwrap_or(i64::MAX),
+            ));
+        }
+        self.log(lines).await;
+        if record.is_empty() {
+            return;
+        }
+        match serde_json::to_value(&record) {
+            Ok(serde_json::Value::Object(map)) => {
+                let req = WriteRequest {
+                    items: vec![Item::Record(map)],
+                    reply: None,
+                };
+                let _ = self.records.send(req).await;
+            }
+            Ok(_) | Err(_) => tracing::error!("a flow record could not be encoded"),
+        }
+    }
+}
