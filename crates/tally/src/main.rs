@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod bench;
 mod client;
+mod control_cmd;
 mod logs_cmd;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,18 @@ enum Command {
     Collections(WithServer<logs_cmd::CollectionsCmd>),
     /// Adopt instances into collections.
     Instances(WithServer<logs_cmd::InstancesCmd>),
+    /// Tailnets: list, create (prints the owner's API key), rename, delete.
+    Tailnets(WithServer<control_cmd::TailnetsCmd>),
+    /// Tailnet settings: flow logging and retention.
+    Settings(WithServer<control_cmd::SettingsCmd>),
+    /// API keys and auth keys: list, create, show, revoke.
+    Keys(WithServer<control_cmd::KeysCmd>),
+    /// Users and their roles.
+    Users(WithServer<control_cmd::UsersCmd>),
+    /// Nodes (devices): list, show, rename, tag, delete.
+    Nodes(WithServer<control_cmd::NodesCmd>),
+    /// Configuration audit log: list events, verify its hash chain.
+    Audit(WithServer<control_cmd::AuditCmd>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,8 +65,9 @@ struct ServerCmd {
     /// Directory for the store and configuration.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
     data_dir: PathBuf,
-    /// Days to keep entries of adopted instances (new collections).
-    #[arg(long, default_value_t = 30)]
+    /// Days to keep logs of adopted instances, for the default tailnet
+    /// created on first start (later: `tally settings set --logs-retention-days`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
     /// MiB an unadopted instance may store per 12 hours.
     #[arg(long, default_value_t = 10)]
@@ -64,6 +78,19 @@ struct ServerCmd {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://...) for the control database; default:
+    /// SQLite control.db in the data directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TALLY_CONTROL_DB",
+        hide_env_values = true
+    )]
+    control_db: Option<String>,
+    /// How often agents report in, in seconds: how fast they learn a
+    /// setting change such as flow logging on or off.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    agent_report_seconds: u64,
 }
 
 /// A client verb with the server's address and key.
@@ -107,6 +134,8 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     config.default_retention_days = cmd.retention_days;
     config.unadopted_cap_bytes = cmd.unadopted_cap_mb << 20;
     config.tls = cmd.tls_cert.zip(cmd.tls_key);
+    config.control_db = cmd.control_db.filter(|u| !u.is_empty());
+    config.agent_report_seconds = cmd.agent_report_seconds;
     let server = tally_server::Server::bind(config).await?;
     for cut in &server.recovery.cuts {
         tracing::warn!("store recovery: {cut}");
@@ -140,6 +169,12 @@ async fn main() -> std::process::ExitCode {
         Command::Logs(a) => logs_cmd::run_logs(a.cmd, &a.server).await,
         Command::Collections(a) => logs_cmd::run_collections(a.cmd, &a.server).await,
         Command::Instances(a) => logs_cmd::run_instances(a.cmd, &a.server).await,
+        Command::Tailnets(a) => control_cmd::run_tailnets(a.cmd, &a.server).await,
+        Command::Settings(a) => control_cmd::run_settings(a.cmd, &a.server).await,
+        Command::Keys(a) => control_cmd::run_keys(a.cmd, &a.server).await,
+        Command::Users(a) => control_cmd::run_users(a.cmd, &a.server).await,
+        Command::Nodes(a) => control_cmd::run_nodes(a.cmd, &a.server).await,
+        Command::Audit(a) => control_cmd::run_audit(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
