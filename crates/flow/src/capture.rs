@@ -177,6 +177,7 @@ pub struct Capture {
     link: LinkType,
     raw: bool,
     ring: Option<Ring>,
+    block_timeout: Duration,
     buf: Vec<u8>,
     stats: Arc<SharedStats>,
 }
@@ -398,6 +399,7 @@ impl Capture {
             link,
             raw,
             ring,
+            block_timeout: config.ring_block_timeout.max(Duration::from_millis(1)),
             buf: vec![0u8; snaplen as usize],
             stats: Arc::new(SharedStats::default()),
         };
@@ -433,17 +435,31 @@ impl Capture {
         stop_fd: Option<RawFd>,
         on_packet: &mut dyn FnMut(&Packet<'_>),
     ) -> Result<usize, CaptureError> {
-        let n = if self.ring.is_some() {
-            self.read_ring(on_packet)
-        } else {
-            self.read_recv(on_packet)?
-        };
+        let n = self.read_available(on_packet)?;
         if n > 0 {
             return Ok(n);
         }
-        if !self.wait(timeout, stop_fd)? {
-            return Ok(0);
+        match self.wait(timeout, stop_fd) {
+            Ok(false) => Ok(0),
+            Ok(true) => self.read_available(on_packet),
+            Err(e) => {
+                // The interface went down or away: deliver what the kernel
+                // captured before it did (a partly filled ring block is
+                // handed over when its timeout expires), then report.
+                let _ = self.read_available(on_packet);
+                if self.ring.is_some() {
+                    let _ = self.wait(Some(self.block_timeout * 2), stop_fd);
+                    let _ = self.read_available(on_packet);
+                }
+                Err(e)
+            }
         }
+    }
+
+    fn read_available(
+        &mut self,
+        on_packet: &mut dyn FnMut(&Packet<'_>),
+    ) -> Result<usize, CaptureError> {
         if self.ring.is_some() {
             Ok(self.read_ring(on_packet))
         } else {
@@ -483,12 +499,23 @@ impl Capture {
                 }
                 return Err(io_err("poll", &self.iface));
             }
-            if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            if fds[0].revents & libc::POLLNVAL != 0 {
                 return Err(CaptureError::Io {
                     op: "poll",
                     iface: self.iface.clone(),
-                    source: io::Error::other("socket error (interface gone or down?)"),
+                    source: io::Error::from_raw_os_error(libc::EBADF),
                 });
+            }
+            if fds[0].revents & libc::POLLERR != 0 {
+                // Reading SO_ERROR reports and clears the pending error.
+                let err = socket_error(&self.fd);
+                if err != 0 {
+                    return Err(CaptureError::Io {
+                        op: "poll",
+                        iface: self.iface.clone(),
+                        source: io::Error::from_raw_os_error(err),
+                    });
+                }
             }
             return Ok(ret > 0 && fds[1].revents == 0);
         }
@@ -672,6 +699,24 @@ fn classify(raw: bool, pkttype: u8, protocol: u16) -> Option<Direction> {
         libc::PACKET_HOST | libc::PACKET_BROADCAST | libc::PACKET_MULTICAST => Some(Direction::Rx),
         _ => None,
     }
+}
+
+/// The socket's pending error (SO_ERROR), cleared by reading it.
+fn socket_error(fd: &OwnedFd) -> libc::c_int {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` is writable for `len` bytes and `len` is a valid in/out
+    // length.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if ret < 0 { libc::EIO } else { err }
 }
 
 fn snapshot(stats: &SharedStats) -> CaptureStats {

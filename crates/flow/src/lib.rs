@@ -24,8 +24,10 @@ pub use capture::{
     Capture, CaptureConfig, CaptureError, CaptureHandle, CaptureMode, CaptureStats, Packet,
 };
 pub use parse::{LinkType, Malformed, PacketInfo, ParseError, TcpFlags, parse_packet};
-pub use record::{Classifier, ConnectionCounts, FlowRecord, IpPrefix, TrafficKind};
+pub use record::{
+    Classifier, ConnectionCounts, FlowRecord, IpPrefix, MAX_ENTRIES_PER_RECORD, TrafficKind,
+};
 pub use table::{
-    CloseReason, ConnTable, Counts, Direction, FlowEvent, FlowEventKind, FlowKey, IntervalCounts,
-    TableConfig,
+    CloseReason, ConnTable, Counts, Direction, Events, FlowCount, FlowEvent, FlowEventKind,
+    FlowInfo, FlowKey, FlowState, IntervalCounts, TableConfig, TableStats,
 };

@@ -42,6 +42,12 @@ use thiserror::Error;
 
 use crate::table::{ConnTable, IntervalCounts};
 
+/// Entries per record that keep its JSON under 256 KiB (Tailscale's
+/// `maxLogSize`) in the worst case: an entry is at most 247 bytes (its
+/// `MaxConnectionCountsJSONSize`: full IPv6 addresses, 20-digit counters)
+/// plus a comma, and 1,000 of them leave room for the record's other fields.
+pub const MAX_ENTRIES_PER_RECORD: usize = 1000;
+
 /// One node's traffic for one interval (Tailscale's `netlogtype.Message`,
 /// plus Tally's counters).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -85,6 +91,68 @@ impl FlowRecord {
             && self.evictions == 0
             && self.malformed_packets == 0
             && self.dropped_packets == 0
+    }
+
+    /// Number of traffic entries.
+    pub fn len(&self) -> usize {
+        self.virtual_traffic.len() + self.subnet_traffic.len() + self.exit_traffic.len()
+    }
+
+    /// Splits the record into records of at most `max_entries` entries each
+    /// (at least 1), same node and interval, Tally counters in the first.
+    /// A record of [`MAX_ENTRIES_PER_RECORD`] entries stays under 256 KiB of
+    /// JSON, Tailscale's per-message bound; under a SYN flood an interval
+    /// can hold every table entry.
+    pub fn split(mut self, max_entries: usize) -> Vec<FlowRecord> {
+        let max = max_entries.max(1);
+        if self.len() <= max {
+            return vec![self];
+        }
+        let template = FlowRecord {
+            node_id: self.node_id.clone(),
+            start: self.start,
+            end: self.end,
+            ..FlowRecord::default()
+        };
+        let mut out = Vec::new();
+        let mut current = FlowRecord {
+            virtual_traffic: Vec::new(),
+            subnet_traffic: Vec::new(),
+            exit_traffic: Vec::new(),
+            ..self.clone_counters()
+        };
+        let lists = [
+            std::mem::take(&mut self.virtual_traffic),
+            std::mem::take(&mut self.subnet_traffic),
+            std::mem::take(&mut self.exit_traffic),
+        ];
+        for (kind, list) in lists.into_iter().enumerate() {
+            for entry in list {
+                if current.len() == max {
+                    out.push(std::mem::replace(&mut current, template.clone()));
+                }
+                match kind {
+                    0 => current.virtual_traffic.push(entry),
+                    1 => current.subnet_traffic.push(entry),
+                    _ => current.exit_traffic.push(entry),
+                }
+            }
+        }
+        out.push(current);
+        out
+    }
+
+    /// The record without its entries.
+    fn clone_counters(&self) -> FlowRecord {
+        FlowRecord {
+            node_id: self.node_id.clone(),
+            start: self.start,
+            end: self.end,
+            evictions: self.evictions,
+            malformed_packets: self.malformed_packets,
+            dropped_packets: self.dropped_packets,
+            ..FlowRecord::default()
+        }
     }
 
     /// All entries with their classification.
@@ -478,6 +546,45 @@ mod tests {
         let back: FlowRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, record);
         assert_eq!(record.entries().count(), 4);
+    }
+
+    #[test]
+    fn split_keeps_every_entry_and_bounds_json_size() {
+        let mut t = ConnTable::default();
+        for port in 0..3000u16 {
+            let dst = if port.is_multiple_of(3) {
+                "100.64.0.2"
+            } else {
+                "8.8.8.8"
+            };
+            t.observe(
+                T0,
+                Direction::Tx,
+                &packet(PROTO_UDP, "fd7a:115c:a1e0::1", port, dst, 53, 1500),
+            );
+        }
+        t.note_malformed();
+        let record = t.take_record(T0, T0 + 5, "n1", &classifier());
+        assert_eq!(record.len(), 3000);
+        let parts = record.clone().split(MAX_ENTRIES_PER_RECORD);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].len(), 1000);
+        assert_eq!(parts.iter().map(FlowRecord::len).sum::<usize>(), 3000);
+        assert_eq!(parts[0].malformed_packets, 1);
+        assert!(parts[1..].iter().all(|p| p.malformed_packets == 0));
+        for p in &parts {
+            assert_eq!((p.start, p.end, p.node_id.as_str()), (T0, T0 + 5, "n1"));
+            assert!(serde_json::to_vec(p).unwrap().len() < 256 << 10);
+        }
+        let mut joined: Vec<_> = parts
+            .iter()
+            .flat_map(|p| p.entries().map(|(_, c)| *c))
+            .collect();
+        let mut all: Vec<_> = record.entries().map(|(_, c)| *c).collect();
+        joined.sort_by_key(|c| (c.src, c.dst));
+        all.sort_by_key(|c| (c.src, c.dst));
+        assert_eq!(joined, all);
+        assert_eq!(record.clone().split(5000), vec![record]);
     }
 
     #[test]

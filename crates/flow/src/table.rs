@@ -50,7 +50,7 @@
 //! says). The hash is SipHash with a random key (std `RandomState`), so
 //! chosen addresses and ports cannot be used to collide entries.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ pub enum Direction {
 }
 
 /// A connection's 5-tuple from this node's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     /// IANA protocol number.
     pub proto: u8,
@@ -80,6 +80,26 @@ pub struct FlowKey {
     pub remote: IpAddr,
     /// The peer's port.
     pub remote_port: u16,
+}
+
+impl Hash for FlowKey {
+    /// Hashes the key as one 37-byte write (IPv4 as IPv4-mapped IPv6 bytes):
+    /// one call into the hasher instead of a dozen small ones.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        fn octets(ip: IpAddr) -> [u8; 16] {
+            match ip {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            }
+        }
+        let mut buf = [0u8; 37];
+        buf[0] = self.proto;
+        buf[1..17].copy_from_slice(&octets(self.local));
+        buf[17..33].copy_from_slice(&octets(self.remote));
+        buf[33..35].copy_from_slice(&self.local_port.to_ne_bytes());
+        buf[35..37].copy_from_slice(&self.remote_port.to_ne_bytes());
+        state.write(&buf);
+    }
 }
 
 impl FlowKey {
@@ -1350,7 +1370,7 @@ mod tests {
                 tcp_flags: TcpFlags(SYN),
             };
             t.observe(T0 + 1 + i, Direction::Rx, &p);
-            if i % 10_000 == 0 {
+            if i.is_multiple_of(10_000) {
                 t.take_interval(T0, T0 + i);
             }
         }
