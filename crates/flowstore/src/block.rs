@@ -24,10 +24,9 @@
 //! then folds away.
 
 use crate::bloom::{Bloom, TAG_DST, TAG_SRC};
-use crate::codec::{Bad, Reader, put_chunk, put_iv, put_str, put_uv};
+use crate::codec::{Bad, IndexMap, Reader, put_chunk, put_iv, put_str, put_uv};
 use crate::columns::{Columns, Compiled, Ent, Rec};
 use ipnet::IpNet;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const BLOCK_VERSION: u64 = 1;
@@ -357,7 +356,7 @@ pub(crate) fn encode(cols: &Columns, order: &[u32]) -> Vec<u8> {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     };
     used.sort_by_key(|&i| addr_of(i));
-    let bix: HashMap<u32, u32> = used
+    let bix: IndexMap<u32, u32> = used
         .iter()
         .enumerate()
         .map(|(b, &w)| (w, b as u32))

@@ -1,5 +1,47 @@
 //! Byte-level helpers: LEB128 varints, zigzag, a bounds-checked reader.
 
+/// A fast hasher for maps keyed by small integers (dictionary indexes and
+/// times), never by values an agent chooses: those keep SipHash, which
+/// resists deliberate collisions.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IndexHasher(u64);
+
+impl IndexHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for IndexHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.add(v as u64);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by indexes (see [`IndexHasher`]).
+pub(crate) type IndexMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IndexHasher>>;
+
 /// A decoding failure (the caller adds where).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Bad(pub &'static str);

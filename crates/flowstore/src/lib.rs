@@ -797,6 +797,13 @@ impl FlowStore {
         mut keep_block: impl FnMut(&block::BlockMeta) -> bool,
         mut visit: impl FnMut(&columns::Columns, &str) -> u64,
     ) {
+        let mut zctx = match zstd::bulk::Decompressor::new() {
+            Ok(z) => z,
+            Err(e) => {
+                out.errors.push(format!("zstd: {e}"));
+                return;
+            }
+        };
         for m in files {
             if !keep_file(m) {
                 break;
@@ -823,7 +830,7 @@ impl FlowStore {
                     continue;
                 }
                 out.stats.blocks_read += 1;
-                match segment::read_block(&file, b) {
+                match segment::read_block_with(&file, b, &mut zctx) {
                     Ok(cols) => out.stats.entries_scanned += visit(&cols, &m.tailnet),
                     Err(e) => {
                         self.corrupt_blocks.fetch_add(1, Ordering::Relaxed);

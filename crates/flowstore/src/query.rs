@@ -1,6 +1,7 @@
 //! Page assembly (newest first, whole records, bounded memory) and edge
 //! aggregation.
 
+use crate::codec::IndexMap;
 use crate::columns::{Columns, Compiled, Ent, Rec};
 use crate::types::{EdgeBucket, FlowHit, PageCursor, RecKey};
 use std::cmp::Ordering;
@@ -180,7 +181,7 @@ impl EdgeAgg {
         if self.overflow() {
             return 0;
         }
-        let mut local: HashMap<(i64, u32, u32), Sums> = HashMap::new();
+        let mut local: IndexMap<(i64, u32, u32), Sums> = IndexMap::default();
         let b = self.bucket;
         let n = c.scan(
             cols,

@@ -431,8 +431,25 @@ fn parse_footer(raw: &[u8], m: &FileMeta) -> Result<Footer, Bad> {
     Ok(Footer { blocks })
 }
 
-/// Reads, checks and decodes one block. The error says what is wrong.
-pub(crate) fn read_block(f: &File, b: &BlockMeta) -> Result<Columns, String> {
+/// Reads, checks and decodes one block with a reusable zstd context. The
+/// error says what is wrong.
+pub(crate) fn read_block_with(
+    f: &File,
+    b: &BlockMeta,
+    z: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<Columns, String> {
+    let mut buf = read_checked(f, b)?;
+    let raw = z
+        .decompress(&buf[BLOCK_HEADER..], b.raw_len as usize)
+        .map_err(|e| format!("block does not decompress: {e}"))?;
+    buf.clear();
+    if raw.len() != b.raw_len as usize {
+        return Err("block length mismatch".into());
+    }
+    block::decode(&raw).map_err(|b| format!("block does not decode: {}", b.0))
+}
+
+fn read_checked(f: &File, b: &BlockMeta) -> Result<Vec<u8>, String> {
     if b.raw_len > MAX_RAW {
         return Err("block too large".into());
     }
@@ -446,7 +463,7 @@ pub(crate) fn read_block(f: &File, b: &BlockMeta) -> Result<Columns, String> {
     if crc32c::crc32c(z) != b.crc || h[12..16] != b.crc.to_le_bytes() {
         return Err("block checksum mismatch".into());
     }
-    decode_z(z, b.raw_len)
+    Ok(buf)
 }
 
 fn decode_z(z: &[u8], raw_len: u32) -> Result<Columns, String> {
