@@ -119,11 +119,23 @@
 //! more than the tailnet's retention ago ([`DEFAULT_RETENTION_DAYS`] is the
 //! usual answer). Retention counts from the window end (receive time).
 //!
+//! # Measured
+//!
+//! `cargo bench -p tally-flowstore` ([`bench`]): 1,000 nodes, 24 h, 15.4 M
+//! entries in 2.1 M records on a shared 2-core machine: about 5.8 M
+//! entries/s into open windows, 1.8 M/s including sealing; 9.2 bytes on
+//! disk per entry; a node pair over the 24 h, every page, p50 6 ms and
+//! p99 17 ms (about 28 of 3,959 blocks read); whole-tailnet edges over
+//! 24 h in 1-h buckets 1.6 s.
+//!
 //! # Limits, noted
 //!
 //! One process per directory (nothing locks it). Each page re-reads the
 //! blocks it needs (no decoded-block cache), so dumping a whole tailnet
-//! page by page costs about one window's blocks per page.
+//! page by page costs about one window's blocks per page. `edges` decodes
+//! every block its filter lets through (no pre-aggregated summaries), so a
+//! whole-tailnet day costs seconds, not milliseconds. Open windows are not
+//! trimmed by retention (they are younger than any sensible retention).
 
 mod block;
 mod bloom;
