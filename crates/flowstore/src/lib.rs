@@ -121,7 +121,7 @@
 //!
 //! # Measured
 //!
-//! `cargo bench -p tally-flowstore` ([`bench`]): 1,000 nodes, 24 h, 15.4 M
+//! `cargo bench -p tally-flowstore` ([`mod@bench`]): 1,000 nodes, 24 h, 15.4 M
 //! entries in 2.1 M records on a shared 2-core machine: about 5.8 M
 //! entries/s into open windows, 1.8 M/s including sealing; 9.2 bytes on
 //! disk per entry; a node pair over the 24 h, every page, p50 6 ms and
