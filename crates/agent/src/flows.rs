@@ -155,7 +155,7 @@ impl FlowRunner {
     /// the node's log) and that interface is skipped.
     async fn start_captures(&self, shared: &Arc<Mutex<Shared>>) -> Vec<CaptureHandle> {
         let mut handles = Vec::new();
-        let mut problems = Vec::new();
+        let mut notes = Vec::new();
         for iface in &self.opts.ifaces {
             let opened = Capture::open(&CaptureConfig::new(iface.clone())).and_then(|cap| {
                 let shared = Arc::clone(shared);
@@ -178,12 +178,16 @@ impl FlowRunner {
             match opened {
                 Ok(h) => {
                     tracing::info!(%iface, "capturing flows");
+                    notes.push(agent_line(
+                        format!("flow capture started on {iface}"),
+                        tally_proto::timefmt::now_nanos(),
+                    ));
                     handles.push(h);
                 }
                 Err(e) => {
                     let hint = matches!(e, CaptureError::PermissionDenied { .. });
                     tracing::error!("flow capture not started: {e}");
-                    problems.push(agent_line(
+                    notes.push(agent_line(
                         format!(
                             "flow capture on {iface} not started: {e}{}",
                             if hint { "" } else { "; logs are still shipped" }
@@ -193,7 +197,7 @@ impl FlowRunner {
                 }
             }
         }
-        self.log(problems).await;
+        self.log(notes).await;
         handles
     }
 

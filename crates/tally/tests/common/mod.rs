@@ -151,7 +151,19 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent with short retry waits and waits until it is ready.
     pub fn start(server: &str, data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(bin())
+        Self::start_with(Command::new(bin()), server, data, extra)
+    }
+
+    /// Starts an agent inside a network namespace (`ip netns exec`).
+    pub fn start_in_netns(netns: &str, server: &str, data: &Path, extra: &[&str]) -> Self {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns, bin()]);
+        Self::start_with(c, server, data, extra)
+    }
+
+    /// Starts `base` (the binary, or a wrapper running it) as an agent.
+    pub fn start_with(mut base: Command, server: &str, data: &Path, extra: &[&str]) -> Self {
+        let mut child = base
             .args(["agent", "--server", server, "--data-dir"])
             .arg(data)
             .args(extra)

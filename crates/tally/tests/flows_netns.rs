@@ -1,0 +1,348 @@
+//! Flow logs on real hosts: three network namespaces on a bridge, an agent
+//! in each capturing its `eth0`, real UDP and TCP traffic between them.
+//! Every agent's records account for exactly what crossed its interface
+//! (UDP: computed from what was sent; TCP: one side's tx is the other's
+//! rx), a long connection spans several intervals, and turning flow
+//! logging off and on stops and starts capture without a restart.
+
+mod common;
+mod netns;
+
+use common::{KEY, TestAgent, TestServer, http};
+use netns::Lab;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+/// Summed counters per (node, proto, src, dst).
+type Sums = HashMap<(String, u64, String, String), [u64; 4]>;
+
+fn add_record(
+    sums: &mut Sums,
+    intervals: &mut HashMap<(String, String, String), usize>,
+    r: &Value,
+) {
+    let node = r["nodeId"].as_str().unwrap_or_default().to_owned();
+    for kind in ["virtualTraffic", "subnetTraffic", "exitTraffic"] {
+        for e in r[kind].as_array().into_iter().flatten() {
+            let key = (
+                node.clone(),
+                e["proto"].as_u64().unwrap_or(0),
+                e["src"].as_str().unwrap_or_default().to_owned(),
+                e["dst"].as_str().unwrap_or_default().to_owned(),
+            );
+            let s = sums.entry(key.clone()).or_default();
+            for (i, f) in ["txPkts", "txBytes", "rxPkts", "rxBytes"]
+                .iter()
+                .enumerate()
+            {
+                s[i] += e[*f].as_u64().unwrap_or(0);
+            }
+            *intervals.entry((key.0, key.2, key.3)).or_default() += 1;
+        }
+    }
+}
+
+/// A live stream of a collection from its beginning (NDJSON).
+struct Follow {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Follow {
+    async fn open(url: &str, collection: &str) -> Self {
+        let resp = http()
+            .get(format!("{url}/c/{collection}"))
+            .bearer_auth(KEY)
+            .query(&[("stream", "true"), ("time-start", "1970-01-01T00:00:00Z")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next entry (skipping the header and heartbeats), waiting at most 90 s.
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                if v.get("logtail").is_some() {
+                    return v;
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(90), self.resp.chunk())
+                .await
+                .expect("no entry within 90 s")
+                .expect("stream read")
+                .expect("stream ended");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}
+
+/// Reads flow records until `done` holds for the sums.
+async fn follow_until(
+    records: &mut Follow,
+    sums: &mut Sums,
+    intervals: &mut HashMap<(String, String, String), usize>,
+    done: impl Fn(&Sums) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !done(sums) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flow records never added up; they say {sums:#?}"
+        );
+        let r = records.next().await;
+        add_record(sums, intervals, &r);
+    }
+}
+
+/// Reads the node log until every instance logged a line starting with `text`.
+async fn await_node_log(logs: &mut Follow, instances: &[String], text: &str) {
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() < instances.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {text:?} in the node log of every agent (seen {seen:?})"
+        );
+        let e = logs.next().await;
+        if let (Some(id), Some(t)) = (e["logtail"]["id"].as_str(), e["text"].as_str())
+            && t.starts_with(text)
+            && instances.iter().any(|i| i == id)
+        {
+            seen.insert(id.to_owned());
+        }
+    }
+}
+
+async fn set_flow_logging(url: &str, on: bool) {
+    let resp = http()
+        .patch(format!("{url}/api/v2/tailnet/-/settings"))
+        .bearer_auth(KEY)
+        .json(&json!({ "networkFlowLoggingOn": on }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+fn udp_exchange(
+    lab: &Lab,
+    from: usize,
+    to: usize,
+    ports: (u16, u16),
+    count: usize,
+    size: usize,
+    reply: usize,
+) {
+    let (a, b) = (lab.addr(from), lab.addr(to));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let server = lab.run_in(to, move || {
+        let s = UdpSocket::bind((b, ports.1)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..count {
+            let (n, peer) = s.recv_from(&mut buf).unwrap();
+            assert_eq!(n, size);
+            s.send_to(&vec![7u8; reply], peer).unwrap();
+        }
+    });
+    ready.recv().unwrap();
+    let client = lab.run_in(from, move || {
+        let s = UdpSocket::bind((a, ports.0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        // Lock-step: each datagram waits for its reply.
+        for _ in 0..count {
+            s.send_to(&vec![1u8; size], (b, ports.1)).unwrap();
+            let (n, _) = s.recv_from(&mut buf).expect("UDP reply");
+            assert_eq!(n, reply);
+        }
+    });
+    client.join().unwrap();
+    server.join().unwrap();
+}
+
+/// host `from` sends `chunks` writes of `size` bytes to host `to`:`port`,
+/// `pause` apart, then closes; returns the client's port.
+fn tcp_send(
+    lab: &Lab,
+    from: usize,
+    to: usize,
+    port: u16,
+    chunks: usize,
+    size: usize,
+    pause: Duration,
+) -> u16 {
+    let b = lab.addr(to);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let listener = lab.run_in(to, move || {
+        let l = TcpListener::bind((b, port)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), chunks * size);
+    });
+    ready.recv().unwrap();
+    let client_port = lab
+        .run_in(from, move || {
+            let mut s = TcpStream::connect(SocketAddr::from((b, port))).unwrap();
+            for i in 0..chunks {
+                s.write_all(&vec![5u8; size]).unwrap();
+                if i + 1 < chunks {
+                    std::thread::sleep(pause);
+                }
+            }
+            let p = s.local_addr().unwrap().port();
+            drop(s);
+            p
+        })
+        .join()
+        .unwrap();
+    listener.join().unwrap();
+    client_port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_account_for_every_packet_and_byte() {
+    let Some(lab) = Lab::new("three_hosts_account_for_every_packet_and_byte", 3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("{}:0", lab.gateway);
+    let server = TestServer::start_on(
+        &dir.path().join("server"),
+        &listen,
+        &["--agent-report-seconds", "1"],
+    );
+    let c = http();
+    let key: Value = c
+        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = key["key"].as_str().unwrap().to_owned();
+    let mut agents = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let addr = lab.addr(i).to_string();
+        let host = format!("host{i}");
+        let agent = TestAgent::start_in_netns(
+            &lab.namespaces[i],
+            &server.url,
+            &dir.path().join(format!("agent{i}")),
+            &[
+                "--auth-key",
+                &auth,
+                "--address",
+                &addr,
+                "--hostname",
+                &host,
+                "--flows",
+                "--iface",
+                "eth0",
+                "--flow-interval",
+                "1s",
+            ],
+        );
+        let line = agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
+        nodes.push(line.rsplit(' ').next().unwrap().to_owned());
+        agents.push(agent);
+    }
+    let instances: Vec<String> = agents.iter().map(|a| a.public_id.clone()).collect();
+
+    let mut logs = Follow::open(&server.url, "tailnode").await;
+    let mut records = Follow::open(&server.url, "tailtraffic").await;
+
+    // Flow logging is off: this exchange must never show up.
+    udp_exchange(&lab, 0, 1, (41100, 41101), 5, 300, 30);
+
+    set_flow_logging(&server.url, true).await;
+    await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
+
+    // UDP, exactly computable: 20 datagrams of 100 bytes, 20 replies of 50.
+    udp_exchange(&lab, 0, 1, (41000, 41001), 20, 100, 50);
+    // TCP, short: host2 sends 10,000 bytes to host1 at once.
+    let short_port = tcp_send(&lab, 2, 1, 42000, 1, 10_000, Duration::ZERO);
+    // TCP, long: host0 sends 1,000 bytes to host2 every 400 ms (the pauses
+    // are the traffic's shape, not synchronisation).
+    let long_port = tcp_send(&lab, 0, 2, 43000, 10, 1000, Duration::from_millis(400));
+
+    let ep = |i: usize, port: u16| format!("{}:{port}", lab.addr(i));
+    let udp_a = (nodes[0].clone(), 17u64, ep(0, 41000), ep(1, 41001));
+    let udp_b = (nodes[1].clone(), 17u64, ep(1, 41001), ep(0, 41000));
+    let short_c = (nodes[2].clone(), 6u64, ep(2, short_port), ep(1, 42000));
+    let short_b = (nodes[1].clone(), 6u64, ep(1, 42000), ep(2, short_port));
+    let long_a = (nodes[0].clone(), 6u64, ep(0, long_port), ep(2, 43000));
+    let long_c = (nodes[2].clone(), 6u64, ep(2, 43000), ep(0, long_port));
+    let expect_udp = [20, 20 * (100 + 28), 20, 20 * (50 + 28)];
+    let mut sums = Sums::new();
+    let mut intervals = HashMap::new();
+    let keys = [&udp_a, &udp_b, &short_c, &short_b, &long_a, &long_c];
+    follow_until(&mut records, &mut sums, &mut intervals, |s| {
+        // Complete once both ends report the closing FIN/ACKs: the mirrored
+        // counters agree and UDP matches.
+        s.get(&udp_a) == Some(&expect_udp)
+            && keys.iter().all(|k| s.contains_key(*k))
+            && s[&short_c] == mirror(&s[&short_b])
+            && s[&long_a] == mirror(&s[&long_c])
+            && s[&short_b][2] * 40 + 10_000 <= s[&short_b][3]
+            && s[&long_c][2] * 40 + 10_000 <= s[&long_c][3]
+    })
+    .await;
+    assert_eq!(sums[&udp_a], expect_udp, "host0's UDP counts");
+    assert_eq!(sums[&udp_b], mirror(&expect_udp), "host1's UDP counts");
+    assert!(
+        intervals[&(long_a.0.clone(), long_a.2.clone(), long_a.3.clone())] >= 3,
+        "the long connection spans several intervals"
+    );
+    let off_port = ep(0, 41100);
+    assert!(
+        !sums.keys().any(|k| k.2 == off_port || k.3 == off_port),
+        "traffic sent while flow logging was off was captured"
+    );
+
+    // Off again: capture stops (no restart); traffic now is not recorded.
+    set_flow_logging(&server.url, false).await;
+    await_node_log(&mut logs, &instances, "flow capture stopped").await;
+    udp_exchange(&lab, 0, 1, (41200, 41201), 5, 200, 20);
+    set_flow_logging(&server.url, true).await;
+    await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
+    udp_exchange(&lab, 1, 2, (41300, 41301), 3, 100, 10);
+    let marker = (nodes[1].clone(), 17u64, ep(1, 41300), ep(2, 41301));
+    follow_until(&mut records, &mut sums, &mut intervals, |s| {
+        s.get(&marker) == Some(&[3, 3 * 128, 3, 3 * 38])
+    })
+    .await;
+    let gap_port = ep(0, 41200);
+    assert!(
+        !sums.keys().any(|k| k.2 == gap_port || k.3 == gap_port),
+        "traffic sent while flow logging was off was captured"
+    );
+    for a in agents {
+        a.stop();
+    }
+}
+
+fn mirror(c: &[u64; 4]) -> [u64; 4] {
+    [c[2], c[3], c[0], c[1]]
+}
