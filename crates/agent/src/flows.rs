@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tally_flow::record::MAX_ENTRIES_PER_RECORD;
 use tally_flow::{
     Capture, CaptureConfig, CaptureError, CaptureHandle, Classifier, ConnTable, FlowEvent,
     FlowEventKind, IpPrefix, TableConfig,
@@ -153,10 +154,14 @@ impl FlowRunner {
 
     /// Starts one capture per interface; failures are logged (and written to
     /// the node's log) and that interface is skipped.
-    async fn start_captures(&self, shared: &Arc<Mutex<Shared>>) -> Vec<CaptureHandle> {
+    async fn start_captures_of(
+        &self,
+        ifaces: &[String],
+        shared: &Arc<Mutex<Shared>>,
+    ) -> Vec<CaptureHandle> {
         let mut handles = Vec::new();
         let mut notes = Vec::new();
-        for iface in &self.opts.ifaces {
+        for iface in ifaces {
             let opened = Capture::open(&CaptureConfig::new(iface.clone())).and_then(|cap| {
                 let shared = Arc::clone(shared);
                 cap.spawn(move |p| {
@@ -220,7 +225,7 @@ impl FlowRunner {
                 events: Vec::new(),
                 events_dropped: 0,
             }));
-            let handles = self.start_captures(&shared).await;
+            let mut handles = self.start_captures_of(&self.opts.ifaces, &shared).await;
             if handles.is_empty() {
                 // Nothing to capture: wait for the next settings change.
                 tokio::select! {
@@ -234,7 +239,8 @@ impl FlowRunner {
                 tokio::time::Instant::now() + self.opts.interval,
                 self.opts.interval,
             );
-            let mut drops: Vec<u64> = vec![0; handles.len()];
+            // Kernel drops already counted, per interface.
+            let mut drops: std::collections::HashMap<String, u64> = Default::default();
             let stopping = loop {
                 let turned_off = tokio::select! {
                     () = stop.cancelled() => true,
@@ -244,8 +250,38 @@ impl FlowRunner {
                     }
                 };
                 let end = now();
-                for (h, seen) in handles.iter().zip(drops.iter_mut()) {
+                if !turned_off && handles.iter().any(CaptureHandle::is_finished) {
+                    // An interface went away (or down): note it and try to
+                    // capture it again from the next interval on.
+                    let (done, live): (Vec<_>, Vec<_>) =
+                        handles.into_iter().partition(CaptureHandle::is_finished);
+                    let mut lines = Vec::new();
+                    for h in done {
+                        let iface = h.iface().to_owned();
+                        drops.remove(&iface);
+                        let why = match h.stop() {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the interface went away".into(),
+                        };
+                        lines.push(agent_line(
+                            format!("flow capture on {iface} ended: {why}"),
+                            tally_proto::timefmt::now_nanos(),
+                        ));
+                    }
+                    self.log(lines).await;
+                    handles = live;
+                    let missing: Vec<String> = self
+                        .opts
+                        .ifaces
+                        .iter()
+                        .filter(|i| !handles.iter().any(|h| h.iface() == i.as_str()))
+                        .cloned()
+                        .collect();
+                    handles.extend(self.start_captures_of(&missing, &shared).await);
+                }
+                for h in &handles {
                     let d = h.stats().kernel_drops;
+                    let seen = drops.entry(h.iface().to_owned()).or_default();
                     if d > *seen {
                         if let Ok(mut s) = shared.lock() {
                             s.table.note_dropped(d - *seen);
@@ -319,15 +355,15 @@ impl FlowRunner {
         if record.is_empty() {
             return;
         }
-        match serde_json::to_value(&record) {
-            Ok(serde_json::Value::Object(map)) => {
-                let req = WriteRequest {
-                    items: vec![Item::Record(map)],
-                    reply: None,
-                };
-                let _ = self.records.send(req).await;
+        // Busy intervals become several records, each well under the
+        // protocol's 256 KiB entry limit.
+        let mut items = Vec::new();
+        for part in record.split(MAX_ENTRIES_PER_RECORD) {
+            match serde_json::to_value(&part) {
+                Ok(serde_json::Value::Object(map)) => items.push(Item::Record(map)),
+                Ok(_) | Err(_) => tracing::error!("a flow record could not be encoded"),
             }
-            Ok(_) | Err(_) => tracing::error!("a flow record could not be encoded"),
         }
+        let _ = self.records.send(WriteRequest { items, reply: None }).await;
     }
 }
