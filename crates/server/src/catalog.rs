@@ -72,6 +72,9 @@ impl Catalog {
         }
         if let Some(flows) = collections.get_mut(FLOWS_COLLECTION) {
             flows.adopted.extend(nodes.keys().copied());
+            // The typed flow store keeps flows for each tailnet's
+            // flowsRetentionDays; the raw records only need to outlive replay.
+            flows.retention_days = crate::flows::RAW_FLOW_RETENTION_DAYS;
         }
         let flow_logging = db
             .tailnets_with("networkFlowLoggingOn")

@@ -10,6 +10,7 @@ pub mod body;
 pub mod catalog;
 pub mod control;
 pub mod error;
+pub mod flows;
 pub mod ingest;
 pub mod instances;
 pub mod query;
@@ -97,6 +98,10 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// The control database.
     pub control: ControlDb,
+    /// Typed flow records (fed from the store's `tailtraffic` records).
+    pub flows: Arc<tally_flowstore::FlowStore>,
+    /// The store position the flow consumer has read through.
+    pub flow_progress: Arc<tokio::sync::watch::Sender<u64>>,
     /// Per-instance statistics.
     pub instances: Arc<InstanceStats>,
     /// Upload concurrency limit.
@@ -121,6 +126,8 @@ pub struct Server {
     pub new_bootstrap_key: Option<String>,
     /// What store recovery found.
     pub recovery: tally_store::RecoveryReport,
+    /// Where the flow store's consumer resumes.
+    flow_checkpoint: u64,
 }
 
 impl Server {
@@ -171,6 +178,7 @@ impl Server {
                 .await?;
             new_bootstrap_key = Some(k);
         }
+        let (flow_store, flow_checkpoint) = flows::open(&config.data_dir)?;
         let catalog = Catalog::new(rules.clone());
         catalog.reload(&control).await?;
         let store_config = config
@@ -201,6 +209,8 @@ impl Server {
             store,
             catalog: Arc::new(catalog),
             control,
+            flows: flow_store,
+            flow_progress: Arc::new(tokio::sync::watch::Sender::new(flow_checkpoint)),
         };
         Ok(Self {
             listener,
@@ -208,6 +218,7 @@ impl Server {
             state,
             new_bootstrap_key,
             recovery,
+            flow_checkpoint,
         })
     }
 
@@ -233,6 +244,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let background = tokio::spawn(background_tasks(state.clone()));
+        let flow_consumer = tokio::spawn(flows::consume(state.clone(), self.flow_checkpoint));
         let app = router(state.clone());
         match self.tls {
             Some(config) => {
@@ -255,6 +267,7 @@ impl Server {
             .context("HTTP server failed")?,
         }
         background.abort();
+        flow_consumer.abort();
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.close())
@@ -283,6 +296,7 @@ async fn background_tasks(state: AppState) {
                     Ok(Err(e)) => tracing::error!("retention pass failed (will retry): {e}"),
                     Err(e) => tracing::error!("retention pass panicked: {e}"),
                 }
+                flows::enforce_retention(&state).await;
             }
             _ = stats.tick() => {
                 if let Err(e) = state.instances.save_if_dirty() {

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod devices;
 pub mod keys;
+pub mod network;
 pub mod tailnets;
 pub mod users;
 
@@ -302,6 +303,22 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "",
             "",
             get(audit::list),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/logging/network",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(network::list),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/logging/network/graph",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(network::graph),
         ),
         r(
             M::GET,

@@ -114,6 +114,25 @@ impl ControlDb {
         Ok(out)
     }
 
+    /// `flowsRetentionDays` of every tailnet that set it.
+    pub async fn flow_retention_days(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u32>, ControlError> {
+        let rows =
+            sqlx::query("SELECT tailnet_id, value FROM settings WHERE name = 'flowsRetentionDays'")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            let t: String = r.try_get("tailnet_id")?;
+            let v: String = r.try_get("value")?;
+            if let Ok(d) = v.parse() {
+                out.insert(t, d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Tailnets where a boolean setting is on.
     pub async fn tailnets_with(&self, name: &str) -> Result<Vec<String>, ControlError> {
         sqlx::query("SELECT tailnet_id FROM settings WHERE name = $1 AND value = '1'")
