@@ -1,0 +1,150 @@
+//! Without CAP_NET_RAW the agent says exactly that, and how to grant it, and
+//! keeps shipping logs. Runs the agent as `nobody` (needs root to switch;
+//! skipped with a notice otherwise unless `TALLY_REQUIRE_NETNS=1`).
+
+mod common;
+
+use common::{KEY, TestAgent, TestServer, http};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_ne!(
+            std::env::var("TALLY_REQUIRE_NETNS").as_deref(),
+            Ok("1"),
+            "this test needs root to run the agent as another user"
+        );
+        eprintln!(
+            "skipping agent_without_cap_net_raw_explains_and_keeps_shipping_logs: needs root (set TALLY_REQUIRE_NETNS=1 to make this a failure)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"), &["--agent-report-seconds", "1"]);
+    let c = http();
+    let key: Value = c
+        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = c
+        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({ "networkFlowLoggingOn": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A data directory `nobody` owns (the tempdir itself is root's 0700).
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir(&agent_dir).unwrap();
+    std::os::unix::fs::chown(&agent_dir, Some(65534), Some(65534)).unwrap();
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let mut base = Command::new("setpriv");
+    base.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        common::bin(),
+    ]);
+    let agent = TestAgent::start_with(
+        base,
+        &server.url,
+        &agent_dir,
+        &[
+            "--auth-key",
+            key["key"].as_str().unwrap(),
+            "--address",
+            "100.64.0.9",
+            "--flows",
+            "--iface",
+            "lo",
+            "--flow-interval",
+            "1s",
+        ],
+    );
+    agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
+    // The explanation arrives in the node's log (it ships logs as usual).
+    let mut stream = NodeLog::open(&server.url).await;
+    let text = stream.wait_text("flow capture on lo not started").await;
+    assert!(text.contains("CAP_NET_RAW"), "{text}");
+    assert!(text.contains("setcap cap_net_raw+ep"), "{text}");
+    // Logs still flow: a message through the agent's socket arrives.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::bin(),
+            "agent",
+            "--data-dir",
+        ])
+        .arg(&agent_dir)
+        .args(["log", "still shipping"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stream.wait_text("still shipping").await;
+    agent.stop();
+}
+
+/// The node log (`tailnode`) as a live stream from its beginning.
+struct NodeLog {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl NodeLog {
+    async fn open(url: &str) -> Self {
+        let resp = http()
+            .get(format!("{url}/c/tailnode"))
+            .bearer_auth(KEY)
+            .query(&[("stream", "true"), ("time-start", "1970-01-01T00:00:00Z")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The text of the next entry starting with `prefix` (at most 60 s).
+    async fn wait_text(&mut self, prefix: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&line)
+                        && let Some(t) = v["text"].as_str()
+                        && t.starts_with(prefix)
+                    {
+                        return t.to_owned();
+                    }
+                }
+                let chunk = self.resp.chunk().await.unwrap().expect("stream open");
+                self.buf.extend_from_slice(&chunk);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {prefix:?} in the node log"))
+    }
+}
