@@ -249,3 +249,62 @@ pub struct Device {
 pub fn rfc3339(nanos: i64) -> String {
     format_nanos(nanos)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Permission; 9] = [
+        Permission::LogsRead,
+        Permission::AuditRead,
+        Permission::ConfigRead,
+        Permission::DevicesRead,
+        Permission::SettingsWrite,
+        Permission::DevicesWrite,
+        Permission::KeysWrite,
+        Permission::UsersWrite,
+        Permission::TailnetsWrite,
+    ];
+
+    /// The matrix in ARCHITECTURE.md is the specification: the code must
+    /// say exactly what its table says, cell by cell.
+    #[test]
+    fn roles_allow_exactly_what_the_documented_matrix_says() {
+        let doc = include_str!("../../../../ARCHITECTURE.md");
+        let mut rows = 0;
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 10 {
+                continue;
+            }
+            let Some(name) = cells[1].split('`').nth(1) else {
+                continue;
+            };
+            let Some(p) = ALL.into_iter().find(|p| p.name() == name) else {
+                continue;
+            };
+            for (i, role) in ROLES.into_iter().enumerate() {
+                let documented = cells[2 + i] == "✓";
+                assert_eq!(
+                    role.allows(p),
+                    documented,
+                    "{role} / {name}: code and ARCHITECTURE.md disagree"
+                );
+            }
+            rows += 1;
+        }
+        assert_eq!(rows, ALL.len(), "every permission has a row in the matrix");
+    }
+
+    #[test]
+    fn rank_rules_keep_owners_and_admins_to_their_peers() {
+        assert!(Role::Owner.may_manage(Role::Owner));
+        assert!(Role::Admin.may_manage(Role::Admin));
+        assert!(!Role::Admin.may_manage(Role::Owner));
+        assert!(!Role::ItAdmin.may_manage(Role::Admin));
+        assert!(Role::ItAdmin.may_manage(Role::Auditor));
+        for r in ROLES {
+            assert_eq!(Role::parse(r.name()), Some(r));
+        }
+    }
+}
