@@ -1,7 +1,8 @@
 //! `tally bench ingest`: measures ingest throughput, latency, server CPU and
 //! memory, and bytes on disk, with realistic tailscaled-like log entries;
 //! optionally loads the same entries into a throwaway PostgreSQL cluster for
-//! comparison (`--postgres`).
+//! comparison (`--postgres`). `tally bench audit` (the configuration audit
+//! log) lives in `bench_audit.rs`.
 //!
 //! Everything a client does before the timed loop (generating entries,
 //! compressing batches, connecting) happens up front, so the timed loop only
@@ -25,6 +26,9 @@ use std::time::{Duration, Instant};
 use tally_proto::{PrivateId, PublicId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+#[path = "bench_audit.rs"]
+mod audit;
+
 /// Benchmarks.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -41,6 +45,11 @@ pub enum BenchCmd {
     /// and RSS, bytes on disk, and checks that every acknowledged entry was
     /// stored. `--postgres` also loads the same entries into PostgreSQL.
     Ingest(IngestArgs),
+    /// Configuration audit log: audited mutations per second through the
+    /// HTTP API, filling a tailnet's log to --events events, and the latency
+    /// of filtered, unfiltered and free-text pages. SQLite by default,
+    /// `--postgres` for a throwaway PostgreSQL cluster.
+    Audit(audit::AuditArgs),
 }
 
 /// Settings of `tally bench ingest`.
@@ -109,6 +118,7 @@ pub struct IngestArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.cmd {
         BenchCmd::Ingest(a) => ingest(a).await,
+        BenchCmd::Audit(a) => audit::run(a).await,
     }
 }
 
@@ -1826,232 +1836,62 @@ async fn seal_offline(store_dir: &Path) -> anyhow::Result<()> {
 // PostgreSQL
 // ---------------------------------------------------------------------------
 
-/// A throwaway PostgreSQL cluster in a temporary directory.
-struct PgCluster {
-    bin: PathBuf,
-    tmp: Option<tempfile::TempDir>,
-    data: PathBuf,
-    sock: PathBuf,
-    port: u16,
-    /// When running as root: the OS user that runs the server.
-    run_as: Option<String>,
-    version: String,
+/// Starts a throwaway PostgreSQL cluster (`tally_pgtemp`) for `--postgres`:
+/// `--pg-bin`, `--work-dir` and `--pg-conf` map onto its options. initdb
+/// and pg_ctl block, so they run on the blocking pool.
+async fn start_pg(
+    bin: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    conf: Vec<String>,
+) -> anyhow::Result<tally_pgtemp::PgCluster> {
+    if let Some(b) = &bin {
+        tally_pgtemp::find_bin(Some(b)).with_context(|| format!("--pg-bin {}", b.display()))?;
+    }
+    let opts = tally_pgtemp::PgOptions {
+        bin,
+        base_dir: work_dir,
+        conf,
+    };
+    tokio::task::spawn_blocking(move || tally_pgtemp::PgCluster::start(&opts))
+        .await
+        .context("starting PostgreSQL panicked")?
+        .context("cannot start a throwaway PostgreSQL cluster (see --pg-bin, --pg-conf)")
 }
 
-impl PgCluster {
-    fn find_bin(a: &IngestArgs) -> anyhow::Result<PathBuf> {
-        if let Some(b) = &a.pg_bin {
-            ensure!(
-                b.join("initdb").exists(),
-                "no initdb in --pg-bin {}",
-                b.display()
-            );
-            return Ok(b.clone());
-        }
-        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-                let bin = e.path().join("bin");
-                bin.join("initdb").exists().then_some((v, bin))
-            })
-            .collect();
-        found.sort();
-        found.pop().map(|(_, b)| b).context(
-            "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: install them (Debian: apt-get install postgresql) or pass --pg-bin",
-        )
-    }
-
-    fn command(&self, program: &str) -> tokio::process::Command {
-        let exe = self.bin.join(program);
-        match &self.run_as {
-            Some(user) => {
-                let mut c = tokio::process::Command::new("runuser");
-                c.arg("-u").arg(user).arg("--").arg(exe);
-                c
-            }
-            None => tokio::process::Command::new(exe),
-        }
-    }
-
-    async fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .command(program)
-            .args(args)
-            .current_dir(self.sock.as_path())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .with_context(|| format!("cannot run {program}"))?;
-        if !out.status.success() {
-            bail!(
-                "{program} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    async fn start(a: &IngestArgs) -> anyhow::Result<Self> {
-        let bin = Self::find_bin(a)?;
-        let tmp = temp_dir(a, "tally-bench-pg-")?;
-        // PostgreSQL refuses to run as root: run it as the `postgres` user.
-        // SAFETY: geteuid has no preconditions.
-        let run_as = if unsafe { libc::geteuid() } == 0 {
-            let (uid, gid) = passwd_ids("postgres").context(
-                "running as root and there is no `postgres` OS user to run PostgreSQL as",
-            )?;
-            std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
-                .with_context(|| format!("cannot chown {} to postgres", tmp.path().display()))?;
-            Some("postgres".to_owned())
-        } else {
-            None
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("cannot find a free port")?
-            .port();
-        let sock = tmp.path().to_path_buf();
-        let data = sock.join("data");
-        let mut c = Self {
-            bin,
-            data,
-            sock,
-            port,
-            run_as,
-            tmp: Some(tmp),
-            version: String::new(),
-        };
-        let data_s = c.data.display().to_string();
-        c.run(
-            "initdb",
-            &[
-                "-D",
-                &data_s,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-        )
+/// Stops a cluster started by [`start_pg`]; with `keep`, leaves its
+/// directory and says where it is.
+async fn stop_pg(mut pg: tally_pgtemp::PgCluster, keep: bool) -> anyhow::Result<()> {
+    let kept = tokio::task::spawn_blocking(move || pg.stop(keep))
         .await
-        .context("initdb failed")?;
-        let mut opts = format!(
-            "-p {} -k {} -c listen_addresses=''",
-            c.port,
-            c.sock.display()
+        .context("stopping PostgreSQL panicked")?
+        .context("pg_ctl stop failed")?;
+    if let Some(dir) = kept {
+        eprintln!("kept {}", dir.display());
+    }
+    Ok(())
+}
+
+/// `psql` connected to the cluster's `postgres` database over its Unix
+/// socket, as a tokio command.
+fn pg_psql(pg: &tally_pgtemp::PgCluster) -> tokio::process::Command {
+    tokio::process::Command::from(pg.psql())
+}
+
+/// Runs one SQL command with `psql` and returns its unaligned output.
+async fn pg_sql(pg: &tally_pgtemp::PgCluster, sql: &str) -> anyhow::Result<String> {
+    let out = pg_psql(pg)
+        .args(["-A", "-t", "-c", sql])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("cannot run psql")?;
+    if !out.status.success() {
+        bail!(
+            "psql -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        for kv in &a.pg_conf {
-            ensure!(
-                kv.contains('=') && !kv.contains(char::is_whitespace),
-                "--pg-conf wants name=value without spaces, got {kv:?}"
-            );
-            let _ = write!(opts, " -c {kv}");
-        }
-        let log = c.sock.join("postgres.log").display().to_string();
-        c.run(
-            "pg_ctl",
-            &["-D", &data_s, "-l", &log, "-w", "-o", &opts, "start"],
-        )
-        .await
-        .with_context(|| format!("PostgreSQL did not start; see {log}"))?;
-        c.version = c
-            .sql("SHOW server_version")
-            .await
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Ok(c)
     }
-
-    fn psql(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(self.bin.join("psql"));
-        c.args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.sock)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres"]);
-        c
-    }
-
-    async fn sql(&self, sql: &str) -> anyhow::Result<String> {
-        let out = self
-            .psql()
-            .args(["-A", "-t", "-c", sql])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .context("cannot run psql")?;
-        if !out.status.success() {
-            bail!(
-                "psql -c {sql:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn postmaster_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.data.join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    async fn stop(&mut self, keep: bool) -> anyhow::Result<()> {
-        let data_s = self.data.display().to_string();
-        self.run("pg_ctl", &["-D", &data_s, "-m", "fast", "-w", "stop"])
-            .await
-            .context("pg_ctl stop failed")?;
-        if let (true, Some(tmp)) = (keep, self.tmp.take()) {
-            eprintln!("kept {}", tmp.keep().display());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        // On an error path the cluster may still run: stop it (best effort)
-        // before the directory is removed.
-        if self.tmp.is_some() && self.data.join("postmaster.pid").exists() {
-            let exe = self.bin.join("pg_ctl");
-            let mut c = match &self.run_as {
-                Some(u) => {
-                    let mut c = std::process::Command::new("runuser");
-                    c.arg("-u").arg(u).arg("--").arg(exe);
-                    c
-                }
-                None => std::process::Command::new(exe),
-            };
-            let _ = c
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "stop"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// uid and gid of an OS user, from /etc/passwd.
-fn passwd_ids(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One pre-built COPY command with its data.
@@ -2146,16 +1986,17 @@ fn copy_escape(out: &mut Vec<u8>, s: &str) {
 
 async fn run_postgres(a: &IngestArgs) -> anyhow::Result<PgReport> {
     eprintln!("starting a throwaway PostgreSQL cluster ...");
-    let mut pg = PgCluster::start(a).await?;
+    let pg = start_pg(a.pg_bin.clone(), a.work_dir.clone(), a.pg_conf.clone()).await?;
     let result = postgres_load(a, &pg).await;
-    let stopped = pg.stop(a.keep).await;
+    let stopped = stop_pg(pg, a.keep).await;
     let report = result?;
     stopped?;
     Ok(report)
 }
 
-async fn postgres_load(a: &IngestArgs, pg: &PgCluster) -> anyhow::Result<PgReport> {
-    pg.sql(
+async fn postgres_load(a: &IngestArgs, pg: &tally_pgtemp::PgCluster) -> anyhow::Result<PgReport> {
+    pg_sql(
+        pg,
         "CREATE TABLE logs (collection text, instance text, time timestamptz, entry jsonb); \
          CREATE INDEX logs_collection_instance_time ON logs (collection, instance, time)",
     )
@@ -2210,8 +2051,7 @@ async fn postgres_load(a: &IngestArgs, pg: &PgCluster) -> anyhow::Result<PgRepor
     // One psql session per client, connected before the clock starts.
     let mut sessions = Vec::with_capacity(a.clients);
     for _ in 0..a.clients {
-        let mut child = pg
-            .psql()
+        let mut child = pg_psql(pg)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -2273,12 +2113,12 @@ async fn postgres_load(a: &IngestArgs, pg: &PgCluster) -> anyhow::Result<PgRepor
         seconds: a.duration,
         stats,
     };
-    let row = pg
-        .sql(
-            "SELECT count(*), pg_total_relation_size('logs'), pg_table_size('logs'), \
+    let row = pg_sql(
+        pg,
+        "SELECT count(*), pg_total_relation_size('logs'), pg_table_size('logs'), \
              pg_indexes_size('logs'), (SELECT sum(size) FROM pg_ls_waldir()) FROM logs",
-        )
-        .await?;
+    )
+    .await?;
     let f: Vec<u64> = row
         .trim()
         .split('|')
@@ -2295,7 +2135,7 @@ async fn postgres_load(a: &IngestArgs, pg: &PgCluster) -> anyhow::Result<PgRepor
         index_size: f[3],
         wal_size: f[4],
         raw_per_entry,
-        version: pg.version.clone(),
+        version: pg.version().to_owned(),
         conf: a.pg_conf.clone(),
     })
 }
