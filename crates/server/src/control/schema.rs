@@ -3,11 +3,12 @@
 //! one transaction with its row in `schema_migrations`.
 
 /// The migrations, in order. Never edit a released step: add a new one.
-pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "tailnets, users, keys, nodes, settings, collections, audit log",
-    &[
-        "CREATE TABLE tailnets (
+pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+    (
+        1,
+        "tailnets, users, keys, nodes, settings, collections, audit log",
+        &[
+            "CREATE TABLE tailnets (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             created BIGINT NOT NULL,
@@ -18,7 +19,7 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             anchor_seq BIGINT NOT NULL,
             anchor_hash TEXT NOT NULL
         )",
-        "CREATE TABLE users (
+            "CREATE TABLE users (
             id TEXT PRIMARY KEY,
             tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
             login_name TEXT NOT NULL,
@@ -28,7 +29,7 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             created BIGINT NOT NULL,
             UNIQUE (tailnet_id, login_name)
         )",
-        "CREATE TABLE keys (
+            "CREATE TABLE keys (
             id TEXT PRIMARY KEY,
             tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
             user_id TEXT NOT NULL,
@@ -44,8 +45,8 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             tags TEXT NOT NULL,
             uses BIGINT NOT NULL
         )",
-        "CREATE INDEX keys_by_tailnet ON keys (tailnet_id, created)",
-        "CREATE TABLE nodes (
+            "CREATE INDEX keys_by_tailnet ON keys (tailnet_id, created)",
+            "CREATE TABLE nodes (
             id TEXT PRIMARY KEY,
             tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
             name TEXT NOT NULL,
@@ -61,26 +62,26 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             created BIGINT NOT NULL,
             last_seen BIGINT NOT NULL
         )",
-        "CREATE INDEX nodes_by_tailnet ON nodes (tailnet_id, name)",
-        "CREATE TABLE settings (
+            "CREATE INDEX nodes_by_tailnet ON nodes (tailnet_id, name)",
+            "CREATE TABLE settings (
             tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
             name TEXT NOT NULL,
             value TEXT NOT NULL,
             PRIMARY KEY (tailnet_id, name)
         )",
-        "CREATE TABLE collections (
+            "CREATE TABLE collections (
             name TEXT PRIMARY KEY,
             tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
             created BIGINT NOT NULL,
             retention_days BIGINT
         )",
-        "CREATE TABLE adoptions (
+            "CREATE TABLE adoptions (
             collection TEXT NOT NULL,
             instance TEXT NOT NULL,
             adopted BIGINT NOT NULL,
             PRIMARY KEY (collection, instance)
         )",
-        "CREATE TABLE audit_events (
+            "CREATE TABLE audit_events (
             tailnet_id TEXT NOT NULL,
             seq BIGINT NOT NULL,
             event_time BIGINT NOT NULL,
@@ -97,9 +98,18 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             hash TEXT NOT NULL,
             PRIMARY KEY (tailnet_id, seq)
         )",
-        "CREATE INDEX audit_by_time ON audit_events (tailnet_id, event_time, seq)",
-        "CREATE INDEX audit_by_actor ON audit_events (tailnet_id, actor_login, action, seq)",
-        "CREATE INDEX audit_by_action ON audit_events (tailnet_id, action, seq)",
-        "CREATE INDEX audit_by_target ON audit_events (tailnet_id, target_type, target_id, seq)",
-    ],
-)];
+            "CREATE INDEX audit_by_time ON audit_events (tailnet_id, event_time, seq)",
+            "CREATE INDEX audit_by_actor ON audit_events (tailnet_id, actor_login, action, seq)",
+            "CREATE INDEX audit_by_action ON audit_events (tailnet_id, action, seq)",
+            "CREATE INDEX audit_by_target ON audit_events (tailnet_id, target_type, target_id, seq)",
+        ],
+    ),
+    (
+        2,
+        "audit indexes for actor-only and property filters",
+        &[
+            "CREATE INDEX audit_by_actor_only ON audit_events (tailnet_id, actor_login, seq)",
+            "CREATE INDEX audit_by_property ON audit_events (tailnet_id, property, seq)",
+        ],
+    ),
+];
