@@ -319,11 +319,7 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     // first, paged), by node pair, and as a graph of who talks to whom.
     let api = api_sums(&server.url, "").await;
     for k in keys {
-        assert_eq!(
-            api.get(k),
-            sums.get(k),
-            "network API vs records for {k:?}"
-        );
+        assert_eq!(api.get(k), sums.get(k), "network API vs records for {k:?}");
     }
     let pair = api_sums(&server.url, &format!("node={}&peer={}", nodes[0], nodes[1])).await;
     assert!(
