@@ -331,19 +331,20 @@ pub enum AuditCmd {
 }
 
 /// The control API with `Tally-Origin: CLI` on every request.
-struct Api {
+pub(crate) struct Api {
     client: Client,
 }
 
 impl Api {
-    fn new(server: &ServerArgs) -> anyhow::Result<Self> {
+    /// A client for `server`.
+    pub(crate) fn new(server: &ServerArgs) -> anyhow::Result<Self> {
         Ok(Self {
             client: Client::new(server)?,
         })
     }
 
     /// Sends one request; an empty answer is `null`.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -391,7 +392,8 @@ pub fn seg(s: &str) -> String {
     out
 }
 
-fn tailnet_path(tailnet: &str, rest: &str) -> String {
+/// `/api/v2/tailnet/{tailnet}{rest}`, the tailnet escaped.
+pub(crate) fn tailnet_path(tailnet: &str, rest: &str) -> String {
     format!("/api/v2/tailnet/{}{rest}", seg(tailnet))
 }
 
@@ -537,14 +539,15 @@ fn fields(v: &Value, extra: &[(&str, &str)]) -> String {
 }
 
 /// Writes to stdout; a closed pipe is an error, not a panic.
-fn emit(s: &str) -> anyhow::Result<()> {
+pub(crate) fn emit(s: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(s.as_bytes())
         .and_then(|()| out.flush())
         .context("cannot write to standard output")
 }
 
-fn emit_json(v: &Value) -> anyhow::Result<()> {
+/// Writes `v` as pretty JSON and a newline to stdout.
+pub(crate) fn emit_json(v: &Value) -> anyhow::Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(v)?))
 }
 

@@ -4,6 +4,7 @@ mod agent_cmd;
 mod bench;
 mod client;
 mod control_cmd;
+mod flows_cmd;
 mod logs_cmd;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,8 @@ enum Command {
     Nodes(WithServer<control_cmd::NodesCmd>),
     /// Configuration audit log: list events, verify its hash chain.
     Audit(WithServer<control_cmd::AuditCmd>),
+    /// Network flow logs: `query` lists entries, `top` ranks who talks to whom.
+    Flows(WithServer<flows_cmd::FlowsCmd>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +178,7 @@ async fn main() -> std::process::ExitCode {
         Command::Users(a) => control_cmd::run_users(a.cmd, &a.server).await,
         Command::Nodes(a) => control_cmd::run_nodes(a.cmd, &a.server).await,
         Command::Audit(a) => control_cmd::run_audit(a.cmd, &a.server).await,
+        Command::Flows(a) => flows_cmd::run_flows(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
