@@ -361,6 +361,24 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     assert_eq!(edge_bytes(&nodes[0], &nodes[2]), raw_tx(0, 2), "{g}");
     assert_eq!(edge_bytes(&nodes[0], &nodes[1]), raw_tx(0, 1), "{g}");
     assert!(edge_bytes(&nodes[2], &nodes[1]) >= 10_000, "{g}");
+    // Opens and closes are events in the node log (source tally-flows).
+    let node_log = common::read_all(&c, &server.url, "tailnode").await;
+    let has = |instance: &str, text: &str| {
+        node_log.iter().any(|e| {
+            e["logtail"]["id"].as_str() == Some(instance)
+                && e["source"] == "tally-flows"
+                && e["text"].as_str().is_some_and(|t| t.contains(text))
+        })
+    };
+    let short = format!("tcp {} -> {}", ep(2, short_port), ep(1, 42000));
+    assert!(
+        has(&instances[2], &format!("flow open {short}")),
+        "no open event for {short}"
+    );
+    assert!(
+        has(&instances[2], &format!("flow close {short} (fin)")),
+        "no close event for {short}"
+    );
     let off_port = ep(0, 41100);
     assert!(
         !sums.keys().any(|k| k.2 == off_port || k.3 == off_port),
