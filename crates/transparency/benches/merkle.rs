@@ -1,0 +1,2 @@
+//! Merkle benchmark (work in progress).
+fn main() {}

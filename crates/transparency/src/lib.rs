@@ -1,0 +1,1 @@
+//! Tally transparency primitives (work in progress).
