@@ -171,12 +171,17 @@ impl AgentConfig {
                 MAX_BODY_BYTES / 2
             ));
         }
+        if self.no_logs_no_support && self.flows.is_some() {
+            return bad("--flows cannot be combined with --no-logs-no-support (nothing would be uploaded)".into());
+        }
+        // With --no-logs-no-support a server is still used for registration
+        // and reports (so the node is known as opted out), never for uploads.
         let server = match (&self.server, self.no_logs_no_support) {
-            (_, true) => None,
+            (None, true) => None,
             (None, false) => {
                 return bad("no server to upload logs to: pass --server URL or set TALLY_SERVER (or pass --no-logs-no-support to keep logs on this node only)".into());
             }
-            (Some(s), false) => {
+            (Some(s), _) => {
                 let url = reqwest::Url::parse(s)
                     .map_err(|e| AgentError::Config(format!("invalid server URL {s:?}: {e}")))?;
                 if !matches!(url.scheme(), "http" | "https")
@@ -299,9 +304,16 @@ impl Agent {
         };
         let lock = lock_data_dir(&data_dir)?;
 
+        let reports = server.is_some()
+            && (data_dir.join(NODE_ID_FILE).exists() || config.auth_key.is_some());
         if config.no_logs_no_support {
+            let contact = if reports {
+                "no log or flow is uploaded; the node only registers and reports to the server, which knows it opted out"
+            } else {
+                "nothing is uploaded and no network connection is made"
+            };
             eprintln!(
-                "tally agent: --no-logs-no-support is set: nothing is uploaded and no network connection is made; \
+                "tally agent: --no-logs-no-support is set: {contact}; \
                  logs are kept only on this node in {} (at most {}, oldest deleted first). \
                  Read them with `tally agent logs`.",
                 data_dir.join(QUEUE_DIR).display(),
@@ -311,12 +323,18 @@ impl Agent {
 
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         let client = match &server {
-            Some(_) => Some(uploader::http_client(config.ca_cert.as_deref())?),
-            None => None,
+            Some(_) if reports || !config.no_logs_no_support => {
+                Some(uploader::http_client(config.ca_cert.as_deref())?)
+            }
+            _ => None,
         };
         let upload = UploadSettings {
-            server,
-            client,
+            server: if config.no_logs_no_support {
+                None
+            } else {
+                server.clone()
+            },
+            client: client.clone(),
             flush_delay: config.flush_delay,
             backoff: (config.backoff_min, config.backoff_max, config.max_sleep),
             batch_max_bytes: config.batch_max_bytes,
@@ -339,9 +357,8 @@ impl Agent {
         let (settings_tx, settings) = watch::channel(NodeSettings::default());
         let stop_reporter = CancellationToken::new();
         let marker = data_dir.join(NODE_ID_FILE);
-        let registered = marker.exists();
-        let reporter_task = match (&upload.server, &upload.client) {
-            (Some(server), Some(client)) if registered || config.auth_key.is_some() => {
+        let reporter_task = match (&server, &client) {
+            (Some(server), Some(client)) if reports => {
                 let reporter = report::Reporter {
                     client: client.clone(),
                     server: server.clone(),

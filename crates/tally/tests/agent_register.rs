@@ -128,3 +128,60 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_out_agent_registers_as_opted_out_and_uploads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"), &[]);
+    let c = http();
+    let key: Value = c
+        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = TestAgent::start(
+        &server.url,
+        &dir.path().join("agent"),
+        &[
+            "--auth-key",
+            key["key"].as_str().unwrap(),
+            "--no-logs-no-support",
+            "--hostname",
+            "quiet",
+        ],
+    );
+    let line = agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
+    let node = line.rsplit(' ').next().unwrap().to_owned();
+    let device: Value = c
+        .get(format!("{}/api/v2/device/{node}", server.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(device["noLogsNoSupport"], true, "{device}");
+    // Its logs stay on the node: the collection knows no such instance.
+    let cols: Value = c
+        .get(format!("{}/collections", server.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        cols["collections"]["tailnode"]["instances"]
+            .get(&agent.public_id)
+            .is_none(),
+        "{cols}"
+    );
+    agent.stop();
+}
