@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Hash(pub [u8; 32]);
 
-/// Why a text form of a [`Hash`] was rejected.
+/// Why a text form of a [`Hash`](struct@Hash) was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HashParseError {
     /// Not exactly 64 lowercase hexadecimal digits.
