@@ -129,6 +129,10 @@ impl<S: Storage> MerkleTree<S> {
     }
 
     /// Appends one leaf hash (see [`super::hash_leaf`]); returns its index.
+    ///
+    /// After an error (storage I/O) the in-memory edge may no longer match
+    /// the storage: drop the tree and [`MerkleTree::open`] it again, which
+    /// recomputes everything from the stored leaves.
     pub fn append(&mut self, leaf_hash: Hash) -> Result<u64, MerkleError> {
         let index = self.size;
         if index == u64::MAX {
@@ -455,6 +459,13 @@ mod tests {
         assert_eq!(tree.storage().len(4), 123 >> 4);
         tree.truncate(500).unwrap();
         assert_eq!(tree.size(), 123);
+    }
+
+    #[test]
+    fn trees_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<FileTree>();
+        assert_send_sync::<MemoryTree>();
     }
 
     #[test]
