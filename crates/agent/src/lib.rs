@@ -36,6 +36,7 @@ mod lines;
 mod pipeline;
 mod queue;
 mod report;
+mod signing;
 mod socket;
 mod stdin;
 mod uploader;
@@ -47,6 +48,7 @@ pub use history::{LocalLog, QUEUE_DIR, recent_logs};
 pub use identity::{IdentityError, PRIVATE_ID_FILE, load_or_create_identity, read_identity};
 pub use queue::QueueError;
 pub use report::{NODE_ID_FILE, NodeInfo, NodeSettings, Peer, hostname};
+pub use signing::NODE_KEY_FILE;
 pub use socket::{LogReceipt, SOCKET_FILE, SocketError, log_via_socket};
 pub use tally_flow::TableConfig;
 pub use uploader::UploadStatus;
@@ -172,7 +174,10 @@ impl AgentConfig {
             ));
         }
         if self.no_logs_no_support && self.flows.is_some() {
-            return bad("--flows cannot be combined with --no-logs-no-support (nothing would be uploaded)".into());
+            return bad(
+                "--flows cannot be combined with --no-logs-no-support (nothing would be uploaded)"
+                    .into(),
+            );
         }
         // With --no-logs-no-support a server is still used for registration
         // and reports (so the node is known as opted out), never for uploads.
@@ -304,8 +309,8 @@ impl Agent {
         };
         let lock = lock_data_dir(&data_dir)?;
 
-        let reports = server.is_some()
-            && (data_dir.join(NODE_ID_FILE).exists() || config.auth_key.is_some());
+        let reports =
+            server.is_some() && (data_dir.join(NODE_ID_FILE).exists() || config.auth_key.is_some());
         if config.no_logs_no_support {
             let contact = if reports {
                 "no log or flow is uploaded; the node only registers and reports to the server, which knows it opted out"
@@ -339,6 +344,12 @@ impl Agent {
             backoff: (config.backoff_min, config.backoff_max, config.max_sleep),
             batch_max_bytes: config.batch_max_bytes,
             fsync_interval: config.fsync_interval,
+            node_key: if config.no_logs_no_support {
+                None
+            } else {
+                let dir = data_dir.clone();
+                Some(blocking(move || signing::load_or_create_node_key(&dir)).await?)
+            },
         };
         let (logs, positions) = Pipeline::start(
             PipelineSpec {

@@ -46,6 +46,8 @@ pub(crate) struct UploadSettings {
     pub batch_max_bytes: usize,
     /// Group-commit interval.
     pub fsync_interval: Duration,
+    /// The node's key: every upload batch is signed with it.
+    pub node_key: Option<tally_transparency::batch::SigningKey>,
 }
 
 /// A running pipeline.
@@ -120,6 +122,15 @@ impl Pipeline {
                     },
                     queue: Arc::clone(&queue),
                     status: status_tx,
+                    chain: match &upload.node_key {
+                        Some(k) => Some(crate::signing::Chain::new(
+                            k.clone(),
+                            &identity.public().to_hex(),
+                            &spec.collection,
+                            &spec.queue_dir,
+                        )?),
+                        None => None,
+                    },
                 };
                 let durable = durable.clone();
                 let stop = stop_uploader.clone();

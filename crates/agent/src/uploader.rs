@@ -77,6 +77,8 @@ pub(crate) struct Uploader {
     pub queue: SharedQueue,
     /// Progress counters.
     pub status: watch::Sender<UploadStatus>,
+    /// Signs each batch (and keeps the batch chain), when set.
+    pub chain: Option<crate::signing::Chain>,
 }
 
 /// Builds the one HTTP client (keep-alive, rustls with the ring provider).
@@ -231,6 +233,19 @@ impl Uploader {
         stop: CancellationToken,
     ) -> Result<(), AgentError> {
         tracing::info!(url = %self.cfg.shown_url, "uploading logs");
+        // A batch signed before a restart is resent first, byte for byte.
+        if let Some(p) = self.chain.as_ref().and_then(crate::signing::Chain::pending) {
+            let body = p.body_bytes();
+            let delivery = self.deliver(&body, p.entries, &p.headers, &stop).await;
+            if let Delivery::Stopped = delivery {
+                return Ok(());
+            }
+            let end = p.end;
+            self.with_queue(move |q| q.ack(end)).await?;
+            if let Some(c) = &self.chain {
+                c.delivered(&p)?;
+            }
+        }
         let full = self.cfg.batch_max_bytes as u64;
         loop {
             durable.borrow_and_update();
@@ -261,15 +276,26 @@ impl Uploader {
                 let max = self.cfg.batch_max_bytes;
                 let batch = self.with_queue(move |q| q.read_batch(max)).await?;
                 let n = batch.entries.len() as u64;
+                let end = batch.end;
+                let mut pending = None;
                 let delivery = if n > 0 {
-                    self.deliver(&batch, &stop).await
+                    let body = body_of(&batch);
+                    let headers = match &self.chain {
+                        Some(c) => {
+                            let p = c.sign(&body, end, n)?;
+                            let h = p.headers.clone();
+                            pending = Some(p);
+                            h
+                        }
+                        None => Vec::new(),
+                    };
+                    self.deliver(&body, n, &headers, &stop).await
                 } else {
                     Delivery::Accepted
                 };
                 if let Delivery::Stopped = delivery {
                     return Ok(());
                 }
-                let end = batch.end;
                 let (before, after) = self
                     .with_queue(move |q| {
                         let before = q.pending_bytes();
@@ -277,6 +303,9 @@ impl Uploader {
                         Ok((before, q.pending_bytes()))
                     })
                     .await?;
+                if let (Some(c), Some(p)) = (&self.chain, &pending) {
+                    c.delivered(p)?;
+                }
                 // Counted once the acknowledgement is on disk.
                 self.status.send_modify(|s| match delivery {
                     Delivery::Rejected => s.rejected += n,
@@ -289,23 +318,31 @@ impl Uploader {
         }
     }
 
-    /// Sends one batch until the server takes it.
-    async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Delivery {
-        let body = body_of(batch);
-        let n = batch.entries.len() as u64;
-        let compressed = compress_if_smaller(&body);
+    /// Sends one batch (`n` entries, with its signature `headers`) until
+    /// the server takes it.
+    async fn deliver(
+        &self,
+        body: &[u8],
+        n: u64,
+        headers: &[(String, String)],
+        stop: &CancellationToken,
+    ) -> Delivery {
+        let compressed = compress_if_smaller(body);
         loop {
             self.status.send_modify(|s| s.attempts += 1);
             let mut req = self
                 .client
                 .post(&self.cfg.url)
                 .header(CONTENT_TYPE, "application/json");
+            for (k, v) in headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
             req = match &compressed {
                 Some(c) => req
                     .header(CONTENT_ENCODING, "zstd")
                     .header("Orig-Content-Length", body.len())
                     .body(c.clone()),
-                None => req.body(body.clone()),
+                None => req.body(body.to_vec()),
             };
             let sent = tokio::select! {
                 () = stop.cancelled() => return Delivery::Stopped,

@@ -72,6 +72,7 @@ pub fn entries_of(
 pub async fn consume(state: AppState, mut pos: u64) {
     let filter = Filter {
         collections: vec![FLOWS_COLLECTION.to_owned()],
+        kinds: vec![tally_store::kind::LOG],
         ..Filter::default()
     };
     let mut changes = state.store.subscribe();

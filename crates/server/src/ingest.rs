@@ -131,7 +131,7 @@ pub async fn post_logs(
             ));
         }
     }
-    let (parsed, decode_error) = {
+    let (parsed, decode_error, batch) = {
         let headers = headers.clone();
         // Parsing is CPU-bound: more at once than there are CPUs only adds
         // blocking threads, each with its own malloc arena (peak RSS).
@@ -142,14 +142,24 @@ pub async fn post_logs(
                 "server is shutting down; retry shortly",
             )
         })?;
+        let ledger = state.batches.clone();
+        let coll = collection.to_string();
         tokio::task::spawn_blocking(move || match body::decode(&headers, &raw, MAX_BODY_BYTES) {
-            Ok(bytes) => Ok((logtail::parse_body(&bytes, now, &public), None)),
+            Ok(bytes) => Ok((
+                logtail::parse_body(&bytes, now, &public),
+                None,
+                Some(ledger.check(&public, &coll, &headers, &bytes)),
+            )),
             Err(e @ body::BodyError::Corrupt(_)) => {
                 // Damaged compressed data is saved as an error entry, like any bad content.
                 let msg = e.message();
                 let note =
                     serde_json::json!({ "logtail": { "error": { "message": msg } } }).to_string();
-                Ok((logtail::parse_body(note.as_bytes(), now, &public), Some(e)))
+                Ok((
+                    logtail::parse_body(note.as_bytes(), now, &public),
+                    Some(e),
+                    None,
+                ))
             }
             Err(e) => Err(e),
         })
@@ -173,7 +183,34 @@ pub async fn post_logs(
         })
         .collect();
     let count = records.len() as u64;
+    let mut records = records;
+    if let Some(check) = &batch
+        && let Some(r) =
+            state
+                .batches
+                .record(check, &public, collection.as_str(), now, records.len())
+    {
+        records.push(r);
+    }
     let outcome = state.store.append(records).await?;
+    let signed = |c: &&tally_transparency::batch::BatchCheck| {
+        !matches!(
+            c.verdict,
+            tally_transparency::batch::Verdict::Unsigned {
+                key_registered: false
+            }
+        )
+    };
+    let verdict = batch.as_ref().filter(signed).map(|check| {
+        state.batches.apply(&public, collection.as_str(), check);
+        if check.verdict.is_suspicious() {
+            tracing::warn!(
+                instance = %public, collection = %collection,
+                "upload batch flagged: {:?}", check.verdict
+            );
+        }
+        crate::batches::verdict_name(&check.verdict)
+    });
     if outcome.stored > 0 {
         state
             .instances
@@ -189,7 +226,13 @@ pub async fn post_logs(
         return Err(ApiError::bad_request(msg));
     }
     let body = serde_json::json!({ "stored": outcome.stored, "duplicates": outcome.duplicates });
-    Ok((StatusCode::OK, axum::Json(body)).into_response())
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    if let Some(v) = verdict
+        && let Ok(h) = axum::http::HeaderValue::from_str(v)
+    {
+        resp.headers_mut().insert("tally-batch-verdict", h);
+    }
+    Ok(resp)
 }
 
 /// Flow records come only from registered agents of tailnets with flow

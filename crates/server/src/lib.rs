@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod batches;
 pub mod body;
 pub mod catalog;
 pub mod control;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub control: ControlDb,
     /// Typed flow records (fed from the store's `tailtraffic` records).
     pub flows: Arc<tally_flowstore::FlowStore>,
+    /// Chains and keys of signed upload batches.
+    pub batches: Arc<batches::BatchLedger>,
     /// The store position the flow consumer has read through.
     pub flow_progress: Arc<tokio::sync::watch::Sender<u64>>,
     /// Per-instance statistics.
@@ -190,6 +193,13 @@ impl Server {
                 .await
                 .context("store recovery panicked")?
                 .context("cannot open the store")?;
+        let batch_ledger = {
+            let store = store.clone();
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || batches::BatchLedger::open(&dir, &store))
+                .await
+                .context("batch ledger recovery panicked")??
+        };
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
@@ -210,6 +220,7 @@ impl Server {
             catalog: Arc::new(catalog),
             control,
             flows: flow_store,
+            batches: Arc::new(batch_ledger),
             flow_progress: Arc::new(tokio::sync::watch::Sender::new(flow_checkpoint)),
         };
         Ok(Self {
@@ -282,6 +293,7 @@ async fn background_tasks(state: AppState) {
     let mut retention = tokio::time::interval(state.config.retention_interval);
     let mut stats = tokio::time::interval(Duration::from_secs(5));
     let mut audit = tokio::time::interval(Duration::from_secs(3600));
+    let mut batch_through = 0u64;
     loop {
         tokio::select! {
             _ = retention.tick() => {
@@ -299,6 +311,11 @@ async fn background_tasks(state: AppState) {
                 flows::enforce_retention(&state).await;
             }
             _ = stats.tick() => {
+                // Everything stored before the previous tick was applied.
+                if let Err(e) = state.batches.save_if_dirty(batch_through) {
+                    tracing::warn!("saving batch chain state failed: {e}");
+                }
+                batch_through = state.store.end_seq().saturating_sub(1);
                 if let Err(e) = state.instances.save_if_dirty() {
                     tracing::warn!("saving instance statistics failed: {e}");
                 }

@@ -126,6 +126,7 @@ pub async fn get_logs(
         instances: q.instances.iter().map(|i| i.0).collect(),
         time_start: q.time_start,
         time_end: q.time_end,
+        kinds: vec![tally_store::kind::LOG],
     };
     if q.stream {
         return Ok(stream_logs(state, collection, filter, q));

@@ -109,6 +109,8 @@ pub struct Filter {
     pub time_start: Option<i64>,
     /// Only records with `time <= time_end`.
     pub time_end: Option<i64>,
+    /// Only records of these kinds (see `kind`).
+    pub kinds: Vec<u8>,
 }
 
 impl Filter {
@@ -136,6 +138,7 @@ impl Filter {
             && self.time_end.is_none_or(|t| r.time <= t)
             && (self.collections.is_empty() || self.collections.contains(&r.collection))
             && (self.instances.is_empty() || self.instances.contains(&r.instance))
+            && (self.kinds.is_empty() || self.kinds.contains(&r.kind))
     }
 }
 

@@ -15,6 +15,9 @@ pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 pub mod kind {
     /// A logtail JSON entry.
     pub const LOG: u8 = 0;
+    /// The server's record of one signed upload batch (its sequence number,
+    /// chain hash and verdict), stored with the batch's entries.
+    pub const BATCH: u8 = 2;
 }
 
 /// A record as handed to the store, before it has a position.

@@ -49,8 +49,13 @@ pub struct Env {
 
 /// Starts a server on `db`.
 pub async fn start(db: &Db<'_>) -> Env {
+    start_in(db, tempfile::tempdir().expect("temp dir")).await
+}
+
+/// Starts a server on `db` with the data directory `dir` (a restart when
+/// it was used before).
+pub async fn start_in(db: &Db<'_>, dir: tempfile::TempDir) -> Env {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("temp dir");
     let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path().into());
     config.bootstrap_key = Some(OWNER_KEY.into());
     if let Db::Postgres(pg) = db {
@@ -240,6 +245,18 @@ impl Env {
             .await;
         assert_eq!(s, 200, "{v}");
         v
+    }
+
+    /// Stops the server, keeping its data directory for a restart.
+    pub async fn stop_keep(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server ran");
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, tmp)
     }
 
     /// Stops the server and waits for it.
