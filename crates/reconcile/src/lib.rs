@@ -1,0 +1,1 @@
+//! Double-entry reconciliation of network flow logs.
