@@ -14,6 +14,7 @@ pub mod error;
 pub mod flows;
 pub mod ingest;
 pub mod instances;
+pub mod merkle_log;
 pub mod query;
 pub mod retention;
 pub mod tls;
@@ -101,6 +102,8 @@ pub struct AppState {
     pub control: ControlDb,
     /// Typed flow records (fed from the store's `tailtraffic` records).
     pub flows: Arc<tally_flowstore::FlowStore>,
+    /// The transparency log (Merkle tree and signed checkpoints).
+    pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
     pub batches: Arc<batches::BatchLedger>,
     /// The store position the flow consumer has read through.
@@ -200,6 +203,8 @@ impl Server {
                 .await
                 .context("batch ledger recovery panicked")??
         };
+        let transparency_log = merkle_log::MerkleLog::open(&config.data_dir)
+            .context("cannot open the transparency log")?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
@@ -221,6 +226,7 @@ impl Server {
             control,
             flows: flow_store,
             batches: Arc::new(batch_ledger),
+            log: Arc::new(transparency_log),
             flow_progress: Arc::new(tokio::sync::watch::Sender::new(flow_checkpoint)),
         };
         Ok(Self {
@@ -256,6 +262,7 @@ impl Server {
         let state = self.state.clone();
         let background = tokio::spawn(background_tasks(state.clone()));
         let flow_consumer = tokio::spawn(flows::consume(state.clone(), self.flow_checkpoint));
+        let log_follower = tokio::spawn(merkle_log::follow(state.clone(), state.log.clone()));
         let app = router(state.clone());
         match self.tls {
             Some(config) => {
@@ -279,6 +286,7 @@ impl Server {
         }
         background.abort();
         flow_consumer.abort();
+        log_follower.abort();
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.close())

@@ -150,6 +150,12 @@ async fn fixture(
         assert_eq!(s, 200, "{k}");
         path = path.replace("{keyId}", k["id"].as_str().expect("id"));
     }
+    match pattern {
+        // Record 1 is the log line posted when the matrix starts.
+        "/api/v2/log/inclusion" => path.push_str("?seq=1"),
+        "/api/v2/log/consistency" => path.push_str("?old=0"),
+        _ => {}
+    }
     let body = match (method.as_str(), pattern) {
         ("POST", "/collections") => {
             Some(json!({ "collection": format!("c{n}"), "action": "create" }))
@@ -204,6 +210,15 @@ async fn permission_matrix(db: &Db<'_>) {
     }
     // Least powerful first, so that the owner deleting the tailnet comes last.
     keys.reverse();
+    let private = tally_proto::PrivateId::generate().to_hex();
+    let resp = env
+        .http
+        .post(format!("{}/c/tailnode/{private}", env.base))
+        .body(r#"{"text":"first record"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
     let auth_key = env.auth_key(true, &[]).await;
     let (keyholder, _) = env.user_with_key("keyholder@example.com", "member").await;
     // Deleting a tailnet needs another one to exist.

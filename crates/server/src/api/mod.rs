@@ -9,6 +9,7 @@ pub mod devices;
 pub mod keys;
 pub mod network;
 pub mod tailnets;
+pub mod transparency;
 pub mod users;
 
 use crate::auth::{Caller, authenticate};
@@ -303,6 +304,46 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "",
             "",
             get(audit::list),
+        ),
+        r(
+            M::GET,
+            "/.well-known/tally/checkpoint",
+            Public,
+            "",
+            "",
+            get(transparency::checkpoint),
+        ),
+        r(
+            M::GET,
+            "/.well-known/tally/log-key",
+            Public,
+            "",
+            "",
+            get(transparency::log_key),
+        ),
+        r(
+            M::GET,
+            "/api/v2/log/inclusion",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(transparency::inclusion),
+        ),
+        r(
+            M::GET,
+            "/api/v2/log/consistency",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(transparency::consistency),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/logging/integrity",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(transparency::integrity),
         ),
         r(
             M::GET,

@@ -1,0 +1,212 @@
+//! The transparency log over HTTP: the signed checkpoint and the log key at
+//! well-known URLs (public: they reveal only a size and a root), inclusion
+//! proofs for records the caller may read, consistency proofs, and the
+//! flagged upload batches of a tailnet.
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::batches::BatchRecord;
+use crate::error::ApiError;
+use crate::query::parse_time;
+use axum::Json;
+use axum::extract::{Extension, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::collections::HashMap;
+use tally_proto::PublicId;
+use tally_store::{Filter, kind};
+use tally_transparency::Hash;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("transparency log: {e}"),
+    )
+}
+
+fn num(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number")))
+        })
+        .transpose()
+}
+
+/// `GET /.well-known/tally/checkpoint`: the latest signed checkpoint (C2SP
+/// signed note).
+pub async fn checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Cover what was stored before the request (read-your-writes).
+    let end = state.store.end_seq().saturating_sub(1);
+    state
+        .log
+        .wait_for(end, std::time::Duration::from_secs(2))
+        .await;
+    let log = state.log.clone();
+    let text = tokio::task::spawn_blocking(move || log.checkpoint())
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// `GET /.well-known/tally/log-key`: the log's verifier key (`vkey` form).
+pub async fn log_key(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", state.log.vkey()),
+    )
+        .into_response()
+}
+
+/// `GET /api/v2/log/inclusion?seq=N[&size=S]`: the leaf of the record at
+/// store position N (one the caller may read) and its inclusion proof in
+/// the tree of S leaves (default: the current size).
+pub async fn inclusion(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let seq = num(&q, "seq")?.ok_or_else(|| ApiError::bad_request("seq is required"))?;
+    let size = num(&q, "size")?;
+    state
+        .log
+        .wait_for(seq, std::time::Duration::from_secs(2))
+        .await;
+    let store = state.store.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        store.scan(seq, &Filter::default(), 1, 1 << 20, i64::MIN)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?
+    .records
+    .into_iter()
+    .find(|r| r.seq == seq);
+    let not_found =
+        || ApiError::not_found(format!("no record {seq} in the log that this key may read"));
+    let record = record.ok_or_else(not_found)?;
+    if state.catalog.owner(&record.rec.collection).as_deref() != Some(caller.tailnet()) {
+        return Err(not_found());
+    }
+    let index = state.log.index_of(seq).ok_or_else(not_found)?;
+    let size = size.unwrap_or_else(|| state.log.size());
+    if index >= size {
+        return Err(ApiError::bad_request(format!(
+            "record {seq} is leaf {index}, not in a tree of {size}"
+        )));
+    }
+    let (leaf, proof) = state
+        .log
+        .inclusion(index, size)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(json!({
+        "seq": seq,
+        "leafIndex": index,
+        "treeSize": size,
+        "leafHash": leaf.to_base64(),
+        "recordLeafHash": crate::merkle_log::record_leaf(&record).to_base64(),
+        "proof": proof.iter().map(Hash::to_base64).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// `GET /api/v2/log/consistency?old=M&new=N`: a consistency proof between
+/// two tree sizes.
+pub async fn consistency(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let old = num(&q, "old")?.ok_or_else(|| ApiError::bad_request("old is required"))?;
+    let new = num(&q, "new")?.unwrap_or_else(|| state.log.size());
+    if old > new || new > state.log.size() {
+        return Err(ApiError::bad_request(format!(
+            "need old <= new <= {} (the current size)",
+            state.log.size()
+        )));
+    }
+    let proof = state
+        .log
+        .consistency(old, new)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(json!({ "old": old, "new": new, "proof": proof.iter().map(Hash::to_base64).collect::<Vec<_>>() }))
+        .into_response())
+}
+
+/// `GET /api/v2/tailnet/{t}/logging/integrity?start=&end=`: the flagged
+/// upload batches (bad signatures, gaps, broken chains, replays, unsigned
+/// uploads of signing nodes) of the tailnet's nodes and collections.
+pub async fn integrity(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let now = tally_proto::timefmt::now_nanos();
+    let end = q
+        .get("end")
+        .map(|v| parse_time("end", v))
+        .transpose()?
+        .unwrap_or(now);
+    let start = q
+        .get("start")
+        .map(|v| parse_time("start", v))
+        .transpose()?
+        .unwrap_or(end - 24 * 3600 * 1_000_000_000);
+    let filter = Filter {
+        kinds: vec![kind::BATCH],
+        time_start: Some(start),
+        time_end: Some(end),
+        ..Filter::default()
+    };
+    let store = state.store.clone();
+    let mut out = Vec::new();
+    let mut checked = 0u64;
+    let mut from = 1;
+    loop {
+        let (store, f) = (store.clone(), filter.clone());
+        let batch =
+            tokio::task::spawn_blocking(move || store.scan(from, &f, 10_000, 16 << 20, now))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+        for r in &batch.records {
+            let instance = PublicId(r.rec.instance);
+            let mine = state
+                .catalog
+                .node(&instance)
+                .map(|n| n.tailnet_id)
+                .or_else(|| state.catalog.owner(&r.rec.collection))
+                .is_some_and(|t| t == caller.tailnet());
+            if !mine {
+                continue;
+            }
+            checked += 1;
+            if let Ok(b) = serde_json::from_slice::<BatchRecord>(&r.rec.body)
+                && b.suspicious
+            {
+                out.push(json!({
+                    "time": tally_proto::timefmt::format_nanos(r.rec.time),
+                    "instance": instance.to_hex(),
+                    "collection": b.collection,
+                    "seq": b.seq,
+                    "verdict": b.verdict,
+                    "detail": b.detail,
+                    "entries": b.entries,
+                    "storeSeq": r.seq,
+                }));
+            }
+        }
+        if !batch.truncated || out.len() >= 10_000 {
+            break;
+        }
+        from = batch.next_seq;
+    }
+    Ok(Json(json!({
+        "start": tally_proto::timefmt::format_nanos(start),
+        "end": tally_proto::timefmt::format_nanos(end),
+        "batchesChecked": checked,
+        "flagged": out,
+    }))
+    .into_response())
+}
