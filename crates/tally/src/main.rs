@@ -6,6 +6,7 @@ mod client;
 mod control_cmd;
 mod flows_cmd;
 mod logs_cmd;
+mod verify_cmd;
 
 use clap::{Parser, Subcommand};
 use client::ServerArgs;
@@ -58,6 +59,9 @@ enum Command {
     Audit(WithServer<control_cmd::AuditCmd>),
     /// Network flow logs: `query` lists entries, `top` ranks who talks to whom.
     Flows(WithServer<flows_cmd::FlowsCmd>),
+    /// Verify the server's logs: transparency-log consistency with what this
+    /// client saw before, and upload batches flagged at ingest.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +183,7 @@ async fn main() -> std::process::ExitCode {
         Command::Nodes(a) => control_cmd::run_nodes(a.cmd, &a.server).await,
         Command::Audit(a) => control_cmd::run_audit(a.cmd, &a.server).await,
         Command::Flows(a) => flows_cmd::run_flows(a.cmd, &a.server).await,
+        Command::Verify(a) => verify_cmd::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
