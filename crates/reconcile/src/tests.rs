@@ -1,0 +1,205 @@
+//! Unit tests of pairing and classification.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::*;
+
+const S: i64 = 1_000_000_000;
+const T0: i64 = 1_700_000_000 * S;
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([100, 64, 0, n])
+}
+
+fn info(n: u8, at: i64) -> NodeInfo {
+    NodeInfo {
+        tailnet: "t".into(),
+        node: format!("n{n}"),
+        addresses: vec![ip(n)],
+        opted_out: false,
+        flow_logging: true,
+        last_report: Some(at),
+        at,
+    }
+}
+
+/// Entry of node `a` for traffic a:1000 <-> b:80 in interval `i` (5 s).
+#[allow(clippy::too_many_arguments)]
+fn obs(a: u8, b: u8, i: i64, skew: i64, tx: u64, rx: u64, seq: u64, index: u32) -> FlowObservation {
+    let (ap, bp) = if a < b { (1000, 80) } else { (80, 1000) };
+    let start = T0 + i * 5 * S + skew;
+    FlowObservation {
+        tailnet: Arc::from("t"),
+        node: Arc::from(format!("n{a}").as_str()),
+        start,
+        end: start + 5 * S,
+        logged: T0 + (i + 1) * 5 * S + 2 * S,
+        kind: FlowKind::Virtual,
+        proto: 6,
+        src: SocketAddr::new(ip(a), ap),
+        dst: SocketAddr::new(ip(b), bp),
+        tx_pkts: tx / 1000,
+        tx_bytes: tx,
+        rx_pkts: rx / 1000,
+        rx_bytes: rx,
+        instance: Arc::from(format!("inst{a}").as_str()),
+        proc_id: 7,
+        proc_seq: seq,
+        index,
+        integrity: None,
+    }
+}
+
+fn setup() -> Reconciler {
+    let mut r = Reconciler::new(Config::default()).expect("config");
+    for n in 1..=3 {
+        r.update_node(&info(n, T0));
+    }
+    r
+}
+
+fn run(r: &mut Reconciler, obs: &[FlowObservation]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for o in obs {
+        out.extend(r.advance(o.logged));
+        r.observe(o);
+    }
+    out.extend(r.advance(T0 + 1000 * S));
+    out
+}
+
+#[test]
+fn matched_with_skew_and_duplicates() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        v.push(obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0));
+        v.push(obs(2, 1, i, 17 * S, 10_000, 50_000, i as u64 + 1, 0));
+        if i % 3 == 0 {
+            v.push(obs(2, 1, i, 17 * S, 10_000, 50_000, i as u64 + 1, 0));
+        }
+    }
+    let f = run(&mut r, &v);
+    assert!(f.is_empty(), "{f:#?}");
+    assert!(r.stats().duplicates > 0);
+    let s = r.summary();
+    assert_eq!(s.pairs.len(), 1);
+    assert_eq!(s.pairs[0].3.ratio(), 1.0);
+}
+
+#[test]
+fn count_mismatch_names_both_numbers() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        let tx = if i == 10 { 90_000 } else { 50_000 };
+        v.push(obs(1, 2, i, 0, tx, 10_000, i as u64 + 1, 0));
+        v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 0));
+    }
+    let f = run(&mut r, &v);
+    // The edited record straddles two windows.
+    assert!((1..=2).contains(&f.len()), "{f:#?}");
+    assert!(f.iter().all(|f| f.class == FindingClass::CountMismatch));
+    // Sums over the windows carry the 40 000 extra bytes against 50 000 per window.
+    let extra: u64 = f
+        .iter()
+        .map(|f| {
+            f.evidence.sent.map_or(0, |c| c.bytes) - f.evidence.received.map_or(0, |c| c.bytes)
+        })
+        .sum();
+    assert_eq!(extra, 40_000);
+}
+
+#[test]
+fn deleted_for_one_peer_is_suspicious() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        v.push(obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0));
+        // Node 2 also talks to node 3, so it is reporting.
+        v.push(obs(2, 3, i, 0, 5_000, 5_000, i as u64 + 1, 0));
+        if i != 10 {
+            v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 1));
+        }
+        v.push(obs(3, 2, i, 0, 5_000, 5_000, i as u64 + 1, 0));
+    }
+    let f = run(&mut r, &v);
+    assert!((1..=2).contains(&f.len()), "{f:#?}");
+    assert!(f.iter().all(|f| f.class == FindingClass::MissingSuspicious));
+    assert_eq!(f[0].node, "n2");
+    assert_eq!(f[0].peer.as_deref(), Some("n1"));
+}
+
+#[test]
+fn lost_batch_gives_gap_and_lost_batch() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        v.push(obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0));
+        if i != 10 {
+            v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 0));
+        }
+    }
+    let f = run(&mut r, &v);
+    let classes: Vec<_> = f.iter().map(|f| f.class).collect();
+    assert!(classes.contains(&FindingClass::SequenceGap), "{f:#?}");
+    assert!(classes.contains(&FindingClass::MissingLostBatch), "{f:#?}");
+    assert!(f.iter().all(|f| f.node == "n2"));
+}
+
+#[test]
+fn opted_out_and_unknown() {
+    let mut r = setup();
+    let mut i2 = info(2, T0);
+    i2.opted_out = true;
+    r.update_node(&i2);
+    let mut v = Vec::new();
+    for i in 0..4 {
+        v.push(obs(1, 2, i, 0, 50_000, 0, i as u64 + 1, 0));
+        v.push(obs(1, 9, i, 0, 50_000, 0, i as u64 + 1, 1));
+    }
+    let f = run(&mut r, &v);
+    assert!(
+        f.iter()
+            .any(|f| f.class == FindingClass::MissingOptedOut && f.node == "n2")
+    );
+    assert!(
+        f.iter().any(
+            |f| f.class == FindingClass::NodeUnknown && f.peer.as_deref() == Some("100.64.0.9")
+        )
+    );
+    assert!(f.iter().all(|f| matches!(
+        f.class,
+        FindingClass::MissingOptedOut | FindingClass::NodeUnknown
+    )));
+}
+
+#[test]
+fn forged_batch_is_one_integrity_finding() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        let mut a = obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0);
+        if i == 5 {
+            a.tx_bytes = 1;
+            a.integrity = Some(BatchVerdict::BadSignature);
+        }
+        v.push(a);
+        v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 0));
+    }
+    let f = run(&mut r, &v);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].class, FindingClass::Integrity);
+    assert_eq!(f[0].severity, Severity::Critical);
+}
+
+#[test]
+fn snapshot_round_trip() {
+    let mut r = setup();
+    r.observe(&obs(1, 2, 0, 0, 50_000, 10_000, 1, 0));
+    let a = r.snapshot();
+    let r2 = Reconciler::restore(&a).expect("restore");
+    assert_eq!(a, r2.snapshot());
+    assert!(Reconciler::restore(b"{").is_err());
+}

@@ -1,0 +1,367 @@
+//! Public input, output and configuration types.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Which traffic list of a flow record an entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FlowKind {
+    /// Both ends are tailnet nodes: the only kind with a mirror entry.
+    Virtual,
+    /// The peer is inside an advertised subnet route.
+    Subnet,
+    /// Anything else (exit node traffic).
+    Exit,
+}
+
+/// The ingest verdict the server stored for the upload batch an entry came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchVerdict {
+    /// Signature and chain verified.
+    Ok,
+    /// The chain skipped batches (the batch itself verified).
+    Gap,
+    /// The previous-hash link does not match the chain.
+    BrokenChain,
+    /// The signature does not verify with the node's key.
+    BadSignature,
+    /// An old batch sent again with a different position in the chain.
+    Replay,
+    /// A byte-identical batch already stored.
+    Duplicate,
+    /// The batch carried no signature.
+    Unsigned,
+}
+
+impl BatchVerdict {
+    /// Whether entries of such a batch are left out of pairing (untrusted or
+    /// already counted).
+    pub fn excluded(self) -> bool {
+        matches!(
+            self,
+            BatchVerdict::BrokenChain
+                | BatchVerdict::BadSignature
+                | BatchVerdict::Replay
+                | BatchVerdict::Duplicate
+        )
+    }
+}
+
+/// One traffic entry of one node's flow record, with the identity of the
+/// record it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowObservation {
+    /// Tailnet the reporting node belongs to.
+    pub tailnet: Arc<str>,
+    /// Stable node ID of the reporting node.
+    pub node: Arc<str>,
+    /// Record interval start, the node's clock, Unix ns.
+    pub start: i64,
+    /// Record interval end, the node's clock, Unix ns.
+    pub end: i64,
+    /// When the server received the record (server clock, Unix ns).
+    pub logged: i64,
+    /// Traffic list of the entry.
+    pub kind: FlowKind,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// The reporting node's side.
+    pub src: SocketAddr,
+    /// The other side.
+    pub dst: SocketAddr,
+    /// Packets sent by `src`.
+    pub tx_pkts: u64,
+    /// Bytes sent by `src`.
+    pub tx_bytes: u64,
+    /// Packets received by `src`.
+    pub rx_pkts: u64,
+    /// Bytes received by `src`.
+    pub rx_bytes: u64,
+    /// Public ID of the uploading instance (logtail `id`).
+    pub instance: Arc<str>,
+    /// logtail `proc_id` of the record.
+    pub proc_id: u32,
+    /// logtail `proc_seq` of the record.
+    pub proc_seq: u64,
+    /// Position of this entry inside its record (0-based); entries of one
+    /// record arrive together and in order.
+    pub index: u32,
+    /// Ingest verdict of the batch, when the server stored one.
+    pub integrity: Option<BatchVerdict>,
+}
+
+/// What the server knows about a node at a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Tailnet of the node.
+    pub tailnet: String,
+    /// Stable node ID.
+    pub node: String,
+    /// Tailnet addresses of the node.
+    pub addresses: Vec<IpAddr>,
+    /// The agent runs with `--no-logs-no-support`.
+    pub opted_out: bool,
+    /// Flow logging is on for the node's tailnet (as the node last saw it).
+    pub flow_logging: bool,
+    /// Last agent report (server clock, Unix ns).
+    pub last_report: Option<i64>,
+    /// Server time this snapshot is valid from (Unix ns).
+    pub at: i64,
+}
+
+/// Tuning of the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Window length (ns); default 5 s, one flow interval.
+    pub window_ns: i64,
+    /// How long after a window (and the one after it) ends, in server time,
+    /// late records are still waited for (ns); default 60 s.
+    pub grace_ns: i64,
+    /// Largest clock skew expected between a node and the server (ns);
+    /// default 30 s. Skew is measured per node from receive times and
+    /// corrected; nodes whose measured offset exceeds this by more than the
+    /// grace period are still paired, this bounds how long a record may be
+    /// early.
+    pub max_skew_ns: i64,
+    /// Relative tolerance of tx vs rx (share of the larger count); default 0.02.
+    pub rel_tolerance: f64,
+    /// Absolute byte tolerance; default 2048.
+    pub abs_tolerance_bytes: u64,
+    /// Absolute packet tolerance; default 4.
+    pub abs_tolerance_pkts: u64,
+    /// Share of a window a node's records must cover for it to count as
+    /// reporting during that window; default 0.9.
+    pub coverage: f64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            window_ns: 5_000_000_000,
+            grace_ns: 60_000_000_000,
+            max_skew_ns: 30_000_000_000,
+            rel_tolerance: 0.02,
+            abs_tolerance_bytes: 2048,
+            abs_tolerance_pkts: 4,
+            coverage: 0.9,
+        }
+    }
+}
+
+/// Invalid configuration or snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid reconciler configuration: {0}")]
+    Config(String),
+    /// A snapshot could not be decoded.
+    #[error("invalid reconciler snapshot: {0}")]
+    Snapshot(#[from] serde_json::Error),
+    /// A snapshot was written by an incompatible version.
+    #[error("reconciler snapshot version {0} is not supported")]
+    Version(u32),
+}
+
+/// Classification of a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingClass {
+    /// tx of one end vs rx of the other differ beyond the tolerance.
+    CountMismatch,
+    /// Missing half: the silent node opted out (`--no-logs-no-support`).
+    MissingOptedOut,
+    /// Missing half: flow logging is off for the silent node.
+    MissingFlowLoggingOff,
+    /// Missing half: the silent node's agent sent no records for the window.
+    MissingAgentSilent,
+    /// Missing half: the silent node lost a batch (sequence gap) there.
+    MissingLostBatch,
+    /// Missing half: the silent node reported other traffic for the window
+    /// but not this connection (deleted or filtered records).
+    MissingSuspicious,
+    /// Missing half: the peer address belongs to no registered node.
+    NodeUnknown,
+    /// `proc_seq` skipped records of one instance and process.
+    SequenceGap,
+    /// The batch was flagged at ingest (signature, chain, replay...).
+    Integrity,
+}
+
+impl FindingClass {
+    /// All classes, in report order.
+    pub const ALL: [FindingClass; 9] = [
+        FindingClass::CountMismatch,
+        FindingClass::MissingOptedOut,
+        FindingClass::MissingFlowLoggingOff,
+        FindingClass::MissingAgentSilent,
+        FindingClass::MissingLostBatch,
+        FindingClass::MissingSuspicious,
+        FindingClass::NodeUnknown,
+        FindingClass::SequenceGap,
+        FindingClass::Integrity,
+    ];
+
+    /// Short stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingClass::CountMismatch => "count_mismatch",
+            FindingClass::MissingOptedOut => "missing_opted_out",
+            FindingClass::MissingFlowLoggingOff => "missing_flow_logging_off",
+            FindingClass::MissingAgentSilent => "missing_agent_silent",
+            FindingClass::MissingLostBatch => "missing_lost_batch",
+            FindingClass::MissingSuspicious => "missing_suspicious",
+            FindingClass::NodeUnknown => "node_unknown",
+            FindingClass::SequenceGap => "sequence_gap",
+            FindingClass::Integrity => "integrity",
+        }
+    }
+}
+
+/// How urgent a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Expected by configuration (opted out, logging off).
+    Info,
+    /// Worth a look.
+    Low,
+    /// Logs were lost.
+    Medium,
+    /// Possible tampering.
+    High,
+    /// Proven tampering (forged or re-chained batch).
+    Critical,
+}
+
+/// A window of server time `[start, end)`, Unix ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Window {
+    /// Start, inclusive.
+    pub start: i64,
+    /// End, exclusive.
+    pub end: i64,
+}
+
+/// Packet and byte counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Counts {
+    /// Packets.
+    pub pkts: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Identity of a stored flow record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordRef {
+    /// Public ID of the instance.
+    pub instance: String,
+    /// logtail `proc_id`.
+    pub proc_id: u32,
+    /// logtail `proc_seq`.
+    pub proc_seq: u64,
+}
+
+/// What a finding rests on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Protocol of the connection.
+    pub proto: Option<u8>,
+    /// Sending side `ip:port`.
+    pub src: Option<SocketAddr>,
+    /// Receiving side `ip:port`.
+    pub dst: Option<SocketAddr>,
+    /// What the sender reported sending in the window (with carry-in).
+    pub sent: Option<Counts>,
+    /// What the receiver reported receiving in the window.
+    pub received: Option<Counts>,
+    /// A record of the sending side in the window.
+    pub sender_record: Option<RecordRef>,
+    /// A record of the receiving side in the window.
+    pub receiver_record: Option<RecordRef>,
+    /// For sequence gaps: first and last missing `proc_seq`.
+    pub missing_seq: Option<(u64, u64)>,
+    /// For integrity findings: the stored verdict.
+    pub verdict: Option<BatchVerdict>,
+    /// Last agent report of the silent node known at the time.
+    pub last_report: Option<i64>,
+    /// Share of the window covered by the silent node's records (0..=1000 ‰).
+    pub coverage_permille: Option<u32>,
+}
+
+/// One discrepancy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Finding {
+    /// Deterministic ID (hex SHA-256 prefix of the content).
+    pub id: String,
+    /// Classification.
+    pub class: FindingClass,
+    /// Severity.
+    pub severity: Severity,
+    /// Tailnet.
+    pub tailnet: String,
+    /// The node at fault: the silent node of a missing half, the sender of a
+    /// count mismatch, the node of a gap or flagged batch.
+    pub node: String,
+    /// The other node (or the unregistered address for `node_unknown`).
+    pub peer: Option<String>,
+    /// Server-time window the finding covers.
+    pub window: Window,
+    /// Numbers and records.
+    pub evidence: Evidence,
+    /// One readable sentence.
+    pub detail: String,
+}
+
+/// Completeness of one node or node pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completeness {
+    /// Connection-windows judged.
+    pub judged: u64,
+    /// Connection-windows matched.
+    pub matched: u64,
+    /// Window start of the first discrepancy.
+    pub first_discrepancy: Option<i64>,
+    /// Window start of the last discrepancy.
+    pub last_discrepancy: Option<i64>,
+}
+
+impl Completeness {
+    /// Share of judged connection-windows that matched (1.0 when none judged).
+    pub fn ratio(&self) -> f64 {
+        if self.judged == 0 {
+            1.0
+        } else {
+            self.matched as f64 / self.judged as f64
+        }
+    }
+}
+
+/// Per node and per pair completeness.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// `(tailnet, node, completeness)`, sorted.
+    pub nodes: Vec<(String, String, Completeness)>,
+    /// `(tailnet, node, node, completeness)` with the two nodes sorted.
+    pub pairs: Vec<(String, String, String, Completeness)>,
+}
+
+/// Counters of what the reconciler did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Entries observed.
+    pub observed: u64,
+    /// Entries dropped as duplicates.
+    pub duplicates: u64,
+    /// Entries (or parts) arriving after their window was judged.
+    pub too_late: u64,
+    /// Entries left out of pairing because of their batch verdict.
+    pub excluded: u64,
+    /// Connection-windows judged.
+    pub judged: u64,
+    /// Findings emitted.
+    pub findings: u64,
+}
