@@ -40,6 +40,7 @@ mod signing;
 mod socket;
 mod stdin;
 mod uploader;
+mod witness;
 mod writer;
 
 pub use error::AgentError;
@@ -379,6 +380,12 @@ impl Agent {
                     interval: config.report_interval,
                     settings: settings_tx,
                     marker,
+                    witness: Some(witness::Witness {
+                        client: client.clone(),
+                        server: server.clone(),
+                        dir: data_dir.clone(),
+                    }),
+                    logs: Some(tx.clone()),
                 };
                 Some(tokio::spawn(reporter.run(stop_reporter.clone())))
             }

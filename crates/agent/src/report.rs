@@ -55,6 +55,8 @@ pub struct NodeSettings {
     pub peers: Vec<Peer>,
     /// The last registration problem, if the last report failed.
     pub last_error: Option<String>,
+    /// The last problem found with the server's transparency log.
+    pub log_problem: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +101,10 @@ pub(crate) struct Reporter {
     /// File recording the node ID once registered (later starts report in
     /// without an auth key).
     pub marker: std::path::PathBuf,
+    /// Keeps the server's checkpoints, when set.
+    pub witness: Option<crate::witness::Witness>,
+    /// Where problems found by the witness are logged (the node log).
+    pub logs: Option<tokio::sync::mpsc::Sender<crate::writer::WriteRequest>>,
 }
 
 impl Reporter {
@@ -124,10 +130,30 @@ impl Reporter {
         serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
     }
 
+    /// Writes `text` to the node's log (source `tally-agent`).
+    async fn note(&self, text: String) {
+        let Some(logs) = &self.logs else { return };
+        let line = crate::entry::Line {
+            text,
+            source: std::sync::Arc::from("tally-agent"),
+            v: None,
+            invalid_utf8: false,
+            part: None,
+            client_time: tally_proto::timefmt::now_nanos(),
+            file: None,
+        };
+        let req = crate::writer::WriteRequest {
+            items: vec![crate::writer::Item::Line(line)],
+            reply: None,
+        };
+        let _ = logs.send(req).await;
+    }
+
     /// Reports until `stop`: at once, then every `reportSeconds`; failures
     /// are retried after 5–15 s (then every interval), keeping the last
     /// settings.
     pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut witnessed = false;
         loop {
             let wait = match self.report_once().await {
                 Ok(a) => {
@@ -144,6 +170,7 @@ impl Reporter {
                             flow_logging: a.settings.network_flow_logging_on,
                             peers: a.peers.clone(),
                             last_error: None,
+                            log_problem: s.log_problem.clone(),
                         };
                         let changed = *s != new;
                         *s = new;
@@ -168,6 +195,25 @@ impl Reporter {
                     Duration::from_secs(jitter).min(self.interval)
                 }
             };
+            if let Some(w) = &self.witness {
+                match w.check().await {
+                    Ok(crate::witness::Witnessed::Consistent(n)) if !witnessed => {
+                        witnessed = true;
+                        self.note(format!(
+                            "keeping the server's transparency-log checkpoints: {n} records so far, consistent"
+                        ))
+                        .await;
+                    }
+                    Ok(crate::witness::Witnessed::Consistent(_)) => {}
+                    Ok(crate::witness::Witnessed::Problem(p)) => {
+                        tracing::error!("{p}");
+                        self.settings
+                            .send_modify(|s| s.log_problem = Some(p.clone()));
+                        self.note(p).await;
+                    }
+                    Err(e) => tracing::debug!("checkpoint not checked: {e}"),
+                }
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}

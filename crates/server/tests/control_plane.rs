@@ -153,7 +153,6 @@ async fn fixture(
     match pattern {
         // Record 1 is the log line posted when the matrix starts.
         "/api/v2/log/inclusion" => path.push_str("?seq=1"),
-        "/api/v2/log/consistency" => path.push_str("?old=0"),
         _ => {}
     }
     let body = match (method.as_str(), pattern) {

@@ -332,7 +332,7 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         r(
             M::GET,
             "/api/v2/log/consistency",
-            Role(P::LogsRead),
+            Public,
             "",
             "",
             get(transparency::consistency),

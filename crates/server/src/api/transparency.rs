@@ -113,7 +113,8 @@ pub async fn inclusion(
 }
 
 /// `GET /api/v2/log/consistency?old=M&new=N`: a consistency proof between
-/// two tree sizes.
+/// two tree sizes (public, like the checkpoint: only hashes; agents, which
+/// hold no API key, check the checkpoints they keep with it).
 pub async fn consistency(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
