@@ -172,7 +172,8 @@ struct State {
     stream_ix: FxMap<(String, u32), u32>,
     #[serde(with = "map_vec")]
     conns: FxMap<ConnKey, Conn>,
-    pairs: BTreeMap<(u32, u32), Completeness>,
+    #[serde(with = "map_vec")]
+    pairs: FxMap<(u32, u32), Completeness>,
     /// Findings produced by `observe` and not yet returned.
     out: Vec<Finding>,
     stats: Stats,
@@ -235,7 +236,7 @@ impl Reconciler {
                 streams: Vec::new(),
                 stream_ix: FxMap::default(),
                 conns: FxMap::default(),
-                pairs: BTreeMap::new(),
+                pairs: FxMap::default(),
                 out: Vec::new(),
                 stats: Stats::default(),
             },
@@ -264,9 +265,8 @@ impl Reconciler {
     }
 
     /// The whole state, serialized (JSON, sorted: equal states give equal bytes).
-    pub fn snapshot(&self) -> Vec<u8> {
-        // Serializing plain data to a Vec cannot fail.
-        serde_json::to_vec(&self.st).unwrap_or_default()
+    pub fn snapshot(&self) -> Result<Vec<u8>, Error> {
+        Ok(serde_json::to_vec(&self.st)?)
     }
 
     /// Rebuild a reconciler from [`Reconciler::snapshot`] output.
@@ -775,8 +775,9 @@ impl Reconciler {
                 conn.nodes[side] = self.st.addr.get(&(key.tailnet, ip)).copied();
             }
         }
+        let rel = cfg.rel_tolerance + cfg.edge_tolerance;
         let tol = |d: i64, vol: u64, abs: u64| -> bool {
-            (d.unsigned_abs() as f64) <= abs as f64 + cfg.rel_tolerance * vol as f64
+            (d.unsigned_abs() as f64) <= abs as f64 + rel * vol as f64
         };
         let mut any = false;
         let mut bad: Option<Bad> = None;
@@ -800,7 +801,9 @@ impl Reconciler {
             if tol(dk[0], vol[0], cfg.abs_tolerance_pkts)
                 && tol(dk[1], vol[1], cfg.abs_tolerance_bytes)
             {
-                conn.carry[d] = [0, 0];
+                // Balanced: keep half the residue, so a persistent offset
+                // (an edit) builds up while packet loss does not.
+                conn.carry[d] = [dk[0] / 2, dk[1] / 2];
                 continue;
             }
             let a2 = [next.c[s][0], next.c[s][1]];
@@ -990,7 +993,9 @@ impl Reconciler {
             ));
         }
         s.nodes.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        for (&(x, y), c) in &self.st.pairs {
+        let mut pairs: Vec<_> = self.st.pairs.iter().collect();
+        pairs.sort_by_key(|p| *p.0);
+        for (&(x, y), c) in pairs {
             let (nx, ny) = (&self.st.nodes[x as usize], &self.st.nodes[y as usize]);
             let (a, b) = if nx.id <= ny.id {
                 (nx.id.clone(), ny.id.clone())

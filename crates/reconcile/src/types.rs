@@ -128,6 +128,9 @@ pub struct Config {
     pub max_skew_ns: i64,
     /// Relative tolerance of tx vs rx (share of the larger count); default 0.02.
     pub rel_tolerance: f64,
+    /// Extra relative tolerance for traffic cut at window edges (records
+    /// are split across windows in proportion to time); default 0.2.
+    pub edge_tolerance: f64,
     /// Absolute byte tolerance; default 2048.
     pub abs_tolerance_bytes: u64,
     /// Absolute packet tolerance; default 4.
@@ -144,6 +147,7 @@ impl Default for Config {
             grace_ns: 60_000_000_000,
             max_skew_ns: 30_000_000_000,
             rel_tolerance: 0.02,
+            edge_tolerance: 0.2,
             abs_tolerance_bytes: 2048,
             abs_tolerance_pkts: 4,
             coverage: 0.9,
