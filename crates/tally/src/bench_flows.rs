@@ -176,7 +176,8 @@ pub struct FlowsArgs {
     #[arg(long, default_value_t = 32)]
     pub ingest_clients: usize,
     /// Part 3: records per request (an agent sends one per interval; more
-    /// after an outage).
+    /// after an outage); requests stay under 256 KiB of JSON, as the
+    /// agent's uploader keeps them.
     #[arg(long, default_value_t = 1)]
     pub records_per_request: usize,
 
@@ -3178,9 +3179,13 @@ fn gen_record(
     (rec, count as u64, pkts)
 }
 
+/// Largest request body, as the agent's uploader batches (256 KiB of JSON).
+const MAX_BATCH_BYTES: usize = 256 << 10;
+
 /// Every client's requests, built before the timed load: each node sends
-/// `per_request` consecutive intervals per request, nodes round-robin over
-/// clients, intervals in order.
+/// up to `per_request` consecutive intervals per request (fewer when the
+/// JSON would pass 256 KiB, as the agent's uploader does), nodes
+/// round-robin over clients, intervals in order.
 fn gen_requests(
     nodes: &mut [GenNode],
     base: &str,
@@ -3190,6 +3195,13 @@ fn gen_requests(
     start: i64,
     seed: u64,
 ) -> anyhow::Result<(Vec<Vec<IngestReq>>, u64)> {
+    /// A batch being filled: JSON array text, records, entries, packets.
+    struct Batch {
+        json: Vec<u8>,
+        records: u64,
+        entries: u64,
+        pkts: u64,
+    }
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out: Vec<Vec<IngestReq>> = (0..clients).map(|_| Vec::new()).collect();
     let mut json_bytes = 0u64;
@@ -3197,32 +3209,52 @@ fn gen_requests(
     while t < intervals {
         let k = per_request.min(intervals - t);
         for i in 0..nodes.len() {
-            let mut recs = Vec::with_capacity(k);
-            let (mut entries, mut pkts) = (0, 0);
+            let url = format!("{base}/c/tailtraffic/{}", nodes[i].reg.private);
+            let mut batches: Vec<Batch> = Vec::new();
             for dt in 0..k {
                 let at = start + (t + dt) as i64 * INTERVAL_NS;
                 let (r, e, p) = gen_record(&mut rng, nodes, i, t + dt, at);
-                recs.push(r);
-                entries += e;
-                pkts += p;
+                let r = serde_json::to_vec(&r).context("encoding a record")?;
+                let fits = batches
+                    .last()
+                    .is_some_and(|b| b.json.len() + r.len() + 2 <= MAX_BATCH_BYTES);
+                if !fits {
+                    batches.push(Batch {
+                        json: vec![b'['],
+                        records: 0,
+                        entries: 0,
+                        pkts: 0,
+                    });
+                }
+                let b = batches.last_mut().context("no batch")?;
+                if b.records > 0 {
+                    b.json.push(b',');
+                }
+                b.json.extend_from_slice(&r);
+                b.records += 1;
+                b.entries += e;
+                b.pkts += p;
             }
-            let json = serde_json::to_vec(&Value::Array(recs)).context("encoding a record")?;
-            json_bytes += json.len() as u64;
-            let z = zstd::bulk::compress(&json, 3).context("zstd failed")?;
-            let (body, zstd) = if z.len() < json.len() {
-                (z, true)
-            } else {
-                (json.clone(), false)
-            };
-            out[i % clients].push(IngestReq {
-                url: format!("{base}/c/tailtraffic/{}", nodes[i].reg.private),
-                body: bytes::Bytes::from(body),
-                orig_len: json.len(),
-                zstd,
-                records: k as u64,
-                entries,
-                pkts,
-            });
+            for mut b in batches {
+                b.json.push(b']');
+                json_bytes += b.json.len() as u64;
+                let z = zstd::bulk::compress(&b.json, 3).context("zstd failed")?;
+                let orig_len = b.json.len();
+                let (body, zstd) = if z.len() < orig_len {
+                    (z, true)
+                } else {
+                    (b.json, false)
+                };
+                out[i % clients].push(IngestReq {
+                    url: url.clone(),
+                    body: bytes::Bytes::from(body),
+                    orig_len,
+                    zstd,
+                    records: b.records,
+                    entries: b.entries,
+                    pkts: b.pkts,
+                });
+            }
         }
         t += k;
     }
@@ -3561,7 +3593,7 @@ impl IngestResult {
         let s = &self.stats;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let mut out = format!(
-            "{} nodes registered in {:.1} s ({} busy with 100-1,000 entries a record, the rest 1-6 entries to 3-8 peers; registered agents count as adopted into tailtraffic); {} records with {} entries generated in {:.1} s ({:.0} bytes of JSON per entry), {} record(s) per request, zstd level 3 when smaller, {} clients.\n\n",
+            "{} nodes registered in {:.1} s ({} busy with 100-1,000 entries a record, the rest 1-6 entries to 3-8 peers; registered agents count as adopted into tailtraffic); {} records with {} entries generated in {:.1} s ({:.0} bytes of JSON per entry), up to {} record(s) per request (at most 256 KiB of JSON), zstd level 3 when smaller, {} clients.\n\n",
             fmt_count(self.nodes as f64),
             self.register_secs,
             self.busy,
