@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod instances;
 pub mod merkle_log;
 pub mod query;
+pub mod reconcile;
 pub mod retention;
 pub mod tls;
 
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     /// How often agents report in (and so how fast they learn a setting
     /// change such as flow logging on/off), in seconds.
     pub agent_report_seconds: u64,
+    /// Reconciliation tuning (windows, grace period, tolerances).
+    pub reconcile: tally_reconcile::Config,
 }
 
 impl ServerConfig {
@@ -85,6 +88,7 @@ impl ServerConfig {
             tls: None,
             control_db: None,
             agent_report_seconds: 30,
+            reconcile: tally_reconcile::Config::default(),
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct AppState {
     pub control: ControlDb,
     /// Typed flow records (fed from the store's `tailtraffic` records).
     pub flows: Arc<tally_flowstore::FlowStore>,
+    /// Double-entry reconciliation of flow records.
+    pub reconcile: Arc<reconcile::ReconcileService>,
     /// The transparency log (Merkle tree and signed checkpoints).
     pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
@@ -134,6 +140,8 @@ pub struct Server {
     pub recovery: tally_store::RecoveryReport,
     /// Where the flow store's consumer resumes.
     flow_checkpoint: u64,
+    /// Where the reconciler resumes, and the findings it wrote.
+    reconcile_resume: (u64, u64),
 }
 
 impl Server {
@@ -205,6 +213,8 @@ impl Server {
         };
         let transparency_log = merkle_log::MerkleLog::open(&config.data_dir)
             .context("cannot open the transparency log")?;
+        let (reconciler, reconcile_pos, reconcile_written) =
+            reconcile::ReconcileService::open(&config.data_dir, config.reconcile)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
@@ -227,6 +237,7 @@ impl Server {
             flows: flow_store,
             batches: Arc::new(batch_ledger),
             log: Arc::new(transparency_log),
+            reconcile: Arc::new(reconciler),
             flow_progress: Arc::new(tokio::sync::watch::Sender::new(flow_checkpoint)),
         };
         Ok(Self {
@@ -236,6 +247,7 @@ impl Server {
             new_bootstrap_key,
             recovery,
             flow_checkpoint,
+            reconcile_resume: (reconcile_pos, reconcile_written),
         })
     }
 
@@ -263,6 +275,12 @@ impl Server {
         let background = tokio::spawn(background_tasks(state.clone()));
         let flow_consumer = tokio::spawn(flows::consume(state.clone(), self.flow_checkpoint));
         let log_follower = tokio::spawn(merkle_log::follow(state.clone(), state.log.clone()));
+        let reconciler = tokio::spawn(reconcile::run(
+            state.clone(),
+            state.reconcile.clone(),
+            self.reconcile_resume.0,
+            self.reconcile_resume.1,
+        ));
         let app = router(state.clone());
         match self.tls {
             Some(config) => {
@@ -287,6 +305,7 @@ impl Server {
         background.abort();
         flow_consumer.abort();
         log_follower.abort();
+        reconciler.abort();
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.close())

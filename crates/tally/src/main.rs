@@ -98,6 +98,12 @@ struct ServerCmd {
     /// setting change such as flow logging on or off.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     agent_report_seconds: u64,
+    /// Reconciliation window (the two ends' sums are compared per window)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, hide = true)]
+    reconcile_window: std::time::Duration,
+    /// How long late flow records are waited for before a window is judged
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
+    reconcile_grace: std::time::Duration,
 }
 
 /// A client verb with the server's address and key.
@@ -143,6 +149,8 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     config.tls = cmd.tls_cert.zip(cmd.tls_key);
     config.control_db = cmd.control_db.filter(|u| !u.is_empty());
     config.agent_report_seconds = cmd.agent_report_seconds;
+    config.reconcile.window_ns = i64::try_from(cmd.reconcile_window.as_nanos()).unwrap_or(i64::MAX);
+    config.reconcile.grace_ns = i64::try_from(cmd.reconcile_grace.as_nanos()).unwrap_or(i64::MAX);
     let server = tally_server::Server::bind(config).await?;
     for cut in &server.recovery.cuts {
         tracing::warn!("store recovery: {cut}");

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod devices;
 pub mod keys;
 pub mod network;
+pub mod reconciliation;
 pub mod tailnets;
 pub mod transparency;
 pub mod users;
@@ -304,6 +305,14 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "",
             "",
             get(audit::list),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/reconciliation",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(reconciliation::report),
         ),
         r(
             M::GET,

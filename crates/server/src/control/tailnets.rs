@@ -209,6 +209,16 @@ impl ControlDb {
         }
     }
 
+    /// IDs of every live tailnet.
+    pub async fn all_tailnet_ids(&self) -> Result<Vec<String>, ControlError> {
+        sqlx::query("SELECT id FROM tailnets WHERE deleted IS NULL ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get("id")?))
+            .collect()
+    }
+
     /// A live tailnet by ID.
     pub async fn tailnet(&self, id: &str) -> Result<Option<Tailnet>, ControlError> {
         let row =

@@ -55,8 +55,18 @@ pub async fn start(db: &Db<'_>) -> Env {
 /// Starts a server on `db` with the data directory `dir` (a restart when
 /// it was used before).
 pub async fn start_in(db: &Db<'_>, dir: tempfile::TempDir) -> Env {
+    start_with(db, dir, |_| {}).await
+}
+
+/// Starts a server with settings changed by `tune`.
+pub async fn start_with(
+    db: &Db<'_>,
+    dir: tempfile::TempDir,
+    tune: impl FnOnce(&mut ServerConfig),
+) -> Env {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path().into());
+    tune(&mut config);
     config.bootstrap_key = Some(OWNER_KEY.into());
     if let Db::Postgres(pg) = db {
         let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
