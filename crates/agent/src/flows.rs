@@ -357,13 +357,19 @@ impl FlowRunner {
         }
         // Busy intervals become several records, each well under the
         // protocol's 256 KiB entry limit.
-        let mut items = Vec::new();
+        // Serialized straight to bytes and handed over one part at a time,
+        // so a full table's interval does not sit in memory as JSON values.
         for part in record.split(MAX_ENTRIES_PER_RECORD) {
-            match serde_json::to_value(&part) {
-                Ok(serde_json::Value::Object(map)) => items.push(Item::Record(map)),
-                Ok(_) | Err(_) => tracing::error!("a flow record could not be encoded"),
+            match serde_json::to_vec(&part) {
+                Ok(json) => {
+                    let req = WriteRequest {
+                        items: vec![Item::Record(json)],
+                        reply: None,
+                    };
+                    let _ = self.records.send(req).await;
+                }
+                Err(e) => tracing::error!("a flow record could not be encoded: {e}"),
             }
         }
-        let _ = self.records.send(WriteRequest { items, reply: None }).await;
     }
 }

@@ -34,9 +34,10 @@ const AGENT_SOURCE: &str = "tally-agent";
 pub(crate) enum Item {
     /// A log line.
     Line(Line),
-    /// A ready JSON entry (a flow record); the writer adds its `logtail`
-    /// member (`client_time`, `proc_id`, `proc_seq`).
-    Record(serde_json::Map<String, serde_json::Value>),
+    /// A ready JSON object (a flow record, serialized: `{...}`); the writer
+    /// adds its `logtail` member (`client_time`, `proc_id`, `proc_seq`) in
+    /// front of its other members.
+    Record(Vec<u8>),
     /// A followed file's new position (first seen, rotated, truncated).
     Mark {
         /// The followed path.
@@ -66,8 +67,7 @@ impl WriteRequest {
             .iter()
             .map(|i| match i {
                 Item::Line(l) => l.text.len(),
-                // A rough size: records are small (a few KiB).
-                Item::Record(r) => r.len() * 64,
+                Item::Record(r) => r.len(),
                 Item::Mark { .. } => 0,
             })
             .sum()
@@ -241,18 +241,23 @@ impl Writer {
                 let seq = self.append_line(q, &line)?;
                 Ok(Some(seq))
             }
-            Item::Record(mut record) => {
+            Item::Record(record) => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                record.insert(
-                    "logtail".into(),
-                    serde_json::json!({
-                        "client_time": tally_proto::timefmt::format_nanos(tally_proto::timefmt::now_nanos()),
-                        "proc_id": self.proc_id,
-                        "proc_seq": seq,
-                    }),
-                );
-                let json = serde_json::to_vec(&record)?;
+                let logtail = serde_json::json!({
+                    "client_time": tally_proto::timefmt::format_nanos(tally_proto::timefmt::now_nanos()),
+                    "proc_id": self.proc_id,
+                    "proc_seq": seq,
+                });
+                // `{"logtail":{...},` + the record's members (or `}` when it has none).
+                let rest = record.strip_prefix(b"{").unwrap_or(&record);
+                let mut json = Vec::with_capacity(record.len() + 96);
+                json.extend_from_slice(b"{\"logtail\":");
+                json.extend_from_slice(logtail.to_string().as_bytes());
+                if rest.first() != Some(&b'}') {
+                    json.push(b',');
+                }
+                json.extend_from_slice(rest);
                 let dropped = q
                     .append(&Record::Entry {
                         json: &json,
