@@ -197,6 +197,17 @@ pub async fn seed_collections(
                 db.create_collection(tailnet_id, &ctx, name, None, 0)
                     .await?;
             }
+            // Reconciliation findings, written by the server itself.
+            let findings = crate::reconcile::FINDINGS_COLLECTION;
+            db.create_collection(tailnet_id, &ctx, findings, None, 0)
+                .await?;
+            db.adopt(
+                tailnet_id,
+                &ctx,
+                findings,
+                &[PublicId(crate::reconcile::RECONCILER_INSTANCE)],
+            )
+            .await?;
         }
         Err(e) => anyhow::bail!("reading {}: {e}", legacy.display()),
     }

@@ -644,6 +644,7 @@ async fn tampering(db: &Db<'_>) {
     assert_eq!(env.verify().await["intact"], true);
 
     // 2. Edit only an indexed column (what filters see).
+    let (_, _, _, original6) = row(6).await;
     sqlx::query(
         "UPDATE audit_events SET actor_login = 'mallory' WHERE tailnet_id = $1 AND seq = 6",
     )
@@ -655,8 +656,9 @@ async fn tampering(db: &Db<'_>) {
     assert_eq!(broken_at(&v), Some(6), "{v}");
     let (_, _, _, login6) = row(6).await;
     assert_eq!(login6, "mallory");
-    sqlx::query("UPDATE audit_events SET actor_login = 'admin' WHERE tailnet_id = $1 AND seq = 6")
+    sqlx::query("UPDATE audit_events SET actor_login = $2 WHERE tailnet_id = $1 AND seq = 6")
         .bind(&t)
+        .bind(&original6)
         .execute(pool)
         .await
         .expect("update");
