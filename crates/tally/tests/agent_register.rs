@@ -134,22 +134,13 @@ async fn an_opted_out_agent_registers_as_opted_out_and_uploads_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"), &[]);
     let c = http();
-    let key: Value = c
-        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let auth_key = common::reusable_auth_key(&server.url).await;
     let agent = TestAgent::start(
         &server.url,
         &dir.path().join("agent"),
         &[
             "--auth-key",
-            key["key"].as_str().unwrap(),
+            &auth_key,
             "--no-logs-no-support",
             "--hostname",
             "quiet",

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{KEY, TestAgent, TestServer, http};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,16 +26,7 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"), &["--agent-report-seconds", "1"]);
     let c = http();
-    let key: Value = c
-        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let auth_key = common::reusable_auth_key(&server.url).await;
     let resp = c
         .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
         .bearer_auth(KEY)
@@ -66,7 +57,7 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
         &agent_dir,
         &[
             "--auth-key",
-            key["key"].as_str().unwrap(),
+            &auth_key,
             "--address",
             "100.64.0.9",
             "--flows",
@@ -78,8 +69,8 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
     );
     agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
     // The explanation arrives in the node's log (it ships logs as usual).
-    let mut stream = NodeLog::open(&server.url).await;
-    let text = stream.wait_text("flow capture on lo not started").await;
+    let mut stream = common::Follow::open(&server.url, "tailnode").await;
+    let text = stream.until_text("flow capture on lo not started").await;
     assert!(text.contains("CAP_NET_RAW"), "{text}");
     assert!(text.contains("setcap cap_net_raw+ep"), "{text}");
     // Logs still flow: a message through the agent's socket arrives.
@@ -101,50 +92,6 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stream.wait_text("still shipping").await;
+    stream.until_text("still shipping").await;
     agent.stop();
-}
-
-/// The node log (`tailnode`) as a live stream from its beginning.
-struct NodeLog {
-    resp: reqwest::Response,
-    buf: Vec<u8>,
-}
-
-impl NodeLog {
-    async fn open(url: &str) -> Self {
-        let resp = http()
-            .get(format!("{url}/c/tailnode"))
-            .bearer_auth(KEY)
-            .query(&[("stream", "true"), ("time-start", "1970-01-01T00:00:00Z")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        Self {
-            resp,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The text of the next entry starting with `prefix` (at most 60 s).
-    async fn wait_text(&mut self, prefix: &str) -> String {
-        tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                    if let Ok(v) = serde_json::from_slice::<Value>(&line)
-                        && let Some(t) = v["text"].as_str()
-                        && t.starts_with(prefix)
-                    {
-                        return t.to_owned();
-                    }
-                }
-                let chunk = self.resp.chunk().await.unwrap().expect("stream open");
-                self.buf.extend_from_slice(&chunk);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {prefix:?} in the node log"))
-    }
 }

@@ -8,7 +8,7 @@
 mod common;
 mod netns;
 
-use common::{KEY, TestAgent, TestServer, http};
+use common::{Follow, KEY, TestAgent, TestServer, http};
 use netns::Lab;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -41,51 +41,6 @@ fn add_record(
                 s[i] += e[*f].as_u64().unwrap_or(0);
             }
             *intervals.entry((key.0, key.2, key.3)).or_default() += 1;
-        }
-    }
-}
-
-/// A live stream of a collection from its beginning (NDJSON).
-struct Follow {
-    resp: reqwest::Response,
-    buf: Vec<u8>,
-}
-
-impl Follow {
-    async fn open(url: &str, collection: &str) -> Self {
-        let resp = http()
-            .get(format!("{url}/c/{collection}"))
-            .bearer_auth(KEY)
-            .query(&[("stream", "true"), ("time-start", "1970-01-01T00:00:00Z")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        Self {
-            resp,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next entry (skipping the header and heartbeats), waiting at most 90 s.
-    async fn next(&mut self) -> Value {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                    continue;
-                };
-                if v.get("logtail").is_some() {
-                    return v;
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(90), self.resp.chunk())
-                .await
-                .expect("no entry within 90 s")
-                .expect("stream read")
-                .expect("stream ended");
-            self.buf.extend_from_slice(&chunk);
         }
     }
 }
@@ -230,17 +185,8 @@ async fn three_hosts_account_for_every_packet_and_byte() {
         &["--agent-report-seconds", "1"],
     );
     let c = http();
-    let key: Value = c
-        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = key["key"].as_str().unwrap().to_owned();
+    let auth_key = common::reusable_auth_key(&server.url).await;
+    let auth = auth_key.clone();
     let mut agents = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..3 {

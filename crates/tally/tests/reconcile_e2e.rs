@@ -21,17 +21,8 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
         &["--reconcile-window", "1s", "--reconcile-grace", "1s"],
     );
     let c = http();
-    let key: Value = c
-        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = key["key"].as_str().unwrap();
+    let auth_key = common::reusable_auth_key(&server.url).await;
+    let auth = &auth_key;
     let mut nodes = Vec::new();
     for (host, addr) in [("alpha", "100.64.0.1"), ("beta", "100.64.0.2")] {
         let private = tally_proto::PrivateId::generate().to_hex();

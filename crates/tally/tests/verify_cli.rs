@@ -100,34 +100,6 @@ async fn verify_passes_an_honest_server_and_catches_flags_and_rewrites() {
     assert!(out.contains("history was rewritten"), "{out}");
 }
 
-/// Reads the node log from its beginning until a line starting with `prefix`.
-async fn await_node_text(url: &str, prefix: &str) -> String {
-    let mut resp = common::http()
-        .get(format!("{url}/c/tailnode"))
-        .bearer_auth(KEY)
-        .query(&[("stream", "true"), ("time-start", "1970-01-01T00:00:00Z")])
-        .send()
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        loop {
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
-                    && let Some(t) = v["text"].as_str()
-                    && t.starts_with(prefix)
-                {
-                    return t.to_owned();
-                }
-            }
-            buf.extend_from_slice(&resp.chunk().await.unwrap().expect("stream open"));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {prefix:?} in the node log"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,16 +112,7 @@ async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
     let listen = format!("127.0.0.1:{port}");
     let fast = ["--agent-report-seconds", "1"];
     let mut server = TestServer::start_on(&server_dir, &listen, &fast);
-    let key: serde_json::Value = common::http()
-        .post(format!("{}/api/v2/tailnet/-/keys", server.url))
-        .bearer_auth(KEY)
-        .json(&serde_json::json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let auth_key = common::reusable_auth_key(&server.url).await;
     // A record the agent's first checkpoint covers (leaf 0, rewritten below).
     let resp = common::http()
         .post(format!(
@@ -163,16 +126,11 @@ async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let agent_dir = dir.path().join("agent");
-    let agent = TestAgent::start(
-        &server.url,
-        &agent_dir,
-        &["--auth-key", key["key"].as_str().unwrap()],
-    );
-    await_node_text(
-        &server.url,
-        "keeping the server's transparency-log checkpoints",
-    )
-    .await;
+    let agent = TestAgent::start(&server.url, &agent_dir, &["--auth-key", &auth_key]);
+    common::Follow::open(&server.url, "tailnode")
+        .await
+        .until_text("keeping the server's transparency-log checkpoints")
+        .await;
     agent.stop();
     server.stop();
     let leaves = server_dir.join("merkle").join("leaves");
@@ -189,7 +147,10 @@ async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
     }
     let server = TestServer::start_on(&server_dir, &listen, &fast);
     let agent = TestAgent::start(&server.url, &agent_dir, &[]);
-    let text = await_node_text(&server.url, "the server's log is not consistent").await;
+    let text = common::Follow::open(&server.url, "tailnode")
+        .await
+        .until_text("the server's log is not consistent")
+        .await;
     assert!(text.contains("history was rewritten"), "{text}");
     agent.stop();
 }

@@ -262,3 +262,73 @@ pub async fn await_entries(url: &str, instance: &str, n: usize) {
         .await
         .unwrap_or_else(|_| panic!("only {} of {n} entries arrived", newlines.saturating_sub(1)));
 }
+
+/// Creates a reusable auth key with the admin key; returns its secret.
+pub async fn reusable_auth_key(url: &str) -> String {
+    let key: serde_json::Value = http()
+        .post(format!("{url}/api/v2/tailnet/-/keys"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
+        .send()
+        .await
+        .expect("create auth key")
+        .json()
+        .await
+        .expect("auth key JSON");
+    key["key"].as_str().expect("auth key secret").to_owned()
+}
+
+/// A live NDJSON stream of a collection, from its beginning.
+pub struct Follow {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Follow {
+    /// Opens `GET /c/<collection>?stream=true` from the first entry.
+    pub async fn open(url: &str, collection: &str) -> Self {
+        let resp = http()
+            .get(format!("{url}/c/{collection}"))
+            .bearer_auth(KEY)
+            .query(&[("stream", "true"), ("time-start", "1970-01-01T00:00:00Z")])
+            .send()
+            .await
+            .expect("open stream");
+        assert_eq!(resp.status(), 200);
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next entry (skipping the header line and heartbeats); at most 90 s.
+    pub async fn next(&mut self) -> serde_json::Value {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                match serde_json::from_slice::<serde_json::Value>(&line) {
+                    Ok(v) if v.get("logtail").is_some() || v.get("class").is_some() => return v,
+                    _ => continue,
+                }
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(90), self.resp.chunk())
+                .await
+                .expect("no entry within 90 s")
+                .expect("stream read")
+                .expect("stream ended");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The text of the next entry whose `text` starts with `prefix`.
+    pub async fn until_text(&mut self, prefix: &str) -> String {
+        loop {
+            let v = self.next().await;
+            if let Some(t) = v["text"].as_str()
+                && t.starts_with(prefix)
+            {
+                return t.to_owned();
+            }
+        }
+    }
+}
