@@ -6,6 +6,7 @@ mod client;
 mod control_cmd;
 mod flows_cmd;
 mod logs_cmd;
+mod reconcile_cmd;
 mod verify_cmd;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,8 @@ enum Command {
     Audit(WithServer<control_cmd::AuditCmd>),
     /// Network flow logs: `query` lists entries, `top` ranks who talks to whom.
     Flows(WithServer<flows_cmd::FlowsCmd>),
+    /// Double-entry reconciliation of flow records: completeness and findings.
+    Reconcile(WithServer<reconcile_cmd::ReconcileCmd>),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
@@ -192,6 +195,7 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(a) => control_cmd::run_audit(a.cmd, &a.server).await,
         Command::Flows(a) => flows_cmd::run_flows(a.cmd, &a.server).await,
         Command::Verify(a) => verify_cmd::run(a).await,
+        Command::Reconcile(a) => reconcile_cmd::run(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

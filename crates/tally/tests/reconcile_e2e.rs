@@ -144,4 +144,29 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
             .any(|x| x["completeness"].as_f64().is_some_and(|c| c < 1.0)),
         "{v}"
     );
+    // The CLI report shows the finding and the nodes' completeness.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "reconcile",
+            "report",
+            "--since",
+            "1h",
+            "--server",
+            &server.url,
+            "--api-key",
+            KEY,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("count_mismatch") && text.contains(&nodes[0].1),
+        "{text}"
+    );
+    assert!(text.contains("COMPLETE"), "{text}");
 }
