@@ -262,12 +262,15 @@ impl BatchLedger {
         }
     }
 
-    /// Saves the state if it changed. `through` is a store position whose
+    /// Saves the state if it changed (or the store moved far ahead). `through` is a store position whose
     /// records were all applied before this call (replay covers the rest).
     pub fn save_if_dirty(&self, through: u64) -> Result<(), tally_store::StoreError> {
         let saved = {
             let mut inner = self.inner.lock();
-            if !inner.dirty {
+            // Also save when the store moved on a lot, so a restart never
+            // replays more than that (even when no batch was signed).
+            let far = through >= self.saved_through.lock().saturating_add(1_000_000);
+            if !inner.dirty && !far {
                 return Ok(());
             }
             inner.dirty = false;

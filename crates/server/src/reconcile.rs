@@ -238,6 +238,7 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
     let mut changes = state.store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refreshed: Option<tokio::time::Instant> = None;
+    let mut saved = tokio::time::Instant::now();
     loop {
         // Read what arrived.
         let (store, f) = (state.store.clone(), filter.clone());
@@ -349,8 +350,14 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
                 tracing::warn!(class = f.class.name(), node = %f.node, "reconciliation finding: {}", f.detail);
             }
         }
-        if let Err(e) = svc.save(pos, written) {
-            tracing::error!("saving the reconciler state failed: {e}");
+        // Saved after findings and at most every 5 s otherwise: a replay from
+        // an older save derives the same findings with the same ordinals,
+        // which the store's dedup drops.
+        if !findings.is_empty() || saved.elapsed() >= Duration::from_secs(5) {
+            if let Err(e) = svc.save(pos, written) {
+                tracing::error!("saving the reconciler state failed: {e}");
+            }
+            saved = tokio::time::Instant::now();
         }
     }
 }

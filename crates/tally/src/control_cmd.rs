@@ -551,6 +551,11 @@ pub(crate) fn emit_json(v: &Value) -> anyhow::Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(v)?))
 }
 
+/// Prints the server's JSON (`--json`) or a confirmation `line` (ending in a newline).
+fn confirm(v: &Value, json: bool, line: &str) -> anyhow::Result<()> {
+    if json { emit_json(v) } else { emit(line) }
+}
+
 /// The items of a list answer: `{"<name>": [...]}`, a bare array, or one object.
 fn items<'a>(v: &'a Value, name: &str) -> Vec<&'a Value> {
     match v.get(name).and_then(Value::as_array).or(v.as_array()) {
@@ -631,19 +636,17 @@ pub async fn run_tailnets(cmd: TailnetsCmd, server: &ServerArgs) -> anyhow::Resu
                     Some(&json!({ "name": new_name })),
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("renamed tailnet {tailnet} to {new_name}\n"))
+            confirm(
+                &v,
+                out.json,
+                &format!("renamed tailnet {tailnet} to {new_name}\n"),
+            )
         }
         TailnetsCmd::Delete { tailnet, out } => {
             let v = api
                 .call(Method::DELETE, &tailnet_path(&tailnet, ""), &[], None)
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("deleted tailnet {tailnet}\n"))
+            confirm(&v, out.json, &format!("deleted tailnet {tailnet}\n"))
         }
     }
 }
@@ -923,10 +926,7 @@ pub async fn run_keys(cmd: KeysCmd, server: &ServerArgs) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("revoked key {id}\n"))
+            confirm(&v, out.json, &format!("revoked key {id}\n"))
         }
     }
 }
@@ -980,14 +980,15 @@ pub async fn run_users(cmd: UsersCmd, server: &ServerArgs) -> anyhow::Result<()>
                     Some(&body),
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!(
-                "created user {login} (id {}, role {})\n",
-                cell(&v["id"]),
-                cell(&v["role"])
-            ))
+            confirm(
+                &v,
+                out.json,
+                &format!(
+                    "created user {login} (id {}, role {})\n",
+                    cell(&v["id"]),
+                    cell(&v["role"])
+                ),
+            )
         }
         UsersCmd::Role { user_id, role, out } => {
             let v = api
@@ -998,10 +999,11 @@ pub async fn run_users(cmd: UsersCmd, server: &ServerArgs) -> anyhow::Result<()>
                     Some(&json!({ "role": role })),
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("user {user_id} now has role {role}\n"))
+            confirm(
+                &v,
+                out.json,
+                &format!("user {user_id} now has role {role}\n"),
+            )
         }
         UsersCmd::Delete { user_id, out } => {
             let v = api
@@ -1012,10 +1014,7 @@ pub async fn run_users(cmd: UsersCmd, server: &ServerArgs) -> anyhow::Result<()>
                     None,
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("deleted user {user_id}\n"))
+            confirm(&v, out.json, &format!("deleted user {user_id}\n"))
         }
     }
 }
@@ -1072,10 +1071,7 @@ pub async fn run_nodes(cmd: NodesCmd, server: &ServerArgs) -> anyhow::Result<()>
                     Some(&json!({ "name": name })),
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("renamed node {id} to {name}\n"))
+            confirm(&v, out.json, &format!("renamed node {id} to {name}\n"))
         }
         NodesCmd::Tag {
             id,
@@ -1110,10 +1106,7 @@ pub async fn run_nodes(cmd: NodesCmd, server: &ServerArgs) -> anyhow::Result<()>
                     None,
                 )
                 .await?;
-            if out.json {
-                return emit_json(&v);
-            }
-            emit(&format!("deleted node {id}\n"))
+            confirm(&v, out.json, &format!("deleted node {id}\n"))
         }
     }
 }

@@ -41,15 +41,7 @@ async fn agent_registers_with_an_auth_key_then_reports_by_identity() {
     );
     let line = agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
     let node = line.rsplit(' ').next().unwrap().to_owned();
-    let device: Value = c
-        .get(format!("{}/api/v2/device/{node}", server.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device: Value = common::get_json(&format!("{}/api/v2/device/{node}", server.url)).await;
     assert_eq!(device["name"], "web5");
     assert_eq!(device["addresses"], json!(["100.64.0.5"]));
     assert_eq!(device["tags"], json!(["tag:web"]));
@@ -66,31 +58,17 @@ async fn agent_registers_with_an_auth_key_then_reports_by_identity() {
     let again = agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
     assert_eq!(again, line);
     agent.stop();
-    let devices: Value = c
-        .get(format!("{}/api/v2/tailnet/-/devices", server.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let devices: Value =
+        common::get_json(&format!("{}/api/v2/tailnet/-/devices", server.url)).await;
     let list = devices["devices"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{devices}");
     assert_eq!(list[0]["addresses"], json!(["100.64.0.6"]));
     // The audit log has the creation and the address change, by user then by node.
-    let log: Value = c
-        .get(format!(
-            "{}/api/v2/tailnet/-/logging/configuration?targetType=NODE",
-            server.url
-        ))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = common::get_json(&format!(
+        "{}/api/v2/tailnet/-/logging/configuration?targetType=NODE",
+        server.url
+    ))
+    .await;
     let events = log["logs"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{log}");
     assert_eq!(
@@ -133,7 +111,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn an_opted_out_agent_registers_as_opted_out_and_uploads_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"), &[]);
-    let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
     let agent = TestAgent::start(
         &server.url,
@@ -148,26 +125,10 @@ async fn an_opted_out_agent_registers_as_opted_out_and_uploads_nothing() {
     );
     let line = agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
     let node = line.rsplit(' ').next().unwrap().to_owned();
-    let device: Value = c
-        .get(format!("{}/api/v2/device/{node}", server.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device: Value = common::get_json(&format!("{}/api/v2/device/{node}", server.url)).await;
     assert_eq!(device["noLogsNoSupport"], true, "{device}");
     // Its logs stay on the node: the collection knows no such instance.
-    let cols: Value = c
-        .get(format!("{}/collections", server.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cols: Value = common::get_json(&format!("{}/collections", server.url)).await;
     assert!(
         cols["collections"]["tailnode"]["instances"]
             .get(&agent.public_id)

@@ -274,18 +274,11 @@ async fn three_hosts_account_for_every_packet_and_byte() {
         "{pair:?}"
     );
     assert_eq!(pair.get(&udp_a), Some(&expect_udp));
-    let g: Value = c
-        .get(format!(
-            "{}/api/v2/tailnet/-/logging/network/graph?bucket=1d&start=2020-01-01T00:00:00Z",
-            server.url
-        ))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let g: Value = common::get_json(&format!(
+        "{}/api/v2/tailnet/-/logging/network/graph?bucket=1d&start=2020-01-01T00:00:00Z",
+        server.url
+    ))
+    .await;
     let edge_bytes = |src: &str, dst: &str| -> u64 {
         g["buckets"]
             .as_array()

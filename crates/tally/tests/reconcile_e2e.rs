@@ -116,18 +116,11 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
     );
     let start = finding["window"]["start"].as_i64().unwrap();
     assert!(start >= now - 14 * sec && start <= now, "{finding}");
-    let v: Value = c
-        .get(format!(
-            "{}/api/v2/tailnet/-/reconciliation?class=count_mismatch",
-            server.url
-        ))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::get_json(&format!(
+        "{}/api/v2/tailnet/-/reconciliation?class=count_mismatch",
+        server.url
+    ))
+    .await;
     assert!(
         v["findings"]
             .as_array()

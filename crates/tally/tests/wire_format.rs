@@ -293,15 +293,10 @@ async fn collections_are_created_deleted_and_instances_adopted() {
     assert_eq!(r.status(), 200);
     let (s, _, _) = post(&c, url, &path, chunk.clone(), &[]).await;
     assert_eq!(s, 200);
-    let list: Value = c
-        .get(format!("{url}/collections?collection-name=app.example.com"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::get_json(&format!(
+        "{url}/collections?collection-name=app.example.com"
+    ))
+    .await;
     let inst = &list["collections"]["app.example.com"]["instances"][id.public().to_hex()];
     assert!(inst["size"].as_u64().unwrap() > 1 << 20, "{list}");
     assert!(inst.get("orphan").is_none());

@@ -332,3 +332,16 @@ impl Follow {
         }
     }
 }
+
+/// `GET url` with the admin key, as JSON (panics on a transport error).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("GET sent")
+        .json()
+        .await
+        .expect("JSON answer")
+}
