@@ -298,6 +298,16 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
         }
         pos = consumed;
         let caught_up = !batch.truncated;
+        // The reconciler's clock: while behind (a replay after a restart),
+        // the receive time of the last record read, so that windows are not
+        // judged before their records are read; once caught up, now.
+        let clock = if caught_up {
+            tally_proto::timefmt::now_nanos()
+        } else {
+            records[..i]
+                .last()
+                .map_or(i64::MIN, |r| r.rec.time)
+        };
         if caught_up {
             tokio::select! {
                 _ = changes.changed() => {}
@@ -315,7 +325,7 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
             judge
                 .inner
                 .lock()
-                .advance(tally_proto::timefmt::now_nanos())
+                .advance(clock)
         })
         .await
         else {
