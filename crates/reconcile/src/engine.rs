@@ -1,6 +1,6 @@
 //! The reconciler state machine.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
@@ -72,7 +72,7 @@ mod map_vec {
 
 /// Windows of per-node coverage kept (a ring).
 const COV_SLOTS: usize = 64;
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Facts {
@@ -94,11 +94,31 @@ struct NodeState {
     offset: Option<i64>,
     /// Coverage ring: (window, covered ns).
     cov: Vec<(i64, i64)>,
-    /// Spans (server time) of lost records (sequence gaps).
-    gaps: Vec<(i64, i64)>,
+    /// Lost records (sequence gaps not filled by late records).
+    gaps: Vec<GapSpan>,
     /// Last record end seen (server time).
     last_flow: Option<i64>,
     stats: Completeness,
+}
+
+/// Records of one stream missing between two others, and the server-time
+/// span they covered.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct GapSpan {
+    start: i64,
+    end: i64,
+    stream: u32,
+    from: u64,
+    to: u64,
+    /// Server time the gap was seen; it is confirmed (no late record can
+    /// fill it any more) a grace period later.
+    detected: i64,
+}
+
+impl GapSpan {
+    fn overlaps(&self, a: i64, b: i64) -> bool {
+        self.start < b && self.end > a
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,27 +149,57 @@ struct ConnKey {
     hi: SocketAddr,
 }
 
+/// One connection half: the counts one node reported for one connection in
+/// one record, placed on the server's clock.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Seg {
+    start: i64,
+    end: i64,
+    /// tx_pkts, tx_bytes, rx_pkts, rx_bytes.
+    v: [u64; 4],
+    /// (stream index, seq) of the record.
+    rec: (u32, u64),
+    /// From a batch flagged at ingest: never counted, hides missing halves.
+    flagged: bool,
+    /// Already added to the side's running total.
+    absorbed: bool,
+    /// One-sided and reported as a missing half: kept out of the totals.
+    explained: bool,
+}
+
+/// Proof state of one direction of a connection (see `judge`).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Slot {
-    /// Per side (0 = lo, 1 = hi): tx_pkts, tx_bytes, rx_pkts, rx_bytes.
-    c: [[u64; 4]; 2],
-    /// Bit per side: a record of that side touched the window.
-    present: u8,
-    /// Bit per side: an excluded (flagged) record touched the window.
-    flagged: u8,
-    /// Per side: (stream index, seq) of the first record seen.
-    rec: [Option<(u32, u64)>; 2],
-    /// Per side: ns of the window covered by this connection's entries.
-    cov: [i64; 2],
+struct Dir {
+    /// Largest lower bound of sent minus received seen since the last reset
+    /// (pkts, bytes): the true value never decreases (loss only grows).
+    m_lo: [i64; 2],
+    /// Smallest upper bound of (sent minus received) minus the tolerated loss
+    /// share of sent since the last reset: that value never increases while
+    /// loss stays under the tolerance.
+    x_min: [f64; 2],
+    /// Server time `m_lo` was reached (a discrepancy it proves happened after).
+    m_lo_at: [i64; 2],
+    /// Server time `x_min` was reached.
+    x_min_at: [i64; 2],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Conn {
     nodes: [Option<u32>; 2],
-    base: i64,
-    slots: VecDeque<Slot>,
-    /// Per direction (0: lo sends): carried (pkts, bytes) imbalance.
-    carry: [[i64; 2]; 2],
+    /// First window not judged yet.
+    next: i64,
+    /// Per side (0 = lo, 1 = hi): halves not yet dropped, in arrival order.
+    segs: [Vec<Seg>; 2],
+    /// Per side: running totals of absorbed halves.
+    base: [[u64; 4]; 2],
+    /// Per direction (0: lo sends).
+    dir: [Dir; 2],
+    /// Longest half seen (ns): how long absorbed halves stay for pairing.
+    max_len: i64,
+    /// Until this server time the count proofs restart at every window
+    /// instead of judging: a half is missing or untrusted there, and its
+    /// share of the straddling halves is unknown (already reported).
+    quiet_until: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,7 +250,7 @@ fn check(cfg: &Config) -> Result<(), Error> {
     if cfg.window_ns <= 0 {
         return Err(Error::Config("window must be positive".into()));
     }
-    if cfg.grace_ns < 0 || cfg.max_skew_ns < 0 {
+    if cfg.grace_ns < 0 || cfg.max_skew_ns < 0 || cfg.margin_ns < 0 {
         return Err(Error::Config("grace and skew must not be negative".into()));
     }
     // Coverage ring must reach back past the oldest open window.
@@ -259,9 +309,14 @@ impl Reconciler {
         self.st.conns.len()
     }
 
-    /// Open connection-windows held in memory.
+    /// Connection halves (one node's counts for one connection in one
+    /// record) held in memory: what bounds the reconciler's memory.
     pub fn open_windows(&self) -> usize {
-        self.st.conns.values().map(|c| c.slots.len()).sum()
+        self.st
+            .conns
+            .values()
+            .map(|c| c.segs[0].len() + c.segs[1].len())
+            .sum()
     }
 
     /// The whole state, serialized (JSON, sorted: equal states give equal bytes).
@@ -383,7 +438,6 @@ impl Reconciler {
     /// into windows already judged are counted in [`Stats::too_late`].
     pub fn observe(&mut self, o: &FlowObservation) {
         self.st.stats.observed += 1;
-        let w = self.st.cfg.window_ns;
         let s = self.stream(o);
         let node = self.st.streams[s as usize].node;
         let tailnet = self.st.nodes[node as usize].tailnet;
@@ -428,7 +482,7 @@ impl Reconciler {
         {
             self.st.stats.excluded += 1;
             if o.kind == FlowKind::Virtual {
-                self.mark_flagged(tailnet, o, start, end);
+                self.add_half(tailnet, node, s, o, start, end, true);
             }
             return;
         }
@@ -437,90 +491,93 @@ impl Reconciler {
         }
         // Learn the reporting node's own address.
         self.st.addr.entry((tailnet, o.src.ip())).or_insert(node);
+        self.add_half(tailnet, node, s, o, start, end, false);
+    }
+
+    /// Store one connection half (or account for it at once when its
+    /// window was already judged).
+    #[allow(clippy::too_many_arguments)]
+    fn add_half(
+        &mut self,
+        tailnet: u32,
+        node: u32,
+        s: u32,
+        o: &FlowObservation,
+        start: i64,
+        end: i64,
+        flagged: bool,
+    ) {
+        let w = self.st.cfg.window_ns;
+        let rel = self.st.cfg.rel_tolerance;
         let (key, side) = conn_key(tailnet, o);
         let horizon = self.st.horizon;
-        let (w0, w1) = (start.div_euclid(w), (end - 1).max(start).div_euclid(w));
-        let dur = (end - start).max(1);
-        let vals = [o.tx_pkts, o.tx_bytes, o.rx_pkts, o.rx_bytes];
         let peer = self.st.addr.get(&(tailnet, o.dst.ip())).copied();
-        let conn = self.st.conns.entry(key).or_insert_with(|| Conn {
-            nodes: [None, None],
-            base: w0.max(horizon.unwrap_or(i64::MIN)),
-            slots: VecDeque::new(),
-            carry: [[0; 2]; 2],
+        let conn = self.st.conns.entry(key).or_insert_with(|| {
+            let next = start.div_euclid(w).max(horizon.unwrap_or(i64::MIN));
+            let dir = Dir {
+                m_lo_at: [next * w; 2],
+                x_min_at: [next * w; 2],
+                ..Dir::default()
+            };
+            Conn {
+                nodes: [None, None],
+                next,
+                segs: [Vec::new(), Vec::new()],
+                base: [[0; 4]; 2],
+                dir: [dir; 2],
+                max_len: 0,
+                quiet_until: i64::MIN,
+            }
         });
         conn.nodes[side] = Some(node);
         if conn.nodes[1 - side].is_none() {
             conn.nodes[1 - side] = peer;
         }
-        let mut done = [0u64; 4];
-        for win in w0..=w1 {
-            let part: [u64; 4] = if win == w1 {
-                [
-                    vals[0] - done[0],
-                    vals[1] - done[1],
-                    vals[2] - done[2],
-                    vals[3] - done[3],
-                ]
-            } else {
-                let ov = ((win + 1) * w).min(end) - (win * w).max(start);
-                let mut p = [0u64; 4];
-                for i in 0..4 {
-                    p[i] = (u128::from(vals[i]) * ov.max(0) as u128 / dur as u128) as u64;
-                    done[i] += p[i];
-                }
-                p
-            };
-            if win < conn.base {
-                self.st.stats.too_late += 1;
-                continue;
+        let v = [o.tx_pkts, o.tx_bytes, o.rx_pkts, o.rx_bytes];
+        if (end - 1).max(start).div_euclid(w) < conn.next {
+            // Its window was judged: count it without judging it, shifting
+            // the proofs by the same amount so that it raises nothing.
+            self.st.stats.too_late += 1;
+            if flagged {
+                return;
             }
-            let idx = (win - conn.base) as usize;
-            if conn.slots.len() <= idx {
-                conn.slots.resize(idx + 1, Slot::default());
+            for (b, x) in conn.base[side].iter_mut().zip(v) {
+                *b += x;
             }
-            let slot = &mut conn.slots[idx];
-            for (c, p) in slot.c[side].iter_mut().zip(part) {
-                *c += p;
+            for c in 0..2 {
+                let tx = v[c] as i64;
+                let sd = &mut conn.dir[side];
+                sd.m_lo[c] += tx;
+                sd.x_min[c] += tx as f64 * (1.0 - rel);
+                let rx = v[2 + c] as i64;
+                let rd = &mut conn.dir[1 - side];
+                rd.m_lo[c] -= rx;
+                rd.x_min[c] -= rx as f64;
             }
-            slot.present |= 1 << side;
-            slot.cov[side] += ((win + 1) * w).min(end) - (win * w).max(start);
-            if slot.rec[side].is_none() {
-                slot.rec[side] = Some((s, o.proc_seq));
-            }
+            return;
         }
-    }
-
-    fn mark_flagged(&mut self, tailnet: u32, o: &FlowObservation, start: i64, end: i64) {
-        let w = self.st.cfg.window_ns;
-        let (key, side) = conn_key(tailnet, o);
-        if let Some(conn) = self.st.conns.get_mut(&key) {
-            for win in start.div_euclid(w)..=(end - 1).max(start).div_euclid(w) {
-                if win >= conn.base {
-                    let idx = (win - conn.base) as usize;
-                    if conn.slots.len() <= idx {
-                        conn.slots.resize(idx + 1, Slot::default());
-                    }
-                    conn.slots[idx].flagged |= 1 << side;
-                }
+        conn.max_len = conn.max_len.max(end - start);
+        let rec = (s, o.proc_seq);
+        if let Some(last) = conn.segs[side].last_mut()
+            && last.start == start
+            && last.end == end
+            && last.rec == rec
+            && last.flagged == flagged
+        {
+            for (a, x) in last.v.iter_mut().zip(v) {
+                *a += x;
             }
-        } else {
-            let base = start.div_euclid(w).max(self.st.horizon.unwrap_or(i64::MIN));
-            let mut conn = Conn {
-                nodes: [None, None],
-                base,
-                slots: VecDeque::new(),
-                carry: [[0; 2]; 2],
-            };
-            for win in base..=(end - 1).max(start).div_euclid(w) {
-                let mut slot = Slot::default();
-                if win >= start.div_euclid(w) {
-                    slot.flagged |= 1 << side;
-                }
-                conn.slots.push_back(slot);
-            }
-            self.st.conns.insert(key, conn);
+            return;
         }
+        conn.segs[side].push(Seg {
+            start,
+            end,
+            v,
+            rec,
+            flagged,
+            absorbed: false,
+            explained: false,
+        });
     }
 
     /// First entry of a record: coverage, sequence, integrity.
@@ -548,7 +605,14 @@ impl Reconciler {
                     span,
                     detected: o.logged,
                 });
-                self.st.nodes[node as usize].gaps.push(span);
+                self.st.nodes[node as usize].gaps.push(GapSpan {
+                    start: span.0,
+                    end: span.1,
+                    stream: s,
+                    from: last + 1,
+                    to: o.proc_seq - 1,
+                    detected: o.logged,
+                });
             }
             Some(last) if o.proc_seq < last => {
                 // A late record fills part of a gap.
@@ -570,6 +634,24 @@ impl Reconciler {
                     true
                 });
                 st.pending.extend(split);
+                // The node's lost-record spans too.
+                let q = o.proc_seq;
+                let gaps = &mut self.st.nodes[node as usize].gaps;
+                let mut parts = Vec::new();
+                gaps.retain_mut(|g| {
+                    if g.stream != s || q < g.from || q > g.to {
+                        return true;
+                    }
+                    if q > g.from {
+                        parts.push(GapSpan { to: q - 1, ..*g });
+                    }
+                    if q < g.to {
+                        g.from = q + 1;
+                        return true;
+                    }
+                    false
+                });
+                gaps.extend(parts);
             }
             _ => {}
         }
@@ -636,8 +718,8 @@ impl Reconciler {
         }
         let cfg = self.st.cfg;
         let w = cfg.window_ns;
-        // Window k is judged when window k+1 ended `grace` ago.
-        let judge_to = (self.st.now - cfg.grace_ns).div_euclid(w) - 2;
+        // Window k is judged once it ended `grace` ago.
+        let judge_to = (self.st.now - cfg.grace_ns).div_euclid(w) - 1;
         let mut out = std::mem::take(&mut self.st.out);
         self.gaps(&mut out);
         if self.st.horizon.is_some_and(|h| judge_to < h) {
@@ -647,17 +729,19 @@ impl Reconciler {
         let mut conns = std::mem::take(&mut self.st.conns);
         let mut pair_updates: Vec<((u32, u32), bool, i64)> = Vec::new();
         conns.retain(|key, conn| {
-            while conn.base <= judge_to {
-                if conn.slots.is_empty() {
-                    conn.base = judge_to + 1;
+            while conn.next <= judge_to {
+                if conn.segs[0].is_empty() && conn.segs[1].is_empty() {
+                    return false;
+                }
+                let k = conn.next;
+                if self.gap_pending(conn, k) {
+                    // A record the window needs may still come late.
                     break;
                 }
-                let k = conn.base;
                 self.judge(key, conn, k, &mut out, &mut pair_updates);
-                conn.slots.pop_front();
-                conn.base += 1;
+                conn.next += 1;
             }
-            !(conn.slots.is_empty() && conn.carry == [[0; 2]; 2])
+            !(conn.segs[0].is_empty() && conn.segs[1].is_empty())
         });
         self.st.conns = conns;
         for (p, ok, start) in pair_updates {
@@ -673,7 +757,7 @@ impl Reconciler {
         let w = self.st.cfg.window_ns;
         let keep_from = (judge_to - 2) * w;
         for n in &mut self.st.nodes {
-            n.gaps.retain(|g| g.1 >= keep_from);
+            n.gaps.retain(|g| g.end >= keep_from);
             // Keep the last fact before the open windows and everything after.
             let first_live = n.facts.iter().rposition(|f| f.at <= keep_from).unwrap_or(0);
             if first_live > 0 {
@@ -735,6 +819,35 @@ impl Reconciler {
         }
     }
 
+    /// Whether a node of `conn` has an unconfirmed gap near window `k`.
+    fn gap_pending(&self, conn: &Conn, k: i64) -> bool {
+        let cfg = &self.st.cfg;
+        let (a, b) = (
+            k * cfg.window_ns - conn.max_len - cfg.margin_ns,
+            (k + 1) * cfg.window_ns + conn.max_len + cfg.margin_ns,
+        );
+        conn.nodes.iter().flatten().any(|&n| {
+            self.st.nodes[n as usize]
+                .gaps
+                .iter()
+                .any(|g| g.detected + cfg.grace_ns > self.st.now && g.overlaps(a, b))
+        })
+    }
+
+    /// Share (0..=1) of `[a, b)` covered by the node's records.
+    fn span_coverage(&self, node: u32, a: i64, b: i64) -> f64 {
+        let w = self.st.cfg.window_ns;
+        if b <= a {
+            return 1.0;
+        }
+        let mut covered = 0.0;
+        for win in a.div_euclid(w)..=(b - 1).div_euclid(w) {
+            let ov = ((win + 1) * w).min(b) - (win * w).max(a);
+            covered += self.coverage(node, win).clamp(0, w) as f64 / w as f64 * ov as f64;
+        }
+        (covered / (b - a) as f64).clamp(0.0, 1.0)
+    }
+
     fn coverage(&self, node: u32, win: i64) -> i64 {
         let slot = self.st.nodes[node as usize].cov[win.rem_euclid(COV_SLOTS as i64) as usize];
         if slot.0 == win { slot.1 } else { 0 }
@@ -756,6 +869,22 @@ impl Reconciler {
         })
     }
 
+    /// Judge window `k` of one connection.
+    ///
+    /// Two checks, both proofs rather than estimates, so that clean traffic
+    /// never raises a finding however bursty it is and wherever the two
+    /// nodes cut their intervals:
+    ///
+    /// 1. Missing half: a half ending in the window with traffic above the
+    ///    absolute tolerance, and no half of the other node overlapping it
+    ///    (within the clock margin).
+    /// 2. Count mismatch: for each direction, the sent and received running
+    ///    totals at the window end `T` are bounded by the halves that ended
+    ///    before `T - margin` (lower) and those that started before
+    ///    `T + margin` (upper). Sent minus received is the loss (plus
+    ///    traffic in flight, covered by the margin): it never decreases, and
+    ///    grows by at most the loss tolerance of what was sent. A bound that
+    ///    breaks either rule proves that a node reported wrong counts.
     fn judge(
         &mut self,
         key: &ConnKey,
@@ -766,8 +895,8 @@ impl Reconciler {
     ) {
         let cfg = self.st.cfg;
         let w = cfg.window_ns;
-        let cur = conn.slots.front().copied().unwrap_or_default();
-        let next = conn.slots.get(1).copied().unwrap_or_default();
+        let m = cfg.margin_ns;
+        let (ws, t) = (k * w, (k + 1) * w);
         // Late resolution of the peer by address.
         for side in 0..2 {
             if conn.nodes[side].is_none() {
@@ -775,102 +904,240 @@ impl Reconciler {
                 conn.nodes[side] = self.st.addr.get(&(key.tailnet, ip)).copied();
             }
         }
-        let rel = cfg.rel_tolerance + cfg.edge_tolerance;
-        let tol = |d: i64, vol: u64, abs: u64| -> bool {
-            (d.unsigned_abs() as f64) <= abs as f64 + rel * vol as f64
-        };
-        let mut any = false;
-        let mut bad: Option<Bad> = None;
-        for d in 0..2 {
-            let (s, r) = (d, 1 - d);
-            let a = [cur.c[s][0], cur.c[s][1]];
-            let b = [cur.c[r][2], cur.c[r][3]];
-            let carry = conn.carry[d];
-            if a == [0, 0] && b == [0, 0] && carry == [0, 0] {
-                continue;
-            }
-            any = true;
-            let dk = [
-                carry[0] + a[0] as i64 - b[0] as i64,
-                carry[1] + a[1] as i64 - b[1] as i64,
-            ];
-            let vol = [
-                a[0].max(b[0]) + carry[0].unsigned_abs(),
-                a[1].max(b[1]) + carry[1].unsigned_abs(),
-            ];
-            if tol(dk[0], vol[0], cfg.abs_tolerance_pkts)
-                && tol(dk[1], vol[1], cfg.abs_tolerance_bytes)
-            {
-                // Balanced: keep half the residue, so a persistent offset
-                // (an edit) builds up while packet loss does not.
-                conn.carry[d] = [dk[0] / 2, dk[1] / 2];
-                continue;
-            }
-            let a2 = [next.c[s][0], next.c[s][1]];
-            let b2 = [next.c[r][2], next.c[r][3]];
-            let d2 = [
-                dk[0] + a2[0] as i64 - b2[0] as i64,
-                dk[1] + a2[1] as i64 - b2[1] as i64,
-            ];
-            let vol2 = [vol[0] + a2[0].max(b2[0]), vol[1] + a2[1].max(b2[1])];
-            if tol(d2[0], vol2[0], cfg.abs_tolerance_pkts)
-                && tol(d2[1], vol2[1], cfg.abs_tolerance_bytes)
-            {
-                // The next window compensates: an edge effect.
-                conn.carry[d] = dk;
-                continue;
-            }
-            conn.carry[d] = [0, 0];
-            if bad.is_none() {
-                let sent = [
-                    (a[0] as i64 + carry[0]).max(0) as u64,
-                    (a[1] as i64 + carry[1]).max(0) as u64,
-                ];
-                bad = Some((d, dk, sent, b));
+        let abs = [
+            cfg.abs_tolerance_pkts as i64,
+            cfg.abs_tolerance_bytes as i64,
+        ];
+        let in_window = |g: &Seg| (g.end - 1).max(g.start).div_euclid(w) == k;
+        let overlaps = |g: &Seg, a: i64, b: i64| g.start < b && g.end > a;
+
+        // 1. Missing halves among the halves ending in this window.
+        let mut missing: Option<(usize, Seg)> = None; // (side of the present half, it)
+        let mut quiet = conn.quiet_until;
+        let mut missing_lost = false;
+        for side in 0..2 {
+            for g in conn.segs[side].iter() {
+                if g.flagged || !in_window(g) {
+                    continue;
+                }
+                let big = |c: usize| g.v[c] as i64 > abs[0] || g.v[c + 1] as i64 > abs[1];
+                if !(big(0) || big(2)) {
+                    continue;
+                }
+                let paired = conn.segs[1 - side]
+                    .iter()
+                    .any(|o| overlaps(o, g.start - m, g.end + m));
+                // A record of the other node lost inside this half's span:
+                // that node's half is (at least partly) missing.
+                let lost = conn.nodes[1 - side].is_some_and(|n| {
+                    self.st.nodes[n as usize]
+                        .gaps
+                        .iter()
+                        .any(|x| x.overlaps(g.start + m, g.end - m))
+                });
+                if !paired || lost {
+                    quiet = quiet.max(g.end + conn.max_len + 2 * m);
+                    if missing.is_none() {
+                        missing = Some((side, *g));
+                        missing_lost = lost;
+                    }
+                }
             }
         }
+        // Every one-sided half is kept out of the totals (its other half is
+        // what is missing), and the window gets one finding.
+        for side in 0..2 {
+            let others: Vec<(i64, i64)> = conn.segs[1 - side]
+                .iter()
+                .map(|o| (o.start, o.end))
+                .collect();
+            for g in conn.segs[side].iter_mut() {
+                if !g.flagged
+                    && in_window(g)
+                    && !others.iter().any(|o| o.0 < g.end + m && o.1 > g.start - m)
+                {
+                    g.explained = true;
+                }
+            }
+        }
+
+        // 2. Running totals at T.
+        let mut lo = conn.base;
+        for side in 0..2 {
+            for g in conn.segs[side].iter_mut() {
+                if !g.absorbed && g.end <= t - m {
+                    g.absorbed = true;
+                    if !g.flagged && !g.explained {
+                        for (b, x) in conn.base[side].iter_mut().zip(g.v) {
+                            *b += x;
+                        }
+                    }
+                }
+            }
+            lo[side] = conn.base[side];
+        }
+        let mut hi = lo;
+        for side in 0..2 {
+            for g in &conn.segs[side] {
+                if g.flagged {
+                    if overlaps(g, ws - m, t + m) {
+                        quiet = quiet.max(g.end + conn.max_len + 2 * m);
+                    }
+                } else if !g.absorbed && !g.explained && g.start < t + m {
+                    for (h, x) in hi[side].iter_mut().zip(g.v) {
+                        *h += x;
+                    }
+                }
+            }
+        }
+        conn.quiet_until = quiet;
+        let quiet = t <= quiet;
+        let rel = cfg.rel_tolerance;
+        // (direction, proven excess in pkts/bytes, receiver short?, since)
+        let mut bad: Option<(usize, [i64; 2], bool, i64)> = None;
+        for d in 0..2 {
+            let (sd, rd) = (d, 1 - d);
+            let st = &mut conn.dir[d];
+            let mut excess = [0i64; 2];
+            let mut up = false;
+            let mut viol = false;
+            let mut since = ws;
+            let mut next_dir = *st;
+            for c in 0..2 {
+                let (s_lo, s_hi) = (lo[sd][c] as i64, hi[sd][c] as i64);
+                let (r_lo, r_hi) = (lo[rd][2 + c] as i64, hi[rd][2 + c] as i64);
+                let (d_lo, d_hi) = (s_lo - r_hi, s_hi - r_lo);
+                let x_lo = d_lo as f64 - rel * s_hi as f64;
+                let x_hi = d_hi as f64 - rel * s_lo as f64;
+                if d_hi < st.m_lo[c] - abs[c] {
+                    viol = true;
+                    excess[c] = d_hi - st.m_lo[c];
+                    since = since.min(st.m_lo_at[c]);
+                } else if x_lo > st.x_min[c] + abs[c] as f64 {
+                    viol = true;
+                    up = true;
+                    excess[c] = (x_lo - st.x_min[c]) as i64;
+                    since = since.min(st.x_min_at[c]);
+                }
+                if d_lo > st.m_lo[c] {
+                    next_dir.m_lo[c] = d_lo;
+                    next_dir.m_lo_at[c] = t;
+                }
+                if x_hi < st.x_min[c] {
+                    next_dir.x_min[c] = x_hi;
+                    next_dir.x_min_at[c] = t;
+                }
+            }
+            if viol || quiet {
+                // Start the proofs again from the bounds at T.
+                for c in 0..2 {
+                    let (s_lo, s_hi) = (lo[sd][c] as i64, hi[sd][c] as i64);
+                    let (r_lo, r_hi) = (lo[rd][2 + c] as i64, hi[rd][2 + c] as i64);
+                    next_dir.m_lo[c] = s_lo - r_hi;
+                    next_dir.x_min[c] = (s_hi - r_lo) as f64 - rel * s_lo as f64;
+                    next_dir.m_lo_at[c] = t;
+                    next_dir.x_min_at[c] = t;
+                }
+            }
+            *st = next_dir;
+            if viol && !quiet && bad.is_none() {
+                bad = Some((d, excess, up, since));
+            }
+        }
+
+        // Drop halves nothing can pair with any more.
+        let keep_after = t - 2 * m - conn.max_len;
+        for side in 0..2 {
+            conn.segs[side].retain(|g| !(g.absorbed && g.end < keep_after));
+        }
+
+        let any = conn
+            .segs
+            .iter()
+            .flatten()
+            .any(|g| !g.flagged && overlaps(g, ws, t))
+            || missing.is_some()
+            || bad.is_some();
         if !any {
             return;
         }
         self.st.stats.judged += 1;
-        let start = k * w;
-        let ok = bad.is_none();
+        let ok = missing.is_none() && bad.is_none();
         for n in conn.nodes.iter().flatten() {
-            bump(&mut self.st.nodes[*n as usize].stats, ok, start);
+            bump(&mut self.st.nodes[*n as usize].stats, ok, ws);
         }
         if let [Some(x), Some(y)] = conn.nodes {
-            pairs.push(((x.min(y), x.max(y)), ok, start));
+            pairs.push(((x.min(y), x.max(y)), ok, ws));
         }
-        let Some((d, dk, sent, recv)) = bad else {
+        if ok {
             return;
-        };
-        let (s, r) = (d, 1 - d);
-        // The short side is the one whose records are presumed missing or edited.
-        let short = if dk[1] > 0 { r } else { s };
-        let other = 1 - short;
+        }
+        // A count mismatch happened between the last point its proof rests
+        // on and the window end.
         let window = Window {
-            start,
-            end: start + w,
+            start: bad.map_or(ws, |b| b.3.min(ws)),
+            end: t,
         };
         let addr = |side: usize| if side == 0 { key.lo } else { key.hi };
-        let tailnet = self.st.tailnets[key.tailnet as usize].clone();
-        let name = |n: Option<u32>| n.map(|n| self.st.nodes[n as usize].id.clone());
+        // Sums of the halves overlapping the window, per side.
+        let sum = |side: usize| {
+            let mut v = [0u64; 4];
+            for g in conn.segs[side]
+                .iter()
+                .filter(|g| !g.flagged && overlaps(g, ws, t))
+            {
+                for (a, x) in v.iter_mut().zip(g.v) {
+                    *a += x;
+                }
+            }
+            v
+        };
+        let first_rec = |side: usize| {
+            conn.segs[side]
+                .iter()
+                .find(|g| !g.flagged && overlaps(g, ws - m, t + m))
+                .map(|g| g.rec)
+        };
+        let (s, short, unexplained) = match (missing, bad) {
+            (Some((side, g)), _) => {
+                // The present half sent (the other did not receive) or received.
+                let sends = g.v[1] >= g.v[3];
+                let s = if sends { side } else { 1 - side };
+                let c = if sends {
+                    [g.v[0], g.v[1]]
+                } else {
+                    [g.v[2], g.v[3]]
+                };
+                (s, 1 - side, [c[0] as i64, c[1] as i64])
+            }
+            (None, Some((d, excess, up, _))) => (d, if up { 1 - d } else { d }, excess),
+            (None, None) => return,
+        };
+        let r = 1 - s;
+        let (sv, rv) = (sum(s), sum(r));
         let mut ev = Evidence {
             proto: Some(key.proto),
             src: Some(addr(s)),
             dst: Some(addr(r)),
             sent: Some(Counts {
-                pkts: sent[0],
-                bytes: sent[1],
+                pkts: sv[0],
+                bytes: sv[1],
             }),
             received: Some(Counts {
-                pkts: recv[0],
-                bytes: recv[1],
+                pkts: rv[2],
+                bytes: rv[3],
             }),
-            sender_record: self.rec_ref(cur.rec[s]),
-            receiver_record: self.rec_ref(cur.rec[r]),
+            unexplained: Some(Counts {
+                pkts: unexplained[0].unsigned_abs(),
+                bytes: unexplained[1].unsigned_abs(),
+            }),
+            sender_record: self.rec_ref(first_rec(s)),
+            receiver_record: self.rec_ref(first_rec(r)),
             ..Evidence::default()
         };
+        let other = 1 - short;
+        let tailnet = self.st.tailnets[key.tailnet as usize].clone();
+        let name = |n: Option<u32>| n.map(|n| self.st.nodes[n as usize].id.clone());
         let Some(x) = conn.nodes[short] else {
             let Some(reporter) = name(conn.nodes[other]) else {
                 return;
@@ -890,22 +1157,28 @@ impl Reconciler {
             ));
             return;
         };
-        if cur.flagged & (1 << short) != 0 || next.flagged & (1 << short) != 0 {
-            // The flagged batch is the finding (reported as integrity).
-            return;
-        }
         let xname = self.st.nodes[x as usize].id.clone();
         let peer = name(conn.nodes[other]);
-        let facts = self.facts(x, start + w).cloned();
+        let facts = self.facts(x, t).cloned();
         ev.last_report = facts.as_ref().and_then(|f| f.last_report);
-        let cov = self.coverage(x, k);
-        ev.coverage_permille = Some(((cov.clamp(0, w) * 1000) / w) as u32);
-        let absent = (cur.cov[short] as f64) < cfg.coverage * w as f64;
+        // Coverage of the silent node over the one-sided half's span (or
+        // the window, for counts).
+        let (a, b) = match missing {
+            Some((_, g)) => (g.start, g.end),
+            None => (ws, t),
+        };
+        let cov = self.span_coverage(x, a, b);
+        ev.coverage_permille = Some((cov * 1000.0).round() as u32);
         let gap = self.st.nodes[x as usize]
             .gaps
             .iter()
-            .any(|g| g.0 < start + w && g.1 > start);
-        let covered = cov as f64 >= cfg.coverage * w as f64;
+            .any(|g| g.overlaps(a - m, b + m));
+        let covered = cov >= cfg.coverage;
+        // The silent node has no half of this connection around the window.
+        let absent = missing.is_some()
+            || !conn.segs[short]
+                .iter()
+                .any(|g| !g.flagged && overlaps(g, ws + m, t - m));
         let pname = peer.clone().unwrap_or_else(|| addr(other).to_string());
         let (class, severity, detail) = if facts.as_ref().is_some_and(|f| f.opted_out) {
             (
@@ -923,7 +1196,7 @@ impl Reconciler {
                     "flow logging is off for node {xname}; its half of the traffic with {pname} is not logged"
                 ),
             )
-        } else if !covered && gap {
+        } else if (!covered || missing_lost) && gap {
             (
                 FindingClass::MissingLostBatch,
                 Severity::Medium,
@@ -949,7 +1222,8 @@ impl Reconciler {
                 ),
             )
         } else {
-            let big = sent[1].max(recv[1]) > 2 * sent[1].min(recv[1]);
+            let (a, b) = (sv[1], rv[3]);
+            let big = a.max(b) > 2 * a.min(b);
             (
                 FindingClass::CountMismatch,
                 if big {
@@ -958,13 +1232,15 @@ impl Reconciler {
                     Severity::Medium
                 },
                 format!(
-                    "{} sent {} pkts / {} bytes, {} received {} pkts / {} bytes",
+                    "{} sent {} pkts / {} bytes, {} received {} pkts / {} bytes in the records around this window; at least {} bytes / {} pkts cannot be explained by loss or timing",
                     addr(s),
-                    sent[0],
-                    sent[1],
+                    sv[0],
+                    sv[1],
                     addr(r),
-                    recv[0],
-                    recv[1]
+                    rv[2],
+                    rv[3],
+                    unexplained[1].unsigned_abs(),
+                    unexplained[0].unsigned_abs(),
                 ),
             )
         };
@@ -1010,9 +1286,6 @@ impl Reconciler {
         s
     }
 }
-
-/// A discrepant direction: (direction, imbalance, sent, received).
-type Bad = (usize, [i64; 2], [u64; 2], [u64; 2]);
 
 fn bump(c: &mut Completeness, ok: bool, start: i64) {
     c.judged += 1;

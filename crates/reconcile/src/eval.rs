@@ -317,6 +317,7 @@ pub fn generate(sc: &Scenario) -> Generated {
             Role::OptedOut => lab(FindingClass::MissingOptedOut, None, T0, end),
             Role::LoggingOff => lab(FindingClass::MissingFlowLoggingOff, None, T0, end),
             Role::Deleted => lab(FindingClass::MissingSuspicious, peer, t, t + 30 * S),
+            Role::EditSmall => lab(FindingClass::CountMismatch, peer, t, t + 60 * S),
             Role::Late => benign.push(format!("{id}: uploads 20-45 s late for 60 s")),
             Role::Duplicated => benign.push(format!("{id}: every upload duplicated for 60 s")),
             // Labels of record-level faults are added when the record is cut.
@@ -461,17 +462,13 @@ pub fn generate(sc: &Scenario) -> Generated {
                                 });
                             }
                         }
-                        Role::EditSmall | Role::EditLarge | Role::Forged => {
+                        Role::EditLarge | Role::Forged => {
                             // The target connection's entry, if big enough.
                             let pick = entries
                                 .iter()
                                 .position(|(c, v)| Some(*c) == target[i] && v[1] >= 40_000);
                             if let Some(p) = pick {
-                                let f = match role {
-                                    Role::EditSmall => 1.6,
-                                    Role::EditLarge => 5.0,
-                                    _ => 3.0,
-                                };
+                                let f = if role == Role::EditLarge { 5.0 } else { 3.0 };
                                 edit = Some((p, f));
                                 if role == Role::Forged {
                                     integrity = Some(BatchVerdict::BadSignature);
@@ -497,7 +494,11 @@ pub fn generate(sc: &Scenario) -> Generated {
                     }
                     if !matches!(
                         role,
-                        Role::Killed | Role::Deleted | Role::Late | Role::Duplicated
+                        Role::Killed
+                            | Role::Deleted
+                            | Role::Late
+                            | Role::Duplicated
+                            | Role::EditSmall
                     ) && (drop_all || edit.is_some())
                     {
                         rec_faults_done[i] = true;
@@ -505,6 +506,14 @@ pub fn generate(sc: &Scenario) -> Generated {
                 }
                 if drop_all {
                     continue;
+                }
+                // A small edit: 30 % of the target connection's bytes hidden
+                // in every record for a minute.
+                if role == Role::EditSmall && true_start >= ft && true_start < ft + 60 * S {
+                    edit = entries
+                        .iter()
+                        .position(|(c, _)| Some(*c) == target[i])
+                        .map(|p| (p, 0.7));
                 }
                 let nd = &nodes[i];
                 let mut logged = true_end + nd.delay + rng.range(0, 800) * MS;

@@ -93,12 +93,13 @@ fn count_mismatch_names_both_numbers() {
     let mut r = setup();
     let mut v = Vec::new();
     for i in 0..20 {
-        let tx = if i == 10 { 90_000 } else { 50_000 };
+        // +200 kB: more than the two records straddling any window end
+        // (100 kB), so the mismatch is provable.
+        let tx = if i == 10 { 250_000 } else { 50_000 };
         v.push(obs(1, 2, i, 0, tx, 10_000, i as u64 + 1, 0));
         v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 0));
     }
     let f = run(&mut r, &v);
-    // The edited record straddles two windows.
     assert!((1..=2).contains(&f.len()), "{f:#?}");
     assert!(f.iter().all(|f| f.class == FindingClass::CountMismatch));
     let first = &f[0].evidence;
@@ -113,7 +114,8 @@ fn deleted_for_one_peer_is_suspicious() {
         v.push(obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0));
         // Node 2 also talks to node 3, so it is reporting.
         v.push(obs(2, 3, i, 0, 5_000, 5_000, i as u64 + 1, 0));
-        if i != 10 {
+        // Node 2 deletes its records of node 1 for 20 s.
+        if !(8..12).contains(&i) {
             v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 1));
         }
         v.push(obs(3, 2, i, 0, 5_000, 5_000, i as u64 + 1, 0));

@@ -117,8 +117,9 @@ pub struct NodeInfo {
 pub struct Config {
     /// Window length (ns); default 5 s, one flow interval.
     pub window_ns: i64,
-    /// How long after a window (and the one after it) ends, in server time,
-    /// late records are still waited for (ns); default 60 s.
+    /// How long after a window ends, in server time, late records are
+    /// still waited for (ns); default 60 s. Must cover a flow interval plus
+    /// the upload delay.
     pub grace_ns: i64,
     /// Largest clock skew expected between a node and the server (ns);
     /// default 30 s. Skew is measured per node from receive times and
@@ -126,11 +127,13 @@ pub struct Config {
     /// grace period are still paired, this bounds how long a record may be
     /// early.
     pub max_skew_ns: i64,
-    /// Relative tolerance of tx vs rx (share of the larger count); default 0.02.
+    /// Largest share of sent traffic that may be lost in flight without a
+    /// finding; default 0.05.
     pub rel_tolerance: f64,
-    /// Extra relative tolerance for traffic cut at window edges (records
-    /// are split across windows in proportion to time); default 0.2.
-    pub edge_tolerance: f64,
+    /// Largest error of two nodes' corrected clocks against each other, plus
+    /// time in flight (ns); default 1 s. Halves are paired and bounded with
+    /// this margin.
+    pub margin_ns: i64,
     /// Absolute byte tolerance; default 2048.
     pub abs_tolerance_bytes: u64,
     /// Absolute packet tolerance; default 4.
@@ -146,8 +149,8 @@ impl Default for Config {
             window_ns: 5_000_000_000,
             grace_ns: 60_000_000_000,
             max_skew_ns: 30_000_000_000,
-            rel_tolerance: 0.02,
-            edge_tolerance: 0.2,
+            rel_tolerance: 0.05,
+            margin_ns: 1_000_000_000,
             abs_tolerance_bytes: 2048,
             abs_tolerance_pkts: 4,
             coverage: 0.9,
@@ -282,6 +285,9 @@ pub struct Evidence {
     pub sent: Option<Counts>,
     /// What the receiver reported receiving in the window.
     pub received: Option<Counts>,
+    /// What the sent and received counts prove missing or added beyond
+    /// loss and timing (count mismatch), or the one-sided counts (missing half).
+    pub unexplained: Option<Counts>,
     /// A record of the sending side in the window.
     pub sender_record: Option<RecordRef>,
     /// A record of the receiving side in the window.

@@ -4,10 +4,23 @@ use tally_reconcile::Config;
 use tally_reconcile::eval::{Rng, Scenario, generate, run, score, table};
 
 #[test]
-#[ignore = "goal not met yet: edge cases at +/-30 s skew give a few false count mismatches"]
+fn every_injected_fault_is_found() {
+    let cfg = Config::default();
+    for seed in [1u64, 2, 3] {
+        let g = generate(&Scenario::small(seed, true));
+        let r = run(&g, cfg, &[]).expect("run");
+        let s = score(&g.labels, &r, &cfg);
+        for c in &s.classes {
+            assert!(c.recall() >= 0.99, "recall of {:?}: {}", c.class, table(&s));
+        }
+    }
+}
+
+#[test]
+#[ignore = "goal not met yet: seed 3 gives 2 findings out of ~1,200 that match no fault (a count mismatch at the edge of a deletion)"]
 fn faults_are_found_with_high_precision_and_recall() {
     let cfg = Config::default();
-    for seed in [1u64, 2] {
+    for seed in [1u64, 2, 3] {
         let g = generate(&Scenario::small(seed, true));
         let r = run(&g, cfg, &[]).expect("run");
         let s = score(&g.labels, &r, &cfg);
@@ -26,16 +39,17 @@ fn faults_are_found_with_high_precision_and_recall() {
 }
 
 #[test]
-#[ignore = "goal not met yet: a few false count mismatches at exactly +/-30 s skew"]
 fn clean_traffic_with_30s_skew_has_no_findings() {
     let cfg = Config::default();
-    let g = generate(&Scenario::small(3, false));
-    let r = run(&g, cfg, &[]).expect("run");
-    assert!(
-        r.findings.is_empty(),
-        "{:#?}",
-        &r.findings[..r.findings.len().min(5)]
-    );
+    for seed in [3u64, 101, 102] {
+        let g = generate(&Scenario::small(seed, false));
+        let r = run(&g, cfg, &[]).expect("run");
+        assert!(
+            r.findings.is_empty(),
+            "seed {seed}: {:#?}",
+            &r.findings[..r.findings.len().min(5)]
+        );
+    }
 }
 
 #[test]
