@@ -962,29 +962,28 @@ impl Reconciler {
         }
 
         // 2. Running totals at T.
-        let mut lo = conn.base;
-        for side in 0..2 {
-            for g in conn.segs[side].iter_mut() {
+        for (segs, base) in conn.segs.iter_mut().zip(conn.base.iter_mut()) {
+            for g in segs.iter_mut() {
                 if !g.absorbed && g.end <= t - m {
                     g.absorbed = true;
                     if !g.flagged && !g.explained {
-                        for (b, x) in conn.base[side].iter_mut().zip(g.v) {
+                        for (b, x) in base.iter_mut().zip(g.v) {
                             *b += x;
                         }
                     }
                 }
             }
-            lo[side] = conn.base[side];
         }
+        let lo = conn.base;
         let mut hi = lo;
-        for side in 0..2 {
-            for g in &conn.segs[side] {
+        for (segs, hi) in conn.segs.iter().zip(hi.iter_mut()) {
+            for g in segs {
                 if g.flagged {
                     if overlaps(g, ws - m, t + m) {
                         quiet = quiet.max(g.end + conn.max_len + 2 * m);
                     }
                 } else if !g.absorbed && !g.explained && g.start < t + m {
-                    for (h, x) in hi[side].iter_mut().zip(g.v) {
+                    for (h, x) in hi.iter_mut().zip(g.v) {
                         *h += x;
                     }
                 }
