@@ -7,27 +7,42 @@
 //! after each step, so a restart resumes where it was; a finding written
 //! again after a crash carries the same `proc_seq` and is dropped by the
 //! store's dedup, so findings are exactly once.
+//!
+//! [`replay`] runs the same input path offline over a stopped server's data
+//! directory: the reference the service's findings are checked against.
 
 use crate::AppState;
+use crate::catalog::Catalog;
+use crate::control::ControlDb;
 use crate::control::audit::AuditContext;
 use crate::control::collections::FLOWS_COLLECTION;
+use crate::retention::RetentionRules;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_flow::FlowRecord;
 use tally_proto::PublicId;
 use tally_reconcile::{
-    BatchVerdict, Config, FlowKind, FlowObservation, NodeInfo, Reconciler, Summary,
+    BatchVerdict, Config, Finding, FlowKind, FlowObservation, NodeInfo, Reconciler, Stats, Summary,
 };
-use tally_store::{Filter, NewRecord, Record, kind};
+use tally_store::{Filter, NewRecord, Record, ScanBatch, Store, StoreConfig, StoreError, kind};
 
 /// Collection of reconciliation findings.
 pub const FINDINGS_COLLECTION: &str = "findings";
 /// The instance findings are written as (a fixed public ID).
 pub const RECONCILER_INSTANCE: [u8; 32] = [0x7a; 32];
+/// File the running server holds locked (`flock`) while its reconciler
+/// runs, so that an offline [`replay`] never reads a data directory a
+/// server is writing (nor a server starts during a replay).
+pub const LOCK_FILE: &str = "reconcile.lock";
+const STATE_FILE: &str = "reconcile.state";
+/// Most records, and about the most body bytes, one read of the store takes.
+const READ_RECORDS: usize = 5000;
+const READ_BYTES: usize = 16 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
@@ -40,36 +55,69 @@ struct Saved {
 pub struct ReconcileService {
     inner: Mutex<Reconciler>,
     path: PathBuf,
+    /// [`LOCK_FILE`], locked for the service's lifetime.
+    _lock: File,
+}
+
+/// Opens (creating) [`LOCK_FILE`] in `data_dir` and tries to lock it:
+/// `Ok(None)` when someone else holds it.
+fn try_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("cannot lock {}: {e}", path.display())
+        }
+    }
 }
 
 impl ReconcileService {
     /// Loads the saved state (or starts fresh). Returns the service, the
     /// store position to resume after, and the findings written so far.
-    pub fn open(data_dir: &std::path::Path, config: Config) -> anyhow::Result<(Self, u64, u64)> {
-        let path = data_dir.join("reconcile.state");
-        let (rec, pos, written) = match std::fs::read(&path) {
-            Ok(b) => {
-                let s: Saved = serde_json::from_slice(&b).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{} is damaged ({e}); move it away to reconcile from scratch",
-                        path.display()
-                    )
-                })?;
+    /// Fails when another server (or a `tally reconcile replay`) holds the
+    /// data directory's [`LOCK_FILE`] for more than a few seconds.
+    pub fn open(data_dir: &Path, config: Config) -> anyhow::Result<(Self, u64, u64)> {
+        // A server stopped in this process a moment ago may still be
+        // dropping its tasks: wait a little for its lock.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let lock = loop {
+            if let Some(f) = try_lock(data_dir)? {
+                break f;
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} is locked: another tally server (or `tally reconcile replay`) is using the data directory {}; stop it first",
+                    data_dir.join(LOCK_FILE).display(),
+                    data_dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let path = data_dir.join(STATE_FILE);
+        let (rec, pos, written) = match read_saved(&path)? {
+            Some(s) => {
                 let r = Reconciler::restore(&s.snapshot)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 (r, s.pos, s.written)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            None => (
                 Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
                 0,
                 0,
             ),
-            Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
         };
         Ok((
             Self {
                 inner: Mutex::new(rec),
                 path,
+                _lock: lock,
             },
             pos,
             written,
@@ -97,6 +145,32 @@ impl ReconcileService {
     }
 }
 
+/// The saved state at `path`, if there is one.
+fn read_saved(path: &Path) -> anyhow::Result<Option<Saved>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is damaged ({e}); move it away to reconcile from scratch",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+    }
+}
+
+/// The configuration the reconciler of `data_dir` runs with (the one in
+/// its saved state, which wins over the server's flags), if it saved one.
+pub fn saved_config(data_dir: &Path) -> anyhow::Result<Option<Config>> {
+    let path = data_dir.join(STATE_FILE);
+    let Some(s) = read_saved(&path)? else {
+        return Ok(None);
+    };
+    let r =
+        Reconciler::restore(&s.snapshot).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some(*r.config()))
+}
+
 fn verdict(name: &str) -> Option<BatchVerdict> {
     Some(match name {
         "ok" => BatchVerdict::Ok,
@@ -112,11 +186,11 @@ fn verdict(name: &str) -> Option<BatchVerdict> {
 
 /// Observations of one stored flow record.
 fn observations(
-    state: &AppState,
+    catalog: &Catalog,
     r: &Record,
     integrity: Option<BatchVerdict>,
 ) -> Vec<FlowObservation> {
-    let Some(node) = state.catalog.node(&PublicId(r.rec.instance)) else {
+    let Some(node) = catalog.node(&PublicId(r.rec.instance)) else {
         return Vec::new();
     };
     let Ok(record) = serde_json::from_slice::<FlowRecord>(&r.rec.body) else {
@@ -156,31 +230,96 @@ fn observations(
         .collect()
 }
 
-/// Tells the reconciler what the control database knows about every node.
-async fn refresh_nodes(state: &AppState, svc: &ReconcileService) {
+/// One read of the reconciler's input (flow records and batch verdicts)
+/// after store position `pos`. Expired records are read too: the raw flow
+/// records are kept until this consumer has read them.
+fn read_after(store: &Store, pos: u64) -> Result<ScanBatch, StoreError> {
+    let filter = Filter {
+        collections: vec![FLOWS_COLLECTION.to_owned()],
+        kinds: vec![kind::LOG, kind::BATCH],
+        ..Filter::default()
+    };
+    store.scan(pos + 1, &filter, READ_RECORDS, READ_BYTES, i64::MIN)
+}
+
+/// How far a read was taken in.
+struct TakenIn {
+    /// Store position taken in through.
+    pos: u64,
+    /// Receive time of the last record taken in.
+    last_time: Option<i64>,
+}
+
+/// Takes in one read of the store (the one input path of the service and
+/// of [`replay`]): an upload's entries are followed by its batch record,
+/// when signed, so consecutive records of one upload (same instance and
+/// receive time) are one group; `take` gets each group's receive time and
+/// the observations of its flow records, with the batch's verdict. A
+/// group a truncated read may have cut is left for the next read.
+fn take_in(
+    catalog: &Catalog,
+    batch: &ScanBatch,
+    pos: u64,
+    mut take: impl FnMut(i64, &[FlowObservation]),
+) -> TakenIn {
+    let records = &batch.records;
+    let mut i = 0;
+    let mut consumed = pos;
+    while i < records.len() {
+        let mut j = i;
+        while j < records.len()
+            && records[j].rec.instance == records[i].rec.instance
+            && records[j].rec.time == records[i].rec.time
+        {
+            j += 1;
+        }
+        // At the end of a truncated read the group may go on: next time.
+        if j == records.len() && batch.truncated && i > 0 {
+            break;
+        }
+        let group = &records[i..j];
+        let integrity = group
+            .iter()
+            .rev()
+            .find(|r| r.rec.kind == kind::BATCH)
+            .and_then(|r| serde_json::from_slice::<crate::batches::BatchRecord>(&r.rec.body).ok())
+            .and_then(|b| verdict(&b.verdict));
+        let obs: Vec<FlowObservation> = group
+            .iter()
+            .filter(|r| r.rec.kind == kind::LOG)
+            .flat_map(|r| observations(catalog, r, integrity))
+            .collect();
+        take(records[i].rec.time, &obs);
+        consumed = group.last().map_or(consumed, |r| r.seq);
+        i = j;
+    }
+    if i == records.len() {
+        consumed = consumed.max(batch.next_seq.saturating_sub(1));
+    }
+    TakenIn {
+        pos: consumed,
+        last_time: records[..i].last().map(|r| r.rec.time),
+    }
+}
+
+/// What the control database knows about every node, as the reconciler
+/// is told it.
+async fn node_facts(control: &ControlDb) -> anyhow::Result<Vec<NodeInfo>> {
     let now = tally_proto::timefmt::now_nanos();
-    let on: std::collections::HashSet<String> = state
-        .control
+    let on: std::collections::HashSet<String> = control
         .tailnets_with("networkFlowLoggingOn")
-        .await
-        .unwrap_or_default()
+        .await?
         .into_iter()
         .collect();
-    let Ok(tailnets) = state.control.all_tailnet_ids().await else {
-        return;
-    };
-    for t in tailnets {
-        let Ok(nodes) = state.control.nodes(&t).await else {
-            continue;
-        };
-        let mut rec = svc.inner.lock();
-        for n in nodes {
+    let mut out = Vec::new();
+    for t in control.all_tailnet_ids().await? {
+        for n in control.nodes(&t).await? {
             let addresses: Vec<IpAddr> = n
                 .addresses
                 .iter()
                 .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
                 .collect();
-            rec.update_node(&NodeInfo {
+            out.push(NodeInfo {
                 tailnet: t.clone(),
                 node: n.id.clone(),
                 addresses,
@@ -194,6 +333,21 @@ async fn refresh_nodes(state: &AppState, svc: &ReconcileService) {
                     .min(now),
             });
         }
+    }
+    Ok(out)
+}
+
+/// Tells the reconciler what the control database knows about every node
+/// (nothing when the database cannot be read: next time).
+async fn refresh_nodes(state: &AppState, svc: &ReconcileService) {
+    match node_facts(&state.control).await {
+        Ok(facts) => {
+            let mut rec = svc.inner.lock();
+            for f in &facts {
+                rec.update_node(f);
+            }
+        }
+        Err(e) => tracing::warn!("reading node facts for reconciliation failed (will retry): {e}"),
     }
 }
 
@@ -230,21 +384,14 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
         tracing::error!("reconciliation is off: {e}");
         return;
     }
-    let filter = Filter {
-        collections: vec![FLOWS_COLLECTION.to_owned()],
-        kinds: vec![kind::LOG, kind::BATCH],
-        ..Filter::default()
-    };
     let mut changes = state.store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refreshed: Option<tokio::time::Instant> = None;
     let mut saved = tokio::time::Instant::now();
     loop {
         // Read what arrived.
-        let (store, f) = (state.store.clone(), filter.clone());
-        let batch =
-            tokio::task::spawn_blocking(move || store.scan(pos + 1, &f, 5000, 16 << 20, i64::MIN))
-                .await;
+        let store = state.store.clone();
+        let batch = tokio::task::spawn_blocking(move || read_after(&store, pos)).await;
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -257,46 +404,13 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
                 return;
             }
         };
-        // An upload's entries are followed by its batch record, when signed:
-        // group consecutive records of one upload (same instance and time).
-        let records = &batch.records;
-        let mut i = 0;
-        let mut consumed = pos;
-        while i < records.len() {
-            let mut j = i;
-            while j < records.len()
-                && records[j].rec.instance == records[i].rec.instance
-                && records[j].rec.time == records[i].rec.time
-            {
-                j += 1;
-            }
-            // At the end of a truncated read the group may go on: next time.
-            if j == records.len() && batch.truncated && i > 0 {
-                break;
-            }
-            let group = &records[i..j];
-            let integrity = group
-                .iter()
-                .rev()
-                .find(|r| r.rec.kind == kind::BATCH)
-                .and_then(|r| {
-                    serde_json::from_slice::<crate::batches::BatchRecord>(&r.rec.body).ok()
-                })
-                .and_then(|b| verdict(&b.verdict));
+        let taken = take_in(&state.catalog, &batch, pos, |_, obs| {
             let mut rec = svc.inner.lock();
-            for r in group.iter().filter(|r| r.rec.kind == kind::LOG) {
-                for o in observations(&state, r, integrity) {
-                    rec.observe(&o);
-                }
+            for o in obs {
+                rec.observe(o);
             }
-            drop(rec);
-            consumed = group.last().map_or(consumed, |r| r.seq);
-            i = j;
-        }
-        if i == records.len() {
-            consumed = consumed.max(batch.next_seq.saturating_sub(1));
-        }
-        pos = consumed;
+        });
+        pos = taken.pos;
         let caught_up = !batch.truncated;
         // The reconciler's clock: while behind (a replay after a restart),
         // the receive time of the last record read, so that windows are not
@@ -304,9 +418,7 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
         let clock = if caught_up {
             tally_proto::timefmt::now_nanos()
         } else {
-            records[..i]
-                .last()
-                .map_or(i64::MIN, |r| r.rec.time)
+            taken.last_time.unwrap_or(i64::MIN)
         };
         if caught_up {
             tokio::select! {
@@ -321,13 +433,8 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
         }
         // Judge windows and write their findings.
         let judge = svc.clone();
-        let Ok(findings) = tokio::task::spawn_blocking(move || {
-            judge
-                .inner
-                .lock()
-                .advance(clock)
-        })
-        .await
+        let Ok(findings) =
+            tokio::task::spawn_blocking(move || judge.inner.lock().advance(clock)).await
         else {
             tracing::error!("the reconciler panicked; reconciliation stops until restart");
             return;
@@ -370,4 +477,117 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
             saved = tokio::time::Instant::now();
         }
     }
+}
+
+/// What [`replay`] computed.
+#[derive(Debug)]
+pub struct Replay {
+    /// The findings, in the order the reconciler produced them.
+    pub findings: Vec<Finding>,
+    /// Flow and batch records read.
+    pub records: u64,
+    /// The reconciler's counters at the end.
+    pub stats: Stats,
+    /// What store recovery cut or salvaged when the store was opened (a
+    /// server that crashed leaves a torn tail; its restart cuts the same).
+    pub recovery: Vec<String>,
+}
+
+/// Recomputes offline what the reconciler finds in a stopped server's data
+/// directory: a fresh [`Reconciler`] with `config` is told the node facts
+/// of the control database (SQLite in `data_dir`, or `control_db`), then
+/// takes in every stored flow record in store order through the service's
+/// input path, its clock the receive time of each upload, and finally a
+/// day past the later of now and the last record, so every window is judged.
+///
+/// Refuses (with what to do) when `data_dir` is not a server's data
+/// directory or a running server holds it. Opening the store recovers it
+/// as a server restart would (a torn WAL tail is cut).
+pub async fn replay(
+    data_dir: &Path,
+    control_db: Option<&str>,
+    config: Config,
+) -> anyhow::Result<Replay> {
+    if !data_dir.is_dir() {
+        anyhow::bail!(
+            "no data directory at {}: give the --data-dir of a tally server",
+            data_dir.display()
+        );
+    }
+    if !data_dir.join("store").is_dir() {
+        anyhow::bail!(
+            "{} is not a tally server's data directory (it has no store/); give the server's --data-dir",
+            data_dir.display()
+        );
+    }
+    if control_db.is_none() && !data_dir.join("control.db").is_file() {
+        anyhow::bail!(
+            "{} has no control.db; if the server ran with --control-db postgres://..., give the same --control-db",
+            data_dir.display()
+        );
+    }
+    let mut rec = Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(lock) = try_lock(data_dir)? else {
+        anyhow::bail!(
+            "{} is in use by a running tally server ({} is locked); stop the server first: replay reads a stopped server's data directory",
+            data_dir.display(),
+            data_dir.join(LOCK_FILE).display()
+        );
+    };
+    let control = ControlDb::open(control_db, data_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the control database: {e}"))?;
+    let facts = node_facts(&control).await;
+    let rules = Arc::new(RetentionRules::default());
+    let catalog = Catalog::new(rules.clone());
+    let loaded = catalog.reload(&control).await;
+    control.close().await;
+    for f in &facts? {
+        rec.update_node(f);
+    }
+    loaded.map_err(|e| anyhow::anyhow!("cannot read the control database: {e}"))?;
+    let store_config = StoreConfig::new(data_dir.join("store"));
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Replay> {
+        let (store, report) = Store::open(store_config, rules)
+            .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+        let mut findings = Vec::new();
+        let mut records = 0u64;
+        let mut pos = 0u64;
+        let mut last_time = i64::MIN;
+        loop {
+            let batch = read_after(&store, pos)
+                .map_err(|e| anyhow::anyhow!("reading the store failed: {e}"))?;
+            let taken = take_in(&catalog, &batch, pos, |time, obs| {
+                for o in obs {
+                    rec.observe(o);
+                }
+                findings.extend(rec.advance(time));
+            });
+            records += batch
+                .records
+                .iter()
+                .take_while(|r| r.seq <= taken.pos)
+                .count() as u64;
+            pos = taken.pos;
+            last_time = taken.last_time.unwrap_or(last_time).max(last_time);
+            if !batch.truncated {
+                break;
+            }
+        }
+        const DAY: i64 = 86_400 * 1_000_000_000;
+        let end = tally_proto::timefmt::now_nanos()
+            .max(last_time)
+            .saturating_add(DAY);
+        findings.extend(rec.advance(end));
+        store.close();
+        drop(lock);
+        Ok(Replay {
+            findings,
+            records,
+            stats: rec.stats(),
+            recovery: report.cuts,
+        })
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the replay panicked: {e}"))?
 }

@@ -60,7 +60,9 @@ enum Command {
     Audit(WithServer<control_cmd::AuditCmd>),
     /// Network flow logs: `query` lists entries, `top` ranks who talks to whom.
     Flows(WithServer<flows_cmd::FlowsCmd>),
-    /// Double-entry reconciliation of flow records: completeness and findings.
+    /// Double-entry reconciliation of flow records: completeness and findings
+    /// (`report`), or recomputed offline from a stopped server's data
+    /// directory (`replay`).
     Reconcile(WithServer<reconcile_cmd::ReconcileCmd>),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.

@@ -1,7 +1,10 @@
 //! `tally reconcile report`: double-entry reconciliation of flow records —
 //! completeness per node and node pair, and the findings, newest first.
+//! `tally reconcile replay`: what the reconciler finds, recomputed offline
+//! from a stopped server's data directory.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use reqwest::Method;
 use serde_json::Value;
@@ -33,6 +36,31 @@ pub enum ReconcileCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute offline what the reconciler finds in a stopped server's
+    /// data directory (every stored flow record, in store order)
+    Replay {
+        /// The server's data directory (the server must be stopped)
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The server's PostgreSQL control database, if it used one
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TALLY_CONTROL_DB",
+            hide_env_values = true
+        )]
+        control_db: Option<String>,
+        /// Window length (default: what the server's reconciler ran with, else 5s)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        window: Option<std::time::Duration>,
+        /// Grace period for late records (default: what the server's
+        /// reconciler ran with, else 60s)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+        /// One finding per line, as JSON (as stored in the findings collection)
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn time(n: &Value) -> String {
@@ -43,14 +71,34 @@ fn time(n: &Value) -> String {
 
 /// Runs `tally reconcile ...`.
 pub async fn run(cmd: ReconcileCmd, server: &ServerArgs) -> anyhow::Result<()> {
-    let ReconcileCmd::Report {
-        tailnet,
-        since,
-        class,
-        node,
-        limit,
-        json,
-    } = cmd;
+    match cmd {
+        ReconcileCmd::Report {
+            tailnet,
+            since,
+            class,
+            node,
+            limit,
+            json,
+        } => report(server, tailnet, since, class, node, limit, json).await,
+        ReconcileCmd::Replay {
+            data_dir,
+            control_db,
+            window,
+            grace,
+            json,
+        } => replay(data_dir, control_db, window, grace, json).await,
+    }
+}
+
+async fn report(
+    server: &ServerArgs,
+    tailnet: String,
+    since: String,
+    class: Option<String>,
+    node: Option<String>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     let now = tally_proto::timefmt::now_nanos();
     let start = parse_time_flag("--since", &since, now)?;
     let mut query = vec![
@@ -110,5 +158,89 @@ pub async fn run(cmd: ReconcileCmd, server: &ServerArgs) -> anyhow::Result<()> {
             f["detail"].as_str().unwrap_or("")
         );
     }
+    emit(&out)
+}
+
+fn nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// `tally reconcile replay`.
+async fn replay(
+    data_dir: PathBuf,
+    control_db: Option<String>,
+    window: Option<std::time::Duration>,
+    grace: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let control_db = control_db.filter(|u| !u.is_empty());
+    let saved = if data_dir.is_dir() {
+        tally_server::reconcile::saved_config(&data_dir).unwrap_or_else(|e| {
+            eprintln!(
+                "warning: the server's reconciler configuration is unreadable ({e:#}); defaults unless --window/--grace are given"
+            );
+            None
+        })
+    } else {
+        None
+    };
+    let from_state = saved.is_some();
+    let mut config = saved.unwrap_or_default();
+    if let Some(w) = window {
+        config.window_ns = nanos(w);
+    }
+    if let Some(g) = grace {
+        config.grace_ns = nanos(g);
+    }
+    let r = tally_server::reconcile::replay(&data_dir, control_db.as_deref(), config).await?;
+    for cut in &r.recovery {
+        eprintln!("store recovery: {cut}");
+    }
+    let mut out = String::new();
+    if json {
+        for f in &r.findings {
+            out.push_str(&serde_json::to_string(f)?);
+            out.push('\n');
+        }
+        return emit(&out);
+    }
+    let dur = |n: i64| humantime::format_duration(std::time::Duration::from_nanos(n.max(0) as u64));
+    let _ = writeln!(
+        out,
+        "window {}, grace {} ({})",
+        dur(config.window_ns),
+        dur(config.grace_ns),
+        if from_state {
+            "as the server's reconciler ran, unless given"
+        } else {
+            "no saved reconciler state: defaults, unless given"
+        }
+    );
+    for f in &r.findings {
+        let _ = writeln!(
+            out,
+            "{}  {:<26} {:<8} {} -> {}  {}",
+            tally_proto::timefmt::format_nanos(f.window.start),
+            f.class.name(),
+            serde_json::to_value(f.severity)?.as_str().unwrap_or("-"),
+            f.node,
+            f.peer.as_deref().unwrap_or("-"),
+            f.detail
+        );
+    }
+    let mut by_class = std::collections::BTreeMap::new();
+    for f in &r.findings {
+        *by_class.entry(f.class.name()).or_insert(0u64) += 1;
+    }
+    let classes: Vec<String> = by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "\n{} findings from {} stored flow and batch records ({} entries observed){}{}",
+        r.findings.len(),
+        r.records,
+        r.stats.observed,
+        if classes.is_empty() { "" } else { ": " },
+        classes.join(", ")
+    );
     emit(&out)
 }
