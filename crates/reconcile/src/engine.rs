@@ -1,8 +1,9 @@
 //! The reconciler state machine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,7 +16,11 @@ pub(crate) struct Fx(u64);
 
 impl Hasher for Fx {
     fn finish(&self) -> u64 {
-        self.0
+        // Fold the high bits down: a multiply leaves the low bits depending
+        // only on the low bits of the input (constant for 100.64.x.y
+        // addresses), and the table indexes by the low bits.
+        let x = self.0;
+        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (x >> 32)
     }
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
@@ -98,6 +103,8 @@ struct NodeState {
     gaps: Vec<GapSpan>,
     /// Last record end seen (server time).
     last_flow: Option<i64>,
+    /// Last own address learned from its entries.
+    own_ip: Option<IpAddr>,
     stats: Completeness,
 }
 
@@ -141,12 +148,38 @@ struct Stream {
     pending: Vec<PendingGap>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct ConnKey {
     tailnet: u32,
     proto: u8,
     lo: SocketAddr,
     hi: SocketAddr,
+}
+
+/// An address as 128 bits (IPv4 mapped into IPv6).
+fn ip_bits(a: &SocketAddr) -> u128 {
+    match a.ip() {
+        IpAddr::V4(v) => u128::from(v.to_ipv6_mapped()),
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+impl std::hash::Hash for ConnKey {
+    // Six words instead of the derived per-field, per-byte writes: the key
+    // is hashed once per flow entry.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let (lo, hi) = (ip_bits(&self.lo), ip_bits(&self.hi));
+        h.write_u64(
+            u64::from(self.tailnet) << 40
+                | u64::from(self.proto) << 32
+                | u64::from(self.lo.port()) << 16
+                | u64::from(self.hi.port()),
+        );
+        h.write_u64(lo as u64);
+        h.write_u64((lo >> 64) as u64);
+        h.write_u64(hi as u64);
+        h.write_u64((hi >> 64) as u64);
+    }
 }
 
 /// One connection half: the counts one node reported for one connection in
@@ -188,8 +221,8 @@ struct Conn {
     nodes: [Option<u32>; 2],
     /// First window not judged yet.
     next: i64,
-    /// Per side (0 = lo, 1 = hi): halves not yet dropped, in arrival order.
-    segs: [Vec<Seg>; 2],
+    /// Per side (0 = lo, 1 = hi): halves not yet dropped, by start.
+    segs: [VecDeque<Seg>; 2],
     /// Per side: running totals of absorbed halves.
     base: [[u64; 4]; 2],
     /// Per direction (0: lo sends).
@@ -200,6 +233,8 @@ struct Conn {
     /// instead of judging: a half is missing or untrusted there, and its
     /// share of the straddling halves is unknown (already reported).
     quiet_until: i64,
+    /// Per side: end of the latest half seen (dropped or not).
+    last_end: [i64; 2],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,7 +254,8 @@ struct State {
     addr: FxMap<(u32, IpAddr), u32>,
     streams: Vec<Stream>,
     #[serde(with = "map_vec")]
-    stream_ix: FxMap<(String, u32), u32>,
+    /// instance -> [(proc_id, stream)].
+    stream_ix: FxMap<String, Vec<(u32, u32)>>,
     #[serde(with = "map_vec")]
     conns: FxMap<ConnKey, Conn>,
     #[serde(with = "map_vec")]
@@ -233,7 +269,7 @@ struct State {
 pub struct Reconciler {
     st: State,
     /// Cache of the last stream looked up (entries of a record arrive together).
-    last_stream: Option<u32>,
+    last_stream: Option<(u32, Arc<str>)>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -361,6 +397,7 @@ impl Reconciler {
             cov: vec![(i64::MIN, 0); COV_SLOTS],
             gaps: Vec::new(),
             last_flow: None,
+            own_ip: None,
             stats: Completeness::default(),
         });
         self.st.node_ix.insert((tailnet, id.to_string()), i);
@@ -400,24 +437,27 @@ impl Reconciler {
     }
 
     fn stream(&mut self, o: &FlowObservation) -> u32 {
-        if let Some(s) = self.last_stream {
-            let st = &self.st.streams[s as usize];
-            if st.proc_id == o.proc_id && *st.instance == *o.instance {
-                let n = &self.st.nodes[st.node as usize];
-                if *n.id == *o.node && *self.st.tailnets[n.tailnet as usize] == *o.tailnet {
-                    return s;
-                }
-            }
+        // Entries of one record come together, with the same `Arc`s.
+        if let Some((s, inst)) = &self.last_stream
+            && self.st.streams[*s as usize].proc_id == o.proc_id
+            && (Arc::ptr_eq(inst, &o.instance) || **inst == *o.instance)
+        {
+            return *s;
         }
-        let key = (o.instance.to_string(), o.proc_id);
-        let s = match self.st.stream_ix.get(&key) {
-            Some(&s) => s,
+        let known = self
+            .st
+            .stream_ix
+            .get(&*o.instance)
+            .and_then(|v| v.iter().find(|(p, _)| *p == o.proc_id))
+            .map(|(_, s)| *s);
+        let s = match known {
+            Some(s) => s,
             None => {
                 let t = self.tailnet(&o.tailnet);
                 let n = self.node(t, &o.node);
                 let s = self.st.streams.len() as u32;
                 self.st.streams.push(Stream {
-                    instance: key.0.clone(),
+                    instance: o.instance.to_string(),
                     proc_id: o.proc_id,
                     node: n,
                     last_seq: None,
@@ -425,11 +465,15 @@ impl Reconciler {
                     seen: BTreeMap::new(),
                     pending: Vec::new(),
                 });
-                self.st.stream_ix.insert(key, s);
+                self.st
+                    .stream_ix
+                    .entry(o.instance.to_string())
+                    .or_default()
+                    .push((o.proc_id, s));
                 s
             }
         };
-        self.last_stream = Some(s);
+        self.last_stream = Some((s, o.instance.clone()));
         s
     }
 
@@ -490,7 +534,11 @@ impl Reconciler {
             return;
         }
         // Learn the reporting node's own address.
-        self.st.addr.entry((tailnet, o.src.ip())).or_insert(node);
+        let ip = o.src.ip();
+        if self.st.nodes[node as usize].own_ip != Some(ip) {
+            self.st.addr.entry((tailnet, ip)).or_insert(node);
+            self.st.nodes[node as usize].own_ip = Some(ip);
+        }
         self.add_half(tailnet, node, s, o, start, end, false);
     }
 
@@ -522,11 +570,12 @@ impl Reconciler {
             Conn {
                 nodes: [None, None],
                 next,
-                segs: [Vec::new(), Vec::new()],
+                segs: [VecDeque::new(), VecDeque::new()],
                 base: [[0; 4]; 2],
                 dir: [dir; 2],
                 max_len: 0,
                 quiet_until: i64::MIN,
+                last_end: [i64::MIN; 2],
             }
         });
         conn.nodes[side] = Some(node);
@@ -557,8 +606,18 @@ impl Reconciler {
             return;
         }
         conn.max_len = conn.max_len.max(end - start);
+        if !flagged {
+            conn.last_end[side] = conn.last_end[side].max(end);
+        }
         let rec = (s, o.proc_seq);
-        if let Some(last) = conn.segs[side].last_mut()
+        let segs = &mut conn.segs[side];
+        // Kept in order of start (late records are rare: search from the back).
+        let pos = segs
+            .iter()
+            .rposition(|x| x.start <= start)
+            .map_or(0, |p| p + 1);
+        if pos > 0
+            && let Some(last) = segs.get_mut(pos - 1)
             && last.start == start
             && last.end == end
             && last.rec == rec
@@ -569,15 +628,18 @@ impl Reconciler {
             }
             return;
         }
-        conn.segs[side].push(Seg {
-            start,
-            end,
-            v,
-            rec,
-            flagged,
-            absorbed: false,
-            explained: false,
-        });
+        segs.insert(
+            pos,
+            Seg {
+                start,
+                end,
+                v,
+                rec,
+                flagged,
+                absorbed: false,
+                explained: false,
+            },
+        );
     }
 
     /// First entry of a record: coverage, sequence, integrity.
@@ -712,7 +774,6 @@ impl Reconciler {
     /// successor ended more than the grace period ago. Returns the new
     /// findings, sorted by window start and ID.
     pub fn advance(&mut self, now: i64) -> Vec<Finding> {
-        self.last_stream = None;
         if now > self.st.now {
             self.st.now = now;
         }
@@ -766,16 +827,13 @@ impl Reconciler {
         }
         let late = keep_from - self.st.cfg.max_skew_ns - self.st.cfg.grace_ns;
         for s in &mut self.st.streams {
-            let drop: Vec<u64> = s
-                .seen
-                .iter()
-                .filter(|(_, v)| v.1 < late)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in drop {
-                if Some(k) != s.last_seq {
-                    s.seen.remove(&k);
-                }
+            // Oldest first (sequence follows time); what is left behind by
+            // an out-of-order record goes on a later round.
+            while let Some((&k, v)) = s.seen.first_key_value()
+                && v.1 < late
+                && Some(k) != s.last_seq
+            {
+                s.seen.pop_first();
             }
         }
     }
@@ -915,18 +973,29 @@ impl Reconciler {
         let mut missing: Option<(usize, Seg)> = None; // (side of the present half, it)
         let mut quiet = conn.quiet_until;
         let mut missing_lost = false;
+        let lim = t + m;
         for side in 0..2 {
-            for g in conn.segs[side].iter() {
+            let (left, right) = conn.segs.split_at_mut(1);
+            let (mine, other) = if side == 0 {
+                (&mut left[0], &right[0])
+            } else {
+                (&mut right[0], &left[0])
+            };
+            for g in mine.iter_mut().take_while(|g| g.start < lim) {
                 if g.flagged || !in_window(g) {
                     continue;
                 }
+                let paired = other
+                    .iter()
+                    .take_while(|o| o.start < g.end + m)
+                    .any(|o| o.end > g.start - m);
+                // A one-sided half is kept out of the totals: its other half
+                // is what is missing.
+                g.explained |= !paired;
                 let big = |c: usize| g.v[c] as i64 > abs[0] || g.v[c + 1] as i64 > abs[1];
                 if !(big(0) || big(2)) {
                     continue;
                 }
-                let paired = conn.segs[1 - side]
-                    .iter()
-                    .any(|o| overlaps(o, g.start - m, g.end + m));
                 // A record of the other node lost inside this half's span:
                 // that node's half is (at least partly) missing.
                 let lost = conn.nodes[1 - side].is_some_and(|n| {
@@ -944,26 +1013,10 @@ impl Reconciler {
                 }
             }
         }
-        // Every one-sided half is kept out of the totals (its other half is
-        // what is missing), and the window gets one finding.
-        for side in 0..2 {
-            let others: Vec<(i64, i64)> = conn.segs[1 - side]
-                .iter()
-                .map(|o| (o.start, o.end))
-                .collect();
-            for g in conn.segs[side].iter_mut() {
-                if !g.flagged
-                    && in_window(g)
-                    && !others.iter().any(|o| o.0 < g.end + m && o.1 > g.start - m)
-                {
-                    g.explained = true;
-                }
-            }
-        }
 
         // 2. Running totals at T.
         for (segs, base) in conn.segs.iter_mut().zip(conn.base.iter_mut()) {
-            for g in segs.iter_mut() {
+            for g in segs.iter_mut().take_while(|g| g.start < t) {
                 if !g.absorbed && g.end <= t - m {
                     g.absorbed = true;
                     if !g.flagged && !g.explained {
@@ -977,12 +1030,12 @@ impl Reconciler {
         let lo = conn.base;
         let mut hi = lo;
         for (segs, hi) in conn.segs.iter().zip(hi.iter_mut()) {
-            for g in segs {
+            for g in segs.iter().take_while(|g| g.start < lim) {
                 if g.flagged {
                     if overlaps(g, ws - m, t + m) {
                         quiet = quiet.max(g.end + conn.max_len + 2 * m);
                     }
-                } else if !g.absorbed && !g.explained && g.start < t + m {
+                } else if !g.absorbed && !g.explained {
                     for (h, x) in hi.iter_mut().zip(g.v) {
                         *h += x;
                     }
@@ -1018,11 +1071,13 @@ impl Reconciler {
                     excess[c] = (x_lo - st.x_min[c]) as i64;
                     since = since.min(st.x_min_at[c]);
                 }
-                if d_lo > st.m_lo[c] {
+                // The latest point reaching the reference: a discrepancy it
+                // proves happened after it.
+                if d_lo >= st.m_lo[c] {
                     next_dir.m_lo[c] = d_lo;
                     next_dir.m_lo_at[c] = t;
                 }
-                if x_hi < st.x_min[c] {
+                if x_hi <= st.x_min[c] {
                     next_dir.x_min[c] = x_hi;
                     next_dir.x_min_at[c] = t;
                 }
@@ -1046,16 +1101,20 @@ impl Reconciler {
 
         // Drop halves nothing can pair with any more.
         let keep_after = t - 2 * m - conn.max_len;
-        for side in 0..2 {
-            conn.segs[side].retain(|g| !(g.absorbed && g.end < keep_after));
+        for segs in conn.segs.iter_mut() {
+            while segs
+                .front()
+                .is_some_and(|g| g.absorbed && g.end < keep_after)
+            {
+                segs.pop_front();
+            }
         }
 
-        let any = conn
-            .segs
-            .iter()
-            .flatten()
-            .any(|g| !g.flagged && overlaps(g, ws, t))
-            || missing.is_some()
+        let any = conn.segs.iter().any(|segs| {
+            segs.iter()
+                .take_while(|g| g.start < t)
+                .any(|g| !g.flagged && g.end > ws)
+        }) || missing.is_some()
             || bad.is_some();
         if !any {
             return;
@@ -1072,18 +1131,21 @@ impl Reconciler {
             return;
         }
         // A count mismatch happened between the last point its proof rests
-        // on and the window end.
+        // on and the window end; a missing half in the window.
         let window = Window {
-            start: bad.map_or(ws, |b| b.3.min(ws)),
+            start: match (missing, bad) {
+                (None, Some(b)) => b.3.min(ws),
+                _ => ws,
+            },
             end: t,
         };
         let addr = |side: usize| if side == 0 { key.lo } else { key.hi };
-        // Sums of the halves overlapping the window, per side.
+        // Sums over the finding's window (of the halves still held).
         let sum = |side: usize| {
             let mut v = [0u64; 4];
             for g in conn.segs[side]
                 .iter()
-                .filter(|g| !g.flagged && overlaps(g, ws, t))
+                .filter(|g| !g.flagged && overlaps(g, window.start, window.end))
             {
                 for (a, x) in v.iter_mut().zip(g.v) {
                     *a += x;
@@ -1164,7 +1226,7 @@ impl Reconciler {
         // the window, for counts).
         let (a, b) = match missing {
             Some((_, g)) => (g.start, g.end),
-            None => (ws, t),
+            None => (window.start.max(t - 3 * w), window.end),
         };
         let cov = self.span_coverage(x, a, b);
         ev.coverage_permille = Some((cov * 1000.0).round() as u32);
@@ -1174,10 +1236,17 @@ impl Reconciler {
             .any(|g| g.overlaps(a - m, b + m));
         let covered = cov >= cfg.coverage;
         // The silent node has no half of this connection around the window.
-        let absent = missing.is_some()
-            || !conn.segs[short]
+        // Or the other node goes on reporting the connection in the next
+        // window and this one does not (the edge of a deletion).
+        let has = |side: usize, a: i64, b: i64| {
+            conn.segs[side]
                 .iter()
-                .any(|g| !g.flagged && overlaps(g, ws + m, t - m));
+                .any(|g| !g.flagged && overlaps(g, a, b))
+        };
+        let absent = missing.is_some()
+            || !(has(short, window.start, window.end)
+                || (conn.last_end[short] > window.start && window.end > window.start + w))
+            || (has(other, t + m, t + w) && !has(short, t, t + w + m));
         let pname = peer.clone().unwrap_or_else(|| addr(other).to_string());
         let (class, severity, detail) = if facts.as_ref().is_some_and(|f| f.opted_out) {
             (
@@ -1203,7 +1272,7 @@ impl Reconciler {
                     "node {xname} lost a batch (sequence gap) covering its traffic with {pname}"
                 ),
             )
-        } else if !covered {
+        } else if !covered && absent {
             (
                 FindingClass::MissingAgentSilent,
                 Severity::Medium,
