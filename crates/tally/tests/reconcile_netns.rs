@@ -10,7 +10,7 @@
 //!   while, then started again; A (TCP) and B (UDP) keep talking to C's
 //!   sockets meanwhile. The reconciler must name C as the silent node, with
 //!   A and B as peers, in windows overlapping the time it was down, and
-//!   never while it was up.
+//!   never in a window lying wholly in the time it was up.
 //! - B's records are edited before upload, the way a compromised node
 //!   would: B's agent signs each upload batch when it reads it from its
 //!   disk queue, right before sending (`crates/agent/src/uploader.rs`,
@@ -803,13 +803,18 @@ async fn findings_name_the_stopped_agent_and_the_edited_records() {
     if !all.iter().any(is_edit) {
         problems.push("no count_mismatch naming B (sender) and C for B's edited records of the copy, in their window".into());
     }
-    // Nothing else: C named only while it was down (and for no longer),
-    // nothing for the pair A-B, no integrity or sequence findings.
+    // Nothing else: C named only for windows that include its downtime and
+    // end by its restart (a finding proven from running totals names the
+    // span since the last point its proof rests on, which may begin while C
+    // was still up), nothing for the pair A-B, no integrity or sequence
+    // findings.
     for f in &all {
+        let ends_by = |to: i64| f["window"]["end"].as_i64().is_some_and(|e| e <= to);
         let c_down = f["class"] == "missing_agent_silent"
             && f["node"] == c.as_str()
             && (f["peer"] == a.as_str() || f["peer"] == b.as_str())
-            && (within(f, t_down - SLACK, t_up + SLACK) || within(f, t_final - SLACK, i64::MAX));
+            && ((overlaps(f, t_down, t_up) && ends_by(t_up + SLACK))
+                || within(f, t_final - SLACK, i64::MAX));
         if !(c_down || is_edit(f)) {
             problems.push(format!("unexpected finding: {}", show(f)));
         }
