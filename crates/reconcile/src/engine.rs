@@ -789,10 +789,11 @@ impl Reconciler {
         self.st.horizon = Some(judge_to + 1);
         let mut conns = std::mem::take(&mut self.st.conns);
         let mut pair_updates: Vec<((u32, u32), bool, i64)> = Vec::new();
-        conns.retain(|key, conn| {
+        let mut emptied = false;
+        for (key, conn) in conns.iter_mut() {
             while conn.next <= judge_to {
                 if conn.segs[0].is_empty() && conn.segs[1].is_empty() {
-                    return false;
+                    break;
                 }
                 let k = conn.next;
                 if self.gap_pending(conn, k) {
@@ -802,8 +803,11 @@ impl Reconciler {
                 self.judge(key, conn, k, &mut out, &mut pair_updates);
                 conn.next += 1;
             }
-            !(conn.segs[0].is_empty() && conn.segs[1].is_empty())
-        });
+            emptied |= conn.segs[0].is_empty() && conn.segs[1].is_empty();
+        }
+        if emptied {
+            conns.retain(|_, conn| !(conn.segs[0].is_empty() && conn.segs[1].is_empty()));
+        }
         self.st.conns = conns;
         for (p, ok, start) in pair_updates {
             let c = self.st.pairs.entry(p).or_default();
