@@ -1360,13 +1360,7 @@ impl Reconciler {
 }
 
 fn bump(c: &mut Completeness, ok: bool, start: i64) {
-    c.judged += 1;
-    if ok {
-        c.matched += 1;
-    } else {
-        c.first_discrepancy = Some(c.first_discrepancy.map_or(start, |f| f.min(start)));
-        c.last_discrepancy = Some(c.last_discrepancy.map_or(start, |f| f.max(start)));
-    }
+    c.record(ok, start);
 }
 
 fn sorted(mut v: Vec<Finding>) -> Vec<Finding> {

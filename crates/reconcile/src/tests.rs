@@ -205,3 +205,27 @@ fn snapshot_round_trip() {
     assert_eq!(a, r2.snapshot().expect("snapshot"));
     assert!(Reconciler::restore(b"{").is_err());
 }
+
+#[test]
+fn trend_compares_the_last_half_hour_with_the_one_before() {
+    let mut c = Completeness::default();
+    let m = 60 * S;
+    let base = (T0 / BUCKET_NS + 1) * BUCKET_NS;
+    // 30 minutes all matched, then 30 minutes half matched.
+    for i in 0..360 {
+        c.record(true, base + i * 5 * S);
+    }
+    assert_eq!(c.trend(), Trend::Unknown);
+    for i in 360..720 {
+        c.record(i % 2 == 0, base + i * 5 * S);
+    }
+    assert_eq!(c.trend(), Trend::Worsening, "{:?}", c.recent());
+    assert_eq!(c.recent().iter().map(|b| b.judged).sum::<u32>(), 720);
+    // Another hour all matched.
+    for i in 720..1440 {
+        c.record(true, base + i * 5 * S);
+    }
+    assert_eq!(c.trend(), Trend::Steady);
+    assert!(c.recent().iter().all(|b| b.start >= base + 60 * m));
+    assert_eq!(c.judged, 1440);
+}

@@ -326,6 +326,36 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// Length of a [`Bucket`] of recent completeness (10 minutes, ns).
+pub const BUCKET_NS: i64 = 600_000_000_000;
+/// Buckets of recent completeness kept (the last hour).
+pub const BUCKETS: usize = 6;
+
+/// Connection-windows judged and matched in one 10-minute bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Bucket start (server time, Unix ns; multiple of [`BUCKET_NS`]).
+    pub start: i64,
+    /// Connection-windows judged.
+    pub judged: u32,
+    /// Connection-windows matched.
+    pub matched: u32,
+}
+
+/// Direction of completeness over the last hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    /// The last 30 minutes matched better than the 30 before (by > 2 points).
+    Improving,
+    /// The last 30 minutes matched worse than the 30 before (by > 2 points).
+    Worsening,
+    /// Within 2 points.
+    Steady,
+    /// Not enough judged windows in one of the halves.
+    Unknown,
+}
+
 /// Completeness of one node or node pair.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completeness {
@@ -337,6 +367,9 @@ pub struct Completeness {
     pub first_discrepancy: Option<i64>,
     /// Window start of the last discrepancy.
     pub last_discrepancy: Option<i64>,
+    /// The last hour in 10-minute buckets (a ring indexed by bucket number).
+    #[serde(default)]
+    pub recent: [Bucket; BUCKETS],
 }
 
 impl Completeness {
@@ -346,6 +379,73 @@ impl Completeness {
             1.0
         } else {
             self.matched as f64 / self.judged as f64
+        }
+    }
+
+    /// Count one judged connection-window starting at `start`.
+    pub fn record(&mut self, ok: bool, start: i64) {
+        self.judged += 1;
+        if ok {
+            self.matched += 1;
+        } else {
+            self.first_discrepancy = Some(self.first_discrepancy.map_or(start, |f| f.min(start)));
+            self.last_discrepancy = Some(self.last_discrepancy.map_or(start, |f| f.max(start)));
+        }
+        let n = start.div_euclid(BUCKET_NS);
+        let b = &mut self.recent[n.rem_euclid(BUCKETS as i64) as usize];
+        if b.start != n * BUCKET_NS {
+            if b.start > n * BUCKET_NS && b.judged > 0 {
+                return; // older than the hour kept
+            }
+            *b = Bucket {
+                start: n * BUCKET_NS,
+                judged: 0,
+                matched: 0,
+            };
+        }
+        b.judged = b.judged.saturating_add(1);
+        b.matched = b.matched.saturating_add(u32::from(ok));
+    }
+
+    /// The buckets of the hour up to the newest one, oldest first.
+    pub fn recent(&self) -> Vec<Bucket> {
+        let newest = self.recent.iter().map(|b| b.start).max().unwrap_or(0);
+        let mut v: Vec<Bucket> = self
+            .recent
+            .iter()
+            .copied()
+            .filter(|b| b.judged > 0 && b.start > newest - BUCKETS as i64 * BUCKET_NS)
+            .collect();
+        v.sort_by_key(|b| b.start);
+        v
+    }
+
+    /// The last 30 minutes against the 30 before them.
+    pub fn trend(&self) -> Trend {
+        let newest = self.recent.iter().map(|b| b.start).max().unwrap_or(0);
+        let half = (BUCKETS / 2) as i64 * BUCKET_NS;
+        let (mut late, mut early) = ((0u64, 0u64), (0u64, 0u64));
+        for b in self.recent.iter().filter(|b| b.judged > 0) {
+            let part = if b.start > newest - half {
+                &mut late
+            } else if b.start > newest - 2 * half {
+                &mut early
+            } else {
+                continue;
+            };
+            part.0 += u64::from(b.judged);
+            part.1 += u64::from(b.matched);
+        }
+        if late.0 < 10 || early.0 < 10 {
+            return Trend::Unknown;
+        }
+        let d = late.1 as f64 / late.0 as f64 - early.1 as f64 / early.0 as f64;
+        if d > 0.02 {
+            Trend::Improving
+        } else if d < -0.02 {
+            Trend::Worsening
+        } else {
+            Trend::Steady
         }
     }
 }

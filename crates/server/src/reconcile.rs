@@ -103,8 +103,19 @@ impl ReconcileService {
         let path = data_dir.join(STATE_FILE);
         let (rec, pos, written) = match read_saved(&path)? {
             Some(s) => {
-                let r = Reconciler::restore(&s.snapshot)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let r = match Reconciler::restore(&s.snapshot) {
+                    Ok(r) => r,
+                    // Written by another version of the engine: go on from
+                    // the same store position (findings already written stay
+                    // written, none is derived twice), with no open windows.
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: {e}; reconciliation goes on from the same store position with a fresh state (windows open at the upgrade are judged without the records read before it)",
+                            path.display()
+                        );
+                        Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?
+                    }
+                };
                 (r, s.pos, s.written)
             }
             None => (
@@ -166,9 +177,8 @@ pub fn saved_config(data_dir: &Path) -> anyhow::Result<Option<Config>> {
     let Some(s) = read_saved(&path)? else {
         return Ok(None);
     };
-    let r =
-        Reconciler::restore(&s.snapshot).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(Some(*r.config()))
+    // A state of another engine version: its settings are unknown.
+    Ok(Reconciler::restore(&s.snapshot).ok().map(|r| *r.config()))
 }
 
 fn verdict(name: &str) -> Option<BatchVerdict> {

@@ -125,19 +125,36 @@ async fn report(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:>8} {:>8} {:>12}  LAST DISCREPANCY",
-        "NODE", "JUDGED", "MATCHED", "COMPLETE"
+        "{:<22} {:>8} {:>8} {:>12}  {:<9}  LAST DISCREPANCY",
+        "NODE", "JUDGED", "MATCHED", "COMPLETE", "TREND"
     );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<22} {:>8} {:>8} {:>11.2}%  {}",
+            "{:<22} {:>8} {:>8} {:>11.2}%  {:<9}  {}",
             n["node"].as_str().unwrap_or("-"),
             n["judged"].as_u64().unwrap_or(0),
             n["matched"].as_u64().unwrap_or(0),
             n["completeness"].as_f64().unwrap_or(1.0) * 100.0,
+            n["trend"].as_str().unwrap_or("-"),
             time(&n["lastDiscrepancy"])
         );
+    }
+    let pairs = v["pairs"].as_array().cloned().unwrap_or_default();
+    if pairs.iter().any(|p| p["matched"] != p["judged"]) {
+        let _ = writeln!(out, "\nPAIRS WITH DISCREPANCIES");
+        for p in pairs.iter().filter(|p| p["matched"] != p["judged"]) {
+            let _ = writeln!(
+                out,
+                "{} <-> {}  {:.2}% of {} windows  {:<9}  last {}",
+                p["nodes"][0].as_str().unwrap_or("-"),
+                p["nodes"][1].as_str().unwrap_or("-"),
+                p["completeness"].as_f64().unwrap_or(1.0) * 100.0,
+                p["judged"].as_u64().unwrap_or(0),
+                p["trend"].as_str().unwrap_or("-"),
+                time(&p["lastDiscrepancy"])
+            );
+        }
     }
     let findings = v["findings"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(
@@ -146,6 +163,12 @@ async fn report(
         findings.len(),
         tally_proto::timefmt::format_nanos(start)
     );
+    if !v["nextCursor"].is_null() {
+        let _ = writeln!(
+            out,
+            "(older findings not shown: narrow --since, or page with the API's cursor)"
+        );
+    }
     for f in &findings {
         let _ = writeln!(
             out,

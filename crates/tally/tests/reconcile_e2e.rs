@@ -1,5 +1,5 @@
 //! Reconciliation through the real server: two registered nodes report the
-//! two halves of one connection; one side's counts were edited. The
+//! two halves of two connections; one side's counts were edited. The
 //! finding names both nodes and the window, lands in the `findings`
 //! collection and in the reconciliation API.
 
@@ -76,10 +76,22 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
         let records: Vec<Value> = (0..10)
             .map(|i| {
                 let start = now - (12 - i) * sec;
-                let mut e = json!({ "proto": 6, "src": src, "dst": dst });
-                e[pk] = json!(40);
-                e[bk] = json!(bytes);
-                json!({ "nodeId": node, "start": rfc(start), "end": rfc(start + sec), "virtualTraffic": [e] })
+                // Two connections (the second one port up on beta), both edited.
+                let entries: Vec<Value> = [0u16, 1]
+                    .iter()
+                    .map(|k| {
+                        let port = |a: &str| {
+                            let (ip, p) = a.rsplit_once(':').unwrap();
+                            let p: u16 = p.parse().unwrap();
+                            format!("{ip}:{}", if p == 5432 { p + k } else { p })
+                        };
+                        let mut e = json!({ "proto": 6, "src": port(src), "dst": port(dst) });
+                        e[pk] = json!(40);
+                        e[bk] = json!(bytes);
+                        e
+                    })
+                    .collect();
+                json!({ "nodeId": node, "start": rfc(start), "end": rfc(start + sec), "virtualTraffic": entries })
             })
             .collect();
         let resp = c
@@ -137,6 +149,39 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
             .any(|x| x["completeness"].as_f64().is_some_and(|c| c < 1.0)),
         "{v}"
     );
+    // Completeness carries the last hour in buckets and a trend.
+    let pair = v["pairs"].as_array().unwrap()[0].clone();
+    let recent: u64 = pair["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["judged"].as_u64().unwrap())
+        .sum();
+    assert_eq!(Some(recent), pair["judged"].as_u64(), "{pair}");
+    assert!(pair["trend"].is_string(), "{pair}");
+    // Paging: one finding per page, each page older than the last, until
+    // the cursor runs out; together they are the unpaged list.
+    let all: Value =
+        common::get_json(&format!("{}/api/v2/tailnet/-/reconciliation", server.url)).await;
+    let all: Vec<Value> = all["findings"].as_array().unwrap().clone();
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = common::get_json(&format!(
+            "{}/api/v2/tailnet/-/reconciliation?limit=1{cursor}",
+            server.url
+        ))
+        .await;
+        paged.extend(page["findings"].as_array().unwrap().iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+        assert!(paged.len() <= all.len(), "paging does not end: {page}");
+    }
+    assert!(all.len() >= 2, "one finding per edited connection: {all:?}");
+    let ids = |v: &[Value]| v.iter().map(|f| f["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&paged), ids(&all));
     // The CLI report shows the finding and the nodes' completeness.
     let out = std::process::Command::new(common::bin())
         .args([
@@ -162,4 +207,23 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
         "{text}"
     );
     assert!(text.contains("COMPLETE"), "{text}");
+}
+
+/// A saved reconciler state from another engine version does not stop the
+/// server: reconciliation goes on from the saved position with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_of_another_engine_version_is_replaced_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let old_snapshot = serde_json::to_vec(&json!({ "version": 1 })).unwrap();
+    std::fs::write(
+        data.join("reconcile.state"),
+        serde_json::to_vec(&json!({ "pos": 0, "written": 0, "snapshot": old_snapshot })).unwrap(),
+    )
+    .unwrap();
+    let server = TestServer::start(&data, &[]);
+    let v: Value =
+        common::get_json(&format!("{}/api/v2/tailnet/-/reconciliation", server.url)).await;
+    assert!(v["findings"].as_array().is_some_and(|f| f.is_empty()), "{v}");
 }
