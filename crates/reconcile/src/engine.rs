@@ -77,7 +77,7 @@ mod map_vec {
 
 /// Windows of per-node coverage kept (a ring).
 const COV_SLOTS: usize = 64;
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Facts {
@@ -355,14 +355,24 @@ impl Reconciler {
             .sum()
     }
 
-    /// The whole state, serialized (JSON, sorted: equal states give equal bytes).
+    /// The whole state, serialized (postcard after a version number; maps
+    /// sorted, so equal states give equal bytes).
     pub fn snapshot(&self) -> Result<Vec<u8>, Error> {
-        Ok(serde_json::to_vec(&self.st)?)
+        let mut out = SNAPSHOT_VERSION.to_le_bytes().to_vec();
+        postcard::to_io(&self.st, &mut out)?;
+        Ok(out)
     }
 
     /// Rebuild a reconciler from [`Reconciler::snapshot`] output.
     pub fn restore(bytes: &[u8]) -> Result<Reconciler, Error> {
-        let st: State = serde_json::from_slice(bytes)?;
+        let (head, body) = bytes
+            .split_first_chunk::<4>()
+            .ok_or(Error::Snapshot(postcard::Error::DeserializeUnexpectedEnd))?;
+        let version = u32::from_le_bytes(*head);
+        if version != SNAPSHOT_VERSION {
+            return Err(Error::Version(version));
+        }
+        let st: State = postcard::from_bytes(body)?;
         if st.version != SNAPSHOT_VERSION {
             return Err(Error::Version(st.version));
         }

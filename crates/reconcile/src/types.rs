@@ -164,9 +164,9 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid reconciler configuration: {0}")]
     Config(String),
-    /// A snapshot could not be decoded.
+    /// A snapshot could not be encoded or decoded.
     #[error("invalid reconciler snapshot: {0}")]
-    Snapshot(#[from] serde_json::Error),
+    Snapshot(#[from] postcard::Error),
     /// A snapshot was written by an incompatible version.
     #[error("reconciler snapshot version {0} is not supported")]
     Version(u32),

@@ -44,12 +44,39 @@ const STATE_FILE: &str = "reconcile.state";
 const READ_RECORDS: usize = 5000;
 const READ_BYTES: usize = 16 << 20;
 
+/// `reconcile.state`: a JSON line with the store position and the number of
+/// findings written, then the engine's snapshot (binary).
 #[derive(Serialize, Deserialize)]
 struct Saved {
     pos: u64,
     written: u64,
+    /// Only in files of earlier versions (the snapshot as a JSON array).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     snapshot: Vec<u8>,
 }
+
+impl Saved {
+    fn encode(&self, snapshot: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut out = serde_json::to_vec(self)?;
+        out.push(b'\n');
+        out.extend_from_slice(snapshot);
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Saved, serde_json::Error> {
+        match bytes.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                let mut s: Saved = serde_json::from_slice(&bytes[..i])?;
+                s.snapshot = bytes[i + 1..].to_vec();
+                Ok(s)
+            }
+            None => serde_json::from_slice(bytes),
+        }
+    }
+}
+
+/// How often the reconciler's state is saved.
+const SAVE_EVERY: Duration = Duration::from_secs(15);
 
 /// The running reconciler, shared with the API.
 pub struct ReconcileService {
@@ -146,11 +173,12 @@ impl ReconcileService {
             .lock()
             .snapshot()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let bytes = serde_json::to_vec(&Saved {
+        let bytes = Saved {
             pos,
             written,
-            snapshot,
-        })?;
+            snapshot: Vec::new(),
+        }
+        .encode(&snapshot)?;
         tally_store::write_atomic(&self.path, &bytes)?;
         Ok(())
     }
@@ -159,7 +187,7 @@ impl ReconcileService {
 /// The saved state at `path`, if there is one.
 fn read_saved(path: &Path) -> anyhow::Result<Option<Saved>> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+        Ok(b) => Saved::decode(&b).map(Some).map_err(|e| {
             anyhow::anyhow!(
                 "{} is damaged ({e}); move it away to reconcile from scratch",
                 path.display()
@@ -397,7 +425,9 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
     let mut changes = state.store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refreshed: Option<tokio::time::Instant> = None;
-    let mut saved = tokio::time::Instant::now();
+    // The first round saves at once: the settings the reconciler runs with
+    // are on disk from the start (a replay uses them).
+    let mut saved: Option<tokio::time::Instant> = None;
     loop {
         // Read what arrived.
         let store = state.store.clone();
@@ -477,14 +507,17 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
                 tracing::warn!(class = f.class.name(), node = %f.node, "reconciliation finding: {}", f.detail);
             }
         }
-        // Saved after findings and at most every 5 s otherwise: a replay from
-        // an older save derives the same findings with the same ordinals,
-        // which the store's dedup drops.
-        if !findings.is_empty() || saved.elapsed() >= Duration::from_secs(5) {
-            if let Err(e) = svc.save(pos, written) {
-                tracing::error!("saving the reconciler state failed: {e}");
+        // Saved every SAVE_EVERY (the snapshot of a 10,000-node tailnet is
+        // ~50 MB): a replay from an older save derives the same findings
+        // with the same ordinals, which the store's dedup drops.
+        if saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+            let s = svc.clone();
+            match tokio::task::spawn_blocking(move || s.save(pos, written)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("saving the reconciler state failed: {e}"),
+                Err(e) => tracing::error!("saving the reconciler state panicked: {e}"),
             }
-            saved = tokio::time::Instant::now();
+            saved = Some(tokio::time::Instant::now());
         }
     }
 }

@@ -225,5 +225,8 @@ async fn a_state_of_another_engine_version_is_replaced_not_fatal() {
     let server = TestServer::start(&data, &[]);
     let v: Value =
         common::get_json(&format!("{}/api/v2/tailnet/-/reconciliation", server.url)).await;
-    assert!(v["findings"].as_array().is_some_and(|f| f.is_empty()), "{v}");
+    assert!(
+        v["findings"].as_array().is_some_and(|f| f.is_empty()),
+        "{v}"
+    );
 }

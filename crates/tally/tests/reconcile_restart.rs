@@ -246,10 +246,13 @@ fn short(f: &Value) -> String {
 /// What the reconciler's saved state says it had written (for the log).
 fn saved_written(dir: &Path) -> String {
     match std::fs::read(dir.join("reconcile.state")) {
-        Ok(b) => match serde_json::from_slice::<Value>(&b) {
-            Ok(v) => format!("pos {} written {}", v["pos"], v["written"]),
-            Err(e) => format!("unreadable ({e})"),
-        },
+        // A JSON line (position, findings written), then the snapshot.
+        Ok(b) => {
+            match serde_json::from_slice::<Value>(b.split(|c| *c == b'\n').next().unwrap_or(&[])) {
+                Ok(v) => format!("pos {} written {}", v["pos"], v["written"]),
+                Err(e) => format!("unreadable ({e})"),
+            }
+        }
         Err(e) => format!("none ({e})"),
     }
 }
