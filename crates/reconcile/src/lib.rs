@@ -2,11 +2,14 @@
 //!
 //! Every virtual connection between two nodes of a tailnet is logged twice:
 //! node A's traffic entry `src=A:p dst=B:q` and B's mirror `src=B:q dst=A:p`.
-//! [`Reconciler`] pairs the halves over fixed windows of server time, after
-//! correcting each node's clock by an offset measured from the server's
-//! receive times, and turns what does not match into [`Finding`]s:
-//! count mismatches, missing halves (sub-classified by what is known about
-//! the silent node), sequence gaps and integrity-flagged batches.
+//! [`Reconciler`] places each node's records on the server clock (an offset
+//! measured from the server's receive times), judges fixed windows of
+//! server time once their grace period has passed, and turns what does not
+//! match into [`Finding`]s: missing halves (a record with traffic that no
+//! record of the other node overlaps, sub-classified by what is known about
+//! the silent node), count mismatches (proven from bounds on both ends'
+//! running totals, never estimated), sequence gaps and integrity-flagged
+//! batches.
 //!
 //! The caller feeds [`FlowObservation`]s in roughly logged order
 //! ([`Reconciler::observe`]), node facts ([`Reconciler::update_node`]) and
