@@ -281,9 +281,9 @@ pub struct Evidence {
     pub src: Option<SocketAddr>,
     /// Receiving side `ip:port`.
     pub dst: Option<SocketAddr>,
-    /// What the sender reported sending in the window (with carry-in).
+    /// What the sender reported sending in the records around the window.
     pub sent: Option<Counts>,
-    /// What the receiver reported receiving in the window.
+    /// What the receiver reported receiving in the records around the window.
     pub received: Option<Counts>,
     /// What the sent and received counts prove missing or added beyond
     /// loss and timing (count mismatch), or the one-sided counts (missing half).
