@@ -78,6 +78,15 @@ mod map_vec {
 /// Windows of per-node coverage kept (a ring).
 const COV_SLOTS: usize = 64;
 const SNAPSHOT_VERSION: u32 = 3;
+/// Entries per span of the clock-offset minimum.
+const OFFSET_SPAN: u32 = 1024;
+/// Longest flow record paired (10 minutes; agents write 5-s records).
+const MAX_RECORD_NS: i64 = 600_000_000_000;
+/// Largest difference between a record's end (node clock) and its receipt
+/// (server clock) paired: a day.
+const MAX_CLOCK_ERROR_NS: u64 = 86_400_000_000_000;
+/// Largest count of one entry paired (2^48: 281 TB in one record).
+const MAX_COUNT: u64 = 1 << 48;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Facts {
@@ -95,8 +104,14 @@ struct NodeState {
     known: bool,
     /// Fact history, oldest first (pruned to the open windows).
     facts: Vec<Facts>,
-    /// Server time minus node time, minimum seen (ns).
+    /// Server time minus node time: the minimum over the current and the
+    /// previous [`OFFSET_SPAN`] entries, so that a stepped clock or one
+    /// wild record is forgotten.
     offset: Option<i64>,
+    /// Minimum of the previous span.
+    offset_prev: Option<i64>,
+    /// Entries in the current span.
+    offset_n: u32,
     /// Coverage ring: (window, covered ns).
     cov: Vec<(i64, i64)>,
     /// Lost records (sequence gaps not filled by late records).
@@ -404,6 +419,8 @@ impl Reconciler {
             known: false,
             facts: Vec::new(),
             offset: None,
+            offset_prev: None,
+            offset_n: 0,
             cov: vec![(i64::MIN, 0); COV_SLOTS],
             gaps: Vec::new(),
             last_flow: None,
@@ -492,23 +509,42 @@ impl Reconciler {
     /// into windows already judged are counted in [`Stats::too_late`].
     pub fn observe(&mut self, o: &FlowObservation) {
         self.st.stats.observed += 1;
+        // A record longer than MAX_RECORD_NS, ending before it starts,
+        // received a day away from its end, or with counts no link carries
+        // in one record is not a flow record any agent writes: left out (it
+        // would only blur the pairing).
+        let counts = [o.tx_pkts, o.tx_bytes, o.rx_pkts, o.rx_bytes];
+        if o.end < o.start
+            || o.end.saturating_sub(o.start) > MAX_RECORD_NS
+            || o.logged.saturating_sub(o.end).unsigned_abs() > MAX_CLOCK_ERROR_NS
+            || counts.iter().any(|c| *c > MAX_COUNT)
+        {
+            self.st.stats.rejected += 1;
+            return;
+        }
         let s = self.stream(o);
         let node = self.st.streams[s as usize].node;
         let tailnet = self.st.nodes[node as usize].tailnet;
-        let end_node = o.end.max(o.start);
-        // Clock offset: the smallest receive delay seen is the best estimate.
+        let end_node = o.end;
+        // Clock offset: the smallest receive delay seen recently is the best
+        // estimate.
         let offset = {
             let ns = &mut self.st.nodes[node as usize];
-            let cand = o.logged - end_node;
-            let off = match ns.offset {
-                Some(x) if x <= cand => x,
-                _ => cand,
+            let cand = o.logged.saturating_sub(end_node);
+            ns.offset = Some(ns.offset.map_or(cand, |x| x.min(cand)));
+            ns.offset_n += 1;
+            let off = match (ns.offset, ns.offset_prev) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(cand),
             };
-            ns.offset = Some(off);
+            if ns.offset_n >= OFFSET_SPAN {
+                ns.offset_prev = ns.offset.take();
+                ns.offset_n = 0;
+            }
             off
         };
-        let start = o.start.min(end_node) + offset;
-        let end = end_node + offset;
+        let start = o.start.saturating_add(offset);
+        let end = end_node.saturating_add(offset);
 
         // Dedup and sequence tracking, once per record.
         let first_of_record = {
@@ -519,11 +555,11 @@ impl Reconciler {
                         self.st.stats.duplicates += 1;
                         return;
                     }
-                    e.0 = o.index + 1;
+                    e.0 = o.index.saturating_add(1);
                     false
                 }
                 None => {
-                    st.seen.insert(o.proc_seq, (o.index + 1, end));
+                    st.seen.insert(o.proc_seq, (o.index.saturating_add(1), end));
                     true
                 }
             }
@@ -601,16 +637,16 @@ impl Reconciler {
                 return;
             }
             for (b, x) in conn.base[side].iter_mut().zip(v) {
-                *b += x;
+                *b = b.saturating_add(x);
             }
             for c in 0..2 {
-                let tx = v[c] as i64;
+                let tx = si(v[c]);
                 let sd = &mut conn.dir[side];
-                sd.m_lo[c] += tx;
+                sd.m_lo[c] = sd.m_lo[c].saturating_add(tx);
                 sd.x_min[c] += tx as f64 * (1.0 - rel);
-                let rx = v[2 + c] as i64;
+                let rx = si(v[2 + c]);
                 let rd = &mut conn.dir[1 - side];
-                rd.m_lo[c] -= rx;
+                rd.m_lo[c] = rd.m_lo[c].saturating_sub(rx);
                 rd.x_min[c] -= rx as f64;
             }
             return;
@@ -634,7 +670,7 @@ impl Reconciler {
             && last.flagged == flagged
         {
             for (a, x) in last.v.iter_mut().zip(v) {
-                *a += x;
+                *a = a.saturating_add(x);
             }
             return;
         }
@@ -669,7 +705,7 @@ impl Reconciler {
         }
         let st = &mut self.st.streams[s as usize];
         match st.last_seq {
-            Some(last) if o.proc_seq > last + 1 => {
+            Some(last) if last.checked_add(1).is_some_and(|n| o.proc_seq > n) => {
                 let span = (st.last_end.min(start), start);
                 st.pending.push(PendingGap {
                     from: last + 1,
@@ -1035,7 +1071,7 @@ impl Reconciler {
                     g.absorbed = true;
                     if !g.flagged && !g.explained {
                         for (b, x) in base.iter_mut().zip(g.v) {
-                            *b += x;
+                            *b = b.saturating_add(x);
                         }
                     }
                 }
@@ -1051,7 +1087,7 @@ impl Reconciler {
                     }
                 } else if !g.absorbed && !g.explained {
                     for (h, x) in hi.iter_mut().zip(g.v) {
-                        *h += x;
+                        *h = h.saturating_add(x);
                     }
                 }
             }
@@ -1070,14 +1106,14 @@ impl Reconciler {
             let mut since = ws;
             let mut next_dir = *st;
             for c in 0..2 {
-                let (s_lo, s_hi) = (lo[sd][c] as i64, hi[sd][c] as i64);
-                let (r_lo, r_hi) = (lo[rd][2 + c] as i64, hi[rd][2 + c] as i64);
-                let (d_lo, d_hi) = (s_lo - r_hi, s_hi - r_lo);
+                let (s_lo, s_hi) = (si(lo[sd][c]), si(hi[sd][c]));
+                let (r_lo, r_hi) = (si(lo[rd][2 + c]), si(hi[rd][2 + c]));
+                let (d_lo, d_hi) = (s_lo.saturating_sub(r_hi), s_hi.saturating_sub(r_lo));
                 let x_lo = d_lo as f64 - rel * s_hi as f64;
                 let x_hi = d_hi as f64 - rel * s_lo as f64;
-                if d_hi < st.m_lo[c] - abs[c] {
+                if d_hi < st.m_lo[c].saturating_sub(abs[c]) {
                     viol = true;
-                    excess[c] = d_hi - st.m_lo[c];
+                    excess[c] = d_hi.saturating_sub(st.m_lo[c]);
                     since = since.min(st.m_lo_at[c]);
                 } else if x_lo > st.x_min[c] + abs[c] as f64 {
                     viol = true;
@@ -1099,10 +1135,10 @@ impl Reconciler {
             if viol || quiet {
                 // Start the proofs again from the bounds at T.
                 for c in 0..2 {
-                    let (s_lo, s_hi) = (lo[sd][c] as i64, hi[sd][c] as i64);
-                    let (r_lo, r_hi) = (lo[rd][2 + c] as i64, hi[rd][2 + c] as i64);
-                    next_dir.m_lo[c] = s_lo - r_hi;
-                    next_dir.x_min[c] = (s_hi - r_lo) as f64 - rel * s_lo as f64;
+                    let (s_lo, s_hi) = (si(lo[sd][c]), si(hi[sd][c]));
+                    let (r_lo, r_hi) = (si(lo[rd][2 + c]), si(hi[rd][2 + c]));
+                    next_dir.m_lo[c] = s_lo.saturating_sub(r_hi);
+                    next_dir.x_min[c] = s_hi.saturating_sub(r_lo) as f64 - rel * s_lo as f64;
                     next_dir.m_lo_at[c] = t;
                     next_dir.x_min_at[c] = t;
                 }
@@ -1162,7 +1198,7 @@ impl Reconciler {
                 .filter(|g| !g.flagged && overlaps(g, window.start, window.end))
             {
                 for (a, x) in v.iter_mut().zip(g.v) {
-                    *a += x;
+                    *a = a.saturating_add(x);
                 }
             }
             v
@@ -1367,6 +1403,11 @@ impl Reconciler {
             .sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
         s
     }
+}
+
+/// A count as i64 (saturating: sums of hostile counts must not wrap).
+fn si(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
 }
 
 fn bump(c: &mut Completeness, ok: bool, start: i64) {

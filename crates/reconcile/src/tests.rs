@@ -229,3 +229,52 @@ fn trend_compares_the_last_half_hour_with_the_one_before() {
     assert!(c.recent().iter().all(|b| b.start >= base + 60 * m));
     assert_eq!(c.judged, 1440);
 }
+
+#[test]
+fn impossible_records_are_rejected_without_harm() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        v.push(obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0));
+        v.push(obs(2, 1, i, 0, 10_000, 50_000, i as u64 + 1, 0));
+    }
+    // Garbage from node 1 in between: a record spanning since 1970, one
+    // ending before it starts, one from 100 years ahead, absurd counts.
+    let mut bad = obs(1, 2, 5, 0, 50_000, 10_000, 100, 0);
+    bad.start = 0;
+    let mut backwards = obs(1, 2, 5, 0, 50_000, 10_000, 101, 0);
+    backwards.end = backwards.start - S;
+    let mut future = obs(1, 2, 5, 0, 50_000, 10_000, 102, 0);
+    future.start += 100 * 365 * 86_400 * S;
+    future.end += 100 * 365 * 86_400 * S;
+    let mut huge = obs(1, 2, 5, 0, u64::MAX, u64::MAX, 103, 0);
+    huge.rx_bytes = u64::MAX;
+    for b in [bad, backwards, future, huge] {
+        v.insert(12, b);
+    }
+    let f = run(&mut r, &v);
+    assert!(f.is_empty(), "{f:#?}");
+    assert_eq!(r.stats().rejected, 4);
+}
+
+#[test]
+fn a_stepped_node_clock_is_followed() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    // Node 2's clock steps back by an hour after 2,000 records' worth of
+    // entries; pairing recovers once the offset span has turned over.
+    let n = 3 * 1024;
+    for i in 0..n as i64 {
+        v.push(obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0));
+        let skew = if i < 1024 { 0 } else { -3600 * S };
+        v.push(obs(2, 1, i, skew, 10_000, 50_000, i as u64 + 1, 0));
+    }
+    let f = run(&mut r, &v);
+    assert!(!f.is_empty(), "the step itself is one-sided for a while");
+    let last = f.iter().map(|f| f.window.end).max().unwrap_or(0);
+    // Findings only around the step, none in the last third.
+    assert!(
+        last < T0 + (2 * 1024 + 1) * 5 * S,
+        "last finding ends at {last}: {f:#?}"
+    );
+}

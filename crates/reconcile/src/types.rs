@@ -470,6 +470,11 @@ pub struct Stats {
     pub too_late: u64,
     /// Entries left out of pairing because of their batch verdict.
     pub excluded: u64,
+    /// Entries left out as impossible (a record over 10 minutes long,
+    /// ending before it starts or received more than a day away from its
+    /// end; counts over 2^48).
+    #[serde(default)]
+    pub rejected: u64,
     /// Connection-windows judged.
     pub judged: u64,
     /// Findings emitted.
