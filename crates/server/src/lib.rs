@@ -302,10 +302,13 @@ impl Server {
             .await
             .context("HTTP server failed")?,
         }
-        background.abort();
-        flow_consumer.abort();
-        log_follower.abort();
-        reconciler.abort();
+        // Stop the background tasks and wait until they are gone, so that
+        // no control-database connection is still out when the pool closes
+        // (SQLite folds its WAL back into control.db on the last close).
+        for task in [background, flow_consumer, log_follower, reconciler] {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.close())
