@@ -268,9 +268,11 @@ struct State {
     #[serde(with = "map_vec")]
     addr: FxMap<(u32, IpAddr), u32>,
     streams: Vec<Stream>,
-    #[serde(with = "map_vec")]
     /// instance -> [(proc_id, stream)].
+    #[serde(with = "map_vec")]
     stream_ix: FxMap<String, Vec<(u32, u32)>>,
+    /// Streams with pending (unreported) gaps.
+    gap_streams: std::collections::BTreeSet<u32>,
     #[serde(with = "map_vec")]
     conns: FxMap<ConnKey, Conn>,
     #[serde(with = "map_vec")]
@@ -336,6 +338,7 @@ impl Reconciler {
                 addr: FxMap::default(),
                 streams: Vec::new(),
                 stream_ix: FxMap::default(),
+                gap_streams: Default::default(),
                 conns: FxMap::default(),
                 pairs: FxMap::default(),
                 out: Vec::new(),
@@ -707,6 +710,7 @@ impl Reconciler {
         match st.last_seq {
             Some(last) if last.checked_add(1).is_some_and(|n| o.proc_seq > n) => {
                 let span = (st.last_end.min(start), start);
+                self.st.gap_streams.insert(s);
                 st.pending.push(PendingGap {
                     from: last + 1,
                     to: o.proc_seq - 1,
@@ -891,7 +895,10 @@ impl Reconciler {
     fn gaps(&mut self, out: &mut Vec<Finding>) {
         let now = self.st.now;
         let grace = self.st.cfg.grace_ns;
-        for st in &mut self.st.streams {
+        // Only the streams with pending gaps (advance runs every second).
+        let with_gaps = std::mem::take(&mut self.st.gap_streams);
+        for &s in &with_gaps {
+            let st = &mut self.st.streams[s as usize];
             if st.pending.is_empty() {
                 continue;
             }
@@ -922,6 +929,9 @@ impl Reconciler {
                         node.id, st.instance, st.proc_id, n, g.from, g.to
                     ),
                 ));
+            }
+            if !keep.is_empty() {
+                self.st.gap_streams.insert(s);
             }
             st.pending = keep;
         }
