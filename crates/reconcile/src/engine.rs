@@ -77,7 +77,7 @@ mod map_vec {
 
 /// Windows of per-node coverage kept (a ring).
 const COV_SLOTS: usize = 64;
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 /// Entries per span of the clock-offset minimum.
 const OFFSET_SPAN: u32 = 1024;
 /// Longest flow record paired (10 minutes; agents write 5-s records).
@@ -132,9 +132,6 @@ struct GapSpan {
     stream: u32,
     from: u64,
     to: u64,
-    /// Server time the gap was seen; it is confirmed (no late record can
-    /// fill it any more) a grace period later.
-    detected: i64,
 }
 
 impl GapSpan {
@@ -147,8 +144,10 @@ impl GapSpan {
 struct PendingGap {
     from: u64,
     to: u64,
+    /// From the end of the record before to the start of the one after
+    /// (server time): the missing records end by `span.1`, so the gap is
+    /// confirmed (no late record can fill it) a grace period after it.
     span: (i64, i64),
-    detected: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -715,7 +714,6 @@ impl Reconciler {
                     from: last + 1,
                     to: o.proc_seq - 1,
                     span,
-                    detected: o.logged,
                 });
                 self.st.nodes[node as usize].gaps.push(GapSpan {
                     start: span.0,
@@ -723,7 +721,6 @@ impl Reconciler {
                     stream: s,
                     from: last + 1,
                     to: o.proc_seq - 1,
-                    detected: o.logged,
                 });
             }
             Some(last) if o.proc_seq < last => {
@@ -905,7 +902,7 @@ impl Reconciler {
             let node = &self.st.nodes[st.node as usize];
             let mut keep = Vec::new();
             for g in st.pending.drain(..) {
-                if g.detected + grace > now {
+                if g.span.1.saturating_add(grace) > now {
                     keep.push(g);
                     continue;
                 }
@@ -948,7 +945,7 @@ impl Reconciler {
             self.st.nodes[n as usize]
                 .gaps
                 .iter()
-                .any(|g| g.detected + cfg.grace_ns > self.st.now && g.overlaps(a, b))
+                .any(|g| g.end.saturating_add(cfg.grace_ns) > self.st.now && g.overlaps(a, b))
         })
     }
 

@@ -316,7 +316,7 @@ pub fn generate(sc: &Scenario) -> Generated {
             Role::Killed => lab(FindingClass::MissingAgentSilent, None, t, t + kill_len),
             Role::OptedOut => lab(FindingClass::MissingOptedOut, None, T0, end),
             Role::LoggingOff => lab(FindingClass::MissingFlowLoggingOff, None, T0, end),
-            Role::Deleted => lab(FindingClass::MissingSuspicious, peer, t, t + 30 * S),
+            // Deletions are labelled from the first record deleted.
             Role::EditSmall => lab(FindingClass::CountMismatch, peer, t, t + 60 * S),
             Role::Late => benign.push(format!("{id}: uploads 20-45 s late for 60 s")),
             Role::Duplicated => benign.push(format!("{id}: every upload duplicated for 60 s")),
@@ -344,6 +344,7 @@ pub fn generate(sc: &Scenario) -> Generated {
         }));
     }
     let mut rec_faults_done = vec![false; n];
+    let mut deletion_labelled = vec![false; n];
     let mut t = T0;
     let mut tick = 0i64;
     while t < end {
@@ -535,6 +536,16 @@ pub fn generate(sc: &Scenario) -> Generated {
                         && true_start >= ft
                         && true_end <= ft + 30 * S
                     {
+                        if !deletion_labelled[i] {
+                            deletion_labelled[i] = true;
+                            labels.push(Label {
+                                class: FindingClass::MissingSuspicious,
+                                node: nd.id.to_string(),
+                                peer: conn.b.map(|b| nodes[b].id.to_string()),
+                                start: true_start,
+                                end: ft + 30 * S,
+                            });
+                        }
                         continue;
                     }
                     let mine_a = conn.a == i;
