@@ -364,7 +364,7 @@ impl Reconciler {
 
     /// Connection halves (one node's counts for one connection in one
     /// record) held in memory: what bounds the reconciler's memory.
-    pub fn open_windows(&self) -> usize {
+    pub fn open_halves(&self) -> usize {
         self.st
             .conns
             .values()

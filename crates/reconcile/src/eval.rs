@@ -630,8 +630,8 @@ pub struct Run {
     pub findings: Vec<(i64, Finding)>,
     /// Largest snapshot seen (bytes), when snapshots were taken.
     pub max_snapshot: usize,
-    /// Most open connection-windows seen.
-    pub max_open_windows: usize,
+    /// Most connection halves held at once.
+    pub max_open_halves: usize,
 }
 
 /// Feed `g` to a reconciler with `cfg`, advancing the clock every second of
@@ -642,7 +642,7 @@ pub fn run(g: &Generated, cfg: Config, cuts: &[usize]) -> Result<Run, Error> {
     let mut out = Vec::new();
     let mut last_adv = i64::MIN;
     let mut max_snapshot = 0;
-    let mut max_open_windows = 0;
+    let mut max_open_halves = 0;
     let mut cuts: Vec<usize> = cuts.to_vec();
     cuts.sort_unstable();
     let mut ci = 0;
@@ -660,7 +660,7 @@ pub fn run(g: &Generated, cfg: Config, cuts: &[usize]) -> Result<Run, Error> {
             }
             last_adv = at;
             if i % 64 == 0 {
-                max_open_windows = max_open_windows.max(r.open_windows());
+                max_open_halves = max_open_halves.max(r.open_halves());
             }
         }
         match e {
@@ -675,7 +675,7 @@ pub fn run(g: &Generated, cfg: Config, cuts: &[usize]) -> Result<Run, Error> {
     Ok(Run {
         findings: out,
         max_snapshot,
-        max_open_windows,
+        max_open_halves,
     })
 }
 

@@ -94,7 +94,7 @@ fn bench(a: &ReconcileArgs) -> anyhow::Result<()> {
         "reconciled in {el:.2} s: {} entries/s on one thread; {} findings; at most {} connection halves held; RSS {} MiB (+{} MiB while reconciling, with the generated input resident)",
         fmt_count(entries as f64 / el),
         r.findings.len(),
-        fmt_count(r.max_open_windows as f64),
+        fmt_count(r.max_open_halves as f64),
         rss() / (1 << 20),
         rss().saturating_sub(before) / (1 << 20),
     );

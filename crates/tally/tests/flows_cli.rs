@@ -101,17 +101,9 @@ impl Env {
 
     /// Registers a node; returns its private ID (hex) and node ID.
     async fn register(&self, auth_key: &str, hostname: &str, address: &str) -> (String, String) {
-        let private = tally_proto::PrivateId::generate().to_hex();
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/v2/agent/{private}"),
-                auth_key,
-                json!({ "hostname": hostname, "addresses": [address] }),
-            )
-            .await;
-        let id = v["node"]["id"].as_str().expect("node id").to_owned();
-        (private, id)
+        let (private, id) =
+            common::register_node(&self.server.url, auth_key, hostname, address).await;
+        (private.to_hex(), id)
     }
 
     async fn post_flows(&self, private: &str, records: &[Value]) {

@@ -25,18 +25,8 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
     let auth = &auth_key;
     let mut nodes = Vec::new();
     for (host, addr) in [("alpha", "100.64.0.1"), ("beta", "100.64.0.2")] {
-        let private = tally_proto::PrivateId::generate().to_hex();
-        let v: Value = c
-            .post(format!("{}/api/v2/agent/{private}", server.url))
-            .bearer_auth(auth)
-            .json(&json!({ "hostname": host, "addresses": [addr] }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        nodes.push((private, v["node"]["id"].as_str().unwrap().to_owned()));
+        let (private, id) = common::register_node(&server.url, auth, host, addr).await;
+        nodes.push((private.to_hex(), id));
     }
     let resp = c
         .patch(format!("{}/api/v2/tailnet/-/settings", server.url))

@@ -302,23 +302,9 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
         ("beta", "100.64.0.2"),
         ("gamma", "100.64.0.3"),
     ] {
-        let private = tally_proto::PrivateId::generate();
+        let (private, id) = common::register_node(&url, &auth, name, addr).await;
         let instance = private.public().to_hex();
         let private = private.to_hex();
-        let v: Value = c
-            .post(format!("{url}/api/v2/agent/{private}"))
-            .bearer_auth(&auth)
-            .json(&json!({ "hostname": name, "addresses": [addr] }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = v["node"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{v}"))
-            .to_owned();
         let signer = BatchSigner::new(generate_signing_key(), &instance, "tailtraffic").unwrap();
         nodes.push(Node {
             addr,

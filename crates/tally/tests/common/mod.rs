@@ -278,6 +278,32 @@ pub async fn reusable_auth_key(url: &str) -> String {
     key["key"].as_str().expect("auth key secret").to_owned()
 }
 
+/// Registers a node as an agent does (`POST /api/v2/agent/<private-id>`
+/// with an auth key); returns its private ID and the node ID it got.
+pub async fn register_node(
+    url: &str,
+    auth_key: &str,
+    hostname: &str,
+    address: &str,
+) -> (tally_proto::PrivateId, String) {
+    let private = tally_proto::PrivateId::generate();
+    let resp = http()
+        .post(format!("{url}/api/v2/agent/{}", private.to_hex()))
+        .bearer_auth(auth_key)
+        .json(&serde_json::json!({ "hostname": hostname, "addresses": [address] }))
+        .send()
+        .await
+        .expect("register node");
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.expect("registration JSON");
+    assert!(status.is_success(), "registering {hostname}: {status}: {v}");
+    let id = v["node"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no node ID in {v}"))
+        .to_owned();
+    (private, id)
+}
+
 /// A live NDJSON stream of a collection, from its beginning.
 pub struct Follow {
     resp: reqwest::Response,
