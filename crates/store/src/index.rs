@@ -34,6 +34,11 @@ pub struct BlockMeta {
     /// Earliest time at which a record of the block expires (Unix ns), if any.
     #[serde(default)]
     pub earliest_expiry: Option<i64>,
+    /// Distinct owners of the block's records (tailnet IDs, `""` for
+    /// unclaimed); `None` when the block holds legacy records (written
+    /// before owners were recorded) and so may hold any.
+    #[serde(default)]
+    pub tailnets: Option<Vec<String>>,
 }
 
 fn bloom_positions(instance: &[u8; 32]) -> [usize; 3] {
@@ -61,6 +66,7 @@ impl BlockMeta {
             collections: Vec::new(),
             bloom: vec![0; BLOOM_WORDS],
             earliest_expiry: None,
+            tailnets: Some(Vec::new()),
         }
     }
 
@@ -80,6 +86,19 @@ impl BlockMeta {
         for p in bloom_positions(&rec.instance) {
             self.bloom[p / 64] |= 1 << (p % 64);
         }
+        match (rec.owner.as_ref().key(), &mut self.tailnets) {
+            (None, t) => *t = None,
+            (Some(key), Some(list)) if !list.iter().any(|t| t == key) => list.push(key.to_owned()),
+            _ => {}
+        }
+    }
+
+    /// True if the block may hold records owned by `key` (a tailnet ID,
+    /// `""` for unclaimed records).
+    pub fn may_contain_owner(&self, key: &str) -> bool {
+        self.tailnets
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|t| t == key))
     }
 
     /// Notes that a record of the block expires at `t`.
@@ -111,6 +130,9 @@ pub struct Filter {
     pub time_end: Option<i64>,
     /// Only records of these kinds (see `kind`).
     pub kinds: Vec<u8>,
+    /// Only records owned by this tailnet (`""`: unclaimed records).
+    /// Legacy records never match a filter with an owner.
+    pub owner: Option<String>,
 }
 
 impl Filter {
@@ -129,6 +151,9 @@ impl Filter {
         {
             return false;
         }
+        if self.owner.as_ref().is_some_and(|o| !b.may_contain_owner(o)) {
+            return false;
+        }
         self.instances.is_empty() || self.instances.iter().any(|i| b.may_contain_instance(i))
     }
 
@@ -139,6 +164,10 @@ impl Filter {
             && (self.collections.is_empty() || self.collections.contains(&r.collection))
             && (self.instances.is_empty() || self.instances.contains(&r.instance))
             && (self.kinds.is_empty() || self.kinds.contains(&r.kind))
+            && self
+                .owner
+                .as_deref()
+                .is_none_or(|o| r.owner.as_ref().key() == Some(o))
     }
 }
 
@@ -151,6 +180,7 @@ mod tests {
         NewRecord {
             time,
             collection: coll.into(),
+            owner: crate::record::Owner::tailnet(format!("T{}", inst % 2)),
             instance: [inst; 32],
             identity: None,
             client_time: None,
@@ -205,5 +235,17 @@ mod tests {
             })
             .count();
         assert!(excluded > 120, "bloom excluded only {excluded} of 156");
+        let owned_by = |o: &str| Filter {
+            owner: Some(o.into()),
+            ..Default::default()
+        };
+        assert!(owned_by("T0").may_match(&b) && owned_by("T1").may_match(&b));
+        assert!(!owned_by("T2").may_match(&b) && !owned_by("").may_match(&b));
+        // A legacy record makes the block a candidate for every owner.
+        let mut legacy = rec(1, 100, "a");
+        legacy.owner = crate::record::Owner::Legacy;
+        b.add(51, &legacy, 10);
+        assert!(owned_by("T2").may_match(&b) && owned_by("").may_match(&b));
+        assert!(!owned_by("T2").matches(&legacy));
     }
 }

@@ -18,7 +18,7 @@ mod writer;
 
 pub use cursor::Cursor;
 pub use index::{BlockMeta, Filter};
-pub use record::{NewRecord, Record, kind};
+pub use record::{NewRecord, Owner, Record, Tenant, kind};
 pub use writer::AppendOutcome;
 
 use parking_lot::{Mutex, RwLock};
@@ -33,6 +33,23 @@ use writer::{SealJob, Writer, WriterMsg};
 
 /// Name of the ingest-state snapshot file in the store directory.
 pub const STATE_FILE: &str = "ingest-state.json";
+
+/// Marker file: every record of the store carries its owner.
+const OWNERS_MARKER: &str = "owners-v1";
+
+/// What [`Store::rewrite_sealed`] does with one record.
+enum Edit {
+    Keep,
+    Changed,
+    Drop,
+}
+
+/// What [`Store::rewrite_sealed`] did.
+enum Rewrite {
+    Unchanged,
+    Deleted,
+    Rewritten,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -61,15 +78,22 @@ pub enum StoreError {
 
 /// Decides how long records are kept.
 pub trait RetentionPolicy: Send + Sync {
-    /// Unix-nanosecond time at which a record may be deleted; `None` keeps it.
-    fn expires_at(&self, collection: &str, instance: &[u8; 32], time: i64) -> Option<i64>;
+    /// Unix-nanosecond time at which a record of `owner` in `collection`,
+    /// written by `instance` at `time`, may be deleted; `None` keeps it.
+    fn expires_at(
+        &self,
+        owner: Tenant<'_>,
+        collection: &str,
+        instance: &[u8; 32],
+        time: i64,
+    ) -> Option<i64>;
 }
 
 /// A policy that keeps everything (for tests and tools).
 pub struct KeepForever;
 
 impl RetentionPolicy for KeepForever {
-    fn expires_at(&self, _: &str, _: &[u8; 32], _: i64) -> Option<i64> {
+    fn expires_at(&self, _: Tenant<'_>, _: &str, _: &[u8; 32], _: i64) -> Option<i64> {
         None
     }
 }
@@ -128,6 +152,20 @@ pub struct ScanBatch {
     pub next_seq: u64,
     /// True if the scan stopped at a limit before reaching the end.
     pub truncated: bool,
+    /// Ranges the scan had to skip because their block could not be read,
+    /// each with the reason: the answer is incomplete when this is not empty.
+    pub damaged: Vec<DamagedRange>,
+}
+
+/// Positions a scan skipped because their block is damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    /// First position of the unreadable block.
+    pub first_seq: u64,
+    /// Last position of the unreadable block.
+    pub last_seq: u64,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 /// What a retention pass deleted.
@@ -270,7 +308,12 @@ impl Store {
                         for r in &records {
                             w.push(
                                 r,
-                                policy.expires_at(&r.rec.collection, &r.rec.instance, r.rec.time),
+                                policy.expires_at(
+                                    r.rec.owner.as_ref(),
+                                    &r.rec.collection,
+                                    &r.rec.instance,
+                                    r.rec.time,
+                                ),
                             )?;
                         }
                         if records.is_empty() {
@@ -538,6 +581,12 @@ impl Store {
             .recent_bytes(collection, instance, now)
     }
 
+    /// Body bytes stored for an owner (a tailnet ID, `""` for unclaimed
+    /// records) in the last 12 hours.
+    pub fn recent_owner_bytes(&self, owner: &str, now: i64) -> u64 {
+        self.inner.state.lock().recent_owner_bytes(owner, now)
+    }
+
     /// Reads up to `max_records` (and about `max_bytes` of bodies) matching
     /// records at positions `>= from_seq`, skipping blocks the filter
     /// excludes and records expired at `now`.
@@ -555,6 +604,7 @@ impl Store {
             records: Vec::new(),
             next_seq: from_seq.max(1),
             truncated: false,
+            damaged: Vec::new(),
         };
         let mut bytes = 0usize;
         for seg in segments {
@@ -575,6 +625,11 @@ impl Store {
                             b.first_seq,
                             b.last_seq
                         );
+                        out.damaged.push(DamagedRange {
+                            first_seq: b.first_seq,
+                            last_seq: b.last_seq,
+                            reason: e.to_string(),
+                        });
                         out.next_seq = out.next_seq.max(b.last_seq + 1);
                         continue;
                     }
@@ -591,7 +646,12 @@ impl Store {
                     let expired = self
                         .inner
                         .policy
-                        .expires_at(&r.rec.collection, &r.rec.instance, r.rec.time)
+                        .expires_at(
+                            r.rec.owner.as_ref(),
+                            &r.rec.collection,
+                            &r.rec.instance,
+                            r.rec.time,
+                        )
                         .is_some_and(|t| t <= now);
                     if filter.matches(&r.rec) && !expired {
                         bytes += r.rec.body.len();
@@ -628,58 +688,144 @@ impl Store {
         let mut report = RetentionReport::default();
         let segments: Vec<Arc<Segment>> = self.inner.segments.read().clone();
         for seg in segments.into_iter().filter(|s| s.is_sealed()) {
-            let blocks = seg.all_blocks();
             let due = all
-                || blocks
+                || seg
+                    .all_blocks()
                     .iter()
                     .any(|b| b.earliest_expiry.is_some_and(|t| t <= now));
             if !due {
                 continue;
             }
-            let tmp_target = seg.path.clone();
-            let mut w = segment::SealedWriter::create(
-                &tmp_target,
-                self.inner.config.zstd_level,
-                self.inner.config.block_target_bytes,
-            )?;
             let mut dropped = 0u64;
-            for b in &blocks {
-                for r in seg.read_block(b)? {
-                    let exp = self.inner.policy.expires_at(
-                        &r.rec.collection,
-                        &r.rec.instance,
-                        r.rec.time,
-                    );
-                    if exp.is_some_and(|t| t <= now) {
-                        dropped += 1;
-                    } else {
-                        w.push(&r, exp)?;
-                    }
+            let outcome = self.rewrite_sealed(&seg, |_, exp| {
+                if exp.is_some_and(|t| t <= now) {
+                    dropped += 1;
+                    Edit::Drop
+                } else {
+                    Edit::Keep
                 }
-            }
-            if dropped == 0 {
-                w.abandon();
-                continue;
-            }
+            })?;
             report.records_deleted += dropped;
-            if w.records() == 0 {
-                w.abandon();
-                self.inner.replace_segment(seg.first_seq, None);
-                std::fs::remove_file(&seg.path).map_err(|source| StoreError::Io {
-                    what: format!("delete expired segment {}", seg.path.display()),
-                    source,
-                })?;
-                segment::sync_dir(&self.inner.config.dir)?;
-                report.segments_deleted += 1;
-            } else {
-                w.finish(&seg.path)?;
-                let fresh = Arc::new(Segment::open_sealed(seg.path.clone(), seg.first_seq)?);
-                self.inner.replace_segment(seg.first_seq, Some(fresh));
-                report.segments_rewritten += 1;
+            match outcome {
+                Rewrite::Unchanged => {}
+                Rewrite::Deleted => report.segments_deleted += 1,
+                Rewrite::Rewritten => report.segments_rewritten += 1,
             }
         }
         self.inner.state.lock().prune(now);
         Ok(report)
+    }
+
+    /// Gives every legacy record (stored by a version that did not record
+    /// owners) the owner `resolve` names, rewriting the sealed segments that
+    /// hold them; the write-ahead log is sealed first so that every record
+    /// is in a sealed segment. Runs once per store (a marker file records
+    /// that it is done); returns the number of records given an owner.
+    pub async fn claim_legacy(
+        self: &Arc<Self>,
+        resolve: impl Fn(&NewRecord) -> Owner + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        let marker = self.inner.config.dir.join(OWNERS_MARKER);
+        if marker.exists() {
+            return Ok(0);
+        }
+        let legacy_wal = self
+            .inner
+            .segments
+            .read()
+            .iter()
+            .any(|s| !s.is_sealed() && s.all_blocks().iter().any(|b| b.tailnets.is_none()));
+        if legacy_wal {
+            self.seal_now().await?;
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = store.inner.retention_lock.lock();
+            let mut claimed = 0u64;
+            let mut complete = true;
+            let segments: Vec<Arc<Segment>> = store.inner.segments.read().clone();
+            for seg in segments {
+                let legacy = seg.all_blocks().iter().any(|b| b.tailnets.is_none());
+                if !legacy {
+                    continue;
+                }
+                if !seg.is_sealed() {
+                    // A WAL that could not be sealed (damaged): its legacy
+                    // records stay unowned, shown to nobody, until the next
+                    // start tries again.
+                    complete = false;
+                    continue;
+                }
+                store.rewrite_sealed(&seg, |r, _| {
+                    if r.rec.owner != Owner::Legacy {
+                        return Edit::Keep;
+                    }
+                    r.rec.owner = resolve(&r.rec);
+                    claimed += 1;
+                    Edit::Changed
+                })?;
+            }
+            if complete {
+                write_atomic(&marker, b"every record carries its owner\n")?;
+            }
+            Ok(claimed)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Rewrites the sealed segment `seg` through `edit`, which gets each
+    /// record with its expiry and keeps it, changes it in place or drops
+    /// it. The segment is replaced atomically, or deleted if nothing is
+    /// left; left as it is if nothing changed.
+    fn rewrite_sealed(
+        &self,
+        seg: &Segment,
+        mut edit: impl FnMut(&mut Record, Option<i64>) -> Edit,
+    ) -> Result<Rewrite, StoreError> {
+        let mut w = segment::SealedWriter::create(
+            &seg.path,
+            self.inner.config.zstd_level,
+            self.inner.config.block_target_bytes,
+        )?;
+        let mut changed = false;
+        for b in &seg.all_blocks() {
+            for mut r in seg.read_block(b)? {
+                let exp = self.expiry(&r.rec);
+                match edit(&mut r, exp) {
+                    Edit::Keep => w.push(&r, exp)?,
+                    Edit::Changed => {
+                        changed = true;
+                        w.push(&r, self.expiry(&r.rec))?;
+                    }
+                    Edit::Drop => changed = true,
+                }
+            }
+        }
+        if !changed {
+            w.abandon();
+            return Ok(Rewrite::Unchanged);
+        }
+        if w.records() == 0 {
+            w.abandon();
+            self.inner.replace_segment(seg.first_seq, None);
+            std::fs::remove_file(&seg.path).map_err(|source| StoreError::Io {
+                what: format!("delete expired segment {}", seg.path.display()),
+                source,
+            })?;
+            segment::sync_dir(&self.inner.config.dir)?;
+            return Ok(Rewrite::Deleted);
+        }
+        w.finish(&seg.path)?;
+        let fresh = Arc::new(Segment::open_sealed(seg.path.clone(), seg.first_seq)?);
+        self.inner.replace_segment(seg.first_seq, Some(fresh));
+        Ok(Rewrite::Rewritten)
+    }
+
+    fn expiry(&self, r: &NewRecord) -> Option<i64> {
+        self.inner
+            .policy
+            .expires_at(r.owner.as_ref(), &r.collection, &r.instance, r.time)
     }
 
     /// Sizes of the store.

@@ -20,6 +20,73 @@ pub mod kind {
     pub const BATCH: u8 = 2;
 }
 
+/// Which tailnet a record belongs to, fixed when it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum Owner {
+    /// No tailnet claimed the writing instance (kept briefly, shown to no tenant).
+    #[default]
+    Unclaimed,
+    /// The tailnet (its ID) the record belongs to.
+    Tailnet(String),
+    /// Written by a version that did not record owners: the server assigns
+    /// one on start ([`crate::Store::claim_legacy`]).
+    Legacy,
+}
+
+impl Owner {
+    /// The owner of a record of tailnet `id`.
+    pub fn tailnet(id: impl Into<String>) -> Self {
+        Owner::Tailnet(id.into())
+    }
+
+    /// A borrowed view.
+    pub fn as_ref(&self) -> Tenant<'_> {
+        match self {
+            Owner::Unclaimed => Tenant::Unclaimed,
+            Owner::Tailnet(t) => Tenant::Tailnet(t),
+            Owner::Legacy => Tenant::Legacy,
+        }
+    }
+}
+
+/// A borrowed [`Owner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tenant<'a> {
+    /// See [`Owner::Unclaimed`].
+    Unclaimed,
+    /// See [`Owner::Tailnet`].
+    Tailnet(&'a str),
+    /// See [`Owner::Legacy`].
+    Legacy,
+}
+
+impl<'a> Tenant<'a> {
+    /// The key of this owner in indexes and counters: the tailnet ID, `""`
+    /// for unclaimed records, `None` for legacy ones.
+    pub fn key(self) -> Option<&'a str> {
+        match self {
+            Tenant::Unclaimed => Some(""),
+            Tenant::Tailnet(t) => Some(t),
+            Tenant::Legacy => None,
+        }
+    }
+
+    /// The owned form.
+    pub fn to_owned(self) -> Owner {
+        match self {
+            Tenant::Unclaimed => Owner::Unclaimed,
+            Tenant::Tailnet(t) => Owner::Tailnet(t.to_owned()),
+            Tenant::Legacy => Owner::Legacy,
+        }
+    }
+}
+
+/// Flag bit of a payload: the record carries an owner (tailnet ID, empty
+/// when unclaimed) after its collection. Records without it are legacy.
+pub(crate) const FLAG_OWNER: u8 = 2;
+/// Flag bit of a payload: the record has a client identity.
+pub(crate) const FLAG_IDENTITY: u8 = 1;
+
 /// A record as handed to the store, before it has a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {
@@ -27,6 +94,8 @@ pub struct NewRecord {
     pub time: i64,
     /// Collection the record belongs to.
     pub collection: String,
+    /// Tailnet the record belongs to.
+    pub owner: Owner,
     /// Public ID of the writing instance.
     pub instance: [u8; 32],
     /// Client identity `(proc_id, proc_seq)`, used to drop retried duplicates.
@@ -53,7 +122,12 @@ const FIXED: usize = 8 + 8 + 8 + 1 + 1 + 4 + 8 + 32 + 1 + 4;
 impl NewRecord {
     /// Size of this record's frame on disk.
     pub fn frame_len(&self) -> usize {
-        FRAME_HEADER + FIXED + self.collection.len() + self.body.len()
+        let owner = match &self.owner {
+            Owner::Legacy => 0,
+            Owner::Unclaimed => 1,
+            Owner::Tailnet(t) => 1 + t.len().min(255),
+        };
+        FRAME_HEADER + FIXED + self.collection.len().min(255) + owner + self.body.len()
     }
 }
 
@@ -64,7 +138,14 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, rec: &NewRecord) {
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&rec.time.to_le_bytes());
     out.extend_from_slice(&rec.client_time.unwrap_or(i64::MIN).to_le_bytes());
-    out.push(u8::from(rec.identity.is_some()));
+    let owner: Option<&str> = match &rec.owner {
+        Owner::Legacy => None,
+        Owner::Unclaimed => Some(""),
+        Owner::Tailnet(t) => Some(t),
+    };
+    let flags = if rec.identity.is_some() { FLAG_IDENTITY } else { 0 }
+        | if owner.is_some() { FLAG_OWNER } else { 0 };
+    out.push(flags);
     out.push(rec.kind);
     let (pid, pseq) = rec.identity.unwrap_or((0, 0));
     out.extend_from_slice(&pid.to_le_bytes());
@@ -73,6 +154,11 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, rec: &NewRecord) {
     let coll = &rec.collection.as_bytes()[..rec.collection.len().min(255)];
     out.push(coll.len() as u8);
     out.extend_from_slice(coll);
+    if let Some(t) = owner {
+        let t = &t.as_bytes()[..t.len().min(255)];
+        out.push(t.len() as u8);
+        out.extend_from_slice(t);
+    }
     out.extend_from_slice(&(rec.body.len() as u32).to_le_bytes());
     out.extend_from_slice(&rec.body);
     let payload_len = out.len() - start - FRAME_HEADER;
@@ -113,9 +199,24 @@ fn decode_payload(p: &[u8]) -> Option<Record> {
         .ok()?
         .to_owned();
     at += clen as usize;
+    if flags > FLAG_IDENTITY | FLAG_OWNER {
+        return None;
+    }
+    let owner = if flags & FLAG_OWNER != 0 {
+        let [tlen] = take::<1>(p, &mut at)?;
+        let t = std::str::from_utf8(p.get(at..at + tlen as usize)?).ok()?;
+        at += tlen as usize;
+        if t.is_empty() {
+            Owner::Unclaimed
+        } else {
+            Owner::Tailnet(t.to_owned())
+        }
+    } else {
+        Owner::Legacy
+    };
     let blen = u32::from_le_bytes(take(p, &mut at)?) as usize;
     let body = p.get(at..at + blen)?.to_vec();
-    if at + blen != p.len() || flags > 1 {
+    if at + blen != p.len() {
         return None;
     }
     Some(Record {
@@ -123,8 +224,9 @@ fn decode_payload(p: &[u8]) -> Option<Record> {
         rec: NewRecord {
             time,
             collection,
+            owner,
             instance,
-            identity: (flags == 1).then_some((pid, pseq)),
+            identity: (flags & FLAG_IDENTITY != 0).then_some((pid, pseq)),
             client_time: (client_time != i64::MIN).then_some(client_time),
             kind,
             body,
@@ -186,6 +288,11 @@ mod tests {
         NewRecord {
             time: 1_000 + i as i64,
             collection: "tailnode".into(),
+            owner: match i % 3 {
+                0 => Owner::Unclaimed,
+                1 => Owner::tailnet(format!("T{i}")),
+                _ => Owner::Legacy,
+            },
             instance: [i as u8; 32],
             identity: i.is_multiple_of(2).then_some((7, i)),
             client_time: i.is_multiple_of(3).then_some(5),

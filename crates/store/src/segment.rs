@@ -234,6 +234,8 @@ pub struct FrameHead<'a> {
     pub instance: [u8; 32],
     /// Collection of the record.
     pub collection: &'a str,
+    /// Tailnet of the record.
+    pub owner: crate::record::Tenant<'a>,
     /// Bytes of the whole frame, header included.
     pub len: usize,
 }
@@ -281,15 +283,35 @@ pub fn check_frame(buf: &[u8]) -> FrameCheck<'_> {
     let flags = p[24];
     let clen = p[COLLECTION_AT] as usize;
     let coll_end = COLLECTION_AT + 1 + clen;
-    let Some(blen) = p.get(coll_end..coll_end + 4) else {
+    if flags > record::FLAG_IDENTITY | record::FLAG_OWNER {
+        return malformed;
+    }
+    let (owner_range, body_len_at) = if flags & record::FLAG_OWNER != 0 {
+        let Some(&tlen) = p.get(coll_end) else {
+            return malformed;
+        };
+        let end = coll_end + 1 + tlen as usize;
+        (Some(coll_end + 1..end), end)
+    } else {
+        (None, coll_end)
+    };
+    let Some(blen) = p.get(body_len_at..body_len_at + 4) else {
         return malformed;
     };
     let blen = u32::from_le_bytes([blen[0], blen[1], blen[2], blen[3]]) as usize;
-    if flags > 1 || coll_end + 4 + blen != len {
+    if body_len_at + 4 + blen != len {
         return malformed;
     }
     let Ok(collection) = std::str::from_utf8(&p[COLLECTION_AT + 1..coll_end]) else {
         return malformed;
+    };
+    let owner = match owner_range {
+        None => crate::record::Tenant::Legacy,
+        Some(r) => match std::str::from_utf8(&p[r]) {
+            Ok("") => crate::record::Tenant::Unclaimed,
+            Ok(t) => crate::record::Tenant::Tailnet(t),
+            Err(_) => return malformed,
+        },
     };
     let mut instance = [0u8; 32];
     instance.copy_from_slice(&p[COLLECTION_AT - 32..COLLECTION_AT]);
@@ -298,6 +320,7 @@ pub fn check_frame(buf: &[u8]) -> FrameCheck<'_> {
         time: u64_at(8) as i64,
         instance,
         collection,
+        owner,
         len: FRAME_HEADER + len,
     })
 }
@@ -342,6 +365,7 @@ impl SealedWriter {
             scratch: NewRecord {
                 time: 0,
                 collection: String::new(),
+                owner: crate::record::Owner::Unclaimed,
                 instance: [0; 32],
                 identity: None,
                 client_time: None,
@@ -365,6 +389,7 @@ impl SealedWriter {
         self.scratch.instance = head.instance;
         self.scratch.collection.clear();
         self.scratch.collection.push_str(head.collection);
+        self.scratch.owner = head.owner.to_owned();
         self.cur_meta.add(head.seq, &self.scratch, frame.len());
         self.cur_meta.note_expiry(expiry);
         if self.cur.len() >= self.block_target {
@@ -597,6 +622,11 @@ mod tests {
         NewRecord {
             time: 1_000 + i as i64 * 7,
             collection: ["tailnode", "", "ü-col"][i as usize % 3].into(),
+            owner: match i % 4 {
+                0 => crate::record::Owner::Unclaimed,
+                1 => crate::record::Owner::Legacy,
+                _ => crate::record::Owner::tailnet(format!("tailnet-{}", i % 5)),
+            },
             instance: [(i % 251) as u8; 32],
             identity: i.is_multiple_of(2).then_some((7, i)),
             client_time: i.is_multiple_of(3).then_some(5),
@@ -613,8 +643,8 @@ mod tests {
             FrameCheck::Valid(h) => {
                 let r = sample(5);
                 assert_eq!(
-                    (h.seq, h.time, h.instance, h.collection, h.len),
-                    (42, r.time, r.instance, r.collection.as_str(), buf.len())
+                    (h.seq, h.time, h.instance, h.collection, h.owner, h.len),
+                    (42, r.time, r.instance, r.collection.as_str(), r.owner.as_ref(), buf.len())
                 );
             }
             other => panic!("{other:?}"),
@@ -645,7 +675,7 @@ mod tests {
         };
         let mut cases = Vec::new();
         let mut flags = buf.clone();
-        flags[FRAME_HEADER + 24] = 2;
+        flags[FRAME_HEADER + 24] = 4;
         cases.push(reseal(flags));
         let mut clen = buf.clone();
         clen[FRAME_HEADER + COLLECTION_AT] = 200;

@@ -67,6 +67,9 @@ pub struct IngestState {
     pub next_seq: u64,
     seen: Vec<(IdentityKey, SeenRanges)>,
     recent: Vec<(InstanceKey, HourBuckets)>,
+    /// Bytes per owner (tailnet ID, `""` for unclaimed) and hour.
+    #[serde(default)]
+    owners: HashMap<String, HourBuckets>,
     #[serde(skip)]
     live: Live,
 }
@@ -105,30 +108,33 @@ impl IngestState {
             s.last_seen = s.last_seen.max(rec.time);
         }
         let hour = rec.time.div_euclid(HOUR);
+        if let Some(key) = rec.owner.as_ref().key() {
+            let buckets = match self.owners.get_mut(key) {
+                Some(b) => b,
+                None => self.owners.entry(key.to_owned()).or_default(),
+            };
+            add_to_hour(buckets, hour, rec.body.len() as u64);
+        }
         let per = match self.live.recent.get_mut(rec.collection.as_str()) {
             Some(m) => m,
             None => self.live.recent.entry(rec.collection.clone()).or_default(),
         };
-        let buckets = per.entry(rec.instance).or_default();
-        match buckets.last_mut() {
-            Some((h, b)) if *h == hour => *b += rec.body.len() as u64,
-            _ => buckets.push((hour, rec.body.len() as u64)),
-        }
-        if buckets.len() > 13 {
-            buckets.remove(0);
-        }
+        add_to_hour(per.entry(rec.instance).or_default(), hour, rec.body.len() as u64);
+    }
+
+    /// Body bytes stored for an owner (a tailnet ID, `""` for unclaimed
+    /// records) during the last 12 hours.
+    pub fn recent_owner_bytes(&self, owner: &str, now: i64) -> u64 {
+        self.owners.get(owner).map_or(0, |b| sum_recent(b, now))
     }
 
     /// Bytes stored for `(collection, instance)` during the last 12 hours.
     pub fn recent_bytes(&self, collection: &str, instance: &[u8; 32], now: i64) -> u64 {
-        let oldest = (now - RECENT_WINDOW_NANOS).div_euclid(HOUR);
         self.live
             .recent
             .get(collection)
             .and_then(|m| m.get(instance))
-            .map_or(0, |b| {
-                b.iter().filter(|(h, _)| *h >= oldest).map(|(_, n)| n).sum()
-            })
+            .map_or(0, |b| sum_recent(b, now))
     }
 
     /// Forgets identities not seen for a day and counters past their window.
@@ -157,6 +163,10 @@ impl IngestState {
             });
         }
         self.live.recent.retain(|_, m| !m.is_empty());
+        self.owners.retain(|_, b| {
+            b.retain(|(h, _)| *h >= oldest);
+            !b.is_empty()
+        });
     }
 
     /// Serializes the state (for a snapshot file).
@@ -180,6 +190,7 @@ impl IngestState {
             next_seq: self.next_seq,
             seen,
             recent,
+            owners: self.owners.clone(),
             live: Live::default(),
         };
         serde_json::to_vec(&snap).unwrap_or_default()
@@ -198,6 +209,27 @@ impl IngestState {
     }
 }
 
+/// Adds `bytes` to the bucket of `hour`, keeping the last 13 hours.
+fn add_to_hour(buckets: &mut HourBuckets, hour: i64, bytes: u64) {
+    match buckets.last_mut() {
+        Some((h, b)) if *h == hour => *b += bytes,
+        _ => buckets.push((hour, bytes)),
+    }
+    if buckets.len() > 13 {
+        buckets.remove(0);
+    }
+}
+
+/// Sum of the buckets of the last 12 hours before `now`.
+fn sum_recent(buckets: &HourBuckets, now: i64) -> u64 {
+    let oldest = (now - RECENT_WINDOW_NANOS).div_euclid(HOUR);
+    buckets
+        .iter()
+        .filter(|(h, _)| *h >= oldest)
+        .map(|(_, n)| n)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +239,7 @@ mod tests {
         NewRecord {
             time,
             collection: "c".into(),
+            owner: crate::record::Owner::tailnet("T1"),
             instance: [1; 32],
             identity: Some((9, pseq)),
             client_time: None,
@@ -245,6 +278,9 @@ mod tests {
         assert_eq!(back.next_seq, 101);
         assert_eq!(back.recent_bytes("c", &[1; 32], HOUR), 1000);
         assert_eq!(back.recent_bytes("c", &[1; 32], HOUR * 14), 0);
+        assert_eq!(back.recent_owner_bytes("T1", HOUR), 1000);
+        assert_eq!(back.recent_owner_bytes("", HOUR), 0);
+        assert_eq!(back.recent_owner_bytes("T1", HOUR * 14), 0);
     }
 
     #[test]

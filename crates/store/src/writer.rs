@@ -333,7 +333,7 @@ fn copy_frames(
             expect = Some(head.seq + 1);
             let expiry = inner
                 .policy
-                .expires_at(head.collection, &head.instance, head.time);
+                .expires_at(head.owner, head.collection, &head.instance, head.time);
             w.push_frame(&buf[at..at + head.len], &head, expiry)?;
             at += head.len;
             count += 1;
@@ -363,6 +363,7 @@ mod tests {
         NewRecord {
             time: 1_000 + i as i64,
             collection: "tailnode".into(),
+            owner: crate::record::Owner::tailnet("T"),
             instance: [(i % 7) as u8; 32],
             identity: Some((1, i)),
             client_time: None,

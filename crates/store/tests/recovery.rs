@@ -10,6 +10,7 @@ fn rec(i: u64) -> NewRecord {
     NewRecord {
         time: i as i64,
         collection: "c".into(),
+        owner: tally_store::Owner::tailnet("T1"),
         instance: [(i % 7) as u8; 32],
         identity: Some((1, i)),
         client_time: None,

@@ -11,6 +11,7 @@ fn rec(inst: u8, time: i64, identity: Option<(u32, u64)>, text: &str) -> NewReco
     NewRecord {
         time,
         collection: "tailnode".into(),
+        owner: tally_store::Owner::tailnet("T1"),
         instance: [inst; 32],
         identity,
         client_time: None,
@@ -163,7 +164,13 @@ async fn sealed_segments_are_compressed_indexed_and_readable() {
 /// Expires instance 9's records (unadopted) 10 time units after they were written.
 struct ShortForNine;
 impl RetentionPolicy for ShortForNine {
-    fn expires_at(&self, _: &str, instance: &[u8; 32], time: i64) -> Option<i64> {
+    fn expires_at(
+        &self,
+        _: tally_store::Tenant<'_>,
+        _: &str,
+        instance: &[u8; 32],
+        time: i64,
+    ) -> Option<i64> {
         (instance[0] == 9).then_some(time + 10)
     }
 }
@@ -269,4 +276,97 @@ async fn concurrent_appends_all_land_exactly_once() {
     assert_eq!(got.len(), 16 * 50);
     let seqs: Vec<u64> = got.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=800).collect::<Vec<_>>());
+}
+
+/// Records of a version that stored no owners get one, once, on start;
+/// until then no owner filter shows them.
+#[tokio::test]
+async fn legacy_records_are_given_owners_once_and_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = open(dir.path());
+        let legacy: Vec<NewRecord> = (0..300u64)
+            .map(|i| NewRecord {
+                owner: tally_store::Owner::Legacy,
+                ..rec((i % 3) as u8, 1_000 + i as i64, Some((1, i)), "old")
+            })
+            .collect();
+        store.append(legacy[..200].to_vec()).await.unwrap();
+        store.seal_now().await.unwrap();
+        // The rest stays in the write-ahead log.
+        store.append(legacy[200..].to_vec()).await.unwrap();
+        store.close();
+    }
+    let (store, _) = open(dir.path());
+    let owned_by = |o: &str| Filter {
+        owner: Some(o.into()),
+        ..Default::default()
+    };
+    let count = |store: &Store, o: &str| {
+        store
+            .scan(1, &owned_by(o), usize::MAX, usize::MAX, 0)
+            .unwrap()
+            .records
+            .len()
+    };
+    assert_eq!(count(&store, "T0"), 0, "legacy records match no owner");
+    // Instance 0 belongs to T0, instance 1 to T1, instance 2 to nobody.
+    let claimed = store
+        .claim_legacy(|r| match r.instance[0] {
+            0 => tally_store::Owner::tailnet("T0"),
+            1 => tally_store::Owner::tailnet("T1"),
+            _ => tally_store::Owner::Unclaimed,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed, 300);
+    assert_eq!(count(&store, "T0"), 100);
+    assert_eq!(count(&store, "T1"), 100);
+    assert_eq!(count(&store, ""), 100);
+    let records = all(&store);
+    assert_eq!(records.len(), 300);
+    assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
+    assert!(records.iter().all(|r| r.rec.owner != tally_store::Owner::Legacy));
+    // Done once: a second call (or start) changes nothing.
+    assert_eq!(store.claim_legacy(|_| tally_store::Owner::Unclaimed).await.unwrap(), 0);
+    store.close();
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!(count(&store, "T0"), 100);
+}
+
+/// A scan past a damaged sealed block says what it skipped and why.
+#[tokio::test]
+async fn a_scan_reports_the_ranges_it_could_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let batch: Vec<NewRecord> = (0..400u64)
+        .map(|i| rec(1, 1_000 + i as i64, None, &format!("entry {i} {}", "x".repeat(64))))
+        .collect();
+    store.append(batch).await.unwrap();
+    store.seal_now().await.unwrap();
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tsb"))
+        .unwrap();
+    let clean = store
+        .scan(1, &Filter::default(), usize::MAX, usize::MAX, 0)
+        .unwrap();
+    assert!(clean.damaged.is_empty());
+    assert_eq!(clean.records.len(), 400);
+    // Flip a byte inside the first block's compressed data.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let got = store
+        .scan(1, &Filter::default(), usize::MAX, usize::MAX, 0)
+        .unwrap();
+    assert_eq!(got.damaged.len(), 1, "{:?}", got.damaged);
+    let d = &got.damaged[0];
+    assert_eq!(d.first_seq, 1);
+    assert_eq!(got.records.len() as u64, 400 - (d.last_seq - d.first_seq + 1));
+    assert!(got.records.iter().all(|r| r.seq > d.last_seq));
+    assert!(!d.reason.is_empty());
 }
