@@ -101,7 +101,7 @@ pub async fn post_collections(
                 .delete_collection(caller.tailnet(), &caller.ctx, name.as_str())
                 .await?;
             state.catalog.reload(&state.control).await?;
-            state.instances.forget(name.as_str());
+            state.instances.forget(caller.tailnet(), name.as_str());
             state.store.recheck_retention();
             tracing::info!(collection = %name, key = %caller.principal.key_id, "collection deleted");
             Ok(

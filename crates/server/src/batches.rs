@@ -239,6 +239,8 @@ impl BatchLedger {
         Some(NewRecord {
             time: now,
             collection: collection.to_owned(),
+            // The caller gives it the owner of the batch's entries.
+            owner: tally_store::Owner::Unclaimed,
             instance: instance.0,
             identity: None,
             client_time: None,

@@ -1,9 +1,16 @@
-//! The catalog: an in-memory copy of the control database's collections and
-//! adoptions, for the ingest path (no database query per upload) and the
-//! store's retention rules. Reloaded after every change and periodically
-//! (other servers may share a PostgreSQL control database).
+//! The catalog: an in-memory copy of the control database's collections,
+//! adoptions, registered nodes and flow-logging switches, for the ingest
+//! path (no database query per upload) and the store's retention rules.
+//! Reloaded after every change and periodically (other servers may share a
+//! PostgreSQL control database).
+//!
+//! It also decides whose an upload is ([`Catalog::owner_of`]): the tailnet
+//! of the instance's registered node, else the tailnet that adopted the
+//! instance into the collection, else nobody (unclaimed).
 
-use crate::control::collections::{CollectionRow, FLOWS_COLLECTION};
+use crate::control::collections::{
+    BUILTIN_COLLECTIONS, CollectionRow, Collections, FLOWS_COLLECTION,
+};
 use crate::control::principals::hash_secret;
 use crate::control::{ControlDb, ControlError};
 use crate::retention::RetentionRules;
@@ -13,9 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tally_proto::PublicId;
-
-/// Collections created with the default tailnet: operational logs and flow logs.
-pub const DEFAULT_COLLECTIONS: [&str; 2] = ["tailnode", "tailtraffic"];
+use tally_store::Owner;
 
 /// A fresh random secret for the bootstrap API key.
 pub fn generate_key() -> String {
@@ -33,7 +38,11 @@ pub struct NodeRef {
 
 #[derive(Default)]
 struct Cached {
-    collections: BTreeMap<String, CollectionRow>,
+    collections: Collections,
+    /// Every collection name of any tailnet.
+    names: HashSet<String>,
+    /// `(collection, instance)` → the tailnet that adopted it.
+    adoptions: HashMap<(String, PublicId), String>,
     nodes: HashMap<PublicId, NodeRef>,
     flow_logging: HashSet<String>,
 }
@@ -55,9 +64,15 @@ impl Catalog {
     }
 
     /// Reloads from the database and republishes the retention rules.
-    /// Registered agents count as adopted into the flow-log collection.
     pub async fn reload(&self, db: &ControlDb) -> Result<(), ControlError> {
         let mut collections = db.load_collections().await?;
+        for ((_, name), c) in collections.iter_mut() {
+            if name == FLOWS_COLLECTION {
+                // The typed flow store keeps flows for each tailnet's
+                // flowsRetentionDays; the raw records only need to outlive replay.
+                c.retention_days = crate::flows::RAW_FLOW_RETENTION_DAYS;
+            }
+        }
         let mut nodes = HashMap::new();
         for (instance, node_id, tailnet_id) in db.node_instances().await? {
             if let Ok(id) = PublicId::parse(&instance) {
@@ -70,52 +85,78 @@ impl Catalog {
                 );
             }
         }
-        if let Some(flows) = collections.get_mut(FLOWS_COLLECTION) {
-            flows.adopted.extend(nodes.keys().copied());
-            // The typed flow store keeps flows for each tailnet's
-            // flowsRetentionDays; the raw records only need to outlive replay.
-            flows.retention_days = crate::flows::RAW_FLOW_RETENTION_DAYS;
-        }
         let flow_logging = db
             .tailnets_with("networkFlowLoggingOn")
             .await?
             .into_iter()
             .collect();
+        let names = collections.keys().map(|(_, n)| n.clone()).collect();
+        let adoptions = collections
+            .iter()
+            .flat_map(|((t, n), c)| c.adopted.iter().map(move |i| ((n.clone(), *i), t.clone())))
+            .collect();
         self.rules.replace(&collections);
         *self.data.write() = Cached {
             collections,
+            names,
+            adoptions,
             nodes,
             flow_logging,
         };
         Ok(())
     }
 
-    /// True if the collection exists.
-    pub fn has_collection(&self, name: &str) -> bool {
-        self.data.read().collections.contains_key(name)
+    /// Whose an upload of `instance` to `collection` is: its registered
+    /// node's tailnet, else the tailnet that adopted it into the collection,
+    /// else nobody.
+    pub fn owner_of(&self, collection: &str, instance: &PublicId) -> Owner {
+        let data = self.data.read();
+        if let Some(n) = data.nodes.get(instance) {
+            return Owner::tailnet(n.tailnet_id.clone());
+        }
+        data.adoptions
+            .get(&(collection.to_owned(), *instance))
+            .map_or(Owner::Unclaimed, |t| Owner::tailnet(t.clone()))
     }
 
-    /// The tailnet owning a collection.
-    pub fn owner(&self, name: &str) -> Option<String> {
+    /// The owner of a record stored before records carried one: the
+    /// reconciler's findings belong to the tailnet they name, everything
+    /// else to whom [`Catalog::owner_of`] names now.
+    pub fn legacy_owner(&self, r: &tally_store::NewRecord) -> Owner {
+        if r.instance == crate::reconcile::RECONCILER_INSTANCE {
+            #[derive(Deserialize)]
+            struct Named {
+                tailnet: String,
+            }
+            return serde_json::from_slice::<Named>(&r.body)
+                .map_or(Owner::Unclaimed, |n| Owner::tailnet(n.tailnet));
+        }
+        self.owner_of(&r.collection, &PublicId(r.instance))
+    }
+
+    /// True if the tailnet has the collection.
+    pub fn has_collection(&self, tailnet_id: &str, name: &str) -> bool {
         self.data
             .read()
             .collections
-            .get(name)
-            .map(|c| c.tailnet_id.clone())
+            .contains_key(&(tailnet_id.to_owned(), name.to_owned()))
     }
 
-    /// True if `instance` is adopted into `collection`.
-    pub fn is_adopted(&self, collection: &str, instance: &PublicId) -> bool {
+    /// True if some tailnet has a collection of this name (where an
+    /// unclaimed instance may upload, to be adopted later).
+    pub fn exists_anywhere(&self, name: &str) -> bool {
+        BUILTIN_COLLECTIONS.contains(&name) || self.data.read().names.contains(name)
+    }
+
+    /// The collections of a tailnet, by name.
+    pub fn collections_of(&self, tailnet_id: &str) -> BTreeMap<String, CollectionRow> {
         self.data
             .read()
             .collections
-            .get(collection)
-            .is_some_and(|c| c.adopted.contains(instance))
-    }
-
-    /// Every collection, by name.
-    pub fn collections(&self) -> BTreeMap<String, CollectionRow> {
-        self.data.read().collections.clone()
+            .iter()
+            .filter(|((t, _), _)| t == tailnet_id)
+            .map(|((_, n), c)| (n.clone(), c.clone()))
+            .collect()
     }
 
     /// The registered node of an agent instance.
@@ -152,8 +193,8 @@ struct LegacyKey {
     description: String,
 }
 
-/// Creates the default tailnet's collections, importing a `catalog.json`
-/// of an earlier version when one is there (then renamed `.imported`).
+/// Imports a `catalog.json` of an earlier version into the default tailnet
+/// when one is there (then renamed `.imported`).
 pub async fn seed_collections(
     db: &ControlDb,
     data_dir: &Path,
@@ -172,8 +213,10 @@ pub async fn seed_collections(
                 )
             })?;
             for (name, c) in &old.collections {
-                db.create_collection(tailnet_id, &ctx, name, Some(c.retention_days), c.created)
-                    .await?;
+                if !BUILTIN_COLLECTIONS.contains(&name.as_str()) {
+                    db.create_collection(tailnet_id, &ctx, name, Some(c.retention_days), c.created)
+                        .await?;
+                }
                 let adopted: Vec<PublicId> = c.adopted.iter().copied().collect();
                 if !adopted.is_empty() {
                     db.adopt(tailnet_id, &ctx, name, &adopted).await?;
@@ -192,23 +235,8 @@ pub async fn seed_collections(
                 "imported catalog.json into the control database"
             );
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            for name in DEFAULT_COLLECTIONS {
-                db.create_collection(tailnet_id, &ctx, name, None, 0)
-                    .await?;
-            }
-            // Reconciliation findings, written by the server itself.
-            let findings = crate::reconcile::FINDINGS_COLLECTION;
-            db.create_collection(tailnet_id, &ctx, findings, None, 0)
-                .await?;
-            db.adopt(
-                tailnet_id,
-                &ctx,
-                findings,
-                &[PublicId(crate::reconcile::RECONCILER_INSTANCE)],
-            )
-            .await?;
-        }
+        // The built-in collections need no seeding.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => anyhow::bail!("reading {}: {e}", legacy.display()),
     }
     Ok(())

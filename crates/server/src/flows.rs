@@ -90,8 +90,15 @@ pub async fn consume(state: AppState, mut pos: u64) {
             let mut last_logged = None;
             for r in &batch.records {
                 last_logged = Some(r.rec.time);
-                let Some(node) = catalog.node(&PublicId(r.rec.instance)) else {
-                    // The node was removed since: its records go with it.
+                // The tailnet is the one fixed at ingest; a node removed (or
+                // moved to another tailnet) since takes its records with it.
+                let tally_store::Owner::Tailnet(tailnet) = &r.rec.owner else {
+                    continue;
+                };
+                let Some(node) = catalog
+                    .node(&PublicId(r.rec.instance))
+                    .filter(|n| n.tailnet_id == *tailnet)
+                else {
                     continue;
                 };
                 match entries_of(&r.rec.body, &node.tailnet_id, &node.node_id, r.rec.time) {

@@ -2,14 +2,14 @@
 
 use crate::AppState;
 use crate::body;
-use crate::control::collections::FLOWS_COLLECTION;
+use crate::control::collections::{FLOWS_COLLECTION, is_system_collection};
 use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tally_proto::logtail::{self, MAX_BODY_BYTES};
 use tally_proto::{CollectionName, PrivateId, PublicId};
-use tally_store::{NewRecord, kind};
+use tally_store::{NewRecord, Owner, kind};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Bytes of one permit of the ingest memory budget.
@@ -95,11 +95,16 @@ pub async fn post_logs(
     // From here on only the public ID is used: the private one is never stored or logged.
     let public = private.public();
     drop(private);
-    if !state.catalog.has_collection(collection.as_str()) {
-        return Err(ApiError::not_found(format!(
-            "collection \"{collection}\" does not exist; an admin creates it with POST /collections (collection={collection}, action=create)"
-        )));
+    if is_system_collection(collection.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "collection \"{collection}\" is written only by the server; uploads to it are refused"
+            ),
+        ));
     }
+    let owner = state.catalog.owner_of(collection.as_str(), &public);
+    check_destination(&state, &collection, &public, &owner)?;
     if collection.as_str() == FLOWS_COLLECTION {
         check_flow_source(&state, &public)?;
     }
@@ -110,27 +115,13 @@ pub async fn post_logs(
             "too many uploads in progress; retry after 1 s",
         ));
     };
+    let now = tally_proto::timefmt::now_nanos();
+    // A spent budget is refused before the body is read.
+    check_budgets(&state, &collection, &public, &owner, 0, now)?;
     // Held until the records are written: memory is bounded by bytes, not by request count.
     let _budget = reserve(&state, &headers).await?;
     // Compressed bodies are smaller than the decompressed limit; identity bodies are checked again after.
     let raw = body::read_limited(raw, MAX_RAW_BYTES).await?;
-    let now = tally_proto::timefmt::now_nanos();
-    let adopted = state.catalog.is_adopted(collection.as_str(), &public);
-    if !adopted {
-        let used = state
-            .store
-            .recent_bytes(collection.as_str(), public.as_bytes(), now);
-        if used >= state.config.unadopted_cap_bytes {
-            return Err(ApiError::retry(
-                StatusCode::TOO_MANY_REQUESTS,
-                3600,
-                format!(
-                    "instance {public} is not adopted into \"{collection}\" and has used its {} MiB allowance for 12 hours; adopt it with POST /instances (collection={collection}, instances={public})",
-                    state.config.unadopted_cap_bytes >> 20
-                ),
-            ));
-        }
-    }
     let (parsed, decode_error, batch) = {
         let headers = headers.clone();
         // Parsing is CPU-bound: more at once than there are CPUs only adds
@@ -168,6 +159,11 @@ pub async fn post_logs(
         .map_err(|e| ApiError::new(e.status(), e.message()))?
     };
     let bytes: u64 = parsed.entries.iter().map(|e| e.json.len() as u64).sum();
+    if collection.as_str() == FLOWS_COLLECTION {
+        check_flow_records(&parsed.entries)?;
+    }
+    // The exact bytes are reserved against the budgets until they are written.
+    let _spent = check_budgets(&state, &collection, &public, &owner, bytes, now)?;
     let bad_entries = parsed.error_message();
     let records: Vec<NewRecord> = parsed
         .entries
@@ -175,6 +171,7 @@ pub async fn post_logs(
         .map(|e| NewRecord {
             time: now,
             collection: collection.to_string(),
+            owner: owner.clone(),
             instance: public.0,
             identity: e.proc_id.zip(e.proc_seq),
             client_time: e.client_time,
@@ -185,11 +182,12 @@ pub async fn post_logs(
     let count = records.len() as u64;
     let mut records = records;
     if let Some(check) = &batch
-        && let Some(r) =
+        && let Some(mut r) =
             state
                 .batches
                 .record(check, &public, collection.as_str(), now, records.len())
     {
+        r.owner = owner.clone();
         records.push(r);
     }
     let outcome = state.store.append(records).await?;
@@ -214,7 +212,7 @@ pub async fn post_logs(
     if outcome.stored > 0 {
         state
             .instances
-            .record(collection.as_str(), public, now, count, bytes);
+            .record(&owner, collection.as_str(), public, now, count, bytes);
     }
     if let Some(e) = decode_error {
         return Err(ApiError::bad_request(format!(
@@ -233,6 +231,109 @@ pub async fn post_logs(
         resp.headers_mut().insert("tally-batch-verdict", h);
     }
     Ok(resp)
+}
+
+/// The upload's collection must exist where it goes: in its owner's
+/// tailnet, or (for an unclaimed instance) in some tailnet, where it may
+/// be adopted later; a server run with `--registered-only` refuses
+/// unclaimed instances altogether.
+fn check_destination(
+    state: &AppState,
+    collection: &CollectionName,
+    public: &PublicId,
+    owner: &Owner,
+) -> Result<(), ApiError> {
+    match owner {
+        Owner::Tailnet(t) if !state.catalog.has_collection(t, collection.as_str()) => {
+            Err(ApiError::not_found(format!(
+                "collection \"{collection}\" does not exist in this instance's tailnet; an admin creates it with POST /collections (collection={collection}, action=create)"
+            )))
+        }
+        Owner::Tailnet(_) => Ok(()),
+        _ if state.config.registered_only => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this server accepts uploads only from registered nodes and adopted instances; register the agent with --auth-key, or have an admin adopt instance {public} (POST /instances)"
+            ),
+        )),
+        _ if !state.catalog.exists_anywhere(collection.as_str()) => {
+            Err(ApiError::not_found(format!(
+                "collection \"{collection}\" does not exist; an admin creates it with POST /collections (collection={collection}, action=create)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks the ingest budgets for `bytes` more of this upload (0: only
+/// whether a budget is already spent): an unclaimed instance's own cap per
+/// collection, the server-wide budget of all unclaimed instances, and the
+/// owner tailnet's budget. The returned reservation holds `bytes` against
+/// the budgets until it is dropped (after the records are written), so
+/// uploads in flight cannot overshoot them together.
+fn check_budgets(
+    state: &AppState,
+    collection: &CollectionName,
+    public: &PublicId,
+    owner: &Owner,
+    bytes: u64,
+    now: i64,
+) -> Result<Option<crate::budget::Reservation>, ApiError> {
+    let config = &state.config;
+    let (key, limit) = match owner {
+        Owner::Tailnet(t) => match config.tailnet_budget_bytes {
+            Some(limit) => (t.as_str(), limit),
+            None => return Ok(None),
+        },
+        _ => {
+            let used = state
+                .store
+                .recent_bytes(collection.as_str(), public.as_bytes(), now);
+            if used.saturating_add(bytes) > config.unadopted_cap_bytes {
+                return Err(ApiError::retry(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    3600,
+                    format!(
+                        "instance {public} belongs to no tailnet and has used its {} MiB allowance for 12 hours in \"{collection}\"; register the agent with --auth-key, or adopt the instance with POST /instances (collection={collection}, instances={public})",
+                        config.unadopted_cap_bytes >> 20
+                    ),
+                ));
+            }
+            ("", config.unclaimed_budget_bytes)
+        }
+    };
+    match state.budgets.reserve(&state.store, key, bytes, limit, now) {
+        Some(r) => Ok(Some(r)),
+        None if key.is_empty() => Err(ApiError::retry(
+            StatusCode::TOO_MANY_REQUESTS,
+            600,
+            format!(
+                "uploads from instances that belong to no tailnet have used this server's {} MiB budget for 12 hours; register the agent with --auth-key, or have an admin adopt instance {public} (POST /instances)",
+                limit >> 20
+            ),
+        )),
+        None => Err(ApiError::retry(
+            StatusCode::TOO_MANY_REQUESTS,
+            600,
+            format!(
+                "this instance's tailnet has used its ingest budget of {} MiB per 12 hours; the server's operator sets it (--tailnet-budget-mb)",
+                limit >> 20
+            ),
+        )),
+    }
+}
+
+/// Every entry uploaded to the flow-log collection must be a flow record;
+/// otherwise nothing is stored and the answer says which entry is wrong.
+fn check_flow_records(entries: &[logtail::IngestEntry]) -> Result<(), ApiError> {
+    for (i, e) in entries.iter().enumerate() {
+        if let Err(err) = serde_json::from_slice::<tally_flow::FlowRecord>(&e.json) {
+            return Err(ApiError::bad_request(format!(
+                "entry {i} is not a flow record ({err}); nothing of this upload was stored"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Flow records come only from registered agents of tailnets with flow

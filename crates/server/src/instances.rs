@@ -1,6 +1,7 @@
 //! Per-instance statistics shown by `GET /collections`: when each instance
-//! was first seen and how many bytes it stored. Kept in memory, saved every
-//! few seconds (a crash may lose the last seconds of counts, never entries).
+//! was first seen and how many bytes it stored, per owner (tailnet, or
+//! unclaimed) and collection. Kept in memory, saved every few seconds (a
+//! crash may lose the last seconds of counts, never entries).
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_proto::PublicId;
+use tally_store::Owner;
+
+/// Instances of one collection.
+type PerCollection = BTreeMap<PublicId, InstanceInfo>;
+
+/// The key of an owner: its tailnet ID, `""` when unclaimed.
+fn owner_key(owner: &Owner) -> &str {
+    owner.as_ref().key().unwrap_or("")
+}
 
 /// Statistics of one instance in one collection.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -23,7 +33,8 @@ pub struct InstanceInfo {
 /// The statistics of every instance.
 pub struct InstanceStats {
     path: PathBuf,
-    map: Mutex<BTreeMap<String, BTreeMap<PublicId, InstanceInfo>>>,
+    /// Owner key, then collection.
+    map: Mutex<BTreeMap<String, BTreeMap<String, PerCollection>>>,
     dirty: AtomicBool,
 }
 
@@ -42,9 +53,21 @@ impl InstanceStats {
     }
 
     /// Counts stored entries of an instance.
-    pub fn record(&self, collection: &str, instance: PublicId, now: i64, entries: u64, bytes: u64) {
+    pub fn record(
+        &self,
+        owner: &Owner,
+        collection: &str,
+        instance: PublicId,
+        now: i64,
+        entries: u64,
+        bytes: u64,
+    ) {
         let mut map = self.map.lock();
-        let per = map.entry(collection.to_owned()).or_default();
+        let per = map
+            .entry(owner_key(owner).to_owned())
+            .or_default()
+            .entry(collection.to_owned())
+            .or_default();
         let info = per.entry(instance).or_insert(InstanceInfo {
             first_seen: now,
             size: 0,
@@ -55,14 +78,21 @@ impl InstanceStats {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Instances of a collection.
-    pub fn of(&self, collection: &str) -> BTreeMap<PublicId, InstanceInfo> {
-        self.map.lock().get(collection).cloned().unwrap_or_default()
+    /// Instances of a tailnet's collection.
+    pub fn of(&self, tailnet_id: &str, collection: &str) -> PerCollection {
+        self.map
+            .lock()
+            .get(tailnet_id)
+            .and_then(|m| m.get(collection))
+            .cloned()
+            .unwrap_or_default()
     }
 
-    /// Forgets a deleted collection.
-    pub fn forget(&self, collection: &str) {
-        self.map.lock().remove(collection);
+    /// Forgets a tailnet's deleted collection.
+    pub fn forget(&self, tailnet_id: &str, collection: &str) {
+        if let Some(m) = self.map.lock().get_mut(tailnet_id) {
+            m.remove(collection);
+        }
         self.dirty.store(true, Ordering::Relaxed);
     }
 

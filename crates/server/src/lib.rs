@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod batches;
 pub mod body;
+pub mod budget;
 pub mod catalog;
 pub mod control;
 pub mod error;
@@ -44,8 +45,16 @@ pub struct ServerConfig {
     /// The default tailnet's `logsRetentionDays` when it is created (first
     /// start), in days; later changed with the tailnet settings.
     pub default_retention_days: u32,
-    /// Bytes an unadopted instance may store per 12 hours, per collection.
+    /// Bytes an instance that belongs to no tailnet may store per 12 hours,
+    /// per collection.
     pub unadopted_cap_bytes: u64,
+    /// Bytes all instances that belong to no tailnet may store together per
+    /// 12 hours (then 429).
+    pub unclaimed_budget_bytes: u64,
+    /// Bytes each tailnet may store per 12 hours (then 429); unlimited when `None`.
+    pub tailnet_budget_bytes: Option<u64>,
+    /// Accept uploads only from registered nodes and adopted instances.
+    pub registered_only: bool,
     /// How often retention runs.
     pub retention_interval: Duration,
     /// Most uploads processed at once before answering 429.
@@ -80,6 +89,9 @@ impl ServerConfig {
             bootstrap_key: None,
             default_retention_days: 30,
             unadopted_cap_bytes: 10 << 20,
+            unclaimed_budget_bytes: 64 << 20,
+            tailnet_budget_bytes: None,
+            registered_only: false,
             retention_interval: Duration::from_secs(60),
             max_concurrent_uploads: 512,
             ingest_memory_budget: 32 << 20,
@@ -116,6 +128,8 @@ pub struct AppState {
     pub flow_progress: Arc<tokio::sync::watch::Sender<u64>>,
     /// Per-instance statistics.
     pub instances: Arc<InstanceStats>,
+    /// Ingest budgets' bytes in flight.
+    pub budgets: Arc<budget::Budgets>,
     /// Upload concurrency limit.
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
     /// Upload memory budget, one permit per KiB.
@@ -204,6 +218,20 @@ impl Server {
                 .await
                 .context("store recovery panicked")?
                 .context("cannot open the store")?;
+        let catalog = Arc::new(catalog);
+        {
+            let catalog = catalog.clone();
+            let claimed = store
+                .claim_legacy(move |r| catalog.legacy_owner(r))
+                .await
+                .context("giving records of an earlier version their tailnet")?;
+            if claimed > 0 {
+                tracing::info!(
+                    records = claimed,
+                    "records of an earlier version were given the tailnet of their instance"
+                );
+            }
+        }
         let batch_ledger = {
             let store = store.clone();
             let dir = config.data_dir.clone();
@@ -222,7 +250,10 @@ impl Server {
             )
         })?;
         let state = AppState {
-            instances: Arc::new(InstanceStats::open(config.data_dir.join("instances.json"))),
+            instances: Arc::new(InstanceStats::open(
+                config.data_dir.join("instances-v2.json"),
+            )),
+            budgets: Arc::new(budget::Budgets::default()),
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
             ingest_budget: Arc::new(tokio::sync::Semaphore::new(ingest::budget_permits(
                 config.ingest_memory_budget,
@@ -232,7 +263,7 @@ impl Server {
             )),
             config: Arc::new(config),
             store,
-            catalog: Arc::new(catalog),
+            catalog,
             control,
             flows: flow_store,
             batches: Arc::new(batch_ledger),

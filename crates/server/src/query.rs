@@ -115,7 +115,10 @@ pub async fn get_logs(
 ) -> Result<Response, ApiError> {
     let collection = CollectionName::parse(&collection)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
-    if state.catalog.owner(collection.as_str()).as_deref() != Some(caller.tailnet()) {
+    if !state
+        .catalog
+        .has_collection(caller.tailnet(), collection.as_str())
+    {
         return Err(ApiError::not_found(format!(
             "collection \"{collection}\" does not exist (GET /collections lists them)"
         )));
@@ -127,6 +130,8 @@ pub async fn get_logs(
         time_start: q.time_start,
         time_end: q.time_end,
         kinds: vec![tally_store::kind::LOG],
+        // A caller sees its own tailnet's entries only.
+        owner: Some(caller.tailnet().to_owned()),
     };
     if q.stream {
         return Ok(stream_logs(state, collection, filter, q));
@@ -272,13 +277,13 @@ pub async fn get_collections(
         .find(|(k, _)| k == "collection-name")
         .map(|(_, v)| v.clone());
     let mut out = BTreeMap::new();
-    for (name, c) in state.catalog.collections() {
-        if c.tailnet_id != caller.tailnet() || only.as_ref().is_some_and(|o| *o != name) {
+    for (name, c) in state.catalog.collections_of(caller.tailnet()) {
+        if only.as_ref().is_some_and(|o| *o != name) {
             continue;
         }
         let instances: BTreeMap<String, serde_json::Value> = state
             .instances
-            .of(&name)
+            .of(caller.tailnet(), &name)
             .into_iter()
             .map(|(id, info)| {
                 let mut v = serde_json::json!({
@@ -286,8 +291,10 @@ pub async fn get_collections(
                     "size": info.size,
                     "entries": info.entries,
                 });
-                if !c.adopted.contains(&id) {
-                    v["orphan"] = serde_json::Value::Bool(true);
+                // How the instance is the tailnet's: a registered node, or adopted.
+                match state.catalog.node(&id) {
+                    Some(n) if n.tailnet_id == caller.tailnet() => v["node"] = n.node_id.into(),
+                    _ => v["adopted"] = c.adopted.contains(&id).into(),
                 }
                 (id.to_hex(), v)
             })

@@ -14,7 +14,6 @@
 use crate::AppState;
 use crate::catalog::Catalog;
 use crate::control::ControlDb;
-use crate::control::audit::AuditContext;
 use crate::control::collections::FLOWS_COLLECTION;
 use crate::retention::RetentionRules;
 use parking_lot::Mutex;
@@ -389,39 +388,8 @@ async fn refresh_nodes(state: &AppState, svc: &ReconcileService) {
     }
 }
 
-/// Makes sure the findings collection exists and its writer is adopted.
-pub async fn ensure_collection(state: &AppState) -> anyhow::Result<()> {
-    if state.catalog.has_collection(FINDINGS_COLLECTION) {
-        return Ok(());
-    }
-    let owner = state
-        .catalog
-        .owner(FLOWS_COLLECTION)
-        .ok_or_else(|| anyhow::anyhow!("the {FLOWS_COLLECTION} collection is missing"))?;
-    let ctx = AuditContext::system();
-    state
-        .control
-        .create_collection(&owner, &ctx, FINDINGS_COLLECTION, None, 0)
-        .await?;
-    state
-        .control
-        .adopt(
-            &owner,
-            &ctx,
-            FINDINGS_COLLECTION,
-            &[PublicId(RECONCILER_INSTANCE)],
-        )
-        .await?;
-    state.catalog.reload(&state.control).await?;
-    Ok(())
-}
-
 /// Runs the reconciler until the task is dropped.
 pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut written: u64) {
-    if let Err(e) = ensure_collection(&state).await {
-        tracing::error!("reconciliation is off: {e}");
-        return;
-    }
     let mut changes = state.store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refreshed: Option<tokio::time::Instant> = None;
@@ -487,6 +455,8 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
                 .map(|(k, f)| NewRecord {
                     time: now,
                     collection: FINDINGS_COLLECTION.to_owned(),
+                    // A finding belongs to the tailnet whose nodes it is about.
+                    owner: tally_store::Owner::tailnet(f.tailnet.clone()),
                     instance: RECONCILER_INSTANCE,
                     identity: Some((1, written + 1 + k as u64)),
                     client_time: None,

@@ -35,6 +35,8 @@ async fn batches_are_checked_stored_and_flagged() {
     let private = tally_proto::PrivateId::generate();
     let instance = private.public().to_hex();
     let private = private.to_hex();
+    // Adopted: its entries are the owner's tailnet's.
+    env.adopt("tailnode", &private).await;
     let key = generate_signing_key();
     let signer = BatchSigner::new(key.clone(), &instance, "tailnode").expect("signer");
     let mut state = ChainState::GENESIS;

@@ -209,6 +209,7 @@ async fn permission_matrix(db: &Db<'_>) {
     // Least powerful first, so that the owner deleting the tailnet comes last.
     keys.reverse();
     let private = tally_proto::PrivateId::generate().to_hex();
+    env.adopt("tailnode", &private).await;
     let resp = env
         .http
         .post(format!("{}/c/tailnode/{private}", env.base))

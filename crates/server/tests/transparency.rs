@@ -37,8 +37,10 @@ fn hashes(v: &serde_json::Value) -> Vec<Hash> {
         .collect()
 }
 
+/// Posts `n` entries as a fresh instance adopted by the owner's tailnet.
 async fn post_logs(env: &Env, n: usize) {
     let private = tally_proto::PrivateId::generate().to_hex();
+    env.adopt("tailnode", &private).await;
     let body: Vec<serde_json::Value> = (0..n)
         .map(|i| serde_json::json!({ "text": format!("line {i}") }))
         .collect();
@@ -83,7 +85,8 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
     c1.verify_consistency_to(&c2, &hashes(&v["proof"]))
         .expect("consistent");
     // Every record of the tailnet proves its inclusion, and its stored
-    // content still hashes to its leaf.
+    // content still hashes to its leaf; the other records are not shown.
+    let mut proven = 0;
     for seq in 1..=c2.size {
         let (s, v) = env
             .call(
@@ -94,9 +97,10 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
             )
             .await;
         if s == 404 {
-            continue; // a record of another tailnet's collection, or none
+            continue; // a record of no tailnet, or of another
         }
         assert_eq!(s, 200, "{v}");
+        proven += 1;
         assert_eq!(
             v["leafHash"], v["recordLeafHash"],
             "record {seq} changed since it was logged"
@@ -106,6 +110,7 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
         c2.verify_inclusion(&leaf, index, &hashes(&v["proof"]))
             .expect("included");
     }
+    assert_eq!(proven, 12, "the 12 entries posted, each proven once");
     // Somebody rewrites the log's history on disk (and the server signs
     // whatever it then holds): the old checkpoint exposes it.
     let dir = env.stop_keep().await;

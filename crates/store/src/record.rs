@@ -143,8 +143,11 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, rec: &NewRecord) {
         Owner::Unclaimed => Some(""),
         Owner::Tailnet(t) => Some(t),
     };
-    let flags = if rec.identity.is_some() { FLAG_IDENTITY } else { 0 }
-        | if owner.is_some() { FLAG_OWNER } else { 0 };
+    let flags = if rec.identity.is_some() {
+        FLAG_IDENTITY
+    } else {
+        0
+    } | if owner.is_some() { FLAG_OWNER } else { 0 };
     out.push(flags);
     out.push(rec.kind);
     let (pid, pseq) = rec.identity.unwrap_or((0, 0));

@@ -644,7 +644,14 @@ mod tests {
                 let r = sample(5);
                 assert_eq!(
                     (h.seq, h.time, h.instance, h.collection, h.owner, h.len),
-                    (42, r.time, r.instance, r.collection.as_str(), r.owner.as_ref(), buf.len())
+                    (
+                        42,
+                        r.time,
+                        r.instance,
+                        r.collection.as_str(),
+                        r.owner.as_ref(),
+                        buf.len()
+                    )
                 );
             }
             other => panic!("{other:?}"),

@@ -119,7 +119,11 @@ impl IngestState {
             Some(m) => m,
             None => self.live.recent.entry(rec.collection.clone()).or_default(),
         };
-        add_to_hour(per.entry(rec.instance).or_default(), hour, rec.body.len() as u64);
+        add_to_hour(
+            per.entry(rec.instance).or_default(),
+            hour,
+            rec.body.len() as u64,
+        );
     }
 
     /// Body bytes stored for an owner (a tailnet ID, `""` for unclaimed

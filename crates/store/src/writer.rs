@@ -331,9 +331,10 @@ fn copy_frames(
                 ));
             }
             expect = Some(head.seq + 1);
-            let expiry = inner
-                .policy
-                .expires_at(head.owner, head.collection, &head.instance, head.time);
+            let expiry =
+                inner
+                    .policy
+                    .expires_at(head.owner, head.collection, &head.instance, head.time);
             w.push_frame(&buf[at..at + head.len], &head, expiry)?;
             at += head.len;
             count += 1;

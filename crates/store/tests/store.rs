@@ -325,10 +325,25 @@ async fn legacy_records_are_given_owners_once_and_indexed() {
     assert_eq!(count(&store, ""), 100);
     let records = all(&store);
     assert_eq!(records.len(), 300);
-    assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
-    assert!(records.iter().all(|r| r.rec.owner != tally_store::Owner::Legacy));
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == i as u64 + 1)
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.rec.owner != tally_store::Owner::Legacy)
+    );
     // Done once: a second call (or start) changes nothing.
-    assert_eq!(store.claim_legacy(|_| tally_store::Owner::Unclaimed).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .claim_legacy(|_| tally_store::Owner::Unclaimed)
+            .await
+            .unwrap(),
+        0
+    );
     store.close();
     drop(store);
     let (store, _) = open(dir.path());
@@ -341,7 +356,14 @@ async fn a_scan_reports_the_ranges_it_could_not_read() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
     let batch: Vec<NewRecord> = (0..400u64)
-        .map(|i| rec(1, 1_000 + i as i64, None, &format!("entry {i} {}", "x".repeat(64))))
+        .map(|i| {
+            rec(
+                1,
+                1_000 + i as i64,
+                None,
+                &format!("entry {i} {}", "x".repeat(64)),
+            )
+        })
         .collect();
     store.append(batch).await.unwrap();
     store.seal_now().await.unwrap();
@@ -366,7 +388,10 @@ async fn a_scan_reports_the_ranges_it_could_not_read() {
     assert_eq!(got.damaged.len(), 1, "{:?}", got.damaged);
     let d = &got.damaged[0];
     assert_eq!(d.first_seq, 1);
-    assert_eq!(got.records.len() as u64, 400 - (d.last_seq - d.first_seq + 1));
+    assert_eq!(
+        got.records.len() as u64,
+        400 - (d.last_seq - d.first_seq + 1)
+    );
     assert!(got.records.iter().all(|r| r.seq > d.last_seq));
     assert!(!d.reason.is_empty());
 }

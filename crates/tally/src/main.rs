@@ -81,9 +81,22 @@ struct ServerCmd {
     /// created on first start (later: `tally settings set --logs-retention-days`).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
-    /// MiB an unadopted instance may store per 12 hours.
+    /// MiB an instance that belongs to no tailnet (not registered, not
+    /// adopted) may store per collection per 12 hours.
     #[arg(long, default_value_t = 10)]
     unadopted_cap_mb: u64,
+    /// MiB all instances that belong to no tailnet may store together per
+    /// 12 hours; past it their uploads get 429 with Retry-After.
+    #[arg(long, env = "TALLY_UNCLAIMED_BUDGET_MB", default_value_t = 64)]
+    unclaimed_budget_mb: u64,
+    /// MiB each tailnet may store per 12 hours (429 with Retry-After past
+    /// it); unlimited when not given.
+    #[arg(long, env = "TALLY_TAILNET_BUDGET_MB")]
+    tailnet_budget_mb: Option<u64>,
+    /// Accept uploads only from registered nodes (agents started with
+    /// --auth-key) and instances a tailnet adopted; refuse the rest (403).
+    #[arg(long, env = "TALLY_REGISTERED_ONLY")]
+    registered_only: bool,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -151,6 +164,9 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
         .filter(|k| !k.is_empty());
     config.default_retention_days = cmd.retention_days;
     config.unadopted_cap_bytes = cmd.unadopted_cap_mb << 20;
+    config.unclaimed_budget_bytes = cmd.unclaimed_budget_mb << 20;
+    config.tailnet_budget_bytes = cmd.tailnet_budget_mb.map(|mb| mb << 20);
+    config.registered_only = cmd.registered_only;
     config.tls = cmd.tls_cert.zip(cmd.tls_key);
     config.control_db = cmd.control_db.filter(|u| !u.is_empty());
     config.agent_report_seconds = cmd.agent_report_seconds;

@@ -69,6 +69,7 @@ pub async fn report(
         collections: vec![FINDINGS_COLLECTION.to_owned()],
         kinds: vec![kind::LOG],
         time_start: Some(start),
+        owner: Some(tailnet.clone()),
         ..Filter::default()
     };
     let store = state.store.clone();

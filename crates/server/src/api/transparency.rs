@@ -87,7 +87,7 @@ pub async fn inclusion(
     let not_found =
         || ApiError::not_found(format!("no record {seq} in the log that this key may read"));
     let record = record.ok_or_else(not_found)?;
-    if state.catalog.owner(&record.rec.collection).as_deref() != Some(caller.tailnet()) {
+    if record.rec.owner.as_ref().key() != Some(caller.tailnet()) {
         return Err(not_found());
     }
     let index = state.log.index_of(seq).ok_or_else(not_found)?;
@@ -158,6 +158,7 @@ pub async fn integrity(
         kinds: vec![kind::BATCH],
         time_start: Some(start),
         time_end: Some(end),
+        owner: Some(caller.tailnet().to_owned()),
         ..Filter::default()
     };
     let store = state.store.clone();
@@ -173,15 +174,6 @@ pub async fn integrity(
                 .map_err(internal)?;
         for r in &batch.records {
             let instance = PublicId(r.rec.instance);
-            let mine = state
-                .catalog
-                .node(&instance)
-                .map(|n| n.tailnet_id)
-                .or_else(|| state.catalog.owner(&r.rec.collection))
-                .is_some_and(|t| t == caller.tailnet());
-            if !mine {
-                continue;
-            }
             checked += 1;
             if let Ok(b) = serde_json::from_slice::<BatchRecord>(&r.rec.body)
                 && b.suspicious

@@ -1,5 +1,8 @@
-//! Collections and adopted instances of the logs-service API, owned by a
-//! tailnet. Names stay server-wide (the logs-service URLs carry no tailnet).
+//! Collections and adopted instances of the logs-service API. Every tailnet
+//! has its own collection names (the logs-service URLs carry no tailnet:
+//! an entry's tailnet comes from its instance, see [`crate::catalog`]);
+//! the built-in collections exist in every tailnet. An instance is adopted
+//! into a collection by at most one tailnet.
 
 use super::audit::{AuditContext, EventSpec, Target};
 use super::{ControlDb, ControlError};
@@ -11,6 +14,23 @@ use tally_proto::PublicId;
 /// The collection that holds network flow logs (its retention is the
 /// tailnet's `flowsRetentionDays`).
 pub const FLOWS_COLLECTION: &str = "tailtraffic";
+/// The collection agents upload their node's logs to by default.
+pub const NODE_LOGS_COLLECTION: &str = "tailnode";
+
+/// Collections every tailnet has; they cannot be created or deleted.
+pub const BUILTIN_COLLECTIONS: [&str; 3] = [
+    NODE_LOGS_COLLECTION,
+    FLOWS_COLLECTION,
+    crate::reconcile::FINDINGS_COLLECTION,
+];
+
+/// Collections only the server writes (uploads to them are refused).
+pub const SYSTEM_COLLECTIONS: [&str; 1] = [crate::reconcile::FINDINGS_COLLECTION];
+
+/// True for a collection only the server writes.
+pub fn is_system_collection(name: &str) -> bool {
+    SYSTEM_COLLECTIONS.contains(&name)
+}
 
 /// A collection as the ingest path and retention need it.
 #[derive(Debug, Clone)]
@@ -23,9 +43,12 @@ pub struct CollectionRow {
     pub retention_days: u32,
     /// Its own retention, when set at creation.
     pub own_retention_days: Option<u32>,
-    /// Adopted instances.
+    /// Instances the tailnet adopted into it.
     pub adopted: BTreeSet<PublicId>,
 }
+
+/// Collections keyed by `(tailnet ID, name)`.
+pub type Collections = BTreeMap<(String, String), CollectionRow>;
 
 fn collection_target(name: &str, property: &str) -> Target {
     Target {
@@ -38,46 +61,74 @@ fn collection_target(name: &str, property: &str) -> Target {
 }
 
 impl ControlDb {
-    /// Every collection with its adoptions and effective retention.
-    pub async fn load_collections(&self) -> Result<BTreeMap<String, CollectionRow>, ControlError> {
-        let mut out = BTreeMap::new();
+    /// Every collection of every live tailnet (built-in ones included) with
+    /// its adoptions and effective retention.
+    pub async fn load_collections(&self) -> Result<Collections, ControlError> {
+        let mut out = Collections::new();
         let rows = sqlx::query(
-            "SELECT c.name, c.tailnet_id, c.created, c.retention_days,
-                    (SELECT s.value FROM settings s WHERE s.tailnet_id = c.tailnet_id AND s.name = 'logsRetentionDays') AS logs_days,
-                    (SELECT s.value FROM settings s WHERE s.tailnet_id = c.tailnet_id AND s.name = 'flowsRetentionDays') AS flows_days
-             FROM collections c",
+            "SELECT t.id AS tailnet_id,
+                    (SELECT s.value FROM settings s WHERE s.tailnet_id = t.id AND s.name = 'logsRetentionDays') AS logs_days,
+                    (SELECT s.value FROM settings s WHERE s.tailnet_id = t.id AND s.name = 'flowsRetentionDays') AS flows_days
+             FROM tailnets t WHERE t.deleted IS NULL",
         )
         .fetch_all(&self.pool)
         .await?;
+        let mut days: BTreeMap<String, (Option<i64>, Option<i64>)> = BTreeMap::new();
         for r in rows {
+            let t: String = r.try_get("tailnet_id")?;
+            let parse = |v: Option<String>| v.and_then(|s| s.parse::<i64>().ok());
+            let logs = parse(r.try_get("logs_days")?);
+            let flows = parse(r.try_get("flows_days")?);
+            days.insert(t, (logs, flows));
+        }
+        let effective = |tailnet: &str, name: &str, own: Option<i64>| {
+            let (logs, flows) = days.get(tailnet).copied().unwrap_or_default();
+            let setting = if name == FLOWS_COLLECTION {
+                flows
+            } else {
+                logs
+            };
+            u32::try_from(own.or(setting).unwrap_or(30)).unwrap_or(30)
+        };
+        for r in
+            sqlx::query("SELECT tailnet_id, name, created, retention_days FROM tailnet_collections")
+                .fetch_all(&self.pool)
+                .await?
+        {
+            let tailnet: String = r.try_get("tailnet_id")?;
+            if !days.contains_key(&tailnet) {
+                continue;
+            }
             let name: String = r.try_get("name")?;
             let own: Option<i64> = r.try_get("retention_days")?;
-            let setting: Option<String> = if name == FLOWS_COLLECTION {
-                r.try_get("flows_days")?
-            } else {
-                r.try_get("logs_days")?
+            let row = CollectionRow {
+                tailnet_id: tailnet.clone(),
+                created: r.try_get("created")?,
+                retention_days: effective(&tailnet, &name, own),
+                own_retention_days: own.and_then(|d| u32::try_from(d).ok()),
+                adopted: BTreeSet::new(),
             };
-            let days = own
-                .or_else(|| setting.and_then(|s| s.parse().ok()))
-                .unwrap_or(30);
-            out.insert(
-                name,
-                CollectionRow {
-                    tailnet_id: r.try_get("tailnet_id")?,
-                    created: r.try_get("created")?,
-                    retention_days: u32::try_from(days).unwrap_or(30),
-                    own_retention_days: own.and_then(|d| u32::try_from(d).ok()),
-                    adopted: BTreeSet::new(),
-                },
-            );
+            out.insert((tailnet, name), row);
         }
-        for r in sqlx::query("SELECT collection, instance FROM adoptions")
+        for tailnet in days.keys() {
+            for name in BUILTIN_COLLECTIONS {
+                out.entry((tailnet.clone(), name.to_owned()))
+                    .or_insert_with(|| CollectionRow {
+                        tailnet_id: tailnet.clone(),
+                        created: 0,
+                        retention_days: effective(tailnet, name, None),
+                        own_retention_days: None,
+                        adopted: BTreeSet::new(),
+                    });
+            }
+        }
+        for r in sqlx::query("SELECT tailnet_id, collection, instance FROM tailnet_adoptions")
             .fetch_all(&self.pool)
             .await?
         {
-            let c: String = r.try_get("collection")?;
+            let key = (r.try_get("tailnet_id")?, r.try_get("collection")?);
             let i: String = r.try_get("instance")?;
-            if let (Some(col), Ok(id)) = (out.get_mut(&c), PublicId::parse(&i)) {
+            if let (Some(col), Ok(id)) = (out.get_mut(&key), PublicId::parse(&i)) {
                 col.adopted.insert(id);
             }
         }
@@ -93,21 +144,22 @@ impl ControlDb {
         retention_days: Option<u32>,
         created: i64,
     ) -> Result<(), ControlError> {
-        let mut change = self.begin_change(tailnet_id, ctx).await?;
-        let exists = sqlx::query("SELECT tailnet_id FROM collections WHERE name = $1")
-            .bind(name)
-            .fetch_optional(change.tx())
-            .await?;
-        if exists.is_some() {
+        if BUILTIN_COLLECTIONS.contains(&name) {
             return Err(ControlError::Conflict(format!(
-                "collection \"{name}\" already exists"
+                "collection \"{name}\" is built in: every tailnet has it"
+            )));
+        }
+        let mut change = self.begin_change(tailnet_id, ctx).await?;
+        if self.tailnet_has(change.tx(), tailnet_id, name).await? {
+            return Err(ControlError::Conflict(format!(
+                "collection \"{name}\" already exists in this tailnet"
             )));
         }
         sqlx::query(
-            "INSERT INTO collections (name, tailnet_id, created, retention_days) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO tailnet_collections (tailnet_id, name, created, retention_days) VALUES ($1, $2, $3, $4)",
         )
-        .bind(name)
         .bind(tailnet_id)
+        .bind(name)
         .bind(created)
         .bind(retention_days.map(i64::from))
         .execute(change.tx())
@@ -121,16 +173,29 @@ impl ControlDb {
         change.commit().await
     }
 
-    /// The tailnet owning a collection, if it exists.
-    pub async fn collection_owner(&self, name: &str) -> Result<Option<String>, ControlError> {
-        Ok(
-            sqlx::query("SELECT tailnet_id FROM collections WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| r.try_get("tailnet_id"))
-                .transpose()?,
+    async fn tailnet_has(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        tailnet_id: &str,
+        name: &str,
+    ) -> Result<bool, ControlError> {
+        Ok(sqlx::query(
+            "SELECT created FROM tailnet_collections WHERE tailnet_id = $1 AND name = $2",
         )
+        .bind(tailnet_id)
+        .bind(name)
+        .fetch_optional(tx)
+        .await?
+        .is_some())
+    }
+
+    /// True if the tailnet has this collection (built-in ones included).
+    pub async fn has_collection(&self, tailnet_id: &str, name: &str) -> Result<bool, ControlError> {
+        if BUILTIN_COLLECTIONS.contains(&name) {
+            return Ok(true);
+        }
+        let mut conn = self.pool.acquire().await?;
+        self.tailnet_has(&mut conn, tailnet_id, name).await
     }
 
     fn no_such_collection(name: &str) -> ControlError {
@@ -139,23 +204,31 @@ impl ControlDb {
         ))
     }
 
-    /// Deletes a collection of a tailnet and its adoptions.
+    /// Deletes a collection of a tailnet and its adoptions (its entries expire).
     pub async fn delete_collection(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
         name: &str,
     ) -> Result<(), ControlError> {
-        if self.collection_owner(name).await?.as_deref() != Some(tailnet_id) {
+        if BUILTIN_COLLECTIONS.contains(&name) {
+            return Err(ControlError::Conflict(format!(
+                "collection \"{name}\" is built in and cannot be deleted"
+            )));
+        }
+        if !self.has_collection(tailnet_id, name).await? {
             return Err(Self::no_such_collection(name));
         }
         let mut change = self.begin_change(tailnet_id, ctx).await?;
-        let adopted = sqlx::query("DELETE FROM adoptions WHERE collection = $1")
-            .bind(name)
-            .execute(change.tx())
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM collections WHERE name = $1")
+        let adopted =
+            sqlx::query("DELETE FROM tailnet_adoptions WHERE tailnet_id = $1 AND collection = $2")
+                .bind(tailnet_id)
+                .bind(name)
+                .execute(change.tx())
+                .await?
+                .rows_affected();
+        sqlx::query("DELETE FROM tailnet_collections WHERE tailnet_id = $1 AND name = $2")
+            .bind(tailnet_id)
             .bind(name)
             .execute(change.tx())
             .await?;
@@ -169,7 +242,9 @@ impl ControlDb {
     }
 
     /// Adopts instances into a collection of a tailnet: one event per newly
-    /// adopted instance, one group. Returns those newly adopted.
+    /// adopted instance, one group. Returns those newly adopted. An instance
+    /// registered as a node of another tailnet, or adopted into this
+    /// collection by another tailnet, is refused (409) and nothing changes.
     pub async fn adopt(
         &self,
         tailnet_id: &str,
@@ -177,7 +252,7 @@ impl ControlDb {
         name: &str,
         instances: &[PublicId],
     ) -> Result<Vec<PublicId>, ControlError> {
-        if self.collection_owner(name).await?.as_deref() != Some(tailnet_id) {
+        if !self.has_collection(tailnet_id, name).await? {
             return Err(Self::no_such_collection(name));
         }
         let mut change = self.begin_change(tailnet_id, ctx).await?;
@@ -185,19 +260,40 @@ impl ControlDb {
         let now = tally_proto::timefmt::now_nanos();
         for i in instances {
             let hex = i.to_string();
-            let exists = sqlx::query(
-                "SELECT adopted FROM adoptions WHERE collection = $1 AND instance = $2",
+            let registered = sqlx::query("SELECT tailnet_id FROM nodes WHERE instance = $1")
+                .bind(&hex)
+                .fetch_optional(change.tx())
+                .await?
+                .map(|r| r.try_get::<String, _>("tailnet_id"))
+                .transpose()?;
+            if registered.as_deref().is_some_and(|t| t != tailnet_id) {
+                return Err(ControlError::Conflict(format!(
+                    "instance {hex} is a node of another tailnet and cannot be adopted here"
+                )));
+            }
+            let holder = sqlx::query(
+                "SELECT tailnet_id FROM tailnet_adoptions WHERE collection = $1 AND instance = $2",
             )
             .bind(name)
             .bind(&hex)
             .fetch_optional(change.tx())
-            .await?;
-            if exists.is_some() || newly.contains(i) {
-                continue;
+            .await?
+            .map(|r| r.try_get::<String, _>("tailnet_id"))
+            .transpose()?;
+            match holder {
+                Some(t) if t == tailnet_id => continue,
+                Some(_) => {
+                    return Err(ControlError::Conflict(format!(
+                        "instance {hex} is already adopted into \"{name}\" by another tailnet"
+                    )));
+                }
+                None if newly.contains(i) => continue,
+                None => {}
             }
             sqlx::query(
-                "INSERT INTO adoptions (collection, instance, adopted) VALUES ($1, $2, $3)",
+                "INSERT INTO tailnet_adoptions (tailnet_id, collection, instance, adopted) VALUES ($1, $2, $3, $4)",
             )
+            .bind(tailnet_id)
             .bind(name)
             .bind(&hex)
             .bind(now)

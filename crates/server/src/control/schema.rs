@@ -112,4 +112,32 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX audit_by_property ON audit_events (tailnet_id, property, seq)",
         ],
     ),
+    (
+        3,
+        "collections and adoptions per tailnet: names are per tailnet, an instance is adopted into a collection by one tailnet",
+        &[
+            "CREATE TABLE tailnet_collections (
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            name TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            retention_days BIGINT,
+            PRIMARY KEY (tailnet_id, name)
+        )",
+            "INSERT INTO tailnet_collections (tailnet_id, name, created, retention_days)
+             SELECT tailnet_id, name, created, retention_days FROM collections",
+            "CREATE TABLE tailnet_adoptions (
+            tailnet_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            adopted BIGINT NOT NULL,
+            PRIMARY KEY (collection, instance)
+        )",
+            "INSERT INTO tailnet_adoptions (tailnet_id, collection, instance, adopted)
+             SELECT c.tailnet_id, a.collection, a.instance, a.adopted
+             FROM adoptions a JOIN collections c ON c.name = a.collection",
+            "DROP TABLE adoptions",
+            "DROP TABLE collections",
+            "CREATE INDEX adoptions_by_tailnet ON tailnet_adoptions (tailnet_id, collection)",
+        ],
+    ),
 ];

@@ -327,11 +327,11 @@ impl ControlDb {
             .bind(id)
             .execute(change.tx())
             .await?;
-        sqlx::query("DELETE FROM adoptions WHERE collection IN (SELECT name FROM collections WHERE tailnet_id = $1)")
+        sqlx::query("DELETE FROM tailnet_adoptions WHERE tailnet_id = $1")
             .bind(id)
             .execute(change.tx())
             .await?;
-        sqlx::query("DELETE FROM collections WHERE tailnet_id = $1")
+        sqlx::query("DELETE FROM tailnet_collections WHERE tailnet_id = $1")
             .bind(id)
             .execute(change.tx())
             .await?;

@@ -123,6 +123,24 @@ impl Env {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Adopts the instance of `private` (hex) into the owner's `collection`,
+    /// so that its uploads belong to the owner's tailnet.
+    pub async fn adopt(&self, collection: &str, private: &str) {
+        let public = tally_proto::PrivateId::parse(private)
+            .expect("private ID")
+            .public()
+            .to_hex();
+        let (s, v) = self
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/instances",
+                Some(serde_json::json!({ "collection": collection, "instances": [public] })),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
     /// A request with a raw body.
     pub async fn call_raw(
         &self,
