@@ -334,7 +334,11 @@ impl Agent {
             }
             _ => None,
         };
+        let (settings_tx, settings) = watch::channel(NodeSettings::default());
+        let marker = data_dir.join(NODE_ID_FILE);
+        let first_registration = reports && !marker.exists();
         let upload = UploadSettings {
+            registration: first_registration.then(|| settings.clone()),
             server: if config.no_logs_no_support {
                 None
             } else {
@@ -366,9 +370,7 @@ impl Agent {
         )
         .await?;
         let tx = logs.tx.clone();
-        let (settings_tx, settings) = watch::channel(NodeSettings::default());
         let stop_reporter = CancellationToken::new();
-        let marker = data_dir.join(NODE_ID_FILE);
         let reporter_task = match (&server, &client) {
             (Some(server), Some(client)) if reports => {
                 let reporter = report::Reporter {

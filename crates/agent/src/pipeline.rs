@@ -48,6 +48,10 @@ pub(crate) struct UploadSettings {
     pub fsync_interval: Duration,
     /// The node's key: every upload batch is signed with it.
     pub node_key: Option<tally_transparency::batch::SigningKey>,
+    /// When the node is registering for the first time: nothing is sent
+    /// until it is registered, so that every entry the server stores is
+    /// its tailnet's (the server fixes an entry's tailnet when it stores it).
+    pub registration: Option<watch::Receiver<crate::report::NodeSettings>>,
 }
 
 /// A running pipeline.
@@ -122,6 +126,7 @@ impl Pipeline {
                     },
                     queue: Arc::clone(&queue),
                     status: status_tx,
+                    registration: upload.registration.clone(),
                     chain: match &upload.node_key {
                         Some(k) => Some(crate::signing::Chain::new(
                             k.clone(),

@@ -79,6 +79,8 @@ pub(crate) struct Uploader {
     pub status: watch::Sender<UploadStatus>,
     /// Signs each batch (and keeps the batch chain), when set.
     pub chain: Option<crate::signing::Chain>,
+    /// Waited on before the first send until the node is registered.
+    pub registration: Option<watch::Receiver<crate::report::NodeSettings>>,
 }
 
 /// Builds the one HTTP client (keep-alive, rustls with the ring provider).
@@ -232,6 +234,12 @@ impl Uploader {
         mut durable: watch::Receiver<u64>,
         stop: CancellationToken,
     ) -> Result<(), AgentError> {
+        if let Some(mut reg) = self.registration.clone() {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                r = reg.wait_for(|s| s.node_id.is_some()) => if r.is_err() { return Ok(()) },
+            }
+        }
         tracing::info!(url = %self.cfg.shown_url, "uploading logs");
         // A batch signed before a restart is resent first, byte for byte.
         if let Some(p) = self.chain.as_ref().and_then(crate::signing::Chain::pending) {

@@ -51,17 +51,8 @@ async fn collections_adoption_and_queries_from_the_terminal() {
             "7",
         ],
     ));
+    // Adopted before it uploads: its entries are then the tailnet's.
     let id = tally_proto::PrivateId::generate();
-    let c = common::http();
-    for text in ["disk full on /var", "all good", "disk almost full"] {
-        let r = c
-            .post(format!("{url}/c/app.example.com/{}", id.to_hex()))
-            .body(format!("{{\"text\":\"{text}\",\"v\":1}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
     let public = id.public().to_hex();
     let out = ok(&tally(
         url,
@@ -75,6 +66,16 @@ async fn collections_adoption_and_queries_from_the_terminal() {
         ],
     ));
     assert!(out.contains("adopted 1 new instance"), "{out}");
+    let c = common::http();
+    for text in ["disk full on /var", "all good", "disk almost full"] {
+        let r = c
+            .post(format!("{url}/c/app.example.com/{}", id.to_hex()))
+            .body(format!("{{\"text\":\"{text}\",\"v\":1}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
     let list = ok(&tally(url, Some(KEY), &["collections", "list"]));
     assert!(
         list.contains("app.example.com") && list.contains(&public),

@@ -13,15 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tally_proto::PrivateId;
 
 const WRITERS: u32 = 6;
 const BATCH: u64 = 40;
 const KILLS: usize = 5;
 /// Each writer stops after this many entries (keeps the read-backs quick).
 const MAX_PER_WRITER: u64 = 20_000;
-/// Unadopted instances are capped; these writers are not adopted.
-const SERVER_ARGS: &[&str] = &["--unadopted-cap-mb", "100000"];
+/// The server runs with the defaults.
+const SERVER_ARGS: &[&str] = &[];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_entries_survive_kill_9_exactly_once() {
@@ -37,7 +36,8 @@ async fn acknowledged_entries_survive_kill_9_exactly_once() {
         let (url, stop, acked) = (url.clone(), stop.clone(), acked.clone());
         writers.push(tokio::spawn(async move {
             let c = http();
-            let id = PrivateId::generate();
+            let base = url.read().clone();
+            let id = common::adopted_id(&base, "tailnode").await;
             let mut next = 1u64;
             while !stop.load(Ordering::Relaxed) && next <= MAX_PER_WRITER {
                 let batch: Vec<_> = (next..next + BATCH)

@@ -6,7 +6,6 @@ mod common;
 use common::{KEY, TestServer, http};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
-use tally_proto::PrivateId;
 
 /// Reads NDJSON lines from a streaming response.
 struct Lines {
@@ -57,7 +56,7 @@ async fn followers_see_entries_within_a_second_of_their_acknowledgement() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
-    let id = PrivateId::generate();
+    let id = common::adopted_id(&server.url, "tailnode").await;
     let mut lines = open_stream(&c, &server.url, &[]).await;
     let header: serde_json::Value = serde_json::from_str(&lines.next().await).unwrap();
     assert_eq!(header["collection"], "tailnode");
@@ -92,8 +91,8 @@ async fn a_slow_reader_gets_everything_in_order_with_instance_filter() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
-    let mine = PrivateId::generate();
-    let other = PrivateId::generate();
+    let mine = common::adopted_id(&server.url, "tailnode").await;
+    let other = common::adopted_id(&server.url, "tailnode").await;
     let mut lines = open_stream(&c, &server.url, &[("instances", &mine.public().to_hex())]).await;
     lines.next().await;
     // Write far more than socket buffers hold before reading anything.
@@ -134,7 +133,7 @@ async fn a_stream_with_time_start_replays_history_then_follows() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
-    let id = PrivateId::generate();
+    let id = common::adopted_id(&server.url, "tailnode").await;
     let post = |text: &str| {
         c.post(format!("{}/c/tailnode/{}", server.url, id.to_hex()))
             .body(format!("{{\"text\":\"{text}\"}}"))

@@ -118,7 +118,7 @@ async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
         .post(format!(
             "{}/c/tailnode/{}",
             server.url,
-            tally_proto::PrivateId::generate().to_hex()
+            common::adopted_id(&server.url, "tailnode").await.to_hex()
         ))
         .body(r#"{"text":"before the agent"}"#)
         .send()

@@ -34,7 +34,7 @@ async fn every_request_shape_gets_the_specified_answer_and_entries_read_back() {
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
     let url = &server.url;
-    let id = PrivateId::generate();
+    let id = common::adopted_id(url, "tailnode").await;
     let public = id.public().to_hex();
     let path = format!("/c/tailnode/{}", id.to_hex());
 
@@ -180,7 +180,7 @@ async fn retried_batches_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
-    let id = PrivateId::generate();
+    let id = common::adopted_id(&server.url, "tailnode").await;
     let path = format!("/c/tailnode/{}", id.to_hex());
     let batch = serde_json::to_vec(
         &(1..=20)
@@ -298,8 +298,12 @@ async fn collections_are_created_deleted_and_instances_adopted() {
     ))
     .await;
     let inst = &list["collections"]["app.example.com"]["instances"][id.public().to_hex()];
-    assert!(inst["size"].as_u64().unwrap() > 1 << 20, "{list}");
-    assert!(inst.get("orphan").is_none());
+    assert_eq!(inst["entries"], 1, "{list}");
+    assert_eq!(inst["adopted"], true, "{list}");
+    // An entry's tailnet is fixed when it is stored: what the instance sent
+    // before it was adopted stays unclaimed (and expires after 12 h).
+    let read: Value = common::get_json(&format!("{url}/c/app.example.com")).await;
+    assert_eq!(read["count"], 1, "{read}");
     // Adopting into a missing collection or a malformed ID says what is wrong.
     let r = c
         .post(format!("{url}/instances"))
@@ -343,8 +347,8 @@ async fn query_filters_by_instance_and_time_and_pages() {
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
     let url = &server.url;
-    let a = PrivateId::generate();
-    let b = PrivateId::generate();
+    let a = common::adopted_id(url, "tailnode").await;
+    let b = common::adopted_id(url, "tailnode").await;
     for i in 0..30 {
         let who = if i % 3 == 0 { &a } else { &b };
         let (s, _, _) = post(

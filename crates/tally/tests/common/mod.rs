@@ -162,11 +162,28 @@ impl TestAgent {
     }
 
     /// Starts `base` (the binary, or a wrapper running it) as an agent.
+    /// Unless `extra` has an `--auth-key`, the agent registers with a new
+    /// reusable auth key of the test tailnet (its entries are the tailnet's).
     pub fn start_with(mut base: Command, server: &str, data: &Path, extra: &[&str]) -> Self {
+        // A registered agent (its node-id file is there) needs no key.
+        let auth_key = if extra.contains(&"--auth-key") || data.join("node-id").exists() {
+            Vec::new()
+        } else {
+            let url = server.to_owned();
+            let key = std::thread::spawn(move || {
+                tokio::runtime::Runtime::new()
+                    .expect("runtime")
+                    .block_on(reusable_auth_key(&url))
+            })
+            .join()
+            .expect("auth key");
+            vec!["--auth-key".to_owned(), key]
+        };
         let mut child = base
             .args(["agent", "--server", server, "--data-dir"])
             .arg(data)
             .args(extra)
+            .args(&auth_key)
             .args([
                 "--no-stdin",
                 "--retry-min",
@@ -263,9 +280,24 @@ pub async fn await_entries(url: &str, instance: &str, n: usize) {
         .unwrap_or_else(|_| panic!("only {} of {n} entries arrived", newlines.saturating_sub(1)));
 }
 
+/// A fresh private ID whose instance the test tailnet adopted into
+/// `collection`, so that what it uploads is the tailnet's.
+pub async fn adopted_id(url: &str, collection: &str) -> tally_proto::PrivateId {
+    let id = tally_proto::PrivateId::generate();
+    let resp = http_for(url)
+        .post(format!("{url}/instances"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({ "collection": collection, "instances": [id.public().to_hex()] }))
+        .send()
+        .await
+        .expect("adopt");
+    assert!(resp.status().is_success(), "adopting: {}", resp.status());
+    id
+}
+
 /// Creates a reusable auth key with the admin key; returns its secret.
 pub async fn reusable_auth_key(url: &str) -> String {
-    let key: serde_json::Value = http()
+    let key: serde_json::Value = http_for(url)
         .post(format!("{url}/api/v2/tailnet/-/keys"))
         .bearer_auth(KEY)
         .json(&serde_json::json!({ "capabilities": { "devices": { "create": { "reusable": true } } } }))
