@@ -112,4 +112,9 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX audit_by_property ON audit_events (tailnet_id, property, seq)",
         ],
     ),
+    (
+        3,
+        "who created each key (keys made for another user act only while their creator could make them)",
+        &["ALTER TABLE keys ADD COLUMN created_by TEXT"],
+    ),
 ];

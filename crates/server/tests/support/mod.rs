@@ -167,6 +167,30 @@ impl Env {
         v
     }
 
+    /// The few audit events of a tailnet after `after` (one call's worth:
+    /// fewer than 50), oldest first.
+    pub async fn last_events_after(&self, tailnet: &str, after: i64) -> Vec<Value> {
+        let page = self
+            .control
+            .audit_query(
+                tailnet,
+                &AuditQuery {
+                    limit: 50,
+                    ..AuditQuery::default()
+                },
+            )
+            .await
+            .expect("audit query");
+        let mut v: Vec<Value> = page
+            .events
+            .into_iter()
+            .filter(|e| e["seq"].as_i64().expect("seq") > after)
+            .collect();
+        assert!(v.len() < 50, "more events than one call makes");
+        v.reverse();
+        v
+    }
+
     /// The newest sequence number of a tailnet's audit log.
     pub async fn head_seq(&self, tailnet: &str) -> i64 {
         let page = self
