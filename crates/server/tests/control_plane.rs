@@ -1692,7 +1692,174 @@ async fn isolation_and_registration(db: &Db<'_>) {
         .await;
     assert_eq!(s, 401, "{v}");
     assert!(v["error"].as_str().is_some_and(|m| m.contains("revoked")));
+    address_conflicts(&env).await;
     env.stop().await;
+}
+
+/// Node addresses are unique in a tailnet: a new node or a report that
+/// asks for an address another node holds is refused with 409 naming that
+/// node, and nothing changes; a machine registering again under the same
+/// hostname (its data directory wiped) takes its addresses over, recorded
+/// on the old node in the registration's event group.
+async fn address_conflicts(env: &Env) {
+    let reusable = env.auth_key(true, &[]).await;
+    let agent = |private: &tally_proto::PrivateId, key: Option<&str>, body: Value| {
+        let mut req = env
+            .http
+            .post(format!("{}/api/v2/agent/{}", env.base, private.to_hex()))
+            .json(&body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move {
+            let resp = req.send().await.expect("sent");
+            let s = resp.status().as_u16();
+            (s, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let device = |id: String| async move {
+        env.call(
+            OWNER_KEY,
+            Method::GET,
+            &format!("/api/v2/device/{id}"),
+            None,
+        )
+        .await
+        .1
+    };
+    let a_private = tally_proto::PrivateId::generate();
+    let a_addrs = json!(["100.100.0.1", "fd7a:115c:a1e0::1"]);
+    let (s, v) = agent(
+        &a_private,
+        Some(&reusable),
+        json!({ "hostname": "web-a.example.com", "addresses": a_addrs }),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let a = v["node"]["id"].as_str().expect("id").to_owned();
+
+    // Another hostname asking for A's address (another spelling of it):
+    // 409, and a one-off key is not spent by the refusal.
+    let one_off = env.auth_key(false, &[]).await;
+    let b_private = tally_proto::PrivateId::generate();
+    let state = snapshot(env).await;
+    for wanted in ["100.100.0.1/32", "fd7a:115c:a1e0:0:0::1"] {
+        let (s, v) = agent(
+            &b_private,
+            Some(&one_off),
+            json!({ "hostname": "web-b", "addresses": ["100.100.0.9", wanted] }),
+        )
+        .await;
+        assert_eq!(s, 409, "{v}");
+        let msg = v["error"].as_str().expect("error");
+        assert!(
+            msg.contains(wanted)
+                && msg.contains(&a)
+                && msg.contains("web-a")
+                && msg.contains("another hostname")
+                && msg.contains("tally nodes delete"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("100.100.0.9"),
+            "only the conflict is named: {msg}"
+        );
+        assert!(!msg.contains(&a_private.to_hex()), "{msg}");
+    }
+    assert_eq!(
+        snapshot(env).await,
+        state,
+        "a refused registration changed data"
+    );
+    let (s, v) = agent(
+        &b_private,
+        Some(&one_off),
+        json!({ "hostname": "web-b", "addresses": ["100.100.0.2"] }),
+    )
+    .await;
+    assert_eq!(s, 201, "the one-off key still registers: {v}");
+    let b = v["node"]["id"].as_str().expect("id").to_owned();
+
+    // A registered node reporting an address another node holds: 409, its
+    // node unchanged; its own addresses stay reportable.
+    let (s, v) = agent(
+        &b_private,
+        None,
+        json!({ "hostname": "web-b", "addresses": ["100.100.0.2", "100.100.0.1"] }),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains(&a)), "{v}");
+    assert_eq!(device(b.clone()).await["addresses"], json!(["100.100.0.2"]));
+    let (s, v) = agent(
+        &b_private,
+        None,
+        json!({ "hostname": "web-b", "addresses": ["100.100.0.2/32", "100.100.0.3"] }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The same machine registering again with a new identity (same
+    // hostname, any case): the address moves from the old node, in the
+    // registration's event group.
+    let before = env.head_seq(&env.tailnet).await;
+    let c_private = tally_proto::PrivateId::generate();
+    let (s, v) = agent(
+        &c_private,
+        Some(&reusable),
+        json!({ "hostname": "WEB-A.example.com", "addresses": ["100.100.0.1"] }),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let c = v["node"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(device(c.clone()).await["addresses"], json!(["100.100.0.1"]));
+    assert_eq!(
+        device(a.clone()).await["addresses"],
+        json!(["fd7a:115c:a1e0::1"]),
+        "the old node keeps what was not taken"
+    );
+    let ev = env.events_after(&env.tailnet, before).await;
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["eventGroupID"], ev[1]["eventGroupID"]);
+    let moved = ev
+        .iter()
+        .find(|e| e["target"]["id"] == json!(a))
+        .expect("event on the old node");
+    assert_eq!(
+        (&moved["action"], &moved["target"]["property"]),
+        (&json!("UPDATE"), &json!("addresses"))
+    );
+    assert_eq!(
+        (&moved["old"], &moved["new"]),
+        (&a_addrs, &json!(["fd7a:115c:a1e0::1"]))
+    );
+    assert!(
+        moved["actionDetails"]
+            .as_str()
+            .is_some_and(|d| d.contains(&c) && d.contains("same hostname")),
+        "{moved}"
+    );
+    // The old identity cannot take it back by reporting.
+    let (s, v) = agent(
+        &a_private,
+        None,
+        json!({ "hostname": "web-a.example.com", "addresses": a_addrs }),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains(&c)), "{v}");
+    // Same hostname, but one wanted address is another hostname's: 409,
+    // nothing moves.
+    let state = snapshot(env).await;
+    let (s, v) = agent(
+        &tally_proto::PrivateId::generate(),
+        Some(&reusable),
+        json!({ "hostname": "web-a.example.com", "addresses": ["100.100.0.1", "100.100.0.3"] }),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains(&b)), "{v}");
+    assert_eq!(snapshot(env).await, state);
 }
 
 /// What a GET of every listing shows (to prove a refused change changed nothing).

@@ -251,16 +251,19 @@ impl Env {
         k["key"].as_str().expect("key").to_owned()
     }
 
-    /// Registers a new node (a fresh agent identity) with an auth key;
-    /// returns its ID.
+    /// Registers a new node (a fresh agent identity) with an auth key and
+    /// an address of its own; returns its ID.
     pub async fn register(&self, auth_key: &str, hostname: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let address = format!("100.64.{}.{}", (n >> 8) & 0xff, n & 0xff);
         let private = tally_proto::PrivateId::generate().to_hex();
         let (s, v) = self
             .call(
                 auth_key,
                 Method::POST,
                 &format!("/api/v2/agent/{private}"),
-                Some(json!({ "hostname": hostname, "os": "linux", "addresses": ["100.64.0.7"] })),
+                Some(json!({ "hostname": hostname, "os": "linux", "addresses": [address] })),
             )
             .await;
         assert!(s == 201 || s == 200, "register {hostname}: {s} {v}");
