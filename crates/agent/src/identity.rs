@@ -59,11 +59,30 @@ pub enum IdentityError {
     },
     /// The identity file does not hold a private ID.
     #[error(
-        "{path} is malformed ({reason}); it must hold the 64-hex-character private ID. Restore it from a backup, or move it away to start as a new node"
+        "{path} is malformed ({reason}); it must hold the private ID (64 lower-case hex digits). Restore it from a backup, or move it away to start as a new node"
     )]
     Malformed {
         /// The identity file.
         path: PathBuf,
+        /// What is wrong (never the content itself).
+        reason: IdError,
+    },
+    /// The identity file holds a private ID in a form servers refuse
+    /// (upper-case, or not clamped as logtail IDs are): written by hand or
+    /// by an older agent. The agent does not start with it, since every
+    /// upload and report would be refused.
+    #[error(
+        "{path} holds a private ID that servers refuse: {reason}. It was written by hand or by an older agent. \
+         To continue as a new node: stop the agent, move {path} and {marker} away \
+         (e.g. `mv {path} {path}.old; mv {marker} {marker}.old`), then start the agent again with --auth-key; \
+         it creates a valid ID and registers as a new node (taking over the addresses of the old node if it \
+         reports the same hostname); the old node can then be removed with `tally nodes delete NODE-ID`"
+    )]
+    Refused {
+        /// The identity file.
+        path: PathBuf,
+        /// The node-ID file of the old registration.
+        marker: PathBuf,
         /// What is wrong (never the content itself).
         reason: IdError,
     },
@@ -128,7 +147,14 @@ pub fn read_identity(data_dir: &Path) -> Result<PrivateId, IdentityError> {
         path: path.clone(),
         source,
     })?;
-    PrivateId::parse(text.trim()).map_err(|reason| IdentityError::Malformed { path, reason })
+    PrivateId::parse(text.trim()).map_err(|reason| match reason {
+        IdError::PrivateUpperCase | IdError::NotClamped(_) => IdentityError::Refused {
+            marker: data_dir.join(crate::report::NODE_ID_FILE),
+            path,
+            reason,
+        },
+        _ => IdentityError::Malformed { path, reason },
+    })
 }
 
 fn create_identity(data_dir: &Path) -> Result<PrivateId, IdentityError> {
@@ -224,6 +250,44 @@ mod tests {
         assert!(!err.to_string().contains(&secret));
         // It was not replaced by a new identity.
         assert_eq!(fs::read_to_string(&path).unwrap(), secret);
+    }
+
+    #[test]
+    fn refuses_an_old_unclamped_or_upper_case_id_with_instructions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PRIVATE_ID_FILE);
+        let good = PrivateId::generate().to_hex();
+        // Byte 0 with its low bits set, as agents before clamping could write.
+        let unclamped = format!("07{}", &good[2..]);
+        for secret in [unclamped, good.to_uppercase()] {
+            fs::write(&path, format!("{secret}\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            let err = load_or_create_identity(dir.path()).unwrap_err();
+            assert!(matches!(err, IdentityError::Refused { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(!msg.contains(&secret), "{msg}");
+            assert!(msg.contains("servers refuse"), "{msg}");
+            assert!(msg.contains(&format!("mv {}", path.display())), "{msg}");
+            assert!(
+                msg.contains("node-id") && msg.contains("--auth-key"),
+                "{msg}"
+            );
+            // It was not replaced by a new identity.
+            assert_eq!(fs::read_to_string(&path).unwrap(), format!("{secret}\n"));
+        }
+    }
+
+    #[test]
+    fn generated_identities_parse_as_clamped_ids() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let id = load_or_create_identity(dir.path()).unwrap();
+            let text = fs::read_to_string(dir.path().join(PRIVATE_ID_FILE)).unwrap();
+            let bytes = hex::decode(text.trim()).unwrap();
+            assert_eq!(bytes[0] & 7, 0);
+            assert_eq!(bytes[31] & 0xc0, 0x40);
+            assert_eq!(PrivateId::parse(text.trim()).unwrap(), id);
+        }
     }
 
     #[test]

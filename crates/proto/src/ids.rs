@@ -1,7 +1,9 @@
 //! Instance identifiers of the logs-service protocol.
 //!
-//! A private ID is 32 random bytes known only to the node that writes logs;
-//! the public ID is `SHA-256(private ID bytes)`. Both travel as lowercase hex.
+//! A private ID is 32 random bytes known only to the node that writes logs,
+//! clamped as Tailscale's logtail does (`id[0] &= 248; id[31] = (id[31] &
+//! 127) | 64`); the public ID is `SHA-256(private ID bytes)`. Both travel as
+//! lower-case hex; [`PrivateId::parse`] accepts nothing else.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -15,6 +17,20 @@ pub enum IdError {
     /// The string has a character outside `[0-9a-fA-F]`.
     #[error("an instance ID is hex ([0-9a-f]); found another character")]
     NotHex,
+    /// A private ID that does not have 64 characters.
+    #[error("private ID must be 64 lower-case hex digits (got {0} characters)")]
+    PrivateLength(usize),
+    /// A private ID with upper-case hex digits.
+    #[error("private ID must be 64 lower-case hex digits (found upper-case A-F)")]
+    PrivateUpperCase,
+    /// A private ID with a character that is not a hex digit.
+    #[error("private ID must be 64 lower-case hex digits (found a character outside 0-9 a-f)")]
+    PrivateNotHex,
+    /// A private ID whose bytes break the logtail clamping rule.
+    #[error(
+        "private ID is not clamped: byte 0 must have its low 3 bits clear and byte 31 must be 0b01xxxxxx ({0} is not)"
+    )]
+    NotClamped(&'static str),
 }
 
 fn parse_hex32(s: &str) -> Result<[u8; 32], IdError> {
@@ -41,9 +57,30 @@ impl PrivateId {
         Self(b)
     }
 
-    /// Parses the 64-character hex form.
+    /// Parses the 64-character lower-case hex form, refusing IDs that break
+    /// the clamping rule of [`PrivateId::generate`]. The errors never repeat
+    /// the input (it is a secret).
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        parse_hex32(s).map(Self)
+        if s.len() != 64 {
+            return Err(IdError::PrivateLength(s.chars().count()));
+        }
+        if let Some(b) = s.bytes().find(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(if matches!(b, b'A'..=b'F') {
+                IdError::PrivateUpperCase
+            } else {
+                IdError::PrivateNotHex
+            });
+        }
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s, &mut b).map_err(|_| IdError::PrivateNotHex)?;
+        let id = Self(b);
+        if id.0[0] & 7 != 0 {
+            return Err(IdError::NotClamped("byte 0"));
+        }
+        if id.0[31] & 0xc0 != 0x40 {
+            return Err(IdError::NotClamped("byte 31"));
+        }
+        Ok(id)
     }
 
     /// The public ID derived from this private ID.
@@ -125,11 +162,11 @@ mod tests {
 
     #[test]
     fn public_id_is_sha256_of_private_bytes() {
-        let private = PrivateId::parse(&"00".repeat(32)).unwrap();
-        // SHA-256 of 32 zero bytes.
+        let private = PrivateId::parse(&format!("{}40", "00".repeat(31))).unwrap();
+        // SHA-256 of 31 zero bytes and 0x40.
         assert_eq!(
             private.public().to_hex(),
-            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+            "d9ece2cd2214f52c55dcd9bca56a900ec79c1343f12df8a60f0298d255896b61"
         );
     }
 
@@ -145,8 +182,89 @@ mod tests {
 
     #[test]
     fn parse_errors_say_what_is_wrong() {
-        assert_eq!(PrivateId::parse("abc"), Err(IdError::Length(3)));
+        assert_eq!(PublicId::parse("abc"), Err(IdError::Length(3)));
         assert_eq!(PublicId::parse(&"zz".repeat(32)), Err(IdError::NotHex));
         assert!(!format!("{:?}", PrivateId::generate()).contains(|c: char| c.is_ascii_digit()));
+    }
+
+    /// A clamped ID: byte 0 = 0xa8 (low bits clear), byte 31 = 0x7f (0b01...).
+    fn valid_hex() -> String {
+        format!("a8{}7f", "5c".repeat(30))
+    }
+
+    #[test]
+    fn private_id_parser_accepts_clamped_lower_case_hex_only() {
+        let ok = valid_hex();
+        let id = PrivateId::parse(&ok).unwrap();
+        assert_eq!(id.to_hex(), ok);
+        for _ in 0..100 {
+            let g = PrivateId::generate();
+            assert_eq!(PrivateId::parse(&g.to_hex()).as_ref(), Ok(&g));
+        }
+        let lower_bound = format!("00{}40", "00".repeat(30));
+        assert!(PrivateId::parse(&lower_bound).is_ok());
+
+        let cases: [(String, IdError, &str); 8] = [
+            (
+                ok.to_uppercase(),
+                IdError::PrivateUpperCase,
+                "64 lower-case hex digits",
+            ),
+            (
+                format!("A8{}", &ok[2..]),
+                IdError::PrivateUpperCase,
+                "upper-case",
+            ),
+            (
+                format!("a9{}", &ok[2..]),
+                IdError::NotClamped("byte 0"),
+                "byte 0 must have its low 3 bits clear",
+            ),
+            (
+                format!("ac{}", &ok[2..]),
+                IdError::NotClamped("byte 0"),
+                "not clamped",
+            ),
+            (
+                format!("{}bf", &ok[..62]),
+                IdError::NotClamped("byte 31"),
+                "byte 31 must be 0b01xxxxxx",
+            ),
+            (
+                format!("{}3f", &ok[..62]),
+                IdError::NotClamped("byte 31"),
+                "(byte 31 is not)",
+            ),
+            (
+                ok[..62].to_owned(),
+                IdError::PrivateLength(62),
+                "64 lower-case hex digits (got 62",
+            ),
+            (
+                format!("{}zz", &ok[..62]),
+                IdError::PrivateNotHex,
+                "outside 0-9 a-f",
+            ),
+        ];
+        for (input, want, says) in cases {
+            let err = PrivateId::parse(&input).unwrap_err();
+            assert_eq!(err, want, "{input}");
+            let msg = err.to_string();
+            assert!(msg.contains(says), "{msg}");
+            assert!(!msg.contains(&input), "the secret is not echoed: {msg}");
+        }
+        assert_eq!(
+            PrivateId::parse(&format!("{}\n", &ok[..63])),
+            Err(IdError::PrivateNotHex)
+        );
+        assert_eq!(
+            PrivateId::parse(&format!("{ok}0")),
+            Err(IdError::PrivateLength(65))
+        );
+        // A multi-byte character: 64 bytes, but not hex.
+        assert_eq!(
+            PrivateId::parse(&format!("é{}", &ok[2..])),
+            Err(IdError::PrivateNotHex)
+        );
     }
 }

@@ -206,6 +206,8 @@ async fn permission_matrix(db: &Db<'_>) {
         };
         keys.push((role, key));
     }
+    eprintln!("[{}] acting for another user", db.name());
+    acting_for_others(&env, &keys).await;
     // Least powerful first, so that the owner deleting the tailnet comes last.
     keys.reverse();
     let private = tally_proto::PrivateId::generate().to_hex();
@@ -323,6 +325,540 @@ async fn permission_matrix(db: &Db<'_>) {
     }
     assert!(checked >= 7 * 25, "only {checked} route/role pairs checked");
     env.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Acting for another user. The expected outcomes are written out here, from
+// the rules in ARCHITECTURE.md ("Roles and permissions"), not taken from the
+// server. Rows: the actor's role; columns: the target user's role; both in
+// the order owner, admin, network-admin, it-admin, billing-admin, auditor,
+// member. `Y` allowed, `.` refused with 403.
+
+/// The roles in the order of the tables' rows and columns.
+const ORDER: [&str; 7] = [
+    "owner",
+    "admin",
+    "network-admin",
+    "it-admin",
+    "billing-admin",
+    "auditor",
+    "member",
+];
+
+/// Creating an API or auth key that acts for the target user: owners for
+/// anyone, admins for users below admin, nobody else for another user.
+const CREATE_KEY_FOR: [&str; 7] = [
+    "YYYYYYY", // owner
+    "..YYYYY", // admin
+    ".......", // network-admin
+    ".......", // it-admin
+    ".......", // billing-admin
+    ".......", // auditor
+    ".......", // member
+];
+
+/// Managing users of the target role (`users:write` and the rank rule):
+/// creating a user with that role, moving a user from or to it, deleting
+/// such a user. A role change needs this for both the old and the new role.
+const MANAGE_USER: [&str; 7] = [
+    "YYYYYYY", // owner
+    ".YYYYYY", // admin
+    ".......", // network-admin: no users:write
+    "..YYYYY", // it-admin: not owner (tailnets:write), not admin (settings:write)
+    ".......", // billing-admin
+    ".......", // auditor
+    ".......", // member
+];
+
+/// Revoking a key of the target user (`keys:write` and the rank rule).
+const REVOKE_KEY_OF: [&str; 7] = [
+    "YYYYYYY", // owner
+    ".YYYYYY", // admin
+    "..Y.YYY", // network-admin: not it-admin (devices:write, users:write)
+    "..YYYYY", // it-admin
+    ".......", // billing-admin
+    ".......", // auditor
+    ".......", // member
+];
+
+/// Each role's permissions (the matrix of ARCHITECTURE.md, written out).
+const HAS: [(&str, &[&str]); 7] = [
+    (
+        "owner",
+        &[
+            "logs:read",
+            "audit:read",
+            "config:read",
+            "devices:read",
+            "settings:write",
+            "devices:write",
+            "keys:write",
+            "users:write",
+            "tailnets:write",
+        ],
+    ),
+    (
+        "admin",
+        &[
+            "logs:read",
+            "audit:read",
+            "config:read",
+            "devices:read",
+            "settings:write",
+            "devices:write",
+            "keys:write",
+            "users:write",
+        ],
+    ),
+    (
+        "network-admin",
+        &[
+            "logs:read",
+            "audit:read",
+            "config:read",
+            "devices:read",
+            "keys:write",
+        ],
+    ),
+    (
+        "it-admin",
+        &[
+            "logs:read",
+            "audit:read",
+            "config:read",
+            "devices:read",
+            "devices:write",
+            "keys:write",
+            "users:write",
+        ],
+    ),
+    (
+        "billing-admin",
+        &["audit:read", "config:read", "devices:read"],
+    ),
+    (
+        "auditor",
+        &["logs:read", "audit:read", "config:read", "devices:read"],
+    ),
+    ("member", &["devices:read"]),
+];
+
+/// One call that needs each permission: (permission, method, path, body).
+/// Allowed, the call fails after the guard (400/404) or reads (200) and
+/// changes nothing; refused, it is a 403.
+fn probes() -> Vec<(&'static str, Method, &'static str, Option<Value>)> {
+    vec![
+        ("logs:read", Method::GET, "/collections", None),
+        (
+            "audit:read",
+            Method::GET,
+            "/api/v2/tailnet/-/logging/configuration?limit=1",
+            None,
+        ),
+        ("config:read", Method::GET, "/api/v2/tailnet/-/users", None),
+        (
+            "devices:read",
+            Method::GET,
+            "/api/v2/tailnet/-/devices",
+            None,
+        ),
+        (
+            "settings:write",
+            Method::PATCH,
+            "/api/v2/tailnet/-/settings",
+            Some(json!({ "noSuchSetting": 1 })),
+        ),
+        (
+            "devices:write",
+            Method::DELETE,
+            "/api/v2/device/nNoSuchDevice",
+            None,
+        ),
+        (
+            "keys:write",
+            Method::DELETE,
+            "/api/v2/tailnet/-/keys/kNoSuchKey",
+            None,
+        ),
+        (
+            "users:write",
+            Method::POST,
+            "/api/v2/users/uNoSuchUser/delete",
+            None,
+        ),
+        (
+            "tailnets:write",
+            Method::POST,
+            "/api/v2/tailnets",
+            Some(json!({ "name": "Not A Valid Name" })),
+        ),
+    ]
+}
+
+fn idx(role: &str) -> usize {
+    ORDER
+        .iter()
+        .position(|r| *r == role)
+        .expect("role in the table")
+}
+
+fn allowed(table: &[&str; 7], actor: &str, target: &str) -> bool {
+    table[idx(actor)].as_bytes()[idx(target)] == b'Y'
+}
+
+fn has(role: &str, permission: &str) -> bool {
+    HAS.iter()
+        .find(|(r, _)| *r == role)
+        .is_some_and(|(_, p)| p.contains(&permission))
+}
+
+/// Calls as `actor` and checks the outcome: `expect` is the status wanted
+/// (2xx as 200); a refusal is a clear `{"error"}` naming the actor's role
+/// (and the target's, when the rank rule refused), recorded as one
+/// refusal event; a success is recorded as the actor's.
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    env: &Env,
+    actor: (&str, &str),
+    target_role: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    expect: u16,
+    what: &str,
+) -> Value {
+    let (actor_role, key) = actor;
+    let before = env.head_seq(&env.tailnet).await;
+    let (s, v) = env.call(key, method, path, body).await;
+    let what = format!("{actor_role} {what} ({target_role}): {s} {v}");
+    let got = if (200..300).contains(&s) { 200 } else { s };
+    assert_eq!(got, expect, "{what}");
+    let events = env.last_events_after(&env.tailnet, before).await;
+    if got == 200 {
+        assert!(!events.is_empty(), "no audit event: {what}");
+        for e in &events {
+            assert!(
+                e.get("error").is_none(),
+                "success recorded as refusal: {what}"
+            );
+            assert_eq!(
+                e["actor"]["loginName"].as_str(),
+                Some(actor_login(actor_role).as_str()),
+                "{what}"
+            );
+        }
+    } else {
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.len() > 20, "unclear refusal: {what}");
+        if got == 403 {
+            assert!(
+                msg.contains(actor_role),
+                "refusal names the actor's role: {what}"
+            );
+            if !msg.contains("permission denied") {
+                assert!(
+                    msg.contains(target_role),
+                    "refusal names the target's role: {what}"
+                );
+            }
+        }
+        assert_eq!(events.len(), 1, "one refusal event: {what}: {events:?}");
+        assert_eq!(events[0]["error"].as_str(), Some(msg), "{what}");
+    }
+    v
+}
+
+fn actor_login(role: &str) -> String {
+    if role == "owner" {
+        "admin".into()
+    } else {
+        format!("{role}@example.com")
+    }
+}
+
+/// A key made for another user does nothing its creator could not do, and
+/// does what its user may do.
+async fn key_stays_within_its_creator(env: &Env, key: &str, creator: &str, user_role: &str) {
+    for (permission, method, path, body) in probes() {
+        let (s, v) = env.call(key, method.clone(), path, body).await;
+        let what = format!("{method} {path} with a key {creator} made for {user_role}: {s} {v}");
+        if !has(creator, permission) || !has(user_role, permission) {
+            assert_eq!(s, 403, "{what}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("permission denied") && m.contains(permission)),
+                "{what}"
+            );
+        } else {
+            assert_ne!(s, 403, "{what}");
+            assert_ne!(s, 401, "{what}");
+        }
+    }
+}
+
+/// Every ordered pair of (actor role, target role): creating an API and an
+/// auth key for the target, changing the target's role to every role,
+/// revoking the target's key, deleting the target; creating a user of every
+/// role; raising one's own role. Then: a key made for another user follows
+/// its creator's and its user's roles (promotion, demotion, deletion).
+async fn acting_for_others(env: &Env, actors: &[(Role, String)]) {
+    let mut n = 0;
+    for (actor_role, key) in actors {
+        let a = actor_role.name();
+        let actor = (a, key.as_str());
+        for t in ORDER {
+            n += 1;
+            // Creating a user with role t.
+            let expect = if allowed(&MANAGE_USER, a, t) {
+                200
+            } else {
+                403
+            };
+            act(
+                env,
+                actor,
+                t,
+                Method::POST,
+                "/api/v2/tailnet/-/users",
+                Some(json!({ "loginName": format!("made-{n}@example.com"), "role": t })),
+                expect,
+                "creates a user",
+            )
+            .await;
+            // A fresh target with a key of its own.
+            let (uid, _) = env
+                .user_with_key(&format!("target-{n}@example.com"), t)
+                .await;
+            let (_, keys) = env
+                .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/keys", None)
+                .await;
+            let target_key = keys["keys"]
+                .as_array()
+                .expect("keys")
+                .iter()
+                .find(|k| k["userId"] == json!(uid))
+                .expect("the target's key")["id"]
+                .as_str()
+                .expect("key id")
+                .to_owned();
+            // Keys for the target.
+            let expect = if allowed(&CREATE_KEY_FOR, a, t) {
+                200
+            } else {
+                403
+            };
+            let made = act(
+                env,
+                actor,
+                t,
+                Method::POST,
+                "/api/v2/tailnet/-/keys",
+                Some(json!({ "keyType": "api", "userId": uid, "description": "for another" })),
+                expect,
+                "creates an API key for another user",
+            )
+            .await;
+            if expect == 200 {
+                assert_eq!(made["userId"], json!(uid));
+                let secret = made["key"].as_str().expect("secret");
+                key_stays_within_its_creator(env, secret, a, t).await;
+            }
+            act(
+                env,
+                actor,
+                t,
+                Method::POST,
+                "/api/v2/tailnet/-/keys",
+                Some(json!({
+                    "userId": uid,
+                    "capabilities": { "devices": { "create": { "reusable": true } } },
+                })),
+                expect,
+                "creates an auth key for another user",
+            )
+            .await;
+            // Role changes of the target, to every role.
+            for r in ORDER {
+                let expect = if allowed(&MANAGE_USER, a, t) && allowed(&MANAGE_USER, a, r) {
+                    if r == t { 409 } else { 200 }
+                } else {
+                    403
+                };
+                act(
+                    env,
+                    actor,
+                    t,
+                    Method::POST,
+                    &format!("/api/v2/users/{uid}/role"),
+                    Some(json!({ "role": r })),
+                    expect,
+                    &format!("changes a user into {r}"),
+                )
+                .await;
+                if expect == 200 {
+                    let (s, v) = env
+                        .call(
+                            OWNER_KEY,
+                            Method::POST,
+                            &format!("/api/v2/users/{uid}/role"),
+                            Some(json!({ "role": t })),
+                        )
+                        .await;
+                    assert_eq!(s, 200, "{v}");
+                }
+            }
+            // Revoking the target's key, then deleting the target.
+            let expect = if allowed(&REVOKE_KEY_OF, a, t) {
+                200
+            } else {
+                403
+            };
+            act(
+                env,
+                actor,
+                t,
+                Method::DELETE,
+                &format!("/api/v2/tailnet/-/keys/{target_key}"),
+                None,
+                expect,
+                "revokes another user's key",
+            )
+            .await;
+            let expect = if allowed(&MANAGE_USER, a, t) {
+                200
+            } else {
+                403
+            };
+            act(
+                env,
+                actor,
+                t,
+                Method::POST,
+                &format!("/api/v2/users/{uid}/delete"),
+                None,
+                expect,
+                "deletes a user",
+            )
+            .await;
+        }
+        // Raising one's own role is refused unless the actor manages the
+        // new role (which is never above its own).
+        let (_, users) = env
+            .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/users", None)
+            .await;
+        let my_id = users["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["loginName"] == json!(actor_login(a)))
+            .and_then(|u| u["id"].as_str())
+            .expect("the actor's user")
+            .to_owned();
+        for r in ORDER {
+            if !(allowed(&MANAGE_USER, a, a) && allowed(&MANAGE_USER, a, r)) {
+                act(
+                    env,
+                    actor,
+                    a,
+                    Method::POST,
+                    &format!("/api/v2/users/{my_id}/role"),
+                    Some(json!({ "role": r })),
+                    403,
+                    &format!("changes its own role into {r}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    // The attack, spelled out: a network-admin makes a key for an
+    // it-admin and raises its own role with it.
+    let (net_id, net_key) = env
+        .user_with_key("escalating-net@example.com", "network-admin")
+        .await;
+    let (it_id, _) = env
+        .user_with_key("escalation-it@example.com", "it-admin")
+        .await;
+    let (s, v) = env
+        .call(
+            &net_key,
+            Method::POST,
+            "/api/v2/tailnet/-/keys",
+            Some(json!({ "keyType": "api", "userId": it_id })),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["key"].is_null());
+    let (s, v) = env
+        .call(
+            &net_key,
+            Method::POST,
+            &format!("/api/v2/users/{net_id}/role"),
+            Some(json!({ "role": "it-admin" })),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+
+    // A key made for another user follows its creator's and its user's roles.
+    let (admin_id, admin_key) = env.user_with_key("creator@example.com", "admin").await;
+    let (member_id, _) = env.user_with_key("delegate@example.com", "member").await;
+    let (s, made) = env
+        .call(
+            &admin_key,
+            Method::POST,
+            "/api/v2/tailnet/-/keys",
+            Some(json!({ "keyType": "api", "userId": member_id })),
+        )
+        .await;
+    assert_eq!(s, 200, "{made}");
+    let delegated = made["key"].as_str().expect("secret").to_owned();
+    let works = |expect: u16, hint: &'static str| {
+        let delegated = delegated.clone();
+        async move {
+            let (s, v) = env
+                .call(&delegated, Method::GET, "/api/v2/tailnet/-/devices", None)
+                .await;
+            assert_eq!(s, expect, "{v}");
+            if expect == 401 {
+                assert!(v["error"].as_str().is_some_and(|m| m.contains(hint)), "{v}");
+            }
+        }
+    };
+    let set_role = |id: String, role: &'static str| async move {
+        let (s, v) = env
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                &format!("/api/v2/users/{id}/role"),
+                Some(json!({ "role": role })),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    };
+    works(200, "").await;
+    // Its user promoted beyond what the creator may make keys for: the key
+    // stops acting (an admin makes no key for an admin) until demoted again.
+    set_role(member_id.clone(), "admin").await;
+    works(401, "may not create keys for an admin").await;
+    set_role(member_id.clone(), "member").await;
+    works(200, "").await;
+    // Its creator demoted: the keys it made for others stop acting.
+    set_role(admin_id.clone(), "it-admin").await;
+    works(401, "who is now an it-admin").await;
+    set_role(admin_id.clone(), "admin").await;
+    works(200, "").await;
+    // Its creator deleted: the keys it made for others are revoked with it.
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::POST,
+            &format!("/api/v2/users/{admin_id}/delete"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    works(401, "revoked").await;
 }
 
 fn login_of(role: Role) -> String {
@@ -1157,7 +1693,174 @@ async fn isolation_and_registration(db: &Db<'_>) {
         .await;
     assert_eq!(s, 401, "{v}");
     assert!(v["error"].as_str().is_some_and(|m| m.contains("revoked")));
+    address_conflicts(&env).await;
     env.stop().await;
+}
+
+/// Node addresses are unique in a tailnet: a new node or a report that
+/// asks for an address another node holds is refused with 409 naming that
+/// node, and nothing changes; a machine registering again under the same
+/// hostname (its data directory wiped) takes its addresses over, recorded
+/// on the old node in the registration's event group.
+async fn address_conflicts(env: &Env) {
+    let reusable = env.auth_key(true, &[]).await;
+    let agent = |private: &tally_proto::PrivateId, key: Option<&str>, body: Value| {
+        let mut req = env
+            .http
+            .post(format!("{}/api/v2/agent/{}", env.base, private.to_hex()))
+            .json(&body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move {
+            let resp = req.send().await.expect("sent");
+            let s = resp.status().as_u16();
+            (s, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let device = |id: String| async move {
+        env.call(
+            OWNER_KEY,
+            Method::GET,
+            &format!("/api/v2/device/{id}"),
+            None,
+        )
+        .await
+        .1
+    };
+    let a_private = tally_proto::PrivateId::generate();
+    let a_addrs = json!(["100.100.0.1", "fd7a:115c:a1e0::1"]);
+    let (s, v) = agent(
+        &a_private,
+        Some(&reusable),
+        json!({ "hostname": "web-a.example.com", "addresses": a_addrs }),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let a = v["node"]["id"].as_str().expect("id").to_owned();
+
+    // Another hostname asking for A's address (another spelling of it):
+    // 409, and a one-off key is not spent by the refusal.
+    let one_off = env.auth_key(false, &[]).await;
+    let b_private = tally_proto::PrivateId::generate();
+    let state = snapshot(env).await;
+    for wanted in ["100.100.0.1/32", "fd7a:115c:a1e0:0:0::1"] {
+        let (s, v) = agent(
+            &b_private,
+            Some(&one_off),
+            json!({ "hostname": "web-b", "addresses": ["100.100.0.9", wanted] }),
+        )
+        .await;
+        assert_eq!(s, 409, "{v}");
+        let msg = v["error"].as_str().expect("error");
+        assert!(
+            msg.contains(wanted)
+                && msg.contains(&a)
+                && msg.contains("web-a")
+                && msg.contains("another hostname")
+                && msg.contains("tally nodes delete"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("100.100.0.9"),
+            "only the conflict is named: {msg}"
+        );
+        assert!(!msg.contains(&a_private.to_hex()), "{msg}");
+    }
+    assert_eq!(
+        snapshot(env).await,
+        state,
+        "a refused registration changed data"
+    );
+    let (s, v) = agent(
+        &b_private,
+        Some(&one_off),
+        json!({ "hostname": "web-b", "addresses": ["100.100.0.2"] }),
+    )
+    .await;
+    assert_eq!(s, 201, "the one-off key still registers: {v}");
+    let b = v["node"]["id"].as_str().expect("id").to_owned();
+
+    // A registered node reporting an address another node holds: 409, its
+    // node unchanged; its own addresses stay reportable.
+    let (s, v) = agent(
+        &b_private,
+        None,
+        json!({ "hostname": "web-b", "addresses": ["100.100.0.2", "100.100.0.1"] }),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains(&a)), "{v}");
+    assert_eq!(device(b.clone()).await["addresses"], json!(["100.100.0.2"]));
+    let (s, v) = agent(
+        &b_private,
+        None,
+        json!({ "hostname": "web-b", "addresses": ["100.100.0.2/32", "100.100.0.3"] }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The same machine registering again with a new identity (same
+    // hostname, any case): the address moves from the old node, in the
+    // registration's event group.
+    let before = env.head_seq(&env.tailnet).await;
+    let c_private = tally_proto::PrivateId::generate();
+    let (s, v) = agent(
+        &c_private,
+        Some(&reusable),
+        json!({ "hostname": "WEB-A.example.com", "addresses": ["100.100.0.1"] }),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let c = v["node"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(device(c.clone()).await["addresses"], json!(["100.100.0.1"]));
+    assert_eq!(
+        device(a.clone()).await["addresses"],
+        json!(["fd7a:115c:a1e0::1"]),
+        "the old node keeps what was not taken"
+    );
+    let ev = env.events_after(&env.tailnet, before).await;
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["eventGroupID"], ev[1]["eventGroupID"]);
+    let moved = ev
+        .iter()
+        .find(|e| e["target"]["id"] == json!(a))
+        .expect("event on the old node");
+    assert_eq!(
+        (&moved["action"], &moved["target"]["property"]),
+        (&json!("UPDATE"), &json!("addresses"))
+    );
+    assert_eq!(
+        (&moved["old"], &moved["new"]),
+        (&a_addrs, &json!(["fd7a:115c:a1e0::1"]))
+    );
+    assert!(
+        moved["actionDetails"]
+            .as_str()
+            .is_some_and(|d| d.contains(&c) && d.contains("same hostname")),
+        "{moved}"
+    );
+    // The old identity cannot take it back by reporting.
+    let (s, v) = agent(
+        &a_private,
+        None,
+        json!({ "hostname": "web-a.example.com", "addresses": a_addrs }),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains(&c)), "{v}");
+    // Same hostname, but one wanted address is another hostname's: 409,
+    // nothing moves.
+    let state = snapshot(env).await;
+    let (s, v) = agent(
+        &tally_proto::PrivateId::generate(),
+        Some(&reusable),
+        json!({ "hostname": "web-a.example.com", "addresses": ["100.100.0.1", "100.100.0.3"] }),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().is_some_and(|m| m.contains(&b)), "{v}");
+    assert_eq!(snapshot(env).await, state);
 }
 
 /// What a GET of every listing shows (to prove a refused change changed nothing).

@@ -48,8 +48,8 @@ pub struct CreateKey {
     /// What it is for.
     #[serde(default)]
     pub description: String,
-    /// Tally: the user the key acts for (default: the caller); giving a
-    /// key to a user needs the right to manage that user's role.
+    /// Tally: the user the key acts for (default: the caller); a key for
+    /// another user needs [`Role::may_create_key_for`](crate::control::model::Role::may_create_key_for).
     #[serde(default)]
     pub user_id: Option<String>,
     /// Accepted for Tailscale compatibility (OAuth scopes): must be absent or empty.
@@ -102,27 +102,15 @@ pub async fn create(
             "capabilities apply to auth keys only; leave them out for an api key",
         ));
     }
-    let user_id = match b.user_id {
-        Some(id) if id != caller.principal.user_id => {
-            let user = state.control.user(caller.tailnet(), &id).await?;
-            if !caller.principal.role.may_manage(user.role) {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    format!(
-                        "a {} cannot create keys for a {}; ask an owner",
-                        caller.principal.role, user.role
-                    ),
-                ));
-            }
-            id
-        }
-        _ => caller.principal.user_id.clone(),
-    };
+    let user_id = b
+        .user_id
+        .unwrap_or_else(|| caller.principal.user_id.clone());
     let k = state
         .control
         .create_key(
             caller.tailnet(),
             &caller.ctx,
+            &caller.principal,
             KeySpec {
                 user_id: &user_id,
                 key_type,

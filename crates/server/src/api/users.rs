@@ -65,7 +65,7 @@ pub async fn create(
         .create_user(
             caller.tailnet(),
             &caller.ctx,
-            caller.principal.role,
+            &caller.principal,
             &b.login_name,
             &display,
             role,
@@ -94,13 +94,7 @@ pub async fn set_role(
     let role = parse_role(&b.role)?;
     let u = state
         .control
-        .set_role(
-            caller.tailnet(),
-            &caller.ctx,
-            caller.principal.role,
-            &id,
-            role,
-        )
+        .set_role(caller.tailnet(), &caller.ctx, &caller.principal, &id, role)
         .await?;
     Ok(Json(u).into_response())
 }
@@ -113,7 +107,7 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     state
         .control
-        .delete_user(caller.tailnet(), &caller.ctx, caller.principal.role, &id)
+        .delete_user(caller.tailnet(), &caller.ctx, &caller.principal, &id)
         .await?;
     Ok(Json(json!({})).into_response())
 }

@@ -35,6 +35,19 @@ pub const ROLES: [Role; 7] = [
     Role::Member,
 ];
 
+/// Every permission, in the order of the matrix in ARCHITECTURE.md.
+pub const PERMISSIONS: [Permission; 9] = [
+    Permission::LogsRead,
+    Permission::AuditRead,
+    Permission::ConfigRead,
+    Permission::DevicesRead,
+    Permission::SettingsWrite,
+    Permission::DevicesWrite,
+    Permission::KeysWrite,
+    Permission::UsersWrite,
+    Permission::TailnetsWrite,
+];
+
 /// What a route needs; see the matrix in ARCHITECTURE.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Permission {
@@ -112,15 +125,45 @@ impl Role {
         }
     }
 
-    /// The roles whose members may see this role granted or removed by
-    /// `self`: owners manage every role, admins every role but owner,
-    /// others only the roles below admin.
+    /// A permission of `other` that this role lacks, if any (the first in
+    /// matrix order).
+    pub fn lacks_of(self, other: Role) -> Option<Permission> {
+        PERMISSIONS
+            .into_iter()
+            .find(|p| other.allows(*p) && !self.allows(*p))
+    }
+
+    /// The rank rule: whether `self` may manage a user of role `target`
+    /// (grant or remove `target`, delete such a user, revoke such a user's
+    /// keys). A role manages exactly the roles none of whose permissions it
+    /// lacks, so no one can hand out or take over more than they hold:
+    /// owners manage every role, admins every role but owner, it-admins
+    /// it-admin, network-admin, billing-admin, auditor and member,
+    /// network-admins network-admin, billing-admin, auditor and member.
     pub fn may_manage(self, target: Role) -> bool {
+        self.lacks_of(target).is_none()
+    }
+
+    /// Whether `self` may create a key (API or auth) that acts for another
+    /// user whose role is `target`: owners for any user, admins for users
+    /// below admin (not owners, not other admins), no other role for
+    /// anyone but itself. Such a key is valid only while this still holds
+    /// for the creator's and the user's current roles.
+    pub fn may_create_key_for(self, target: Role) -> bool {
         match self {
             Self::Owner => true,
-            Self::Admin => target != Self::Owner,
-            _ => !matches!(target, Self::Owner | Self::Admin),
+            Self::Admin => !matches!(target, Self::Owner | Self::Admin),
+            _ => false,
         }
+    }
+
+    /// The role with its indefinite article, for messages (`an it-admin`).
+    pub fn with_article(self) -> String {
+        let article = match self {
+            Self::Owner | Self::Admin | Self::ItAdmin | Self::Auditor => "an",
+            _ => "a",
+        };
+        format!("{article} {}", self.name())
     }
 }
 
@@ -254,17 +297,7 @@ pub fn rfc3339(nanos: i64) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [Permission; 9] = [
-        Permission::LogsRead,
-        Permission::AuditRead,
-        Permission::ConfigRead,
-        Permission::DevicesRead,
-        Permission::SettingsWrite,
-        Permission::DevicesWrite,
-        Permission::KeysWrite,
-        Permission::UsersWrite,
-        Permission::TailnetsWrite,
-    ];
+    const ALL: [Permission; 9] = PERMISSIONS;
 
     /// The matrix in ARCHITECTURE.md is the specification: the code must
     /// say exactly what its table says, cell by cell.
@@ -297,12 +330,49 @@ mod tests {
     }
 
     #[test]
-    fn rank_rules_keep_owners_and_admins_to_their_peers() {
-        assert!(Role::Owner.may_manage(Role::Owner));
-        assert!(Role::Admin.may_manage(Role::Admin));
-        assert!(!Role::Admin.may_manage(Role::Owner));
-        assert!(!Role::ItAdmin.may_manage(Role::Admin));
-        assert!(Role::ItAdmin.may_manage(Role::Auditor));
+    fn rank_rules_follow_the_permission_sets() {
+        use Role::{Admin, Auditor, BillingAdmin, ItAdmin, Member, NetworkAdmin, Owner};
+        // Row: manager; the roles it manages.
+        let table: [(Role, &[Role]); 7] = [
+            (Owner, &ROLES),
+            (
+                Admin,
+                &[Admin, NetworkAdmin, ItAdmin, BillingAdmin, Auditor, Member],
+            ),
+            (
+                ItAdmin,
+                &[NetworkAdmin, ItAdmin, BillingAdmin, Auditor, Member],
+            ),
+            (NetworkAdmin, &[NetworkAdmin, BillingAdmin, Auditor, Member]),
+            (BillingAdmin, &[BillingAdmin, Member]),
+            (Auditor, &[BillingAdmin, Auditor, Member]),
+            (Member, &[Member]),
+        ];
+        for (manager, managed) in table {
+            for target in ROLES {
+                assert_eq!(
+                    manager.may_manage(target),
+                    managed.contains(&target),
+                    "{manager} managing {target}"
+                );
+                assert_eq!(
+                    manager.lacks_of(target).is_none(),
+                    managed.contains(&target)
+                );
+                assert_eq!(
+                    manager.may_create_key_for(target),
+                    manager == Owner || (manager == Admin && !matches!(target, Owner | Admin)),
+                    "{manager} creating a key for {target}"
+                );
+            }
+        }
+        assert_eq!(
+            NetworkAdmin.lacks_of(ItAdmin),
+            Some(Permission::DevicesWrite)
+        );
+        assert_eq!(Admin.lacks_of(Owner), Some(Permission::TailnetsWrite));
+        assert_eq!(ItAdmin.with_article(), "an it-admin");
+        assert_eq!(NetworkAdmin.with_article(), "a network-admin");
         for r in ROLES {
             assert_eq!(Role::parse(r.name()), Some(r));
         }

@@ -1,7 +1,7 @@
 //! The node inventory: agents register into it with an auth key; admins
 //! list, rename, tag and remove nodes.
 
-use super::audit::{Actor, AuditContext, EventSpec, Target};
+use super::audit::{Actor, AuditContext, Change, EventSpec, Target};
 use super::model::{Device, rfc3339};
 use super::principals::{validate_tags, validate_text};
 use super::tailnets::truncate;
@@ -80,6 +80,43 @@ fn validate_cidrs(field: &str, list: &[String]) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// The host address of an `addresses` entry (an IP, or an IP with a prefix
+/// length, which is ignored): two entries with the same one conflict.
+fn host_ip(entry: &str) -> Option<std::net::IpAddr> {
+    entry.split('/').next().and_then(|ip| ip.parse().ok())
+}
+
+/// Another node of the tailnet that holds addresses a node asks for.
+struct Holder {
+    node: Device,
+    /// The asked-for entries it holds (as the asking node wrote them).
+    taken: Vec<String>,
+}
+
+/// What to do about the addresses a registering node asks for.
+enum AddressCheck {
+    /// Nobody else holds them.
+    Free,
+    /// Only nodes with the same hostname hold them: the machine registers
+    /// again (its data directory was wiped); the addresses move to it.
+    TakeOver(Vec<Holder>),
+}
+
+fn conflict_error(holder: &Holder, own_hostname: bool) -> ControlError {
+    let what = if own_hostname {
+        ""
+    } else {
+        " with another hostname"
+    };
+    ControlError::Conflict(format!(
+        "address {} is already held by node {} ({}) of this tailnet{what}; if that node is gone, remove it (tally nodes delete {}), otherwise fix this node's addresses",
+        holder.taken.join(", "),
+        holder.node.name,
+        holder.node.id,
+        holder.node.id
+    ))
+}
+
 const NODE_COLS: &str = "id, tailnet_id, name, hostname, os, addresses, tags, routes, no_logs, instance, user_id, created, last_seen";
 
 fn node_from_row(r: &sqlx::any::AnyRow) -> Result<Device, ControlError> {
@@ -123,6 +160,105 @@ pub struct NodeUpdate {
 }
 
 impl ControlDb {
+    /// The other nodes of the change's tailnet holding any of `wanted`
+    /// (read inside the change, so two registrations cannot both take an
+    /// address).
+    async fn holders(
+        &self,
+        change: &mut Change,
+        except: Option<&str>,
+        wanted: &[String],
+    ) -> Result<Vec<Holder>, ControlError> {
+        let wanted: Vec<(std::net::IpAddr, &String)> = wanted
+            .iter()
+            .filter_map(|a| host_ip(a).map(|ip| (ip, a)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tailnet = change.tailnet_id().to_owned();
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE tailnet_id = $1 ORDER BY created, id"
+        ))
+        .bind(tailnet)
+        .fetch_all(change.tx())
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let node = node_from_row(r)?;
+            if Some(node.id.as_str()) == except {
+                continue;
+            }
+            let held: Vec<std::net::IpAddr> =
+                node.addresses.iter().filter_map(|a| host_ip(a)).collect();
+            let taken: Vec<String> = wanted
+                .iter()
+                .filter(|(ip, _)| held.contains(ip))
+                .map(|(_, a)| (*a).clone())
+                .collect();
+            if !taken.is_empty() {
+                out.push(Holder { node, taken });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the addresses of a new node: free, or held only by nodes of
+    /// the same hostname (taken over), else 409 naming the holder.
+    async fn check_new_addresses(
+        &self,
+        change: &mut Change,
+        reg: &Registration,
+    ) -> Result<AddressCheck, ControlError> {
+        let holders = self.holders(change, None, &reg.addresses).await?;
+        if holders.is_empty() {
+            return Ok(AddressCheck::Free);
+        }
+        if let Some(other) = holders
+            .iter()
+            .find(|h| !h.node.hostname.eq_ignore_ascii_case(&reg.hostname))
+        {
+            return Err(conflict_error(other, false));
+        }
+        Ok(AddressCheck::TakeOver(holders))
+    }
+
+    /// Moves the addresses in `holders` to the node `new_id` (same
+    /// hostname, registering again): one UPDATE event per old node.
+    async fn take_over(
+        &self,
+        change: &mut Change,
+        holders: Vec<Holder>,
+        new_id: &str,
+    ) -> Result<(), ControlError> {
+        for h in holders {
+            let gone: Vec<std::net::IpAddr> = h.taken.iter().filter_map(|a| host_ip(a)).collect();
+            let kept: Vec<String> = h
+                .node
+                .addresses
+                .iter()
+                .filter(|a| host_ip(a).is_none_or(|ip| !gone.contains(&ip)))
+                .cloned()
+                .collect();
+            sqlx::query("UPDATE nodes SET addresses = $1 WHERE id = $2")
+                .bind(to_json_list(&kept))
+                .bind(&h.node.id)
+                .execute(change.tx())
+                .await?;
+            change
+                .record(
+                    EventSpec::new("UPDATE", node_target(&h.node, "addresses"))
+                        .values(json!(h.node.addresses), json!(kept))
+                        .details(format!(
+                            "addresses taken over by node {new_id}, registered again with the same hostname {}",
+                            h.node.hostname
+                        )),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Every registered agent instance: (public ID hex, node ID, tailnet ID).
     pub async fn node_instances(&self) -> Result<Vec<(String, String, String)>, ControlError> {
         sqlx::query("SELECT instance, id, tailnet_id FROM nodes WHERE instance IS NOT NULL")
@@ -210,6 +346,27 @@ impl ControlDb {
                 remote,
             };
             let mut change = self.begin_change(&old.tailnet_id, &ctx).await?;
+            // Addresses this node did not hold yet must be free: a node that
+            // reports in has no auth key, so it takes no one's address.
+            let added: Vec<String> = reg
+                .addresses
+                .iter()
+                .filter(|a| {
+                    host_ip(a)
+                        .is_some_and(|ip| !old.addresses.iter().any(|o| host_ip(o) == Some(ip)))
+                })
+                .cloned()
+                .collect();
+            if let Some(h) = self
+                .holders(&mut change, Some(&old.id), &added)
+                .await?
+                .first()
+            {
+                return Err(conflict_error(
+                    h,
+                    h.node.hostname.eq_ignore_ascii_case(&reg.hostname),
+                ));
+            }
             sqlx::query(
                 "UPDATE nodes SET hostname = $1, os = $2, addresses = $3, routes = $4, no_logs = $5, last_seen = $6 WHERE id = $7",
             )
@@ -284,6 +441,7 @@ impl ControlDb {
                 "the auth key was for one use and has been used; create a reusable one".into(),
             ));
         }
+        let addresses = self.check_new_addresses(&mut change, reg).await?;
         let id = new_id("n");
         sqlx::query(&format!(
             "INSERT INTO nodes ({NODE_COLS}, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -323,6 +481,9 @@ impl ControlDb {
                     .details(format!("registered with auth key {}", key.key_id)),
             )
             .await?;
+        if let AddressCheck::TakeOver(holders) = addresses {
+            self.take_over(&mut change, holders, &id).await?;
+        }
         change.commit().await?;
         Ok((self.node(&key.tailnet_id, &id).await?, true))
     }

@@ -155,6 +155,25 @@ pub fn validate_tags(tags: &[String]) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// The refusal of the rank rule: `caller` may not act on a `target` user
+/// (`what` says how), naming the permission the caller lacks.
+fn rank_refusal(caller: Role, what: &str, target: Role) -> ControlError {
+    let why = caller.lacks_of(target).map_or_else(
+        || "that is not allowed".to_owned(),
+        |p| {
+            format!(
+                "{} has {}, which {caller} lacks",
+                target.with_article(),
+                p.name()
+            )
+        },
+    );
+    ControlError::Forbidden(format!(
+        "{} cannot {what}: {why} (a role manages only roles whose every permission it has); ask an owner",
+        caller.with_article()
+    ))
+}
+
 fn user_target(u: &User, property: &str) -> Target {
     Target {
         id: u.id.clone(),
@@ -285,22 +304,25 @@ impl ControlDb {
         Ok(user)
     }
 
-    /// Creates a user.
+    /// Creates a user with a role the caller may manage.
     pub async fn create_user(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
-        caller_role: Role,
+        caller: &Principal,
         login: &str,
         display: &str,
         role: Role,
     ) -> Result<User, ControlError> {
-        if !caller_role.may_manage(role) {
-            return Err(ControlError::Forbidden(format!(
-                "a {caller_role} cannot create a user with role {role}"
-            )));
-        }
         let mut change = self.begin_change(tailnet_id, ctx).await?;
+        let caller_role = self.current_role(&mut change, caller).await?;
+        if !caller_role.may_manage(role) {
+            return Err(rank_refusal(
+                caller_role,
+                &format!("create a user with role {role}"),
+                role,
+            ));
+        }
         let u = self
             .insert_user(
                 &mut change,
@@ -340,6 +362,37 @@ impl ControlDb {
         user_from_row(&row)
     }
 
+    /// An active user of the change's tailnet, read inside the change (the
+    /// rule checks see what the mutation changes).
+    async fn user_in(&self, change: &mut Change, id: &str) -> Result<User, ControlError> {
+        let tailnet = change.tailnet_id().to_owned();
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLS} FROM users WHERE id = $1 AND tailnet_id = $2 AND status = 'active'"
+        ))
+        .bind(id)
+        .bind(tailnet)
+        .fetch_optional(change.tx())
+        .await?
+        .ok_or_else(|| ControlError::NotFound(format!("user {}", truncate(id, 40))))?;
+        user_from_row(&row)
+    }
+
+    /// The caller's role now (inside the change): a caller demoted or
+    /// deleted since its key was checked acts with what it has now.
+    async fn current_role(
+        &self,
+        change: &mut Change,
+        caller: &Principal,
+    ) -> Result<Role, ControlError> {
+        match self.user_in(change, &caller.user_id).await {
+            Ok(u) => Ok(u.role),
+            Err(ControlError::NotFound(_)) => Err(ControlError::Unauthorized(
+                "the API key's user was deleted".into(),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn owners(&self, change: &mut Change) -> Result<i64, ControlError> {
         let tailnet = change.tailnet_id().to_owned();
         Ok(sqlx::query(
@@ -351,29 +404,39 @@ impl ControlDb {
         .try_get("n")?)
     }
 
-    /// Changes a user's role, within the rank rules and keeping an owner.
+    /// Changes a user's role, within the rank rule (the caller manages the
+    /// old and the new role) and keeping an owner.
     pub async fn set_role(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
-        caller_role: Role,
+        caller: &Principal,
         user_id: &str,
         role: Role,
     ) -> Result<User, ControlError> {
-        let user = self.user(tailnet_id, user_id).await?;
-        if !caller_role.may_manage(user.role) || !caller_role.may_manage(role) {
-            return Err(ControlError::Forbidden(format!(
-                "a {caller_role} cannot change a {} into a {role}; ask an owner",
-                user.role
-            )));
+        let mut change = self.begin_change(tailnet_id, ctx).await?;
+        let caller_role = self.current_role(&mut change, caller).await?;
+        let user = self.user_in(&mut change, user_id).await?;
+        for r in [user.role, role] {
+            if !caller_role.may_manage(r) {
+                return Err(rank_refusal(
+                    caller_role,
+                    &format!(
+                        "change {} into {}",
+                        user.role.with_article(),
+                        role.with_article()
+                    ),
+                    r,
+                ));
+            }
         }
         if user.role == role {
             return Err(ControlError::Conflict(format!(
-                "{} is already a {role}",
-                user.login_name
+                "{} is already {}",
+                user.login_name,
+                role.with_article()
             )));
         }
-        let mut change = self.begin_change(tailnet_id, ctx).await?;
         if user.role == Role::Owner && self.owners(&mut change).await? <= 1 {
             return Err(ControlError::Conflict(format!(
                 "{} is the tailnet's last owner; make another user owner first",
@@ -395,22 +458,25 @@ impl ControlDb {
         Ok(User { role, ..user })
     }
 
-    /// Deletes a user and revokes the user's keys.
+    /// Deletes a user (within the rank rule) and revokes the user's keys
+    /// and the keys the user created for others.
     pub async fn delete_user(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
-        caller_role: Role,
+        caller: &Principal,
         user_id: &str,
     ) -> Result<(), ControlError> {
-        let user = self.user(tailnet_id, user_id).await?;
-        if !caller_role.may_manage(user.role) {
-            return Err(ControlError::Forbidden(format!(
-                "a {caller_role} cannot delete a {}; ask an owner",
-                user.role
-            )));
-        }
         let mut change = self.begin_change(tailnet_id, ctx).await?;
+        let caller_role = self.current_role(&mut change, caller).await?;
+        let user = self.user_in(&mut change, user_id).await?;
+        if !caller_role.may_manage(user.role) {
+            return Err(rank_refusal(
+                caller_role,
+                &format!("delete {}", user.role.with_article()),
+                user.role,
+            ));
+        }
         if user.role == Role::Owner && self.owners(&mut change).await? <= 1 {
             return Err(ControlError::Conflict(format!(
                 "{} is the tailnet's last owner and cannot be deleted",
@@ -422,13 +488,14 @@ impl ControlDb {
             .bind(user_id)
             .execute(change.tx())
             .await?;
-        let revoked =
-            sqlx::query("UPDATE keys SET revoked = $1 WHERE user_id = $2 AND revoked IS NULL")
-                .bind(now)
-                .bind(user_id)
-                .execute(change.tx())
-                .await?
-                .rows_affected();
+        let revoked = sqlx::query(
+            "UPDATE keys SET revoked = $1 WHERE (user_id = $2 OR created_by = $2) AND revoked IS NULL",
+        )
+        .bind(now)
+        .bind(user_id)
+        .execute(change.tx())
+        .await?
+        .rows_affected();
         change
             .record(
                 EventSpec::new("DELETE", user_target(&user, ""))
@@ -436,17 +503,22 @@ impl ControlDb {
                         json!({ "loginName": user.login_name, "role": user.role }),
                         Value::Null,
                     )
-                    .details(format!("{revoked} keys of the user revoked")),
+                    .details(format!(
+                        "{revoked} keys of the user or created by the user revoked"
+                    )),
             )
             .await?;
         change.commit().await
     }
 
     /// Inserts a key inside a change and records it (without its secret).
+    /// `created_by` is the user who asked for it (the key's own user for
+    /// keys the server makes).
     pub(crate) async fn insert_key(
         &self,
         change: &mut Change,
         spec: KeySpec<'_>,
+        created_by: &str,
         preset_hash: Option<&str>,
         now: i64,
     ) -> Result<NewKey, ControlError> {
@@ -481,8 +553,8 @@ impl ControlDb {
         let expires = expiry.map(|s| now.saturating_add(s.saturating_mul(1_000_000_000)));
         let tailnet = change.tailnet_id().to_owned();
         sqlx::query(
-            "INSERT INTO keys (id, tailnet_id, user_id, key_type, hash, description, created, expires, revoked, reusable, ephemeral, preauthorized, tags, uses)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, 0)",
+            "INSERT INTO keys (id, tailnet_id, user_id, key_type, hash, description, created, expires, revoked, reusable, ephemeral, preauthorized, tags, uses, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, 0, $13)",
         )
         .bind(&id)
         .bind(&tailnet)
@@ -496,6 +568,7 @@ impl ControlDb {
         .bind(i64::from(caps.ephemeral))
         .bind(i64::from(caps.preauthorized))
         .bind(to_json_list(&caps.tags))
+        .bind(created_by)
         .execute(change.tx())
         .await?;
         let info = KeyInfo {
@@ -520,16 +593,37 @@ impl ControlDb {
         Ok(NewKey { info, secret })
     }
 
-    /// Creates a key.
+    /// Creates a key for the caller or, when the caller may create keys for
+    /// that user's role ([`Role::may_create_key_for`]), for another user.
     pub async fn create_key(
         &self,
         tailnet_id: &str,
         ctx: &AuditContext,
+        caller: &Principal,
         spec: KeySpec<'_>,
     ) -> Result<NewKey, ControlError> {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
+        let caller_role = self.current_role(&mut change, caller).await?;
+        if spec.user_id != caller.user_id {
+            let user = self.user_in(&mut change, spec.user_id).await?;
+            if !caller_role.may_create_key_for(user.role) {
+                return Err(ControlError::Forbidden(format!(
+                    "{} cannot create keys for another user ({}, {}): owners create keys for any user, admins for users below admin, everyone else only for themselves; {} can create their own key",
+                    caller_role.with_article(),
+                    user.login_name,
+                    user.role.with_article(),
+                    user.login_name
+                )));
+            }
+        }
         let k = self
-            .insert_key(&mut change, spec, None, tally_proto::timefmt::now_nanos())
+            .insert_key(
+                &mut change,
+                spec,
+                &caller.user_id,
+                None,
+                tally_proto::timefmt::now_nanos(),
+            )
             .await?;
         change.commit().await?;
         Ok(k)
@@ -564,6 +658,7 @@ impl ControlDb {
         self.insert_key(
             &mut change,
             spec,
+            user_id,
             Some(hash),
             tally_proto::timefmt::now_nanos(),
         )
@@ -599,7 +694,8 @@ impl ControlDb {
     }
 
     /// Revokes a key. Revoking another user's key needs the right to
-    /// manage that user's role (a network admin cannot revoke an owner's key).
+    /// manage that user's role (a network admin cannot revoke an it-admin's
+    /// key); the role of a deleted user counts as it was.
     pub async fn revoke_key(
         &self,
         tailnet_id: &str,
@@ -608,14 +704,24 @@ impl ControlDb {
         id: &str,
     ) -> Result<(), ControlError> {
         let key = self.key(tailnet_id, id).await?;
-        if key.user_id != caller.user_id
-            && let Ok(owner) = self.user(tailnet_id, &key.user_id).await
-            && !caller.role.may_manage(owner.role)
-        {
-            return Err(ControlError::Forbidden(format!(
-                "a {} cannot revoke a key of a {}; ask an owner",
-                caller.role, owner.role
-            )));
+        let mut change = self.begin_change(tailnet_id, ctx).await?;
+        let caller_role = self.current_role(&mut change, caller).await?;
+        if key.user_id != caller.user_id {
+            let role: String = sqlx::query("SELECT role FROM users WHERE id = $1")
+                .bind(&key.user_id)
+                .fetch_optional(change.tx())
+                .await?
+                .ok_or_else(|| ControlError::Internal(format!("key {id} belongs to no user")))?
+                .try_get("role")?;
+            let role = Role::parse(&role)
+                .ok_or_else(|| ControlError::Internal(format!("unknown role {role:?} stored")))?;
+            if !caller_role.may_manage(role) {
+                return Err(rank_refusal(
+                    caller_role,
+                    &format!("revoke a key of {}", role.with_article()),
+                    role,
+                ));
+            }
         }
         if key.revoked.is_some() {
             return Err(ControlError::Conflict(format!(
@@ -623,7 +729,6 @@ impl ControlDb {
             )));
         }
         let now = tally_proto::timefmt::now_nanos();
-        let mut change = self.begin_change(tailnet_id, ctx).await?;
         sqlx::query("UPDATE keys SET revoked = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
@@ -641,7 +746,7 @@ impl ControlDb {
     /// The user behind an API key, if the key is valid now.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, ControlError> {
         let row = sqlx::query(
-            "SELECT k.id AS key_id, k.key_type, k.expires, k.revoked, u.id AS user_id, u.login_name, u.display_name, u.role, u.status, t.id AS tailnet_id, t.name AS tailnet_name, t.deleted
+            "SELECT k.id AS key_id, k.key_type, k.expires, k.revoked, k.created_by, u.id AS user_id, u.login_name, u.display_name, u.role, u.status, t.id AS tailnet_id, t.name AS tailnet_name, t.deleted
              FROM keys k JOIN users u ON u.id = k.user_id JOIN tailnets t ON t.id = k.tailnet_id
              WHERE k.hash = $1",
         )
@@ -679,22 +784,76 @@ impl ControlDb {
             ));
         }
         let role: String = row.try_get("role")?;
+        let role = Role::parse(&role)
+            .ok_or_else(|| ControlError::Internal(format!("unknown role {role:?} stored")))?;
+        let user_id: String = row.try_get("user_id")?;
+        let login_name: String = row.try_get("login_name")?;
+        let created_by: Option<String> = row.try_get("created_by")?;
+        if let Some(problem) = self
+            .delegation_problem(&user_id, &login_name, role, created_by.as_deref())
+            .await?
+        {
+            return Err(ControlError::Unauthorized(format!("the API key {problem}")));
+        }
         Ok(Principal {
             key_id: row.try_get("key_id")?,
-            user_id: row.try_get("user_id")?,
-            login_name: row.try_get("login_name")?,
+            user_id,
+            login_name,
             display_name: row.try_get("display_name")?,
-            role: Role::parse(&role)
-                .ok_or_else(|| ControlError::Internal(format!("unknown role {role:?} stored")))?,
+            role,
             tailnet_id: row.try_get("tailnet_id")?,
             tailnet_name: row.try_get("tailnet_name")?,
         })
     }
 
+    /// Why a key that `created_by` made for another user (`user_id`, now
+    /// `role`) no longer acts: its creator is gone or could not create it
+    /// now ([`Role::may_create_key_for`]). `None` when the key is the
+    /// user's own (or predates the record of creators).
+    async fn delegation_problem(
+        &self,
+        user_id: &str,
+        login: &str,
+        role: Role,
+        created_by: Option<&str>,
+    ) -> Result<Option<String>, ControlError> {
+        let Some(creator_id) = created_by.filter(|c| *c != user_id) else {
+            return Ok(None);
+        };
+        let creator = sqlx::query("SELECT login_name, role, status FROM users WHERE id = $1")
+            .bind(creator_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(creator) = creator else {
+            return Ok(Some(format!(
+                "was created for {login} by a user who no longer exists; {login} should create a new key"
+            )));
+        };
+        let creator_login: String = creator.try_get("login_name")?;
+        let creator_role: String = creator.try_get("role")?;
+        let creator_role = Role::parse(&creator_role).ok_or_else(|| {
+            ControlError::Internal(format!("unknown role {creator_role:?} stored"))
+        })?;
+        if creator.try_get::<String, _>("status")? != "active" {
+            return Ok(Some(format!(
+                "was created for {login} by {creator_login}, who was deleted; {login} should create a new key"
+            )));
+        }
+        if !creator_role.may_create_key_for(role) {
+            return Ok(Some(format!(
+                "was created for {login} by {creator_login}, who is now {} and may not create keys for {} ({login}'s role now); \
+                 a key never carries more than its creator may grant: {login} should create a new key",
+                creator_role.with_article(),
+                role.with_article()
+            )));
+        }
+        Ok(None)
+    }
+
     /// Checks an auth key for registering a node.
     pub async fn check_auth_key(&self, secret: &str) -> Result<AuthKeyUse, ControlError> {
         let row = sqlx::query(&format!(
-            "SELECT {KEY_COLS}, uses FROM keys WHERE hash = $1"
+            "SELECT {KEY_COLS}, uses, created_by FROM keys WHERE hash = $1"
         ))
         .bind(hash_secret(secret))
         .fetch_optional(&self.pool)
@@ -721,6 +880,29 @@ impl ControlDb {
             return Err(ControlError::Unauthorized(
                 "the auth key was for one use and has been used; create a reusable one".into(),
             ));
+        }
+        let user = sqlx::query("SELECT login_name, role FROM users WHERE id = $1")
+            .bind(&info.user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(user) = user {
+            let login: String = user.try_get("login_name")?;
+            let role: String = user.try_get("role")?;
+            let role = Role::parse(&role)
+                .ok_or_else(|| ControlError::Internal(format!("unknown role {role:?} stored")))?;
+            if let Some(problem) = self
+                .delegation_problem(
+                    &info.user_id,
+                    &login,
+                    role,
+                    row.try_get::<Option<String>, _>("created_by")?.as_deref(),
+                )
+                .await?
+            {
+                return Err(ControlError::Unauthorized(format!(
+                    "the auth key {problem}"
+                )));
+            }
         }
         Ok(AuthKeyUse {
             key_id: info.id,

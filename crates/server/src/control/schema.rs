@@ -114,6 +114,11 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
     ),
     (
         3,
+        "who created each key (keys made for another user act only while their creator could make them)",
+        &["ALTER TABLE keys ADD COLUMN created_by TEXT"],
+    ),
+    (
+        4,
         "collections and adoptions per tailnet: names are per tailnet, an instance is adopted into a collection by one tailnet",
         &[
             "CREATE TABLE tailnet_collections (

@@ -139,6 +139,7 @@ impl ControlDb {
                             expiry_secs: None,
                             caps: &Default::default(),
                         },
+                        &owner.id,
                         None,
                         now,
                     )

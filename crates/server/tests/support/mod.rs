@@ -185,6 +185,30 @@ impl Env {
         v
     }
 
+    /// The few audit events of a tailnet after `after` (one call's worth:
+    /// fewer than 50), oldest first.
+    pub async fn last_events_after(&self, tailnet: &str, after: i64) -> Vec<Value> {
+        let page = self
+            .control
+            .audit_query(
+                tailnet,
+                &AuditQuery {
+                    limit: 50,
+                    ..AuditQuery::default()
+                },
+            )
+            .await
+            .expect("audit query");
+        let mut v: Vec<Value> = page
+            .events
+            .into_iter()
+            .filter(|e| e["seq"].as_i64().expect("seq") > after)
+            .collect();
+        assert!(v.len() < 50, "more events than one call makes");
+        v.reverse();
+        v
+    }
+
     /// The newest sequence number of a tailnet's audit log.
     pub async fn head_seq(&self, tailnet: &str) -> i64 {
         let page = self
@@ -245,16 +269,19 @@ impl Env {
         k["key"].as_str().expect("key").to_owned()
     }
 
-    /// Registers a new node (a fresh agent identity) with an auth key;
-    /// returns its ID.
+    /// Registers a new node (a fresh agent identity) with an auth key and
+    /// an address of its own; returns its ID.
     pub async fn register(&self, auth_key: &str, hostname: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let address = format!("100.64.{}.{}", (n >> 8) & 0xff, n & 0xff);
         let private = tally_proto::PrivateId::generate().to_hex();
         let (s, v) = self
             .call(
                 auth_key,
                 Method::POST,
                 &format!("/api/v2/agent/{private}"),
-                Some(json!({ "hostname": hostname, "os": "linux", "addresses": ["100.64.0.7"] })),
+                Some(json!({ "hostname": hostname, "os": "linux", "addresses": [address] })),
             )
             .await;
         assert!(s == 201 || s == 200, "register {hostname}: {s} {v}");
