@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TEST_CA, TestAgent, TestServer, await_entries};
+use common::{TEST_CA, TestAgent, TestServer};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
