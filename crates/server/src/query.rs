@@ -162,6 +162,11 @@ pub async fn get_logs(
     if batch.truncated {
         out.extend_from_slice(format!("\"next\":\"{}\",", batch.next_seq).as_bytes());
     }
+    if !batch.damaged.is_empty() {
+        // The answer is incomplete: say which positions are missing and why.
+        let incomplete = serde_json::to_string(&incomplete(&batch.damaged)).unwrap_or_default();
+        out.extend_from_slice(format!("\"incomplete\":{incomplete},").as_bytes());
+    }
     out.extend_from_slice(b"\"logs\":[");
     for (i, r) in batch.records.iter().enumerate() {
         if i > 0 {
@@ -229,8 +234,15 @@ fn stream_logs(
                     Err(_) => return None,
                 };
                 pos = batch.next_seq;
-                if !batch.records.is_empty() {
+                if !batch.records.is_empty() || !batch.damaged.is_empty() {
                     let mut out = Vec::new();
+                    if !batch.damaged.is_empty() {
+                        // A line of its own (no `logtail` member) tells the
+                        // reader that entries are missing here, and why.
+                        let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
+                        out.extend_from_slice(line.to_string().as_bytes());
+                        out.push(b'\n');
+                    }
                     for r in &batch.records {
                         out.extend_from_slice(&r.rec.body);
                         out.push(b'\n');
@@ -264,6 +276,23 @@ fn stream_logs(
         Body::from_stream(s),
     )
         .into_response()
+}
+
+/// The `incomplete` member of an answer that skipped damaged blocks: the
+/// store positions missing and why.
+fn incomplete(damaged: &[tally_store::DamagedRange]) -> serde_json::Value {
+    serde_json::Value::Array(
+        damaged
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "from": d.first_seq,
+                    "to": d.last_seq,
+                    "reason": "a damaged block of the store could not be read; the server's log has the details",
+                })
+            })
+            .collect(),
+    )
 }
 
 /// `GET /collections[?collection-name=]`.
