@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub agent_report_seconds: u64,
     /// Reconciliation tuning (windows, grace period, tolerances).
     pub reconcile: tally_reconcile::Config,
+    /// Transparency-log epochs hold `2^log_epoch_bits` leaves (a multiple
+    /// of 4 from 8 to 56; fixed when the log is created).
+    pub log_epoch_bits: u32,
 }
 
 impl ServerConfig {
@@ -101,6 +104,7 @@ impl ServerConfig {
             control_db: None,
             agent_report_seconds: 30,
             reconcile: tally_reconcile::Config::default(),
+            log_epoch_bits: merkle_log::DEFAULT_EPOCH_BITS,
         }
     }
 }
@@ -208,6 +212,7 @@ impl Server {
         }
         let (flow_store, flow_checkpoint) = flows::open(&config.data_dir)?;
         let catalog = Catalog::new(rules.clone());
+        let log_policy: Arc<dyn tally_store::RetentionPolicy> = rules.clone();
         catalog.reload(&control).await?;
         let store_config = config
             .store
@@ -239,8 +244,16 @@ impl Server {
                 .await
                 .context("batch ledger recovery panicked")??
         };
-        let transparency_log = merkle_log::MerkleLog::open(&config.data_dir)
-            .context("cannot open the transparency log")?;
+        let transparency_log = merkle_log::MerkleLog::open(
+            &config.data_dir,
+            store.clone(),
+            log_policy,
+            config.log_epoch_bits,
+        )
+        .context("cannot open the transparency log")?;
+        merkle_log::after_recovery(&store, &transparency_log, &recovery)
+            .await
+            .context("lining the store up with the transparency log")?;
         let (reconciler, reconcile_pos, reconcile_written) =
             reconcile::ReconcileService::open(&config.data_dir, config.reconcile)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
@@ -290,6 +303,11 @@ impl Server {
     /// The control database (tests and benchmarks inspect it).
     pub fn control(&self) -> ControlDb {
         self.state.control.clone()
+    }
+
+    /// The store (tests drive retention with it).
+    pub fn store(&self) -> Arc<Store> {
+        self.state.store.clone()
     }
 
     /// The address actually bound.

@@ -114,14 +114,12 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
     // Somebody rewrites the log's history on disk (and the server signs
     // whatever it then holds): the old checkpoint exposes it.
     let dir = env.stop_keep().await;
-    let leaves = dir.path().join("merkle").join("leaves");
+    let epoch = dir.path().join("merkle").join("epoch-000000000000");
+    let leaves = epoch.join("leaves");
     let mut bytes = std::fs::read(&leaves).expect("leaves file");
     bytes[40] ^= 0xff;
     std::fs::write(&leaves, &bytes).expect("write");
-    for level in std::fs::read_dir(dir.path().join("merkle"))
-        .expect("dir")
-        .flatten()
-    {
+    for level in std::fs::read_dir(&epoch).expect("dir").flatten() {
         if level.file_name().to_string_lossy().starts_with("level-") {
             std::fs::remove_file(level.path()).expect("drop cached levels");
         }

@@ -2,7 +2,7 @@
 //!
 //! Records enter through [`Store::append`], which answers only after they are
 //! fsynced (group commit: one fsync serves every request waiting). Each record
-//! gets a dense position (`seq`). Records live first in a write-ahead-log
+//! gets an increasing position (`seq`, dense unless [`Store::skip_to`] skipped some). Records live first in a write-ahead-log
 //! segment, then in a sealed segment of zstd blocks with a per-block index
 //! (time range, collections, instance Bloom filter) so scans skip blocks that
 //! cannot match. Consumers read everything after a position with
@@ -555,6 +555,20 @@ impl Store {
             return Err(e);
         }
         Ok(rx)
+    }
+
+    /// Makes the store continue at position `seq` when it is ahead of
+    /// [`Store::end_seq`]: positions before it that were never assigned stay
+    /// unused for ever (scans, cursors and recovery pass over them). For a
+    /// consumer that published positions the store lost in a recovery cut:
+    /// a position must never name two different records. Durable when it
+    /// returns; appends submitted after the call get positions `>= seq`.
+    pub async fn skip_to(&self, seq: u64) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        let tx = self.tx.lock().clone().ok_or(StoreError::Closed)?;
+        tx.send(WriterMsg::SkipTo(seq, done))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Position that the next stored record will get: every record before it is durable.

@@ -18,6 +18,10 @@ pub mod kind {
     /// The server's record of one signed upload batch (its sequence number,
     /// chain hash and verdict), stored with the batch's entries.
     pub const BATCH: u8 = 2;
+    /// The server's signed statement that a recovery cut lost positions
+    /// its transparency log had published (server-wide, owned by no
+    /// tailnet; shown through the transparency API only).
+    pub const CUT: u8 = 3;
 }
 
 /// Which tailnet a record belongs to, fixed when it is stored.
@@ -111,7 +115,7 @@ pub struct NewRecord {
 /// A stored record with its position in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// Position in the global log: dense, starting at 1, never reused.
+    /// Position in the global log: increasing, starting at 1, never reused; dense except where `Store::skip_to` skipped positions.
     pub seq: u64,
     /// The record itself.
     pub rec: NewRecord,

@@ -36,6 +36,8 @@ pub(crate) enum WriterMsg {
         reply: Reply,
     },
     Rotate(oneshot::Sender<()>),
+    /// Continue at this position (see [`crate::Store::skip_to`]).
+    SkipTo(u64, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Reply channel of one append.
@@ -76,6 +78,7 @@ impl Writer {
             };
             let mut batch = Vec::new();
             let mut rotate_waiters = Vec::new();
+            let mut skip = None;
             let mut bytes = 0;
             let mut next = Some(first);
             while let Some(m) = next.take() {
@@ -89,6 +92,11 @@ impl Writer {
                         batch.push((records, b, reply));
                     }
                     WriterMsg::Rotate(done) => rotate_waiters.push(done),
+                    WriterMsg::SkipTo(seq, done) => {
+                        // Later appends wait: they get positions after the skip.
+                        skip = Some((seq, done));
+                        break;
+                    }
                 }
                 if bytes < 16 << 20 {
                     next = rx.try_recv().ok();
@@ -96,6 +104,9 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit(&mut buf, batch);
+            }
+            if let Some((seq, done)) = skip {
+                let _ = done.send(self.skip_to(seq));
             }
             if !rotate_waiters.is_empty() {
                 self.maybe_rotate(Some(rotate_waiters));
@@ -196,6 +207,51 @@ impl Writer {
         for ((_, _, reply), out) in batch.into_iter().zip(outcomes) {
             let _ = reply.send(Ok(out));
         }
+    }
+
+    /// Continues at position `seq` (no-op unless it is ahead): starts a
+    /// WAL segment whose header says `seq`, hands the previous one to the
+    /// sealer (or deletes it when it is empty). Recovery takes the next
+    /// position from that header, so the skip is durable once this returns.
+    fn skip_to(&mut self, seq: u64) -> Result<(), StoreError> {
+        if seq <= self.next_seq {
+            return Ok(());
+        }
+        if let Some(why) = self.inner.poisoned.lock().clone() {
+            return Err(StoreError::Poisoned(why));
+        }
+        let dir = self.inner.config.dir.clone();
+        let (path, file) = segment::create_wal(&dir, seq)?;
+        let seg = Arc::new(Segment::wal(path, seq, Vec::new())?);
+        let old = std::mem::replace(&mut self.seg, seg);
+        let had_records = self.open_chunk.is_some();
+        self.file = file;
+        self.size = segment::WAL_HEADER;
+        self.opened_at = Instant::now();
+        self.open_chunk = None;
+        self.next_seq = seq;
+        self.inner.segments.write().push(self.seg.clone());
+        let state_snapshot = {
+            let mut state = self.inner.state.lock();
+            state.next_seq = state.next_seq.max(seq);
+            state.to_bytes()
+        };
+        if had_records {
+            let _ = self.seal_tx.send(SealJob {
+                seg: old,
+                state_snapshot,
+                done: None,
+            });
+        } else {
+            self.inner.replace_segment(old.first_seq, None);
+            std::fs::remove_file(&old.path).map_err(|source| StoreError::Io {
+                what: format!("remove empty WAL {}", old.path.display()),
+                source,
+            })?;
+            segment::sync_dir(&dir)?;
+        }
+        self.inner.end_tx.send_replace(seq);
+        Ok(())
     }
 
     fn maybe_rotate(&mut self, forced: Option<Vec<oneshot::Sender<()>>>) {

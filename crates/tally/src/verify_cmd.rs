@@ -6,8 +6,19 @@
 //! 2. The signed checkpoint (`/.well-known/tally/checkpoint`) must verify
 //!    with that key and be consistent with the last checkpoint saved here
 //!    (a consistency proof from the server); only then is it saved.
-//! 3. The tailnet's flagged batches (bad signatures, gaps, broken chains,
+//! 3. Recovery cuts: the server's signed statements that it lost records
+//!    its log had published (a damaged write-ahead log cut at start), among
+//!    the leaves added since the saved checkpoint (all of them on the first
+//!    run). Each statement's inclusion in the new checkpoint is checked and
+//!    the statement shown. A cut is not tampering (the history stays
+//!    consistent), but records are lost: when a statement says published
+//!    records were lost, `tally verify` exits with status 2 if nothing else
+//!    is wrong, and saves the checkpoint, so the next run no longer reports
+//!    that cut (a cut that lost nothing published is only shown).
+//! 4. The tailnet's flagged batches (bad signatures, gaps, broken chains,
 //!    replays, unsigned uploads of signing nodes) since `--since`.
+//!
+//! Exit status: 0 all good, 2 only new recovery cuts, 1 problems.
 
 use std::path::PathBuf;
 
@@ -16,6 +27,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tally_transparency::Hash;
 use tally_transparency::checkpoint::{Checkpoint, SignedCheckpoint};
+use tally_transparency::merkle::hash_leaf;
 use tally_transparency::note::Verifier;
 
 use crate::client::ServerArgs;
@@ -131,6 +143,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     .checkpoint;
     let cp_file = dir.join("checkpoint");
     let api = Api::new(&args.server)?;
+    let mut cuts = 0usize;
     match std::fs::read_to_string(&cp_file) {
         Ok(saved) => {
             let previous = SignedCheckpoint::open(
@@ -158,10 +171,13 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
                     )
                     .await?;
                 match previous.verify_consistency_to(&current, &proof(&v)?) {
-                    Ok(()) => println!(
-                        "log consistent with the checkpoint seen before ({} → {} records)",
-                        previous.size, current.size
-                    ),
+                    Ok(()) => {
+                        println!(
+                            "log consistent with the checkpoint seen before ({} → {} records)",
+                            previous.size, current.size
+                        );
+                        cuts = check_cuts(&v, &current, &mut problems);
+                    }
                     Err(e) => problems.push(format!(
                         "the log is not consistent with the checkpoint seen before ({} records): its history was rewritten ({e})",
                         previous.size
@@ -169,14 +185,25 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        Err(_) => println!("first checkpoint seen: {} records", current.size),
+        Err(_) => {
+            println!("first checkpoint seen: {} records", current.size);
+            let v = api
+                .call(
+                    Method::GET,
+                    "/api/v2/log/consistency",
+                    &[("old", "0".into()), ("new", current.size.to_string())],
+                    None,
+                )
+                .await?;
+            cuts = check_cuts(&v, &current, &mut problems);
+        }
     }
     if problems.is_empty() {
         std::fs::write(&cp_file, text.as_bytes())?;
     }
     print_checkpoint(&current);
 
-    // 3. Flagged batches.
+    // 4. Flagged batches.
     let now = tally_proto::timefmt::now_nanos();
     let since = parse_time_flag("--since", &args.since, now)?;
     let v = api
@@ -204,7 +231,12 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             f["verdict"].as_str().unwrap_or("")
         ));
     }
-    if problems.is_empty() {
+    if problems.is_empty() && cuts > 0 {
+        println!(
+            "verdict: consistent, but {cuts} recovery cut(s) lost records the log had published (listed above)"
+        );
+        std::process::exit(2);
+    } else if problems.is_empty() {
         println!("verdict: OK");
         Ok(())
     } else {
@@ -216,6 +248,62 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             problems.len()
         )
     }
+}
+
+/// Shows the recovery-cut statements of a consistency answer, checking
+/// that each is in the log of `current`; returns how many lost records
+/// the log had published (a cut of an unacknowledged torn write is shown
+/// but not counted).
+fn check_cuts(v: &Value, current: &Checkpoint, problems: &mut Vec<String>) -> usize {
+    let mut shown = 0;
+    for c in v["cuts"].as_array().into_iter().flatten() {
+        let seq = c["seq"].as_u64().unwrap_or(0);
+        // The statement's record, hashed as the server hashes every record.
+        let mut data = format!(
+            "tally-record-v1\n{}\n{}\n{}\n{}\n{}\n",
+            seq,
+            c["time"].as_i64().unwrap_or(0),
+            c["collection"].as_str().unwrap_or(""),
+            "0".repeat(64),
+            c["kind"].as_u64().unwrap_or(0),
+        )
+        .into_bytes();
+        data.extend_from_slice(c["body"].as_str().unwrap_or("").as_bytes());
+        let leaf = hash_leaf(&data);
+        let included = proof(c).and_then(|p| {
+            current
+                .verify_inclusion(&leaf, c["leafIndex"].as_u64().unwrap_or(u64::MAX), &p)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+        if let Err(e) = included {
+            problems.push(format!(
+                "the server's recovery-cut statement (record {seq}) is not in its log: {e}"
+            ));
+            continue;
+        }
+        let st = &c["statement"];
+        let lost = &st["lost"];
+        let what = if lost.is_null() {
+            "no record the log had published was lost".to_owned()
+        } else {
+            format!(
+                "records at positions {}..={} (log leaves {}..={}) were lost",
+                lost["positions"][0], lost["positions"][1], lost["leaves"][0], lost["leaves"][1]
+            )
+        };
+        println!(
+            "  ! recovery cut at {} (statement: record {seq}, in the log): {what}; the store resumed at {}",
+            tally_proto::timefmt::format_nanos(c["time"].as_i64().unwrap_or(0)),
+            st["resumesAt"]
+        );
+        for r in st["reasons"].as_array().into_iter().flatten() {
+            println!("      {}", r.as_str().unwrap_or(""));
+        }
+        if !lost.is_null() {
+            shown += 1;
+        }
+    }
+    shown
 }
 
 fn print_checkpoint(c: &Checkpoint) {

@@ -82,14 +82,12 @@ async fn verify_passes_an_honest_server_and_catches_flags_and_rewrites() {
 
     // Someone rewrites the log's history on the server's disk.
     server.stop();
-    let leaves = server_dir.join("merkle").join("leaves");
+    let epoch = server_dir.join("merkle").join("epoch-000000000000");
+    let leaves = epoch.join("leaves");
     let mut bytes = std::fs::read(&leaves).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&leaves, &bytes).unwrap();
-    for f in std::fs::read_dir(server_dir.join("merkle"))
-        .unwrap()
-        .flatten()
-    {
+    for f in std::fs::read_dir(&epoch).unwrap().flatten() {
         if f.file_name().to_string_lossy().starts_with("level-") {
             std::fs::remove_file(f.path()).unwrap();
         }
@@ -133,14 +131,12 @@ async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
         .await;
     agent.stop();
     server.stop();
-    let leaves = server_dir.join("merkle").join("leaves");
+    let epoch = server_dir.join("merkle").join("epoch-000000000000");
+    let leaves = epoch.join("leaves");
     let mut bytes = std::fs::read(&leaves).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&leaves, &bytes).unwrap();
-    for f in std::fs::read_dir(server_dir.join("merkle"))
-        .unwrap()
-        .flatten()
-    {
+    for f in std::fs::read_dir(&epoch).unwrap().flatten() {
         if f.file_name().to_string_lossy().starts_with("level-") {
             std::fs::remove_file(f.path()).unwrap();
         }
@@ -153,4 +149,81 @@ async fn agents_keep_checkpoints_and_report_a_rewritten_history() {
         .await;
     assert!(text.contains("history was rewritten"), "{text}");
     agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_recovery_cut_once_with_exit_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    let state = dir.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = TestServer::start_on(&server_dir, &listen, &[]);
+    let private = common::adopted_id(&server.url, "tailnode").await.to_hex();
+    for i in 0..10 {
+        let resp = common::http()
+            .post(format!("{}/c/tailnode/{private}", server.url))
+            .body(format!(r#"{{"text":"entry {i}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // The client's checkpoint covers every record.
+    let (ok, out) = verify(&server.url, &state);
+    assert!(ok, "{out}");
+
+    // A crash, and the WAL's tail is damaged on disk.
+    server.kill9();
+    let wal = std::fs::read_dir(server_dir.join("store"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .expect("a WAL");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len - 150)
+        .unwrap();
+    let server = TestServer::start_on(&server_dir, &listen, &[]);
+    let resp = common::http()
+        .post(format!("{}/c/tailnode/{private}", server.url))
+        .body(r#"{"text":"after the cut"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let out = Command::new(bin())
+        .args([
+            "verify",
+            "--server",
+            &server.url,
+            "--api-key",
+            KEY,
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()
+        .expect("run tally verify");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("log consistent with the checkpoint seen before"),
+        "{text}"
+    );
+    assert!(text.contains("recovery cut"), "{text}");
+    assert!(text.contains("were lost"), "{text}");
+    // Reported once: the next run is clean.
+    let (ok, out) = verify(&server.url, &state);
+    assert!(ok, "{out}");
+    assert!(out.contains("verdict: OK"), "{out}");
 }

@@ -62,7 +62,8 @@ pub async fn log_key(State(state): State<AppState>) -> Response {
 
 /// `GET /api/v2/log/inclusion?seq=N[&size=S]`: the leaf of the record at
 /// store position N (one the caller may read) and its inclusion proof in
-/// the tree of S leaves (default: the current size).
+/// the tree of S leaves (default: the current size). A position lost in a
+/// recovery cut answers 410 with the statement of the cut.
 pub async fn inclusion(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -75,6 +76,23 @@ pub async fn inclusion(
         .wait_for(seq, std::time::Duration::from_secs(2))
         .await;
     let store = state.store.clone();
+    let log = state.log.clone();
+    let position = tokio::task::spawn_blocking(move || log.position(seq))
+        .await
+        .map_err(internal)?;
+    if let crate::merkle_log::Position::Cut(index, statement) = position {
+        // Public knowledge: the statement is in the log for everybody.
+        return Ok((
+            StatusCode::GONE,
+            Json(json!({
+                "message": format!("record {seq} was lost in a recovery cut; the log's statement of the cut is record {}", statement.seq),
+                "seq": seq,
+                "leafIndex": (index != u64::MAX).then_some(index),
+                "cut": cut_json(&statement),
+            })),
+        )
+            .into_response());
+    }
     let record = tokio::task::spawn_blocking(move || {
         store.scan(seq, &Filter::default(), 1, 1 << 20, i64::MIN)
     })
@@ -90,7 +108,10 @@ pub async fn inclusion(
     if record.rec.owner.as_ref().key() != Some(caller.tailnet()) {
         return Err(not_found());
     }
-    let index = state.log.index_of(seq).ok_or_else(not_found)?;
+    let index = match position {
+        crate::merkle_log::Position::Leaf(i) => i,
+        _ => return Err(not_found()),
+    };
     let size = size.unwrap_or_else(|| state.log.size());
     if index >= size {
         return Err(ApiError::bad_request(format!(
@@ -114,7 +135,9 @@ pub async fn inclusion(
 
 /// `GET /api/v2/log/consistency?old=M&new=N`: a consistency proof between
 /// two tree sizes (public, like the checkpoint: only hashes; agents, which
-/// hold no API key, check the checkpoints they keep with it).
+/// hold no API key, check the checkpoints they keep with it), and the
+/// recovery-cut statements among leaves `M..N` with their inclusion proofs
+/// in the tree of N (`cuts`).
 pub async fn consistency(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -127,12 +150,51 @@ pub async fn consistency(
             state.log.size()
         )));
     }
-    let proof = state
-        .log
-        .consistency(old, new)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(json!({ "old": old, "new": new, "proof": proof.iter().map(Hash::to_base64).collect::<Vec<_>>() }))
-        .into_response())
+    let log = state.log.clone();
+    let (proof, cuts) = tokio::task::spawn_blocking(move || {
+        let proof = log.consistency(old, new)?;
+        // Recovery cuts stated in the leaves old..new, each with its
+        // inclusion proof in the tree of `new`.
+        let mut cuts = Vec::new();
+        for c in log.cuts() {
+            let Some(index) = log.index_of(c.seq) else {
+                continue;
+            };
+            if index < old || index >= new {
+                continue;
+            }
+            let (leaf, p) = log.inclusion(index, new)?;
+            let mut v = cut_json(&c);
+            v["leafIndex"] = index.into();
+            v["leafHash"] = leaf.to_base64().into();
+            v["proof"] = p.iter().map(Hash::to_base64).collect::<Vec<_>>().into();
+            cuts.push(v);
+        }
+        anyhow::Ok((proof, cuts))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(json!({
+        "old": old,
+        "new": new,
+        "proof": proof.iter().map(Hash::to_base64).collect::<Vec<_>>(),
+        "cuts": cuts,
+    }))
+    .into_response())
+}
+
+/// A recovery-cut statement as the API shows it: its record's fields
+/// (from which its leaf hash is computed) and the statement itself.
+fn cut_json(c: &crate::merkle_log::CutStatement) -> serde_json::Value {
+    json!({
+        "seq": c.seq,
+        "time": c.time,
+        "collection": crate::merkle_log::SYSTEM_COLLECTION,
+        "kind": kind::CUT,
+        "body": c.body,
+        "statement": serde_json::from_str::<serde_json::Value>(&c.body).unwrap_or_default(),
+    })
 }
 
 /// `GET /api/v2/tailnet/{t}/logging/integrity?start=&end=`: the flagged

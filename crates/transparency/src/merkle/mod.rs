@@ -16,9 +16,11 @@
 //! [`MerkleTree`] is the append-only tree that produces the proofs, over a
 //! [`Storage`]: [`MemoryStorage`] or the on-disk [`FileStorage`].
 
+mod epochs;
 mod storage;
 mod tree;
 
+pub use epochs::{EpochTree, LeafSource, NoLeaves};
 pub use storage::{FileStorage, MemoryStorage, Storage};
 pub use tree::{CACHE_STRIDE, FileTree, MemoryTree, MerkleTree};
 
@@ -47,6 +49,15 @@ pub enum MerkleError {
         size: u64,
         /// The largest size that could be answered.
         available: u64,
+    },
+    /// The hash asked for covers leaves of a dropped epoch (or a leaf whose
+    /// hash is no longer kept anywhere): it cannot be produced any more.
+    #[error("node {index} of level {level} is no longer kept (its leaves were dropped)")]
+    Pruned {
+        /// Level of the node (0 = a leaf).
+        level: u32,
+        /// Index of the node in its level.
+        index: u64,
     },
     /// The storage does not hold what the tree expects of it.
     #[error("merkle storage is inconsistent: {0}")]

@@ -60,7 +60,7 @@ impl FileTree {
     }
 }
 
-fn cached_levels() -> impl Iterator<Item = u32> {
+pub(crate) fn cached_levels() -> impl Iterator<Item = u32> {
     (CACHE_STRIDE..64).step_by(CACHE_STRIDE as usize)
 }
 
@@ -336,7 +336,7 @@ impl<S: Storage> MerkleTree<S> {
 }
 
 /// Root of a complete subtree from its `2^k` bottom hashes (clobbers them).
-fn reduce(hashes: &mut [Hash]) -> Hash {
+pub(crate) fn reduce(hashes: &mut [Hash]) -> Hash {
     let mut n = hashes.len();
     while n > 1 {
         for i in 0..n / 2 {
