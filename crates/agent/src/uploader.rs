@@ -94,7 +94,10 @@ pub(crate) fn http_client(
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("tally-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60));
+        .timeout(Duration::from_secs(60))
+        // The server closes connections idle for 30 s: drop them first, so
+        // that a request never races the server's close.
+        .pool_idle_timeout(Duration::from_secs(20));
     if let Some(path) = ca_cert {
         let pem = std::fs::read(path).map_err(|e| {
             AgentError::Config(format!(

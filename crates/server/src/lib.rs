@@ -19,6 +19,7 @@ pub mod merkle_log;
 pub mod query;
 pub mod reconcile;
 pub mod retention;
+pub mod serve;
 pub mod tls;
 
 use anyhow::Context;
@@ -55,6 +56,9 @@ pub struct ServerConfig {
     pub tailnet_budget_bytes: Option<u64>,
     /// Accept uploads only from registered nodes and adopted instances.
     pub registered_only: bool,
+    /// Time a client has to send a request's headers (also closes HTTP/1
+    /// connections idle that long).
+    pub header_read_timeout: Duration,
     /// How often retention runs.
     pub retention_interval: Duration,
     /// Most uploads processed at once before answering 429.
@@ -95,6 +99,7 @@ impl ServerConfig {
             unclaimed_budget_bytes: 64 << 20,
             tailnet_budget_bytes: None,
             registered_only: false,
+            header_read_timeout: serve::HEADER_READ_TIMEOUT,
             retention_interval: Duration::from_secs(60),
             max_concurrent_uploads: 512,
             ingest_memory_budget: 32 << 20,
@@ -331,25 +336,14 @@ impl Server {
             self.reconcile_resume.1,
         ));
         let app = router(state.clone());
+        let header_timeout = state.config.header_read_timeout;
         match self.tls {
             Some(config) => {
                 let listener =
                     tls::TlsListener::new(self.listener, config).context("TLS listener")?;
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<api::ClientAddr>(),
-                )
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("HTTPS server failed")?;
+                serve::serve(listener, app, header_timeout, shutdown).await;
             }
-            None => axum::serve(
-                self.listener,
-                app.into_make_service_with_connect_info::<api::ClientAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?,
+            None => serve::serve(self.listener, app, header_timeout, shutdown).await,
         }
         // Stop the background tasks and wait until they are gone, so that
         // no control-database connection is still out when the pool closes

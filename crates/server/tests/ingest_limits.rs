@@ -267,3 +267,43 @@ async fn an_answer_that_skipped_a_damaged_block_says_it_is_incomplete() {
     drop(resp);
     env.stop().await;
 }
+
+/// A client that starts a request and never finishes its headers is cut
+/// off (slow-header clients cannot hold connections forever); a complete
+/// request on the next connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = std::time::Duration::from_secs(2);
+    let env = start_with(&Db::Sqlite, tempfile::tempdir().expect("tempdir"), |c| {
+        c.header_read_timeout = timeout;
+    })
+    .await;
+    let addr = env.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tally\r\n")
+        .await
+        .expect("partial headers");
+    // The server closes the connection (possibly after a 408 answer); a
+    // server without a header timeout would keep it open past the deadline.
+    let mut buf = Vec::new();
+    let limit = timeout * 15;
+    let read = tokio::time::timeout(limit, slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after {limit:?}");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // A new client (the test's pooled connection was idle past the limit
+    // and was closed too).
+    let resp = reqwest::Client::new()
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), 200);
+    env.stop().await;
+}

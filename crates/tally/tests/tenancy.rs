@@ -204,6 +204,22 @@ async fn each_tenant_sees_exactly_its_own_entries() {
         let (s, v) = env.upload("tailtraffic", private, &json!([rec])).await;
         assert_eq!(s, 200, "{v}");
     }
+    // Something that is not a flow record is refused, nothing stored.
+    let (s, v) = env
+        .upload(
+            "tailtraffic",
+            &nodes[0].1,
+            &json!([flow(&nodes[0].2, "100.64.1.1:1", "100.64.1.2:2"), { "text": "not a flow" }]),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("entry 1 is not a flow record"),
+        "{v}"
+    );
     // An instance nobody registered or adopted.
     let stray = tally_proto::PrivateId::generate();
     let (s, v) = env
