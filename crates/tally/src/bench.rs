@@ -52,7 +52,7 @@ pub enum BenchCmd {
     /// stored. `--postgres` also loads the same entries into PostgreSQL.
     Ingest(IngestArgs),
     /// Ingest memory under the costliest entry mix: concurrent clients send
-    /// bodies of tiny entries (`[{},{},...]` up to the decompressed limit,
+    /// bodies of tiny entries (`[{},{},...]`, as many as one body may hold,
     /// zstd-compressed); reports the server's peak and settled RSS next to
     /// its ingest memory budget.
     IngestMemory(memory::IngestMemoryArgs),

@@ -1,18 +1,23 @@
 //! `tally bench ingest-memory`: the server's memory under the entry mix that
 //! costs the most per byte of body, next to its ingest memory budget.
 //!
-//! The body is one entry (default `{}`) repeated up to the decompressed
-//! body limit and compressed with zstd, so the request itself is tiny while
-//! every entry still becomes a stored record. `--clients` concurrent clients
+//! The body is one entry (default `{}`) repeated `--entries` times
+//! (default: the most the server accepts in one body) and compressed with
+//! zstd, so the request itself is tiny while every entry still becomes a
+//! stored record. `--clients` concurrent clients
 //! (each its own adopted instance and keep-alive connection) send it for
 //! `--duration` seconds; the benchmark samples the server's VmRSS every
-//! 50 ms, reads VmHWM at the end of the load, waits `--settle` seconds and
-//! reads VmRSS again (what the server keeps once the burst is over).
+//! 50 ms, reads VmHWM at the end of the load, waits until the server is
+//! idle (at most `--settle` seconds) and reads VmRSS again: what the server
+//! keeps once the burst is over.
 //!
 //! Every stored `{}` is a full record on disk (≈230 B of WAL each), so a
 //! run writes gigabytes: keep `--duration` short.
 
-use super::{Machine, TallyServer, adopt, fmt_bytes, fmt_count, http_client, proc_status_bytes};
+use super::{
+    Machine, TallyServer, adopt, clock_ticks_per_sec, fmt_bytes, fmt_count, http_client,
+    proc_cpu_ticks, proc_status_bytes,
+};
 use anyhow::{Context, bail, ensure};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tally_proto::PrivateId;
-use tally_proto::logtail::MAX_BODY_BYTES;
+use tally_proto::logtail::{MAX_BODY_BYTES, MAX_ENTRIES};
 
 /// Settings of `tally bench ingest-memory`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,16 +38,18 @@ pub struct IngestMemoryArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Seconds to wait after the load before the settled RSS is read.
-    #[arg(long, default_value_t = 10.0)]
+    /// After the load, the server finishes its backlog (sealing, the
+    /// transparency log): the settled RSS is read once it has used under 2%
+    /// of a core for 3 s, or after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
     pub settle: f64,
     /// JSON text of one entry; the body is an array repeating it.
     #[arg(long, default_value = "{}")]
     pub entry: String,
-    /// Bytes of the JSON array before compression (default: the server's
-    /// decompressed body limit).
-    #[arg(long, default_value_t = MAX_BODY_BYTES)]
-    pub body_bytes: usize,
+    /// Entries per body (default: the most the server accepts; more are
+    /// refused with 413, as long as the body fits the decompressed limit).
+    #[arg(long, default_value_t = MAX_ENTRIES)]
+    pub entries: usize,
     /// zstd level of the body.
     #[arg(long, default_value_t = 3)]
     pub zstd_level: i32,
@@ -89,8 +96,8 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
     println!("{}", Machine::detect().render());
 
-    let per = a.entry.len() + 1;
-    let entries = (a.body_bytes.saturating_sub(1) / per).max(1);
+    ensure!(a.entries >= 1, "--entries must be at least 1");
+    let (entries, per) = (a.entries, a.entry.len() + 1);
     let mut json = Vec::with_capacity(entries * per + 1);
     json.push(b'[');
     for i in 0..entries {
@@ -102,7 +109,7 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
     json.push(b']');
     ensure!(
         json.len() <= MAX_BODY_BYTES,
-        "the body is {} bytes, over the server's {MAX_BODY_BYTES}-byte limit: lower --body-bytes",
+        "the body is {} bytes, over the server's {MAX_BODY_BYTES}-byte limit: lower --entries",
         json.len()
     );
     let body = bytes::Bytes::from(
@@ -116,7 +123,7 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
     )
     .ingest_memory_budget;
     println!(
-        "workload: {} clients x [{}, ...] ({} entries, {} B of JSON, {} B with zstd), {} s of load, {} s to settle",
+        "workload: {} clients x [{}, ...] ({} entries, {} B of JSON, {} B with zstd), {} s of load, then up to {} s until idle",
         a.clients,
         a.entry,
         fmt_count(entries as f64),
@@ -175,7 +182,18 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
     let load_secs = t0.elapsed().as_secs_f64();
     let hwm = proc_status_bytes(pid, "VmHWM").context("cannot read the server's VmHWM")?;
     let rss_after_load = proc_status_bytes(pid, "VmRSS").unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
+    let settle_start = Instant::now();
+    let settle_end = settle_start + Duration::from_secs_f64(a.settle);
+    let mut quiet = 0;
+    let mut ticks = proc_cpu_ticks(pid).unwrap_or(0);
+    while quiet < 3 && Instant::now() < settle_end {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = proc_cpu_ticks(pid).unwrap_or(0);
+        let busy = (now.saturating_sub(ticks)) as f64 / clock_ticks_per_sec();
+        ticks = now;
+        quiet = if busy < 0.02 { quiet + 1 } else { 0 };
+    }
+    let settle_secs = settle_start.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let settled = proc_status_bytes(pid, "VmRSS").context("cannot read the server's VmRSS")?;
@@ -204,13 +222,17 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
         println!("  first non-200 answer: {e}");
     }
     println!(
-        "  server RSS:   before load {}, peak (VmHWM) {}, sampled peak {}, at end of load {}, settled ({} s later) {}",
+        "  server RSS:   before load {}, peak (VmHWM) {}, sampled peak {}, at end of load {}, settled {} ({})",
         fmt_bytes(rss_before),
         fmt_bytes(hwm),
         fmt_bytes(max_rss.load(Ordering::Relaxed)),
         fmt_bytes(rss_after_load),
-        a.settle,
-        fmt_bytes(settled)
+        fmt_bytes(settled),
+        if quiet >= 3 {
+            format!("idle after {settle_secs:.0} s")
+        } else {
+            format!("still busy after {settle_secs:.0} s")
+        }
     );
     println!(
         "  vs budget:    ingest memory budget {} (server default); peak - before = {} ({:.1}x the budget); settled - before = {}",
