@@ -307,7 +307,7 @@ async fn decode_and_parse(
 ) -> Result<(ParsedBody, Option<BodyError>, Option<BatchCheck>), ApiError> {
     let total = budget_permits(state.config.ingest_memory_budget);
     let mut need_seen = 0;
-    let mut _growing = None;
+    let mut growing = None;
     for _attempt in 0..3 {
         // Parsing is CPU-bound: more at once than there are CPUs only adds
         // blocking threads, each with its own malloc arena (peak RSS).
@@ -361,8 +361,8 @@ async fn decode_and_parse(
             }
             Parse::NeedMore { need } => {
                 need_seen = need_seen.max(need);
-                if _growing.is_none() {
-                    _growing = Some(GROWING.try_acquire().map_err(|_| busy(state))?);
+                if growing.is_none() {
+                    growing = Some(GROWING.try_acquire().map_err(|_| busy(state))?);
                 }
                 budget.shrink_to(raw.len());
                 let more =
