@@ -1,16 +1,19 @@
 //! `POST /c/<collection>/<private-id>`: store a log entry or a batch.
 
 use crate::AppState;
-use crate::body;
+use crate::batches::BatchLedger;
+use crate::body::{self, BodyError};
 use crate::control::collections::{FLOWS_COLLECTION, is_system_collection};
 use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tally_proto::logtail::{self, MAX_BODY_BYTES};
+use std::sync::Arc;
+use tally_proto::logtail::{self, MAX_BODY_BYTES, ParsedBody};
 use tally_proto::{CollectionName, PrivateId, PublicId};
 use tally_store::{NewRecord, Owner, kind};
-use tokio::sync::OwnedSemaphorePermit;
+use tally_transparency::batch::BatchCheck;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of one permit of the ingest memory budget.
 const BUDGET_UNIT: usize = 1024;
@@ -18,11 +21,43 @@ const BUDGET_UNIT: usize = 1024;
 /// Largest raw (possibly compressed) request body read.
 const MAX_RAW_BYTES: usize = MAX_BODY_BYTES + (64 << 10);
 
-/// Memory held per byte of decompressed body: the decompressed body itself,
-/// plus the records built from it until they are written. Records are about
-/// twice the JSON: the stored entry gains `server_time` and `id` (≈105 B on
-/// ≈200 B entries), and each record has its own allocations and fixed fields.
-const HELD_PER_DECODED_BYTE: usize = 3;
+/// Memory reserved per byte of decompressed body before the body is read:
+/// the decompressed body itself plus the records built from it, for
+/// entries of a typical size (≈200 B of JSON, which gain ≈130 B of
+/// `server_time` and `id`, plus each record's own allocations). Once the
+/// entries are counted and built, the reservation is adjusted to what they
+/// hold ([`parse_need`], [`record_need`]), so a body of tiny entries
+/// reserves more and a body of large ones less.
+const HELD_PER_DECODED_BYTE: usize = 5;
+
+/// glibc malloc's cost of one heap block beyond its size (header, rounding).
+const ALLOC_OVERHEAD: usize = 32;
+
+/// Stored JSON the server adds to a valid entry (the `logtail` wrapper,
+/// `server_time` with nanoseconds and `id`), for the estimate made before
+/// the entries are built. Error entries add more (a message): the exact
+/// size is checked once they are built.
+const ADDED_PER_ENTRY: usize = 140;
+
+/// Uploads that may wait at once for more of the budget than they were
+/// given (their entries turned out to need more), holding only their raw
+/// body's share: any more are answered 503 at once. Waiting while holding
+/// a larger share could leave uploads waiting on each other until they
+/// time out.
+static GROWING: Semaphore = Semaphore::const_new(4);
+
+/// Memory an entry holds while its body is parsed, beyond its stored JSON:
+/// its item in the split body, its [`logtail::IngestEntry`] and the heap
+/// block of its JSON.
+const PARSE_PER_ENTRY: usize =
+    size_of::<&serde_json::value::RawValue>() + size_of::<logtail::IngestEntry>() + ALLOC_OVERHEAD;
+
+/// Memory an entry holds as a record until it is written, beyond its stored
+/// JSON and its collection name: its `IngestEntry` (until the records are
+/// collected), its [`NewRecord`] and the heap blocks of its JSON and of its
+/// collection name.
+const RECORD_PER_ENTRY: usize =
+    size_of::<logtail::IngestEntry>() + size_of::<NewRecord>() + 2 * ALLOC_OVERHEAD;
 
 /// Permits of a budget of `bytes` (one per KiB, at least one).
 pub fn budget_permits(bytes: usize) -> usize {
@@ -30,11 +65,12 @@ pub fn budget_permits(bytes: usize) -> usize {
 }
 
 /// Bytes of memory an upload with these headers is expected to hold at
-/// most: its raw body (`Content-Length`, else the largest accepted) plus
-/// [`HELD_PER_DECODED_BYTE`] times its decompressed size bound (the raw size
-/// for an identity body, else `Orig-Content-Length`, else the limit). A
-/// header that lies about a size only makes the request fail later (413 or
-/// 400): decoding enforces the same limits.
+/// most, reserved before its body is read: its raw body (`Content-Length`,
+/// else the largest accepted) plus [`HELD_PER_DECODED_BYTE`] times its
+/// decompressed size bound (the raw size for an identity body, else
+/// `Orig-Content-Length`, else the limit). A header that lies about a size
+/// only makes the request fail later (413 or 400): decoding enforces the
+/// same limits.
 pub fn reservation(headers: &HeaderMap) -> usize {
     let number = |name: &str| {
         headers
@@ -56,28 +92,289 @@ pub fn reservation(headers: &HeaderMap) -> usize {
     raw + decoded * HELD_PER_DECODED_BYTE
 }
 
-/// Reserves room for an upload in the memory budget, waiting up to
-/// `ingest_budget_wait`; answers 503 with `Retry-After` when there is none.
-async fn reserve(state: &AppState, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
-    let total = budget_permits(state.config.ingest_memory_budget);
-    let want = reservation(headers).div_ceil(BUDGET_UNIT).clamp(1, total);
-    let want = u32::try_from(want).unwrap_or(u32::MAX);
+/// Bytes an upload holds while its body is parsed: the raw and decoded
+/// bodies, and `entries` entries of `stored` bytes of JSON in all.
+pub fn parse_need(raw: usize, decoded: usize, entries: usize, stored: usize) -> usize {
+    raw + decoded + entries * PARSE_PER_ENTRY + stored
+}
+
+/// Bytes an upload holds from the end of parsing until its records are
+/// written: `entries` records of `stored` bytes of JSON in all, each with
+/// its own copy of a `collection_len`-byte collection name.
+pub fn record_need(entries: usize, stored: usize, collection_len: usize) -> usize {
+    entries * (RECORD_PER_ENTRY + collection_len) + stored
+}
+
+/// Bytes an upload holds at most from parsing until its records are
+/// written ([`parse_need`] or [`record_need`], whichever is larger).
+pub fn upload_need(
+    raw: usize,
+    decoded: usize,
+    entries: usize,
+    stored: usize,
+    collection_len: usize,
+) -> usize {
+    parse_need(raw, decoded, entries, stored).max(record_need(entries, stored, collection_len))
+}
+
+/// [`upload_need`] estimated from the entry count before the entries are
+/// built, as if they were all valid.
+fn estimated_need(raw: usize, decoded: usize, entries: usize, collection_len: usize) -> usize {
+    let stored = decoded + entries * ADDED_PER_ENTRY;
+    upload_need(raw, decoded, entries, stored, collection_len)
+}
+
+/// An upload's share of the ingest memory budget, returned when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
+}
+
+impl Reservation {
+    /// Bytes reserved.
+    pub fn bytes(&self) -> usize {
+        self.permit.num_permits() * BUDGET_UNIT
+    }
+
+    /// Returns what is reserved beyond `bytes` (at least one permit stays).
+    fn shrink_to(&mut self, bytes: usize) {
+        let keep = bytes.div_ceil(BUDGET_UNIT).max(1);
+        if let Some(extra) = self.permit.num_permits().checked_sub(keep) {
+            drop(self.permit.split(extra));
+        }
+    }
+}
+
+/// Permits wanted for `bytes`, at most the whole budget (an upload needing
+/// more than the whole budget proceeds alone with all of it).
+fn permits_for(state: &AppState, bytes: usize) -> usize {
+    bytes
+        .div_ceil(BUDGET_UNIT)
+        .clamp(1, budget_permits(state.config.ingest_memory_budget))
+}
+
+fn busy(state: &AppState) -> ApiError {
+    ApiError::retry(
+        StatusCode::SERVICE_UNAVAILABLE,
+        1,
+        format!(
+            "server is busy: uploads in progress fill its {} MiB ingest memory budget and no room was freed for this one within {} s; retry after 1 s",
+            state.config.ingest_memory_budget >> 20,
+            state.config.ingest_budget_wait.as_secs_f64()
+        ),
+    )
+}
+
+/// Waits up to `ingest_budget_wait` for `permits` permits; 503 with
+/// `Retry-After` when there is no room.
+async fn acquire(state: &AppState, permits: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    let want = u32::try_from(permits).unwrap_or(u32::MAX);
     let wait = state.config.ingest_budget_wait;
-    let busy = || {
-        ApiError::retry(
-            StatusCode::SERVICE_UNAVAILABLE,
-            1,
-            format!(
-                "server is busy: uploads in progress fill its {} MiB ingest memory budget and no room was freed for this one within {} s; retry after 1 s",
-                state.config.ingest_memory_budget >> 20,
-                wait.as_secs_f64()
-            ),
-        )
-    };
     match tokio::time::timeout(wait, state.ingest_budget.clone().acquire_many_owned(want)).await {
         Ok(Ok(permit)) => Ok(permit),
-        Ok(Err(_)) | Err(_) => Err(busy()),
+        Ok(Err(_)) | Err(_) => Err(busy(state)),
     }
+}
+
+/// Reserves room for an upload in the memory budget, waiting up to
+/// `ingest_budget_wait`; answers 503 with `Retry-After` when there is none.
+async fn reserve(state: &AppState, headers: &HeaderMap) -> Result<Reservation, ApiError> {
+    let permit = acquire(state, permits_for(state, reservation(headers))).await?;
+    Ok(Reservation { permit })
+}
+
+/// Permits a parsing thread took to cover its upload's need.
+type Extra = Option<OwnedSemaphorePermit>;
+
+/// Makes `held` bytes (plus `extra`) cover `need` bytes without waiting
+/// (the caller holds a parsing thread); false when the budget has no room
+/// now.
+fn top_up(
+    budget: &Arc<Semaphore>,
+    total: usize,
+    held: usize,
+    extra: &mut Extra,
+    need: usize,
+) -> bool {
+    let have = held / BUDGET_UNIT + extra.as_ref().map_or(0, |p| p.num_permits());
+    let want = need.div_ceil(BUDGET_UNIT).clamp(1, total);
+    let Some(more) = want.checked_sub(have).filter(|m| *m > 0) else {
+        return true;
+    };
+    let Ok(more) = u32::try_from(more) else {
+        return false;
+    };
+    match budget.clone().try_acquire_many_owned(more) {
+        Ok(p) => {
+            match extra {
+                Some(e) => e.merge(p),
+                None => *extra = Some(p),
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// What one parsing attempt did (one per attempt, moved once: its size
+/// does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Parse {
+    Done {
+        parsed: ParsedBody,
+        decode_error: Option<BodyError>,
+        batch: Option<BatchCheck>,
+        extra: Extra,
+    },
+    /// The entries need `need` bytes and the budget had no room: the caller
+    /// waits for it without holding a parsing thread, then tries again.
+    NeedMore {
+        need: usize,
+    },
+    TooMany(logtail::TooManyEntries),
+}
+
+/// One parsing attempt, on a blocking thread: decode, count the entries,
+/// cover what they will hold, build them.
+#[allow(clippy::too_many_arguments)]
+fn parse_attempt(
+    headers: &HeaderMap,
+    raw: &[u8],
+    now: i64,
+    public: &PublicId,
+    collection: &str,
+    ledger: &BatchLedger,
+    budget: &Arc<Semaphore>,
+    total: usize,
+    held: usize,
+) -> Result<Parse, BodyError> {
+    let bytes = match body::decode(headers, raw, MAX_BODY_BYTES) {
+        Ok(b) => b,
+        Err(e @ BodyError::Corrupt(_)) => {
+            // Damaged compressed data is saved as an error entry, like any bad content.
+            let note = serde_json::json!({ "logtail": { "error": { "message": e.message() } } })
+                .to_string();
+            return Ok(Parse::Done {
+                parsed: logtail::parse_body(note.as_bytes(), now, public),
+                decode_error: Some(e),
+                batch: None,
+                extra: None,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut extra = None;
+    let split = match logtail::split_body(&bytes) {
+        Ok(split) => split,
+        Err(e) => return Ok(Parse::TooMany(e)),
+    };
+    let entries = split.entries();
+    let need = estimated_need(raw.len(), bytes.len(), entries, collection.len());
+    if !top_up(budget, total, held, &mut extra, need) {
+        return Ok(Parse::NeedMore { need });
+    }
+    let parsed = split.parse(now, public);
+    // Error entries can be larger than estimated (messages, escaping).
+    let stored = parsed.stored_bytes();
+    let need = upload_need(raw.len(), bytes.len(), entries, stored, collection.len());
+    if !top_up(budget, total, held, &mut extra, need) {
+        return Ok(Parse::NeedMore { need });
+    }
+    let batch = ledger.check(public, collection, headers, &bytes);
+    Ok(Parse::Done {
+        parsed,
+        decode_error: None,
+        batch: Some(batch),
+        extra,
+    })
+}
+
+/// Decodes and parses an upload on a parsing thread (one per CPU). The
+/// entries are counted before they are built and `budget` is topped up to
+/// what they will hold. When the budget has no room for that now, the
+/// upload gives back its parsing thread and all but its raw body's share,
+/// waits for the whole need (at most [`GROWING`] uploads at once, each up
+/// to `ingest_budget_wait`, else 503) and parses again. On return `budget`
+/// covers the records until they are written.
+async fn decode_and_parse(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: bytes::Bytes,
+    now: i64,
+    public: PublicId,
+    collection: &str,
+    budget: &mut Reservation,
+) -> Result<(ParsedBody, Option<BodyError>, Option<BatchCheck>), ApiError> {
+    let total = budget_permits(state.config.ingest_memory_budget);
+    let mut need_seen = 0;
+    let mut growing = None;
+    for _attempt in 0..3 {
+        // Parsing is CPU-bound: more at once than there are CPUs only adds
+        // blocking threads, each with its own malloc arena (peak RSS).
+        let parsing = state
+            .parse_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| {
+                ApiError::retry(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    5,
+                    "server is shutting down; retry shortly",
+                )
+            })?;
+        let (headers, body, ledger) = (headers.clone(), raw.clone(), state.batches.clone());
+        let (sem, coll, held) = (
+            state.ingest_budget.clone(),
+            collection.to_owned(),
+            budget.bytes(),
+        );
+        let attempt = tokio::task::spawn_blocking(move || {
+            let _parsing = parsing;
+            parse_attempt(
+                &headers, &body, now, &public, &coll, &ledger, &sem, total, held,
+            )
+        })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ingest worker failed"))?
+        .map_err(|e| ApiError::new(e.status(), e.message()))?;
+        match attempt {
+            Parse::Done {
+                parsed,
+                decode_error,
+                batch,
+                extra,
+            } => {
+                if let Some(extra) = extra {
+                    budget.permit.merge(extra);
+                }
+                // The bodies are gone: keep what the records hold.
+                budget.shrink_to(record_need(
+                    parsed.entries.len(),
+                    parsed.stored_bytes(),
+                    collection.len(),
+                ));
+                return Ok((parsed, decode_error, batch));
+            }
+            Parse::TooMany(e) => {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()));
+            }
+            Parse::NeedMore { need } => {
+                need_seen = need_seen.max(need);
+                if growing.is_none() {
+                    growing = Some(GROWING.try_acquire().map_err(|_| busy(state))?);
+                }
+                budget.shrink_to(raw.len());
+                let more =
+                    permits_for(state, need_seen).saturating_sub(budget.permit.num_permits());
+                if more > 0 {
+                    let extra = acquire(state, more).await?;
+                    budget.permit.merge(extra);
+                }
+            }
+        }
+    }
+    Err(busy(state))
 }
 
 /// Handles one upload.
@@ -119,45 +416,19 @@ pub async fn post_logs(
     // A spent budget is refused before the body is read.
     check_budgets(&state, &collection, &public, &owner, 0, now)?;
     // Held until the records are written: memory is bounded by bytes, not by request count.
-    let _budget = reserve(&state, &headers).await?;
+    let mut budget = reserve(&state, &headers).await?;
     // Compressed bodies are smaller than the decompressed limit; identity bodies are checked again after.
     let raw = body::read_limited(raw, MAX_RAW_BYTES).await?;
-    let (parsed, decode_error, batch) = {
-        let headers = headers.clone();
-        // Parsing is CPU-bound: more at once than there are CPUs only adds
-        // blocking threads, each with its own malloc arena (peak RSS).
-        let _parsing = state.parse_slots.acquire().await.map_err(|_| {
-            ApiError::retry(
-                StatusCode::SERVICE_UNAVAILABLE,
-                5,
-                "server is shutting down; retry shortly",
-            )
-        })?;
-        let ledger = state.batches.clone();
-        let coll = collection.to_string();
-        tokio::task::spawn_blocking(move || match body::decode(&headers, &raw, MAX_BODY_BYTES) {
-            Ok(bytes) => Ok((
-                logtail::parse_body(&bytes, now, &public),
-                None,
-                Some(ledger.check(&public, &coll, &headers, &bytes)),
-            )),
-            Err(e @ body::BodyError::Corrupt(_)) => {
-                // Damaged compressed data is saved as an error entry, like any bad content.
-                let msg = e.message();
-                let note =
-                    serde_json::json!({ "logtail": { "error": { "message": msg } } }).to_string();
-                Ok((
-                    logtail::parse_body(note.as_bytes(), now, &public),
-                    Some(e),
-                    None,
-                ))
-            }
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ingest worker failed"))?
-        .map_err(|e| ApiError::new(e.status(), e.message()))?
-    };
+    let (parsed, decode_error, batch) = decode_and_parse(
+        &state,
+        &headers,
+        raw,
+        now,
+        public,
+        collection.as_str(),
+        &mut budget,
+    )
+    .await?;
     let bytes: u64 = parsed.entries.iter().map(|e| e.json.len() as u64).sum();
     if collection.as_str() == FLOWS_COLLECTION {
         check_flow_records(&parsed.entries)?;
@@ -381,12 +652,12 @@ mod tests {
             ("content-encoding", "zstd"),
             ("orig-content-length", "193000"),
         ]);
-        assert_eq!(reservation(&zstd), 25_000 + 3 * 193_000);
+        assert_eq!(reservation(&zstd), 25_000 + 5 * 193_000);
         let identity = headers(&[("content-length", "1000")]);
-        assert_eq!(reservation(&identity), 1000 + 3 * 1000);
+        assert_eq!(reservation(&identity), 1000 + 5 * 1000);
         // Unknown sizes, or sizes past the limits, count as the limits.
         let unknown = headers(&[("content-encoding", "gzip")]);
-        assert_eq!(reservation(&unknown), MAX_RAW_BYTES + 3 * MAX_BODY_BYTES);
+        assert_eq!(reservation(&unknown), MAX_RAW_BYTES + 5 * MAX_BODY_BYTES);
         let lying = headers(&[
             ("content-length", "99999999"),
             ("content-encoding", "zstd"),
@@ -395,6 +666,123 @@ mod tests {
         assert_eq!(reservation(&lying), reservation(&unknown));
         assert_eq!(budget_permits(32 << 20), 32 << 10);
         assert_eq!(budget_permits(0), 1);
+    }
+
+    #[test]
+    fn needs_follow_the_entries_and_the_worst_body_fits_the_default_budget() {
+        let exact = |body: &str| {
+            let parsed = logtail::parse_body(body.as_bytes(), 0, &PublicId([1; 32]));
+            let (n, stored) = (parsed.entries.len(), parsed.stored_bytes());
+            (n, upload_need(0, body.len(), n, stored, 8))
+        };
+        // Entries of 100 B and more: the reservation made from the headers
+        // covers the estimate and the exact need, so they never wait twice.
+        for text in [10, 160, 2000] {
+            let entry = format!(
+                r#"{{"logtail":{{"client_time":"2024-01-01T00:00:00.123456789Z","proc_id":1,"proc_seq":2}},"text":"{}"}}"#,
+                "x".repeat(text)
+            );
+            let body = format!(
+                "[{}]",
+                vec![entry.as_str(); 200_000 / entry.len()].join(",")
+            );
+            let (n, need) = exact(&body);
+            let initial = body.len() * HELD_PER_DECODED_BYTE;
+            let estimate = estimated_need(0, body.len(), n, 8);
+            assert!(
+                need <= estimate,
+                "{} B entries: {need} > {estimate}",
+                entry.len()
+            );
+            assert!(
+                estimate <= initial,
+                "{} B entries: {estimate} > {initial}",
+                entry.len()
+            );
+        }
+        // The costliest bodies the parser accepts: the most tiny entries, or
+        // the most error entries (each with a message). Each needs far more
+        // than its body, and fits a quarter of the default budget.
+        let budget = crate::ServerConfig::new("127.0.0.1:0".parse().unwrap(), "x".into())
+            .ingest_memory_budget;
+        for entry in ["{}", "0", r#"{"a":1,"a":1}"#] {
+            let body = format!("[{}]", vec![entry; logtail::MAX_ENTRIES].join(","));
+            let (_, need) = exact(&body);
+            assert!(need > 40 * body.len(), "{entry}: {need}");
+            assert!(need < budget / 4, "{entry}: {need}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_of_tiny_entries_reserve_what_their_records_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        config.ingest_memory_budget = 8 << 20;
+        config.ingest_budget_wait = Duration::from_millis(300);
+        config.bootstrap_key = Some("0123456789abcdef0123".into());
+        let server = Server::bind(config).await.unwrap();
+        let state = server.state.clone();
+        let url = format!(
+            "http://{}/c/tailnode/{}",
+            server.local_addr().unwrap(),
+            PrivateId::generate().to_hex()
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let tiny = |n: usize| {
+            let json = format!("[{}]", vec!["{}"; n].join(","));
+            (
+                zstd::bulk::compress(json.as_bytes(), 3).unwrap(),
+                json.len(),
+            )
+        };
+        let post = |(body, orig): (Vec<u8>, usize)| {
+            client
+                .post(&url)
+                .header("content-encoding", "zstd")
+                .header("orig-content-length", orig.to_string())
+                .body(body)
+                .send()
+        };
+
+        // 10,000 entries in a 30 KB body (a few hundred bytes compressed):
+        // the reservation made from the headers fits in the 1 MiB left, the
+        // records' ≈3.5 MB do not: the upload waits, then gets 503.
+        let all_but_1mib = state
+            .ingest_budget
+            .clone()
+            .acquire_many_owned(u32::try_from(budget_permits(7 << 20)).unwrap())
+            .await
+            .unwrap();
+        let resp = post(tiny(logtail::MAX_ENTRIES)).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        drop(all_but_1mib);
+        let resp = post(tiny(logtail::MAX_ENTRIES)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["stored"], logtail::MAX_ENTRIES);
+        // One more entry is refused whole, before any entry is built.
+        let resp = post(tiny(logtail::MAX_ENTRIES + 1)).await.unwrap();
+        assert_eq!(resp.status(), 413);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("more than 10000 entries"),
+            "{body}"
+        );
+        assert_eq!(
+            state.ingest_budget.available_permits(),
+            budget_permits(8 << 20)
+        );
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap();
     }
 
     #[tokio::test]

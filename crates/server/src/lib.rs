@@ -15,6 +15,7 @@ pub mod error;
 pub mod flows;
 pub mod ingest;
 pub mod instances;
+pub mod memory;
 pub mod merkle_log;
 pub mod query;
 pub mod reconcile;
@@ -326,6 +327,7 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
+        memory::start_trimmer();
         let background = tokio::spawn(background_tasks(state.clone()));
         let flow_consumer = tokio::spawn(flows::consume(state.clone(), self.flow_checkpoint));
         let log_follower = tokio::spawn(merkle_log::follow(state.clone(), state.log.clone()));

@@ -30,6 +30,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 mod audit;
 #[path = "bench_flows.rs"]
 mod flows;
+#[path = "bench_memory.rs"]
+mod memory;
 #[path = "bench_reconcile.rs"]
 mod reconcile;
 
@@ -49,6 +51,11 @@ pub enum BenchCmd {
     /// and RSS, bytes on disk, and checks that every acknowledged entry was
     /// stored. `--postgres` also loads the same entries into PostgreSQL.
     Ingest(IngestArgs),
+    /// Ingest memory under the costliest entry mix: concurrent clients send
+    /// bodies of tiny entries (`[{},{},...]`, as many as one body may hold,
+    /// zstd-compressed); reports the server's peak and settled RSS next to
+    /// its ingest memory budget.
+    IngestMemory(memory::IngestMemoryArgs),
     /// Configuration audit log: audited mutations per second through the
     /// HTTP API, filling a tailnet's log to --events events, and the latency
     /// of filtered, unfiltered and free-text pages. SQLite by default,
@@ -131,6 +138,7 @@ pub struct IngestArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.cmd {
         BenchCmd::Ingest(a) => ingest(a).await,
+        BenchCmd::IngestMemory(a) => memory::run(a).await,
         BenchCmd::Audit(a) => audit::run(a).await,
         BenchCmd::Flows(a) => flows::run(a).await,
         BenchCmd::Reconcile(a) => reconcile::run(a).await,
@@ -1117,14 +1125,20 @@ impl TallyServer {
                 tmp: None,
             });
         }
-        let tmp = temp_dir(a, "tally-bench-")?;
-        let data_dir = tmp.path().join("data");
         let exe = std::env::current_exe().context("cannot find this executable")?;
+        Self::spawn(&exe, a.work_dir.as_deref()).await
+    }
+
+    /// Starts `exe server` on a loopback port with a fresh data directory
+    /// under `work_dir` (or the system's temporary directory).
+    async fn spawn(exe: &Path, work_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let tmp = temp_dir_in(work_dir, "tally-bench-")?;
+        let data_dir = tmp.path().join("data");
         let key = format!("bench-{:032x}", rand::random::<u128>());
         let log_path = tmp.path().join("server.log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut child = tokio::process::Command::new(&exe)
+        let mut child = tokio::process::Command::new(exe)
             .arg("server")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -1211,11 +1225,11 @@ impl TallyServer {
     }
 }
 
-/// A temporary directory under --work-dir (or the system's).
-fn temp_dir(a: &IngestArgs, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+/// A temporary directory under `work_dir` (or the system's).
+fn temp_dir_in(work_dir: Option<&Path>, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     let mut b = tempfile::Builder::new();
     b.prefix(prefix);
-    let dir = match &a.work_dir {
+    let dir = match work_dir {
         Some(d) => b.tempdir_in(d),
         None => b.tempdir(),
     }

@@ -1303,27 +1303,39 @@ impl Srv {
     }
 }
 
-/// Sends a request and returns the parsed JSON answer.
-async fn call(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+/// Sends a request and returns the answer's bytes (a 2xx answer).
+async fn call_bytes(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<bytes::Bytes> {
     let resp = req
         .send()
         .await
         .with_context(|| format!("{what}: cannot reach the server"))?;
     let status = resp.status();
-    let text = resp
-        .text()
+    let body = resp
+        .bytes()
         .await
         .with_context(|| format!("{what}: cannot read the answer"))?;
     if !status.is_success() {
         bail!(
             "{what} failed: {status}: {}",
-            text.chars().take(500).collect::<String>()
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(500)
+                .collect::<String>()
         );
     }
-    serde_json::from_str(&text).with_context(|| {
+    Ok(body)
+}
+
+/// Sends a request and returns the parsed JSON answer.
+async fn call(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    let body = call_bytes(req, what).await?;
+    serde_json::from_slice(&body).with_context(|| {
         format!(
             "{what}: the answer is not JSON: {}",
-            text.chars().take(200).collect::<String>()
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .collect::<String>()
         )
     })
 }
@@ -1851,6 +1863,7 @@ fn is_bench(a: &Addrs, k: &FlowKey) -> bool {
 async fn read_records(s: &Srv, instance: &str) -> anyhow::Result<FlowSums> {
     let mut sums = FlowSums::default();
     let mut after: Option<String> = None;
+    let (mut position, mut skipped) = (0usize, crate::logs_cmd::Skipped::default());
     loop {
         let mut q = vec![
             ("instances", instance.to_owned()),
@@ -1859,12 +1872,18 @@ async fn read_records(s: &Srv, instance: &str) -> anyhow::Result<FlowSums> {
         if let Some(a) = &after {
             q.push(("after", a.clone()));
         }
-        let v = call(s.get("/c/tailtraffic").query(&q), "reading flow records").await?;
-        for r in v["logs"].as_array().into_iter().flatten() {
-            sums.add_record(r);
+        let body = call_bytes(s.get("/c/tailtraffic").query(&q), "reading flow records").await?;
+        let page = crate::logs_cmd::LogPage::parse(&body)?;
+        for raw in &page.logs {
+            // One record that cannot be read does not fail the page.
+            position += 1;
+            match crate::logs_cmd::read_entry(raw.get()) {
+                Ok(r) => sums.add_record(&r),
+                Err(why) => skipped.report(&format!("flow record {position}"), &why),
+            }
         }
-        match v["next"].as_str() {
-            Some(n) if after.as_deref() != Some(n) => after = Some(n.to_owned()),
+        match page.next {
+            Some(n) if after.as_deref() != Some(n.as_str()) => after = Some(n),
             _ => break,
         }
     }

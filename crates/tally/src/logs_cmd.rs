@@ -3,6 +3,7 @@
 use crate::client::{Client, ServerArgs};
 use anyhow::Context;
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use std::io::Write;
 
 /// Reading logs.
@@ -134,21 +135,60 @@ pub fn render(entry: &serde_json::Value) -> String {
     format!("{time} {id} {level}{text}{err}")
 }
 
+/// One page of `GET /c/<collection>`, its entries left unread: an entry
+/// that cannot be read must not fail the page.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct LogPage<'a> {
+    /// The entries as the server sent them.
+    #[serde(borrow)]
+    pub logs: Vec<&'a RawValue>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<String>,
+}
+
+impl<'a> LogPage<'a> {
+    /// Reads a page (the entries stay unread).
+    pub fn parse(body: &'a [u8]) -> anyhow::Result<Self> {
+        serde_json::from_slice(body).context("the server sent a page of logs that is not JSON")
+    }
+}
+
+/// Reads one entry as the server sent it; why not, for the report.
+pub(crate) fn read_entry(raw: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(raw).map_err(|e| e.to_string())
+}
+
+/// Counts and reports (stderr, once each) entries that cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct Skipped(usize);
+
+impl Skipped {
+    /// Reports the entry at `position` (for a person: "entry 12 of page 3").
+    pub fn report(&mut self, position: &str, why: &str) {
+        self.0 += 1;
+        eprintln!("tally: skipped {position}: it is not JSON that can be read ({why})");
+    }
+
+    /// Entries skipped so far.
+    pub fn count(&self) -> usize {
+        self.0
+    }
+}
+
+/// Prints one entry: as sent (one line) with `--json`, else for a person.
 fn print_entry(
     out: &mut impl Write,
     raw: &str,
+    entry: &serde_json::Value,
     json: bool,
-    grep: Option<&str>,
 ) -> anyhow::Result<()> {
-    if grep.is_some_and(|g| !raw.contains(g)) {
-        return Ok(());
-    }
-    if json {
-        writeln!(out, "{raw}")?;
+    if !json {
+        writeln!(out, "{}", render(entry))?;
+    } else if raw.contains(['\n', '\r']) {
+        // Stored before entries were kept on one line.
+        writeln!(out, "{entry}")?;
     } else {
-        let v: serde_json::Value =
-            serde_json::from_str(raw).context("server sent an entry that is not JSON")?;
-        writeln!(out, "{}", render(&v))?;
+        writeln!(out, "{raw}")?;
     }
     Ok(())
 }
@@ -180,20 +220,35 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
             let mut body = resp.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
             let mut header_seen = false;
+            let (mut line_no, mut skipped) = (0usize, Skipped::default());
             while let Some(chunk) = body.next().await {
                 buf.extend_from_slice(&chunk.context("the stream from the server broke")?);
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                    if line.trim().is_empty() {
+                    line_no += 1;
+                    let line = &line[..line.len() - 1];
+                    if line.trim_ascii().is_empty() {
                         continue; // heartbeat
                     }
                     if !header_seen {
                         header_seen = true;
                         continue;
                     }
+                    let entry = std::str::from_utf8(line)
+                        .map_err(|e| e.to_string())
+                        .and_then(|raw| read_entry(raw).map(|v| (raw, v)));
+                    let (raw, entry) = match entry {
+                        Ok(e) => e,
+                        Err(why) => {
+                            skipped.report(&format!("line {line_no} of the stream"), &why);
+                            continue;
+                        }
+                    };
+                    if grep.as_deref().is_some_and(|g| !raw.contains(g)) {
+                        continue;
+                    }
                     let mut out = stdout.lock();
-                    print_entry(&mut out, &line, json, grep.as_deref())?;
+                    print_entry(&mut out, raw, &entry, json)?;
                     out.flush()?;
                 }
             }
@@ -215,29 +270,59 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
             base.extend(instances.into_iter().map(|i| ("instances".to_owned(), i)));
             let mut printed = 0usize;
             let mut after: Option<String> = None;
+            let (mut page_no, mut position, mut skipped) = (0usize, 0usize, Skipped::default());
             let mut out = stdout.lock();
-            loop {
+            'pages: loop {
                 let mut q = base.clone();
                 q.push(("max-count".into(), "1000".into()));
                 if let Some(a) = &after {
                     q.push(("after".into(), a.clone()));
                 }
-                let v = client.get_json(&format!("/c/{collection}"), &q).await?;
-                for e in v["logs"].as_array().into_iter().flatten() {
+                let resp = client
+                    .send(
+                        client
+                            .request(reqwest::Method::GET, &format!("/c/{collection}"))?
+                            .query(&q),
+                    )
+                    .await?;
+                let body = resp
+                    .bytes()
+                    .await
+                    .context("cannot read a page of logs from the server")?;
+                let page = LogPage::parse(&body)?;
+                page_no += 1;
+                for (i, raw) in page.logs.iter().enumerate() {
+                    position += 1;
                     if printed >= limit {
-                        return Ok(());
+                        break 'pages;
                     }
-                    let raw = e.to_string();
+                    let raw = raw.get();
+                    let entry = match read_entry(raw) {
+                        Ok(v) => v,
+                        Err(why) => {
+                            let at =
+                                format!("entry {position} (entry {} of page {page_no})", i + 1);
+                            skipped.report(&at, &why);
+                            continue;
+                        }
+                    };
                     if grep.as_deref().is_none_or(|g| raw.contains(g)) {
-                        print_entry(&mut out, &raw, json, None)?;
+                        print_entry(&mut out, raw, &entry, json)?;
                         printed += 1;
                     }
                 }
-                match v["next"].as_str() {
-                    Some(n) => after = Some(n.to_owned()),
-                    None => return Ok(()),
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
                 }
             }
+            if skipped.count() > 0 {
+                eprintln!(
+                    "tally: {} entries could not be read and were skipped (see above)",
+                    skipped.count()
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -326,5 +411,47 @@ pub async fn run_instances(cmd: InstancesCmd, server: &ServerArgs) -> anyhow::Re
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_with_entries_that_cannot_be_read_still_yields_the_others() {
+        // What servers before the I-JSON checks could store and serve.
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"collection":"c","count":5,"next":"9","logs":[{{"text":"a"}},{{"n":1e99999}},{{"s":"\ud800"}},{{"d":{deep}}},{{"text":"b"}}]}}"#
+        );
+        let page = LogPage::parse(body.as_bytes()).unwrap();
+        assert_eq!(page.next.as_deref(), Some("9"));
+        let read: Vec<_> = page.logs.iter().map(|r| read_entry(r.get())).collect();
+        assert_eq!(read.len(), 5);
+        assert_eq!(read[0].as_ref().unwrap()["text"], "a");
+        assert_eq!(read[4].as_ref().unwrap()["text"], "b");
+        for bad in &read[1..4] {
+            assert!(bad.is_err(), "{bad:?}");
+        }
+        let mut skipped = Skipped::default();
+        skipped.report("entry 2", "number out of range");
+        assert_eq!(skipped.count(), 1);
+    }
+
+    #[test]
+    fn entries_print_as_sent_with_json_and_rendered_without() {
+        let raw = r#"{"logtail":{"server_time":"2024-01-01T00:00:00Z","id":"abcdef0123"},"text":"hi","n":123456789012345678901234567890}"#;
+        let v = read_entry(raw).unwrap();
+        let mut out = Vec::new();
+        print_entry(&mut out, raw, &v, true).unwrap();
+        // Exactly as sent: a big integer keeps its digits.
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{raw}\n"));
+        let mut out = Vec::new();
+        print_entry(&mut out, raw, &v, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2024-01-01T00:00:00Z abcdef01 hi\n"
+        );
     }
 }

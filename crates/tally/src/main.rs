@@ -193,11 +193,27 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     server.run(shutdown_signal()).await
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Server(_)) {
+        // Before the runtime starts its threads (see the function).
+        tally_server::memory::limit_malloc_arenas();
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     init_tracing();
     client::install_crypto();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(cmd) => run_server(cmd).await,
         Command::Agent(args) => agent_cmd::run(args).await,
