@@ -13,7 +13,6 @@ use serde_json::value::RawValue;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tally_proto::PrivateId;
 
 /// Reads JSON texts, one per line, as strictly as Python's `json` allows;
 /// prints how many it read.
@@ -249,7 +248,8 @@ async fn hostile_uploads_are_answered_and_every_stored_entry_stays_readable() {
     let server = TestServer::start(dir.path(), &[]);
     let c = http();
     let url = &server.url;
-    let path = format!("{url}/c/tailnode/{}", PrivateId::generate().to_hex());
+    let id = common::adopted_id(url, "tailnode").await;
+    let path = format!("{url}/c/tailnode/{}", id.to_hex());
 
     let mut expected = 0;
     for (i, case) in cases().into_iter().enumerate() {
