@@ -144,6 +144,30 @@ pub(crate) struct LogPage<'a> {
     pub logs: Vec<&'a RawValue>,
     /// Where the next page starts, when there is one.
     pub next: Option<String>,
+    /// Positions the server could not read (damaged storage), when any.
+    #[serde(default)]
+    pub incomplete: Option<Vec<Incomplete>>,
+}
+
+/// Store positions an answer is missing, and why.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Incomplete {
+    /// First missing position.
+    pub from: u64,
+    /// Last missing position.
+    pub to: u64,
+    /// Why, as the server says it.
+    pub reason: String,
+}
+
+/// Tells the user (stderr) that entries are missing from an answer.
+fn warn_incomplete(missing: &[Incomplete]) {
+    for m in missing {
+        eprintln!(
+            "tally: the answer is incomplete: entries at store positions {}..={} are missing: {}",
+            m.from, m.to, m.reason
+        );
+    }
 }
 
 impl<'a> LogPage<'a> {
@@ -244,6 +268,13 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
                             continue;
                         }
                     };
+                    if entry.get("logtail").is_none()
+                        && let Some(missing) = entry.get("incomplete")
+                        && let Ok(m) = serde_json::from_value::<Vec<Incomplete>>(missing.clone())
+                    {
+                        warn_incomplete(&m);
+                        continue;
+                    }
                     if grep.as_deref().is_some_and(|g| !raw.contains(g)) {
                         continue;
                     }
@@ -291,6 +322,9 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
                     .context("cannot read a page of logs from the server")?;
                 let page = LogPage::parse(&body)?;
                 page_no += 1;
+                if let Some(missing) = &page.incomplete {
+                    warn_incomplete(missing);
+                }
                 for (i, raw) in page.logs.iter().enumerate() {
                     position += 1;
                     if printed >= limit {
@@ -417,6 +451,18 @@ pub async fn run_instances(cmd: InstancesCmd, server: &ServerArgs) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_says_which_positions_it_is_missing() {
+        let body = br#"{"collection":"c","count":1,"incomplete":[{"from":3,"to":9,"reason":"damaged"}],"logs":[{"text":"a"}]}"#;
+        let page = LogPage::parse(body).unwrap();
+        let missing = page.incomplete.expect("incomplete");
+        assert_eq!((missing[0].from, missing[0].to), (3, 9));
+        assert_eq!(missing[0].reason, "damaged");
+        assert_eq!(page.logs.len(), 1);
+        let whole = LogPage::parse(br#"{"logs":[]}"#).unwrap();
+        assert!(whole.incomplete.is_none());
+    }
 
     #[test]
     fn a_page_with_entries_that_cannot_be_read_still_yields_the_others() {
