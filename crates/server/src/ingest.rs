@@ -28,7 +28,7 @@ const MAX_RAW_BYTES: usize = MAX_BODY_BYTES + (64 << 10);
 /// entries are counted and built, the reservation is adjusted to what they
 /// hold ([`parse_need`], [`record_need`]), so a body of tiny entries
 /// reserves more and a body of large ones less.
-const HELD_PER_DECODED_BYTE: usize = 5;
+const HELD_PER_DECODED_BYTE: usize = 6;
 
 /// glibc malloc's cost of one heap block beyond its size (header, rounding).
 const ALLOC_OVERHEAD: usize = 32;
@@ -37,7 +37,11 @@ const ALLOC_OVERHEAD: usize = 32;
 /// `server_time` with nanoseconds and `id`), for the estimate made before
 /// the entries are built. Error entries add more (a message): the exact
 /// size is checked once they are built.
-const ADDED_PER_ENTRY: usize = 140;
+const ADDED_PER_ENTRY: usize = 160;
+
+/// Bytes of an owner's tailnet ID in a record (`T` and 16 hex digits,
+/// rounded up), for the estimate of what a record holds.
+const OWNER_BYTES: usize = 24;
 
 /// Uploads that may wait at once for more of the budget than they were
 /// given (their entries turned out to need more), holding only their raw
@@ -54,10 +58,12 @@ const PARSE_PER_ENTRY: usize =
 
 /// Memory an entry holds as a record until it is written, beyond its stored
 /// JSON and its collection name: its `IngestEntry` (until the records are
-/// collected), its [`NewRecord`] and the heap blocks of its JSON and of its
-/// collection name.
-const RECORD_PER_ENTRY: usize =
-    size_of::<logtail::IngestEntry>() + size_of::<NewRecord>() + 2 * ALLOC_OVERHEAD;
+/// collected), its [`NewRecord`] and the heap blocks of its JSON, of its
+/// collection name and of its owner's tailnet ID.
+const RECORD_PER_ENTRY: usize = size_of::<logtail::IngestEntry>()
+    + size_of::<NewRecord>()
+    + 3 * ALLOC_OVERHEAD
+    + OWNER_BYTES;
 
 /// Permits of a budget of `bytes` (one per KiB, at least one).
 pub fn budget_permits(bytes: usize) -> usize {
@@ -652,12 +658,12 @@ mod tests {
             ("content-encoding", "zstd"),
             ("orig-content-length", "193000"),
         ]);
-        assert_eq!(reservation(&zstd), 25_000 + 5 * 193_000);
+        assert_eq!(reservation(&zstd), 25_000 + 6 * 193_000);
         let identity = headers(&[("content-length", "1000")]);
-        assert_eq!(reservation(&identity), 1000 + 5 * 1000);
+        assert_eq!(reservation(&identity), 1000 + 6 * 1000);
         // Unknown sizes, or sizes past the limits, count as the limits.
         let unknown = headers(&[("content-encoding", "gzip")]);
-        assert_eq!(reservation(&unknown), MAX_RAW_BYTES + 5 * MAX_BODY_BYTES);
+        assert_eq!(reservation(&unknown), MAX_RAW_BYTES + 6 * MAX_BODY_BYTES);
         let lying = headers(&[
             ("content-length", "99999999"),
             ("content-encoding", "zstd"),
