@@ -52,6 +52,10 @@ struct Cached {
 pub struct Catalog {
     data: RwLock<Cached>,
     rules: Arc<RetentionRules>,
+    /// Held across a reload's reads and its write, so that reloads never
+    /// interleave: a periodic reload that read the database before a change
+    /// committed cannot overwrite the reload made after it.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
@@ -60,11 +64,13 @@ impl Catalog {
         Self {
             data: RwLock::new(Cached::default()),
             rules,
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Reloads from the database and republishes the retention rules.
     pub async fn reload(&self, db: &ControlDb) -> Result<(), ControlError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let mut collections = db.load_collections().await?;
         for ((_, name), c) in collections.iter_mut() {
             if name == FLOWS_COLLECTION {
