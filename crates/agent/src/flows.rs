@@ -6,6 +6,7 @@
 //! log stream (source `tally-flows`). Turning flow logging off stops the
 //! capture without a restart.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,19 +14,32 @@ use std::time::Duration;
 use tally_flow::record::MAX_ENTRIES_PER_RECORD;
 use tally_flow::{
     Capture, CaptureConfig, CaptureError, CaptureHandle, Classifier, ConnTable, FlowEvent,
-    FlowEventKind, IpPrefix, TableConfig,
+    FlowEventKind, IntervalCounts, IpPrefix, TableConfig, TrafficKind,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::addrs::could_be_mesh_node;
 use crate::entry::Line;
-use crate::report::NodeSettings;
+use crate::report::{NodeSettings, RefreshRequest};
 use crate::writer::{Item, WriteRequest};
 
 /// Source name of flow events in the node's log stream.
 pub const FLOW_SOURCE: &str = "tally-flows";
 /// Most flow events logged per interval (a summary counts the rest).
 const MAX_EVENTS_PER_INTERVAL: usize = 2000;
+/// An unknown address is asked about again after this, doubling each time
+/// up to [`ASK_BACKOFF_MAX`].
+const ASK_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait before asking about the same unknown address again.
+const ASK_BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
+/// Shortest time between two early reports asked for by the flow runner.
+const ASK_GAP: Duration = Duration::from_secs(4);
+/// How long an interval's record waits for the early report's answer.
+const ASK_WAIT: Duration = Duration::from_secs(3);
+/// Most unknown addresses remembered.
+const MAX_ASKED: usize = 4096;
 
 /// Flow capture settings.
 #[derive(Debug, Clone)]
@@ -59,23 +73,27 @@ struct Shared {
 pub(crate) struct FlowRunner {
     /// Settings.
     pub opts: FlowOptions,
-    /// This node's own addresses and routes (from the configuration).
-    pub own_addresses: Vec<String>,
     /// Routes this node advertises.
     pub own_routes: Vec<String>,
-    /// What the server says.
+    /// What the server says (and this node's own addresses).
     pub settings: watch::Receiver<NodeSettings>,
     /// The `tailtraffic` pipeline.
     pub records: mpsc::Sender<WriteRequest>,
     /// The node's log pipeline.
     pub logs: mpsc::Sender<WriteRequest>,
+    /// Asks the reporter for a report now (to learn new peers).
+    pub refresh: mpsc::Sender<RefreshRequest>,
+    /// Unknown addresses asked about: when to ask again, and the backoff.
+    pub asked: HashMap<IpAddr, (Instant, Duration)>,
+    /// No early report is asked for before this.
+    pub next_ask: Option<Instant>,
 }
 
 fn prefixes(list: &[String]) -> impl Iterator<Item = IpPrefix> + '_ {
     list.iter().filter_map(|s| s.parse::<IpPrefix>().ok())
 }
 
-fn classifier(own_addresses: &[String], own_routes: &[String], s: &NodeSettings) -> Classifier {
+fn classifier(own_routes: &[String], s: &NodeSettings) -> Classifier {
     // Addresses may carry a prefix length ("100.64.0.5/32", "10.0.0.5/24"):
     // the node's address is the part before it.
     let hosts = |list: &[String]| -> Vec<IpAddr> {
@@ -85,7 +103,7 @@ fn classifier(own_addresses: &[String], own_routes: &[String], s: &NodeSettings)
             .collect()
     };
     let mut c = Classifier::default();
-    c.tailnet_nodes.extend(hosts(own_addresses));
+    c.tailnet_nodes.extend(hosts(&s.addresses));
     c.routes.extend(prefixes(own_routes));
     for peer in &s.peers {
         c.tailnet_nodes.extend(hosts(&peer.addresses));
@@ -246,7 +264,12 @@ impl FlowRunner {
                     () = stop.cancelled() => true,
                     _ = ticker.tick() => false,
                     changed = self.settings.changed() => {
-                        changed.is_err() || !self.settings.borrow().flow_logging
+                        if changed.is_err() || !self.settings.borrow().flow_logging {
+                            true
+                        } else {
+                            // New peers or addresses: used at the interval's end.
+                            continue;
+                        }
                     }
                 };
                 let end = now();
@@ -289,13 +312,7 @@ impl FlowRunner {
                         *seen = d;
                     }
                 }
-                let classes = classifier(
-                    &self.own_addresses,
-                    &self.own_routes,
-                    &self.settings.borrow(),
-                );
-                self.flush(&shared, start, end, &node_id, &classes, turned_off)
-                    .await;
+                self.flush(&shared, start, end, &node_id, turned_off).await;
                 start = end;
                 if turned_off {
                     break stop.is_cancelled();
@@ -318,32 +335,91 @@ impl FlowRunner {
         }
     }
 
+    /// The classifier of what the server said last.
+    fn classifier(&self) -> Classifier {
+        classifier(&self.own_routes, &self.settings.borrow())
+    }
+
+    /// Before an interval is classified: when it has exit traffic with an
+    /// address a mesh node could have (private, shared or unique local)
+    /// that no known peer holds, it may be a node that registered since
+    /// the last report. Asks the reporter for a report now (each such
+    /// address at most once per backoff, which doubles from 30 s to 30
+    /// min; at most one early report per 4 s) and waits for it (≤ 3 s).
+    /// Returns whether a report was made.
+    async fn ask_about_unknown(&mut self, counts: &IntervalCounts, classes: &Classifier) -> bool {
+        let now = Instant::now();
+        if self.next_ask.is_some_and(|t| now < t) {
+            return false;
+        }
+        let mut unknown: Vec<IpAddr> = counts
+            .flows
+            .iter()
+            .map(|f| (f.key.local, f.key.remote.to_canonical()))
+            .filter(|(local, remote)| {
+                could_be_mesh_node(*remote)
+                    && classes.classify(*local, *remote) == TrafficKind::Exit
+                    && self.asked.get(remote).is_none_or(|(at, _)| now >= *at)
+            })
+            .map(|(_, remote)| remote)
+            .collect();
+        if unknown.is_empty() {
+            return false;
+        }
+        unknown.sort_unstable();
+        unknown.dedup();
+        if self.asked.len() + unknown.len() > MAX_ASKED {
+            self.asked.retain(|_, (at, _)| now < *at);
+            if self.asked.len() + unknown.len() > MAX_ASKED {
+                self.asked.clear();
+            }
+        }
+        for ip in &unknown {
+            let backoff = self
+                .asked
+                .get(ip)
+                .map_or(ASK_BACKOFF_FIRST, |(_, b)| (*b * 2).min(ASK_BACKOFF_MAX));
+            self.asked.insert(*ip, (now + backoff, backoff));
+        }
+        self.next_ask = Some(now + ASK_GAP);
+        tracing::debug!(?unknown, "asking the server for new peers");
+        let (tx, rx) = oneshot::channel();
+        if self.refresh.try_send(tx).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(ASK_WAIT, rx).await, Ok(Ok(())))
+    }
+
     /// Queues the interval's record and logs its events.
     async fn flush(
-        &self,
+        &mut self,
         shared: &Arc<Mutex<Shared>>,
         start: u64,
         end: u64,
         node_id: &str,
-        classes: &Classifier,
         closing: bool,
     ) {
-        let (record, events, dropped) = {
+        let (counts, events, dropped) = {
             let Ok(mut s) = shared.lock() else { return };
             let mut closed = if closing {
                 s.table.close_all(end)
             } else {
                 s.table.expire(end)
             };
-            let record = s.table.take_record(start, end, node_id, classes);
+            let counts = s.table.take_interval(start, end);
             let mut events = std::mem::take(&mut s.events);
             let room = MAX_EVENTS_PER_INTERVAL.saturating_sub(events.len());
             let extra = closed.len().saturating_sub(room) as u64;
             closed.truncate(room);
             events.extend(closed);
             let dropped = std::mem::take(&mut s.events_dropped) + extra;
-            (record, events, dropped)
+            (counts, events, dropped)
         };
+        let mut classes = self.classifier();
+        if !closing && self.ask_about_unknown(&counts, &classes).await {
+            classes = self.classifier();
+        }
+        let record = counts.into_record(node_id, &classes);
         let mut lines: Vec<Line> = events.iter().map(event_line).collect();
         if dropped > 0 {
             lines.push(agent_line(
