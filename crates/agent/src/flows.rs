@@ -449,3 +449,128 @@ impl FlowRunner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Peer;
+    use tally_flow::{Counts, FlowCount, FlowKey};
+
+    fn counts_with(remotes: &[&str]) -> IntervalCounts {
+        IntervalCounts {
+            start: 0,
+            end: 1,
+            flows: remotes
+                .iter()
+                .map(|r| FlowCount {
+                    key: FlowKey {
+                        proto: 6,
+                        local: "10.0.0.1".parse().unwrap(),
+                        local_port: 40000,
+                        remote: r.parse().unwrap(),
+                        remote_port: 22,
+                    },
+                    counts: Counts::default(),
+                })
+                .collect(),
+            evictions: 0,
+            malformed_packets: 0,
+            dropped_packets: 0,
+        }
+    }
+
+    fn runner() -> (
+        FlowRunner,
+        watch::Sender<NodeSettings>,
+        mpsc::Receiver<RefreshRequest>,
+    ) {
+        let (settings_tx, settings) = watch::channel(NodeSettings {
+            node_id: Some("n1".into()),
+            flow_logging: true,
+            addresses: vec!["10.0.0.1".into()],
+            peers: vec![Peer {
+                node_id: "n2".into(),
+                addresses: vec!["10.0.0.2".into()],
+                ..Peer::default()
+            }],
+            ..NodeSettings::default()
+        });
+        let (records, _) = mpsc::channel(1);
+        let (logs, _) = mpsc::channel(1);
+        let (refresh, refresh_rx) = mpsc::channel(4);
+        let r = FlowRunner {
+            opts: FlowOptions::default(),
+            own_routes: Vec::new(),
+            settings,
+            records,
+            logs,
+            refresh,
+            asked: HashMap::new(),
+            next_ask: None,
+        };
+        (r, settings_tx, refresh_rx)
+    }
+
+    /// A peer that registered after the last report: traffic with its
+    /// private address makes the runner ask for a report and classify the
+    /// interval with the answer; known peers and Internet addresses ask
+    /// nothing, and an address asked about is not asked about again soon.
+    #[tokio::test]
+    async fn unknown_private_address_asks_for_new_peers() {
+        let (mut r, settings_tx, mut asks) = runner();
+        // Known peer, Internet, link-local multicast: nothing to ask.
+        let counts = counts_with(&["10.0.0.2", "1.1.1.1", "ff02::1"]);
+        assert!(!r.ask_about_unknown(&counts, &r.classifier()).await);
+        assert!(asks.try_recv().is_err());
+
+        // 10.0.0.3 registered since: the reporter answers with it.
+        let reporter = tokio::spawn(async move {
+            let reply = asks.recv().await.expect("a request");
+            settings_tx.send_modify(|s| {
+                s.peers.push(Peer {
+                    node_id: "n3".into(),
+                    addresses: vec!["10.0.0.3".into()],
+                    ..Peer::default()
+                })
+            });
+            reply.send(()).unwrap();
+            (asks, settings_tx)
+        });
+        let counts = counts_with(&["10.0.0.3"]);
+        assert_eq!(
+            r.classifier()
+                .classify("10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()),
+            TrafficKind::Exit
+        );
+        assert!(r.ask_about_unknown(&counts, &r.classifier()).await);
+        let record = counts.into_record("n1", &r.classifier());
+        assert_eq!(record.virtual_traffic.len(), 1, "{record:?}");
+        assert!(record.exit_traffic.is_empty(), "{record:?}");
+        let (mut asks, _settings) = reporter.await.unwrap();
+
+        // Not asked again within 4 s, nor about the same address for 30 s.
+        let counts = counts_with(&["100.64.0.9"]);
+        assert!(!r.ask_about_unknown(&counts, &r.classifier()).await);
+        r.next_ask = None;
+        r.asked.insert(
+            "100.64.0.9".parse().unwrap(),
+            (Instant::now() + ASK_BACKOFF_FIRST, ASK_BACKOFF_FIRST),
+        );
+        assert!(!r.ask_about_unknown(&counts, &r.classifier()).await);
+        assert!(asks.try_recv().is_err());
+        // Once the backoff has passed it is asked about again (the backoff
+        // doubles); a request that gets no answer (here: dropped) leaves the
+        // interval classified as it stands.
+        r.asked.insert(
+            "100.64.0.9".parse().unwrap(),
+            (Instant::now(), ASK_BACKOFF_FIRST),
+        );
+        let classes = r.classifier();
+        let asked = r.ask_about_unknown(&counts, &classes);
+        let dropped = async { drop(asks.recv().await.expect("a request")) };
+        let (asked, ()) = tokio::join!(asked, dropped);
+        assert!(!asked, "an unanswered request made no report");
+        let ip: IpAddr = "100.64.0.9".parse().unwrap();
+        assert_eq!(r.asked[&ip].1, ASK_BACKOFF_FIRST * 2);
+    }
+}

@@ -461,5 +461,85 @@ async fn readme_flow_recipe_classifies_names_and_pairs() {
         about_lab.is_empty(),
         "findings about the lab's nodes: {about_lab:#?}"
     );
+
+    // Kept current: an address added to eth0 reaches the server within the
+    // agent's 5-s check (not at the next 30-s report), so does its removal;
+    // an address another node holds is refused (409) and the agent says how
+    // to fix it.
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().expect("ip");
+        assert!(st.success(), "ip {}", args.join(" "));
+    };
+    let extra = format!("{}", std::net::Ipv4Addr::from(u32::from(lab.gateway) - 100));
+    let addresses_of = |node: String| {
+        let url = url.clone();
+        async move { get_json(&format!("{url}/api/v2/device/{node}")).await["addresses"].clone() }
+    };
+    let changed = Instant::now();
+    ip(&[
+        "-n",
+        &lab.namespaces[0],
+        "addr",
+        "add",
+        &format!("{extra}/24"),
+        "dev",
+        "eth0",
+    ]);
+    let want = serde_json::json!([lab_ips[0], extra]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while addresses_of(nodes[0].clone()).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "added address not reported:\n{}",
+            agents[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("added address reported after {:?}", changed.elapsed());
+    assert!(
+        agents[0].log().contains("tailnet addresses changed"),
+        "{}",
+        agents[0].log()
+    );
+    ip(&[
+        "-n",
+        &lab.namespaces[0],
+        "addr",
+        "del",
+        &format!("{extra}/24"),
+        "dev",
+        "eth0",
+    ]);
+    let want = serde_json::json!([lab_ips[0]]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while addresses_of(nodes[0].clone()).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "removed address still there:\n{}",
+            agents[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ip(&[
+        "-n",
+        &lab.namespaces[1],
+        "addr",
+        "add",
+        &format!("{}/32", lab_ips[2]),
+        "dev",
+        "eth0",
+    ]);
+    agents[1]
+        .wait_log("409", Instant::now() + Duration::from_secs(15))
+        .await;
+    let log = agents[1].log();
+    assert!(
+        log.contains(&nodes[2]) && log.contains("pass --address"),
+        "{log}"
+    );
+    assert_eq!(
+        addresses_of(nodes[1].clone()).await,
+        serde_json::json!([lab_ips[1]])
+    );
     eprintln!("{:?}: done", t0.elapsed());
 }
