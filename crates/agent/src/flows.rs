@@ -6,6 +6,7 @@
 //! log stream (source `tally-flows`). Turning flow logging off stops the
 //! capture without a restart.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,19 +14,32 @@ use std::time::Duration;
 use tally_flow::record::MAX_ENTRIES_PER_RECORD;
 use tally_flow::{
     Capture, CaptureConfig, CaptureError, CaptureHandle, Classifier, ConnTable, FlowEvent,
-    FlowEventKind, IpPrefix, TableConfig,
+    FlowEventKind, IntervalCounts, IpPrefix, TableConfig, TrafficKind,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::addrs::could_be_mesh_node;
 use crate::entry::Line;
-use crate::report::NodeSettings;
+use crate::report::{NodeSettings, RefreshRequest};
 use crate::writer::{Item, WriteRequest};
 
 /// Source name of flow events in the node's log stream.
 pub const FLOW_SOURCE: &str = "tally-flows";
 /// Most flow events logged per interval (a summary counts the rest).
 const MAX_EVENTS_PER_INTERVAL: usize = 2000;
+/// An unknown address is asked about again after this, doubling each time
+/// up to [`ASK_BACKOFF_MAX`].
+const ASK_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait before asking about the same unknown address again.
+const ASK_BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
+/// Shortest time between two early reports asked for by the flow runner.
+const ASK_GAP: Duration = Duration::from_secs(4);
+/// How long an interval's record waits for the early report's answer.
+const ASK_WAIT: Duration = Duration::from_secs(3);
+/// Most unknown addresses remembered.
+const MAX_ASKED: usize = 4096;
 
 /// Flow capture settings.
 #[derive(Debug, Clone)]
@@ -59,23 +73,27 @@ struct Shared {
 pub(crate) struct FlowRunner {
     /// Settings.
     pub opts: FlowOptions,
-    /// This node's own addresses and routes (from the configuration).
-    pub own_addresses: Vec<String>,
     /// Routes this node advertises.
     pub own_routes: Vec<String>,
-    /// What the server says.
+    /// What the server says (and this node's own addresses).
     pub settings: watch::Receiver<NodeSettings>,
     /// The `tailtraffic` pipeline.
     pub records: mpsc::Sender<WriteRequest>,
     /// The node's log pipeline.
     pub logs: mpsc::Sender<WriteRequest>,
+    /// Asks the reporter for a report now (to learn new peers).
+    pub refresh: mpsc::Sender<RefreshRequest>,
+    /// Unknown addresses asked about: when to ask again, and the backoff.
+    pub asked: HashMap<IpAddr, (Instant, Duration)>,
+    /// No early report is asked for before this.
+    pub next_ask: Option<Instant>,
 }
 
 fn prefixes(list: &[String]) -> impl Iterator<Item = IpPrefix> + '_ {
     list.iter().filter_map(|s| s.parse::<IpPrefix>().ok())
 }
 
-fn classifier(own_addresses: &[String], own_routes: &[String], s: &NodeSettings) -> Classifier {
+fn classifier(own_routes: &[String], s: &NodeSettings) -> Classifier {
     // Addresses may carry a prefix length ("100.64.0.5/32", "10.0.0.5/24"):
     // the node's address is the part before it.
     let hosts = |list: &[String]| -> Vec<IpAddr> {
@@ -85,7 +103,7 @@ fn classifier(own_addresses: &[String], own_routes: &[String], s: &NodeSettings)
             .collect()
     };
     let mut c = Classifier::default();
-    c.tailnet_nodes.extend(hosts(own_addresses));
+    c.tailnet_nodes.extend(hosts(&s.addresses));
     c.routes.extend(prefixes(own_routes));
     for peer in &s.peers {
         c.tailnet_nodes.extend(hosts(&peer.addresses));
@@ -246,7 +264,12 @@ impl FlowRunner {
                     () = stop.cancelled() => true,
                     _ = ticker.tick() => false,
                     changed = self.settings.changed() => {
-                        changed.is_err() || !self.settings.borrow().flow_logging
+                        if changed.is_err() || !self.settings.borrow().flow_logging {
+                            true
+                        } else {
+                            // New peers or addresses: used at the interval's end.
+                            continue;
+                        }
                     }
                 };
                 let end = now();
@@ -289,13 +312,7 @@ impl FlowRunner {
                         *seen = d;
                     }
                 }
-                let classes = classifier(
-                    &self.own_addresses,
-                    &self.own_routes,
-                    &self.settings.borrow(),
-                );
-                self.flush(&shared, start, end, &node_id, &classes, turned_off)
-                    .await;
+                self.flush(&shared, start, end, &node_id, turned_off).await;
                 start = end;
                 if turned_off {
                     break stop.is_cancelled();
@@ -318,32 +335,91 @@ impl FlowRunner {
         }
     }
 
+    /// The classifier of what the server said last.
+    fn classifier(&self) -> Classifier {
+        classifier(&self.own_routes, &self.settings.borrow())
+    }
+
+    /// Before an interval is classified: when it has exit traffic with an
+    /// address a mesh node could have (private, shared or unique local)
+    /// that no known peer holds, it may be a node that registered since
+    /// the last report. Asks the reporter for a report now (each such
+    /// address at most once per backoff, which doubles from 30 s to 30
+    /// min; at most one early report per 4 s) and waits for it (≤ 3 s).
+    /// Returns whether a report was made.
+    async fn ask_about_unknown(&mut self, counts: &IntervalCounts, classes: &Classifier) -> bool {
+        let now = Instant::now();
+        if self.next_ask.is_some_and(|t| now < t) {
+            return false;
+        }
+        let mut unknown: Vec<IpAddr> = counts
+            .flows
+            .iter()
+            .map(|f| (f.key.local, f.key.remote.to_canonical()))
+            .filter(|(local, remote)| {
+                could_be_mesh_node(*remote)
+                    && classes.classify(*local, *remote) == TrafficKind::Exit
+                    && self.asked.get(remote).is_none_or(|(at, _)| now >= *at)
+            })
+            .map(|(_, remote)| remote)
+            .collect();
+        if unknown.is_empty() {
+            return false;
+        }
+        unknown.sort_unstable();
+        unknown.dedup();
+        if self.asked.len() + unknown.len() > MAX_ASKED {
+            self.asked.retain(|_, (at, _)| now < *at);
+            if self.asked.len() + unknown.len() > MAX_ASKED {
+                self.asked.clear();
+            }
+        }
+        for ip in &unknown {
+            let backoff = self
+                .asked
+                .get(ip)
+                .map_or(ASK_BACKOFF_FIRST, |(_, b)| (*b * 2).min(ASK_BACKOFF_MAX));
+            self.asked.insert(*ip, (now + backoff, backoff));
+        }
+        self.next_ask = Some(now + ASK_GAP);
+        tracing::debug!(?unknown, "asking the server for new peers");
+        let (tx, rx) = oneshot::channel();
+        if self.refresh.try_send(tx).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(ASK_WAIT, rx).await, Ok(Ok(())))
+    }
+
     /// Queues the interval's record and logs its events.
     async fn flush(
-        &self,
+        &mut self,
         shared: &Arc<Mutex<Shared>>,
         start: u64,
         end: u64,
         node_id: &str,
-        classes: &Classifier,
         closing: bool,
     ) {
-        let (record, events, dropped) = {
+        let (counts, events, dropped) = {
             let Ok(mut s) = shared.lock() else { return };
             let mut closed = if closing {
                 s.table.close_all(end)
             } else {
                 s.table.expire(end)
             };
-            let record = s.table.take_record(start, end, node_id, classes);
+            let counts = s.table.take_interval(start, end);
             let mut events = std::mem::take(&mut s.events);
             let room = MAX_EVENTS_PER_INTERVAL.saturating_sub(events.len());
             let extra = closed.len().saturating_sub(room) as u64;
             closed.truncate(room);
             events.extend(closed);
             let dropped = std::mem::take(&mut s.events_dropped) + extra;
-            (record, events, dropped)
+            (counts, events, dropped)
         };
+        let mut classes = self.classifier();
+        if !closing && self.ask_about_unknown(&counts, &classes).await {
+            classes = self.classifier();
+        }
+        let record = counts.into_record(node_id, &classes);
         let mut lines: Vec<Line> = events.iter().map(event_line).collect();
         if dropped > 0 {
             lines.push(agent_line(
@@ -371,5 +447,130 @@ impl FlowRunner {
                 Err(e) => tracing::error!("a flow record could not be encoded: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Peer;
+    use tally_flow::{Counts, FlowCount, FlowKey};
+
+    fn counts_with(remotes: &[&str]) -> IntervalCounts {
+        IntervalCounts {
+            start: 0,
+            end: 1,
+            flows: remotes
+                .iter()
+                .map(|r| FlowCount {
+                    key: FlowKey {
+                        proto: 6,
+                        local: "10.0.0.1".parse().unwrap(),
+                        local_port: 40000,
+                        remote: r.parse().unwrap(),
+                        remote_port: 22,
+                    },
+                    counts: Counts::default(),
+                })
+                .collect(),
+            evictions: 0,
+            malformed_packets: 0,
+            dropped_packets: 0,
+        }
+    }
+
+    fn runner() -> (
+        FlowRunner,
+        watch::Sender<NodeSettings>,
+        mpsc::Receiver<RefreshRequest>,
+    ) {
+        let (settings_tx, settings) = watch::channel(NodeSettings {
+            node_id: Some("n1".into()),
+            flow_logging: true,
+            addresses: vec!["10.0.0.1".into()],
+            peers: vec![Peer {
+                node_id: "n2".into(),
+                addresses: vec!["10.0.0.2".into()],
+                ..Peer::default()
+            }],
+            ..NodeSettings::default()
+        });
+        let (records, _) = mpsc::channel(1);
+        let (logs, _) = mpsc::channel(1);
+        let (refresh, refresh_rx) = mpsc::channel(4);
+        let r = FlowRunner {
+            opts: FlowOptions::default(),
+            own_routes: Vec::new(),
+            settings,
+            records,
+            logs,
+            refresh,
+            asked: HashMap::new(),
+            next_ask: None,
+        };
+        (r, settings_tx, refresh_rx)
+    }
+
+    /// A peer that registered after the last report: traffic with its
+    /// private address makes the runner ask for a report and classify the
+    /// interval with the answer; known peers and Internet addresses ask
+    /// nothing, and an address asked about is not asked about again soon.
+    #[tokio::test]
+    async fn unknown_private_address_asks_for_new_peers() {
+        let (mut r, settings_tx, mut asks) = runner();
+        // Known peer, Internet, link-local multicast: nothing to ask.
+        let counts = counts_with(&["10.0.0.2", "1.1.1.1", "ff02::1"]);
+        assert!(!r.ask_about_unknown(&counts, &r.classifier()).await);
+        assert!(asks.try_recv().is_err());
+
+        // 10.0.0.3 registered since: the reporter answers with it.
+        let reporter = tokio::spawn(async move {
+            let reply = asks.recv().await.expect("a request");
+            settings_tx.send_modify(|s| {
+                s.peers.push(Peer {
+                    node_id: "n3".into(),
+                    addresses: vec!["10.0.0.3".into()],
+                    ..Peer::default()
+                })
+            });
+            reply.send(()).unwrap();
+            (asks, settings_tx)
+        });
+        let counts = counts_with(&["10.0.0.3"]);
+        assert_eq!(
+            r.classifier()
+                .classify("10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()),
+            TrafficKind::Exit
+        );
+        assert!(r.ask_about_unknown(&counts, &r.classifier()).await);
+        let record = counts.into_record("n1", &r.classifier());
+        assert_eq!(record.virtual_traffic.len(), 1, "{record:?}");
+        assert!(record.exit_traffic.is_empty(), "{record:?}");
+        let (mut asks, _settings) = reporter.await.unwrap();
+
+        // Not asked again within 4 s, nor about the same address for 30 s.
+        let counts = counts_with(&["100.64.0.9"]);
+        assert!(!r.ask_about_unknown(&counts, &r.classifier()).await);
+        r.next_ask = None;
+        r.asked.insert(
+            "100.64.0.9".parse().unwrap(),
+            (Instant::now() + ASK_BACKOFF_FIRST, ASK_BACKOFF_FIRST),
+        );
+        assert!(!r.ask_about_unknown(&counts, &r.classifier()).await);
+        assert!(asks.try_recv().is_err());
+        // Once the backoff has passed it is asked about again (the backoff
+        // doubles); a request that gets no answer (here: dropped) leaves the
+        // interval classified as it stands.
+        r.asked.insert(
+            "100.64.0.9".parse().unwrap(),
+            (Instant::now(), ASK_BACKOFF_FIRST),
+        );
+        let classes = r.classifier();
+        let asked = r.ask_about_unknown(&counts, &classes);
+        let dropped = async { drop(asks.recv().await.expect("a request")) };
+        let (asked, ()) = tokio::join!(asked, dropped);
+        assert!(!asked, "an unanswered request made no report");
+        let ip: IpAddr = "100.64.0.9".parse().unwrap();
+        assert_eq!(r.asked[&ip].1, ASK_BACKOFF_FIRST * 2);
     }
 }

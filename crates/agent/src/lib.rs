@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod addrs;
 mod entry;
 mod error;
 mod flows;
@@ -43,6 +44,7 @@ mod uploader;
 mod witness;
 mod writer;
 
+pub use addrs::interface_addresses;
 pub use error::AgentError;
 pub use flows::{FLOW_SOURCE, FlowOptions};
 pub use history::{LocalLog, QUEUE_DIR, recent_logs};
@@ -110,7 +112,9 @@ pub struct AgentConfig {
     /// Auth key to register the node with (first start); once registered
     /// (`<data-dir>/node-id`), the agent reports in without it.
     pub auth_key: Option<String>,
-    /// What the agent reports about its node.
+    /// What the agent reports about its node. Empty `addresses` (no
+    /// `--address`): the agent finds them itself, on the flow interfaces
+    /// and from `tailscale ip`, before every report.
     pub node: NodeInfo,
     /// How often the agent reports in when the server does not say.
     pub report_interval: Duration,
@@ -371,6 +375,8 @@ impl Agent {
         .await?;
         let tx = logs.tx.clone();
         let stop_reporter = CancellationToken::new();
+        let (refresh_tx, refresh_rx) = mpsc::channel(4);
+        let ifaces: &[String] = config.flows.as_ref().map_or(&[], |f| &f.ifaces);
         let reporter_task = match (&server, &client) {
             (Some(server), Some(client)) if reports => {
                 let reporter = report::Reporter {
@@ -379,6 +385,13 @@ impl Agent {
                     private_hex: identity.to_hex(),
                     auth_key: config.auth_key.clone(),
                     info: config.node.clone(),
+                    finder: config
+                        .node
+                        .addresses
+                        .is_empty()
+                        .then(|| addrs::AddressFinder::new(ifaces)),
+                    flows: config.flows.is_some(),
+                    refresh: Some(refresh_rx),
                     interval: config.report_interval,
                     settings: settings_tx,
                     marker,
@@ -411,11 +424,13 @@ impl Agent {
                 .await?;
                 let runner = flows::FlowRunner {
                     opts: opts.clone(),
-                    own_addresses: config.node.addresses.clone(),
                     own_routes: config.node.advertised_routes.clone(),
                     settings: settings.clone(),
                     records: pipe.tx.clone(),
                     logs: tx.clone(),
+                    refresh: refresh_tx,
+                    asked: Default::default(),
+                    next_ask: None,
                 };
                 let task = tokio::spawn(runner.run(stop_flows.clone()));
                 (Some(pipe), Some(task))

@@ -7,10 +7,22 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::addrs::{AddressFinder, Found};
 use crate::identity::redact;
+
+/// How often the interfaces' addresses are checked between reports (a
+/// change is reported at once).
+const ADDRESS_POLL: Duration = Duration::from_secs(5);
+/// A report asked for this soon after the last one is not made again.
+const REFRESH_FRESH: Duration = Duration::from_secs(1);
+
+/// A request for a report now (peers may have changed); answered once the
+/// report is done.
+pub(crate) type RefreshRequest = oneshot::Sender<()>;
 
 /// What the agent reports about its node.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -57,6 +69,9 @@ pub struct NodeSettings {
     pub last_error: Option<String>,
     /// The last problem found with the server's transparency log.
     pub log_problem: Option<String>,
+    /// This node's own tailnet addresses, as the agent reports them (found
+    /// on its interfaces and from the mesh daemon, or `--address`).
+    pub addresses: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +109,13 @@ pub(crate) struct Reporter {
     pub auth_key: Option<String>,
     /// What to report.
     pub info: NodeInfo,
+    /// Finds the node's addresses before every report; `None`: they are
+    /// configured (`--address`) and `info` has them.
+    pub finder: Option<AddressFinder>,
+    /// Flow capture is on: finding no address gets a warning.
+    pub flows: bool,
+    /// Requests for a report now (from the flow runner).
+    pub refresh: Option<mpsc::Receiver<RefreshRequest>>,
     /// Report interval when the server does not say.
     pub interval: Duration,
     /// Where the answers go.
@@ -121,10 +143,18 @@ impl Reporter {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
         if !status.is_success() {
-            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            let mut msg = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+            if status == reqwest::StatusCode::CONFLICT
+                && let Some(f) = &self.finder
+            {
+                msg.push_str(&format!(
+                    " (this node's addresses were found on {}; pass --address IP, repeatable, to set them)",
+                    f.where_looked()
+                ));
+            }
             return Err(redact(&format!("HTTP {status}: {msg}"), &self.private_hex));
         }
         serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
@@ -149,13 +179,92 @@ impl Reporter {
         let _ = logs.send(req).await;
     }
 
+    /// Tells the rest of the agent (the flow classifier) this node's
+    /// addresses.
+    fn publish_addresses(&self) {
+        let addresses = &self.info.addresses;
+        self.settings.send_if_modified(|s| {
+            if s.addresses == *addresses {
+                return false;
+            }
+            s.addresses.clone_from(addresses);
+            true
+        });
+    }
+
+    /// Finds the node's addresses (unless configured) and logs what was
+    /// found the first time and whenever it changes.
+    async fn update_addresses(&mut self, found: &mut Option<Found>) {
+        let Some(finder) = &self.finder else {
+            if found.is_none() {
+                tracing::info!(
+                    "tailnet addresses (from --address): {}",
+                    self.info.addresses.join(", ")
+                );
+                *found = Some(Found::default());
+            }
+            self.publish_addresses();
+            return;
+        };
+        let new = finder.find().await;
+        let first = found.is_none();
+        let old = found.take().unwrap_or_default();
+        if new.daemon_problem.is_some() && (first || new.daemon_problem != old.daemon_problem) {
+            tracing::info!(
+                "no addresses from the mesh daemon: {}",
+                new.daemon_problem.as_deref().unwrap_or_default()
+            );
+        }
+        if first || new.addresses != old.addresses {
+            if new.addresses.is_empty() {
+                if self.flows {
+                    let text = format!(
+                        "no tailnet address of this node found (looked at {}): its flows will be classified as exit traffic and peers cannot tell its traffic is theirs; pass --address IP (repeatable) with this node's tailnet addresses",
+                        finder.where_looked()
+                    );
+                    tracing::warn!("{text}");
+                    self.note(text).await;
+                } else {
+                    tracing::info!(
+                        "no tailnet address of this node found (looked at {}); pass --address IP to report one",
+                        finder.where_looked()
+                    );
+                }
+            } else if first {
+                tracing::info!("tailnet addresses found: {}", new.sources);
+            } else {
+                tracing::info!(
+                    "tailnet addresses changed: now {} (were {})",
+                    new.sources,
+                    if old.sources.is_empty() {
+                        "none"
+                    } else {
+                        &old.sources
+                    }
+                );
+            }
+        }
+        self.info.addresses.clone_from(&new.addresses);
+        *found = Some(new);
+        self.publish_addresses();
+    }
+
     /// Reports until `stop`: at once, then every `reportSeconds`; failures
     /// are retried after 5–15 s (then every interval), keeping the last
-    /// settings.
-    pub(crate) async fn run(self, stop: CancellationToken) {
+    /// settings. The node's addresses are found again before every report;
+    /// an address change on the interfaces (checked every 5 s) and a flow
+    /// runner's request (an unknown address may be a new peer) are
+    /// reported at once.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut witnessed = false;
+        let mut found: Option<Found> = None;
+        let mut refresh = self.refresh.take();
+        let mut waiting: Vec<RefreshRequest> = Vec::new();
         loop {
-            let wait = match self.report_once().await {
+            self.update_addresses(&mut found).await;
+            let reported = self.report_once().await;
+            let last_report = Instant::now();
+            let wait = match reported {
                 Ok(a) => {
                     let first = self.settings.borrow().node_id.is_none();
                     if first {
@@ -171,6 +280,7 @@ impl Reporter {
                             peers: a.peers.clone(),
                             last_error: None,
                             log_problem: s.log_problem.clone(),
+                            addresses: s.addresses.clone(),
                         };
                         let changed = *s != new;
                         *s = new;
@@ -214,9 +324,50 @@ impl Reporter {
                     Err(e) => tracing::debug!("checkpoint not checked: {e}"),
                 }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+            for w in waiting.drain(..) {
+                let _ = w.send(());
+            }
+            // Until the next report: the interval, unless the interfaces'
+            // addresses change or the flow runner asks.
+            let next = last_report + wait;
+            loop {
+                let poll = async {
+                    match &self.finder {
+                        Some(_) => tokio::time::sleep(ADDRESS_POLL).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let asked = async {
+                    match refresh.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(next) => break,
+                    () = poll => {
+                        let now: Vec<std::net::IpAddr> = self
+                            .finder
+                            .as_ref()
+                            .map(|f| f.interface_addresses().into_iter().map(|(_, ip)| ip).collect())
+                            .unwrap_or_default();
+                        if found.as_ref().is_some_and(|f| f.from_interfaces != now) {
+                            break;
+                        }
+                    }
+                    req = asked => match req {
+                        Some(reply) if last_report.elapsed() < REFRESH_FRESH => {
+                            let _ = reply.send(());
+                        }
+                        Some(reply) => {
+                            waiting.push(reply);
+                            break;
+                        }
+                        // The flow runner is gone.
+                        None => refresh = None,
+                    },
+                }
             }
         }
     }

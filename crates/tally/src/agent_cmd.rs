@@ -80,7 +80,9 @@ pub struct AgentArgs {
     pub auth_key: Option<String>,
 
     /// This node's tailnet address (IP or CIDR), reported to the server.
-    /// Repeatable.
+    /// Repeatable. Without it the agent finds them itself: the addresses
+    /// of the --iface interfaces (link-local IPv6 skipped) and, with
+    /// Tailscale, `tailscale ip`, looked at again before every report.
     #[arg(long = "address", value_name = "IP")]
     pub addresses: Vec<String>,
 
