@@ -117,10 +117,10 @@ struct ServerCmd {
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     agent_report_seconds: u64,
     /// Reconciliation window (the two ends' sums are compared per window)
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     reconcile_window: std::time::Duration,
     /// How long late flow records are waited for before a window is judged
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     reconcile_grace: std::time::Duration,
 }
 
