@@ -512,12 +512,14 @@ impl Agent {
     }
 
     /// What the server last said about this node and its tailnet
-    /// (changes when a report's answer differs).
+    /// (changes when a report's answer differs). Closed (`has_changed`
+    /// fails) when the agent does not report to a server at all.
     pub fn node_settings(&self) -> watch::Receiver<NodeSettings> {
         self.settings.clone()
     }
 
-    /// The uploader's counters (all zero when uploading is off).
+    /// The uploader's counters. When uploading is off no uploader runs:
+    /// they stay zero and the channel is closed (`has_changed` fails).
     pub fn upload_status(&self) -> watch::Receiver<UploadStatus> {
         self.logs.status.clone()
     }

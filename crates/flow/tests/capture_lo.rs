@@ -1,8 +1,10 @@
 //! Real capture on the loopback interface: send known UDP datagrams to
 //! ourselves and check that the capture, parser and table count exactly them.
 //!
-//! Needs CAP_NET_RAW (root). Without it the tests print a one-line notice and
-//! pass, unless `TALLY_REQUIRE_NETNS=1`, which makes them fail instead.
+//! Needs CAP_NET_RAW (root), `::1` for the IPv6 test and `setpriv` for the
+//! one without the capability. Without them the tests print a one-line
+//! notice and pass, unless `TALLY_REQUIRE_NETNS=1`, which makes them fail
+//! instead.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -22,6 +24,15 @@ struct Seen {
     wire_len: usize,
 }
 
+/// Skips the test with a notice, unless `TALLY_REQUIRE_NETNS=1` (CI) makes
+/// a missing prerequisite a failure.
+fn skip(why: &str) {
+    if std::env::var("TALLY_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!("TALLY_REQUIRE_NETNS=1 but {why}");
+    }
+    eprintln!("skipping: {why}");
+}
+
 /// Opens a capture on `lo`, or explains why the test is skipped.
 fn open_lo(mode: CaptureMode) -> Option<Capture> {
     let mut config = CaptureConfig::new("lo");
@@ -29,10 +40,9 @@ fn open_lo(mode: CaptureMode) -> Option<Capture> {
     match Capture::open(&config) {
         Ok(c) => Some(c),
         Err(e @ CaptureError::PermissionDenied { .. }) => {
-            if std::env::var("TALLY_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("TALLY_REQUIRE_NETNS=1 but capture is not permitted: {e}");
-            }
-            eprintln!("skipping loopback capture test (not root / no CAP_NET_RAW): {e}");
+            skip(&format!(
+                "capture is not permitted (not root / no CAP_NET_RAW): {e}"
+            ));
             None
         }
         Err(e) => panic!("opening a capture on lo: {e}"),
@@ -130,8 +140,10 @@ fn loopback_udp_ipv4_recv() {
 
 #[test]
 fn loopback_udp_ipv6_ring() {
-    if UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("skipping IPv6 loopback capture test: no ::1 on this host");
+    if let Err(e) = UdpSocket::bind("[::1]:0") {
+        skip(&format!(
+            "this host has no IPv6 loopback ::1 ({e}; enable it with sysctl net.ipv6.conf.lo.disable_ipv6=0)"
+        ));
         return;
     }
     udp_round(CaptureMode::Ring, "[::1]:0");
@@ -149,36 +161,45 @@ fn unknown_interface_is_reported() {
     ));
 }
 
+/// Set in the environment of [`nocap_child`].
+const NOCAP_CHILD: &str = "TALLY_FLOW_NOCAP_CHILD";
+
+/// The child process of [`without_cap_net_raw_the_error_says_how_to_grant_it`],
+/// started without CAP_NET_RAW: prints the error of opening a capture.
+/// Ignored, so it is no test of its own; the parent runs it with
+/// `--ignored` (run by hand, it does nothing).
+#[test]
+#[ignore = "helper process of without_cap_net_raw_the_error_says_how_to_grant_it"]
+fn nocap_child() {
+    if std::env::var_os(NOCAP_CHILD).is_none() {
+        eprintln!(
+            "nocap_child is a helper process of without_cap_net_raw_the_error_says_how_to_grant_it: nothing to do"
+        );
+        return;
+    }
+    match Capture::open(&CaptureConfig::new("lo")) {
+        Err(e @ CaptureError::PermissionDenied { .. }) => println!("NOCAP-ERROR: {e}"),
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+}
+
 /// Without CAP_NET_RAW the error says so and how to grant it. Run in a child
 /// process whose capability bounding set lacks CAP_NET_RAW (setpriv).
 #[test]
 fn without_cap_net_raw_the_error_says_how_to_grant_it() {
-    if std::env::var_os("TALLY_FLOW_NOCAP_CHILD").is_some() {
-        match Capture::open(&CaptureConfig::new("lo")) {
-            Err(e @ CaptureError::PermissionDenied { .. }) => {
-                println!("NOCAP-ERROR: {e}");
-                return;
-            }
-            other => panic!("expected PermissionDenied, got {other:?}"),
-        }
-    }
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("setpriv")
         .args(["--inh-caps=-all", "--bounding-set=-net_raw", "--"])
         .arg(&exe)
-        .args([
-            "--exact",
-            "without_cap_net_raw_the_error_says_how_to_grant_it",
-            "--nocapture",
-        ])
-        .env("TALLY_FLOW_NOCAP_CHILD", "1")
+        .args(["--exact", "nocap_child", "--ignored", "--nocapture"])
+        .env(NOCAP_CHILD, "1")
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
             if err.contains("setpriv:") {
-                eprintln!("skipping CAP_NET_RAW test: setpriv cannot drop capabilities here");
+                skip(&format!("setpriv cannot drop capabilities here: {err}"));
                 return;
             }
             panic!(
@@ -187,7 +208,9 @@ fn without_cap_net_raw_the_error_says_how_to_grant_it() {
             );
         }
         Err(e) => {
-            eprintln!("skipping CAP_NET_RAW test: setpriv unavailable ({e})");
+            skip(&format!(
+                "setpriv (Debian package util-linux) is unavailable: {e}"
+            ));
             return;
         }
     };

@@ -85,6 +85,11 @@ proptest! {
         if v6 { frame[0] = 0x60; frame[6] = proto; } else { frame[0] = 0x45; frame[9] = proto; }
         let mut table = ConnTable::default();
         let _ = table.observe_frame(1, Direction::Tx, LinkType::RawIp, &frame, frame.len());
+        // Whatever the bytes, the frame is counted once, as a packet
+        // (tracked in at most one connection) or as malformed.
+        let s = table.stats();
+        prop_assert_eq!(s.malformed + s.not_ip + s.packets, 1);
+        prop_assert!(s.entries <= 1);
     }
 
     #[test]

@@ -4,19 +4,6 @@ use tally_reconcile::Config;
 use tally_reconcile::eval::{Rng, Scenario, generate, run, score, table};
 
 #[test]
-fn every_injected_fault_is_found() {
-    let cfg = Config::default();
-    for seed in [1u64, 2, 3] {
-        let g = generate(&Scenario::small(seed, true));
-        let r = run(&g, cfg, &[]).expect("run");
-        let s = score(&g.labels, &r, &cfg);
-        for c in &s.classes {
-            assert!(c.recall() >= 0.99, "recall of {:?}: {}", c.class, table(&s));
-        }
-    }
-}
-
-#[test]
 fn faults_are_found_with_high_precision_and_recall() {
     let cfg = Config::default();
     for seed in [1u64, 2, 3] {
@@ -24,6 +11,14 @@ fn faults_are_found_with_high_precision_and_recall() {
         let r = run(&g, cfg, &[]).expect("run");
         let s = score(&g.labels, &r, &cfg);
         println!("seed {seed}\n{}", table(&s));
+        // Recall and precision are 1 for a class with no fault and no
+        // finding: every class must have faults injected for them to mean
+        // anything.
+        assert!(
+            s.classes.iter().all(|c| c.labels > 0),
+            "seed {seed}: a class without injected faults\n{}",
+            table(&s)
+        );
         for c in &s.classes {
             assert!(c.recall() >= 0.99, "recall of {:?}: {}", c.class, table(&s));
             assert!(
@@ -55,6 +50,13 @@ fn kill_and_resume_gives_the_same_findings() {
     let cfg = Config::default();
     let g = generate(&Scenario::small(4, true));
     let whole = run(&g, cfg, &[]).expect("run");
+    // Equal runs that found nothing would prove nothing.
+    assert!(
+        whole.findings.len() >= g.labels.len() && !g.labels.is_empty(),
+        "{} findings for {} faults",
+        whole.findings.len(),
+        g.labels.len()
+    );
     let mut rng = Rng::new(99);
     for _ in 0..3 {
         let cuts: Vec<usize> = (0..5)

@@ -796,7 +796,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
         config.ingest_memory_budget = 4 << 20;
-        config.ingest_budget_wait = Duration::from_millis(300);
+        config.ingest_budget_wait = Duration::from_secs(2);
         config.bootstrap_key = Some("0123456789abcdef0123".into());
         let server = Server::bind(config).await.unwrap();
         let state = server.state.clone();
@@ -811,7 +811,10 @@ mod tests {
         }));
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::new();
-        let post = || client.post(&url).body(r#"[{"text":"hello"}]"#).send();
+        let post = {
+            let (client, url) = (client.clone(), url.clone());
+            move || client.post(&url).body(r#"[{"text":"hello"}]"#).send()
+        };
 
         // The whole budget is taken: the upload waits, then is refused.
         let all = state
@@ -832,14 +835,28 @@ mod tests {
             "{body}"
         );
 
-        // Room freed while waiting: the upload proceeds.
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            drop(all);
-        });
-        let resp = post().await.unwrap();
+        // Room freed while the upload waits: it proceeds.
+        let upload = tokio::spawn(post());
+        // The upload is seen waiting: a permit given back goes to the
+        // waiting upload (the semaphore serves waiters first), not to the
+        // free pool.
+        let mut all = all;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            drop(all.split(1).unwrap());
+            if state.ingest_budget.available_permits() == 0 {
+                break;
+            }
+            all.merge(state.ingest_budget.clone().try_acquire_owned().unwrap());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upload never waited for the budget"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(all);
+        let resp = upload.await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
-        release.await.unwrap();
         // Every reservation was returned.
         assert_eq!(
             state.ingest_budget.available_permits(),

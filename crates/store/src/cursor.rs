@@ -56,7 +56,6 @@ impl Cursor {
     /// Returns the next matching records after the read position, waiting
     /// until at least one exists. Advances the read position, not the checkpoint.
     pub async fn next(&mut self, max: usize) -> Result<Vec<Record>, StoreError> {
-        let mut changes = self.store.subscribe();
         loop {
             let now = crate::now_nanos();
             let store = self.store.clone();
@@ -70,7 +69,12 @@ impl Cursor {
             if !batch.records.is_empty() {
                 return Ok(batch.records);
             }
+            // Nothing yet: wait for the store's end to pass the read
+            // position. `wait_for` looks at the current end first, so a
+            // record stored since the scan is not missed; the subscription
+            // lives only while waiting ([`Store::subscribers`] counts it).
             let pos = self.read_pos;
+            let mut changes = self.store.subscribe();
             if changes.wait_for(|end| *end > pos).await.is_err() {
                 return Err(StoreError::Closed);
             }

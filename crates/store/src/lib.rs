@@ -581,6 +581,12 @@ impl Store {
         self.inner.end_tx.subscribe()
     }
 
+    /// Receivers of [`Store::subscribe`] alive now. A [`Cursor`] holds one
+    /// only while it waits for new records, so this shows readers waiting.
+    pub fn subscribers(&self) -> usize {
+        self.inner.end_tx.receiver_count()
+    }
+
     /// Waits until a record at position `>= seq` is durable.
     pub async fn wait_for(&self, seq: u64) {
         let mut rx = self.subscribe();

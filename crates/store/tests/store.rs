@@ -230,10 +230,22 @@ async fn cursor_waits_for_new_records_and_resumes_from_checkpoint() {
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].seq, 2);
     c.commit_read().unwrap();
+    let idle = store.subscribers();
     let waiter = tokio::spawn(async move {
         let got = c.next(10).await.unwrap();
         (got, c)
     });
+    // The cursor found nothing new and waits for the store to change (it
+    // subscribes only to wait); the records come after that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.subscribers() == idle {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cursor never waited for new records"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!waiter.is_finished());
     store.append(vec![rec(1, 3, None, "c")]).await.unwrap();
     store.append(vec![rec(2, 4, None, "d")]).await.unwrap();
     let (got, _c) = tokio::time::timeout(Duration::from_secs(10), waiter)

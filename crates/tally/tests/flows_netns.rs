@@ -16,8 +16,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-/// Summed counters per (node, proto, src, dst).
-type Sums = HashMap<(String, u64, String, String), [u64; 4]>;
+/// Summed counters per (node, proto, src, dst, traffic kind).
+type Sums = HashMap<(String, u64, String, String, &'static str), [u64; 4]>;
+
+/// Traffic between tailnet nodes: every flow of this test is of this kind
+/// (each agent knows the others' addresses before capture starts).
+const VIRTUAL: &str = "virtualTraffic";
 
 fn add_record(
     sums: &mut Sums,
@@ -25,13 +29,14 @@ fn add_record(
     r: &Value,
 ) {
     let node = r["nodeId"].as_str().unwrap_or_default().to_owned();
-    for kind in ["virtualTraffic", "subnetTraffic", "exitTraffic"] {
+    for kind in [VIRTUAL, "subnetTraffic", "exitTraffic"] {
         for e in r[kind].as_array().into_iter().flatten() {
             let key = (
                 node.clone(),
                 e["proto"].as_u64().unwrap_or(0),
                 e["src"].as_str().unwrap_or_default().to_owned(),
                 e["dst"].as_str().unwrap_or_default().to_owned(),
+                kind,
             );
             let s = sums.entry(key.clone()).or_default();
             for (i, f) in ["txPkts", "txBytes", "rxPkts", "rxBytes"]
@@ -234,12 +239,37 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     let long_port = tcp_send(&lab, 0, 2, 43000, 10, 1000, Duration::from_millis(400));
 
     let ep = |i: usize, port: u16| format!("{}:{port}", lab.addr(i));
-    let udp_a = (nodes[0].clone(), 17u64, ep(0, 41000), ep(1, 41001));
-    let udp_b = (nodes[1].clone(), 17u64, ep(1, 41001), ep(0, 41000));
-    let short_c = (nodes[2].clone(), 6u64, ep(2, short_port), ep(1, 42000));
-    let short_b = (nodes[1].clone(), 6u64, ep(1, 42000), ep(2, short_port));
-    let long_a = (nodes[0].clone(), 6u64, ep(0, long_port), ep(2, 43000));
-    let long_c = (nodes[2].clone(), 6u64, ep(2, 43000), ep(0, long_port));
+    // Every flow between the hosts is expected in virtualTraffic.
+    let udp_a = (nodes[0].clone(), 17u64, ep(0, 41000), ep(1, 41001), VIRTUAL);
+    let udp_b = (nodes[1].clone(), 17u64, ep(1, 41001), ep(0, 41000), VIRTUAL);
+    let short_c = (
+        nodes[2].clone(),
+        6u64,
+        ep(2, short_port),
+        ep(1, 42000),
+        VIRTUAL,
+    );
+    let short_b = (
+        nodes[1].clone(),
+        6u64,
+        ep(1, 42000),
+        ep(2, short_port),
+        VIRTUAL,
+    );
+    let long_a = (
+        nodes[0].clone(),
+        6u64,
+        ep(0, long_port),
+        ep(2, 43000),
+        VIRTUAL,
+    );
+    let long_c = (
+        nodes[2].clone(),
+        6u64,
+        ep(2, 43000),
+        ep(0, long_port),
+        VIRTUAL,
+    );
     let expect_udp = [20, 20 * (100 + 28), 20, 20 * (50 + 28)];
     let mut sums = Sums::new();
     let mut intervals = HashMap::new();
@@ -255,6 +285,17 @@ async fn three_hosts_account_for_every_packet_and_byte() {
             && s[&long_c][2] * 40 + 10_000 <= s[&long_c][3]
     })
     .await;
+    // Nothing between the hosts is filed under another kind (the agents'
+    // uploads to the server on the gateway are not between hosts).
+    let host = |a: &str| (0..3).any(|i| a.starts_with(&format!("{}:", lab.addr(i))));
+    let misfiled: Vec<_> = sums
+        .keys()
+        .filter(|k| k.4 != VIRTUAL && host(&k.2) && host(&k.3))
+        .collect();
+    assert!(
+        misfiled.is_empty(),
+        "traffic between nodes outside virtualTraffic: {misfiled:?}"
+    );
     assert_eq!(sums[&udp_a], expect_udp, "host0's UDP counts");
     assert_eq!(sums[&udp_b], mirror(&expect_udp), "host1's UDP counts");
     assert!(
@@ -331,7 +372,7 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     set_flow_logging(&server.url, true).await;
     await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
     udp_exchange(&lab, 1, 2, (41300, 41301), 3, 100, 10);
-    let marker = (nodes[1].clone(), 17u64, ep(1, 41300), ep(2, 41301));
+    let marker = (nodes[1].clone(), 17u64, ep(1, 41300), ep(2, 41301), VIRTUAL);
     follow_until(&mut records, &mut sums, &mut intervals, |s| {
         s.get(&marker) == Some(&[3, 3 * 128, 3, 3 * 38])
     })

@@ -351,16 +351,30 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
     // anything.
     // Uploads acknowledged so far.
     let (progress_tx, progress) = tokio::sync::watch::channel(0u64);
+    // The mid-round kills, as the number of uploads acknowledged before
+    // each: round 2 with alpha's record in (not beta's and gamma's), round 8
+    // with gamma's not in, round 19 with alpha's in. The stream holds there
+    // until the kill is done (`released`), so each kill hits its moment.
+    const HOLDS: [u64; 3] = [2 * 3 + 1, 8 * 3 + 2, 19 * 3 + 1];
+    let (release, released) = tokio::sync::watch::channel(0u64);
     let t0 = tally_proto::timefmt::now_nanos();
     let paced_from = tokio::time::Instant::now();
     let generator = {
         let url = url.clone();
         tokio::spawn(async move {
             let mut verdicts = BTreeMap::<String, u64>::new();
+            let mut released = released;
             for r in 0..ROUNDS {
                 tokio::time::sleep_until(paced_from + Duration::from_secs(r + 1)).await;
                 let start = t0 + r as i64 * SEC;
                 for n in 0..nodes.len() {
+                    let i = r * 3 + n as u64;
+                    if HOLDS.contains(&i) {
+                        released
+                            .wait_for(|k| *k >= i)
+                            .await
+                            .expect("the test dropped the release");
+                    }
                     let body = serde_json::to_vec(&json!([record(&nodes, n, r, start)])).unwrap();
                     let verdict = if n == 0 && r == UNSIGNED_ROUND {
                         upload(&url, &nodes[n].private, &body, &[]).await
@@ -378,7 +392,7 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
         })
     };
 
-    let mut kills = 0;
+    let mut kills = 0u32;
     let mut kill_and_restart = |server: &mut TestServer, why: &str| {
         server.kill9();
         kills += 1;
@@ -419,30 +433,37 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
             on(&beta, &gamma, MISSING[1].0, MISSING[1].1),
         ),
     ];
-    // The kills, each at its moment (at once when the moment has passed):
-    // mid-round (some nodes' records of the round in, not all), as soon as
-    // findings are written, and right after a restart.
+    // The kills, each at its moment: mid-round (some nodes' records of the
+    // round in, not all: the stream holds there), as soon as findings are
+    // written, and right after a restart.
     let mid_round = async |uploads: u64| {
         let mut rx = progress.clone();
         tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|n| *n >= uploads))
             .await
             .expect("the uploads do not progress")
             .expect("the uploader stopped");
+        assert_eq!(
+            *progress.borrow(),
+            uploads,
+            "the stream did not hold at its kill moment"
+        );
     };
     let written = async |what: &str, is: &dyn Fn(&Value) -> bool| {
-        if await_findings(&url, Duration::from_secs(60), |fs| fs.iter().any(is)).await {
-            format!("{what} was just written")
-        } else {
-            format!("no finding of {what} within 60 s")
-        }
+        assert!(
+            await_findings(&url, Duration::from_secs(60), |fs| fs.iter().any(is)).await,
+            "{what} was not written within 60 s: the kill planned after it cannot happen"
+        );
+        format!("{what} was just written")
     };
-    mid_round(2 * 3 + 1).await;
+    mid_round(HOLDS[0]).await;
     kill_and_restart(
         &mut server,
         "round 2: alpha's record in, not beta's and gamma's",
     );
-    mid_round(8 * 3 + 2).await;
+    release.send_replace(HOLDS[0]);
+    mid_round(HOLDS[1]).await;
     kill_and_restart(&mut server, "round 8: gamma's record not in yet");
+    release.send_replace(HOLDS[1]);
     let why = written("a first finding", &|_| true).await;
     kill_and_restart(&mut server, &why);
     kill_and_restart(&mut server, "just restarted, reading its backlog");
@@ -450,11 +471,12 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
     kill_and_restart(&mut server, &why);
     let why = written("the finding of the unsigned batch", &faults[1].1).await;
     kill_and_restart(&mut server, &why);
-    mid_round(19 * 3 + 1).await;
+    mid_round(HOLDS[2]).await;
     kill_and_restart(
         &mut server,
         "round 19: alpha's record in, not beta's and gamma's",
     );
+    release.send_replace(HOLDS[2]);
     for (what, is) in &faults[2..] {
         let why = written(&format!("the finding of {what}"), is).await;
         kill_and_restart(&mut server, &why);
@@ -561,7 +583,6 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
     for (what, is) in &faults {
         assert!(by_id.values().any(is), "no stored finding of {what}");
     }
-    assert!(kills >= 3);
 
     // The replay is repeatable: the restarts read no flow record twice.
     let mut server = server;

@@ -4,86 +4,38 @@ mod common;
 
 use common::{TEST_CA, TestAgent, TestServer};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl (Debian package openssl) makes the test certificates");
-    assert!(ok.success(), "openssl {args:?}");
-}
-
-/// A test CA and a leaf certificate for localhost / 127.0.0.1 signed by it.
+/// A test CA (`ca.pem`, its key `ca.key`) and a leaf certificate for
+/// localhost / 127.0.0.1 signed by it (`cert.pem`, `key.pem`), all P-256.
 fn make_certs(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"],
-            &ec[..],
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=Tally test CA",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir,
-        &[
-            &["req"],
-            &ec[..],
-            &[
-                "-keyout",
-                "key.pem",
-                "-out",
-                "leaf.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-        ],
-    );
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Tally test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("leaf key");
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("leaf names");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf
+        .signed_by(&key, &ca, &ca_key)
+        .expect("leaf certificate");
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("ca.key", ca_key.serialize_pem()),
+        ("cert.pem", leaf.pem()),
+        ("key.pem", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
 }
 
 #[tokio::test]

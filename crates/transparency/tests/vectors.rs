@@ -651,12 +651,64 @@ fn go_note_open() {
     ));
 }
 
+/// Two different Ed25519 keys with the same name and key ID (a 32-bit
+/// collision, found by trying seeds `i` little-endian in the first 8 bytes).
+const COLLIDING_NAME: &str = "tally.test/ambiguous";
+const COLLIDING_SEEDS: [u64; 2] = [10_333, 90_310];
+const COLLIDING_ID: u32 = 0x2ba4_2809;
+
+fn colliding_signer(i: usize) -> Signer {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&COLLIDING_SEEDS[i].to_le_bytes());
+    Signer::from_seed(COLLIDING_NAME, &seed).unwrap()
+}
+
 #[test]
 fn ambiguous_known_keys() {
     let peter = Verifier::from_vkey(PETER_VKEY).unwrap();
     // Same verifier twice is not ambiguous.
     let msg = format!("{TEXT}\n{PETER_SIG}");
-    assert!(Note::open(msg.as_bytes(), &[peter.clone(), peter]).is_ok());
+    let opened = Note::open(msg.as_bytes(), &[peter.clone(), peter.clone()]).unwrap();
+    assert_eq!(opened.text, TEXT);
+    assert_eq!(opened.verified.len(), 1);
+    assert_eq!(opened.verified[0].name, "PeterNeumann");
+    assert_eq!(opened.verified[0].key_id, 0xc74f20a3);
+    assert!(opened.unverified.is_empty());
+
+    // Two different known keys with one name and key ID: whichever signed,
+    // the note is refused as ambiguous (never checked against one of them).
+    let (a, b) = (colliding_signer(0), colliding_signer(1));
+    assert_eq!((a.key_id(), b.key_id()), (COLLIDING_ID, COLLIDING_ID));
+    assert_ne!(
+        a.verifier().public_key(),
+        b.verifier().public_key(),
+        "the two keys differ"
+    );
+    let text = "ambiguous\n";
+    for signer in [&a, &b] {
+        let note = sign_note(text, &[signer]).unwrap();
+        for known in [[a.verifier(), b.verifier()], [b.verifier(), a.verifier()]] {
+            match Note::open(note.as_bytes(), &known) {
+                Err(NoteError::AmbiguousKey { name, key_id }) => {
+                    assert_eq!((name.as_str(), key_id), (COLLIDING_NAME, COLLIDING_ID));
+                }
+                other => panic!("expected AmbiguousKey, got {other:?}"),
+            }
+        }
+        // One of them known (with another key): no ambiguity.
+        let opened = Note::open(note.as_bytes(), &[signer.verifier(), peter.clone()]).unwrap();
+        assert_eq!(opened.text, text);
+    }
+    // Known alone, the other key of the same name and ID rejects the
+    // signature as invalid.
+    let note = sign_note(text, &[&a]).unwrap();
+    assert!(matches!(
+        Note::open(note.as_bytes(), &[b.verifier()]),
+        Err(NoteError::BadSignature {
+            key_id: COLLIDING_ID,
+            ..
+        })
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -710,8 +762,9 @@ fn rfc8032_test_1() {
 
 // ---------------------------------------------------------------------------
 // Tally's own batch vector, pinned: agent and server implementations must
-// produce and accept exactly these bytes. Key, statement hash and signature
-// were cross-checked with an independent Ed25519 (Python `cryptography`).
+// produce and accept exactly these bytes. Key and signature are checked
+// below against an independent Ed25519 (ring's), the statement hash against
+// the statement built from the format itself.
 
 #[test]
 fn tally_batch_vector() {
@@ -754,6 +807,20 @@ fn tally_batch_vector() {
     assert_eq!(headers[2].1, PINNED_KEY);
     assert_eq!(b1.info.hash.to_hex(), PINNED_HASH_1);
     assert_eq!(headers[3].1, PINNED_SIG_1);
+    // The pins are not merely what this code produced: another Ed25519
+    // implementation derives the same key from the seed and the same
+    // signature of the statement, and the hash is the statement's SHA-256.
+    let other = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).unwrap();
+    use ring::signature::KeyPair as _;
+    assert_eq!(STANDARD.encode(other.public_key().as_ref()), PINNED_KEY);
+    assert_eq!(
+        STANDARD.encode(other.sign(want_statement.as_bytes()).as_ref()),
+        PINNED_SIG_1
+    );
+    assert_eq!(
+        hex::encode(sha2_256(want_statement.as_bytes())),
+        PINNED_HASH_1
+    );
 
     let b2 = signer.sign(&b1.next_state(), b"[]").unwrap();
     assert_eq!(b2.info.prev, b1.info.hash);

@@ -347,13 +347,17 @@ async fn full_queue_drops_oldest_and_says_how_many() {
 const CHILD_DATA: &str = "TALLY_AGENT_TEST_CHILD_DATA";
 const CHILD_FOLLOW: &str = "TALLY_AGENT_TEST_CHILD_FOLLOW";
 
-/// Runs an agent until killed, when started by the test below (does nothing
-/// otherwise).
+/// The child process of [`killed_agent_neither_loses_nor_duplicates_lines`]:
+/// runs an agent until killed. Ignored, so it is no test of its own; the
+/// parent runs it with `--ignored` (run by hand, it does nothing).
 #[tokio::test]
 #[ignore = "helper process of killed_agent_neither_loses_nor_duplicates_lines"]
 async fn crash_child() {
     let (Some(data), Some(follow)) = (std::env::var_os(CHILD_DATA), std::env::var_os(CHILD_FOLLOW))
     else {
+        eprintln!(
+            "crash_child is a helper process of killed_agent_neither_loses_nor_duplicates_lines: nothing to do"
+        );
         return;
     };
     let mut cfg = config(std::path::Path::new(&data));

@@ -59,24 +59,122 @@ pub fn drain(store: &FlowStore, f: &FlowFilter, limit: usize) -> Vec<FlowHit> {
     }
 }
 
-/// What a query must answer: the filter applied to every entry, in page order.
+/// Whether `a` lies inside `net`, by comparing the prefix bits (written
+/// here, not with the crate's `ipnet`, so the oracle stays independent).
+pub fn in_prefix(net: &ipnet::IpNet, a: IpAddr) -> bool {
+    let len = u32::from(net.prefix_len());
+    match (net.addr(), a) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether an entry satisfies the filter, written out from the documented
+/// meaning of each field (not with `FlowFilter::matches`): the tailnet,
+/// record start in `[start, end)`, the reporting node, source and
+/// destination prefixes, a port on either side, the protocol, the traffic
+/// kind, and for node pairs the remote end (`dst`) inside one of the peer's
+/// prefixes (none: nothing matches).
+pub fn oracle_matches(f: &FlowFilter, e: &FlowEntry) -> bool {
+    if e.tailnet != f.tailnet || e.start < f.start || e.start >= f.end {
+        return false;
+    }
+    if let Some(n) = &f.node
+        && e.node != *n
+    {
+        return false;
+    }
+    if let Some(p) = &f.src
+        && !in_prefix(p, e.src)
+    {
+        return false;
+    }
+    if let Some(p) = &f.dst
+        && !in_prefix(p, e.dst)
+    {
+        return false;
+    }
+    if let Some(port) = f.port
+        && e.src_port != port
+        && e.dst_port != port
+    {
+        return false;
+    }
+    if let Some(proto) = f.proto
+        && e.proto != proto
+    {
+        return false;
+    }
+    if let Some(k) = f.kind
+        && e.kind != k
+    {
+        return false;
+    }
+    if let Some(peers) = &f.peer
+        && !peers.iter().any(|p| in_prefix(p, e.dst))
+    {
+        return false;
+    }
+    true
+}
+
+/// The documented rank of a traffic kind on a page: virtual, subnet, exit,
+/// physical.
+fn kind_rank(k: FlowKind) -> u8 {
+    match k {
+        FlowKind::Virtual => 0,
+        FlowKind::Subnet => 1,
+        FlowKind::Exit => 2,
+        FlowKind::Physical => 3,
+    }
+}
+
+/// What a query must answer: [`oracle_matches`] applied to every entry, in
+/// the documented page order (newest record first: start, node ID and
+/// store position descending; inside a record by kind, protocol, source,
+/// source port, destination, destination port, then counters ascending).
 pub fn naive(all: &[(u64, FlowEntry)], f: &FlowFilter) -> Vec<FlowHit> {
     let mut v: Vec<FlowHit> = all
         .iter()
-        .filter(|(_, e)| f.matches(e))
+        .filter(|(_, e)| oracle_matches(f, e))
         .map(|(seq, e)| FlowHit {
             seq: *seq,
             entry: e.clone(),
         })
         .collect();
-    v.sort_by(|a, b| a.page_cmp(b));
+    v.sort_by_key(|h| {
+        let e = &h.entry;
+        (
+            std::cmp::Reverse((e.start, e.node.clone(), h.seq)),
+            (
+                kind_rank(e.kind),
+                e.proto,
+                e.src,
+                e.src_port,
+                e.dst,
+                e.dst_port,
+            ),
+            (e.tx_pkts, e.tx_bytes, e.rx_pkts, e.rx_bytes),
+        )
+    });
     v
 }
 
 /// What `edges` must answer.
 pub fn naive_edges(all: &[(u64, FlowEntry)], f: &FlowFilter, bucket: i64) -> Vec<EdgeBucket> {
     let mut m: HashMap<(i64, String, IpAddr), EdgeBucket> = HashMap::new();
-    for (_, e) in all.iter().filter(|(_, e)| f.matches(e)) {
+    for (_, e) in all.iter().filter(|(_, e)| oracle_matches(f, e)) {
         let b = e.start.div_euclid(bucket) * bucket;
         let x = m
             .entry((b, e.node.clone(), e.dst))

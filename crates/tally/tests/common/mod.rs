@@ -48,6 +48,25 @@ impl TestServer {
 
     /// Starts on a given address.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::spawn(data_dir, listen, extra, false).0
+    }
+
+    /// Starts like [`TestServer::start`], handing over the server's stderr
+    /// lines (warnings and errors; each is also printed).
+    pub fn start_with_stderr(
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> (Self, std::sync::mpsc::Receiver<String>) {
+        let (server, lines) = Self::spawn(data_dir, "127.0.0.1:0", extra, true);
+        (server, lines.expect("stderr captured"))
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        capture_stderr: bool,
+    ) -> (Self, Option<std::sync::mpsc::Receiver<String>>) {
         let mut child = Command::new(bin())
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -55,9 +74,23 @@ impl TestServer {
             .env("TALLY_BOOTSTRAP_KEY", KEY)
             .env("TALLY_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn tally server");
+        let stderr = child.stderr.take().map(|err| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let first = lines
@@ -70,11 +103,12 @@ impl TestServer {
             .to_owned();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self {
+        let server = Self {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
-        }
+        };
+        (server, stderr)
     }
 
     /// `kill -9`.
