@@ -60,10 +60,8 @@ const PARSE_PER_ENTRY: usize =
 /// JSON and its collection name: its `IngestEntry` (until the records are
 /// collected), its [`NewRecord`] and the heap blocks of its JSON, of its
 /// collection name and of its owner's tailnet ID.
-const RECORD_PER_ENTRY: usize = size_of::<logtail::IngestEntry>()
-    + size_of::<NewRecord>()
-    + 3 * ALLOC_OVERHEAD
-    + OWNER_BYTES;
+const RECORD_PER_ENTRY: usize =
+    size_of::<logtail::IngestEntry>() + size_of::<NewRecord>() + 3 * ALLOC_OVERHEAD + OWNER_BYTES;
 
 /// Permits of a budget of `bytes` (one per KiB, at least one).
 pub fn budget_permits(bytes: usize) -> usize {

@@ -55,7 +55,14 @@ fn the_readme_log_recipe_ships_lines_at_the_default_timings() {
     // The README's command; the agent's data directory defaults to a
     // folder of the working directory.
     let mut agent = Command::new(bin())
-        .args(["agent", "--server", &server.url, "--auth-key", &auth, "--follow"])
+        .args([
+            "agent",
+            "--server",
+            &server.url,
+            "--auth-key",
+            &auth,
+            "--follow",
+        ])
         .arg(&log)
         .current_dir(&node)
         .env("TALLY_LOG", "warn")
@@ -77,12 +84,20 @@ fn the_readme_log_recipe_ships_lines_at_the_default_timings() {
             .expect("append");
         writeln!(f, "disk almost full on /var").expect("write");
     }
-    ok(&tally(&server.url, &node, &["agent", "log", "backup finished"]));
+    ok(&tally(
+        &server.url,
+        &node,
+        &["agent", "log", "backup finished"],
+    ));
 
     // At the default 2-s flush the lines arrive within seconds; poll.
     let deadline = Instant::now() + Duration::from_secs(60);
     let shipped = loop {
-        let out = ok(&tally(&server.url, &node, &["logs", "query", "--since", "1h"]));
+        let out = ok(&tally(
+            &server.url,
+            &node,
+            &["logs", "query", "--since", "1h"],
+        ));
         if out.contains("disk almost full on /var") && out.contains("backup finished") {
             break out;
         }
