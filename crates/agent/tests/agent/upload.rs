@@ -463,3 +463,90 @@ async fn no_logs_no_support_makes_no_connection() {
     assert_eq!(logs.len(), 3);
     assert!(logs.iter().all(|l| !l.uploaded));
 }
+
+/// The protocol's timings at the agent's defaults, on a paused clock (the
+/// clock jumps ahead whenever nothing else is left to do): the first
+/// batch waits the 2-s flush delay; a failure without `Retry-After` is
+/// retried after 30-60 s of jitter; an integer `Retry-After` is honoured;
+/// no wait is longer than 5 minutes.
+#[tokio::test(start_paused = true)]
+async fn default_timings_follow_the_protocol_on_a_paused_clock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let id = identity(&data);
+    let busy = r#"{"error":"busy"}"#;
+    let script = vec![
+        Answer {
+            status: 503,
+            retry_after: None,
+            body: busy,
+        },
+        Answer {
+            status: 503,
+            retry_after: Some("7"),
+            body: busy,
+        },
+        Answer {
+            status: 429,
+            retry_after: Some("3600"),
+            body: busy,
+        },
+    ];
+    let mut server = serve(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        id.public(),
+        script,
+    )
+    .await;
+    let mut defaults = AgentConfig::new(&data);
+    defaults.server = Some(server.url());
+    defaults.no_logs_no_support = false;
+    let agent = Agent::start(defaults).await.unwrap();
+    // Waits on the paused clock: ten minutes of it pass in an instant.
+    let mut next = async || {
+        let r = tokio::time::timeout(Duration::from_secs(600), server.rx.recv())
+            .await
+            .expect("a request within 10 minutes")
+            .expect("server running");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        r
+    };
+    let logged = Instant::now();
+    log_via_socket(&data, "first", None).await.unwrap();
+    let first = next().await;
+    let flush = first.at - logged;
+    assert!(
+        flush >= Duration::from_secs(2) && flush < Duration::from_secs(3),
+        "first batch after {flush:?}, the flush delay is 2 s"
+    );
+    let jittered = next().await;
+    let gap = jittered.at - first.at;
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(61)).contains(&gap),
+        "retried after {gap:?} without Retry-After; 30-60 s expected"
+    );
+    let honoured = next().await;
+    let gap = honoured.at - jittered.at;
+    assert!(
+        (Duration::from_secs(7)..Duration::from_secs(8)).contains(&gap),
+        "retried after {gap:?}; Retry-After said 7 s"
+    );
+    let capped = next().await;
+    let gap = capped.at - honoured.at;
+    assert!(
+        (Duration::from_secs(300)..Duration::from_secs(301)).contains(&gap),
+        "retried after {gap:?}; Retry-After said an hour, capped at 5 minutes"
+    );
+    for r in [&first, &jittered, &honoured, &capped] {
+        assert_eq!(r.texts(), ["first"]);
+    }
+    let mut status = agent.upload_status();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.uploaded == 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    agent.shutdown().await.unwrap();
+}
