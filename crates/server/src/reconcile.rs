@@ -388,6 +388,65 @@ async fn refresh_nodes(state: &AppState, svc: &ReconcileService) {
     }
 }
 
+/// The server's own log of findings: a summary per class, at most one line
+/// a minute (the findings themselves are in the `findings` collection and
+/// `tally reconcile report`); the first finding after a quiet minute is
+/// told at once.
+#[derive(Debug, Default)]
+pub struct FindingLog {
+    /// Findings per class since the last line.
+    pending: std::collections::BTreeMap<&'static str, u64>,
+    /// When the last line was written.
+    last: Option<std::time::Instant>,
+}
+
+/// Least time between two lines of [`FindingLog`].
+pub const FINDING_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl FindingLog {
+    /// Counts findings of these classes; returns a line to log now, if due.
+    pub fn note(
+        &mut self,
+        now: std::time::Instant,
+        classes: impl Iterator<Item = &'static str>,
+    ) -> Option<String> {
+        for c in classes {
+            *self.pending.entry(c).or_default() += 1;
+        }
+        self.flush(now)
+    }
+
+    /// The summary line of what was counted, if any is pending and the last
+    /// line is at least [`FINDING_LOG_EVERY`] old.
+    pub fn flush(&mut self, now: std::time::Instant) -> Option<String> {
+        if self.pending.is_empty()
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < FINDING_LOG_EVERY)
+        {
+            return None;
+        }
+        let total: u64 = self.pending.values().sum();
+        let classes: Vec<String> = self
+            .pending
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        let since = if self.last.is_some() {
+            " in the last minute"
+        } else {
+            ""
+        };
+        self.pending.clear();
+        self.last = Some(now);
+        Some(format!(
+            "reconciliation: {total} new finding{}{since} ({}); `tally reconcile report` lists them",
+            if total == 1 { "" } else { "s" },
+            classes.join(", ")
+        ))
+    }
+}
+
 /// Runs the reconciler until the task is dropped.
 pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut written: u64) {
     let mut changes = state.store.subscribe();
@@ -396,6 +455,7 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
     // The first round saves at once: the settings the reconciler runs with
     // are on disk from the start (a replay uses them).
     let mut saved: Option<tokio::time::Instant> = None;
+    let mut finding_log = FindingLog::default();
     loop {
         // Read what arrived.
         let store = state.store.clone();
@@ -473,9 +533,13 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
                     return;
                 }
             }
-            for f in &findings {
-                tracing::warn!(class = f.class.name(), node = %f.node, "reconciliation finding: {}", f.detail);
+            let now = std::time::Instant::now();
+            if let Some(line) = finding_log.note(now, findings.iter().map(|f| f.class.name())) {
+                tracing::warn!("{line}");
             }
+        }
+        if let Some(line) = finding_log.flush(std::time::Instant::now()) {
+            tracing::warn!("{line}");
         }
         // Saved every SAVE_EVERY (the snapshot of a 10,000-node tailnet is
         // ~50 MB): a replay from an older save derives the same findings
@@ -603,4 +667,42 @@ pub async fn replay(
     })
     .await
     .map_err(|e| anyhow::anyhow!("the replay panicked: {e}"))?
+}
+
+#[cfg(test)]
+mod finding_log_tests {
+    use super::*;
+
+    #[test]
+    fn findings_are_summed_into_at_most_one_line_a_minute() {
+        let t0 = std::time::Instant::now();
+        let mut log = FindingLog::default();
+        assert_eq!(log.flush(t0), None, "nothing to say");
+        let first = log
+            .note(t0, ["count_mismatch"].into_iter())
+            .expect("told at once");
+        assert!(
+            first.contains("1 new finding (count_mismatch 1)"),
+            "{first}"
+        );
+        // A burst within the minute is held back, then summed.
+        let later = t0 + Duration::from_secs(1);
+        for _ in 0..300 {
+            let classes = [
+                "missing_agent_silent",
+                "missing_agent_silent",
+                "sequence_gap",
+            ];
+            assert_eq!(log.note(later, classes.into_iter()), None);
+        }
+        assert_eq!(log.flush(t0 + Duration::from_secs(59)), None);
+        let summary = log.flush(t0 + Duration::from_secs(60)).expect("a summary");
+        assert!(
+            summary.contains(
+                "900 new findings in the last minute (missing_agent_silent 600, sequence_gap 300)"
+            ),
+            "{summary}"
+        );
+        assert_eq!(log.flush(t0 + Duration::from_secs(200)), None, "said once");
+    }
 }
