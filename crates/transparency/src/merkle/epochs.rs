@@ -44,7 +44,7 @@ use sha2::{Digest, Sha256};
 
 use super::storage::{FileStorage, Storage};
 use super::tree::reduce;
-use super::{CACHE_STRIDE, Hash, MerkleError, empty_root, fold_right, hash_children, split_point};
+use super::{CACHE_STRIDE, Hash, MerkleError, empty_root, fold_right, hash_children};
 
 /// Leaves in one bottom block: the hashes below the first cached level.
 const BLOCK: u64 = 1 << CACHE_STRIDE;
@@ -560,25 +560,7 @@ impl EpochTree {
         src: &dyn LeafSource,
     ) -> Result<Vec<Hash>, MerkleError> {
         self.check_size(size)?;
-        if index >= size {
-            return Err(MerkleError::IndexOutOfRange { index, size });
-        }
-        let mut proof = Vec::with_capacity(64);
-        let (mut start, mut n, mut m) = (0u64, size, index);
-        while n > 1 {
-            let k = split_point(n);
-            if m < k {
-                proof.push(self.range_hash(start + k, n - k, src)?);
-                n = k;
-            } else {
-                proof.push(self.range_hash(start, k, src)?);
-                start += k;
-                m -= k;
-                n -= k;
-            }
-        }
-        proof.reverse();
-        Ok(proof)
+        super::inclusion_path(index, size, |start, n| self.range_hash(start, n, src))
     }
 
     /// The consistency proof from the tree of `old_size` leaves to the tree
@@ -590,36 +572,9 @@ impl EpochTree {
         src: &dyn LeafSource,
     ) -> Result<Vec<Hash>, MerkleError> {
         self.check_size(new_size)?;
-        if old_size > new_size {
-            return Err(MerkleError::SizeOutOfRange {
-                size: old_size,
-                available: new_size,
-            });
-        }
-        if old_size == 0 || old_size == new_size {
-            return Ok(Vec::new());
-        }
-        let mut siblings = Vec::with_capacity(64);
-        let (mut start, mut n, mut m, mut whole) = (0u64, new_size, old_size, true);
-        while m != n {
-            let k = split_point(n);
-            if m <= k {
-                siblings.push(self.range_hash(start + k, n - k, src)?);
-                n = k;
-            } else {
-                siblings.push(self.range_hash(start, k, src)?);
-                start += k;
-                n -= k;
-                m -= k;
-                whole = false;
-            }
-        }
-        let mut proof = Vec::with_capacity(siblings.len() + 1);
-        if !whole {
-            proof.push(self.range_hash(start, n, src)?);
-        }
-        proof.extend(siblings.into_iter().rev());
-        Ok(proof)
+        super::consistency_path(old_size, new_size, |start, n| {
+            self.range_hash(start, n, src)
+        })
     }
 
     fn check_size(&self, size: u64) -> Result<(), MerkleError> {

@@ -157,6 +157,78 @@ pub(crate) fn split_point(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
+/// The inclusion proof of leaf `index` in the tree of `size` leaves
+/// (RFC 6962 section 2.1.1), sibling of the leaf first, from `range_hash`
+/// (MTH of leaves `start .. start + n`). Sizes are checked by the caller.
+pub(crate) fn inclusion_path(
+    index: u64,
+    size: u64,
+    mut range_hash: impl FnMut(u64, u64) -> Result<Hash, MerkleError>,
+) -> Result<Vec<Hash>, MerkleError> {
+    if index >= size {
+        return Err(MerkleError::IndexOutOfRange { index, size });
+    }
+    let mut proof = Vec::with_capacity(64);
+    let (mut start, mut n, mut m) = (0u64, size, index);
+    while n > 1 {
+        let k = split_point(n);
+        if m < k {
+            proof.push(range_hash(start + k, n - k)?);
+            n = k;
+        } else {
+            proof.push(range_hash(start, k)?);
+            start += k;
+            m -= k;
+            n -= k;
+        }
+    }
+    proof.reverse();
+    Ok(proof)
+}
+
+/// The consistency proof from the tree of `old_size` leaves to the tree of
+/// `new_size` leaves (RFC 6962 section 2.1.2), from `range_hash`. Empty
+/// when `old_size` is 0 or equals `new_size`; `new_size` is checked by the
+/// caller.
+pub(crate) fn consistency_path(
+    old_size: u64,
+    new_size: u64,
+    mut range_hash: impl FnMut(u64, u64) -> Result<Hash, MerkleError>,
+) -> Result<Vec<Hash>, MerkleError> {
+    if old_size > new_size {
+        return Err(MerkleError::SizeOutOfRange {
+            size: old_size,
+            available: new_size,
+        });
+    }
+    if old_size == 0 || old_size == new_size {
+        return Ok(Vec::new());
+    }
+    // SUBPROOF(m, D[start:start+n], whole): descend, remembering the
+    // sibling subtrees, which come after the deeper part of the proof.
+    let mut siblings = Vec::with_capacity(64);
+    let (mut start, mut n, mut m, mut whole) = (0u64, new_size, old_size, true);
+    while m != n {
+        let k = split_point(n);
+        if m <= k {
+            siblings.push(range_hash(start + k, n - k)?);
+            n = k;
+        } else {
+            siblings.push(range_hash(start, k)?);
+            start += k;
+            n -= k;
+            m -= k;
+            whole = false;
+        }
+    }
+    let mut proof = Vec::with_capacity(siblings.len() + 1);
+    if !whole {
+        proof.push(range_hash(start, n)?);
+    }
+    proof.extend(siblings.into_iter().rev());
+    Ok(proof)
+}
+
 /// Number of hashes in the inclusion proof of leaf `index` in a tree of
 /// `size` leaves (`index < size`).
 pub fn inclusion_proof_len(index: u64, size: u64) -> usize {

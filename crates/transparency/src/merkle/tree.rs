@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::storage::{FileStorage, MemoryStorage, Storage};
-use super::{Hash, MerkleError, empty_root, fold_right, hash_children, hash_leaf, split_point};
+use super::{Hash, MerkleError, empty_root, fold_right, hash_children, hash_leaf};
 
 /// Levels whose complete subtree roots are stored: every multiple of this
 /// (4, 8, 12, ...), besides the leaves at level 0.
@@ -227,25 +227,7 @@ impl<S: Storage> MerkleTree<S> {
     /// (RFC 6962 section 2.1.1), sibling of the leaf first.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, MerkleError> {
         self.check_size(size)?;
-        if index >= size {
-            return Err(MerkleError::IndexOutOfRange { index, size });
-        }
-        let mut proof = Vec::with_capacity(64);
-        let (mut start, mut n, mut m) = (0u64, size, index);
-        while n > 1 {
-            let k = split_point(n);
-            if m < k {
-                proof.push(self.range_hash(start + k, n - k)?);
-                n = k;
-            } else {
-                proof.push(self.range_hash(start, k)?);
-                start += k;
-                m -= k;
-                n -= k;
-            }
-        }
-        proof.reverse();
-        Ok(proof)
+        super::inclusion_path(index, size, |start, n| self.range_hash(start, n))
     }
 
     /// The consistency proof from the tree of `old_size` leaves to the tree
@@ -257,38 +239,7 @@ impl<S: Storage> MerkleTree<S> {
         new_size: u64,
     ) -> Result<Vec<Hash>, MerkleError> {
         self.check_size(new_size)?;
-        if old_size > new_size {
-            return Err(MerkleError::SizeOutOfRange {
-                size: old_size,
-                available: new_size,
-            });
-        }
-        if old_size == 0 || old_size == new_size {
-            return Ok(Vec::new());
-        }
-        // SUBPROOF(m, D[start:start+n], whole): descend, remembering the
-        // sibling subtrees, which come after the deeper part of the proof.
-        let mut siblings = Vec::with_capacity(64);
-        let (mut start, mut n, mut m, mut whole) = (0u64, new_size, old_size, true);
-        while m != n {
-            let k = split_point(n);
-            if m <= k {
-                siblings.push(self.range_hash(start + k, n - k)?);
-                n = k;
-            } else {
-                siblings.push(self.range_hash(start, k)?);
-                start += k;
-                n -= k;
-                m -= k;
-                whole = false;
-            }
-        }
-        let mut proof = Vec::with_capacity(siblings.len() + 1);
-        if !whole {
-            proof.push(self.range_hash(start, n)?);
-        }
-        proof.extend(siblings.into_iter().rev());
-        Ok(proof)
+        super::consistency_path(old_size, new_size, |start, n| self.range_hash(start, n))
     }
 
     fn check_size(&self, size: u64) -> Result<(), MerkleError> {
@@ -349,7 +300,9 @@ pub(crate) fn reduce(hashes: &mut [Hash]) -> Hash {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{hash_leaf, root_from_leaves, verify_consistency, verify_inclusion};
+    use super::super::{
+        hash_leaf, root_from_leaves, split_point, verify_consistency, verify_inclusion,
+    };
     use super::*;
 
     /// MTH straight from the RFC 6962 definition.
