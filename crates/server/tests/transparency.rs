@@ -7,35 +7,14 @@ mod support;
 use reqwest::Method;
 use support::{Db, Env, OWNER_KEY, start, start_in};
 use tally_transparency::Hash;
-use tally_transparency::checkpoint::{Checkpoint, SignedCheckpoint};
+use tally_transparency::checkpoint::Checkpoint;
 use tally_transparency::note::Verifier;
 
 async fn checkpoint(env: &Env, verifier: &Verifier) -> Checkpoint {
-    let text = env
-        .http
-        .get(format!("{}/.well-known/tally/checkpoint", env.base))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
-    SignedCheckpoint::open(
-        text.as_bytes(),
-        verifier.name(),
-        std::slice::from_ref(verifier),
-    )
-    .expect("a checkpoint signed by the log key")
-    .checkpoint
+    support::log::checkpoint(&env.http, &env.base, verifier).await
 }
 
-fn hashes(v: &serde_json::Value) -> Vec<Hash> {
-    v.as_array()
-        .expect("proof")
-        .iter()
-        .map(|h| Hash::from_base64(h.as_str().expect("b64")).expect("hash"))
-        .collect()
-}
+use support::log::hashes;
 
 /// Posts `n` entries as a fresh instance adopted by the owner's tailnet.
 async fn post_logs(env: &Env, n: usize) {
@@ -57,16 +36,7 @@ async fn post_logs(env: &Env, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
     let env = start(&Db::Sqlite).await;
-    let vkey = env
-        .http
-        .get(format!("{}/.well-known/tally/log-key", env.base))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
-    let verifier = Verifier::from_vkey(vkey.trim()).expect("vkey");
+    let verifier = support::log::verifier(&env.http, &env.base).await;
     post_logs(&env, 5).await;
     let c1 = checkpoint(&env, &verifier).await;
     assert!(c1.size >= 5, "{c1:?}");

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use tally_server::{Server, ServerConfig};
 use tally_store::Store;
 use tally_transparency::Hash;
-use tally_transparency::checkpoint::{Checkpoint, SignedCheckpoint};
+use tally_transparency::checkpoint::Checkpoint;
 use tally_transparency::note::Verifier;
+
+mod support;
 
 const OWNER_KEY: &str = "tally-test-owner-key-0123456789";
 
@@ -67,35 +69,11 @@ impl Srv {
     }
 
     async fn verifier(&self) -> Verifier {
-        let vkey = self
-            .http
-            .get(format!("{}/.well-known/tally/log-key", self.base))
-            .send()
-            .await
-            .expect("sent")
-            .text()
-            .await
-            .expect("body");
-        Verifier::from_vkey(vkey.trim()).expect("vkey")
+        support::log::verifier(&self.http, &self.base).await
     }
 
     async fn checkpoint(&self, verifier: &Verifier) -> Checkpoint {
-        let text = self
-            .http
-            .get(format!("{}/.well-known/tally/checkpoint", self.base))
-            .send()
-            .await
-            .expect("sent")
-            .text()
-            .await
-            .expect("body");
-        SignedCheckpoint::open(
-            text.as_bytes(),
-            verifier.name(),
-            std::slice::from_ref(verifier),
-        )
-        .expect("signed by the log key")
-        .checkpoint
+        support::log::checkpoint(&self.http, &self.base, verifier).await
     }
 
     /// Posts `n` entries as a fresh instance adopted by the owner's tailnet.
@@ -170,13 +148,7 @@ impl Srv {
     }
 }
 
-fn hashes(v: &Value) -> Vec<Hash> {
-    v.as_array()
-        .expect("proof")
-        .iter()
-        .map(|h| Hash::from_base64(h.as_str().expect("b64")).expect("hash"))
-        .collect()
-}
+use support::log::hashes;
 
 fn du(p: &Path) -> u64 {
     std::fs::read_dir(p)

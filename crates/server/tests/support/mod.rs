@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod log;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 use tally_server::control::ControlDb;
@@ -165,35 +167,25 @@ impl Env {
 
     /// Every audit event of a tailnet with a sequence number above `after`, oldest first.
     pub async fn events_after(&self, tailnet: &str, after: i64) -> Vec<Value> {
-        let page = self
-            .control
-            .audit_query(
-                tailnet,
-                &AuditQuery {
-                    limit: 1000,
-                    ..AuditQuery::default()
-                },
-            )
-            .await
-            .expect("audit query");
-        let mut v: Vec<Value> = page
-            .events
-            .into_iter()
-            .filter(|e| e["seq"].as_i64().expect("seq") > after)
-            .collect();
-        v.reverse();
-        v
+        self.newest_events_after(tailnet, after, 1000).await
     }
 
     /// The few audit events of a tailnet after `after` (one call's worth:
     /// fewer than 50), oldest first.
     pub async fn last_events_after(&self, tailnet: &str, after: i64) -> Vec<Value> {
+        let v = self.newest_events_after(tailnet, after, 50).await;
+        assert!(v.len() < 50, "more events than one call makes");
+        v
+    }
+
+    /// Of the newest `limit` audit events of a tailnet, those after `after`, oldest first.
+    async fn newest_events_after(&self, tailnet: &str, after: i64, limit: i64) -> Vec<Value> {
         let page = self
             .control
             .audit_query(
                 tailnet,
                 &AuditQuery {
-                    limit: 50,
+                    limit,
                     ..AuditQuery::default()
                 },
             )
@@ -204,7 +196,6 @@ impl Env {
             .into_iter()
             .filter(|e| e["seq"].as_i64().expect("seq") > after)
             .collect();
-        assert!(v.len() < 50, "more events than one call makes");
         v.reverse();
         v
     }
