@@ -79,6 +79,16 @@ pub struct FlowRecord {
     /// Tally: packets dropped by the kernel before capture in the interval.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_packets: u64,
+    /// Tally: when the capture this record belongs to started (Unix ns,
+    /// RFC 3339 in JSON): capture ran without a break from then to `end`,
+    /// so the intervals between this capture's records that sent no record
+    /// had no traffic. Absent in records of other agents.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_nanos_opt"
+    )]
+    pub capture_start: Option<u64>,
 }
 
 impl FlowRecord {
@@ -401,6 +411,26 @@ pub mod rfc3339_nanos {
         let n = tally_proto::timefmt::parse_rfc3339(&s)
             .ok_or_else(|| D::Error::custom(format!("invalid RFC 3339 time {s:?}")))?;
         u64::try_from(n).map_err(|_| D::Error::custom(format!("time before 1970: {s:?}")))
+    }
+}
+
+/// [`rfc3339_nanos`] for an optional time.
+pub mod rfc3339_nanos_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `Some(nanos)` as RFC 3339 (`None` is skipped by the field).
+    pub fn serialize<S: Serializer>(nanos: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match nanos {
+            Some(n) => super::rfc3339_nanos::serialize(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads an optional RFC 3339 time into Unix nanoseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::rfc3339_nanos")] u64);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
 

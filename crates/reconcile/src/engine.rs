@@ -77,7 +77,10 @@ mod map_vec {
 
 /// Windows of per-node coverage kept (a ring).
 const COV_SLOTS: usize = 64;
-const SNAPSHOT_VERSION: u32 = 4;
+const SNAPSHOT_VERSION: u32 = 5;
+/// Share of a judged span a node may leave uncovered and still count as
+/// capturing all of it (clock-offset re-estimates leave gaps of a few ms).
+const FULL_COVERAGE: f64 = 0.98;
 /// Entries per span of the clock-offset minimum.
 const OFFSET_SPAN: u32 = 1024;
 /// Longest flow record paired (10 minutes; agents write 5-s records).
@@ -87,6 +90,8 @@ const MAX_RECORD_NS: i64 = 600_000_000_000;
 const MAX_CLOCK_ERROR_NS: u64 = 86_400_000_000_000;
 /// Largest count of one entry paired (2^48: 281 TB in one record).
 const MAX_COUNT: u64 = 1 << 48;
+/// Longest capture session whose start is believed (a week).
+const MAX_CAPTURE_NS: i64 = 7 * 86_400_000_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Facts {
@@ -120,6 +125,12 @@ struct NodeState {
     last_flow: Option<i64>,
     /// Last own address learned from its entries.
     own_ip: Option<IpAddr>,
+    /// Spans (server time) of records the server discarded because of a
+    /// setting (flow logging turned off while they were in flight).
+    policy: Vec<(i64, i64)>,
+    /// The capture session of the latest record (its `capture_start`, node
+    /// clock) and the server time up to which its coverage is counted.
+    session: Option<(i64, i64)>,
     stats: Completeness,
 }
 
@@ -427,6 +438,8 @@ impl Reconciler {
             gaps: Vec::new(),
             last_flow: None,
             own_ip: None,
+            policy: Vec::new(),
+            session: None,
             stats: Completeness::default(),
         });
         self.st.node_ix.insert((tailnet, id.to_string()), i);
@@ -448,46 +461,73 @@ impl Reconciler {
             flow_logging: info.flow_logging,
             last_report: info.last_report,
         };
-        match ns.facts.last_mut() {
-            Some(l) if l.at == f.at => *l = f,
-            Some(l)
-                if l.opted_out == f.opted_out
-                    && l.flow_logging == f.flow_logging
-                    && f.at >= l.at =>
-            {
-                // Only the report time moved: keep one entry per state change.
+        // The history may be told again (the server repeats it on every
+        // refresh): one entry per time, one per state change.
+        let pos = ns.facts.partition_point(|x| x.at < f.at);
+        if let Some(x) = ns.facts.get_mut(pos)
+            && x.at == f.at
+        {
+            *x = f;
+            return;
+        }
+        match pos.checked_sub(1).and_then(|p| ns.facts.get_mut(p)) {
+            Some(l) if l.opted_out == f.opted_out && l.flow_logging == f.flow_logging => {
+                // Only the report time moved.
                 l.last_report = f.last_report.max(l.last_report);
             }
-            _ => {
-                ns.facts.push(f);
-                ns.facts.sort_by_key(|f| f.at);
-            }
+            _ => ns.facts.insert(pos, f),
         }
     }
 
+    /// Account for a record the server did not store because of a setting
+    /// (see [`DiscardedRecord`]): its sequence number fills the stream, and
+    /// its span explains the node's missing halves there as
+    /// [`FindingClass::MissingFlowLoggingOff`].
+    pub fn discarded(&mut self, d: &DiscardedRecord) {
+        if d.end < d.start || d.end.saturating_sub(d.start) > MAX_RECORD_NS {
+            self.st.stats.rejected += 1;
+            return;
+        }
+        let s = self.stream_of(&d.tailnet, &d.node, &d.instance, d.proc_id);
+        let node = self.st.streams[s as usize].node;
+        let offset = self.offset_of(node, d.logged, d.end, d.sent);
+        let (start, end) = (d.start.saturating_add(offset), d.end.saturating_add(offset));
+        let st = &mut self.st.streams[s as usize];
+        if st.seen.contains_key(&d.proc_seq) {
+            return;
+        }
+        st.seen.insert(d.proc_seq, (0, end));
+        self.track_seq(s, node, d.proc_seq, start, end);
+        self.st.nodes[node as usize].policy.push((start, end));
+    }
+
     fn stream(&mut self, o: &FlowObservation) -> u32 {
+        self.stream_of(&o.tailnet, &o.node, &o.instance, o.proc_id)
+    }
+
+    fn stream_of(&mut self, tailnet: &str, node: &str, instance: &Arc<str>, proc_id: u32) -> u32 {
         // Entries of one record come together, with the same `Arc`s.
         if let Some((s, inst)) = &self.last_stream
-            && self.st.streams[*s as usize].proc_id == o.proc_id
-            && (Arc::ptr_eq(inst, &o.instance) || **inst == *o.instance)
+            && self.st.streams[*s as usize].proc_id == proc_id
+            && (Arc::ptr_eq(inst, instance) || **inst == **instance)
         {
             return *s;
         }
         let known = self
             .st
             .stream_ix
-            .get(&*o.instance)
-            .and_then(|v| v.iter().find(|(p, _)| *p == o.proc_id))
+            .get(&**instance)
+            .and_then(|v| v.iter().find(|(p, _)| *p == proc_id))
             .map(|(_, s)| *s);
         let s = match known {
             Some(s) => s,
             None => {
-                let t = self.tailnet(&o.tailnet);
-                let n = self.node(t, &o.node);
+                let t = self.tailnet(tailnet);
+                let n = self.node(t, node);
                 let s = self.st.streams.len() as u32;
                 self.st.streams.push(Stream {
-                    instance: o.instance.to_string(),
-                    proc_id: o.proc_id,
+                    instance: instance.to_string(),
+                    proc_id,
                     node: n,
                     last_seq: None,
                     last_end: i64::MIN,
@@ -496,14 +536,35 @@ impl Reconciler {
                 });
                 self.st
                     .stream_ix
-                    .entry(o.instance.to_string())
+                    .entry(instance.to_string())
                     .or_default()
-                    .push((o.proc_id, s));
+                    .push((proc_id, s));
                 s
             }
         };
-        self.last_stream = Some((s, o.instance.clone()));
+        self.last_stream = Some((s, instance.clone()));
         s
+    }
+
+    /// The node's clock offset (server time minus node time) with this
+    /// record taken into account. The best estimate is the smallest delay
+    /// seen recently: from the upload's send time when the agent gave it
+    /// (time in flight only), else from the record's end (which includes
+    /// the time the record waited in the agent's queue).
+    fn offset_of(&mut self, node: u32, logged: i64, end: i64, sent: Option<i64>) -> i64 {
+        let ns = &mut self.st.nodes[node as usize];
+        let cand = logged.saturating_sub(sent.filter(|s| *s >= end).unwrap_or(end));
+        ns.offset = Some(ns.offset.map_or(cand, |x| x.min(cand)));
+        ns.offset_n += 1;
+        let off = match (ns.offset, ns.offset_prev) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(cand),
+        };
+        if ns.offset_n >= OFFSET_SPAN {
+            ns.offset_prev = ns.offset.take();
+            ns.offset_n = 0;
+        }
+        off
     }
 
     /// Feed one traffic entry. Duplicates (same instance, `proc_id`,
@@ -527,26 +588,9 @@ impl Reconciler {
         let s = self.stream(o);
         let node = self.st.streams[s as usize].node;
         let tailnet = self.st.nodes[node as usize].tailnet;
-        let end_node = o.end;
-        // Clock offset: the smallest receive delay seen recently is the best
-        // estimate.
-        let offset = {
-            let ns = &mut self.st.nodes[node as usize];
-            let cand = o.logged.saturating_sub(end_node);
-            ns.offset = Some(ns.offset.map_or(cand, |x| x.min(cand)));
-            ns.offset_n += 1;
-            let off = match (ns.offset, ns.offset_prev) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or(cand),
-            };
-            if ns.offset_n >= OFFSET_SPAN {
-                ns.offset_prev = ns.offset.take();
-                ns.offset_n = 0;
-            }
-            off
-        };
+        let offset = self.offset_of(node, o.logged, o.end, o.sent);
         let start = o.start.saturating_add(offset);
-        let end = end_node.saturating_add(offset);
+        let end = o.end.saturating_add(offset);
 
         // Dedup and sequence tracking, once per record.
         let first_of_record = {
@@ -567,7 +611,11 @@ impl Reconciler {
             }
         };
         if first_of_record {
-            self.new_record(s, node, o, start, end);
+            let capture = o
+                .capture_start
+                .filter(|c| *c <= o.start && o.start - *c <= MAX_CAPTURE_NS)
+                .map(|c| (c, c.saturating_add(offset)));
+            self.new_record(s, node, o, start, end, capture);
         }
         if let Some(v) = o.integrity
             && v.excluded()
@@ -578,7 +626,18 @@ impl Reconciler {
             }
             return;
         }
-        if o.kind != FlowKind::Virtual {
+        // The server's inventory, not the agent's classification, decides
+        // whether both ends are nodes: an agent that had not yet heard of a
+        // peer (it joined or moved since the agent's last report) files the
+        // traffic as exit or subnet traffic.
+        if o.kind != FlowKind::Virtual
+            && !(self.st.addr.get(&(tailnet, o.src.ip())) == Some(&node)
+                && self
+                    .st
+                    .addr
+                    .get(&(tailnet, o.dst.ip()))
+                    .is_some_and(|p| *p != node))
+        {
             return;
         }
         // Learn the reporting node's own address.
@@ -690,29 +749,71 @@ impl Reconciler {
         );
     }
 
-    /// First entry of a record: coverage, sequence, integrity.
-    fn new_record(&mut self, s: u32, node: u32, o: &FlowObservation, start: i64, end: i64) {
+    /// Count `[a, b)` (server time) as covered by the node's capture.
+    fn add_coverage(&mut self, node: u32, a: i64, b: i64) {
         let w = self.st.cfg.window_ns;
+        if b <= a {
+            return;
+        }
+        // Only the windows the ring holds.
+        let a = a.max(b.saturating_sub(w.saturating_mul(COV_SLOTS as i64)));
+        let ns = &mut self.st.nodes[node as usize];
+        for win in a.div_euclid(w)..=(b - 1).div_euclid(w) {
+            let ov = ((win + 1) * w).min(b) - (win * w).max(a);
+            let slot = &mut ns.cov[win.rem_euclid(COV_SLOTS as i64) as usize];
+            if slot.0 != win {
+                *slot = (win, 0);
+            }
+            slot.1 = (slot.1 + ov.max(0)).min(w);
+        }
+    }
+
+    /// First entry of a record: coverage, sequence, integrity. `capture`
+    /// is the start of the record's capture session (node clock, server
+    /// time), when the agent gave it.
+    fn new_record(
+        &mut self,
+        s: u32,
+        node: u32,
+        o: &FlowObservation,
+        start: i64,
+        end: i64,
+        capture: Option<(i64, i64)>,
+    ) {
         {
             let ns = &mut self.st.nodes[node as usize];
             ns.last_flow = Some(ns.last_flow.map_or(end, |l| l.max(end)));
-            for win in start.div_euclid(w)..=(end - 1).max(start).div_euclid(w) {
-                let ov = ((win + 1) * w).min(end) - (win * w).max(start);
-                let slot = &mut ns.cov[win.rem_euclid(COV_SLOTS as i64) as usize];
-                if slot.0 != win {
-                    *slot = (win, 0);
-                }
-                slot.1 += ov.max(0);
-            }
         }
+        self.add_coverage(node, start, end);
+        // Inside one capture session, the intervals without a record had no
+        // traffic: covered too.
+        if let Some((session, session_start)) = capture {
+            let ns = &mut self.st.nodes[node as usize];
+            let from = match ns.session {
+                Some((cur, to)) if cur == session => to,
+                _ => session_start,
+            };
+            let to = ns
+                .session
+                .filter(|(cur, _)| *cur == session)
+                .map_or(end, |(_, to)| to.max(end));
+            ns.session = Some((session, to));
+            self.add_coverage(node, from, start);
+        }
+        self.track_seq(s, node, o.proc_seq, start, end);
+        self.integrity(node, o, start, end);
+    }
+
+    /// Sequence tracking of one record of stream `s`: gaps opened and filled.
+    fn track_seq(&mut self, s: u32, node: u32, proc_seq: u64, start: i64, end: i64) {
         let st = &mut self.st.streams[s as usize];
         match st.last_seq {
-            Some(last) if last.checked_add(1).is_some_and(|n| o.proc_seq > n) => {
+            Some(last) if last.checked_add(1).is_some_and(|n| proc_seq > n) => {
                 let span = (st.last_end.min(start), start);
                 self.st.gap_streams.insert(s);
                 st.pending.push(PendingGap {
                     from: last + 1,
-                    to: o.proc_seq - 1,
+                    to: proc_seq - 1,
                     span,
                 });
                 self.st.nodes[node as usize].gaps.push(GapSpan {
@@ -720,22 +821,22 @@ impl Reconciler {
                     end: span.1,
                     stream: s,
                     from: last + 1,
-                    to: o.proc_seq - 1,
+                    to: proc_seq - 1,
                 });
             }
-            Some(last) if o.proc_seq < last => {
+            Some(last) if proc_seq < last => {
                 // A late record fills part of a gap.
                 let mut split = Vec::new();
                 st.pending.retain_mut(|g| {
-                    if g.from <= o.proc_seq && o.proc_seq <= g.to {
-                        if o.proc_seq > g.from {
+                    if g.from <= proc_seq && proc_seq <= g.to {
+                        if proc_seq > g.from {
                             split.push(PendingGap {
-                                to: o.proc_seq - 1,
+                                to: proc_seq - 1,
                                 ..g.clone()
                             });
                         }
-                        if o.proc_seq < g.to {
-                            g.from = o.proc_seq + 1;
+                        if proc_seq < g.to {
+                            g.from = proc_seq + 1;
                             return true;
                         }
                         return false;
@@ -744,7 +845,7 @@ impl Reconciler {
                 });
                 st.pending.extend(split);
                 // The node's lost-record spans too.
-                let q = o.proc_seq;
+                let q = proc_seq;
                 let gaps = &mut self.st.nodes[node as usize].gaps;
                 let mut parts = Vec::new();
                 gaps.retain_mut(|g| {
@@ -764,10 +865,14 @@ impl Reconciler {
             }
             _ => {}
         }
-        if st.last_seq.is_none_or(|l| o.proc_seq > l) {
-            st.last_seq = Some(o.proc_seq);
+        if st.last_seq.is_none_or(|l| proc_seq > l) {
+            st.last_seq = Some(proc_seq);
             st.last_end = end;
         }
+    }
+
+    /// An integrity finding for a record from a batch flagged at ingest.
+    fn integrity(&mut self, node: u32, o: &FlowObservation, start: i64, end: i64) {
         if let Some(v) = o.integrity
             && v != BatchVerdict::Ok
         {
@@ -870,6 +975,7 @@ impl Reconciler {
         let keep_from = (judge_to - 2) * w;
         for n in &mut self.st.nodes {
             n.gaps.retain(|g| g.end >= keep_from);
+            n.policy.retain(|p| p.1 >= keep_from);
             // Keep the last fact before the open windows and everything after.
             let first_live = n.facts.iter().rposition(|f| f.at <= keep_from).unwrap_or(0);
             if first_live > 0 {
@@ -971,6 +1077,19 @@ impl Reconciler {
     fn facts(&self, node: u32, t: i64) -> Option<&Facts> {
         let f = &self.st.nodes[node as usize].facts;
         f.iter().rev().find(|f| f.at <= t).or(f.first())
+    }
+
+    /// Whether flow logging was off for the node at some moment of
+    /// `[a, b)`, or the server discarded one of its records there because
+    /// of it (records in flight while it was switched off).
+    fn logging_off_in(&self, node: u32, a: i64, b: i64) -> bool {
+        let ns = &self.st.nodes[node as usize];
+        let first = ns.facts.iter().rposition(|f| f.at <= a).unwrap_or(0);
+        ns.facts[first..]
+            .iter()
+            .take_while(|f| f.at < b)
+            .any(|f| !f.flow_logging)
+            || ns.policy.iter().any(|p| p.0 < b && p.1 > a)
     }
 
     fn rec_ref(&self, r: Option<(u32, u64)>) -> Option<RecordRef> {
@@ -1100,7 +1219,15 @@ impl Reconciler {
             }
         }
         conn.quiet_until = quiet;
-        let quiet = t <= quiet;
+        // Counts are compared only where both nodes captured the whole
+        // span the bounds rest on: at a capture's start or end (an agent
+        // starting, stopping, or flow logging switched) one end saw traffic
+        // the other was not there to see.
+        let partial =
+            conn.nodes.iter().flatten().any(|&n| {
+                self.span_coverage(n, ws - conn.max_len.min(w) - m, t + m) < FULL_COVERAGE
+            });
+        let quiet = t <= quiet || partial;
         let rel = cfg.rel_tolerance;
         // (direction, proven excess in pkts/bytes, receiver short?, since)
         let mut bad: Option<(usize, [i64; 2], bool, i64)> = None;
@@ -1313,7 +1440,9 @@ impl Reconciler {
                     "node {xname} runs with --no-logs-no-support; its half of the traffic with {pname} is not logged"
                 ),
             )
-        } else if facts.as_ref().is_some_and(|f| !f.flow_logging) {
+        } else if facts.as_ref().is_some_and(|f| !f.flow_logging)
+            || self.logging_off_in(x, a - m - cfg.window_ns, b + m + cfg.window_ns)
+        {
             (
                 FindingClass::MissingFlowLoggingOff,
                 Severity::Info,

@@ -579,6 +579,8 @@ pub fn generate(sc: &Scenario) -> Generated {
                         proc_seq: nd.seq,
                         index,
                         integrity,
+                        sent: None,
+                        capture_start: None,
                     });
                     index += 1;
                 }

@@ -48,6 +48,8 @@ fn obs(a: u8, b: u8, i: i64, skew: i64, tx: u64, rx: u64, seq: u64, index: u32) 
         proc_seq: seq,
         index,
         integrity: None,
+        sent: None,
+        capture_start: None,
     }
 }
 
@@ -277,4 +279,85 @@ fn a_stepped_node_clock_is_followed() {
         last < T0 + (2 * 1024 + 1) * 5 * S,
         "last finding ends at {last}: {f:#?}"
     );
+}
+
+/// Short connections (each inside one record of each end) between two
+/// nodes whose 5-s intervals start at any offset from each other, with
+/// packets reaching a node's table up to 200 ms late (so that one end may
+/// count a connection in its next record) and records waiting in one
+/// agent's queue for 0 to 2.3 s before they are sent: never a finding.
+#[test]
+fn short_connections_pair_at_any_phase_offset() {
+    let ms = 1_000_000i64;
+    let mut rng = eval::Rng::new(11);
+    for phase_ms in (0..5000).step_by(100) {
+        let mut r = setup();
+        let mut v: Vec<FlowObservation> = Vec::new();
+        // (node, interval) -> entries
+        let mut recs: std::collections::BTreeMap<(u8, i64), Vec<(u16, [u64; 4])>> =
+            Default::default();
+        for c in 0..280u16 {
+            let t = 300 * ms + i64::from(c) * 700 * ms;
+            for (node, phase) in [(1u8, 0i64), (2u8, phase_ms * ms)] {
+                let seen = t + rng.range(0, 200) * ms;
+                let k = (seen - phase).div_euclid(5 * S);
+                let counts = if node == 1 {
+                    [6, 3320, 4, 3216]
+                } else {
+                    [4, 3216, 6, 3320]
+                };
+                recs.entry((node, k)).or_default().push((c, counts));
+            }
+        }
+        let mut seq = [0u64; 3];
+        for ((node, k), entries) in recs {
+            let phase = if node == 1 { 0 } else { phase_ms * ms };
+            let start = T0 + k * 5 * S + phase;
+            seq[node as usize] += 1;
+            let logged = start
+                + 5 * S
+                + if node == 1 {
+                    2 * S + rng.range(0, 300) * ms
+                } else {
+                    rng.range(0, 2300) * ms
+                };
+            for (i, (c, n)) in entries.iter().enumerate() {
+                let (me, peer) = (node, 3 - node);
+                let port = 40_000 + *c;
+                let (src_port, dst_port) = if me == 1 { (port, 9000) } else { (9000, port) };
+                v.push(FlowObservation {
+                    tailnet: Arc::from("t"),
+                    node: Arc::from(format!("n{me}").as_str()),
+                    start,
+                    end: start + 5 * S,
+                    logged,
+                    kind: FlowKind::Virtual,
+                    proto: 6,
+                    src: SocketAddr::new(ip(me), src_port),
+                    dst: SocketAddr::new(ip(peer), dst_port),
+                    tx_pkts: n[0],
+                    tx_bytes: n[1],
+                    rx_pkts: n[2],
+                    rx_bytes: n[3],
+                    instance: Arc::from(format!("inst{me}").as_str()),
+                    proc_id: 7,
+                    proc_seq: seq[node as usize],
+                    index: i as u32,
+                    integrity: None,
+                    // The upload's send time: a record may wait in the
+                    // agent's queue from 0 to 2.3 s, the send takes 1-5 ms.
+                    sent: Some(logged - rng.range(1, 5) * ms),
+                    capture_start: Some(T0 - 10 * S + phase),
+                });
+            }
+        }
+        v.sort_by_key(|o| o.logged);
+        let found = run(&mut r, &v);
+        assert!(
+            found.is_empty(),
+            "phase offset {phase_ms} ms: {} findings, first {:?}",
+            found.len(),
+            found.first()
+        );
+    }
 }

@@ -91,6 +91,41 @@ pub struct FlowObservation {
     pub index: u32,
     /// Ingest verdict of the batch, when the server stored one.
     pub integrity: Option<BatchVerdict>,
+    /// When the agent sent the upload the record came in (the node's
+    /// clock, Unix ns), when it said so: the node's clock offset is then
+    /// measured from the time in flight alone, not from how long the record
+    /// waited in the agent's queue.
+    pub sent: Option<i64>,
+    /// When the node's capture that wrote the record started (node clock,
+    /// Unix ns), when the agent said so: the node then covered the whole
+    /// span from it to `end`, also where it sent no record (no traffic).
+    pub capture_start: Option<i64>,
+}
+
+/// A flow record the server received and did not store because of a
+/// setting (flow logging being turned off while the record was in flight):
+/// its sequence number is accounted for, and its span is a known reason for
+/// the node's missing halves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscardedRecord {
+    /// Tailnet of the node.
+    pub tailnet: Arc<str>,
+    /// Stable node ID.
+    pub node: Arc<str>,
+    /// Record interval start, the node's clock, Unix ns.
+    pub start: i64,
+    /// Record interval end, the node's clock, Unix ns.
+    pub end: i64,
+    /// When the server received it (server clock, Unix ns).
+    pub logged: i64,
+    /// When the agent sent it (node clock, Unix ns), when known.
+    pub sent: Option<i64>,
+    /// Public ID of the uploading instance.
+    pub instance: Arc<str>,
+    /// logtail `proc_id` of the record.
+    pub proc_id: u32,
+    /// logtail `proc_seq` of the record.
+    pub proc_seq: u64,
 }
 
 /// What the server knows about a node at a moment.

@@ -46,6 +46,8 @@ prop_compose! {
             proc_seq: seq,
             index,
             integrity: None,
+            sent: None,
+            capture_start: None,
         }
     }
 }

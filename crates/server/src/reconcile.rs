@@ -263,6 +263,8 @@ fn observations(
             proc_seq,
             index: u32::try_from(i).unwrap_or(u32::MAX),
             integrity,
+            sent: None,
+            capture_start: None,
         })
         .collect()
 }
