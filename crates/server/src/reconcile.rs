@@ -264,7 +264,7 @@ fn observations(
             index: u32::try_from(i).unwrap_or(u32::MAX),
             integrity,
             sent: None,
-            capture_start: None,
+            capture_start: record.capture_start.and_then(|c| i64::try_from(c).ok()),
         })
         .collect()
 }
@@ -341,8 +341,44 @@ fn take_in(
     }
 }
 
+/// The flow-logging history of one tailnet: the state from the start and
+/// every switch after it (from the audit log).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LoggingHistory {
+    /// State before the first recorded switch.
+    initially: bool,
+    /// `(time, on after it)`, oldest first.
+    switches: Vec<(i64, bool)>,
+}
+
+impl LoggingHistory {
+    async fn read(control: &ControlDb, tailnet: &str, now_on: bool) -> anyhow::Result<Self> {
+        let switches = control
+            .setting_switches(tailnet, "networkFlowLoggingOn")
+            .await?;
+        // Before the first switch the setting was the opposite of it; with
+        // no switch recorded (or retention removed them), as it is now.
+        let initially = switches.first().map_or(now_on, |(_, on)| !on);
+        Ok(Self {
+            initially,
+            switches,
+        })
+    }
+
+    /// The state at `t`.
+    fn at(&self, t: i64) -> bool {
+        self.switches
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map_or(self.initially, |(_, on)| *on)
+    }
+}
+
 /// What the control database knows about every node, as the reconciler
-/// is told it.
+/// is told it: for each node its state when it registered and again at
+/// every flow-logging switch after that (the reconciler keeps one entry
+/// per time, so telling it again is harmless).
 async fn node_facts(control: &ControlDb) -> anyhow::Result<Vec<NodeInfo>> {
     let now = tally_proto::timefmt::now_nanos();
     let on: std::collections::HashSet<String> = control
@@ -352,25 +388,33 @@ async fn node_facts(control: &ControlDb) -> anyhow::Result<Vec<NodeInfo>> {
         .collect();
     let mut out = Vec::new();
     for t in control.all_tailnet_ids().await? {
-        for n in control.nodes(&t).await? {
+        let nodes = control.nodes(&t).await?;
+        if nodes.is_empty() {
+            continue;
+        }
+        let history = LoggingHistory::read(control, &t, on.contains(&t)).await?;
+        for n in nodes {
             let addresses: Vec<IpAddr> = n
                 .addresses
                 .iter()
                 .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
                 .collect();
-            out.push(NodeInfo {
+            let created = tally_proto::timefmt::parse_rfc3339(&n.created)
+                .unwrap_or(now)
+                .min(now);
+            let info = |at: i64| NodeInfo {
                 tailnet: t.clone(),
                 node: n.id.clone(),
-                addresses,
+                addresses: addresses.clone(),
                 opted_out: n.no_logs_no_support,
-                flow_logging: on.contains(&t),
+                flow_logging: history.at(at),
                 last_report: tally_proto::timefmt::parse_rfc3339(&n.last_seen),
-                // What the node is now held since it registered (the
-                // database keeps no history of settings).
-                at: tally_proto::timefmt::parse_rfc3339(&n.created)
-                    .unwrap_or(now)
-                    .min(now),
-            });
+                at,
+            };
+            out.push(info(created));
+            for (at, _) in history.switches.iter().filter(|(at, _)| *at > created) {
+                out.push(info(*at));
+            }
         }
     }
     Ok(out)

@@ -252,3 +252,30 @@ impl ControlDb {
         self.settings(tailnet_id).await
     }
 }
+
+impl ControlDb {
+    /// Every recorded switch of boolean setting `name` of a tailnet:
+    /// `(event time in Unix ns, on after it)`, oldest first (the audit log
+    /// is the setting's history).
+    pub async fn setting_switches(
+        &self,
+        tailnet_id: &str,
+        name: &str,
+    ) -> Result<Vec<(i64, bool)>, ControlError> {
+        sqlx::query(
+            "SELECT event_time, action FROM audit_events WHERE tailnet_id = $1 AND property = $2 AND failed = 0 AND (action = 'ENABLE' OR action = 'DISABLE') ORDER BY seq",
+        )
+        .bind(tailnet_id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("event_time")?,
+                r.try_get::<String, _>("action")? == "ENABLE",
+            ))
+        })
+        .collect()
+    }
+}
