@@ -67,6 +67,9 @@ struct Shared {
     table: ConnTable,
     events: Vec<FlowEvent>,
     events_dropped: u64,
+    /// When this capture started (Unix ns): every record says it, so the
+    /// server knows intervals without a record had no traffic.
+    capture_start: u64,
 }
 
 /// The flow loop's inputs.
@@ -242,6 +245,7 @@ impl FlowRunner {
                 table: ConnTable::new(self.opts.table.clone()),
                 events: Vec::new(),
                 events_dropped: 0,
+                capture_start: now(),
             }));
             let mut handles = self.start_captures_of(&self.opts.ifaces, &shared).await;
             if handles.is_empty() {
@@ -252,7 +256,7 @@ impl FlowRunner {
                 }
                 continue;
             }
-            let mut start = now();
+            let mut start = shared.lock().map_or_else(|_| now(), |s| s.capture_start);
             let mut ticker = tokio::time::interval_at(
                 tokio::time::Instant::now() + self.opts.interval,
                 self.opts.interval,
@@ -399,7 +403,7 @@ impl FlowRunner {
         node_id: &str,
         closing: bool,
     ) {
-        let (counts, events, dropped) = {
+        let (counts, events, dropped, capture_start) = {
             let Ok(mut s) = shared.lock() else { return };
             let mut closed = if closing {
                 s.table.close_all(end)
@@ -413,13 +417,14 @@ impl FlowRunner {
             closed.truncate(room);
             events.extend(closed);
             let dropped = std::mem::take(&mut s.events_dropped) + extra;
-            (counts, events, dropped)
+            (counts, events, dropped, s.capture_start)
         };
         let mut classes = self.classifier();
         if !closing && self.ask_about_unknown(&counts, &classes).await {
             classes = self.classifier();
         }
-        let record = counts.into_record(node_id, &classes);
+        let mut record = counts.into_record(node_id, &classes);
+        record.capture_start = Some(capture_start);
         let mut lines: Vec<Line> = events.iter().map(event_line).collect();
         if dropped > 0 {
             lines.push(agent_line(

@@ -27,6 +27,10 @@ use crate::writer::{SharedQueue, lock};
 /// Most bytes of an error answer read for the log message.
 const MAX_ERROR_BODY: usize = 4096;
 
+/// Header with the time an upload attempt was sent (Unix ns, the node's
+/// clock).
+pub const SENT_AT_HEADER: &str = "Tally-Sent-At";
+
 /// Counters of the uploader's work, for status display and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UploadStatus {
@@ -348,6 +352,9 @@ impl Uploader {
             for (k, v) in headers {
                 req = req.header(k.as_str(), v.as_str());
             }
+            // When this attempt leaves (this node's clock): the server
+            // measures the node's clock offset from the time in flight.
+            req = req.header(SENT_AT_HEADER, tally_proto::timefmt::now_nanos());
             req = match &compressed {
                 Some(c) => req
                     .header(CONTENT_ENCODING, "zstd")
