@@ -66,10 +66,18 @@
 //!    reconciler).
 //! 9. **Upload queue delays** ([`Scenario::queue_delays`]): every record
 //!    carries [`FlowObservation::sent`]. An agent queues a record 2-2.2 s
-//!    after its end; 8 % go at once (0-100 ms), as do the first record of a
-//!    session and the last record of a graceful stop; some clean agents
+//!    after its end; half the agents send 10 % of their records at once
+//!    (0-100 ms), the others never except after an outage: the first record
+//!    of a session started in the run (agent start, restart, logging back
+//!    on) and the last record of a graceful stop; some clean agents
 //!    stall for 10-40 s once (a backlog: everything queued then goes at the
 //!    stall's end). In flight 1-50 ms: `logged = sent - skew + transit`.
+//!
+//! What the harness cannot tell yet: whether the reconciler uses
+//! `capture_start`. A one-sided half only arises next to a record of the
+//! silent node (a deletion leaves the record's other entries, a deleted
+//! whole record is a sequence gap), so the silent node's coverage there is
+//! full with or without sessions.
 //!
 //! The server repeats each node's whole [`NodeInfo`] history on every
 //! refresh ([`Event::Nodes`]): at the start, at every change (join, address,
@@ -326,6 +334,8 @@ struct Node {
     left: Option<i64>,
     /// Upload stalls (true time): uploads due then go at the end.
     stalls: Vec<(i64, i64)>,
+    /// Share of uploads sent at once (no queue delay).
+    at_once: f64,
     /// Session of the last record written.
     last_session: Option<usize>,
     /// (session, interval) -> entries (this node's view: tx_p, tx_b, rx_p, rx_b).
@@ -394,6 +404,8 @@ impl Conn {
 type Break = (i64, Option<i64>, bool, bool);
 
 /// Simulate `sc`.
+// Nodes, roles, targets and fault times are parallel vectors.
+#[allow(clippy::needless_range_loop)]
 pub fn generate(sc: &Scenario) -> Generated {
     let mut rng = Rng::new(sc.seed);
     let tailnet: Arc<str> = Arc::from("example.com");
@@ -426,6 +438,7 @@ pub fn generate(sc: &Scenario) -> Generated {
                 joined: T0 - S,
                 left: None,
                 stalls: Vec::new(),
+                at_once: 0.0,
                 last_session: None,
                 acc: BTreeMap::new(),
             }
@@ -600,22 +613,39 @@ pub fn generate(sc: &Scenario) -> Generated {
     let long_conns = conns.len();
     // Effect 3: busy and idle periods of the clean nodes' connections.
     if sc.sparse {
-        for c in conns.iter_mut() {
-            if nodes[c.a].role != Role::Clean {
-                continue;
-            }
-            c.busy.clear();
+        // A third of the clean nodes are mostly idle: their connections are
+        // busy 5-30 s at a time, idle 30-180 s. A deleting node's other
+        // connections are busy and idle 5-20 s each (whether the reconciler
+        // believes the intervals between its records had no traffic decides
+        // the class of what it hides).
+        let quiet_node: Vec<bool> = nodes
+            .iter()
+            .map(|nd| nd.role == Role::Clean && rng.chance(0.33))
+            .collect();
+        for ci in 0..conns.len() {
+            let c = &conns[ci];
+            let first = conns.iter().position(|x| x.a == c.a && x.b.is_some());
+            let (busy, idle) = match nodes[c.a].role {
+                Role::Deleted if first != Some(ci) => ((5, 20), (5, 20)),
+                Role::Clean if quiet_node[c.a] || c.b.is_some_and(|b| quiet_node[b]) => {
+                    ((5, 30), (30, 180))
+                }
+                Role::Clean => ((15, 120), (10, 90)),
+                _ => continue,
+            };
             let mut t = T0
                 + if rng.chance(0.5) {
                     0
                 } else {
-                    rng.range(0, 60) * S
+                    rng.range(0, idle.1) * S
                 };
+            let mut spans = Vec::new();
             while t < end {
-                let b = (t + rng.range(15, 120) * S).min(end);
-                c.busy.push((t, b));
-                t = b + rng.range(10, 90) * S;
+                let b = (t + rng.range(busy.0, busy.1) * S).min(end);
+                spans.push((t, b));
+                t = b + rng.range(idle.0, idle.1) * S;
             }
+            conns[ci].busy = spans;
         }
     }
     // Fault times: each faulty node gets its fault in the middle part of the run.
@@ -688,6 +718,7 @@ pub fn generate(sc: &Scenario) -> Generated {
     // Effect 9: one upload stall of some clean agents.
     if sc.queue_delays {
         for nd in nodes.iter_mut() {
+            nd.at_once = if rng.chance(0.5) { 0.0 } else { 0.1 };
             if nd.role == Role::Clean && rng.chance(0.3) {
                 let s0 = T0 + rng.range(sc.seconds / 10, sc.seconds * 6 / 10) * S;
                 nd.stalls.push((s0, s0 + rng.range(10, 40) * S));
@@ -896,10 +927,7 @@ pub fn generate(sc: &Scenario) -> Generated {
         // tick: every packet counted in them has reached the table.
         for i in 0..n {
             let now_node = t + nodes[i].skew;
-            loop {
-                let Some((&(si, k), _)) = nodes[i].acc.first_key_value() else {
-                    break;
-                };
+            while let Some((&(si, k), _)) = nodes[i].acc.first_key_value() {
                 let sess = nodes[i].sessions[si];
                 let rec_start_node = sess.start + k * INTERVAL;
                 let full_end = rec_start_node + INTERVAL;
@@ -1014,9 +1042,10 @@ pub fn generate(sc: &Scenario) -> Generated {
                 let (mut logged, sent) = if sc.queue_delays {
                     // Effect 9: when the agent sends the upload (true time).
                     let mut send = true_end
-                        + if first_of_session || rec_end_node == sess.stop {
-                            rng.range(0, 100) * MS
-                        } else if rng.chance(0.08) {
+                        + if (first_of_session && sess.start > T0 + nd.skew - 5 * S)
+                            || rec_end_node == sess.stop
+                            || rng.chance(nd.at_once)
+                        {
                             rng.range(0, 100) * MS
                         } else {
                             2 * S + rng.range(0, 200) * MS
@@ -1067,10 +1096,13 @@ pub fn generate(sc: &Scenario) -> Generated {
                 let mut out = Vec::with_capacity(entries.len());
                 for (p, ((c, a_addr, b_addr), v)) in entries.iter().enumerate() {
                     let conn = &conns[*c];
+                    // (Only from records with other entries: deleting a
+                    // whole record would be a sequence gap.)
                     if role == Role::Deleted
                         && Some(*c) == target[i]
                         && true_start >= ft
                         && true_end <= ft + 30 * S
+                        && entries.iter().any(|(k, _)| Some(k.0) != target[i])
                     {
                         if !deletion_labelled[i] {
                             deletion_labelled[i] = true;
