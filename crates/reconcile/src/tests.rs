@@ -294,8 +294,8 @@ fn short_connections_pair_at_any_phase_offset() {
         let mut r = setup();
         let mut v: Vec<FlowObservation> = Vec::new();
         // (node, interval) -> entries
-        let mut recs: std::collections::BTreeMap<(u8, i64), Vec<(u16, [u64; 4])>> =
-            Default::default();
+        type Entries = Vec<(u16, [u64; 4])>;
+        let mut recs: std::collections::BTreeMap<(u8, i64), Entries> = Default::default();
         for c in 0..280u16 {
             let t = 300 * ms + i64::from(c) * 700 * ms;
             for (node, phase) in [(1u8, 0i64), (2u8, phase_ms * ms)] {

@@ -112,7 +112,7 @@ fn pair_traffic(
             steady.write_all(&[5u8; 1200]).unwrap();
             udp.send_to(&[6u8; 900], (ib, base_port + 2)).unwrap();
             let _ = udp.recv_from(&mut buf);
-            if k % 3 == 0 {
+            if k.is_multiple_of(3) {
                 // A short connection: 3 KB up, 3 KB back, closed.
                 let mut c = TcpStream::connect(SocketAddr::from((ib, base_port + 1))).unwrap();
                 c.write_all(&[7u8; 3000]).unwrap();
