@@ -5,9 +5,10 @@
 //! steady TCP stream, lock-step UDP, and a new short TCP connection every
 //! few hundred milliseconds (many fall between two agents' interval
 //! boundaries). Meanwhile a fourth node joins late (its peers file their
-//! first traffic with it as exit traffic until they hear of it) and one
-//! agent restarts (its traffic paused while it is down). None of this may
-//! raise a finding.
+//! first traffic with it as exit traffic until they hear of it), one agent
+//! cannot reach the server for 3 s (its uploads back up, then leave with
+//! shorter queue delays than usual) and one agent restarts (its traffic
+//! paused while it is down). None of this may raise a finding.
 //!
 //! The end is marked by stopping one agent while the others keep talking
 //! to it: its first `missing_agent_silent` finding after that moment shows
@@ -143,6 +144,10 @@ fn start_agent(lab: &Lab, i: usize, server: &str, dir: &Path, auth: &str) -> Tes
                 "--flows",
                 "--iface",
                 "eth0",
+                // The default: records wait in the queue about 2 s, less
+                // when a batch is already gathering (after an outage).
+                "--flush-delay",
+                "2s",
             ],
         )
     })
@@ -239,7 +244,24 @@ async fn clean_traffic_with_spread_phases_a_late_join_and_a_restart_gives_no_fin
         port += 10;
     }
     agents.push(Some(late));
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    // Host 0 loses the server for 3 s (its peers stay reachable): its
+    // uploads fail, and once they go through again the records queued
+    // meanwhile leave at once or after a shorter wait than usual, so its
+    // records' delays vary as on a real network.
+    let blackhole = format!("{}/32", lab.gateway);
+    let route = |verb: &str| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &lab.namespaces[0], "route", verb, "blackhole", &blackhole])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip route {verb} blackhole");
+    };
+    route("add");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    route("del");
+    tokio::time::sleep(Duration::from_secs(10)).await;
 
     // Host 1's agent restarts, its traffic paused while it is down.
     gates[1].set(true);

@@ -195,8 +195,9 @@ impl TestAgent {
         Self::start_with(c, server, data, extra)
     }
 
-    /// Starts `base` (the binary, or a wrapper running it) as an agent.
-    /// Unless `extra` has an `--auth-key`, the agent registers with a new
+    /// Starts `base` (the binary, or a wrapper running it) as an agent,
+    /// with short retry waits and (unless `extra` has one) a 100-ms flush
+    /// delay. Unless `extra` has an `--auth-key`, the agent registers with a new
     /// reusable auth key of the test tailnet (its entries are the tailnet's).
     pub fn start_with(mut base: Command, server: &str, data: &Path, extra: &[&str]) -> Self {
         // A registered agent (its node-id file is there) needs no key.
@@ -218,15 +219,13 @@ impl TestAgent {
             .arg(data)
             .args(extra)
             .args(&auth_key)
-            .args([
-                "--no-stdin",
-                "--retry-min",
-                "100ms",
-                "--retry-max",
-                "300ms",
-                "--flush-delay",
-                "100ms",
-            ])
+            .args(["--no-stdin", "--retry-min", "100ms", "--retry-max", "300ms"])
+            // The default (2 s) when the test asks for it.
+            .args(if extra.contains(&"--flush-delay") {
+                &[][..]
+            } else {
+                &["--flush-delay", "100ms"][..]
+            })
             .env("TALLY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
