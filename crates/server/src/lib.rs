@@ -19,6 +19,7 @@ pub mod memory;
 pub mod merkle_log;
 pub mod query;
 pub mod reconcile;
+pub mod reconcile_report;
 pub mod retention;
 pub mod serve;
 pub mod tls;

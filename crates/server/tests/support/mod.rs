@@ -45,6 +45,8 @@ pub struct Env {
     pub tailnet: String,
     /// The data directory.
     pub dir: tempfile::TempDir,
+    /// The server's store (tests append records to it directly).
+    pub store: std::sync::Arc<tally_store::Store>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -77,6 +79,7 @@ pub async fn start_with(
     let server = Server::bind(config).await.expect("server binds");
     let base = format!("http://{}", server.local_addr().expect("addr"));
     let control = server.control();
+    let store = server.store();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -88,6 +91,7 @@ pub async fn start_with(
         control,
         tailnet: String::new(),
         dir,
+        store,
         stop: Some(tx),
         task: Some(task),
     };
