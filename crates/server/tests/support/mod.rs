@@ -43,6 +43,10 @@ pub struct Env {
     pub control: ControlDb,
     /// The default tailnet's ID.
     pub tailnet: String,
+    /// The server's catalog.
+    pub catalog: std::sync::Arc<tally_server::catalog::Catalog>,
+    /// The server's store.
+    pub store: std::sync::Arc<tally_store::Store>,
     /// The data directory.
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -77,6 +81,8 @@ pub async fn start_with(
     let server = Server::bind(config).await.expect("server binds");
     let base = format!("http://{}", server.local_addr().expect("addr"));
     let control = server.control();
+    let catalog = server.catalog();
+    let store = server.store();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -86,6 +92,8 @@ pub async fn start_with(
         base,
         http,
         control,
+        catalog,
+        store,
         tailnet: String::new(),
         dir,
         stop: Some(tx),
