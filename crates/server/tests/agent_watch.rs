@@ -368,6 +368,8 @@ async fn flow_batches_sent_while_flow_logging_is_off_keep_the_chain() {
         .await;
     assert_eq!(s, 200, "{integrity}");
     assert_eq!(integrity["batchesChecked"], 3, "{integrity}");
+    assert_eq!(integrity["batchesDiscarded"], 1, "{integrity}");
+    assert_eq!(integrity["recordsDiscarded"], 1, "{integrity}");
     assert_eq!(integrity["flagged"], json!([]), "{integrity}");
 
     // A real gap is still one, flow logging off or on.

@@ -234,6 +234,10 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     ))
     .await;
     assert_eq!(integrity["flagged"], json!([]), "{integrity}");
+    assert!(
+        integrity["recordsDiscarded"].as_u64() > Some(0),
+        "{integrity}"
+    );
 
     let state = dir.path().join("verify-state");
     let out = tokio::task::block_in_place(|| {
@@ -257,6 +261,10 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     );
     assert!(out.status.success(), "tally verify failed:\n{text}");
     assert!(text.contains("verdict: OK"), "{text}");
+    assert!(
+        text.contains("reached the server after flow logging was turned off"),
+        "{text}"
+    );
     for a in agents {
         tokio::task::block_in_place(|| a.stop());
     }
