@@ -2,7 +2,7 @@
 //! and flow uploads while flow logging is off.
 //!
 //! A held poll is answered when the tailnet's settings change (not at its
-//! wait's end), answers at once when the agent's version is stale, returns
+//! wait's end; also when another server changed them), answers at once when the agent's version is stale, returns
 //! the same version at its wait's end when nothing changed, registers and
 //! audits nothing, and ends at once when the server shuts down. A signed
 //! `tailtraffic` batch sent while flow logging is off is checked, answered
@@ -129,6 +129,30 @@ async fn long_polls_answer_setting_changes_at_once_and_nothing_else() {
     assert_eq!(on["settings"]["networkFlowLoggingOn"], true, "{on}");
     let on_version = on["version"].as_str().expect("version").to_owned();
     assert_ne!(on_version, version);
+
+    // A change written to the control database by another server (here:
+    // straight to the database, past this server's handlers) wakes a held
+    // poll at this server's next periodic catalog reload.
+    let held = spawn_poll(25, &on_version);
+    until_held(&env, 1).await;
+    let mut patch = serde_json::Map::new();
+    patch.insert("networkFlowLoggingOn".into(), json!(false));
+    env.control
+        .update_settings(
+            &env.tailnet,
+            &tally_server::control::audit::AuditContext::system(),
+            &patch,
+        )
+        .await
+        .expect("settings written");
+    let (s, off) = tokio::time::timeout(HANG_GUARD, held)
+        .await
+        .expect("answered")
+        .expect("poll task");
+    assert_eq!(s, 200, "{off}");
+    assert_eq!(off["settings"]["networkFlowLoggingOn"], false, "{off}");
+    assert_eq!(off["version"], version.as_str(), "{off}");
+    set_flow_logging(&env, true).await;
 
     // A new peer wakes a held poll too, and the answer lists it.
     let held = spawn_poll(25, &on_version);
