@@ -29,6 +29,9 @@ pub(crate) struct PipelineSpec {
     pub drop_notices: bool,
     /// Drop batches the server refuses with 403.
     pub drop_on_forbidden: bool,
+    /// The node's log, where the uploader notes records the server
+    /// discarded (none for the log pipeline itself).
+    pub node_log: Option<mpsc::Sender<WriteRequest>>,
 }
 
 /// Upload behaviour shared by pipelines.
@@ -127,6 +130,7 @@ impl Pipeline {
                     queue: Arc::clone(&queue),
                     status: status_tx,
                     registration: upload.registration.clone(),
+                    node_log: spec.node_log.clone(),
                     chain: match &upload.node_key {
                         Some(k) => Some(crate::signing::Chain::new(
                             k.clone(),

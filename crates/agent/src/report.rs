@@ -2,6 +2,14 @@
 //! (`POST {server}/api/v2/agent/{private-id}`, with the auth key the first
 //! time) at start and every `reportSeconds` after, and learns the tailnet
 //! settings it follows (flow logging) and its peers (to classify traffic).
+//!
+//! Between reports it keeps one long poll outstanding
+//! (`...?wait=25&version=V`, V the `version` of the last answer): the
+//! server answers it as soon as what it would tell the agent changes, so a
+//! setting or a new peer is known within about a second. A server whose
+//! answers carry no `version` has no long poll: the agent then learns
+//! only from its reports. Failed polls are retried after 1 s, doubling up
+//! to a minute.
 
 use std::time::Duration;
 
@@ -19,6 +27,13 @@ use crate::identity::redact;
 const ADDRESS_POLL: Duration = Duration::from_secs(5);
 /// A report asked for this soon after the last one is not made again.
 const REFRESH_FRESH: Duration = Duration::from_secs(1);
+/// Seconds the server may hold a long poll (its limit is 25 s; the HTTP
+/// client's timeout is 60 s).
+const WATCH_WAIT_SECS: u64 = 25;
+/// First wait after a failed long poll (doubling up to [`WATCH_BACKOFF_MAX`]).
+const WATCH_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait after failed long polls.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// A request for a report now (peers may have changed); answered once the
 /// report is done.
@@ -83,6 +98,111 @@ struct ReportAnswer {
     report_seconds: Option<u64>,
     #[serde(default)]
     peers: Vec<Peer>,
+    /// Digest of the answer's content (servers with the long poll).
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// The long poll's inputs.
+struct Watch {
+    client: reqwest::Client,
+    server: String,
+    private_hex: String,
+    /// The version of the last answer (of a report or a poll).
+    known: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Changed answers go to the report loop, which publishes them.
+    answers: mpsc::Sender<ReportAnswer>,
+}
+
+impl Watch {
+    fn known(&self) -> Option<String> {
+        self.known.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    async fn poll_once(&self, version: &str) -> Result<ReportAnswer, String> {
+        let url = format!(
+            "{}/api/v2/agent/{}?wait={WATCH_WAIT_SECS}&version={version}",
+            self.server, self.private_hex
+        );
+        let resp = self
+            .client
+            .post(&url)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(|e| redact(&format!("cannot reach the server: {e}"), &self.private_hex))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| redact(&format!("reading the answer: {e}"), &self.private_hex))?;
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            return Err(redact(&format!("HTTP {status}: {text}"), &self.private_hex));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
+    }
+
+    /// Keeps one long poll outstanding until `stop`, or until the server
+    /// turns out to have none.
+    async fn run(self, stop: CancellationToken) {
+        let mut backoff = WATCH_BACKOFF_FIRST;
+        let mut failing = false;
+        loop {
+            let version = self.known().unwrap_or_default();
+            let started = Instant::now();
+            let polled = tokio::select! {
+                () = stop.cancelled() => return,
+                r = self.poll_once(&version) => r,
+            };
+            let pause = match polled {
+                Ok(a) => {
+                    failing = false;
+                    backoff = WATCH_BACKOFF_FIRST;
+                    let Some(v) = a.version.clone() else {
+                        tracing::info!(
+                            "the server has no long poll: settings are learned at each report"
+                        );
+                        return;
+                    };
+                    if v != version {
+                        if let Ok(mut k) = self.known.lock() {
+                            *k = Some(v);
+                        }
+                        if self.answers.send(a).await.is_err() {
+                            return;
+                        }
+                        None
+                    } else if started.elapsed() < WATCH_BACKOFF_FIRST {
+                        // Answered at once with nothing new: never spin.
+                        Some(WATCH_BACKOFF_FIRST)
+                    } else {
+                        None
+                    }
+                }
+                Err(e) => {
+                    if failing {
+                        tracing::debug!("long poll failed: {e}");
+                    } else {
+                        tracing::info!(
+                            "long poll failed (settings are still learned at each report): {e}"
+                        );
+                    }
+                    failing = true;
+                    let jitter = rand::rng().random_range(0..=backoff.as_millis() / 4);
+                    let wait = backoff + Duration::from_millis(u64::try_from(jitter).unwrap_or(0));
+                    backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                    Some(wait)
+                }
+            };
+            if let Some(wait) = pause {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -179,6 +299,32 @@ impl Reporter {
         let _ = logs.send(req).await;
     }
 
+    /// Publishes what the server said (a report's answer, or a long poll's
+    /// when `reported` is false: it leaves the last report's error).
+    fn publish(&self, a: &ReportAnswer, reported: bool) {
+        let changed = self.settings.send_if_modified(|s| {
+            let new = NodeSettings {
+                node_id: Some(a.node.id.clone()),
+                flow_logging: a.settings.network_flow_logging_on,
+                peers: a.peers.clone(),
+                last_error: if reported { None } else { s.last_error.clone() },
+                log_problem: s.log_problem.clone(),
+                addresses: s.addresses.clone(),
+            };
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+        if changed {
+            tracing::info!(
+                flow_logging = a.settings.network_flow_logging_on,
+                peers = a.peers.len(),
+                from = if reported { "report" } else { "long poll" },
+                "tailnet settings"
+            );
+        }
+    }
+
     /// Tells the rest of the agent (the flow classifier) this node's
     /// addresses.
     fn publish_addresses(&self) {
@@ -251,7 +397,8 @@ impl Reporter {
 
     /// Reports until `stop`: at once, then every `reportSeconds`; failures
     /// are retried after 5–15 s (then every interval), keeping the last
-    /// settings. The node's addresses are found again before every report;
+    /// settings. Once an answer shows the server has the long poll, one
+    /// is kept outstanding and its changed answers are published at once. The node's addresses are found again before every report;
     /// an address change on the interfaces (checked every 5 s) and a flow
     /// runner's request (an unknown address may be a new peer) are
     /// reported at once.
@@ -260,6 +407,16 @@ impl Reporter {
         let mut found: Option<Found> = None;
         let mut refresh = self.refresh.take();
         let mut waiting: Vec<RefreshRequest> = Vec::new();
+        let known = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (answers_tx, mut answers) = mpsc::channel(4);
+        let mut watch = Some(Watch {
+            client: self.client.clone(),
+            server: self.server.clone(),
+            private_hex: self.private_hex.clone(),
+            known: known.clone(),
+            answers: answers_tx,
+        });
+        let mut watching = true;
         loop {
             self.update_addresses(&mut found).await;
             let reported = self.report_once().await;
@@ -273,25 +430,15 @@ impl Reporter {
                             tracing::warn!("cannot write {}: {e}", self.marker.display());
                         }
                     }
-                    let changed = self.settings.send_if_modified(|s| {
-                        let new = NodeSettings {
-                            node_id: Some(a.node.id.clone()),
-                            flow_logging: a.settings.network_flow_logging_on,
-                            peers: a.peers.clone(),
-                            last_error: None,
-                            log_problem: s.log_problem.clone(),
-                            addresses: s.addresses.clone(),
-                        };
-                        let changed = *s != new;
-                        *s = new;
-                        changed
-                    });
-                    if changed {
-                        tracing::info!(
-                            flow_logging = a.settings.network_flow_logging_on,
-                            peers = a.peers.len(),
-                            "tailnet settings"
-                        );
+                    self.publish(&a, true);
+                    if let Some(v) = &a.version {
+                        if let Ok(mut k) = known.lock() {
+                            *k = Some(v.clone());
+                        }
+                        // The server has the long poll: keep one outstanding.
+                        if let Some(w) = watch.take() {
+                            tokio::spawn(w.run(stop.child_token()));
+                        }
                     }
                     a.report_seconds
                         .map_or(self.interval, Duration::from_secs)
@@ -345,6 +492,11 @@ impl Reporter {
                 };
                 tokio::select! {
                     () = stop.cancelled() => return,
+                    polled = answers.recv(), if watching => match polled {
+                        Some(a) => self.publish(&a, false),
+                        // The server has no long poll.
+                        None => watching = false,
+                    },
                     () = tokio::time::sleep_until(next) => break,
                     () = poll => {
                         let now: Vec<std::net::IpAddr> = self

@@ -8,7 +8,10 @@
 //! resend": it is acknowledged too, with a warning. Anything else, and
 //! transport errors, are retried after the integer (or HTTP-date)
 //! `Retry-After`, or else after a random 30–60 s; every sleep is capped at
-//! 5 minutes.
+//! 5 minutes. A 200 whose answer says records were `discarded` (flow
+//! records that reached the server after its tailnet's flow logging was
+//! turned off: it checked the batch and kept only its batch record) is
+//! final too, and noted once in the node's log.
 
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +46,9 @@ pub struct UploadStatus {
     pub uploaded: u64,
     /// Entries the server saved with errors (400) and that are not resent.
     pub rejected: u64,
+    /// Entries the server checked and did not store (flow records of a
+    /// tailnet whose flow logging was turned off); not resent.
+    pub discarded: u64,
     /// The last failure, private ID redacted.
     pub last_error: Option<String>,
 }
@@ -85,6 +91,9 @@ pub(crate) struct Uploader {
     pub chain: Option<crate::signing::Chain>,
     /// Waited on before the first send until the node is registered.
     pub registration: Option<watch::Receiver<crate::report::NodeSettings>>,
+    /// The node's log, where records the server discarded are noted (the
+    /// flow pipeline's uploader).
+    pub node_log: Option<tokio::sync::mpsc::Sender<crate::writer::WriteRequest>>,
 }
 
 /// Builds the one HTTP client (keep-alive, rustls with the ring provider).
@@ -205,10 +214,22 @@ fn body_of(batch: &Batch) -> Vec<u8> {
     body
 }
 
+/// The part of a 200 answer that says records were not stored.
+#[derive(serde::Deserialize)]
+struct Discarded {
+    #[serde(default)]
+    discarded: u64,
+    #[serde(default)]
+    reason: String,
+}
+
 /// What became of a batch.
 enum Delivery {
     /// Acknowledged (200): drop it from the queue.
     Accepted,
+    /// Acknowledged (200), but the server stored only the batch's record:
+    /// drop it from the queue (this many entries were discarded).
+    Discarded(u64),
     /// Saved with errors (400): drop it from the queue too.
     Rejected,
     /// The agent is stopping.
@@ -324,6 +345,7 @@ impl Uploader {
                 // Counted once the acknowledgement is on disk.
                 self.status.send_modify(|s| match delivery {
                     Delivery::Rejected => s.rejected += n,
+                    Delivery::Discarded(d) => s.discarded += d,
                     _ => s.uploaded += n,
                 });
                 if after >= before || after < full {
@@ -331,6 +353,39 @@ impl Uploader {
                 }
             }
         }
+    }
+
+    /// Notes in the log (and the node's log, once per batch) that the
+    /// server discarded records of a batch.
+    async fn note_discarded(&self, d: Discarded) {
+        let text = if d.reason == "flow_logging_off" {
+            format!(
+                "{} flow records captured while flow logging was being turned off were discarded by the server",
+                d.discarded
+            )
+        } else {
+            format!(
+                "{} records were discarded by the server ({})",
+                d.discarded,
+                d.reason.chars().take(100).collect::<String>()
+            )
+        };
+        tracing::info!(url = %self.cfg.shown_url, "{text}");
+        let Some(logs) = &self.node_log else { return };
+        let line = crate::entry::Line {
+            text,
+            source: std::sync::Arc::from("tally-agent"),
+            v: None,
+            invalid_utf8: false,
+            part: None,
+            client_time: tally_proto::timefmt::now_nanos(),
+            file: None,
+        };
+        let req = crate::writer::WriteRequest {
+            items: vec![crate::writer::Item::Line(line)],
+            reply: None,
+        };
+        let _ = logs.send(req).await;
     }
 
     /// Sends one batch (`n` entries, with its signature `headers`) until
@@ -369,8 +424,15 @@ impl Uploader {
             let (problem, wait) = match sent {
                 Ok(resp) if resp.status() == StatusCode::OK => {
                     // Reading the (small) answer lets the connection be reused.
-                    read_some(resp).await;
-                    return Delivery::Accepted;
+                    let body = read_some(resp).await;
+                    return match serde_json::from_slice::<Discarded>(&body) {
+                        Ok(d) if d.discarded > 0 => {
+                            let count = d.discarded.min(n);
+                            self.note_discarded(d).await;
+                            Delivery::Discarded(count)
+                        }
+                        _ => Delivery::Accepted,
+                    };
                 }
                 Ok(resp) => {
                     let status = resp.status();

@@ -4,7 +4,10 @@
 //! endorsed rotations). The batch's entries are always stored; next to them,
 //! in the same append, a `kind::BATCH` record states the batch's sequence
 //! number, chain hash and verdict, so a forged, altered, missing or replayed
-//! batch is stored *and flagged*, never silently accepted.
+//! batch is stored *and flagged*, never silently accepted. The one
+//! exception: flow records that arrive while their tailnet has flow logging
+//! off are checked the same way but not stored; the `BATCH` record lists
+//! them ([`BatchRecord::discarded`]), so the chain continues without a gap.
 //!
 //! The chain states and keys live in memory, are saved to
 //! `batch-state.json` every few seconds, and are rebuilt after a crash by
@@ -96,7 +99,31 @@ pub struct BatchRecord {
     pub key_event: Option<String>,
     /// Entries stored with the batch.
     pub entries: usize,
+    /// Records of the batch the server did not store, and why (empty when all were stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discarded: Vec<DiscardedRecord>,
+    /// Why the records in `discarded` were not stored: `flow_logging_off`
+    /// (flow records that arrived while their tailnet had flow logging off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard_reason: Option<String>,
 }
+
+/// One record of a batch the server checked but did not store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscardedRecord {
+    /// The entry's logtail `proc_id` (0 when it had none).
+    pub proc_id: u32,
+    /// The entry's logtail `proc_seq` (0 when it had none).
+    pub proc_seq: u64,
+    /// Start of the flow record's interval, Unix nanoseconds.
+    pub start: u64,
+    /// End of the flow record's interval, Unix nanoseconds.
+    pub end: u64,
+}
+
+/// Why a batch's records were discarded instead of stored.
+pub const DISCARD_FLOW_LOGGING_OFF: &str = "flow_logging_off";
 
 impl BatchLedger {
     /// Loads the saved state and replays the batch records stored after it.
@@ -200,6 +227,7 @@ impl BatchLedger {
 
     /// The record to store with the batch's entries, when there is one to
     /// keep (signed batches, and unsigned uploads of a signing instance).
+    /// `discarded`: the batch's records that are not stored instead, and why.
     pub fn record(
         &self,
         check: &BatchCheck,
@@ -207,6 +235,7 @@ impl BatchLedger {
         collection: &str,
         now: i64,
         entries: usize,
+        discarded: Option<(Vec<DiscardedRecord>, &str)>,
     ) -> Option<NewRecord> {
         if matches!(
             check.verdict,
@@ -235,6 +264,8 @@ impl BatchLedger {
             key,
             key_event: key_event.map(str::to_owned),
             entries,
+            discard_reason: discarded.as_ref().map(|(_, why)| (*why).to_owned()),
+            discarded: discarded.map(|(d, _)| d).unwrap_or_default(),
         };
         Some(NewRecord {
             time: now,

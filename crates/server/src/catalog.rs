@@ -4,6 +4,12 @@
 //! Reloaded after every change and periodically (other servers may share a
 //! PostgreSQL control database).
 //!
+//! It also tells agents' long polls when what they are told (flow logging,
+//! the tailnet's nodes) may have changed ([`Catalog::agent_changes`]): every
+//! reload fingerprints that per tailnet and wakes the tailnet's waiters when
+//! it differs, so a change made through another server sharing the database
+//! is noticed by the next periodic reload.
+//!
 //! It also decides whose an upload is ([`Catalog::owner_of`]): the tailnet
 //! of the instance's registered node, else the tailnet that adopted the
 //! instance into the collection, else nobody (unclaimed).
@@ -45,6 +51,8 @@ struct Cached {
     adoptions: HashMap<(String, PublicId), String>,
     nodes: HashMap<PublicId, NodeRef>,
     flow_logging: HashSet<String>,
+    /// Tailnet → fingerprint of what its agents are told.
+    agent_prints: HashMap<String, u64>,
 }
 
 /// The cached collections, registered agents and flow-logging switches,
@@ -56,6 +64,9 @@ pub struct Catalog {
     /// interleave: a periodic reload that read the database before a change
     /// committed cannot overwrite the reload made after it.
     reloading: tokio::sync::Mutex<()>,
+    /// Tailnet → a counter bumped when what its agents are told changed
+    /// (only tailnets with a waiter have one).
+    agent_watch: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
 }
 
 impl Catalog {
@@ -65,6 +76,7 @@ impl Catalog {
             data: RwLock::new(Cached::default()),
             rules,
             reloading: tokio::sync::Mutex::new(()),
+            agent_watch: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,25 +103,70 @@ impl Catalog {
                 );
             }
         }
-        let flow_logging = db
+        let flow_logging: HashSet<String> = db
             .tailnets_with("networkFlowLoggingOn")
             .await?
             .into_iter()
             .collect();
+        let agent_prints = agent_prints(&db.agent_view_rows().await?, &flow_logging);
         let names = collections.keys().map(|(_, n)| n.clone()).collect();
         let adoptions = collections
             .iter()
             .flat_map(|((t, n), c)| c.adopted.iter().map(move |i| ((n.clone(), *i), t.clone())))
             .collect();
         self.rules.replace(&collections);
-        *self.data.write() = Cached {
-            collections,
-            names,
-            adoptions,
-            nodes,
-            flow_logging,
+        let changed: Vec<String> = {
+            let mut data = self.data.write();
+            let old = &data.agent_prints;
+            let changed = agent_prints
+                .iter()
+                .filter(|(t, p)| old.get(*t) != Some(*p))
+                .map(|(t, _)| t.clone())
+                .chain(
+                    old.keys()
+                        .filter(|t| !agent_prints.contains_key(*t))
+                        .cloned(),
+                )
+                .collect();
+            *data = Cached {
+                collections,
+                names,
+                adoptions,
+                nodes,
+                flow_logging,
+                agent_prints,
+            };
+            changed
         };
+        let mut watch = self.agent_watch.lock();
+        for t in &changed {
+            if let Some(tx) = watch.get(t) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+        watch.retain(|_, tx| tx.receiver_count() > 0);
         Ok(())
+    }
+
+    /// How many long polls wait on [`Catalog::agent_changes`] of a tailnet.
+    pub fn agent_waiters(&self, tailnet_id: &str) -> usize {
+        self.agent_watch
+            .lock()
+            .get(tailnet_id)
+            .map_or(0, tokio::sync::watch::Sender::receiver_count)
+    }
+
+    /// Changes (the value is a counter) whenever a reload finds that what
+    /// the agents of `tailnet_id` are told may have changed: its flow
+    /// logging switch, or a node's ID, name, addresses or routes (nodes
+    /// registered, updated or removed). Long polls of the agent API wait on
+    /// it.
+    pub fn agent_changes(&self, tailnet_id: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.agent_watch
+            .lock()
+            .entry(tailnet_id.to_owned())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
     }
 
     /// Whose an upload of `instance` to `collection` is: its registered
@@ -174,6 +231,23 @@ impl Catalog {
     pub fn flow_logging(&self, tailnet_id: &str) -> bool {
         self.data.read().flow_logging.contains(tailnet_id)
     }
+}
+
+/// Per tailnet, a fingerprint of what its agents are told: its nodes'
+/// rows (in the order given) and its flow-logging switch.
+fn agent_prints(rows: &[[String; 5]], flow_logging: &HashSet<String>) -> HashMap<String, u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hashers: HashMap<&str, DefaultHasher> = HashMap::new();
+    for row in rows {
+        row.hash(hashers.entry(row[0].as_str()).or_default());
+    }
+    for t in flow_logging {
+        "networkFlowLoggingOn".hash(hashers.entry(t.as_str()).or_default());
+    }
+    hashers
+        .into_iter()
+        .map(|(t, h)| (t.to_owned(), h.finish()))
+        .collect()
 }
 
 /// The JSON catalog of earlier versions (before the control database).

@@ -406,9 +406,10 @@ pub async fn post_logs(
     }
     let owner = state.catalog.owner_of(collection.as_str(), &public);
     check_destination(&state, &collection, &public, &owner)?;
-    if collection.as_str() == FLOWS_COLLECTION {
-        check_flow_source(&state, &public)?;
-    }
+    // Flow records of a tailnet with flow logging off are checked like any
+    // batch but not stored (the batch record lists them): the agent learns
+    // of the switch a moment late, and its batch chain must not show a gap.
+    let discard = collection.as_str() == FLOWS_COLLECTION && !check_flow_source(&state, &public)?;
     let Ok(_permit) = state.ingest_slots.clone().try_acquire_owned() else {
         return Err(ApiError::retry(
             StatusCode::TOO_MANY_REQUESTS,
@@ -433,10 +434,24 @@ pub async fn post_logs(
         &mut budget,
     )
     .await?;
-    let bytes: u64 = parsed.entries.iter().map(|e| e.json.len() as u64).sum();
-    if collection.as_str() == FLOWS_COLLECTION {
-        check_flow_records(&parsed.entries)?;
+    let intervals = if collection.as_str() == FLOWS_COLLECTION {
+        check_flow_records(&parsed.entries)?
+    } else {
+        Vec::new()
+    };
+    if discard {
+        return discard_flows(
+            &state,
+            &public,
+            &owner,
+            &parsed,
+            batch.as_ref(),
+            &intervals,
+            now,
+        )
+        .await;
     }
+    let bytes: u64 = parsed.entries.iter().map(|e| e.json.len() as u64).sum();
     // The exact bytes are reserved against the budgets until they are written.
     let _spent = check_budgets(&state, &collection, &public, &owner, bytes, now)?;
     let bad_entries = parsed.error_message();
@@ -457,10 +472,14 @@ pub async fn post_logs(
     let count = records.len() as u64;
     let mut records = records;
     if let Some(check) = &batch
-        && let Some(mut r) =
-            state
-                .batches
-                .record(check, &public, collection.as_str(), now, records.len())
+        && let Some(mut r) = state.batches.record(
+            check,
+            &public,
+            collection.as_str(),
+            now,
+            records.len(),
+            None,
+        )
     {
         r.owner = owner.clone();
         records.push(r);
@@ -600,20 +619,108 @@ fn check_budgets(
 
 /// Every entry uploaded to the flow-log collection must be a flow record;
 /// otherwise nothing is stored and the answer says which entry is wrong.
-fn check_flow_records(entries: &[logtail::IngestEntry]) -> Result<(), ApiError> {
-    for (i, e) in entries.iter().enumerate() {
-        if let Err(err) = serde_json::from_slice::<tally_flow::FlowRecord>(&e.json) {
-            return Err(ApiError::bad_request(format!(
-                "entry {i} is not a flow record ({err}); nothing of this upload was stored"
-            )));
-        }
-    }
-    Ok(())
+/// Returns each record's interval (start, end).
+fn check_flow_records(entries: &[logtail::IngestEntry]) -> Result<Vec<(u64, u64)>, ApiError> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            serde_json::from_slice::<tally_flow::FlowRecord>(&e.json)
+                .map(|r| (r.start, r.end))
+                .map_err(|err| {
+                    ApiError::bad_request(format!(
+                        "entry {i} is not a flow record ({err}); nothing of this upload was stored"
+                    ))
+                })
+        })
+        .collect()
 }
 
-/// Flow records come only from registered agents of tailnets with flow
-/// logging on; anything else is refused (403) with what to do.
-fn check_flow_source(state: &AppState, instance: &PublicId) -> Result<(), ApiError> {
+/// Header of an answer whose records were checked but not stored: how
+/// many.
+pub const DISCARDED_HEADER: &str = "tally-discarded";
+
+/// Stores, for a flow upload of a tailnet with flow logging off, only its
+/// batch record (verdict as for any batch, plus the records it discards),
+/// and answers 200 `{"stored":1,"duplicates":0,"discarded":N,"reason":"flow_logging_off"}`
+/// (`stored`: the batch record, 0 for an unsigned upload)
+/// with `Tally-Discarded: N` and the verdict: final, not to be sent again.
+async fn discard_flows(
+    state: &AppState,
+    public: &PublicId,
+    owner: &Owner,
+    parsed: &ParsedBody,
+    batch: Option<&BatchCheck>,
+    intervals: &[(u64, u64)],
+    now: i64,
+) -> Result<Response, ApiError> {
+    use crate::batches::{DISCARD_FLOW_LOGGING_OFF, DiscardedRecord};
+    let discarded: Vec<DiscardedRecord> = parsed
+        .entries
+        .iter()
+        .zip(intervals)
+        .map(|(e, &(start, end))| DiscardedRecord {
+            proc_id: e.proc_id.unwrap_or(0),
+            proc_seq: e.proc_seq.unwrap_or(0),
+            start,
+            end,
+        })
+        .collect();
+    let n = discarded.len();
+    let record = batch.and_then(|check| {
+        state.batches.record(
+            check,
+            public,
+            FLOWS_COLLECTION,
+            now,
+            0,
+            Some((discarded, DISCARD_FLOW_LOGGING_OFF)),
+        )
+    });
+    let (mut verdict, mut stored) = (None, 0);
+    if let (Some(mut r), Some(check)) = (record, batch) {
+        r.owner = owner.clone();
+        let collection = CollectionName::parse(FLOWS_COLLECTION)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        // The batch record is what is stored: budgets apply to it.
+        let _spent = check_budgets(state, &collection, public, owner, r.body.len() as u64, now)?;
+        stored = state.store.append(vec![r]).await?.stored;
+        state.batches.apply(public, FLOWS_COLLECTION, check);
+        if check.verdict.is_suspicious() {
+            tracing::warn!(
+                instance = %public, collection = FLOWS_COLLECTION,
+                "upload batch flagged: {:?}", check.verdict
+            );
+        }
+        verdict = Some(crate::batches::verdict_name(&check.verdict));
+    }
+    tracing::info!(
+        instance = %public,
+        discarded = n,
+        "flow records discarded: their tailnet has flow logging off"
+    );
+    let body = serde_json::json!({
+        // The batch record, when there is one.
+        "stored": stored,
+        "duplicates": 0,
+        "discarded": n,
+        "reason": DISCARD_FLOW_LOGGING_OFF,
+    });
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(DISCARDED_HEADER, axum::http::HeaderValue::from(n));
+    if let Some(v) = verdict
+        && let Ok(h) = axum::http::HeaderValue::from_str(v)
+    {
+        resp.headers_mut().insert("tally-batch-verdict", h);
+    }
+    Ok(resp)
+}
+
+/// Flow records come only from registered agents: anything else is refused
+/// (403) with what to do. Returns whether the node's tailnet has flow
+/// logging on (when off, the upload is checked but not stored).
+fn check_flow_source(state: &AppState, instance: &PublicId) -> Result<bool, ApiError> {
     let Some(node) = state.catalog.node(instance) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -622,16 +729,7 @@ fn check_flow_source(state: &AppState, instance: &PublicId) -> Result<(), ApiErr
             ),
         ));
     };
-    if !state.catalog.flow_logging(&node.tailnet_id) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "flow logging is off for tailnet {}; an admin turns it on with `tally settings set --flow-logging on` (PATCH /api/v2/tailnet/-/settings {{\"networkFlowLoggingOn\":true}})",
-                node.tailnet_id
-            ),
-        ));
-    }
-    Ok(())
+    Ok(state.catalog.flow_logging(&node.tailnet_id))
 }
 
 #[cfg(test)]

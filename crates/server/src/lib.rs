@@ -147,6 +147,9 @@ pub struct AppState {
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
     /// Decoding and parsing of upload bodies running at once: one per CPU.
     pub parse_slots: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when graceful shutdown begins: held requests (agents'
+    /// long polls) answer at once so that draining does not wait for them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The HTTP routes (see [`api::table`]).
@@ -290,6 +293,7 @@ impl Server {
             log: Arc::new(transparency_log),
             reconcile: Arc::new(reconciler),
             flow_progress: Arc::new(tokio::sync::watch::Sender::new(flow_checkpoint)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
             listener,
@@ -310,6 +314,11 @@ impl Server {
     /// The control database (tests and benchmarks inspect it).
     pub fn control(&self) -> ControlDb {
         self.state.control.clone()
+    }
+
+    /// The catalog (tests see agents' long polls waiting on it).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.state.catalog.clone()
     }
 
     /// The store (tests drive retention with it).
@@ -339,6 +348,14 @@ impl Server {
             self.reconcile_resume.1,
         ));
         let app = router(state.clone());
+        // Held long polls end as soon as shutdown begins.
+        let shutdown = {
+            let token = state.shutdown.clone();
+            async move {
+                shutdown.await;
+                token.cancel();
+            }
+        };
         let header_timeout = state.config.header_read_timeout;
         match self.tls {
             Some(config) => {

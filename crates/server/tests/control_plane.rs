@@ -43,8 +43,9 @@ async fn suite(db: &Db<'_>) {
     flow_gating(db).await;
 }
 
-/// Flow records are taken only from registered agents of tailnets with flow
-/// logging on, and the switch works without a restart.
+/// Flow records are taken only from registered agents (others: 403) and
+/// stored only while their tailnet has flow logging on (else answered as
+/// final and discarded), and the switch works without a restart.
 async fn flow_gating(db: &Db<'_>) {
     let env = start(db).await;
     let ak = env.auth_key(true, &[]).await;
@@ -64,10 +65,15 @@ async fn flow_gating(db: &Db<'_>) {
         let url = format!("{}/c/tailtraffic/{pid}", env.base);
         async move { http.post(url).body(record).send().await.expect("sent") }
     };
+    let discarded = |v: serde_json::Value| {
+        assert_eq!(v["stored"], 0, "{v}");
+        assert_eq!(v["discarded"], 1, "{v}");
+        assert_eq!(v["reason"], "flow_logging_off", "{v}");
+    };
     let resp = post(private.clone()).await;
-    assert_eq!(resp.status(), 403);
-    let msg = resp.text().await.expect("body");
-    assert!(msg.contains("flow logging is off"), "{msg}");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["tally-discarded"], "1");
+    discarded(resp.json().await.expect("json"));
     let resp = post(tally_proto::PrivateId::generate().to_hex()).await;
     assert_eq!(resp.status(), 403);
     assert!(
@@ -101,7 +107,9 @@ async fn flow_gating(db: &Db<'_>) {
         )
         .await;
     assert_eq!(s, 200);
-    assert_eq!(post(private).await.status(), 403);
+    let resp = post(private).await;
+    assert_eq!(resp.status(), 200);
+    discarded(resp.json().await.expect("json"));
     env.stop().await;
 }
 

@@ -221,6 +221,12 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         tally_proto::timefmt::format_nanos(since),
         flagged.len()
     );
+    if let Some(n) = v["recordsDiscarded"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "{} of them ({n} flow records) reached the server after flow logging was turned off: checked, not stored, not a gap",
+            v["batchesDiscarded"].as_u64().unwrap_or(0)
+        );
+    }
     for f in &flagged {
         problems.push(format!(
             "{} instance {} {} batch {}: {}",

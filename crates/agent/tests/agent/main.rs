@@ -4,3 +4,4 @@
 mod sources;
 mod support;
 mod upload;
+mod watch;

@@ -199,7 +199,10 @@ fn cut_json(c: &crate::merkle_log::CutStatement) -> serde_json::Value {
 
 /// `GET /api/v2/tailnet/{t}/logging/integrity?start=&end=`: the flagged
 /// upload batches (bad signatures, gaps, broken chains, replays, unsigned
-/// uploads of signing nodes) of the tailnet's nodes and collections.
+/// uploads of signing nodes) of the tailnet's nodes and collections, and
+/// how many batches and records were checked but discarded
+/// (`batchesDiscarded`, `recordsDiscarded`: flow records that arrived
+/// after flow logging was turned off; not flagged).
 pub async fn integrity(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -226,6 +229,9 @@ pub async fn integrity(
     let store = state.store.clone();
     let mut out = Vec::new();
     let mut checked = 0u64;
+    // Batches checked but not stored (flow records after a flow-logging
+    // switch-off): not flagged, their chain goes on.
+    let (mut discarded_batches, mut discarded_records) = (0u64, 0u64);
     let mut from = 1;
     loop {
         let (store, f) = (store.clone(), filter.clone());
@@ -237,9 +243,14 @@ pub async fn integrity(
         for r in &batch.records {
             let instance = PublicId(r.rec.instance);
             checked += 1;
-            if let Ok(b) = serde_json::from_slice::<BatchRecord>(&r.rec.body)
-                && b.suspicious
-            {
+            let Ok(b) = serde_json::from_slice::<BatchRecord>(&r.rec.body) else {
+                continue;
+            };
+            if !b.discarded.is_empty() {
+                discarded_batches += 1;
+                discarded_records += b.discarded.len() as u64;
+            }
+            if b.suspicious {
                 out.push(json!({
                     "time": tally_proto::timefmt::format_nanos(r.rec.time),
                     "instance": instance.to_hex(),
@@ -261,6 +272,8 @@ pub async fn integrity(
         "start": tally_proto::timefmt::format_nanos(start),
         "end": tally_proto::timefmt::format_nanos(end),
         "batchesChecked": checked,
+        "batchesDiscarded": discarded_batches,
+        "recordsDiscarded": discarded_records,
         "flagged": out,
     }))
     .into_response())

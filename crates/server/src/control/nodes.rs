@@ -10,6 +10,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 
+/// What an agent's registration or report did to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// A new node (auth key).
+    Created,
+    /// A known node whose details changed (audited).
+    Updated,
+    /// A known node, nothing changed but `lastSeen`.
+    Unchanged,
+}
+
 /// What an agent reports when it registers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -293,14 +304,14 @@ impl ControlDb {
     /// An agent's registration: a known instance updates its node (audited
     /// only when something changed; otherwise only `lastSeen` moves); an
     /// unknown one needs a valid auth key and creates a node. Returns the
-    /// node and whether it is new.
+    /// node and what the registration did.
     pub async fn register_agent(
         &self,
         instance: &tally_proto::PublicId,
         auth_key: Option<&str>,
         reg: &Registration,
         remote: Option<String>,
-    ) -> Result<(Device, bool), ControlError> {
+    ) -> Result<(Device, Registered), ControlError> {
         validate_text("hostname", &reg.hostname, 253)?;
         if reg.hostname.is_empty() {
             return Err(ControlError::Invalid("hostname is required".into()));
@@ -332,7 +343,10 @@ impl ControlDb {
                     .bind(&old.id)
                     .execute(&self.pool)
                     .await?;
-                return Ok((self.node(&old.tailnet_id, &old.id).await?, false));
+                return Ok((
+                    self.node(&old.tailnet_id, &old.id).await?,
+                    Registered::Unchanged,
+                ));
             }
             let ctx = AuditContext {
                 actor: Actor {
@@ -395,7 +409,10 @@ impl ControlDb {
                 )
                 .await?;
             change.commit().await?;
-            return Ok((self.node(&old.tailnet_id, &old.id).await?, false));
+            return Ok((
+                self.node(&old.tailnet_id, &old.id).await?,
+                Registered::Updated,
+            ));
         }
         let Some(secret) = auth_key else {
             return Err(ControlError::Unauthorized(
@@ -485,7 +502,29 @@ impl ControlDb {
             self.take_over(&mut change, holders, &id).await?;
         }
         change.commit().await?;
-        Ok((self.node(&key.tailnet_id, &id).await?, true))
+        Ok((self.node(&key.tailnet_id, &id).await?, Registered::Created))
+    }
+
+    /// What agents are told about every node (tailnet, ID, name, addresses,
+    /// routes as stored), in a fixed order: the catalog fingerprints it to
+    /// notice changes made by other servers.
+    pub async fn agent_view_rows(&self) -> Result<Vec<[String; 5]>, ControlError> {
+        sqlx::query(
+            "SELECT tailnet_id, id, name, addresses, routes FROM nodes ORDER BY tailnet_id, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok([
+                r.try_get("tailnet_id")?,
+                r.try_get("id")?,
+                r.try_get("name")?,
+                r.try_get("addresses")?,
+                r.try_get("routes")?,
+            ])
+        })
+        .collect()
     }
 
     /// Nodes of a tailnet, by name.

@@ -43,10 +43,12 @@ pub struct Env {
     pub control: ControlDb,
     /// The default tailnet's ID.
     pub tailnet: String,
-    /// The data directory.
-    pub dir: tempfile::TempDir,
+    /// The server's catalog.
+    pub catalog: std::sync::Arc<tally_server::catalog::Catalog>,
     /// The server's store (tests append records to it directly).
     pub store: std::sync::Arc<tally_store::Store>,
+    /// The data directory.
+    pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -79,6 +81,7 @@ pub async fn start_with(
     let server = Server::bind(config).await.expect("server binds");
     let base = format!("http://{}", server.local_addr().expect("addr"));
     let control = server.control();
+    let catalog = server.catalog();
     let store = server.store();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
@@ -89,9 +92,10 @@ pub async fn start_with(
         base,
         http,
         control,
+        catalog,
+        store,
         tailnet: String::new(),
         dir,
-        store,
         stop: Some(tx),
         task: Some(task),
     };
