@@ -106,6 +106,11 @@ pub struct BatchRecord {
     /// (flow records that arrived while their tailnet had flow logging off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discard_reason: Option<String>,
+    /// When the agent sent the upload (its clock, Unix ns, header
+    /// `Tally-Sent-At`): the reconciler measures the node's clock offset
+    /// from the time in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
 }
 
 /// One record of a batch the server checked but did not store.
@@ -124,6 +129,32 @@ pub struct DiscardedRecord {
 
 /// Why a batch's records were discarded instead of stored.
 pub const DISCARD_FLOW_LOGGING_OFF: &str = "flow_logging_off";
+
+/// What a batch record says about the upload besides its verdict.
+#[derive(Debug, Default)]
+pub struct BatchContents<'a> {
+    /// Entries stored with the batch.
+    pub entries: usize,
+    /// The batch's records not stored instead, and why.
+    pub discarded: Option<(Vec<DiscardedRecord>, &'a str)>,
+    /// When the agent sent the upload (its clock), from [`sent_at`].
+    pub sent_at: Option<i64>,
+}
+
+/// The upload's `Tally-Sent-At` (Unix ns, the agent's clock), when it is
+/// a number within a day of the server's `now` (anything else is ignored:
+/// the offset is then measured from the records' ends).
+pub fn sent_at(headers: &axum::http::HeaderMap, now: i64) -> Option<i64> {
+    const DAY: i64 = 86_400_000_000_000;
+    headers
+        .get("tally-sent-at")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|t| t.abs_diff(now) <= DAY.unsigned_abs())
+}
 
 impl BatchLedger {
     /// Loads the saved state and replays the batch records stored after it.
@@ -227,16 +258,19 @@ impl BatchLedger {
 
     /// The record to store with the batch's entries, when there is one to
     /// keep (signed batches, and unsigned uploads of a signing instance).
-    /// `discarded`: the batch's records that are not stored instead, and why.
     pub fn record(
         &self,
         check: &BatchCheck,
         instance: &PublicId,
         collection: &str,
         now: i64,
-        entries: usize,
-        discarded: Option<(Vec<DiscardedRecord>, &str)>,
+        contents: BatchContents<'_>,
     ) -> Option<NewRecord> {
+        let BatchContents {
+            entries,
+            discarded,
+            sent_at,
+        } = contents;
         if matches!(
             check.verdict,
             Verdict::Unsigned {
@@ -266,6 +300,7 @@ impl BatchLedger {
             entries,
             discard_reason: discarded.as_ref().map(|(_, why)| (*why).to_owned()),
             discarded: discarded.map(|(d, _)| d).unwrap_or_default(),
+            sent_at,
         };
         Some(NewRecord {
             time: now,

@@ -1,7 +1,7 @@
 //! `POST /c/<collection>/<private-id>`: store a log entry or a batch.
 
 use crate::AppState;
-use crate::batches::BatchLedger;
+use crate::batches::{BatchContents, BatchLedger};
 use crate::body::{self, BodyError};
 use crate::control::collections::{FLOWS_COLLECTION, is_system_collection};
 use crate::error::ApiError;
@@ -448,6 +448,7 @@ pub async fn post_logs(
             batch.as_ref(),
             &intervals,
             now,
+            crate::batches::sent_at(&headers, now),
         )
         .await;
     }
@@ -477,8 +478,11 @@ pub async fn post_logs(
             &public,
             collection.as_str(),
             now,
-            records.len(),
-            None,
+            BatchContents {
+                entries: records.len(),
+                discarded: None,
+                sent_at: crate::batches::sent_at(&headers, now),
+            },
         )
     {
         r.owner = owner.clone();
@@ -645,6 +649,7 @@ pub const DISCARDED_HEADER: &str = "tally-discarded";
 /// and answers 200 `{"stored":1,"duplicates":0,"discarded":N,"reason":"flow_logging_off"}`
 /// (`stored`: the batch record, 0 for an unsigned upload)
 /// with `Tally-Discarded: N` and the verdict: final, not to be sent again.
+#[allow(clippy::too_many_arguments)]
 async fn discard_flows(
     state: &AppState,
     public: &PublicId,
@@ -653,6 +658,7 @@ async fn discard_flows(
     batch: Option<&BatchCheck>,
     intervals: &[(u64, u64)],
     now: i64,
+    sent_at: Option<i64>,
 ) -> Result<Response, ApiError> {
     use crate::batches::{DISCARD_FLOW_LOGGING_OFF, DiscardedRecord};
     let discarded: Vec<DiscardedRecord> = parsed
@@ -673,8 +679,11 @@ async fn discard_flows(
             public,
             FLOWS_COLLECTION,
             now,
-            0,
-            Some((discarded, DISCARD_FLOW_LOGGING_OFF)),
+            BatchContents {
+                entries: 0,
+                discarded: Some((discarded, DISCARD_FLOW_LOGGING_OFF)),
+                sent_at,
+            },
         )
     });
     let (mut verdict, mut stored) = (None, 0);

@@ -26,7 +26,8 @@ use std::time::Duration;
 use tally_flow::FlowRecord;
 use tally_proto::PublicId;
 use tally_reconcile::{
-    BatchVerdict, Config, Finding, FlowKind, FlowObservation, NodeInfo, Reconciler, Stats, Summary,
+    BatchVerdict, Config, DiscardedRecord, Finding, FlowKind, FlowObservation, NodeInfo,
+    Reconciler, Stats, Summary,
 };
 use tally_store::{Filter, NewRecord, Record, ScanBatch, Store, StoreConfig, StoreError, kind};
 
@@ -226,6 +227,7 @@ fn observations(
     catalog: &Catalog,
     r: &Record,
     integrity: Option<BatchVerdict>,
+    sent: Option<i64>,
 ) -> Vec<FlowObservation> {
     let Some(node) = catalog.node(&PublicId(r.rec.instance)) else {
         return Vec::new();
@@ -263,8 +265,40 @@ fn observations(
             proc_seq,
             index: u32::try_from(i).unwrap_or(u32::MAX),
             integrity,
-            sent: None,
+            sent,
             capture_start: record.capture_start.and_then(|c| i64::try_from(c).ok()),
+        })
+        .collect()
+}
+
+/// The records a batch record says the server discarded (flow logging
+/// was off), for the reconciler.
+fn discarded(
+    catalog: &Catalog,
+    r: &Record,
+    b: &crate::batches::BatchRecord,
+) -> Vec<DiscardedRecord> {
+    if b.discarded.is_empty() {
+        return Vec::new();
+    }
+    let Some(node) = catalog.node(&PublicId(r.rec.instance)) else {
+        return Vec::new();
+    };
+    let tailnet: Arc<str> = Arc::from(node.tailnet_id.as_str());
+    let node_id: Arc<str> = Arc::from(node.node_id.as_str());
+    let instance: Arc<str> = Arc::from(hex::encode(r.rec.instance).as_str());
+    b.discarded
+        .iter()
+        .map(|d| DiscardedRecord {
+            tailnet: tailnet.clone(),
+            node: node_id.clone(),
+            start: i64::try_from(d.start).unwrap_or(i64::MAX),
+            end: i64::try_from(d.end).unwrap_or(i64::MAX),
+            logged: r.rec.time,
+            sent: b.sent_at,
+            instance: instance.clone(),
+            proc_id: d.proc_id,
+            proc_seq: d.proc_seq,
         })
         .collect()
 }
@@ -289,17 +323,39 @@ struct TakenIn {
     last_time: Option<i64>,
 }
 
+/// One upload, as the reconciler takes it in.
+#[derive(Debug, Default)]
+struct Upload {
+    /// The observations of its flow records, with the batch's verdict and
+    /// send time.
+    observations: Vec<FlowObservation>,
+    /// Flow records the server did not store (flow logging was off).
+    discarded: Vec<DiscardedRecord>,
+}
+
+impl Upload {
+    /// Feeds the upload to `rec`.
+    fn feed(&self, rec: &mut Reconciler) {
+        for d in &self.discarded {
+            rec.discarded(d);
+        }
+        for o in &self.observations {
+            rec.observe(o);
+        }
+    }
+}
+
 /// Takes in one read of the store (the one input path of the service and
 /// of [`replay`]): an upload's entries are followed by its batch record,
 /// when signed, so consecutive records of one upload (same instance and
 /// receive time) are one group; `take` gets each group's receive time and
-/// the observations of its flow records, with the batch's verdict. A
-/// group a truncated read may have cut is left for the next read.
+/// the [`Upload`]. A group a truncated read may have cut is left for the
+/// next read.
 fn take_in(
     catalog: &Catalog,
     batch: &ScanBatch,
     pos: u64,
-    mut take: impl FnMut(i64, &[FlowObservation]),
+    mut take: impl FnMut(i64, &Upload),
 ) -> TakenIn {
     let records = &batch.records;
     let mut i = 0;
@@ -317,18 +373,28 @@ fn take_in(
             break;
         }
         let group = &records[i..j];
-        let integrity = group
+        let batch_record = group
             .iter()
             .rev()
             .find(|r| r.rec.kind == kind::BATCH)
-            .and_then(|r| serde_json::from_slice::<crate::batches::BatchRecord>(&r.rec.body).ok())
-            .and_then(|b| verdict(&b.verdict));
-        let obs: Vec<FlowObservation> = group
-            .iter()
-            .filter(|r| r.rec.kind == kind::LOG)
-            .flat_map(|r| observations(catalog, r, integrity))
-            .collect();
-        take(records[i].rec.time, &obs);
+            .and_then(|r| {
+                serde_json::from_slice::<crate::batches::BatchRecord>(&r.rec.body)
+                    .ok()
+                    .map(|b| (r, b))
+            });
+        let integrity = batch_record.as_ref().and_then(|(_, b)| verdict(&b.verdict));
+        let sent = batch_record.as_ref().and_then(|(_, b)| b.sent_at);
+        let upload = Upload {
+            observations: group
+                .iter()
+                .filter(|r| r.rec.kind == kind::LOG)
+                .flat_map(|r| observations(catalog, r, integrity, sent))
+                .collect(),
+            discarded: batch_record
+                .map(|(r, b)| discarded(catalog, r, &b))
+                .unwrap_or_default(),
+        };
+        take(records[i].rec.time, &upload);
         consumed = group.last().map_or(consumed, |r| r.seq);
         i = j;
     }
@@ -518,11 +584,8 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
                 return;
             }
         };
-        let taken = take_in(&state.catalog, &batch, pos, |_, obs| {
-            let mut rec = svc.inner.lock();
-            for o in obs {
-                rec.observe(o);
-            }
+        let taken = take_in(&state.catalog, &batch, pos, |_, upload| {
+            upload.feed(&mut svc.inner.lock());
         });
         pos = taken.pos;
         let caught_up = !batch.truncated;
@@ -680,10 +743,8 @@ pub async fn replay(
         loop {
             let batch = read_after(&store, pos)
                 .map_err(|e| anyhow::anyhow!("reading the store failed: {e}"))?;
-            let taken = take_in(&catalog, &batch, pos, |time, obs| {
-                for o in obs {
-                    rec.observe(o);
-                }
+            let taken = take_in(&catalog, &batch, pos, |time, upload| {
+                upload.feed(&mut rec);
                 findings.extend(rec.advance(time));
             });
             records += batch

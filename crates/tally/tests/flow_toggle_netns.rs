@@ -10,7 +10,10 @@
 //!   agent's last interval, flushed when capture stops) are discarded by
 //!   the server, which says so, and each agent notes it in its node log;
 //! - their batch chains show no gap: the batches after the switch-on are
-//!   in order and `tally verify` exits 0.
+//!   in order and `tally verify` exits 0;
+//! - flow logging stays off for a minute: the reconciler's findings around
+//!   it are `missing_flow_logging_off` only (no lost batch, gap or
+//!   integrity finding).
 
 mod common;
 mod netns;
@@ -118,11 +121,13 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // Default report interval (30 s): only the long poll makes the agents quick.
+    // Default report interval (30 s): only the long poll makes the agents
+    // quick. Reconciliation in 1-s windows (the agents' interval) with a
+    // 10-s grace, so that its findings come soon.
     let server = TestServer::start_on(
         &dir.path().join("server"),
         &format!("{}:0", lab.gateway),
-        &[],
+        &["--reconcile-window", "1s", "--reconcile-grace", "10s"],
     );
     let auth = common::reusable_auth_key(&server.url).await;
     let mut agents = Vec::new();
@@ -138,6 +143,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     let instances: Vec<String> = agents.iter().map(|a| a.public_id.clone()).collect();
     let mut logs = Follow::open(&server.url, "tailnode").await;
     let mut flows = Follow::open(&server.url, "tailtraffic").await;
+    let mut findings = Follow::open(&server.url, "findings").await;
 
     // UDP in lock-step between the two hosts the whole time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -205,6 +211,11 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
         "flow records captured while flow logging was being turned off were discarded by the server",
     )
     .await;
+    // Off for a minute in all.
+    let left = off + 60 * SEC - now_nanos();
+    if left > 0 {
+        tokio::time::sleep(Duration::from_nanos(left.unsigned_abs())).await;
+    }
 
     // On again: capture starts within seconds, new records arrive.
     let on = set_flow_logging(&server.url, true).await;
@@ -220,6 +231,70 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     // A couple more records each, so the batches after the discarded ones
     // have been checked.
     await_records_since(&mut flows, &nodes, now_nanos()).await;
+
+    // The findings: `missing_flow_logging_off` around the minute off and
+    // nothing else. The end is marked by stopping host 1's agent while
+    // host 0 goes on talking to it: its first `missing_agent_silent`
+    // finding after that shows every earlier window has been judged.
+    let t_end = now_nanos();
+    let marker_agent = agents.pop().unwrap();
+    tokio::task::block_in_place(|| marker_agent.stop());
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no finding for host1's stopped agent; findings so far: {seen:#?}"
+        );
+        let f = findings.next().await;
+        let marker = f["class"] == "missing_agent_silent"
+            && f["node"] == nodes[1].as_str()
+            && f["window"]["start"].as_i64().is_some_and(|s| s >= t_end);
+        seen.push(f);
+        if marker {
+            break;
+        }
+    }
+    let window = |f: &Value| {
+        (
+            f["window"]["start"].as_i64().unwrap_or(i64::MIN),
+            f["window"]["end"].as_i64().unwrap_or(i64::MAX),
+        )
+    };
+    let off_findings = seen
+        .iter()
+        .filter(|f| f["class"] == "missing_flow_logging_off")
+        .count();
+    let unexpected: Vec<String> = seen
+        .iter()
+        .filter(|f| {
+            let (start, end) = window(f);
+            let toggle = f["class"] == "missing_flow_logging_off"
+                && start >= off - 5 * SEC
+                && end <= on + PROMPT;
+            let marker = f["node"] == nodes[1].as_str() && end > t_end - 2 * SEC;
+            !(toggle || marker)
+        })
+        .map(|f| {
+            let (start, end) = window(f);
+            format!(
+                "{} {} {}..{}: {}",
+                f["class"],
+                f["node"],
+                format_nanos(start),
+                format_nanos(end),
+                f["detail"]
+            )
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "flow logging off {} to {} should explain every finding before {}: {unexpected:#?}",
+        format_nanos(off),
+        format_nanos(on),
+        format_nanos(t_end)
+    );
+    eprintln!("{off_findings} missing_flow_logging_off findings around the switch");
     stop.store(true, Ordering::SeqCst);
     tokio::task::block_in_place(|| {
         client.join().unwrap();
