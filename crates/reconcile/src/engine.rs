@@ -289,6 +289,11 @@ struct State {
     pairs: FxMap<(u32, u32), Completeness>,
     /// Findings produced by `observe` and not yet returned.
     out: Vec<Finding>,
+    /// Per node: the window last asked about and whether the node captured
+    /// all of it and a window either side (a cache for `judge`, which asks
+    /// once per connection).
+    #[serde(skip)]
+    full_cover: Vec<(i64, bool)>,
     stats: Stats,
 }
 
@@ -352,6 +357,7 @@ impl Reconciler {
                 conns: FxMap::default(),
                 pairs: FxMap::default(),
                 out: Vec::new(),
+                full_cover: Vec::new(),
                 stats: Stats::default(),
             },
             last_stream: None,
@@ -666,7 +672,6 @@ impl Reconciler {
         let rel = self.st.cfg.rel_tolerance;
         let (key, side) = conn_key(tailnet, o);
         let horizon = self.st.horizon;
-        let peer = self.st.addr.get(&(tailnet, o.dst.ip())).copied();
         let conn = self.st.conns.entry(key).or_insert_with(|| {
             let next = start.div_euclid(w).max(horizon.unwrap_or(i64::MIN));
             let dir = Dir {
@@ -687,7 +692,7 @@ impl Reconciler {
         });
         conn.nodes[side] = Some(node);
         if conn.nodes[1 - side].is_none() {
-            conn.nodes[1 - side] = peer;
+            conn.nodes[1 - side] = self.st.addr.get(&(tailnet, o.dst.ip())).copied();
         }
         let v = [o.tx_pkts, o.tx_bytes, o.rx_pkts, o.rx_bytes];
         if (end - 1).max(start).div_euclid(w) < conn.next {
@@ -1055,6 +1060,23 @@ impl Reconciler {
         })
     }
 
+    /// Whether the node captured all of window `k`, the margin after it and
+    /// a window before it (where the count bounds of window `k` rest).
+    fn fully_covered(&mut self, node: u32, k: i64) -> bool {
+        let n = node as usize;
+        if self.st.full_cover.len() <= n {
+            let len = self.st.nodes.len().max(n + 1);
+            self.st.full_cover.resize(len, (i64::MIN, false));
+        }
+        if self.st.full_cover[n].0 == k {
+            return self.st.full_cover[n].1;
+        }
+        let (w, m) = (self.st.cfg.window_ns, self.st.cfg.margin_ns);
+        let full = self.span_coverage(node, k * w - w - m, (k + 1) * w + m) >= FULL_COVERAGE;
+        self.st.full_cover[n] = (k, full);
+        full
+    }
+
     /// Share (0..=1) of `[a, b)` covered by the node's records.
     fn span_coverage(&self, node: u32, a: i64, b: i64) -> f64 {
         let w = self.st.cfg.window_ns;
@@ -1223,10 +1245,7 @@ impl Reconciler {
         // span the bounds rest on: at a capture's start or end (an agent
         // starting, stopping, or flow logging switched) one end saw traffic
         // the other was not there to see.
-        let partial =
-            conn.nodes.iter().flatten().any(|&n| {
-                self.span_coverage(n, ws - conn.max_len.min(w) - m, t + m) < FULL_COVERAGE
-            });
+        let partial = conn.nodes.iter().flatten().any(|&n| !self.fully_covered(n, k));
         let quiet = t <= quiet || partial;
         let rel = cfg.rel_tolerance;
         // (direction, proven excess in pkts/bytes, receiver short?, since)
