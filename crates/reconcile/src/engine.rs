@@ -1245,7 +1245,11 @@ impl Reconciler {
         // span the bounds rest on: at a capture's start or end (an agent
         // starting, stopping, or flow logging switched) one end saw traffic
         // the other was not there to see.
-        let partial = conn.nodes.iter().flatten().any(|&n| !self.fully_covered(n, k));
+        let partial = conn
+            .nodes
+            .iter()
+            .flatten()
+            .any(|&n| !self.fully_covered(n, k));
         let quiet = t <= quiet || partial;
         let rel = cfg.rel_tolerance;
         // (direction, proven excess in pkts/bytes, receiver short?, since)
@@ -1460,7 +1464,7 @@ impl Reconciler {
                 ),
             )
         } else if facts.as_ref().is_some_and(|f| !f.flow_logging)
-            || self.logging_off_in(x, a - m - cfg.window_ns, b + m + cfg.window_ns)
+            || (absent && self.logging_off_in(x, a - m - cfg.window_ns, b + m + cfg.window_ns))
         {
             (
                 FindingClass::MissingFlowLoggingOff,

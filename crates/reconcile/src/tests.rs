@@ -361,3 +361,37 @@ fn short_connections_pair_at_any_phase_offset() {
         );
     }
 }
+
+/// A backlog of ten 1-s records from each end uploaded at once, without a
+/// send time: placed as one (by the newest record's end), an edit of one
+/// end's counts is a count mismatch.
+#[test]
+fn a_backlog_uploaded_at_once_is_judged_as_it_happened() {
+    let cfg = Config {
+        window_ns: S,
+        grace_ns: 15 * S,
+        ..Config::default()
+    };
+    let mut r = Reconciler::new(cfg).expect("config");
+    r.update_node(&info(1, T0 - 100 * S));
+    r.update_node(&info(2, T0 - 100 * S));
+    let now = T0 + 100 * S;
+    for (a, b, tx, rx) in [(1u8, 2u8, 50_000u64, 0u64), (2, 1, 0, 1_000)] {
+        for i in 0..10i64 {
+            let start = now - (12 - i) * S;
+            let mut o = obs(a, b, 0, 0, tx, rx, i as u64 + 1, 0);
+            o.start = start;
+            o.end = start + S;
+            o.logged = now + i64::from(a) * 1_000_000;
+            o.sent = Some(now - 2 * S);
+            o.tx_pkts = 40;
+            o.rx_pkts = 40;
+            r.observe(&o);
+        }
+    }
+    let found = r.advance(now + 100 * S);
+    assert!(
+        found.iter().any(|f| f.class == FindingClass::CountMismatch),
+        "{found:#?}"
+    );
+}

@@ -94,7 +94,8 @@ pub struct FlowObservation {
     /// When the agent sent the upload the record came in (the node's
     /// clock, Unix ns), when it said so: the node's clock offset is then
     /// measured from the time in flight alone, not from how long the record
-    /// waited in the agent's queue.
+    /// waited in the agent's queue. Without it, the end of the upload's
+    /// newest record (it was sent no earlier) is the next best bound.
     pub sent: Option<i64>,
     /// When the node's capture that wrote the record started (node clock,
     /// Unix ns), when the agent said so: the node then covered the whole

@@ -384,12 +384,22 @@ fn take_in(
             });
         let integrity = batch_record.as_ref().and_then(|(_, b)| verdict(&b.verdict));
         let sent = batch_record.as_ref().and_then(|(_, b)| b.sent_at);
+        let mut observations: Vec<FlowObservation> = group
+            .iter()
+            .filter(|r| r.rec.kind == kind::LOG)
+            .flat_map(|r| observations(catalog, r, integrity, sent))
+            .collect();
+        if sent.is_none() {
+            // The upload left no earlier than its newest record ended: one
+            // bound for all its records (a backlog sent at once is then
+            // placed as one, not each record by its own queue delay).
+            let newest = observations.iter().map(|o| o.end).max();
+            for o in &mut observations {
+                o.sent = newest;
+            }
+        }
         let upload = Upload {
-            observations: group
-                .iter()
-                .filter(|r| r.rec.kind == kind::LOG)
-                .flat_map(|r| observations(catalog, r, integrity, sent))
-                .collect(),
+            observations,
             discarded: batch_record
                 .map(|(r, b)| discarded(catalog, r, &b))
                 .unwrap_or_default(),

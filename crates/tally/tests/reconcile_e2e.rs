@@ -18,7 +18,7 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         &dir.path().join("server"),
-        &["--reconcile-window", "1s", "--reconcile-grace", "1s"],
+        &["--reconcile-window", "1s", "--reconcile-grace", "15s"],
     );
     let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
@@ -36,6 +36,9 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The records below cover the 12 s before their upload: flow logging
+    // must have been on by then (the reconciler knows when it was off).
+    tokio::time::sleep(Duration::from_secs(13)).await;
     let mut stream = c
         .get(format!("{}/c/findings", server.url))
         .bearer_auth(KEY)
@@ -278,7 +281,7 @@ fn saved_position(data: &std::path::Path) -> Option<(u64, u64)> {
 async fn a_state_of_another_engine_version_is_replaced_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let args = ["--reconcile-window", "1s", "--reconcile-grace", "1s"];
+    let args = ["--reconcile-window", "1s", "--reconcile-grace", "15s"];
     let mut server = TestServer::start(&data, &args);
     let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
@@ -295,6 +298,9 @@ async fn a_state_of_another_engine_version_is_replaced_not_fatal() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The records below cover the 12 s before their upload: flow logging
+    // must have been on by then (the reconciler knows when it was off).
+    tokio::time::sleep(Duration::from_secs(13)).await;
 
     // A first edited connection, found, and the state saved after it (the
     // reconciler saves every 15 s).
