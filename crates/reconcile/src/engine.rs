@@ -1061,7 +1061,8 @@ impl Reconciler {
     }
 
     /// Whether the node captured all of window `k`, the margin after it and
-    /// a window before it (where the count bounds of window `k` rest).
+    /// a window before it (where the count bounds of window `k` rest), and
+    /// none of its records there was discarded.
     fn fully_covered(&mut self, node: u32, k: i64) -> bool {
         let n = node as usize;
         if self.st.full_cover.len() <= n {
@@ -1072,7 +1073,12 @@ impl Reconciler {
             return self.st.full_cover[n].1;
         }
         let (w, m) = (self.st.cfg.window_ns, self.st.cfg.margin_ns);
-        let full = self.span_coverage(node, k * w - w - m, (k + 1) * w + m) >= FULL_COVERAGE;
+        let (a, b) = (k * w - w - m, (k + 1) * w + m);
+        // A record the server discarded covered its span, but what it
+        // counted is unknown (and a capture session's later record may
+        // have counted the span as idle).
+        let discarded = self.st.nodes[n].policy.iter().any(|p| p.0 < b && p.1 > a);
+        let full = !discarded && self.span_coverage(node, a, b) >= FULL_COVERAGE;
         self.st.full_cover[n] = (k, full);
         full
     }
