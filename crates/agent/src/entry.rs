@@ -44,6 +44,22 @@ pub(crate) struct Line {
     pub file: Option<FilePos>,
 }
 
+impl Line {
+    /// A line the agent itself writes to the node's log, from `source`, at
+    /// `at` (Unix ns).
+    pub(crate) fn note(source: &str, text: String, at: i64) -> Line {
+        Line {
+            text,
+            source: std::sync::Arc::from(source),
+            v: None,
+            invalid_utf8: false,
+            part: None,
+            client_time: at,
+            file: None,
+        }
+    }
+}
+
 /// How the verbosity level of a line is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {

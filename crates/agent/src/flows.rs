@@ -150,15 +150,7 @@ fn event_line(e: &FlowEvent) -> Line {
 }
 
 fn agent_line(text: String, at: i64) -> Line {
-    Line {
-        text,
-        source: Arc::from(FLOW_SOURCE),
-        v: None,
-        invalid_utf8: false,
-        part: None,
-        client_time: at,
-        file: None,
-    }
+    Line::note(FLOW_SOURCE, text, at)
 }
 
 impl FlowRunner {

@@ -283,20 +283,7 @@ impl Reporter {
     /// Writes `text` to the node's log (source `tally-agent`).
     async fn note(&self, text: String) {
         let Some(logs) = &self.logs else { return };
-        let line = crate::entry::Line {
-            text,
-            source: std::sync::Arc::from("tally-agent"),
-            v: None,
-            invalid_utf8: false,
-            part: None,
-            client_time: tally_proto::timefmt::now_nanos(),
-            file: None,
-        };
-        let req = crate::writer::WriteRequest {
-            items: vec![crate::writer::Item::Line(line)],
-            reply: None,
-        };
-        let _ = logs.send(req).await;
+        crate::writer::note(logs, text).await;
     }
 
     /// Publishes what the server said (a report's answer, or a long poll's

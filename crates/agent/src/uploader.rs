@@ -372,20 +372,7 @@ impl Uploader {
         };
         tracing::info!(url = %self.cfg.shown_url, "{text}");
         let Some(logs) = &self.node_log else { return };
-        let line = crate::entry::Line {
-            text,
-            source: std::sync::Arc::from("tally-agent"),
-            v: None,
-            invalid_utf8: false,
-            part: None,
-            client_time: tally_proto::timefmt::now_nanos(),
-            file: None,
-        };
-        let req = crate::writer::WriteRequest {
-            items: vec![crate::writer::Item::Line(line)],
-            reply: None,
-        };
-        let _ = logs.send(req).await;
+        crate::writer::note(logs, text).await;
     }
 
     /// Sends one batch (`n` entries, with its signature `headers`) until

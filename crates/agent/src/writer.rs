@@ -51,6 +51,17 @@ pub(crate) enum Item {
 /// or why they could not be written.
 pub(crate) type Reply = Result<Vec<u64>, String>;
 
+/// Writes `text` to the node's log through `logs` (source `tally-agent`,
+/// now), without waiting for it to be durable.
+pub(crate) async fn note(logs: &mpsc::Sender<WriteRequest>, text: String) {
+    let line = Line::note("tally-agent", text, tally_proto::timefmt::now_nanos());
+    let req = WriteRequest {
+        items: vec![Item::Line(line)],
+        reply: None,
+    };
+    let _ = logs.send(req).await;
+}
+
 /// Items to queue together, and who to tell once they are on disk.
 #[derive(Debug)]
 pub(crate) struct WriteRequest {

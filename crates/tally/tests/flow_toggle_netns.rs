@@ -239,22 +239,9 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     let t_end = now_nanos();
     let marker_agent = agents.pop().unwrap();
     tokio::task::block_in_place(|| marker_agent.stop());
-    let mut seen: Vec<Value> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no finding for host1's stopped agent; findings so far: {seen:#?}"
-        );
-        let f = findings.next().await;
-        let marker = f["class"] == "missing_agent_silent"
-            && f["node"] == nodes[1].as_str()
-            && f["window"]["start"].as_i64().is_some_and(|s| s >= t_end);
-        seen.push(f);
-        if marker {
-            break;
-        }
-    }
+    let seen =
+        common::findings_until_silent(&mut findings, &nodes[1], t_end, Duration::from_secs(60))
+            .await;
     let window = |f: &Value| {
         (
             f["window"]["start"].as_i64().unwrap_or(i64::MIN),

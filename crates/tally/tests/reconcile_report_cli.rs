@@ -49,7 +49,7 @@ async fn the_report_leads_with_classes_and_incidents_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         &dir.path().join("server"),
-        &["--reconcile-window", "1s", "--reconcile-grace", "1s"],
+        &["--reconcile-window", "1s", "--reconcile-grace", "15s"],
     );
     let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
@@ -70,6 +70,9 @@ async fn the_report_leads_with_classes_and_incidents_by_name() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The records below cover the 12 s before their upload: flow logging
+    // must have been on by then (the reconciler knows when it was off).
+    tokio::time::sleep(Duration::from_secs(13)).await;
     // Ten 1-s records from alpha and beta about two connections: alpha
     // says it sent 50 kB a second, beta that it received 1 kB.
     let now = tally_proto::timefmt::now_nanos();

@@ -299,22 +299,9 @@ async fn clean_traffic_with_spread_phases_a_late_join_and_a_restart_gives_no_fin
     // The end marker: host 3's agent stops, the others keep talking to it.
     let t_end = now_nanos();
     tokio::task::block_in_place(|| agents[3].take().unwrap().stop());
-    let mut seen: Vec<Value> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no finding for the stopped agent of host3; findings so far: {seen:#?}"
-        );
-        let f = findings.next().await;
-        let marker = f["class"] == "missing_agent_silent"
-            && f["node"] == nodes[3].as_str()
-            && f["window"]["start"].as_i64().is_some_and(|s| s >= t_end);
-        seen.push(f);
-        if marker {
-            break;
-        }
-    }
+    let seen =
+        common::findings_until_silent(&mut findings, &nodes[3], t_end, Duration::from_secs(120))
+            .await;
     stop.store(true, Ordering::SeqCst);
     // Host 2's silence, and the marker: nothing else.
     let explained = |f: &Value| {

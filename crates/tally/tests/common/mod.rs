@@ -436,3 +436,33 @@ pub async fn get_json(url: &str) -> serde_json::Value {
         .await
         .expect("JSON answer")
 }
+
+/// Reads findings from `findings` (a live stream of the `findings`
+/// collection) until the end marker: a `missing_agent_silent` finding of
+/// `node` in a window starting at `since` or later (the test stopped that
+/// node's agent at `since` while its peers kept talking to it; windows are
+/// judged in time order, so every earlier window has been judged by then).
+/// Returns every finding read, the marker last; fails after `within`.
+pub async fn findings_until_silent(
+    findings: &mut Follow,
+    node: &str,
+    since: i64,
+    within: std::time::Duration,
+) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let f = tokio::time::timeout_at(deadline, findings.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no finding for the stopped agent of {node}; findings so far: {seen:#?}")
+            });
+        let marker = f["class"] == "missing_agent_silent"
+            && f["node"] == node
+            && f["window"]["start"].as_i64().is_some_and(|s| s >= since);
+        seen.push(f);
+        if marker {
+            return seen;
+        }
+    }
+}
