@@ -944,6 +944,9 @@ impl Reconciler {
             return sorted(out);
         }
         self.st.horizon = Some(judge_to + 1);
+        // Coverage answers hold for this round only: records that came
+        // since may have filled a window judged late for other connections.
+        self.st.full_cover.clear();
         let mut conns = std::mem::take(&mut self.st.conns);
         let mut pair_updates: Vec<((u32, u32), bool, i64)> = Vec::new();
         let mut emptied = false;

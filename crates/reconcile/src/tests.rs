@@ -395,3 +395,52 @@ fn a_backlog_uploaded_at_once_is_judged_as_it_happened() {
         "{found:#?}"
     );
 }
+
+/// One node leaves its half of a steady connection out of one record
+/// (1-s records and windows): the other end's received bytes prove it.
+#[test]
+fn a_half_left_out_of_one_record_of_a_steady_connection_is_found() {
+    let cfg = Config {
+        window_ns: S,
+        grace_ns: 5 * S,
+        ..Config::default()
+    };
+    let mut r = Reconciler::new(cfg).expect("config");
+    r.update_node(&info(1, T0 - 100 * S));
+    r.update_node(&info(3, T0 - 100 * S));
+    let mut found = Vec::new();
+    for round in 0..30i64 {
+        let start = T0 + round * S;
+        let logged = start + 2 * S;
+        found.extend(r.advance(logged));
+        // gamma (3) sends to alpha (1); alpha only receives.
+        // A second connection (port 81) keeps gamma's record of round 9.
+        for (me, other, tx, rx) in [(3u8, 1u8, 50_000u64, 2_000u64), (1, 3, 2_000, 50_000)] {
+            for (index, port) in [(0u32, 80u16), (1, 81)] {
+                if me == 3 && round == 9 && port == 80 {
+                    continue;
+                }
+                let mut o = obs(me, other, 0, 0, tx, rx, round as u64 + 1, index);
+                if me == 3 {
+                    o.src.set_port(port);
+                } else {
+                    o.dst.set_port(port);
+                }
+                o.start = start;
+                o.end = start + S;
+                o.logged = logged;
+                o.sent = Some(start + S);
+                o.tx_pkts = 40;
+                o.rx_pkts = 20;
+                r.observe(&o);
+            }
+        }
+    }
+    found.extend(r.advance(T0 + 1000 * S));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.window.start <= T0 + 10 * S && f.window.end >= T0 + 9 * S),
+        "{found:#?}"
+    );
+}
