@@ -529,8 +529,13 @@ async fn readme_flow_recipe_classifies_names_and_pairs() {
         "dev",
         "eth0",
     ]);
+    // The refusal names the holder and says what to do (not "409" alone:
+    // a public ID in the log may contain those digits).
     agents[1]
-        .wait_log("409", Instant::now() + Duration::from_secs(15))
+        .wait_log(
+            "pass --address IP",
+            Instant::now() + Duration::from_secs(15),
+        )
         .await;
     let log = agents[1].log();
     assert!(
