@@ -1490,6 +1490,17 @@ impl Reconciler {
                     "node {xname} lost a batch (sequence gap) covering its traffic with {pname}"
                 ),
             )
+        } else if !covered && absent && self.st.nodes[x as usize].last_flow.is_none() {
+            // Never a flow record from this node: its agent runs without
+            // `--flows` (or cannot capture); a configuration to look at,
+            // not records gone missing.
+            (
+                FindingClass::MissingAgentSilent,
+                Severity::Low,
+                format!(
+                    "node {xname} has sent no flow records at all (is its agent running with --flows, and may it capture?); its traffic with {pname} is one-sided"
+                ),
+            )
         } else if !covered && absent {
             (
                 FindingClass::MissingAgentSilent,

@@ -444,3 +444,22 @@ fn a_half_left_out_of_one_record_of_a_steady_connection_is_found() {
         "{found:#?}"
     );
 }
+
+/// A registered node that never sent a flow record (its agent runs without
+/// `--flows`): its peer's halves are one-sided, reported as a silent agent
+/// of low severity that says so, not as lost records.
+#[test]
+fn a_node_that_never_sent_flow_records_is_a_low_finding_that_says_so() {
+    let mut r = setup();
+    let v: Vec<FlowObservation> = (0..6)
+        .map(|i| obs(1, 2, i, 0, 50_000, 10_000, i as u64 + 1, 0))
+        .collect();
+    let found = run(&mut r, &v);
+    assert!(!found.is_empty());
+    for f in &found {
+        assert_eq!(f.class, FindingClass::MissingAgentSilent, "{f:?}");
+        assert_eq!(f.severity, Severity::Low, "{f:?}");
+        assert_eq!(f.node, "n2", "{f:?}");
+        assert!(f.detail.contains("no flow records at all"), "{f:?}");
+    }
+}
