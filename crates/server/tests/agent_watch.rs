@@ -100,6 +100,24 @@ async fn long_polls_answer_setting_changes_at_once_and_nothing_else() {
     };
     let audited = env.head_seq(&env.tailnet).await;
 
+    // A wait that is not whole seconds, or a parameter no agent sends: 400
+    // saying what is expected.
+    for (query, says) in [
+        ("wait=-1&version=x", "whole seconds"),
+        ("wait=5&since=1", "known: wait, version"),
+    ] {
+        let resp = env
+            .http
+            .post(format!("{}/api/v2/agent/{private}?{query}", env.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 400, "{query}");
+        let text = resp.text().await.expect("answer");
+        assert!(text.contains(says), "{query}: {text}");
+    }
+
     // Nothing changes: the poll ends at its wait's end with the same version.
     let (s, same) = tokio::time::timeout(HANG_GUARD, spawn_poll(1, &version))
         .await

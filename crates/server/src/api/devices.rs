@@ -137,13 +137,37 @@ pub const MAX_AGENT_WAIT_SECS: u64 = 25;
 
 /// Query of `POST /api/v2/agent/{private_id}`: with `wait`, the request is
 /// a long poll.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct AgentQuery {
     /// Long poll: hold the request up to this many seconds (at most
     /// [`MAX_AGENT_WAIT_SECS`]) while the answer's version is `version`.
     pub wait: Option<u64>,
     /// The `version` of the last answer the agent got.
     pub version: Option<String>,
+}
+
+impl AgentQuery {
+    /// Reads the query, refusing what an agent would not send with an
+    /// error that says what is expected.
+    pub fn parse(params: &[(String, String)]) -> Result<Self, ApiError> {
+        let mut q = AgentQuery::default();
+        for (k, v) in params {
+            match k.as_str() {
+                "wait" => q.wait = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "wait={v:?} is not valid: give whole seconds, 0 to {MAX_AGENT_WAIT_SECS}"
+                    ))
+                })?),
+                "version" => q.version = Some(v.clone()),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown parameter {k:?}; known: wait, version"
+                    )));
+                }
+            }
+        }
+        Ok(q)
+    }
 }
 
 /// `POST /api/v2/agent/{private_id}`: an agent registers its node (first
@@ -160,7 +184,7 @@ pub struct AgentQuery {
 pub async fn agent_report(
     State(state): State<AppState>,
     Path(private_id): Path<String>,
-    Query(query): Query<AgentQuery>,
+    Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     Extension(remote): Extension<super::RemoteAddr>,
     body: axum::body::Body,
@@ -170,6 +194,7 @@ pub async fn agent_report(
     })?;
     let instance = private.public();
     drop(private);
+    let query = AgentQuery::parse(&params)?;
     if let Some(wait) = query.wait {
         // The body (what an ordinary report carries) is not used.
         crate::body::read_limited(body, 64 << 10).await?;
