@@ -18,7 +18,7 @@
 mod common;
 mod netns;
 
-use common::{Follow, KEY, TestAgent, TestServer, bin, http};
+use common::{Follow, KEY, TestAgent, TestServer, bin};
 use netns::Lab;
 use serde_json::{Value, json};
 use std::net::UdpSocket;
@@ -101,20 +101,6 @@ async fn await_records_since(flows: &mut Follow, nodes: &[String], since: i64) {
     }
 }
 
-async fn set_flow_logging(url: &str, on: bool) -> i64 {
-    let at = now_nanos();
-    let resp = http()
-        .patch(format!("{url}/api/v2/tailnet/-/settings"))
-        .bearer_auth(KEY)
-        .header("Tally-Origin", "CLI")
-        .json(&json!({ "networkFlowLoggingOn": on }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    at
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_without_gaps() {
     let Some(lab) = Lab::new("flow_toggle_netns", 2) else {
@@ -180,7 +166,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     });
 
     // On: capture starts on both, and records of both arrive.
-    let on = set_flow_logging(&server.url, true).await;
+    let on = common::set_flow_logging(&server.url, true).await;
     for t in await_node_logs(&mut logs, &instances, "flow capture started on eth0").await {
         assert!(
             t - on < PROMPT,
@@ -193,7 +179,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
 
     // Off: capture stops on both within seconds; the last records, flushed
     // after the switch, are discarded by the server and noted by the agents.
-    let off = set_flow_logging(&server.url, false).await;
+    let off = common::set_flow_logging(&server.url, false).await;
     for t in await_node_logs(&mut logs, &instances, "flow capture stopped").await {
         assert!(
             t - off < PROMPT,
@@ -218,7 +204,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     }
 
     // On again: capture starts within seconds, new records arrive.
-    let on = set_flow_logging(&server.url, true).await;
+    let on = common::set_flow_logging(&server.url, true).await;
     for t in await_node_logs(&mut logs, &instances, "flow capture started on eth0").await {
         assert!(
             t - on < PROMPT,

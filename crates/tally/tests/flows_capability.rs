@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{KEY, TestAgent, TestServer, http};
-use serde_json::json;
+use common::{TestAgent, TestServer};
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,16 +24,8 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"), &["--agent-report-seconds", "1"]);
-    let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
-    let resp = c
-        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&server.url, true).await;
     // A data directory `nobody` owns (the tempdir itself is root's 0700).
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir(&agent_dir).unwrap();

@@ -10,7 +10,7 @@ mod netns;
 
 use common::{Follow, KEY, TestAgent, TestServer, http};
 use netns::Lab;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -85,17 +85,6 @@ async fn await_node_log(logs: &mut Follow, instances: &[String], text: &str) {
             seen.insert(id.to_owned());
         }
     }
-}
-
-async fn set_flow_logging(url: &str, on: bool) {
-    let resp = http()
-        .patch(format!("{url}/api/v2/tailnet/-/settings"))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": on }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
 }
 
 fn udp_exchange(
@@ -227,7 +216,7 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     // Flow logging is off: this exchange must never show up.
     udp_exchange(&lab, 0, 1, (41100, 41101), 5, 300, 30);
 
-    set_flow_logging(&server.url, true).await;
+    common::set_flow_logging(&server.url, true).await;
     await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
 
     // UDP, exactly computable: 20 datagrams of 100 bytes, 20 replies of 50.
@@ -366,10 +355,10 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     );
 
     // Off again: capture stops (no restart); traffic now is not recorded.
-    set_flow_logging(&server.url, false).await;
+    common::set_flow_logging(&server.url, false).await;
     await_node_log(&mut logs, &instances, "flow capture stopped").await;
     udp_exchange(&lab, 0, 1, (41200, 41201), 5, 200, 20);
-    set_flow_logging(&server.url, true).await;
+    common::set_flow_logging(&server.url, true).await;
     await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
     udp_exchange(&lab, 1, 2, (41300, 41301), 3, 100, 10);
     let marker = (nodes[1].clone(), 17u64, ep(1, 41300), ep(2, 41301), VIRTUAL);

@@ -28,14 +28,7 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
         let (private, id) = common::register_node(&server.url, auth, host, addr).await;
         nodes.push((private.to_hex(), id));
     }
-    let resp = c
-        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&server.url, true).await;
     // The records below cover the 12 s before their upload: flow logging
     // must have been on by then (the reconciler knows when it was off).
     tokio::time::sleep(Duration::from_secs(13)).await;
@@ -290,14 +283,7 @@ async fn a_state_of_another_engine_version_is_replaced_not_fatal() {
         let (private, id) = common::register_node(&server.url, &auth_key, host, addr).await;
         nodes.push((private.to_hex(), id));
     }
-    let resp = c
-        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&server.url, true).await;
     // The records below cover the 12 s before their upload: flow logging
     // must have been on by then (the reconciler knows when it was off).
     tokio::time::sleep(Duration::from_secs(13)).await;

@@ -34,7 +34,7 @@
 mod common;
 mod netns;
 
-use common::{Follow, KEY, TestAgent, TestServer, http};
+use common::{Follow, TestAgent, TestServer};
 use netns::Lab;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -534,14 +534,7 @@ async fn findings_name_the_stopped_agent_and_the_edited_records() {
 
     // Flow logging on once every node is registered: the answer that turns
     // capture on also lists every peer, so all traffic below is virtual.
-    let resp = http()
-        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&server.url, true).await;
     for id in &instances {
         await_node_log(&mut logs, id, "flow capture started on eth0").await;
     }

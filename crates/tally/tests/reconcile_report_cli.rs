@@ -62,14 +62,7 @@ async fn the_report_leads_with_classes_and_incidents_by_name() {
         let (private, id) = common::register_node(&server.url, &auth_key, host, addr).await;
         nodes.push((private.to_hex(), id));
     }
-    let resp = c
-        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&server.url, true).await;
     // The records below cover the 12 s before their upload: flow logging
     // must have been on by then (the reconciler knows when it was off).
     tokio::time::sleep(Duration::from_secs(13)).await;

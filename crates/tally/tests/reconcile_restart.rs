@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{KEY, TestServer, http, read_all};
+use common::{TestServer, http, read_all};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -301,7 +301,6 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = TestServer::start_on(&dir, &listen, SERVER_ARGS);
     let url = server.url.clone();
-    let c = http();
 
     // Three registered nodes, flow logging on.
     let auth = common::reusable_auth_key(&url).await;
@@ -323,14 +322,7 @@ async fn findings_are_the_same_after_kill_9_restarts_as_an_offline_replay() {
             chain: ChainState::GENESIS,
         });
     }
-    let resp = c
-        .patch(format!("{url}/api/v2/tailnet/-/settings"))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&url, true).await;
     // The reconciler knows the nodes (from the control database) before
     // their first records, as the offline replay does.
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();

@@ -24,7 +24,7 @@ mod netns;
 
 use common::{Follow, KEY, TestAgent, TestServer, http};
 use netns::Lab;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -195,14 +195,7 @@ async fn clean_traffic_with_spread_phases_a_late_join_and_a_restart_gives_no_fin
         &["--reconcile-grace", GRACE],
     );
     let auth = common::reusable_auth_key(&server.url).await;
-    let resp = http()
-        .patch(format!("{}/api/v2/tailnet/-/settings", server.url))
-        .bearer_auth(KEY)
-        .json(&json!({ "networkFlowLoggingOn": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    common::set_flow_logging(&server.url, true).await;
     let mut logs = Follow::open(&server.url, "tailnode").await;
     let mut findings = Follow::open(&server.url, "findings").await;
 

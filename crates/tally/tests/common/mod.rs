@@ -466,3 +466,19 @@ pub async fn findings_until_silent(
         }
     }
 }
+
+/// Turns the test tailnet's flow logging on or off (as the CLI does:
+/// `Tally-Origin: CLI`); returns the time just before the change.
+pub async fn set_flow_logging(url: &str, on: bool) -> i64 {
+    let at = tally_proto::timefmt::now_nanos();
+    let resp = http()
+        .patch(format!("{url}/api/v2/tailnet/-/settings"))
+        .bearer_auth(KEY)
+        .header("Tally-Origin", "CLI")
+        .json(&serde_json::json!({ "networkFlowLoggingOn": on }))
+        .send()
+        .await
+        .expect("settings request");
+    assert_eq!(resp.status(), 200, "flow logging {on}");
+    at
+}
