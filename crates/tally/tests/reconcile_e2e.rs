@@ -22,16 +22,15 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
     );
     let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
+    // On before the nodes register: the records below cover the 12 s
+    // before their upload, and the reconciler knows when it was off.
+    common::set_flow_logging(&server.url, true).await;
     let auth = &auth_key;
     let mut nodes = Vec::new();
     for (host, addr) in [("alpha", "100.64.0.1"), ("beta", "100.64.0.2")] {
         let (private, id) = common::register_node(&server.url, auth, host, addr).await;
         nodes.push((private.to_hex(), id));
     }
-    common::set_flow_logging(&server.url, true).await;
-    // The records below cover the 12 s before their upload: flow logging
-    // must have been on by then (the reconciler knows when it was off).
-    tokio::time::sleep(Duration::from_secs(13)).await;
     let mut stream = c
         .get(format!("{}/c/findings", server.url))
         .bearer_auth(KEY)
@@ -278,15 +277,14 @@ async fn a_state_of_another_engine_version_is_replaced_not_fatal() {
     let mut server = TestServer::start(&data, &args);
     let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
+    // On before the nodes register: the records below cover the 12 s
+    // before their upload, and the reconciler knows when it was off.
+    common::set_flow_logging(&server.url, true).await;
     let mut nodes = Vec::new();
     for (host, addr) in [("alpha", "100.64.0.1"), ("beta", "100.64.0.2")] {
         let (private, id) = common::register_node(&server.url, &auth_key, host, addr).await;
         nodes.push((private.to_hex(), id));
     }
-    common::set_flow_logging(&server.url, true).await;
-    // The records below cover the 12 s before their upload: flow logging
-    // must have been on by then (the reconciler knows when it was off).
-    tokio::time::sleep(Duration::from_secs(13)).await;
 
     // A first edited connection, found, and the state saved after it (the
     // reconciler saves every 15 s).

@@ -53,6 +53,9 @@ async fn the_report_leads_with_classes_and_incidents_by_name() {
     );
     let c = http();
     let auth_key = common::reusable_auth_key(&server.url).await;
+    // On before the nodes register: the records below cover the 12 s
+    // before their upload, and the reconciler knows when it was off.
+    common::set_flow_logging(&server.url, true).await;
     let mut nodes = Vec::new();
     for (host, addr) in [
         ("alpha", "100.64.0.1"),
@@ -62,10 +65,6 @@ async fn the_report_leads_with_classes_and_incidents_by_name() {
         let (private, id) = common::register_node(&server.url, &auth_key, host, addr).await;
         nodes.push((private.to_hex(), id));
     }
-    common::set_flow_logging(&server.url, true).await;
-    // The records below cover the 12 s before their upload: flow logging
-    // must have been on by then (the reconciler knows when it was off).
-    tokio::time::sleep(Duration::from_secs(13)).await;
     // Ten 1-s records from alpha and beta about two connections: alpha
     // says it sent 50 kB a second, beta that it received 1 kB.
     let now = tally_proto::timefmt::now_nanos();
