@@ -157,6 +157,31 @@ pub fn router(state: AppState) -> axum::Router {
     api::router(state)
 }
 
+/// Where each store consumer is: the store position it has read through.
+#[derive(Clone)]
+pub struct Progress {
+    store: Arc<Store>,
+    flows: Arc<tokio::sync::watch::Sender<u64>>,
+    log: Arc<merkle_log::MerkleLog>,
+    reconcile: Arc<reconcile::ReconcileService>,
+}
+
+impl Progress {
+    /// The store's end: the position the next record gets.
+    pub fn end(&self) -> u64 {
+        self.store.end_seq()
+    }
+
+    /// `(consumer, position read through)` of every consumer.
+    pub fn positions(&self) -> Vec<(String, u64)> {
+        vec![
+            ("flow-index".into(), *self.flows.borrow()),
+            ("transparency-log".into(), self.log.scanned()),
+            ("reconciliation".into(), self.reconcile.position()),
+        ]
+    }
+}
+
 /// A bound, not yet serving, server.
 pub struct Server {
     listener: TcpListener,
@@ -324,6 +349,16 @@ impl Server {
     /// The store (tests drive retention with it).
     pub fn store(&self) -> Arc<Store> {
         self.state.store.clone()
+    }
+
+    /// The store consumers' progress (benchmarks wait on it).
+    pub fn progress(&self) -> Progress {
+        Progress {
+            store: self.state.store.clone(),
+            flows: self.state.flow_progress.clone(),
+            log: self.state.log.clone(),
+            reconcile: self.state.reconcile.clone(),
+        }
     }
 
     /// The address actually bound.

@@ -385,6 +385,11 @@ impl MerkleLog {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The store position through which the follower has looked.
+    pub fn scanned(&self) -> u64 {
+        *self.scanned.borrow()
+    }
+
     /// The log's origin (also its key name).
     pub fn origin(&self) -> &str {
         &self.origin

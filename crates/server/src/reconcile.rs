@@ -82,6 +82,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(15);
 pub struct ReconcileService {
     inner: Mutex<Reconciler>,
     path: PathBuf,
+    /// Store position taken in through.
+    position: std::sync::atomic::AtomicU64,
     /// [`LOCK_FILE`], locked for the service's lifetime.
     _lock: File,
 }
@@ -155,11 +157,17 @@ impl ReconcileService {
             Self {
                 inner: Mutex::new(rec),
                 path,
+                position: std::sync::atomic::AtomicU64::new(pos),
                 _lock: lock,
             },
             pos,
             written,
         ))
+    }
+
+    /// The store position taken in through.
+    pub fn position(&self) -> u64 {
+        self.position.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Per node and pair completeness.
@@ -598,6 +606,8 @@ pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut 
             upload.feed(&mut svc.inner.lock());
         });
         pos = taken.pos;
+        svc.position
+            .store(pos, std::sync::atomic::Ordering::Relaxed);
         let caught_up = !batch.truncated;
         // The reconciler's clock: while behind (a replay after a restart),
         // the receive time of the last record read, so that windows are not

@@ -70,6 +70,10 @@ pub enum BenchCmd {
     /// simulated tailnets with labelled faults, findings on clean traffic
     /// with +/-30 s skew, and entries/s and memory for 10,000 nodes.
     Reconcile(reconcile::ReconcileArgs),
+    /// The store's consumers: ingest throughput of flow records with every
+    /// consumer running, then each consumer's replay from the start of the
+    /// store (flow index, transparency log, reconciliation).
+    Pipeline(flows::pipeline::PipelineArgs),
 }
 
 /// Settings of `tally bench ingest`.
@@ -142,6 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Audit(a) => audit::run(a).await,
         BenchCmd::Flows(a) => flows::run(a).await,
         BenchCmd::Reconcile(a) => reconcile::run(a).await,
+        BenchCmd::Pipeline(a) => flows::pipeline::run(a).await,
     }
 }
 

@@ -33,6 +33,9 @@ use super::{
     Machine, MachineCpu, clock_ticks_per_sec, fmt_bytes, fmt_count, http_client, percentile,
     proc_cpu_ticks, proc_status_bytes, thread_cpu_ticks,
 };
+#[path = "bench_pipeline.rs"]
+pub mod pipeline;
+
 use anyhow::{Context, anyhow, bail, ensure};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -1261,6 +1264,8 @@ struct Srv {
     base: String,
     key: String,
     http: reqwest::Client,
+    /// The store consumers' progress.
+    progress: tally_server::Progress,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -1269,8 +1274,13 @@ impl Srv {
     /// Binds a server on 127.0.0.1 with a fixed bootstrap key; agents
     /// report every `report_secs`.
     async fn start(data_dir: &Path, report_secs: u64) -> anyhow::Result<Self> {
-        let listen = "127.0.0.1:0".parse().context("bad listen address")?;
         let key = format!("bench-{:032x}", rand::random::<u128>());
+        Self::start_keyed(data_dir, report_secs, key).await
+    }
+
+    /// [`Srv::start`] with the bootstrap key `key`.
+    async fn start_keyed(data_dir: &Path, report_secs: u64, key: String) -> anyhow::Result<Self> {
+        let listen = "127.0.0.1:0".parse().context("bad listen address")?;
         let mut config = tally_server::ServerConfig::new(listen, data_dir.to_path_buf());
         config.bootstrap_key = Some(key.clone());
         config.agent_report_seconds = report_secs;
@@ -1278,6 +1288,7 @@ impl Srv {
             .await
             .context("cannot start the server")?;
         let base = format!("{}://{}", server.scheme(), server.local_addr()?);
+        let progress = server.progress();
         let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -1286,6 +1297,7 @@ impl Srv {
             base,
             key,
             http: http_client(Duration::from_secs(300))?,
+            progress,
             shutdown,
             task,
         })
