@@ -49,6 +49,30 @@ impl<'de> serde::Deserialize<'de> for CollectionName {
     }
 }
 
+/// Network flow logs: agents upload flow records here; the flow index and
+/// reconciliation read them.
+pub const FLOWS: &str = "tailtraffic";
+/// Node logs: the collection agents upload their node's logs to by default.
+pub const NODE_LOGS: &str = "tailnode";
+/// Reconciliation findings (written by the reconciler).
+pub const FINDINGS: &str = "findings";
+/// Configuration audit events (copied from the control database after each
+/// commit).
+pub const AUDIT: &str = "tailaudit";
+/// The transparency log's own statements (owned by no tailnet).
+pub const TRANSPARENCY: &str = "tally-log";
+
+/// Collections every tailnet has; they cannot be created or deleted.
+pub const BUILTIN: [&str; 4] = [NODE_LOGS, FLOWS, FINDINGS, AUDIT];
+
+/// Collections only the server writes: uploads to them are refused.
+pub const SYSTEM: [&str; 3] = [FINDINGS, AUDIT, TRANSPARENCY];
+
+/// True for a collection only the server writes.
+pub fn is_system(name: &str) -> bool {
+    SYSTEM.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

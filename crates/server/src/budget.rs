@@ -6,7 +6,6 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tally_store::Store;
 
 /// Bytes reserved by uploads in flight, per owner key (tailnet ID, `""`
 /// for unclaimed instances).
@@ -28,7 +27,7 @@ impl Budgets {
     /// `None` when it would not (with `bytes` 0: when the budget is spent).
     pub fn reserve(
         &self,
-        store: &Store,
+        store: &dyn tally_store::Log,
         key: &str,
         bytes: u64,
         limit: u64,

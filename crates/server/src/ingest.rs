@@ -600,7 +600,7 @@ fn check_budgets(
             ("", config.unclaimed_budget_bytes)
         }
     };
-    match state.budgets.reserve(&state.store, key, bytes, limit, now) {
+    match state.budgets.reserve(&*state.store, key, bytes, limit, now) {
         Some(r) => Ok(Some(r)),
         None if key.is_empty() => Err(ApiError::retry(
             StatusCode::TOO_MANY_REQUESTS,

@@ -10,6 +10,7 @@ pub mod batches;
 pub mod body;
 pub mod budget;
 pub mod catalog;
+pub mod consumers;
 pub mod control;
 pub mod error;
 pub mod flows;
@@ -33,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tally_store::{Store, StoreConfig};
+use tally_store::{SharedLog, Store, StoreConfig};
 use tokio::net::TcpListener;
 
 /// Server settings.
@@ -121,8 +122,10 @@ impl ServerConfig {
 pub struct AppState {
     /// Settings.
     pub config: Arc<ServerConfig>,
-    /// The store.
-    pub store: Arc<Store>,
+    /// The log (the embedded store, through the log seam).
+    pub store: SharedLog,
+    /// The consumers of the log.
+    pub pipeline: Arc<tally_pipeline::Pipeline>,
     /// Cached collections and adoptions.
     pub catalog: Arc<Catalog>,
     /// The control database.
@@ -135,8 +138,6 @@ pub struct AppState {
     pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
     pub batches: Arc<batches::BatchLedger>,
-    /// The store position the flow consumer has read through.
-    pub flow_progress: Arc<tokio::sync::watch::Sender<u64>>,
     /// Per-instance statistics.
     pub instances: Arc<InstanceStats>,
     /// Ingest budgets' bytes in flight.
@@ -160,25 +161,22 @@ pub fn router(state: AppState) -> axum::Router {
 /// Where each store consumer is: the store position it has read through.
 #[derive(Clone)]
 pub struct Progress {
-    store: Arc<Store>,
-    flows: Arc<tokio::sync::watch::Sender<u64>>,
-    log: Arc<merkle_log::MerkleLog>,
-    reconcile: Arc<reconcile::ReconcileService>,
+    pipeline: Arc<tally_pipeline::Pipeline>,
 }
 
 impl Progress {
     /// The store's end: the position the next record gets.
     pub fn end(&self) -> u64 {
-        self.store.end_seq()
+        self.pipeline.log().end_seq()
     }
 
     /// `(consumer, position read through)` of every consumer.
     pub fn positions(&self) -> Vec<(String, u64)> {
-        vec![
-            ("flow-index".into(), *self.flows.borrow()),
-            ("transparency-log".into(), self.log.scanned()),
-            ("reconciliation".into(), self.reconcile.position()),
-        ]
+        self.pipeline
+            .statuses()
+            .into_iter()
+            .map(|s| (s.name.to_owned(), s.position))
+            .collect()
     }
 }
 
@@ -191,10 +189,10 @@ pub struct Server {
     pub new_bootstrap_key: Option<String>,
     /// What store recovery found.
     pub recovery: tally_store::RecoveryReport,
-    /// Where the flow store's consumer resumes.
-    flow_checkpoint: u64,
-    /// Where the reconciler resumes, and the findings it wrote.
-    reconcile_resume: (u64, u64),
+    /// Where the consumers resume.
+    resume: consumers::Resume,
+    /// The embedded store behind [`AppState::store`] (tests drive it).
+    embedded: Arc<Store>,
 }
 
 impl Server {
@@ -281,7 +279,7 @@ impl Server {
         };
         let transparency_log = merkle_log::MerkleLog::open(
             &config.data_dir,
-            store.clone(),
+            store.clone() as SharedLog,
             log_policy,
             config.log_epoch_bits,
         )
@@ -309,15 +307,18 @@ impl Server {
             parse_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            pipeline: Arc::new(tally_pipeline::Pipeline::new(
+                store.clone(),
+                Some(config.data_dir.join("consumers")),
+            )),
             config: Arc::new(config),
-            store,
+            store: store.clone(),
             catalog,
             control,
             flows: flow_store,
             batches: Arc::new(batch_ledger),
             log: Arc::new(transparency_log),
             reconcile: Arc::new(reconciler),
-            flow_progress: Arc::new(tokio::sync::watch::Sender::new(flow_checkpoint)),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
@@ -326,8 +327,11 @@ impl Server {
             state,
             new_bootstrap_key,
             recovery,
-            flow_checkpoint,
-            reconcile_resume: (reconcile_pos, reconcile_written),
+            resume: consumers::Resume {
+                flow_checkpoint,
+                reconcile: (reconcile_pos, reconcile_written),
+            },
+            embedded: store,
         })
     }
 
@@ -346,18 +350,15 @@ impl Server {
         self.state.catalog.clone()
     }
 
-    /// The store (tests drive retention with it).
+    /// The embedded store (tests drive retention with it).
     pub fn store(&self) -> Arc<Store> {
-        self.state.store.clone()
+        self.embedded.clone()
     }
 
     /// The store consumers' progress (benchmarks wait on it).
     pub fn progress(&self) -> Progress {
         Progress {
-            store: self.state.store.clone(),
-            flows: self.state.flow_progress.clone(),
-            log: self.state.log.clone(),
-            reconcile: self.state.reconcile.clone(),
+            pipeline: self.state.pipeline.clone(),
         }
     }
 
@@ -374,14 +375,7 @@ impl Server {
         let state = self.state.clone();
         memory::start_trimmer();
         let background = tokio::spawn(background_tasks(state.clone()));
-        let flow_consumer = tokio::spawn(flows::consume(state.clone(), self.flow_checkpoint));
-        let log_follower = tokio::spawn(merkle_log::follow(state.clone(), state.log.clone()));
-        let reconciler = tokio::spawn(reconcile::run(
-            state.clone(),
-            state.reconcile.clone(),
-            self.reconcile_resume.0,
-            self.reconcile_resume.1,
-        ));
+        let consumer_tasks = consumers::start(&state, &self.resume)?;
         let app = router(state.clone());
         // Held long polls end as soon as shutdown begins.
         let shutdown = {
@@ -403,10 +397,18 @@ impl Server {
         // Stop the background tasks and wait until they are gone, so that
         // no control-database connection is still out when the pool closes
         // (SQLite folds its WAL back into control.db on the last close).
-        for task in [background, flow_consumer, log_follower, reconciler] {
-            task.abort();
-            let _ = task.await;
+        // The consumers commit and stop; then the rest.
+        state.pipeline.stop();
+        for task in consumer_tasks {
+            if tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a consumer did not stop within 30 s");
+            }
         }
+        background.abort();
+        let _ = background.await;
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.close())

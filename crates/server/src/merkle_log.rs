@@ -23,7 +23,6 @@
 //! - The origin (and key name) is `tally/<first 16 hex digits of the key's
 //!   public key hash>`, stable for the life of the key.
 
-use crate::AppState;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -33,7 +32,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tally_store::{Filter, NewRecord, Owner, Record, RecoveryReport, RetentionPolicy, Store, kind};
+use tally_store::{
+    Filter, NewRecord, Owner, Record, RecoveryReport, RetentionPolicy, SharedLog, Store, kind,
+};
 use tally_transparency::Hash;
 use tally_transparency::checkpoint::Checkpoint;
 use tally_transparency::merkle::{EpochTree, FileTree, LeafSource, MerkleError, hash_leaf};
@@ -47,7 +48,7 @@ pub const DEFAULT_EPOCH_BITS: u32 = 20;
 const SIGN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Collection name of the server's own statements (owned by no tailnet).
-pub const SYSTEM_COLLECTION: &str = "tally-log";
+pub const SYSTEM_COLLECTION: &str = tally_proto::collection::TRANSPARENCY;
 
 /// The leaf hash of a stored record.
 pub fn record_leaf(r: &Record) -> Hash {
@@ -151,7 +152,7 @@ impl Inner {
 
 /// Leaf hashes recomputed from the stored records (and cut statements).
 struct StoreLeaves<'a> {
-    store: &'a Store,
+    store: &'a dyn tally_store::Log,
     inner: &'a Inner,
 }
 
@@ -208,10 +209,8 @@ pub struct MerkleLog {
     signer: Signer,
     origin: String,
     dir: PathBuf,
-    store: Arc<Store>,
+    store: SharedLog,
     policy: Arc<dyn RetentionPolicy>,
-    /// Store position up to which records were looked at by the follower.
-    scanned: tokio::sync::watch::Sender<u64>,
 }
 
 fn load_key(dir: &Path) -> anyhow::Result<Signer> {
@@ -308,7 +307,7 @@ impl MerkleLog {
     /// thinned).
     pub fn open(
         data_dir: &Path,
-        store: Arc<Store>,
+        store: SharedLog,
         policy: Arc<dyn RetentionPolicy>,
         epoch_bits: u32,
     ) -> anyhow::Result<Self> {
@@ -372,22 +371,7 @@ impl MerkleLog {
             dir,
             store,
             policy,
-            scanned: tokio::sync::watch::Sender::new(0),
         })
-    }
-
-    /// Waits (at most `limit`) until every record stored up to `seq` was
-    /// looked at. Returns false when it gave up.
-    pub async fn wait_for(&self, seq: u64, limit: Duration) -> bool {
-        let mut rx = self.scanned.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|s| *s >= seq))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// The store position through which the follower has looked.
-    pub fn scanned(&self) -> u64 {
-        *self.scanned.borrow()
     }
 
     /// The log's origin (also its key name).
@@ -535,7 +519,7 @@ impl MerkleLog {
     pub fn inclusion(&self, index: u64, size: u64) -> anyhow::Result<(Hash, Vec<Hash>)> {
         let inner = self.inner.lock();
         let src = StoreLeaves {
-            store: &self.store,
+            store: &*self.store,
             inner: &inner,
         };
         let leaf = inner.tree.leaf(index, &src).map_err(explain)?;
@@ -550,7 +534,7 @@ impl MerkleLog {
     pub fn consistency(&self, old: u64, new: u64) -> anyhow::Result<Vec<Hash>> {
         let inner = self.inner.lock();
         let src = StoreLeaves {
-            store: &self.store,
+            store: &*self.store,
             inner: &inner,
         };
         inner
@@ -768,50 +752,4 @@ pub async fn after_recovery(
         "recovery cut the store; the transparency log records it"
     );
     Ok(Some(statement))
-}
-
-/// How often the follower looks for epochs to thin or drop.
-const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
-
-/// Appends every newly stored record to the log, and thins and drops
-/// epochs as retention removes their records, until the task is dropped.
-pub async fn follow(state: AppState, log: Arc<MerkleLog>) {
-    let mut changes = state.store.subscribe();
-    let mut pos = log.last_seq() + 1;
-    let mut maintained: Option<Instant> = None;
-    loop {
-        let (store, log2) = (state.store.clone(), log.clone());
-        let step = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
-            // Every record is covered, expired or not (now = i64::MIN);
-            // records deleted before the follower saw them are not.
-            let batch = store.scan(pos, &Filter::default(), 10_000, 32 << 20, i64::MIN)?;
-            log2.append(&batch.records)?;
-            Ok((batch.next_seq, batch.truncated))
-        })
-        .await;
-        match step {
-            Ok(Ok((next, truncated))) => {
-                pos = next;
-                log.scanned.send_replace(next.saturating_sub(1));
-                if truncated {
-                    continue;
-                }
-            }
-            Ok(Err(e)) => tracing::error!("transparency log: {e} (will retry)"),
-            Err(e) => tracing::error!("transparency log task panicked: {e}"),
-        }
-        if maintained.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
-            maintained = Some(Instant::now());
-            let log2 = log.clone();
-            match tokio::task::spawn_blocking(move || log2.maintain()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!("transparency log upkeep: {e} (will retry)"),
-                Err(e) => tracing::error!("transparency log upkeep panicked: {e}"),
-            }
-        }
-        tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep(MAINTAIN_EVERY) => {}
-        }
-    }
 }

@@ -198,76 +198,60 @@ fn stream_logs(
     });
     let mut header_line = header_obj.to_string().into_bytes();
     header_line.push(b'\n');
-    let changes = state.store.subscribe();
-    let init = (
-        state,
-        filter,
-        start,
-        changes,
-        Some(Bytes::from(header_line)),
-    );
-    let s = futures_util::stream::unfold(
-        init,
-        |(state, filter, pos, mut changes, header)| async move {
-            if let Some(h) = header {
-                return Some((
-                    Ok::<Bytes, std::io::Error>(h),
-                    (state, filter, pos, changes, None),
-                ));
-            }
-            let mut pos = pos;
-            loop {
-                let store = state.store.clone();
-                let f = filter.clone();
-                let batch = tokio::task::spawn_blocking(move || {
-                    store.scan(pos, &f, STREAM_BATCH, 1 << 20, now_nanos())
-                })
-                .await;
-                let batch = match batch {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        return Some((
-                            Err(std::io::Error::other(e.to_string())),
-                            (state, filter, pos, changes, None),
-                        ));
-                    }
-                    Err(_) => return None,
-                };
-                pos = batch.next_seq;
-                if !batch.records.is_empty() || !batch.damaged.is_empty() {
-                    let mut out = Vec::new();
-                    if !batch.damaged.is_empty() {
-                        // A line of its own (no `logtail` member) tells the
-                        // reader that entries are missing here, and why.
-                        let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
-                        out.extend_from_slice(line.to_string().as_bytes());
-                        out.push(b'\n');
-                    }
-                    for r in &batch.records {
-                        out.extend_from_slice(&r.rec.body);
-                        out.push(b'\n');
-                    }
-                    return Some((Ok(Bytes::from(out)), (state, filter, pos, changes, None)));
+    let init = (state, filter, start, Some(Bytes::from(header_line)));
+    let s = futures_util::stream::unfold(init, |(state, filter, pos, header)| async move {
+        if let Some(h) = header {
+            return Some((Ok::<Bytes, std::io::Error>(h), (state, filter, pos, None)));
+        }
+        let mut pos = pos;
+        loop {
+            let store = state.store.clone();
+            let f = filter.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                store.scan(pos, &f, STREAM_BATCH, 1 << 20, now_nanos())
+            })
+            .await;
+            let batch = match batch {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    return Some((
+                        Err(std::io::Error::other(e.to_string())),
+                        (state, filter, pos, None),
+                    ));
                 }
-                let p = pos;
-                // An idle stream sends a blank line now and then, so a
-                // reader that went away is noticed and its task ends.
-                let woke = tokio::time::timeout(STREAM_HEARTBEAT, changes.wait_for(|end| *end > p))
-                    .await
-                    .map(|r| r.is_ok());
-                match woke {
-                    Ok(true) => {}
-                    Ok(false) => return None,
-                    Err(_) => {
-                        return Some((
-                            Ok(Bytes::from_static(b"\n")),
-                            (state, filter, pos, changes, None),
-                        ));
-                    }
+                Err(_) => return None,
+            };
+            pos = batch.next_seq;
+            if !batch.records.is_empty() || !batch.damaged.is_empty() {
+                let mut out = Vec::new();
+                if !batch.damaged.is_empty() {
+                    // A line of its own (no `logtail` member) tells the
+                    // reader that entries are missing here, and why.
+                    let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
+                    out.extend_from_slice(line.to_string().as_bytes());
+                    out.push(b'\n');
+                }
+                for r in &batch.records {
+                    out.extend_from_slice(&r.rec.body);
+                    out.push(b'\n');
+                }
+                return Some((Ok(Bytes::from(out)), (state, filter, pos, None)));
+            }
+            let p = pos;
+            // An idle stream sends a blank line now and then, so a
+            // reader that went away is noticed and its task ends.
+            let woke = tokio::time::timeout(STREAM_HEARTBEAT, state.store.wait_for(p))
+                .await
+                .map(|r| r.is_ok());
+            match woke {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(_) => {
+                    return Some((Ok(Bytes::from_static(b"\n")), (state, filter, pos, None)));
                 }
             }
-        },
-    );
+        }
+    });
     (
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),

@@ -11,7 +11,6 @@
 //! [`replay`] runs the same input path offline over a stopped server's data
 //! directory: the reference the service's findings are checked against.
 
-use crate::AppState;
 use crate::catalog::Catalog;
 use crate::control::ControlDb;
 use crate::control::collections::FLOWS_COLLECTION;
@@ -24,15 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_flow::FlowRecord;
+use tally_pipeline::Rejection;
 use tally_proto::PublicId;
 use tally_reconcile::{
     BatchVerdict, Config, DiscardedRecord, Finding, FlowKind, FlowObservation, NodeInfo,
     Reconciler, Stats, Summary,
 };
-use tally_store::{Filter, NewRecord, Record, ScanBatch, Store, StoreConfig, StoreError, kind};
+use tally_store::{
+    Filter, ReadLimits, ReadSpec, Record, ScanBatch, Store, StoreConfig, StoreError, kind,
+};
 
 /// Collection of reconciliation findings.
-pub const FINDINGS_COLLECTION: &str = "findings";
+pub const FINDINGS_COLLECTION: &str = tally_proto::collection::FINDINGS;
 /// The instance findings are written as (a fixed public ID).
 pub const RECONCILER_INSTANCE: [u8; 32] = [0x7a; 32];
 /// File the running server holds locked (`flock`) while its reconciler
@@ -75,15 +77,10 @@ impl Saved {
     }
 }
 
-/// How often the reconciler's state is saved.
-const SAVE_EVERY: Duration = Duration::from_secs(15);
-
 /// The running reconciler, shared with the API.
 pub struct ReconcileService {
-    inner: Mutex<Reconciler>,
+    pub(crate) inner: Mutex<Reconciler>,
     path: PathBuf,
-    /// Store position taken in through.
-    position: std::sync::atomic::AtomicU64,
     /// [`LOCK_FILE`], locked for the service's lifetime.
     _lock: File,
 }
@@ -157,7 +154,6 @@ impl ReconcileService {
             Self {
                 inner: Mutex::new(rec),
                 path,
-                position: std::sync::atomic::AtomicU64::new(pos),
                 _lock: lock,
             },
             pos,
@@ -165,17 +161,12 @@ impl ReconcileService {
         ))
     }
 
-    /// The store position taken in through.
-    pub fn position(&self) -> u64 {
-        self.position.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Per node and pair completeness.
     pub fn summary(&self) -> Summary {
         self.inner.lock().summary()
     }
 
-    fn save(&self, pos: u64, written: u64) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, pos: u64, written: u64) -> anyhow::Result<()> {
         let snapshot = self
             .inner
             .lock()
@@ -231,23 +222,22 @@ fn verdict(name: &str) -> Option<BatchVerdict> {
 }
 
 /// Observations of one stored flow record.
-fn observations(
+fn observations_of(
     catalog: &Catalog,
     r: &Record,
     integrity: Option<BatchVerdict>,
     sent: Option<i64>,
-) -> Vec<FlowObservation> {
+) -> Result<Vec<FlowObservation>, String> {
     let Some(node) = catalog.node(&PublicId(r.rec.instance)) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let Ok(record) = serde_json::from_slice::<FlowRecord>(&r.rec.body) else {
-        return Vec::new();
-    };
+    let record = serde_json::from_slice::<FlowRecord>(&r.rec.body)
+        .map_err(|e| format!("not a flow record: {e}"))?;
     let (proc_id, proc_seq) = r.rec.identity.unwrap_or((0, r.seq));
     let tailnet: Arc<str> = Arc::from(node.tailnet_id.as_str());
     let node_id: Arc<str> = Arc::from(node.node_id.as_str());
     let instance: Arc<str> = Arc::from(hex::encode(r.rec.instance).as_str());
-    record
+    Ok(record
         .entries()
         .enumerate()
         .map(|(i, (k, c))| FlowObservation {
@@ -276,7 +266,7 @@ fn observations(
             sent,
             capture_start: record.capture_start.and_then(|c| i64::try_from(c).ok()),
         })
-        .collect()
+        .collect())
 }
 
 /// The records a batch record says the server discarded (flow logging
@@ -311,29 +301,44 @@ fn discarded(
         .collect()
 }
 
-/// One read of the reconciler's input (flow records and batch verdicts)
-/// after store position `pos`. Expired records are read too: the raw flow
-/// records are kept until this consumer has read them.
+/// The reconciler's input: flow records and batch verdicts. Expired
+/// records are read too: the raw flow records are kept until this consumer
+/// has read them.
+pub(crate) fn input() -> ReadSpec {
+    ReadSpec {
+        filter: Filter {
+            collections: vec![FLOWS_COLLECTION.to_owned()],
+            kinds: vec![kind::LOG, kind::BATCH],
+            ..Filter::default()
+        },
+        include_expired: true,
+    }
+}
+
+/// Most records, and about the most body bytes, one read takes.
+pub(crate) const READ_LIMITS: ReadLimits = ReadLimits {
+    records: READ_RECORDS,
+    bytes: READ_BYTES,
+};
+
+/// One read of the reconciler's input after store position `pos`.
 fn read_after(store: &Store, pos: u64) -> Result<ScanBatch, StoreError> {
-    let filter = Filter {
-        collections: vec![FLOWS_COLLECTION.to_owned()],
-        kinds: vec![kind::LOG, kind::BATCH],
-        ..Filter::default()
-    };
-    store.scan(pos + 1, &filter, READ_RECORDS, READ_BYTES, i64::MIN)
+    input().read(store, pos + 1, READ_LIMITS)
 }
 
 /// How far a read was taken in.
-struct TakenIn {
+pub(crate) struct TakenIn {
     /// Store position taken in through.
-    pos: u64,
+    pub pos: u64,
     /// Receive time of the last record taken in.
-    last_time: Option<i64>,
+    pub last_time: Option<i64>,
+    /// Flow records that could not be read (they count as missing).
+    pub rejected: Vec<Rejection>,
 }
 
 /// One upload, as the reconciler takes it in.
 #[derive(Debug, Default)]
-struct Upload {
+pub(crate) struct Upload {
     /// The observations of its flow records, with the batch's verdict and
     /// send time.
     observations: Vec<FlowObservation>,
@@ -343,7 +348,7 @@ struct Upload {
 
 impl Upload {
     /// Feeds the upload to `rec`.
-    fn feed(&self, rec: &mut Reconciler) {
+    pub(crate) fn feed(&self, rec: &mut Reconciler) {
         for d in &self.discarded {
             rec.discarded(d);
         }
@@ -359,7 +364,7 @@ impl Upload {
 /// receive time) are one group; `take` gets each group's receive time and
 /// the [`Upload`]. A group a truncated read may have cut is left for the
 /// next read.
-fn take_in(
+pub(crate) fn take_in(
     catalog: &Catalog,
     batch: &ScanBatch,
     pos: u64,
@@ -368,6 +373,7 @@ fn take_in(
     let records = &batch.records;
     let mut i = 0;
     let mut consumed = pos;
+    let mut rejected = Vec::new();
     while i < records.len() {
         let mut j = i;
         while j < records.len()
@@ -392,11 +398,16 @@ fn take_in(
             });
         let integrity = batch_record.as_ref().and_then(|(_, b)| verdict(&b.verdict));
         let sent = batch_record.as_ref().and_then(|(_, b)| b.sent_at);
-        let mut observations: Vec<FlowObservation> = group
-            .iter()
-            .filter(|r| r.rec.kind == kind::LOG)
-            .flat_map(|r| observations(catalog, r, integrity, sent))
-            .collect();
+        let mut observations: Vec<FlowObservation> = Vec::new();
+        for r in group.iter().filter(|r| r.rec.kind == kind::LOG) {
+            match observations_of(catalog, r, integrity, sent) {
+                Ok(o) => observations.extend(o),
+                Err(reason) => rejected.push(Rejection {
+                    position: r.seq,
+                    reason,
+                }),
+            }
+        }
         if sent.is_none() {
             // The upload left no earlier than its newest record ended: one
             // bound for all its records (a backlog sent at once is then
@@ -422,6 +433,7 @@ fn take_in(
     TakenIn {
         pos: consumed,
         last_time: records[..i].last().map(|r| r.rec.time),
+        rejected,
     }
 }
 
@@ -506,8 +518,8 @@ async fn node_facts(control: &ControlDb) -> anyhow::Result<Vec<NodeInfo>> {
 
 /// Tells the reconciler what the control database knows about every node
 /// (nothing when the database cannot be read: next time).
-async fn refresh_nodes(state: &AppState, svc: &ReconcileService) {
-    match node_facts(&state.control).await {
+pub(crate) async fn refresh_nodes(control: &ControlDb, svc: &ReconcileService) {
+    match node_facts(control).await {
         Ok(facts) => {
             let mut rec = svc.inner.lock();
             for f in &facts {
@@ -574,114 +586,6 @@ impl FindingLog {
             if total == 1 { "" } else { "s" },
             classes.join(", ")
         ))
-    }
-}
-
-/// Runs the reconciler until the task is dropped.
-pub async fn run(state: AppState, svc: Arc<ReconcileService>, mut pos: u64, mut written: u64) {
-    let mut changes = state.store.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut refreshed: Option<tokio::time::Instant> = None;
-    // The first round saves at once: the settings the reconciler runs with
-    // are on disk from the start (a replay uses them).
-    let mut saved: Option<tokio::time::Instant> = None;
-    let mut finding_log = FindingLog::default();
-    loop {
-        // Read what arrived.
-        let store = state.store.clone();
-        let batch = tokio::task::spawn_blocking(move || read_after(&store, pos)).await;
-        let batch = match batch {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::error!("reconciliation read failed (will retry): {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("reconciliation read panicked: {e}");
-                return;
-            }
-        };
-        let taken = take_in(&state.catalog, &batch, pos, |_, upload| {
-            upload.feed(&mut svc.inner.lock());
-        });
-        pos = taken.pos;
-        svc.position
-            .store(pos, std::sync::atomic::Ordering::Relaxed);
-        let caught_up = !batch.truncated;
-        // The reconciler's clock: while behind (a replay after a restart),
-        // the receive time of the last record read, so that windows are not
-        // judged before their records are read; once caught up, now.
-        let clock = if caught_up {
-            tally_proto::timefmt::now_nanos()
-        } else {
-            taken.last_time.unwrap_or(i64::MIN)
-        };
-        if caught_up {
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = tick.tick() => {}
-            }
-        }
-        // What the control database knows about nodes, at most once a second.
-        if refreshed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            refresh_nodes(&state, &svc).await;
-            refreshed = Some(tokio::time::Instant::now());
-        }
-        // Judge windows and write their findings.
-        let judge = svc.clone();
-        let Ok(findings) =
-            tokio::task::spawn_blocking(move || judge.inner.lock().advance(clock)).await
-        else {
-            tracing::error!("the reconciler panicked; reconciliation stops until restart");
-            return;
-        };
-        if !findings.is_empty() {
-            let now = tally_proto::timefmt::now_nanos();
-            let records: Vec<NewRecord> = findings
-                .iter()
-                .enumerate()
-                .map(|(k, f)| NewRecord {
-                    time: now,
-                    collection: FINDINGS_COLLECTION.to_owned(),
-                    // A finding belongs to the tailnet whose nodes it is about.
-                    owner: tally_store::Owner::tailnet(f.tailnet.clone()),
-                    instance: RECONCILER_INSTANCE,
-                    identity: Some((1, written + 1 + k as u64)),
-                    client_time: None,
-                    kind: kind::LOG,
-                    body: serde_json::to_vec(f).unwrap_or_default(),
-                })
-                .collect();
-            match state.store.append(records).await {
-                Ok(_) => written += findings.len() as u64,
-                Err(e) => {
-                    tracing::error!(
-                        "writing findings failed (will retry from the saved state): {e}"
-                    );
-                    return;
-                }
-            }
-            let now = std::time::Instant::now();
-            if let Some(line) = finding_log.note(now, findings.iter().map(|f| f.class.name())) {
-                tracing::warn!("{line}");
-            }
-        }
-        if let Some(line) = finding_log.flush(std::time::Instant::now()) {
-            tracing::warn!("{line}");
-        }
-        // Saved every SAVE_EVERY (the snapshot of a 10,000-node tailnet is
-        // ~50 MB): a replay from an older save derives the same findings
-        // with the same ordinals, which the store's dedup drops.
-        if saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
-            let s = svc.clone();
-            match tokio::task::spawn_blocking(move || s.save(pos, written)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("saving the reconciler state failed: {e}"),
-                Err(e) => tracing::error!("saving the reconciler state panicked: {e}"),
-            }
-            saved = Some(tokio::time::Instant::now());
-        }
     }
 }
 

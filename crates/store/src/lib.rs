@@ -6,18 +6,18 @@
 //! segment, then in a sealed segment of zstd blocks with a per-block index
 //! (time range, collections, instance Bloom filter) so scans skip blocks that
 //! cannot match. Consumers read everything after a position with
-//! [`Store::scan`] or a durable [`Cursor`]. Retention deletes expired records
+//! [`Store::scan`], or through the [`Log`] seam that the server's consumers use. Retention deletes expired records
 //! by rewriting or deleting sealed segments.
 
-pub mod cursor;
 pub mod index;
+pub mod log;
 pub mod record;
 pub mod segment;
 pub mod state;
 mod writer;
 
-pub use cursor::Cursor;
 pub use index::{BlockMeta, Filter};
+pub use log::{Log, LogFuture, LogStats, Position, ReadLimits, ReadSpec, SharedLog};
 pub use record::{NewRecord, Owner, Record, Tenant, kind};
 pub use writer::AppendOutcome;
 
@@ -186,8 +186,40 @@ pub struct StoreStats {
     pub segments: usize,
     /// Bytes of all segment files.
     pub disk_bytes: u64,
+    /// Bytes of write-ahead-log files.
+    pub wal_bytes: u64,
+    /// Bytes of sealed files.
+    pub sealed_bytes: u64,
     /// Next position to be assigned.
     pub next_seq: u64,
+    /// Records stored since the store was opened.
+    pub appended_records: u64,
+    /// Group commits (write + fdatasync) since the store was opened.
+    pub syncs: u64,
+    /// Time spent in them, in microseconds.
+    pub sync_micros: u64,
+    /// The longest one, in microseconds.
+    pub max_sync_micros: u64,
+}
+
+/// Counters of the writer's group commits.
+#[derive(Default)]
+pub(crate) struct SyncStats {
+    records: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+    micros: std::sync::atomic::AtomicU64,
+    max_micros: std::sync::atomic::AtomicU64,
+}
+
+impl SyncStats {
+    /// Notes one group commit of `records` that took `took`.
+    pub fn note(&self, took: Duration, records: u64) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(us, Ordering::Relaxed);
+        self.max_micros.fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct Inner {
@@ -198,6 +230,7 @@ pub(crate) struct Inner {
     pub end_tx: watch::Sender<u64>,
     pub poisoned: Mutex<Option<String>>,
     pub pending_bytes: AtomicUsize,
+    pub sync_stats: SyncStats,
     recheck_all: AtomicBool,
     retention_lock: Mutex<()>,
 }
@@ -430,6 +463,7 @@ impl Store {
             end_tx,
             poisoned: Mutex::new(None),
             pending_bytes: AtomicUsize::new(0),
+            sync_stats: SyncStats::default(),
             recheck_all: AtomicBool::new(false),
             retention_lock: Mutex::new(()),
         });
@@ -581,16 +615,10 @@ impl Store {
         self.inner.end_tx.subscribe()
     }
 
-    /// Receivers of [`Store::subscribe`] alive now. A [`Cursor`] holds one
-    /// only while it waits for new records, so this shows readers waiting.
+    /// Receivers of [`Store::subscribe`] alive now. [`Log::wait_for`] holds
+    /// one only while it waits for new records, so this shows readers waiting.
     pub fn subscribers(&self) -> usize {
         self.inner.end_tx.receiver_count()
-    }
-
-    /// Waits until a record at position `>= seq` is durable.
-    pub async fn wait_for(&self, seq: u64) {
-        let mut rx = self.subscribe();
-        let _ = rx.wait_for(|end| *end > seq).await;
     }
 
     /// Bytes stored in the last 12 hours for `(collection, instance)`.
@@ -851,15 +879,26 @@ impl Store {
     /// Sizes of the store.
     pub fn stats(&self) -> StoreStats {
         let segs = self.inner.segments.read().clone();
-        let disk_bytes = segs
-            .iter()
-            .filter_map(|s| std::fs::metadata(&s.path).ok())
-            .map(|m| m.len())
-            .sum();
+        let (mut wal_bytes, mut sealed_bytes) = (0, 0);
+        for s in &segs {
+            let len = std::fs::metadata(&s.path).map_or(0, |m| m.len());
+            if s.is_sealed() {
+                sealed_bytes += len;
+            } else {
+                wal_bytes += len;
+            }
+        }
+        let sync = &self.inner.sync_stats;
         StoreStats {
             segments: segs.len(),
-            disk_bytes,
+            disk_bytes: wal_bytes + sealed_bytes,
+            wal_bytes,
+            sealed_bytes,
             next_seq: self.end_seq(),
+            appended_records: sync.records.load(Ordering::Relaxed),
+            syncs: sync.syncs.load(Ordering::Relaxed),
+            sync_micros: sync.micros.load(Ordering::Relaxed),
+            max_sync_micros: sync.max_micros.load(Ordering::Relaxed),
         }
     }
 

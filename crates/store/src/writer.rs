@@ -171,7 +171,12 @@ impl Writer {
         let result = if buf.is_empty() {
             Ok(())
         } else {
-            self.file.write_all(buf).and_then(|_| self.file.sync_data())
+            let started = Instant::now();
+            let r = self.file.write_all(buf).and_then(|_| self.file.sync_data());
+            self.inner
+                .sync_stats
+                .note(started.elapsed(), out_records(&outcomes));
+            r
         };
         self.inner
             .pending_bytes
@@ -408,6 +413,11 @@ fn copy_frames(
         }
     }
     Ok(())
+}
+
+/// Records stored by a group commit.
+fn out_records(outcomes: &[AppendOutcome]) -> u64 {
+    outcomes.iter().map(|o| o.stored as u64).sum()
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tally_store::{
-    Cursor, Filter, KeepForever, NewRecord, RetentionPolicy, Store, StoreConfig, kind,
+    Filter, KeepForever, Log, NewRecord, ReadLimits, ReadSpec, RetentionPolicy, Store, StoreConfig,
+    kind,
 };
 
 fn rec(inst: u8, time: i64, identity: Option<(u32, u64)>, text: &str) -> NewRecord {
@@ -210,62 +211,61 @@ async fn retention_hides_then_deletes_expired_records() {
 }
 
 #[tokio::test]
-async fn cursor_waits_for_new_records_and_resumes_from_checkpoint() {
+async fn log_reads_by_position_and_waits_for_new_records() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
     store
         .append(vec![rec(1, 1, None, "a"), rec(2, 2, None, "b")])
         .await
         .unwrap();
-    let mut c = Cursor::open(
-        store.clone(),
-        "test",
-        Filter {
+    let log: Arc<dyn Log> = store.clone();
+    let spec = ReadSpec {
+        filter: Filter {
             instances: vec![[2; 32]],
             ..Default::default()
         },
-    )
-    .unwrap();
-    let first = c.next(10).await.unwrap();
-    assert_eq!(first.len(), 1);
-    assert_eq!(first[0].seq, 2);
-    c.commit_read().unwrap();
+        include_expired: false,
+    };
+    let limits = ReadLimits {
+        records: 10,
+        bytes: 1 << 20,
+    };
+    let first = spec.read(&*log, 1, limits).unwrap();
+    assert_eq!(first.records.len(), 1);
+    assert_eq!(first.records[0].seq, 2);
+    assert_eq!(first.next_seq, 3);
+    assert!(!first.truncated);
+    // Nothing past the end yet: a wait subscribes and resolves only once a
+    // record lands there.
     let idle = store.subscribers();
-    let waiter = tokio::spawn(async move {
-        let got = c.next(10).await.unwrap();
-        (got, c)
-    });
-    // The cursor found nothing new and waits for the store to change (it
-    // subscribes only to wait); the records come after that.
+    let waiter = {
+        let log = log.clone();
+        tokio::spawn(async move { log.wait_for(first.next_seq).await })
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.subscribers() == idle {
         assert!(
             std::time::Instant::now() < deadline,
-            "the cursor never waited for new records"
+            "the wait never subscribed"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(!waiter.is_finished());
     store.append(vec![rec(1, 3, None, "c")]).await.unwrap();
-    store.append(vec![rec(2, 4, None, "d")]).await.unwrap();
-    let (got, _c) = tokio::time::timeout(Duration::from_secs(10), waiter)
+    tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
-    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4]);
-    // Reopened cursor starts at the committed checkpoint (after seq 2).
-    let mut again = Cursor::open(store.clone(), "test", Filter::default()).unwrap();
-    assert_eq!(again.committed(), 3);
+    store.append(vec![rec(2, 4, None, "d")]).await.unwrap();
+    let next = spec.read(&*log, 3, limits).unwrap();
     assert_eq!(
-        again
-            .next(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect::<Vec<_>>(),
-        vec![3, 4]
+        next.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![4]
     );
+    // A wait for a position already passed resolves at once.
+    log.wait_for(4).await.unwrap();
+    assert_eq!(log.end_seq(), 5);
 }
 
 #[tokio::test]

@@ -242,7 +242,8 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let nodes = state.control.nodes(caller.tailnet()).await?;
     let q = parse(&params, caller.tailnet(), &nodes, false)?;
-    let complete = crate::flows::catch_up(&state, CATCH_UP).await;
+    let complete =
+        crate::consumers::catch_up(&state, crate::consumers::flow_index::NAME, CATCH_UP).await;
     let flows = state.flows.clone();
     let page = tokio::task::spawn_blocking(move || {
         flows.query(
@@ -284,7 +285,8 @@ pub async fn graph(
 ) -> Result<Response, ApiError> {
     let nodes = state.control.nodes(caller.tailnet()).await?;
     let q = parse(&params, caller.tailnet(), &nodes, true)?;
-    let complete = crate::flows::catch_up(&state, CATCH_UP).await;
+    let complete =
+        crate::consumers::catch_up(&state, crate::consumers::flow_index::NAME, CATCH_UP).await;
     let flows = state.flows.clone();
     let (filter, bucket) = (q.filter.clone(), q.bucket);
     let edges = tokio::task::spawn_blocking(move || flows.edges(&filter, bucket))

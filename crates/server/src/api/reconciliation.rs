@@ -21,8 +21,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
-use tally_store::{Filter, Store, StoreError, kind};
+use tally_store::{Filter, Log, SharedLog, StoreError, kind};
 
 /// Most incidents listed in one answer (all are counted in `summary`).
 const MAX_INCIDENTS: usize = 1000;
@@ -40,7 +39,7 @@ struct Scanned {
 /// The findings of `tailnet` in the store whose window overlaps
 /// `[start, end)`, of `class` and naming `node` when given.
 fn scan_span(
-    store: &Store,
+    store: &dyn Log,
     filter: &Filter,
     tailnet: &str,
     (start, end): (i64, i64),
@@ -86,7 +85,7 @@ fn scan_span(
 
 /// The stored findings at the positions `want` (as JSON), by position.
 fn read_findings(
-    store: &Store,
+    store: &dyn Log,
     filter: &Filter,
     want: &BTreeSet<u64>,
     now: i64,
@@ -210,12 +209,12 @@ pub async fn report(
         owner: Some(tailnet.clone()),
         ..Filter::default()
     };
-    let store: Arc<Store> = state.store.clone();
+    let store: SharedLog = state.store.clone();
     let (scan_filter, scan_tailnet) = (filter.clone(), tailnet.clone());
     let (scan_class, scan_node) = (class.clone(), node.clone());
     let scanned = tokio::task::spawn_blocking(move || {
         scan_span(
-            &store,
+            &*store,
             &scan_filter,
             &scan_tailnet,
             (start, end),
@@ -257,9 +256,9 @@ pub async fn report(
         None
     };
     let want: BTreeSet<u64> = pool.iter().copied().collect();
-    let store: Arc<Store> = state.store.clone();
+    let store: SharedLog = state.store.clone();
     let mut bodies =
-        tokio::task::spawn_blocking(move || read_findings(&store, &filter, &want, now))
+        tokio::task::spawn_blocking(move || read_findings(&*store, &filter, &want, now))
             .await
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("findings: {e}"))

@@ -38,11 +38,12 @@ fn num(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError>
 /// signed note).
 pub async fn checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Cover what was stored before the request (read-your-writes).
-    let end = state.store.end_seq().saturating_sub(1);
-    state
-        .log
-        .wait_for(end, std::time::Duration::from_secs(2))
-        .await;
+    crate::consumers::catch_up(
+        &state,
+        crate::consumers::transparency::NAME,
+        std::time::Duration::from_secs(2),
+    )
+    .await;
     let log = state.log.clone();
     let text = tokio::task::spawn_blocking(move || log.checkpoint())
         .await
@@ -71,10 +72,9 @@ pub async fn inclusion(
 ) -> Result<Response, ApiError> {
     let seq = num(&q, "seq")?.ok_or_else(|| ApiError::bad_request("seq is required"))?;
     let size = num(&q, "size")?;
-    state
-        .log
-        .wait_for(seq, std::time::Duration::from_secs(2))
-        .await;
+    if let Some(c) = state.pipeline.get(crate::consumers::transparency::NAME) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), c.wait_for(seq)).await;
+    }
     let store = state.store.clone();
     let log = state.log.clone();
     let position = tokio::task::spawn_blocking(move || log.position(seq))

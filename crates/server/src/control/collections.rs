@@ -11,26 +11,10 @@ use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
 use tally_proto::PublicId;
 
-/// The collection that holds network flow logs (its retention is the
-/// tailnet's `flowsRetentionDays`).
-pub const FLOWS_COLLECTION: &str = "tailtraffic";
-/// The collection agents upload their node's logs to by default.
-pub const NODE_LOGS_COLLECTION: &str = "tailnode";
-
-/// Collections every tailnet has; they cannot be created or deleted.
-pub const BUILTIN_COLLECTIONS: [&str; 3] = [
-    NODE_LOGS_COLLECTION,
-    FLOWS_COLLECTION,
-    crate::reconcile::FINDINGS_COLLECTION,
-];
-
-/// Collections only the server writes (uploads to them are refused).
-pub const SYSTEM_COLLECTIONS: [&str; 1] = [crate::reconcile::FINDINGS_COLLECTION];
-
-/// True for a collection only the server writes.
-pub fn is_system_collection(name: &str) -> bool {
-    SYSTEM_COLLECTIONS.contains(&name)
-}
+pub use tally_proto::collection::{
+    BUILTIN as BUILTIN_COLLECTIONS, FLOWS as FLOWS_COLLECTION, NODE_LOGS as NODE_LOGS_COLLECTION,
+    is_system as is_system_collection,
+};
 
 /// A collection as the ingest path and retention need it.
 #[derive(Debug, Clone)]

@@ -1,0 +1,127 @@
+//! The flow index: the consumer that turns the `tailtraffic` records of
+//! the log into typed entries of the columnar flow store (see
+//! [`crate::flows`]). Policy `skip`: a record it cannot decode is recorded
+//! and left out of the index (the raw record stays in the log).
+
+use crate::catalog::Catalog;
+use crate::flows::entries_of;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_flowstore::FlowStore;
+use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled, Rejection};
+use tally_proto::PublicId;
+use tally_store::{Filter, Position, ReadLimits, ReadSpec, ScanBatch};
+
+/// Name of the flow index consumer.
+pub const NAME: &str = "flow-index";
+
+/// The flow index consumer.
+pub struct FlowIndex {
+    flows: Arc<FlowStore>,
+    catalog: Arc<Catalog>,
+    position: Position,
+}
+
+impl FlowIndex {
+    /// Feeds `flows` from `checkpoint` on (the flow store's own).
+    pub fn new(flows: Arc<FlowStore>, catalog: Arc<Catalog>, checkpoint: Position) -> Self {
+        Self {
+            flows,
+            catalog,
+            position: checkpoint,
+        }
+    }
+}
+
+impl Consumer for FlowIndex {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn reads(&self) -> ReadSpec {
+        ReadSpec {
+            filter: Filter {
+                collections: vec![tally_proto::collection::FLOWS.to_owned()],
+                kinds: vec![tally_store::kind::LOG],
+                ..Filter::default()
+            },
+            include_expired: false,
+        }
+    }
+
+    fn policy(&self) -> FailurePolicy {
+        FailurePolicy::Skip
+    }
+
+    fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            records: 2000,
+            bytes: 16 << 20,
+        }
+    }
+
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
+        let (flows, catalog) = (self.flows.clone(), self.catalog.clone());
+        let handled = tokio::task::spawn_blocking(move || {
+            let mut rejected = Vec::new();
+            for r in &batch.records {
+                // The tailnet is the one fixed at ingest; a node removed (or
+                // moved to another tailnet) since takes its records with it.
+                let tally_store::Owner::Tailnet(tailnet) = &r.rec.owner else {
+                    continue;
+                };
+                let Some(node) = catalog
+                    .node(&PublicId(r.rec.instance))
+                    .filter(|n| n.tailnet_id == *tailnet)
+                else {
+                    continue;
+                };
+                match entries_of(&r.rec.body, &node.tailnet_id, &node.node_id, r.rec.time) {
+                    Ok(entries) if !entries.is_empty() => {
+                        flows.insert(r.seq, &entries).map_err(|e| {
+                            ConsumerError::new(format!(
+                                "inserting position {} into the flow store: {e}",
+                                r.seq
+                            ))
+                        })?;
+                    }
+                    Ok(_) => {}
+                    Err(reason) => rejected.push(Rejection {
+                        position: r.seq,
+                        reason,
+                    }),
+                }
+            }
+            let through = batch.next_seq.saturating_sub(1);
+            flows.advance_to(through);
+            Ok::<_, ConsumerError>(Handled { through, rejected })
+        })
+        .await
+        .map_err(|e| ConsumerError::new(format!("the flow index panicked: {e}")))??;
+        self.position = handled.through;
+        Ok(handled)
+    }
+
+    /// The flow store moves its checkpoint itself as windows are sealed.
+    async fn commit(&mut self) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+
+    /// Seals the windows that are due.
+    async fn tick(&mut self) -> Result<(), ConsumerError> {
+        let flows = self.flows.clone();
+        tokio::task::spawn_blocking(move || flows.seal_due(tally_proto::timefmt::now_nanos()))
+            .await
+            .map_err(|e| ConsumerError::new(format!("sealing flow windows panicked: {e}")))?
+            .map_err(|e| ConsumerError::new(format!("sealing flow windows: {e}")))?;
+        Ok(())
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(Duration::from_secs(5))
+    }
+}

@@ -1,0 +1,61 @@
+//! The server's consumers of the log, each an implementation of
+//! [`tally_pipeline::Consumer`] run by the one driver: the flow index, the
+//! transparency log and reconciliation. A new consumer (detection, a
+//! streaming destination) is a new module here and one line in [`start`].
+
+pub mod flow_index;
+pub mod reconciliation;
+pub mod transparency;
+
+use crate::AppState;
+use anyhow::Context;
+
+/// Where the consumers resume (read when the server was bound).
+pub struct Resume {
+    /// The flow store's checkpoint.
+    pub flow_checkpoint: u64,
+    /// The reconciler's position and findings written.
+    pub reconcile: (u64, u64),
+}
+
+/// Starts every consumer on the pipeline; returns their tasks.
+pub fn start(
+    state: &AppState,
+    resume: &Resume,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let p = &state.pipeline;
+    let tasks = vec![
+        p.spawn(flow_index::FlowIndex::new(
+            state.flows.clone(),
+            state.catalog.clone(),
+            resume.flow_checkpoint,
+        ))
+        .context("starting the flow index")?
+        .1,
+        p.spawn(transparency::TransparencyLog::new(state.log.clone()))
+            .context("starting the transparency log")?
+            .1,
+        p.spawn(reconciliation::Reconciliation::new(
+            state.reconcile.clone(),
+            state.store.clone(),
+            state.catalog.clone(),
+            state.control.clone(),
+            resume.reconcile,
+        ))
+        .context("starting reconciliation")?
+        .1,
+    ];
+    Ok(tasks)
+}
+
+/// Waits (at most `limit`) until consumer `name` has read every record
+/// stored before now; false when it gave up (or there is no such consumer).
+pub async fn catch_up(state: &AppState, name: &str, limit: std::time::Duration) -> bool {
+    let Some(c) = state.pipeline.get(name) else {
+        return false;
+    };
+    let target = state.store.end_seq().saturating_sub(1);
+    tokio::time::timeout(limit, c.wait_for(target))
+        .await
+        .is_ok()
+}
