@@ -150,7 +150,7 @@ impl Consumer for Recorder {
 
     async fn commit(&mut self) -> Result<(), ConsumerError> {
         let mut out = self.committed.clone();
-        out.handled.extend(self.pending.drain(..));
+        out.handled.append(&mut self.pending);
         out.through = self.position;
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&out).unwrap()).unwrap();
