@@ -388,6 +388,24 @@ pub async fn post_logs(
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let metrics = state.metrics.clone();
+    let label = crate::metrics::collection_label(&collection).to_owned();
+    let answer = ingest(state, collection, private_id, headers, raw).await;
+    let code = match &answer {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    };
+    metrics.ingest_request(&label, code);
+    answer
+}
+
+async fn ingest(
+    state: AppState,
+    collection: String,
+    private_id: String,
+    headers: HeaderMap,
+    raw: axum::body::Body,
+) -> Result<Response, ApiError> {
     let collection = CollectionName::parse(&collection)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
     let private = PrivateId::parse(&private_id).map_err(|e| {
@@ -507,6 +525,12 @@ pub async fn post_logs(
         }
         crate::batches::verdict_name(&check.verdict)
     });
+    state.metrics.ingest_stored(
+        collection.as_str(),
+        outcome.stored as u64,
+        outcome.duplicates as u64,
+        bytes,
+    );
     if outcome.stored > 0 {
         state
             .instances

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit_outbox;
 pub mod auth;
 pub mod batches;
 pub mod body;
@@ -18,6 +19,7 @@ pub mod ingest;
 pub mod instances;
 pub mod memory;
 pub mod merkle_log;
+pub mod metrics;
 pub mod query;
 pub mod reconcile;
 pub mod reconcile_report;
@@ -126,6 +128,11 @@ pub struct AppState {
     pub store: SharedLog,
     /// The consumers of the log.
     pub pipeline: Arc<tally_pipeline::Pipeline>,
+    /// Metrics (`GET /metrics`).
+    pub metrics: Arc<metrics::Metrics>,
+    /// The server operator's tailnet (its owners and admins have
+    /// `server:operate`).
+    pub operator_tailnet: String,
     /// Cached collections and adoptions.
     pub catalog: Arc<Catalog>,
     /// The control database.
@@ -193,6 +200,8 @@ pub struct Server {
     resume: consumers::Resume,
     /// The embedded store behind [`AppState::store`] (tests drive it).
     embedded: Arc<Store>,
+    /// The audit outbox, loaded.
+    outbox: audit_outbox::AuditOutbox,
 }
 
 impl Server {
@@ -295,6 +304,7 @@ impl Server {
                 config.listen
             )
         })?;
+        let config_data_dir = config.data_dir.clone();
         let state = AppState {
             instances: Arc::new(InstanceStats::open(
                 config.data_dir.join("instances-v2.json"),
@@ -311,6 +321,8 @@ impl Server {
                 store.clone(),
                 Some(config.data_dir.join("consumers")),
             )),
+            metrics: Arc::new(metrics::Metrics::new()),
+            operator_tailnet: control.operator_tailnet().await?,
             config: Arc::new(config),
             store: store.clone(),
             catalog,
@@ -332,6 +344,7 @@ impl Server {
                 reconcile: (reconcile_pos, reconcile_written),
             },
             embedded: store,
+            outbox: audit_outbox::AuditOutbox::open(&config_data_dir)?,
         })
     }
 
@@ -375,6 +388,7 @@ impl Server {
         let state = self.state.clone();
         memory::start_trimmer();
         let background = tokio::spawn(background_tasks(state.clone()));
+        let outbox = tokio::spawn(audit_outbox::run(state.clone(), self.outbox));
         let consumer_tasks = consumers::start(&state, &self.resume)?;
         let app = router(state.clone());
         // Held long polls end as soon as shutdown begins.
@@ -407,8 +421,10 @@ impl Server {
                 tracing::warn!("a consumer did not stop within 30 s");
             }
         }
-        background.abort();
-        let _ = background.await;
+        for task in [background, outbox] {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = state.instances.save_if_dirty();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.close())

@@ -58,8 +58,12 @@ pub fn start_trimmer() {
     });
 }
 
+/// Resident set size of this process, in bytes (Linux).
+pub fn rss() -> Option<u64> {
+    rss_bytes()
+}
+
 /// Resident set size of this process, in bytes.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;

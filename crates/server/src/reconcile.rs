@@ -161,6 +161,11 @@ impl ReconcileService {
         ))
     }
 
+    /// The reconciler's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.lock().stats()
+    }
+
     /// Per node and pair completeness.
     pub fn summary(&self) -> Summary {
         self.inner.lock().summary()

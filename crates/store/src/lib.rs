@@ -902,6 +902,18 @@ impl Store {
         }
     }
 
+    /// Whether appends are accepted: `Err(why)` once a write failed (the
+    /// store is poisoned until a restart) or after [`Store::close`].
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(why) = self.inner.poisoned.lock().clone() {
+            return Err(why);
+        }
+        if self.tx.lock().is_none() {
+            return Err("the store is closed".into());
+        }
+        Ok(())
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.config.dir

@@ -105,6 +105,10 @@ pub trait Log: Send + Sync + 'static {
     /// (ingest budgets).
     fn recent_bytes(&self, collection: &str, instance: &[u8; 32], now: i64) -> u64;
 
+    /// Whether the log accepts appends: `Err(why)` after a failed write
+    /// (the embedded store stops acknowledging until a restart) or a close.
+    fn check(&self) -> Result<(), String>;
+
     /// Stops accepting appends and waits for the ones in flight.
     fn close(&self);
 
@@ -173,6 +177,10 @@ impl Log for Store {
 
     fn recent_bytes(&self, collection: &str, instance: &[u8; 32], now: i64) -> u64 {
         Store::recent_bytes(self, collection, instance, now)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Store::check(self)
     }
 
     fn close(&self) {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod devices;
 pub mod keys;
 pub mod network;
+pub mod pipeline;
 pub mod reconciliation;
 pub mod tailnets;
 pub mod transparency;
@@ -90,6 +91,39 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Permission as P;
     vec![
         r(M::GET, "/healthz", Public, "", "", get(|| async { "ok\n" })),
+        r(M::GET, "/readyz", Public, "", "", get(pipeline::readyz)),
+        r(
+            M::GET,
+            "/metrics",
+            Role(P::ServerOperate),
+            "",
+            "",
+            get(crate::metrics::get_metrics),
+        ),
+        r(
+            M::GET,
+            "/api/v2/consumers",
+            Role(P::ServerOperate),
+            "",
+            "",
+            get(pipeline::list),
+        ),
+        r(
+            M::POST,
+            "/api/v2/consumers/{consumer}/pause",
+            Role(P::ServerOperate),
+            "CONSUMER",
+            "UPDATE",
+            post(pipeline::pause),
+        ),
+        r(
+            M::POST,
+            "/api/v2/consumers/{consumer}/resume",
+            Role(P::ServerOperate),
+            "CONSUMER",
+            "UPDATE",
+            post(pipeline::resume),
+        ),
         r(
             M::POST,
             "/c/{collection}/{private_id}",
@@ -415,6 +449,10 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_http,
+        ))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
         // Compressed bodies are smaller than the decompressed limit; leave room for headers of incompressible data.
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -478,6 +516,22 @@ async fn refuse(
     }
 }
 
+/// Counts every answer of a route by its pattern, method and status.
+async fn count_http(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = matched.as_ref().map_or("", |m| m.as_str()).to_owned();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_request(&route, method.as_str(), resp.status());
+    resp
+}
+
 /// The middleware in front of every route.
 async fn guard(
     State(state): State<AppState>,
@@ -523,6 +577,14 @@ async fn guard(
             "this API key belongs to tailnet {:?}, not {:?}; use '-' or a key of that tailnet",
             caller.principal.tailnet_name,
             t.chars().take(80).collect::<String>()
+        ))
+    } else if permission == Permission::ServerOperate
+        && caller.principal.tailnet_id != state.operator_tailnet
+    {
+        Some(format!(
+            "permission denied: {} belongs to the server's operator (owners and admins of the server's first tailnet); this key's tailnet is {:?}",
+            permission.name(),
+            caller.principal.tailnet_name
         ))
     } else if !caller.principal.role.allows(permission) {
         Some(format!(

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Row, Transaction};
+use std::sync::Arc;
 use tally_proto::timefmt::format_nanos;
 
 /// Where a change came from.
@@ -204,9 +205,65 @@ pub struct Change {
     head: String,
     time: i64,
     events: usize,
+    committed: Arc<tokio::sync::Notify>,
+}
+
+/// One committed audit event as the outbox copies it.
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    /// Its sequence number in its tailnet's chain.
+    pub seq: i64,
+    /// Event time (Unix ns).
+    pub time: i64,
+    /// The event (Tailscale's configuration-audit shape, JSON).
+    pub body: String,
 }
 
 impl ControlDb {
+    /// Notified after each commit of audit events (a permit is kept when
+    /// nobody waits, so a wake-up is never lost).
+    pub fn audit_committed(&self) -> Arc<tokio::sync::Notify> {
+        self.audit_committed.clone()
+    }
+
+    /// Every tailnet (deleted ones too) and the sequence number of its
+    /// newest audit event.
+    pub async fn audit_heads(&self) -> Result<Vec<(String, i64)>, ControlError> {
+        sqlx::query("SELECT id, audit_seq FROM tailnets ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("audit_seq")?)))
+            .collect()
+    }
+
+    /// Up to `limit` events of a tailnet after sequence number `after`,
+    /// oldest first.
+    pub async fn audit_events_after(
+        &self,
+        tailnet_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<CommittedEvent>, ControlError> {
+        sqlx::query(
+            "SELECT seq, event_time, body FROM audit_events WHERE tailnet_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(tailnet_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(CommittedEvent {
+                seq: r.try_get("seq")?,
+                time: r.try_get("event_time")?,
+                body: r.try_get("body")?,
+            })
+        })
+        .collect()
+    }
+
     /// Opens a change on `tailnet_id`: takes the tailnet's row lock (and the
     /// process's write lock) so that events are appended in order.
     pub async fn begin_change(
@@ -238,6 +295,7 @@ impl ControlDb {
             head: row.try_get("audit_head")?,
             time: row.try_get("audit_time")?,
             events: 0,
+            committed: self.audit_committed.clone(),
         })
     }
 
@@ -338,6 +396,7 @@ impl Change {
         .execute(&mut *self.tx)
         .await?;
         self.tx.commit().await?;
+        self.committed.notify_one();
         Ok(())
     }
 }

@@ -60,6 +60,8 @@ pub struct ControlDb {
     pool: AnyPool,
     write_lock: Arc<tokio::sync::Mutex<()>>,
     backend: Backend,
+    /// Notified after each commit of audit events (the outbox wakes).
+    audit_committed: Arc<tokio::sync::Notify>,
 }
 
 /// A fresh random ID: `prefix` and 16 hex digits.
@@ -116,6 +118,7 @@ impl ControlDb {
         let db = Self {
             pool,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            audit_committed: Arc::new(tokio::sync::Notify::new()),
             backend,
         };
         db.migrate().await?;
@@ -181,6 +184,21 @@ impl ControlDb {
             tracing::info!(version, description, "control database migrated");
         }
         Ok(())
+    }
+
+    /// Whether the database answers a query.
+    pub async fn ping(&self) -> Result<(), ControlError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The server operator's tailnet: the first one ever created (deleted
+    /// or not, so no later tailnet can take its place).
+    pub async fn operator_tailnet(&self) -> Result<String, ControlError> {
+        let row = sqlx::query("SELECT id FROM tailnets ORDER BY created, id LIMIT 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("id")?)
     }
 
     /// Closes the pool.

@@ -36,7 +36,7 @@ pub const ROLES: [Role; 7] = [
 ];
 
 /// Every permission, in the order of the matrix in ARCHITECTURE.md.
-pub const PERMISSIONS: [Permission; 9] = [
+pub const PERMISSIONS: [Permission; 10] = [
     Permission::LogsRead,
     Permission::AuditRead,
     Permission::ConfigRead,
@@ -46,6 +46,7 @@ pub const PERMISSIONS: [Permission; 9] = [
     Permission::KeysWrite,
     Permission::UsersWrite,
     Permission::TailnetsWrite,
+    Permission::ServerOperate,
 ];
 
 /// What a route needs; see the matrix in ARCHITECTURE.md.
@@ -69,6 +70,9 @@ pub enum Permission {
     UsersWrite,
     /// Create, rename and delete tailnets.
     TailnetsWrite,
+    /// Operate the server: metrics, consumers (pause, resume). Only keys of
+    /// the server's first tailnet (the operator's) have it.
+    ServerOperate,
 }
 
 impl Permission {
@@ -84,6 +88,7 @@ impl Permission {
             Self::KeysWrite => "keys:write",
             Self::UsersWrite => "users:write",
             Self::TailnetsWrite => "tailnets:write",
+            Self::ServerOperate => "server:operate",
         }
     }
 }
@@ -122,6 +127,7 @@ impl Role {
             P::DevicesWrite | P::UsersWrite => matches!(self, R::Owner | R::Admin | R::ItAdmin),
             P::KeysWrite => matches!(self, R::Owner | R::Admin | R::NetworkAdmin | R::ItAdmin),
             P::TailnetsWrite => self == R::Owner,
+            P::ServerOperate => matches!(self, R::Owner | R::Admin),
         }
     }
 
