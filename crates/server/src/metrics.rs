@@ -5,7 +5,8 @@
 //!
 //! Labels stay bounded: a collection label is the collection's name for
 //! the built-in collections and `custom` for every other (tailnets name
-//! their own), a route label is the route's pattern, never its path.
+//! their own), a route label is the route's pattern (`/c/:collection`),
+//! never its path.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -282,11 +283,12 @@ impl Metrics {
         self.ingest_bytes.get_or_create(&l).inc_by(bytes);
     }
 
-    /// Counts one HTTP answer.
+    /// Counts one HTTP answer (`route` is the pattern; its `{param}`
+    /// segments are labelled `:param`, which every exposition parser reads).
     pub fn http_request(&self, route: &str, method: &str, code: StatusCode) {
         self.http_requests
             .get_or_create(&HttpLabels {
-                route: route.to_owned(),
+                route: route.replace('{', ":").replace('}', ""),
                 method: method.to_owned(),
                 code: code.as_u16().to_string(),
             })

@@ -22,16 +22,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => "ok".to_owned(),
         Err(_) => "not accepting writes (see the server log)".to_owned(),
     };
-    let control = match tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        state.control.ping(),
-    )
-    .await
-    {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(_)) => "unreachable (see the server log)".to_owned(),
-        Err(_) => "no answer within 2 s".to_owned(),
-    };
+    let control =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), state.control.ping()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(_)) => "unreachable (see the server log)".to_owned(),
+            Err(_) => "no answer within 2 s".to_owned(),
+        };
     let mut consumers = serde_json::Map::new();
     let mut consumers_ok = true;
     for c in state.pipeline.statuses() {
@@ -88,12 +84,7 @@ async fn control(
     pause: bool,
 ) -> Result<Response, ApiError> {
     let Some(c) = state.pipeline.get(name) else {
-        let names: Vec<&str> = state
-            .pipeline
-            .statuses()
-            .iter()
-            .map(|s| s.name)
-            .collect();
+        let names: Vec<&str> = state.pipeline.statuses().iter().map(|s| s.name).collect();
         return Err(ApiError::not_found(format!(
             "no consumer named {:?}; the consumers are {}",
             name.chars().take(80).collect::<String>(),
@@ -101,7 +92,10 @@ async fn control(
         )));
     };
     let before = c.status(state.store.end_seq()).state;
-    let mut change = state.control.begin_change(caller.tailnet(), &caller.ctx).await?;
+    let mut change = state
+        .control
+        .begin_change(caller.tailnet(), &caller.ctx)
+        .await?;
     change
         .record(
             EventSpec::new(

@@ -48,7 +48,12 @@ impl TestServer {
 
     /// Starts on a given address.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        Self::spawn(data_dir, listen, extra, false).0
+        Self::spawn(data_dir, listen, extra, &[], false).0
+    }
+
+    /// Starts like [`TestServer::start`] with extra environment variables.
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(data_dir, "127.0.0.1:0", extra, env, false).0
     }
 
     /// Starts like [`TestServer::start`], handing over the server's stderr
@@ -57,7 +62,7 @@ impl TestServer {
         data_dir: &Path,
         extra: &[&str],
     ) -> (Self, std::sync::mpsc::Receiver<String>) {
-        let (server, lines) = Self::spawn(data_dir, "127.0.0.1:0", extra, true);
+        let (server, lines) = Self::spawn(data_dir, "127.0.0.1:0", extra, &[], true);
         (server, lines.expect("stderr captured"))
     }
 
@@ -65,6 +70,7 @@ impl TestServer {
         data_dir: &Path,
         listen: &str,
         extra: &[&str],
+        env: &[(&str, &str)],
         capture_stderr: bool,
     ) -> (Self, Option<std::sync::mpsc::Receiver<String>>) {
         let mut child = Command::new(bin())
@@ -73,6 +79,7 @@ impl TestServer {
             .args(extra)
             .env("TALLY_BOOTSTRAP_KEY", KEY)
             .env("TALLY_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(if capture_stderr {
                 Stdio::piped()
