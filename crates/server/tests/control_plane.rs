@@ -129,7 +129,8 @@ async fn fixture(
 ) -> Fixture {
     let mut path = pattern
         .replace("{tailnet}", "-")
-        .replace("{collection}", "tailnode");
+        .replace("{collection}", "tailnode")
+        .replace("{consumer}", "flow-index");
     if path.contains("{deviceId}") {
         let id = env.register(auth_key, &format!("node-{n}")).await;
         path = path.replace("{deviceId}", &id);

@@ -303,7 +303,7 @@ pub fn rfc3339(nanos: i64) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [Permission; 9] = PERMISSIONS;
+    const ALL: [Permission; 10] = PERMISSIONS;
 
     /// The matrix in ARCHITECTURE.md is the specification: the code must
     /// say exactly what its table says, cell by cell.
