@@ -62,6 +62,9 @@ pub const AUDIT: &str = "tailaudit";
 /// The transparency log's own statements (owned by no tailnet).
 pub const TRANSPARENCY: &str = "tally-log";
 
+/// The instance (public ID) the reconciler writes findings as.
+pub const FINDINGS_WRITER: [u8; 32] = [0x7a; 32];
+
 /// Collections every tailnet has; they cannot be created or deleted.
 pub const BUILTIN: [&str; 4] = [NODE_LOGS, FLOWS, FINDINGS, AUDIT];
 

@@ -4,6 +4,7 @@
 //! Tailscale logs-service protocol (`logtail`) and the identifiers it uses.
 
 pub mod collection;
+pub mod flow;
 pub mod ids;
 pub mod logtail;
 pub mod timefmt;

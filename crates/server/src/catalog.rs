@@ -186,7 +186,7 @@ impl Catalog {
     /// reconciler's findings belong to the tailnet they name, everything
     /// else to whom [`Catalog::owner_of`] names now.
     pub fn legacy_owner(&self, r: &tally_store::NewRecord) -> Owner {
-        if r.instance == crate::reconcile::RECONCILER_INSTANCE {
+        if r.instance == tally_proto::collection::FINDINGS_WRITER {
             #[derive(Deserialize)]
             struct Named {
                 tailnet: String,

@@ -12,8 +12,8 @@
 
 use crate::AppState;
 use std::sync::Arc;
-use tally_flow::FlowRecord;
 use tally_flowstore::{FlowEntry, FlowKind, FlowStore, FlowStoreConfig};
+use tally_proto::flow::FlowRecord;
 
 /// Days the log store keeps raw flow records (the typed copy lasts longer).
 pub const RAW_FLOW_RETENTION_DAYS: u32 = 1;
@@ -45,9 +45,9 @@ pub fn entries_of(
             end,
             logged,
             kind: match kind {
-                tally_flow::TrafficKind::Virtual => FlowKind::Virtual,
-                tally_flow::TrafficKind::Subnet => FlowKind::Subnet,
-                tally_flow::TrafficKind::Exit => FlowKind::Exit,
+                tally_proto::flow::TrafficKind::Virtual => FlowKind::Virtual,
+                tally_proto::flow::TrafficKind::Subnet => FlowKind::Subnet,
+                tally_proto::flow::TrafficKind::Exit => FlowKind::Exit,
             },
             proto: c.proto,
             src: c.src.ip().to_canonical(),

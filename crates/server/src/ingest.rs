@@ -653,7 +653,7 @@ fn check_flow_records(entries: &[logtail::IngestEntry]) -> Result<Vec<(u64, u64)
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            serde_json::from_slice::<tally_flow::FlowRecord>(&e.json)
+            serde_json::from_slice::<tally_proto::flow::FlowRecord>(&e.json)
                 .map(|r| (r.start, r.end))
                 .map_err(|err| {
                     ApiError::bad_request(format!(

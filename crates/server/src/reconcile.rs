@@ -22,9 +22,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tally_flow::FlowRecord;
 use tally_pipeline::Rejection;
 use tally_proto::PublicId;
+use tally_proto::flow::FlowRecord;
 use tally_reconcile::{
     BatchVerdict, Config, DiscardedRecord, Finding, FlowKind, FlowObservation, NodeInfo,
     Reconciler, Stats, Summary,
@@ -36,7 +36,7 @@ use tally_store::{
 /// Collection of reconciliation findings.
 pub const FINDINGS_COLLECTION: &str = tally_proto::collection::FINDINGS;
 /// The instance findings are written as (a fixed public ID).
-pub const RECONCILER_INSTANCE: [u8; 32] = [0x7a; 32];
+pub const RECONCILER_INSTANCE: [u8; 32] = tally_proto::collection::FINDINGS_WRITER;
 /// File the running server holds locked (`flock`) while its reconciler
 /// runs, so that an offline [`replay`] never reads a data directory a
 /// server is writing (nor a server starts during a replay).
@@ -252,9 +252,9 @@ fn observations_of(
             end: i64::try_from(record.end).unwrap_or(i64::MAX),
             logged: r.rec.time,
             kind: match k {
-                tally_flow::TrafficKind::Virtual => FlowKind::Virtual,
-                tally_flow::TrafficKind::Subnet => FlowKind::Subnet,
-                tally_flow::TrafficKind::Exit => FlowKind::Exit,
+                tally_proto::flow::TrafficKind::Virtual => FlowKind::Virtual,
+                tally_proto::flow::TrafficKind::Subnet => FlowKind::Subnet,
+                tally_proto::flow::TrafficKind::Exit => FlowKind::Exit,
             },
             proto: c.proto,
             src: c.src,

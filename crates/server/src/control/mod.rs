@@ -70,6 +70,11 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(b))
 }
 
+/// At most `n` characters of `s`, for messages.
+pub(crate) fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
 /// True for a `postgres://` or `postgresql://` URL.
 pub fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")

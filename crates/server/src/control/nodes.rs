@@ -4,8 +4,7 @@
 use super::audit::{Actor, AuditContext, Change, EventSpec, Target};
 use super::model::{Device, rfc3339};
 use super::principals::{validate_tags, validate_text};
-use super::tailnets::truncate;
-use super::{ControlDb, ControlError, json_list, new_id, to_json_list};
+use super::{ControlDb, ControlError, json_list, new_id, to_json_list, truncate};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;

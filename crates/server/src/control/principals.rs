@@ -3,8 +3,7 @@
 
 use super::audit::{Actor, AuditContext, Change, EventSpec, Target};
 use super::model::{DeviceCreate, KeyInfo, Role, User, rfc3339};
-use super::tailnets::truncate;
-use super::{ControlDb, ControlError, json_list, new_id, to_json_list};
+use super::{ControlDb, ControlError, json_list, new_id, to_json_list, truncate};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::Row;

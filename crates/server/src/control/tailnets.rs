@@ -4,7 +4,7 @@
 use super::audit::{AuditContext, Change, EventSpec, Target, genesis_hash};
 use super::model::{Role, Tailnet, rfc3339};
 use super::principals::{KeySpec, KeyType, NewKey};
-use super::{ControlDb, ControlError, new_id};
+use super::{ControlDb, ControlError, new_id, truncate};
 use serde_json::json;
 use sqlx::Row;
 
@@ -34,11 +34,6 @@ pub fn validate_tailnet_name(name: &str) -> Result<(), ControlError> {
             truncate(name, 80)
         )))
     }
-}
-
-/// At most `n` characters of `s`, for messages.
-pub(crate) fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }
 
 /// A tailnet created with its owner and the owner's first API key.
