@@ -3,35 +3,22 @@
 //! over the control database. Every route and its access rule is in
 //! [`api::table`].
 
-pub mod admin;
 pub mod api;
-pub mod audit_outbox;
-pub mod auth;
-pub mod batches;
-pub mod body;
-pub mod budget;
-pub mod catalog;
 pub mod consumers;
 pub mod control;
 pub mod error;
-pub mod flows;
 pub mod ingest;
-pub mod instances;
 pub mod memory;
-pub mod merkle_log;
 pub mod metrics;
-pub mod query;
-pub mod reconcile;
-pub mod reconcile_report;
-pub mod retention;
 pub mod serve;
 pub mod tls;
 
 use anyhow::Context;
-use catalog::Catalog;
+use consumers::{flows, merkle_log, reconcile};
 use control::ControlDb;
-use instances::InstanceStats;
-use retention::RetentionRules;
+use control::catalog::{self, Catalog};
+use control::retention::RetentionRules;
+use ingest::{batches, budget, instances::InstanceStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -201,7 +188,7 @@ pub struct Server {
     /// The embedded store behind [`AppState::store`] (tests drive it).
     embedded: Arc<Store>,
     /// The audit outbox, loaded.
-    outbox: audit_outbox::AuditOutbox,
+    outbox: control::outbox::AuditOutbox,
 }
 
 impl Server {
@@ -344,7 +331,7 @@ impl Server {
                 reconcile: (reconcile_pos, reconcile_written),
             },
             embedded: store,
-            outbox: audit_outbox::AuditOutbox::open(&config_data_dir)?,
+            outbox: control::outbox::AuditOutbox::open(&config_data_dir)?,
         })
     }
 
@@ -388,7 +375,7 @@ impl Server {
         let state = self.state.clone();
         memory::start_trimmer();
         let background = tokio::spawn(background_tasks(state.clone()));
-        let outbox = tokio::spawn(audit_outbox::run(state.clone(), self.outbox));
+        let outbox = tokio::spawn(control::outbox::run(state.clone(), self.outbox));
         let consumer_tasks = consumers::start(&state, &self.resume)?;
         let app = router(state.clone());
         // Held long polls end as soon as shutdown begins.

@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{Db, Env, OWNER_KEY, start};
-use tally_server::batches::BatchRecord;
+use tally_server::ingest::batches::BatchRecord;
 use tally_store::{Filter, kind};
 use tally_transparency::batch::{BatchSigner, ChainState, generate_signing_key};
 

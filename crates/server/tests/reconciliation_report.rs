@@ -11,8 +11,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::{Db, Env, OWNER_KEY, start};
 use tally_reconcile::{BUCKET_NS, Bucket};
-use tally_server::reconcile::FINDINGS_COLLECTION;
-use tally_server::reconcile_report::{INCIDENT_GAP_NS, trend};
+use tally_server::consumers::reconcile::FINDINGS_COLLECTION;
+use tally_server::consumers::reconcile_report::{INCIDENT_GAP_NS, trend};
 
 const S: i64 = 1_000_000_000;
 

@@ -306,7 +306,7 @@ async fn a_recovery_cut_is_stated_in_the_log_and_positions_are_not_reused() {
             body: cut["body"].as_str().expect("body").as_bytes().to_vec(),
         },
     };
-    let leaf = tally_server::merkle_log::record_leaf(&record);
+    let leaf = tally_server::consumers::merkle_log::record_leaf(&record);
     assert_eq!(cut["leafHash"].as_str(), Some(leaf.to_base64().as_str()));
     c2.verify_inclusion(
         &leaf,

@@ -356,7 +356,7 @@ async fn replay(
 ) -> anyhow::Result<()> {
     let control_db = control_db.filter(|u| !u.is_empty());
     let saved = if data_dir.is_dir() {
-        tally_server::reconcile::saved_config(&data_dir).unwrap_or_else(|e| {
+        tally_server::consumers::reconcile::saved_config(&data_dir).unwrap_or_else(|e| {
             eprintln!(
                 "warning: the server's reconciler configuration is unreadable ({e:#}); defaults unless --window/--grace are given"
             );
@@ -373,7 +373,8 @@ async fn replay(
     if let Some(g) = grace {
         config.grace_ns = nanos(g);
     }
-    let r = tally_server::reconcile::replay(&data_dir, control_db.as_deref(), config).await?;
+    let r = tally_server::consumers::reconcile::replay(&data_dir, control_db.as_deref(), config)
+        .await?;
     for cut in &r.recovery {
         eprintln!("store recovery: {cut}");
     }

@@ -2,10 +2,10 @@
 //! (Tailscale's shape, newest first, filtered and paged) and `.../verify`.
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::api::auth::Caller;
+use crate::api::query::parse_time;
 use crate::control::audit::AuditQuery;
 use crate::error::ApiError;
-use crate::query::parse_time;
 use axum::Json;
 use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};

@@ -5,7 +5,7 @@
 
 use super::json_body;
 use crate::AppState;
-use crate::auth::{Caller, key_from_headers};
+use crate::api::auth::{Caller, key_from_headers};
 use crate::control::model::Device;
 use crate::control::nodes::{NodeUpdate, Registered, Registration};
 use crate::error::ApiError;
@@ -197,7 +197,7 @@ pub async fn agent_report(
     let query = AgentQuery::parse(&params)?;
     if let Some(wait) = query.wait {
         // The body (what an ordinary report carries) is not used.
-        crate::body::read_limited(body, 64 << 10).await?;
+        crate::ingest::body::read_limited(body, 64 << 10).await?;
         return agent_watch(&state, &instance, wait, query.version.as_deref()).await;
     }
     let secret = key_from_headers(&headers);

@@ -4,21 +4,24 @@
 //! the role's permission before any handler runs, and records refused
 //! changes in the audit log. A route missing from the table is refused.
 
+pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod devices;
 pub mod keys;
 pub mod network;
 pub mod pipeline;
+pub mod query;
 pub mod reconciliation;
 pub mod tailnets;
 pub mod transparency;
 pub mod users;
 
-use crate::auth::{Caller, authenticate};
+use crate::api::auth::{Caller, authenticate};
 use crate::control::audit::{EventSpec, Target};
 use crate::control::model::Permission;
 use crate::error::{ApiError, ErrorMessage};
-use crate::{AppState, admin, ingest, query};
+use crate::{AppState, ingest};
 use axum::Router;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
@@ -617,7 +620,7 @@ async fn guard(
 
 /// Reads a JSON body of at most 64 KiB into `T` (unknown fields refused).
 pub async fn json_body<T: DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
-    let bytes = crate::body::read_limited(body, 64 << 10).await?;
+    let bytes = crate::ingest::body::read_limited(body, 64 << 10).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!("the body is not valid JSON for this call: {e}"))
     })

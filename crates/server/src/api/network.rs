@@ -4,10 +4,10 @@
 //! nodes per time bucket, for the console and `tally flows top`).
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::api::auth::Caller;
+use crate::api::query::parse_time;
 use crate::control::model::Device;
 use crate::error::ApiError;
-use crate::query::parse_time;
 use axum::Json;
 use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};

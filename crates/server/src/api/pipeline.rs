@@ -3,7 +3,7 @@
 //! (the server's operator: `server:operate`).
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::api::auth::Caller;
 use crate::control::audit::{EventSpec, Target};
 use crate::error::ApiError;
 use crate::metrics::state_name;

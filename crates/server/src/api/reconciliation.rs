@@ -5,16 +5,16 @@
 //! (newest first) with a summary per class, and the findings themselves,
 //! newest first, paged: `nextCursor` is given when older ones remain.
 //! Every node ID comes with its name (`nodeName`, `peerName`, `names`);
-//! see [`crate::reconcile_report`] for the grouping and the trend.
+//! see [`crate::consumers::reconcile_report`] for the grouping and the trend.
 
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::query::parse_time;
-use crate::reconcile::FINDINGS_COLLECTION;
-use crate::reconcile_report::{
+use crate::api::auth::Caller;
+use crate::api::query::parse_time;
+use crate::consumers::reconcile::FINDINGS_COLLECTION;
+use crate::consumers::reconcile_report::{
     self as report, FindingRef, INCIDENT_GAP_NS, Incident, MAX_CONNECTIONS, MAX_GROUPED, NodeMatch,
 };
+use crate::error::ApiError;
 use axum::Json;
 use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;

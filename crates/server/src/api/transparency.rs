@@ -4,10 +4,10 @@
 //! flagged upload batches of a tailnet.
 
 use crate::AppState;
-use crate::auth::Caller;
-use crate::batches::BatchRecord;
+use crate::api::auth::Caller;
+use crate::api::query::parse_time;
 use crate::error::ApiError;
-use crate::query::parse_time;
+use crate::ingest::batches::BatchRecord;
 use axum::Json;
 use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, header};
@@ -80,7 +80,7 @@ pub async fn inclusion(
     let position = tokio::task::spawn_blocking(move || log.position(seq))
         .await
         .map_err(internal)?;
-    if let crate::merkle_log::Position::Cut(index, statement) = position {
+    if let crate::consumers::merkle_log::Position::Cut(index, statement) = position {
         // Public knowledge: the statement is in the log for everybody.
         return Ok((
             StatusCode::GONE,
@@ -109,7 +109,7 @@ pub async fn inclusion(
         return Err(not_found());
     }
     let index = match position {
-        crate::merkle_log::Position::Leaf(i) => i,
+        crate::consumers::merkle_log::Position::Leaf(i) => i,
         _ => return Err(not_found()),
     };
     let size = size.unwrap_or_else(|| state.log.size());
@@ -127,7 +127,7 @@ pub async fn inclusion(
         "leafIndex": index,
         "treeSize": size,
         "leafHash": leaf.to_base64(),
-        "recordLeafHash": crate::merkle_log::record_leaf(&record).to_base64(),
+        "recordLeafHash": crate::consumers::merkle_log::record_leaf(&record).to_base64(),
         "proof": proof.iter().map(Hash::to_base64).collect::<Vec<_>>(),
     }))
     .into_response())
@@ -186,11 +186,11 @@ pub async fn consistency(
 
 /// A recovery-cut statement as the API shows it: its record's fields
 /// (from which its leaf hash is computed) and the statement itself.
-fn cut_json(c: &crate::merkle_log::CutStatement) -> serde_json::Value {
+fn cut_json(c: &crate::consumers::merkle_log::CutStatement) -> serde_json::Value {
     json!({
         "seq": c.seq,
         "time": c.time,
-        "collection": crate::merkle_log::SYSTEM_COLLECTION,
+        "collection": crate::consumers::merkle_log::SYSTEM_COLLECTION,
         "kind": kind::CUT,
         "body": c.body,
         "statement": serde_json::from_str::<serde_json::Value>(&c.body).unwrap_or_default(),

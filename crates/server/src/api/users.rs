@@ -3,7 +3,7 @@
 
 use super::json_body;
 use crate::AppState;
-use crate::auth::Caller;
+use crate::api::auth::Caller;
 use crate::control::model::Role;
 use crate::error::ApiError;
 use axum::Json;

@@ -1,10 +1,10 @@
 //! The flow index: the consumer that turns the `tailtraffic` records of
 //! the log into typed entries of the columnar flow store (see
-//! [`crate::flows`]). Policy `skip`: a record it cannot decode is recorded
+//! [`crate::consumers::flows`]). Policy `skip`: a record it cannot decode is recorded
 //! and left out of the index (the raw record stays in the log).
 
-use crate::catalog::Catalog;
-use crate::flows::entries_of;
+use crate::consumers::flows::entries_of;
+use crate::control::catalog::Catalog;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_flowstore::FlowStore;

@@ -4,6 +4,10 @@
 //! streaming destination) is a new module here and one line in [`start`].
 
 pub mod flow_index;
+pub mod flows;
+pub mod merkle_log;
+pub mod reconcile;
+pub mod reconcile_report;
 pub mod reconciliation;
 pub mod transparency;
 

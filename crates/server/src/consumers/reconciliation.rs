@@ -1,5 +1,5 @@
 //! Reconciliation's consumer: feeds every flow record, with the verdict of
-//! the batch it came in, into the reconciler ([`crate::reconcile`]), tells
+//! the batch it came in, into the reconciler ([`crate::consumers::reconcile`]), tells
 //! it what the control database knows about nodes, and appends its
 //! findings to the log's `findings` collection.
 //!
@@ -15,11 +15,11 @@
 //!   halves raise findings). Agents write this input; halting on it would
 //!   let one record blind reconciliation for every tailnet.
 
-use crate::catalog::Catalog;
-use crate::control::ControlDb;
-use crate::reconcile::{
+use crate::consumers::reconcile::{
     FINDINGS_COLLECTION, FindingLog, RECONCILER_INSTANCE, ReconcileService, refresh_nodes, take_in,
 };
+use crate::control::ControlDb;
+use crate::control::catalog::Catalog;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled};
@@ -128,7 +128,7 @@ impl Consumer for Reconciliation {
     }
 
     fn reads(&self) -> ReadSpec {
-        crate::reconcile::input()
+        crate::consumers::reconcile::input()
     }
 
     fn policy(&self) -> FailurePolicy {
@@ -136,7 +136,7 @@ impl Consumer for Reconciliation {
     }
 
     fn read_limits(&self) -> ReadLimits {
-        crate::reconcile::READ_LIMITS
+        crate::consumers::reconcile::READ_LIMITS
     }
 
     fn position(&self) -> Position {

@@ -1,10 +1,10 @@
 //! The transparency log's consumer: every record of the log becomes a leaf
 //! of the Merkle tree, in log order, expired or not (see
-//! [`crate::merkle_log`]). Policy `halt`: a record it cannot take (a block
+//! [`crate::consumers::merkle_log`]). Policy `halt`: a record it cannot take (a block
 //! of the log that cannot be read) would leave a hole in a published
 //! history, so it stops there until an operator resumes it.
 
-use crate::merkle_log::MerkleLog;
+use crate::consumers::merkle_log::MerkleLog;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled};

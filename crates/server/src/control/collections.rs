@@ -1,6 +1,6 @@
 //! Collections and adopted instances of the logs-service API. Every tailnet
 //! has its own collection names (the logs-service URLs carry no tailnet:
-//! an entry's tailnet comes from its instance, see [`crate::catalog`]);
+//! an entry's tailnet comes from its instance, see [`crate::control::catalog`]);
 //! the built-in collections exist in every tailnet. An instance is adopted
 //! into a collection by at most one tailnet.
 

@@ -5,10 +5,13 @@
 //! sqlx's `Any` driver. Every mutation goes through a [`audit::Change`].
 
 pub mod audit;
+pub mod catalog;
 pub mod collections;
 pub mod model;
 pub mod nodes;
+pub mod outbox;
 pub mod principals;
+pub mod retention;
 pub mod schema;
 pub mod settings;
 pub mod tailnets;

@@ -44,7 +44,7 @@ pub struct Env {
     /// The default tailnet's ID.
     pub tailnet: String,
     /// The server's catalog.
-    pub catalog: std::sync::Arc<tally_server::catalog::Catalog>,
+    pub catalog: std::sync::Arc<tally_server::control::catalog::Catalog>,
     /// The server's store (tests append records to it directly).
     pub store: std::sync::Arc<tally_store::Store>,
     /// The data directory.

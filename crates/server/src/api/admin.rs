@@ -2,7 +2,7 @@
 //! and `POST /instances` (adopt). Bodies are form- or JSON-encoded.
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::api::auth::Caller;
 use crate::error::ApiError;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -54,7 +54,7 @@ async fn configuration_request(
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Result<(HashMap<String, String>, CollectionName), ApiError> {
-    let body = crate::body::read_limited(body, 64 << 10).await?;
+    let body = crate::ingest::body::read_limited(body, 64 << 10).await?;
     let f = fields(headers, &body)?;
     let name = collection_field(&f)?;
     Ok((f, name))

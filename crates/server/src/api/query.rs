@@ -2,7 +2,7 @@
 //! `stream=true`, which follows new entries like `tail -f`).
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::api::auth::Caller;
 use crate::error::ApiError;
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, State};

@@ -18,8 +18,8 @@ use crate::control::collections::{
     BUILTIN_COLLECTIONS, CollectionRow, Collections, FLOWS_COLLECTION,
 };
 use crate::control::principals::hash_secret;
+use crate::control::retention::RetentionRules;
 use crate::control::{ControlDb, ControlError};
-use crate::retention::RetentionRules;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -88,7 +88,7 @@ impl Catalog {
             if name == FLOWS_COLLECTION {
                 // The typed flow store keeps flows for each tailnet's
                 // flowsRetentionDays; the raw records only need to outlive replay.
-                c.retention_days = crate::flows::RAW_FLOW_RETENTION_DAYS;
+                c.retention_days = crate::consumers::flows::RAW_FLOW_RETENTION_DAYS;
             }
         }
         let mut nodes = HashMap::new();

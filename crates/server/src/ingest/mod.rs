@@ -1,13 +1,18 @@
 //! `POST /c/<collection>/<private-id>`: store a log entry or a batch.
 
+pub mod batches;
+pub mod body;
+pub mod budget;
+pub mod instances;
+
 use crate::AppState;
-use crate::batches::{BatchContents, BatchLedger};
-use crate::body::{self, BodyError};
 use crate::control::collections::{FLOWS_COLLECTION, is_system_collection};
 use crate::error::ApiError;
+use crate::ingest::batches::{BatchContents, BatchLedger};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use body::BodyError;
 use std::sync::Arc;
 use tally_proto::logtail::{self, MAX_BODY_BYTES, ParsedBody};
 use tally_proto::{CollectionName, PrivateId, PublicId};
@@ -466,7 +471,7 @@ async fn ingest(
             batch.as_ref(),
             &intervals,
             now,
-            crate::batches::sent_at(&headers, now),
+            crate::ingest::batches::sent_at(&headers, now),
         )
         .await;
     }
@@ -499,7 +504,7 @@ async fn ingest(
             BatchContents {
                 entries: records.len(),
                 discarded: None,
-                sent_at: crate::batches::sent_at(&headers, now),
+                sent_at: crate::ingest::batches::sent_at(&headers, now),
             },
         )
     {
@@ -523,7 +528,7 @@ async fn ingest(
                 "upload batch flagged: {:?}", check.verdict
             );
         }
-        crate::batches::verdict_name(&check.verdict)
+        crate::ingest::batches::verdict_name(&check.verdict)
     });
     state.metrics.ingest_stored(
         collection.as_str(),
@@ -600,7 +605,7 @@ fn check_budgets(
     owner: &Owner,
     bytes: u64,
     now: i64,
-) -> Result<Option<crate::budget::Reservation>, ApiError> {
+) -> Result<Option<crate::ingest::budget::Reservation>, ApiError> {
     let config = &state.config;
     let (key, limit) = match owner {
         Owner::Tailnet(t) => match config.tailnet_budget_bytes {
@@ -684,7 +689,7 @@ async fn discard_flows(
     now: i64,
     sent_at: Option<i64>,
 ) -> Result<Response, ApiError> {
-    use crate::batches::{DISCARD_FLOW_LOGGING_OFF, DiscardedRecord};
+    use crate::ingest::batches::{DISCARD_FLOW_LOGGING_OFF, DiscardedRecord};
     let discarded: Vec<DiscardedRecord> = parsed
         .entries
         .iter()
@@ -725,7 +730,7 @@ async fn discard_flows(
                 "upload batch flagged: {:?}", check.verdict
             );
         }
-        verdict = Some(crate::batches::verdict_name(&check.verdict));
+        verdict = Some(crate::ingest::batches::verdict_name(&check.verdict));
     }
     tracing::info!(
         instance = %public,

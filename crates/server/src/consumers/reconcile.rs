@@ -11,10 +11,10 @@
 //! [`replay`] runs the same input path offline over a stopped server's data
 //! directory: the reference the service's findings are checked against.
 
-use crate::catalog::Catalog;
 use crate::control::ControlDb;
+use crate::control::catalog::Catalog;
 use crate::control::collections::FLOWS_COLLECTION;
-use crate::retention::RetentionRules;
+use crate::control::retention::RetentionRules;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -279,7 +279,7 @@ fn observations_of(
 fn discarded(
     catalog: &Catalog,
     r: &Record,
-    b: &crate::batches::BatchRecord,
+    b: &crate::ingest::batches::BatchRecord,
 ) -> Vec<DiscardedRecord> {
     if b.discarded.is_empty() {
         return Vec::new();
@@ -397,7 +397,7 @@ pub(crate) fn take_in(
             .rev()
             .find(|r| r.rec.kind == kind::BATCH)
             .and_then(|r| {
-                serde_json::from_slice::<crate::batches::BatchRecord>(&r.rec.body)
+                serde_json::from_slice::<crate::ingest::batches::BatchRecord>(&r.rec.body)
                     .ok()
                     .map(|b| (r, b))
             });
