@@ -3,7 +3,9 @@
 //! Nothing in this crate does I/O: it parses and renders the formats of the
 //! Tailscale logs-service protocol (`logtail`) and the identifiers it uses.
 
+pub mod audit;
 pub mod collection;
+pub mod finding;
 pub mod flow;
 pub mod ids;
 pub mod logtail;

@@ -9,63 +9,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Row, Transaction};
 use std::sync::Arc;
+pub use tally_proto::audit::{Actor, AuditEvent, Origin, Target};
 use tally_proto::timefmt::format_nanos;
-
-/// Where a change came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Origin {
-    /// An API client.
-    Api,
-    /// The `tally` CLI.
-    Cli,
-    /// The web console.
-    Console,
-    /// The server itself (retention, bootstrap).
-    System,
-}
-
-impl Origin {
-    /// Reads the `Tally-Origin` header value; anything else is `API`
-    /// (clients cannot claim `SYSTEM`).
-    pub fn from_header(v: Option<&str>) -> Self {
-        match v.map(str::trim) {
-            Some(s) if s.eq_ignore_ascii_case("cli") => Self::Cli,
-            Some(s) if s.eq_ignore_ascii_case("console") => Self::Console,
-            _ => Self::Api,
-        }
-    }
-}
-
-/// Who made a change.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Actor {
-    /// User ID, node ID or `system`.
-    pub id: String,
-    /// `USER`, `NODE` or `SYSTEM`.
-    #[serde(rename = "type")]
-    pub actor_type: String,
-    /// Login name (the filter `actor` matches it).
-    pub login_name: String,
-    /// Display name.
-    pub display_name: String,
-    /// Tags (nodes).
-    pub tags: Vec<String>,
-}
-
-impl Actor {
-    /// The server itself.
-    pub fn system() -> Self {
-        Self {
-            id: "system".into(),
-            actor_type: "SYSTEM".into(),
-            login_name: "system".into(),
-            display_name: "Tally".into(),
-            tags: Vec::new(),
-        }
-    }
-}
 
 /// The actor, origin and address of a request.
 #[derive(Debug, Clone)]
@@ -87,23 +32,6 @@ impl AuditContext {
             remote: None,
         }
     }
-}
-
-/// What changed.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    /// ID of the changed object.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// `TAILNET`, `USER`, `API_KEY`, `AUTH_KEY`, `NODE`, `COLLECTION`, `AUDIT_LOG`.
-    #[serde(rename = "type")]
-    pub target_type: String,
-    /// The changed property, if one.
-    pub property: String,
-    /// Ephemeral nodes.
-    pub is_ephemeral: bool,
 }
 
 /// One event to append.
@@ -148,31 +76,6 @@ impl EventSpec {
         self.details = d.into();
         self
     }
-}
-
-/// The stored JSON of an event (field order fixed: it is hashed).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EventBody<'a> {
-    #[serde(rename = "eventGroupID")]
-    event_group_id: &'a str,
-    origin: Origin,
-    actor: &'a Actor,
-    #[serde(rename = "type")]
-    event_type: &'static str,
-    target: &'a Target,
-    action: &'a str,
-    #[serde(skip_serializing_if = "Value::is_null")]
-    old: &'a Value,
-    #[serde(skip_serializing_if = "Value::is_null")]
-    new: &'a Value,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    action_details: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: &'a Option<String>,
-    event_time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    remote_addr: &'a Option<String>,
 }
 
 /// Hash of the chain before the first event of a tailnet.
@@ -334,19 +237,19 @@ impl Change {
     /// Appends an event with an explicit time (kept monotonic per tailnet).
     pub async fn record_at(&mut self, event: EventSpec, now: i64) -> Result<(), ControlError> {
         let time = now.max(self.time);
-        let body = EventBody {
-            event_group_id: &self.group,
+        let body = AuditEvent {
+            event_group_id: self.group.clone(),
             origin: self.ctx.origin,
-            actor: &self.ctx.actor,
-            event_type: "CONFIG",
-            target: &event.target,
-            action: &event.action,
-            old: &event.old,
-            new: &event.new,
-            action_details: &event.details,
-            error: &event.error,
+            actor: self.ctx.actor.clone(),
+            event_type: "CONFIG".into(),
+            target: event.target.clone(),
+            action: event.action.clone(),
+            old: event.old.clone(),
+            new: event.new.clone(),
+            action_details: event.details.clone(),
+            error: event.error.clone(),
             event_time: format_nanos(time),
-            remote_addr: &self.ctx.remote,
+            remote_addr: self.ctx.remote.clone(),
         };
         let body = serde_json::to_string(&body)
             .map_err(|e| ControlError::Internal(format!("encoding an audit event: {e}")))?;
