@@ -414,6 +414,31 @@ async fn audit_copies(url: &str) -> BTreeMap<String, usize> {
     n
 }
 
+/// Waits until every event of the control database is in the store (the
+/// outbox publishes no signal a client can await: its copies are read
+/// until they are all there); asserts that none is there twice. Returns
+/// the copies.
+async fn audit_copied_once(url: &str) -> BTreeMap<String, usize> {
+    let want = audit_in_sql(url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let copies = audit_copies(url).await;
+        assert!(
+            copies.values().all(|n| *n == 1),
+            "an audit event twice: {copies:#?}"
+        );
+        if copies.len() == want {
+            return copies;
+        }
+        assert!(
+            copies.len() < want && tokio::time::Instant::now() < deadline,
+            "{} of {want} audit events in the store",
+            copies.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn audit_in_sql(url: &str) -> usize {
     let (s, v) = call(
         url,
@@ -429,18 +454,7 @@ async fn audit_in_sql(url: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_reach_the_store_exactly_once_across_crashes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let server = TestServer::start(dir.path(), &[]);
-        let want = audit_in_sql(&server.url).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while audit_copies(&server.url).await.len() < want {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the outbox never copied"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    audit_copied_once(&TestServer::start(dir.path(), &[]).url).await;
     // 1. A change is committed; the server dies before appending it.
     // 2. On the next start the outbox appends it and dies before saving
     //    its position. 3. A start without failpoints copies it (again).
@@ -453,16 +467,7 @@ async fn audit_events_reach_the_store_exactly_once_across_crashes() {
         ("audit-outbox-after-append", Some(32)),
     ] {
         if failpoint.is_empty() {
-            let server = TestServer::start(dir.path(), &[]);
-            let want = audit_in_sql(&server.url).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while audit_copies(&server.url).await.len() < want {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the outbox never copied"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            audit_copied_once(&TestServer::start(dir.path(), &[]).url).await;
             continue;
         }
         let mut server = TestServer::start_env(dir.path(), &[], &[("TALLY_FAILPOINTS", failpoint)]);
@@ -488,27 +493,7 @@ async fn audit_events_reach_the_store_exactly_once_across_crashes() {
         };
         assert!(!status.success(), "{failpoint}: the server did not abort");
     }
-    let server = TestServer::start(dir.path(), &[]);
-    let url = server.url.clone();
-    let want = audit_in_sql(&url).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let copies = loop {
-        let copies = audit_copies(&url).await;
-        if copies.len() >= want {
-            break copies;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {want} copied",
-            copies.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(copies.len(), want, "every committed event is in the store");
-    assert!(
-        copies.values().all(|n| *n == 1),
-        "an event twice: {copies:#?}"
-    );
+    let copies = audit_copied_once(&TestServer::start(dir.path(), &[]).url).await;
     let changes: Vec<&String> = copies.keys().filter(|k| k.contains("UPDATE")).collect();
     assert_eq!(changes.len(), 2, "both settings changes: {copies:#?}");
 }
@@ -628,24 +613,7 @@ async fn every_consumer_is_exactly_once_across_kill_9_under_load() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Audit records: each committed event once.
-    let want = audit_in_sql(&url).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let copies = audit_copies(&url).await;
-        assert!(
-            copies.values().all(|n| *n == 1),
-            "an audit event twice: {copies:#?}"
-        );
-        if copies.len() == want {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {want} audit events",
-            copies.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    audit_copied_once(&url).await;
     // Findings: none twice.
     let findings = read_all(&http(), &url, "findings").await;
     let unique: BTreeSet<String> = findings.iter().map(|f| f.to_string()).collect();
