@@ -81,13 +81,15 @@ impl Consumer for FlowIndex {
                     continue;
                 };
                 match entries_of(&r.rec.body, &node.tailnet_id, &node.node_id, r.rec.time) {
+                    // The flow store refuses only what it cannot hold (a
+                    // record it already has is no error): the record's fault.
                     Ok(entries) if !entries.is_empty() => {
-                        flows.insert(r.seq, &entries).map_err(|e| {
-                            ConsumerError::new(format!(
-                                "inserting position {} into the flow store: {e}",
-                                r.seq
-                            ))
-                        })?;
+                        if let Err(e) = flows.insert(r.seq, &entries) {
+                            rejected.push(Rejection {
+                                position: r.seq,
+                                reason: format!("the flow store refused it: {e}"),
+                            });
+                        }
                     }
                     Ok(_) => {}
                     Err(reason) => rejected.push(Rejection {

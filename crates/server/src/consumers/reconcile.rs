@@ -81,6 +81,8 @@ impl Saved {
 pub struct ReconcileService {
     pub(crate) inner: Mutex<Reconciler>,
     path: PathBuf,
+    /// The settings a fresh reconciler starts with.
+    config: Config,
     /// [`LOCK_FILE`], locked for the service's lifetime.
     _lock: File,
 }
@@ -127,38 +129,26 @@ impl ReconcileService {
             std::thread::sleep(Duration::from_millis(50));
         };
         let path = data_dir.join(STATE_FILE);
-        let (rec, pos, written) = match read_saved(&path)? {
-            Some(s) => {
-                let r = match Reconciler::restore(&s.snapshot) {
-                    Ok(r) => r,
-                    // Written by another version of the engine: go on from
-                    // the same store position (findings already written stay
-                    // written, none is derived twice), with no open windows.
-                    Err(e) => {
-                        tracing::warn!(
-                            "{}: {e}; reconciliation goes on from the same store position with a fresh state (windows open at the upgrade are judged without the records read before it)",
-                            path.display()
-                        );
-                        Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?
-                    }
-                };
-                (r, s.pos, s.written)
-            }
-            None => (
-                Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
-                0,
-                0,
-            ),
-        };
+        let (rec, pos, written) = load(&path, config)?;
         Ok((
             Self {
                 inner: Mutex::new(rec),
                 path,
+                config,
                 _lock: lock,
             },
             pos,
             written,
         ))
+    }
+
+    /// Goes back to the saved state (after findings could not be written:
+    /// the records since are read again and give the same findings with
+    /// the same ordinals). Returns the saved position and findings written.
+    pub(crate) fn reload(&self) -> anyhow::Result<(u64, u64)> {
+        let (rec, pos, written) = load(&self.path, self.config)?;
+        *self.inner.lock() = rec;
+        Ok((pos, written))
     }
 
     /// The reconciler's counters.
@@ -186,6 +176,34 @@ impl ReconcileService {
         tally_store::write_atomic(&self.path, &bytes)?;
         Ok(())
     }
+}
+
+/// The reconciler saved at `path` with its position and findings written,
+/// or a fresh one with `config`.
+fn load(path: &Path, config: Config) -> anyhow::Result<(Reconciler, u64, u64)> {
+    Ok(match read_saved(path)? {
+        Some(s) => {
+            let r = match Reconciler::restore(&s.snapshot) {
+                Ok(r) => r,
+                // Written by another version of the engine: go on from
+                // the same store position (findings already written stay
+                // written, none is derived twice), with no open windows.
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: {e}; reconciliation goes on from the same store position with a fresh state (windows open at the upgrade are judged without the records read before it)",
+                        path.display()
+                    );
+                    Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?
+                }
+            };
+            (r, s.pos, s.written)
+        }
+        None => (
+            Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
+            0,
+            0,
+        ),
+    })
 }
 
 /// The saved state at `path`, if there is one.

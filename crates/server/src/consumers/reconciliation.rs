@@ -105,12 +105,30 @@ impl Reconciliation {
                     .map_err(|e| ConsumerError::new(format!("encoding a finding: {e}")))?,
             });
         }
-        // A failed write is retried from the saved state, which derives
-        // the same findings with the same ordinals again.
-        self.log
-            .append(records)
-            .await
-            .map_err(|e| ConsumerError::new(format!("writing findings: {e}")))?;
+        // A failed write goes back to the saved state: the records read
+        // since give the same findings with the same ordinals again (the
+        // log drops those that were written), so none is lost.
+        if let Err(e) = self.log.append(records).await {
+            let svc = self.svc.clone();
+            let reloaded = tokio::task::spawn_blocking(move || svc.reload())
+                .await
+                .map_err(|p| {
+                    ConsumerError::new(format!("reloading the reconciler panicked: {p}"))
+                })?;
+            return match reloaded {
+                Ok((position, written)) => {
+                    self.position = position;
+                    self.written = written;
+                    self.behind = true;
+                    Err(ConsumerError::new(format!(
+                        "writing findings: {e}; going back to the saved state at position {position}"
+                    )))
+                }
+                Err(r) => Err(ConsumerError::new(format!(
+                    "writing findings: {e}; and the saved state cannot be read: {r:#}"
+                ))),
+            };
+        }
         self.written += findings.len() as u64;
         if let Some(line) = self.finding_log.note(
             std::time::Instant::now(),
