@@ -393,6 +393,40 @@ async fn metrics_show_a_paused_consumer_behind_and_a_poison_record() {
         .filter_map(|e| e["src"].as_str().map(str::to_owned))
         .collect();
     assert!(ports.contains("100.64.0.1:4005"), "{ports:?}");
+
+    // The same from the terminal.
+    let cli = |key: &str, args: &[&str]| {
+        std::process::Command::new(common::bin())
+            .arg("consumers")
+            .args(args)
+            .env("TALLY_SERVER", &url)
+            .env("TALLY_API_KEY", key)
+            .env("TALLY_LOG", "warn")
+            .output()
+            .expect("run tally consumers")
+    };
+    let out = cli(KEY, &["list"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for name in CONSUMERS {
+        assert!(text.lines().any(|l| l.starts_with(name) && l.contains("running")), "{text}");
+    }
+    let out = cli(KEY, &["show", "flow-index"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains(&poison_at.to_string()) && text.contains("not a flow record"),
+        "{text}"
+    );
+    let out = cli(KEY, &["pause", "reconciliation"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reconciliation: paused"), "{out:?}");
+    let out = cli(KEY, &["resume", "reconciliation"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reconciliation: resumed"), "{out:?}");
+    let out = cli(&tenant_owner, &["list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server:operate"), "{out:?}");
+    let out = cli(KEY, &["show", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flow-index, transparency-log, reconciliation"), "{out:?}");
 }
 
 /// The tailaudit records of the default tailnet: audit sequence number →
