@@ -12,9 +12,7 @@
 //! - [`table`]: the bounded connection table and its events.
 //! - [`record`]: the flow record shape and classification.
 //! - [`capture`]: the Linux packet socket (the only I/O in this crate).
-//! - [`bench`](mod@bench): the throughput and memory benchmark behind `benches/table.rs`.
 
-pub mod bench;
 pub mod capture;
 pub mod parse;
 pub mod record;

@@ -121,8 +121,9 @@
 //!
 //! # Measured
 //!
-//! `cargo bench -p tally-flowstore` ([`mod@bench`]): 1,000 nodes, 24 h, 15.4 M
-//! entries in 2.1 M records on a shared 2-core machine: about 5.8 M
+//! `cargo bench -p tally-bench --bench flowstore` (`tally_bench::flowstore`,
+//! also part 4 of `tally bench flows`): 1,000 nodes, 24 h, 15.4 M entries
+//! in 2.1 M records on a shared 2-core machine: about 5.8 M
 //! entries/s into open windows, 1.8 M/s including sealing; 9.2 bytes on
 //! disk per entry; a node pair over the 24 h, every page, p50 6 ms and
 //! p99 17 ms (about 28 of 3,959 blocks read); whole-tailnet edges over
@@ -144,8 +145,6 @@ mod columns;
 mod query;
 mod segment;
 mod types;
-
-pub mod bench;
 
 pub use ipnet::IpNet;
 pub use types::{

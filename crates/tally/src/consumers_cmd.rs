@@ -86,7 +86,10 @@ fn detail(c: &Value) -> String {
             cell(&c["name"])
         );
     }
-    let rejected = c["recentRejections"].as_array().cloned().unwrap_or_default();
+    let rejected = c["recentRejections"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if !rejected.is_empty() {
         let rows: Vec<Vec<String>> = rejected
             .iter()

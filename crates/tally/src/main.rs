@@ -1,8 +1,16 @@
 //! `tally`: the Tally server, agent and command-line client in one binary.
+//!
+//! Cargo features (both default): `server` (`tally server`, `tally reconcile
+//! replay`: links tally-server) and `agent` (`tally agent`). An agent-only
+//! build, `cargo build --release -p tally --no-default-features --features
+//! agent`, has the agent and the client verbs and no server code. The
+//! benchmarks are a separate binary, `tally-bench`, that `tally bench` runs.
 
+#[cfg(feature = "agent")]
 mod agent_cmd;
-mod bench;
+mod bench_cmd;
 mod client;
+mod consumers_cmd;
 mod control_cmd;
 mod flows_cmd;
 mod logs_cmd;
@@ -11,7 +19,9 @@ mod verify_cmd;
 
 use clap::{Parser, Subcommand};
 use client::ServerArgs;
+#[cfg(feature = "server")]
 use std::net::SocketAddr;
+#[cfg(feature = "server")]
 use std::path::PathBuf;
 
 /// Tally: self-hosted logging for mesh VPNs.
@@ -34,12 +44,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: logs-service API and durable storage.
+    #[cfg(feature = "server")]
     Server(ServerCmd),
     /// Run the node agent (queue logs on disk, upload them), or talk to it:
     /// `id`, `log MESSAGE`, `logs`.
+    #[cfg(feature = "agent")]
     Agent(agent_cmd::AgentArgs),
-    /// Benchmarks (ingest throughput; PostgreSQL comparison).
-    Bench(bench::BenchArgs),
+    /// Benchmarks: runs the tally-bench binary next to this one with the
+    /// arguments given (`tally bench --help` lists them).
+    Bench(bench_cmd::BenchArgs),
     /// Read logs: `tail` follows, `query` searches.
     Logs(WithServer<logs_cmd::LogsCmd>),
     /// List, create and delete collections.
@@ -60,15 +73,27 @@ enum Command {
     Audit(WithServer<control_cmd::AuditCmd>),
     /// Network flow logs: `query` lists entries, `top` ranks who talks to whom.
     Flows(WithServer<flows_cmd::FlowsCmd>),
-    /// Double-entry reconciliation of flow records: completeness and findings
-    /// (`report`), or recomputed offline from a stopped server's data
-    /// directory (`replay`).
+    #[cfg_attr(
+        feature = "server",
+        doc = "Double-entry reconciliation of flow records: completeness and findings \
+               (`report`), or recomputed offline from a stopped server's data \
+               directory (`replay`)."
+    )]
+    #[cfg_attr(
+        not(feature = "server"),
+        doc = "Double-entry reconciliation of flow records: completeness and findings \
+               (`report`)."
+    )]
     Reconcile(WithServer<reconcile_cmd::ReconcileCmd>),
+    /// The server's consumers of its log (flow index, transparency log,
+    /// reconciliation): position, lag, rejected records; pause, resume.
+    Consumers(WithServer<consumers_cmd::ConsumersCmd>),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
 }
 
+#[cfg(feature = "server")]
 #[derive(Debug, clap::Args)]
 struct ServerCmd {
     /// Address to listen on (port 0 picks a free port).
@@ -145,6 +170,7 @@ fn init_tracing() {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+#[cfg(any(feature = "server", feature = "agent"))]
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
@@ -157,6 +183,7 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+#[cfg(feature = "server")]
 async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     let mut config = tally_server::ServerConfig::new(cmd.listen, cmd.data_dir.clone());
     config.bootstrap_key = std::env::var("TALLY_BOOTSTRAP_KEY")
@@ -195,6 +222,11 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        // No runtime: this process becomes tally-bench.
+        return bench_cmd::run(args);
+    }
+    #[cfg(feature = "server")]
     if matches!(cli.command, Command::Server(_)) {
         // Before the runtime starts its threads (see the function).
         tally_server::memory::limit_malloc_arenas();
@@ -215,9 +247,11 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     init_tracing();
     client::install_crypto();
     let result = match cli.command {
+        #[cfg(feature = "server")]
         Command::Server(cmd) => run_server(cmd).await,
+        #[cfg(feature = "agent")]
         Command::Agent(args) => agent_cmd::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => return bench_cmd::run(args),
         Command::Logs(a) => logs_cmd::run_logs(a.cmd, &a.server).await,
         Command::Collections(a) => logs_cmd::run_collections(a.cmd, &a.server).await,
         Command::Instances(a) => logs_cmd::run_instances(a.cmd, &a.server).await,
@@ -230,6 +264,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Flows(a) => flows_cmd::run_flows(a.cmd, &a.server).await,
         Command::Verify(a) => verify_cmd::run(a).await,
         Command::Reconcile(a) => reconcile_cmd::run(a.cmd, &a.server).await,
+        Command::Consumers(a) => consumers_cmd::run(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

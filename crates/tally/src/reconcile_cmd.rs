@@ -3,9 +3,11 @@
 //! incident, completeness per node and pair, nodes by name), and the
 //! per-window findings with `--findings` or `--incident ID`.
 //! `tally reconcile replay`: what the reconciler finds, recomputed offline
-//! from a stopped server's data directory.
+//! from a stopped server's data directory (builds with the `server`
+//! feature only: it runs the server's reconciler).
 
 use std::fmt::Write as _;
+#[cfg(feature = "server")]
 use std::path::PathBuf;
 
 use reqwest::Method;
@@ -47,6 +49,7 @@ pub enum ReconcileCmd {
     },
     /// Recompute offline what the reconciler finds in a stopped server's
     /// data directory (every stored flow record, in store order)
+    #[cfg(feature = "server")]
     Replay {
         /// The server's data directory (the server must be stopped)
         #[arg(long, env = "TALLY_DATA_DIR")]
@@ -128,6 +131,7 @@ pub async fn run(cmd: ReconcileCmd, server: &ServerArgs) -> anyhow::Result<()> {
             };
             report(server, q, findings, json).await
         }
+        #[cfg(feature = "server")]
         ReconcileCmd::Replay {
             data_dir,
             control_db,
@@ -342,11 +346,13 @@ fn render_findings(out: &mut String, v: &Value, one_incident: bool) {
     }
 }
 
+#[cfg(feature = "server")]
 fn nanos(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// `tally reconcile replay`.
+#[cfg(feature = "server")]
 async fn replay(
     data_dir: PathBuf,
     control_db: Option<String>,

@@ -181,3 +181,55 @@ async fn errors_tell_the_user_what_to_do() {
         .unwrap());
     assert!(e.contains("no agent is listening"), "{e}");
 }
+
+/// `tally bench` runs the `tally-bench` next to the running `tally`, with
+/// the arguments as given (help flags included) and its exit status; with
+/// none there, it says how to build it. Run from a copy of the binary in a
+/// directory of its own, so a real tally-bench in target/ plays no part.
+#[test]
+fn bench_runs_tally_bench_next_to_tally() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tally = dir.path().join("tally");
+    if std::fs::hard_link(bin(), &tally).is_err() {
+        std::fs::copy(bin(), &tally).unwrap();
+    }
+    let run = |args: &[&str]| -> Output {
+        // A script written just now can be "busy" while another test's
+        // fork still holds it open: try again.
+        for _ in 0..50 {
+            let out = Command::new(&tally).args(args).output().expect("run tally");
+            if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("tally-bench stayed busy");
+    };
+
+    let e = err(&run(&["bench", "ingest", "--clients", "3"]));
+    assert!(
+        e.contains("needs the tally-bench binary next to tally")
+            && e.contains("cargo build --release -p tally-bench"),
+        "{e}"
+    );
+
+    let script = dir.path().join("tally-bench");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\nexit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(&["bench", "--help", "pipeline", "--nodes", "10", "-x"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "--help\npipeline\n--nodes\n10\n-x\n"
+    );
+    let out = run(&["bench"]);
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(7), &b""[..])
+    );
+}

@@ -409,24 +409,43 @@ async fn metrics_show_a_paused_consumer_behind_and_a_poison_record() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for name in CONSUMERS {
-        assert!(text.lines().any(|l| l.starts_with(name) && l.contains("running")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && l.contains("running")),
+            "{text}"
+        );
     }
     let out = cli(KEY, &["show", "flow-index"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && text.contains(&poison_at.to_string()) && text.contains("not a flow record"),
+        out.status.success()
+            && text.contains(&poison_at.to_string())
+            && text.contains("not a flow record"),
         "{text}"
     );
     let out = cli(KEY, &["pause", "reconciliation"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("reconciliation: paused"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reconciliation: paused"),
+        "{out:?}"
+    );
     let out = cli(KEY, &["resume", "reconciliation"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("reconciliation: resumed"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reconciliation: resumed"),
+        "{out:?}"
+    );
     let out = cli(&tenant_owner, &["list"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("server:operate"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server:operate"),
+        "{out:?}"
+    );
     let out = cli(KEY, &["show", "nope"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("flow-index, transparency-log, reconciliation"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("flow-index, transparency-log, reconciliation"),
+        "{out:?}"
+    );
 }
 
 /// The tailaudit records of the default tailnet: audit sequence number →

@@ -10,7 +10,10 @@ pub enum BodyError {
     /// The `Content-Encoding` is not one we read (415).
     UnsupportedEncoding(String),
     /// The decompressed body is over the limit (413).
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The limit on the decompressed size, in bytes.
+        limit: usize,
+    },
     /// The compressed data is damaged (saved as an error entry, 400).
     Corrupt(String),
     /// A header is malformed (400).

@@ -11,14 +11,15 @@
 //! connections last from one interval to several minutes, keeping their
 //! ephemeral port, and a fifth of them use IPv6 tailnet addresses.
 //! Everything is drawn from a seeded generator, so runs are repeatable.
-//! Used by `benches/flowstore.rs`; the `tally bench` command may call
-//! [`run`] too.
+//! Used by `benches/flowstore.rs` and by part 4 of `tally bench flows`.
 
-use crate::{FlowEntry, FlowError, FlowFilter, FlowKind, FlowStore, FlowStoreConfig, PageRequest};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tally_flowstore::{
+    FlowEntry, FlowError, FlowFilter, FlowKind, FlowStore, FlowStoreConfig, PageRequest,
+};
 
 /// What to generate and measure.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@
 //!    most connection halves held at once, the process RSS, and the size
 //!    of the engine's snapshot (what the server saves every 15 s).
 
-use super::{fmt_count, proc_status_bytes};
+use crate::common::{fmt_count, proc_status_bytes};
 use std::time::Instant;
 use tally_reconcile::Config;
 use tally_reconcile::eval::{Event, Scenario, generate, run as feed, score, table};

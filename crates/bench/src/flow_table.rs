@@ -1,5 +1,5 @@
-//! Benchmarks of the capture path, callable from `benches/table.rs` and from
-//! `tally bench` alike:
+//! Benchmarks of the capture path (`tally-flow`), callable from
+//! `benches/flow_table.rs` and from `tally bench flows` alike:
 //!
 //! - [`table_throughput`]: packets per second through parse + table update on
 //!   the calling thread (one core), with a given number of concurrent
@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
 
-use crate::capture::{Capture, CaptureConfig, CaptureError, CaptureMode};
-use crate::parse::{LinkType, PROTO_TCP, PacketInfo, TcpFlags, parse_packet_truncated};
-use crate::table::{ConnTable, Direction, TableConfig};
+use tally_flow::capture::{Capture, CaptureConfig, CaptureError, CaptureMode};
+use tally_flow::parse::{LinkType, PROTO_TCP, PacketInfo, TcpFlags, parse_packet_truncated};
+use tally_flow::table::{ConnTable, Direction, TableConfig};
 
 /// Result of [`table_throughput`].
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,16 +1,18 @@
-//! `tally bench ingest`: measures ingest throughput, latency, server CPU and
-//! memory, and bytes on disk, with realistic tailscaled-like log entries;
-//! optionally loads the same entries into a throwaway PostgreSQL cluster for
-//! comparison (`--postgres`). `tally bench audit` (the configuration audit
-//! log) lives in `bench_audit.rs`.
+//! `tally-bench ingest` (`tally bench ingest`): measures ingest throughput,
+//! latency, server CPU and memory, and bytes on disk, with realistic
+//! tailscaled-like log entries; optionally loads the same entries into a
+//! throwaway PostgreSQL cluster for comparison (`--postgres`). The server is
+//! the `tally` binary next to `tally-bench`, run as `tally server`.
 //!
 //! Everything a client does before the timed loop (generating entries,
 //! compressing batches, connecting) happens up front, so the timed loop only
 //! sends pre-built request bodies: what is measured is the server.
 //!
-//! Layout of this file: arguments; [`run`]; machine facts; the entry
-//! generator; the Tally run (server process, load, verification, disk); the
-//! PostgreSQL run; statistics and formatting helpers.
+//! Layout of this file: arguments; [`ingest`]; the entry generator; load
+//! accounting; the Tally run (server process, load, verification, disk); the
+//! PostgreSQL run; comparison. Helpers the other benchmarks share (machine
+//! facts, `/proc` sampling, the server process, PostgreSQL clusters,
+//! formatting) are in `common.rs`.
 
 use anyhow::{Context, bail, ensure};
 use rand::rngs::SmallRng;
@@ -26,55 +28,11 @@ use std::time::{Duration, Instant};
 use tally_proto::{PrivateId, PublicId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-#[path = "bench_audit.rs"]
-mod audit;
-#[path = "bench_flows.rs"]
-mod flows;
-#[path = "bench_memory.rs"]
-mod memory;
-#[path = "bench_reconcile.rs"]
-mod reconcile;
-
-/// Benchmarks.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Which benchmark to run.
-    #[command(subcommand)]
-    pub cmd: BenchCmd,
-}
-
-/// The benchmarks.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCmd {
-    /// Ingest throughput: concurrent clients POST zstd batches of
-    /// tailscaled-like entries; reports entries/s, MB/s, latency, server CPU
-    /// and RSS, bytes on disk, and checks that every acknowledged entry was
-    /// stored. `--postgres` also loads the same entries into PostgreSQL.
-    Ingest(IngestArgs),
-    /// Ingest memory under the costliest entry mix: concurrent clients send
-    /// bodies of tiny entries (`[{},{},...]`, as many as one body may hold,
-    /// zstd-compressed); reports the server's peak and settled RSS next to
-    /// its ingest memory budget.
-    IngestMemory(memory::IngestMemoryArgs),
-    /// Configuration audit log: audited mutations per second through the
-    /// HTTP API, filling a tailnet's log to --events events, and the latency
-    /// of filtered, unfiltered and free-text pages. SQLite by default,
-    /// `--postgres` for a throwaway PostgreSQL cluster.
-    Audit(audit::AuditArgs),
-    /// Network flow logs: parse + table packets/s and memory, the agent
-    /// capturing a veth at its practical limit (CPU, RSS, drops, records vs
-    /// interface counters), server ingest of flow records, the flow store
-    /// at 1,000 nodes x 24 h, and softflowd + nfdump on the same traffic.
-    Flows(flows::FlowsArgs),
-    /// Double-entry reconciliation: precision and recall per fault class on
-    /// simulated tailnets with labelled faults, findings on clean traffic
-    /// with +/-30 s skew, and entries/s and memory for 10,000 nodes.
-    Reconcile(reconcile::ReconcileArgs),
-    /// The store's consumers: ingest throughput of flow records with every
-    /// consumer running, then each consumer's replay from the start of the
-    /// store (flow index, transparency log, reconciliation).
-    Pipeline(flows::pipeline::PipelineArgs),
-}
+use crate::common::{
+    CpuSampler, CpuWindow, Machine, MachineCpu, TallyServer, adopt, filesystem_of, fmt_bytes,
+    fmt_count, http_client, pct_of, percentile, pg_psql, pg_sql, proc_pss_bytes, proc_status_bytes,
+    process_tree, start_pg, stop_pg, tally_exe,
+};
 
 /// Settings of `tally bench ingest`.
 #[derive(Debug, Clone, clap::Args)]
@@ -138,19 +96,7 @@ pub struct IngestArgs {
     pub pg_conf: Vec<String>,
 }
 
-/// Runs a benchmark.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.cmd {
-        BenchCmd::Ingest(a) => ingest(a).await,
-        BenchCmd::IngestMemory(a) => memory::run(a).await,
-        BenchCmd::Audit(a) => audit::run(a).await,
-        BenchCmd::Flows(a) => flows::run(a).await,
-        BenchCmd::Reconcile(a) => reconcile::run(a).await,
-        BenchCmd::Pipeline(a) => flows::pipeline::run(a).await,
-    }
-}
-
-async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     ensure!(a.clients >= 1, "--clients must be at least 1");
     ensure!(a.batch_entries >= 1, "--batch-entries must be at least 1");
     ensure!(a.pool_batches >= 1, "--pool-batches must be at least 1");
@@ -162,7 +108,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         (1..=22).contains(&a.zstd_level),
         "--zstd-level must be 1 to 22"
     );
-    crate::client::install_crypto();
+    crate::common::install_crypto();
     let machine = Machine::detect();
     println!("{}", machine.render());
     let idle = MachineCpu::sample();
@@ -201,71 +147,6 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// Machine facts
-// ---------------------------------------------------------------------------
-
-/// The machine the benchmark runs on.
-struct Machine {
-    cpu: String,
-    cores: usize,
-    kernel: String,
-    mem_total: String,
-}
-
-impl Machine {
-    fn detect() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map_or_else(|| "unknown CPU".to_owned(), |(_, v)| v.trim().to_owned());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
-        let mem_total = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().strip_suffix("kB"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-            .map_or_else(|| "unknown".to_owned(), |kb| fmt_bytes(kb * 1024));
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self {
-            cpu,
-            cores,
-            kernel,
-            mem_total,
-        }
-    }
-
-    fn render(&self) -> String {
-        format!(
-            "machine: {} ({} cores), {} RAM, Linux {}",
-            self.cpu, self.cores, self.mem_total, self.kernel
-        )
-    }
-}
-
-/// The file system holding `path`, from /proc/mounts: `device (type)`.
-fn filesystem_of(path: &Path) -> String {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && path.starts_with(f[1])).then(|| (f[1].len(), f[0], f[2]))
-        })
-        .max_by_key(|m| m.0)
-        .map_or_else(
-            || "unknown".to_owned(),
-            |(_, dev, ty)| format!("{dev} ({ty})"),
-        )
 }
 
 // ---------------------------------------------------------------------------
@@ -843,253 +724,6 @@ impl LoadSummary {
 }
 
 // ---------------------------------------------------------------------------
-// /proc sampling
-// ---------------------------------------------------------------------------
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions; it only reads a system constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// Fields of /proc/<pid>/stat after the command name (field 3 onwards).
-fn stat_fields(path: &str) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let rest = s.get(s.rfind(')')? + 2..)?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// utime + stime of a process (all its threads, and threads that exited), in ticks.
-fn proc_cpu_ticks(pid: u32) -> Option<u64> {
-    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// CPU ticks of each live thread of `pid`, by thread id, with its name.
-fn thread_cpu_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let base = format!("/proc/{pid}/task/{tid}");
-        let name = std::fs::read_to_string(format!("{base}/comm"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        let Some(f) = stat_fields(&format!("{base}/stat")) else {
-            continue;
-        };
-        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        out.insert(tid, (name, ticks));
-    }
-    out
-}
-
-/// A `kB` field of /proc/<pid>/status (VmHWM, VmRSS), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-/// Proportional set size of a process (shared pages split among sharers), bytes.
-fn proc_pss_bytes(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-/// `pid` and its direct children (PostgreSQL's postmaster forks every process).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let ppid = stat_fields(&format!("/proc/{p}/stat"))
-                .and_then(|f| f.get(1).and_then(|v| v.parse::<u32>().ok()));
-            if ppid == Some(pid) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-/// Machine-wide CPU time from /proc/stat, in ticks.
-#[derive(Debug, Clone, Copy, Default)]
-struct MachineCpu {
-    busy: u64,
-    iowait: u64,
-    steal: u64,
-    total: u64,
-}
-
-impl MachineCpu {
-    /// Busy CPU since `before`, as % of one core.
-    fn busy_pct_since(&self, before: &MachineCpu) -> f64 {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let total = self.total.saturating_sub(before.total).max(1) as f64;
-        self.busy.saturating_sub(before.busy) as f64 / total * 100.0 * cores
-    }
-
-    fn sample() -> Self {
-        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
-            return Self::default();
-        };
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let get = |i: usize| v.get(i).copied().unwrap_or(0);
-        // user nice system idle iowait irq softirq steal (guest is inside user).
-        let total: u64 = (0..8).map(get).sum();
-        Self {
-            busy: total - get(3) - get(4),
-            iowait: get(4),
-            steal: get(7),
-            total,
-        }
-    }
-}
-
-/// CPU use during the window, as % of one core.
-#[derive(Debug, Default)]
-struct CpuWindow {
-    /// The measured server (or PostgreSQL's processes).
-    server_pct: Option<f64>,
-    /// This benchmark process and its helpers.
-    client_pct: f64,
-    /// The whole machine: busy, iowait, steal (sums over cores).
-    machine_busy_pct: f64,
-    machine_iowait_pct: f64,
-    machine_steal_pct: f64,
-    /// Per thread name of the server: % of one core.
-    threads: Vec<(String, f64)>,
-}
-
-impl CpuWindow {
-    /// CPU used by everything else on the machine (other users, the kernel's
-    /// own threads), % of one core.
-    fn other_pct(&self) -> f64 {
-        (self.machine_busy_pct - self.server_pct.unwrap_or(0.0) - self.client_pct).max(0.0)
-    }
-
-    fn render(&self, out: &mut String, server: &str) {
-        // Without the server's pid (--server), its CPU is part of "other".
-        let other = if self.server_pct.is_some() {
-            "other processes"
-        } else {
-            "other processes (server included)"
-        };
-        let _ = writeln!(
-            out,
-            "  cpu (% of one core): {server} {}, bench client {:.0}, {other} {:.0}; machine busy {:.0} of {} (iowait {:.0}, steal {:.0})",
-            self.server_pct
-                .map_or_else(|| "n/a".to_owned(), |p| format!("{p:.0}")),
-            self.client_pct,
-            self.other_pct(),
-            self.machine_busy_pct,
-            std::thread::available_parallelism().map_or(1, |n| n.get()) * 100,
-            self.machine_iowait_pct,
-            self.machine_steal_pct,
-        );
-        if self.server_pct.is_some() && self.other_pct() > 20.0 {
-            let _ = writeln!(
-                out,
-                "  WARNING: other processes used {:.0}% of a core during the measurement; the figures above are pessimistic",
-                self.other_pct()
-            );
-        }
-    }
-}
-
-/// Samples taken at the start and the end of the window.
-struct CpuSampler {
-    thread_pid: Option<u32>,
-    server_ticks: Vec<(u32, u64)>,
-    client_ticks: Vec<(u32, u64)>,
-    machine: MachineCpu,
-    threads: BTreeMap<u32, (String, u64)>,
-    at: Instant,
-}
-
-impl CpuSampler {
-    /// CPU ticks of each process that can be read.
-    fn ticks(pids: &[u32]) -> Vec<(u32, u64)> {
-        pids.iter()
-            .filter_map(|p| Some((*p, proc_cpu_ticks(*p)?)))
-            .collect()
-    }
-
-    /// Ticks used since `then` by the processes still running; processes
-    /// that exited at the very end (psql, its backends) are left out.
-    fn used_since(then: &[(u32, u64)]) -> u64 {
-        then.iter()
-            .filter_map(|(p, t)| Some(proc_cpu_ticks(*p)?.saturating_sub(*t)))
-            .sum()
-    }
-
-    fn start(server: &[u32], client: &[u32], thread_pid: Option<u32>) -> Self {
-        Self {
-            server_ticks: Self::ticks(server),
-            client_ticks: Self::ticks(client),
-            machine: MachineCpu::sample(),
-            threads: thread_pid.map(thread_cpu_ticks).unwrap_or_default(),
-            at: Instant::now(),
-            thread_pid,
-        }
-    }
-
-    fn finish(&self) -> CpuWindow {
-        let secs = self.at.elapsed().as_secs_f64().max(1e-9);
-        let hz = clock_ticks_per_sec();
-        let pct = |ticks: u64| ticks as f64 / hz / secs * 100.0;
-        let server_pct =
-            (!self.server_ticks.is_empty()).then(|| pct(Self::used_since(&self.server_ticks)));
-        let client_pct = pct(Self::used_since(&self.client_ticks));
-        let m = MachineCpu::sample();
-        let d_total = m.total.saturating_sub(self.machine.total).max(1) as f64;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let share = |a: u64, b: u64| a.saturating_sub(b) as f64 / d_total * 100.0 * cores;
-        let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
-        if let Some(pid) = self.thread_pid {
-            for (tid, (name, ticks)) in thread_cpu_ticks(pid) {
-                let before = self.threads.get(&tid).map_or(0, |t| t.1);
-                *by_name.entry(name).or_default() += ticks.saturating_sub(before);
-            }
-        }
-        let mut threads: Vec<(String, f64)> = by_name
-            .into_iter()
-            .filter(|(_, t)| *t > 0)
-            .map(|(n, t)| (n, pct(t)))
-            .collect();
-        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
-        CpuWindow {
-            server_pct,
-            client_pct,
-            machine_busy_pct: share(m.busy, self.machine.busy),
-            machine_iowait_pct: share(m.iowait, self.machine.iowait),
-            machine_steal_pct: share(m.steal, self.machine.steal),
-            threads,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Tally
 // ---------------------------------------------------------------------------
 
@@ -1103,16 +737,6 @@ struct TallyBatch {
     entries: usize,
     /// Sum of the entries' JSON sizes.
     raw_bytes: usize,
-}
-
-/// The server under test.
-struct TallyServer {
-    base: String,
-    key: String,
-    child: Option<tokio::process::Child>,
-    pid: Option<u32>,
-    data_dir: Option<PathBuf>,
-    tmp: Option<tempfile::TempDir>,
 }
 
 impl TallyServer {
@@ -1130,123 +754,9 @@ impl TallyServer {
                 tmp: None,
             });
         }
-        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let exe = tally_exe()?;
         Self::spawn(&exe, a.work_dir.as_deref()).await
     }
-
-    /// Starts `exe server` on a loopback port with a fresh data directory
-    /// under `work_dir` (or the system's temporary directory).
-    async fn spawn(exe: &Path, work_dir: Option<&Path>) -> anyhow::Result<Self> {
-        let tmp = temp_dir_in(work_dir, "tally-bench-")?;
-        let data_dir = tmp.path().join("data");
-        let key = format!("bench-{:032x}", rand::random::<u128>());
-        let log_path = tmp.path().join("server.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("server")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("TALLY_BOOTSTRAP_KEY", &key)
-            .env_remove("TALLY_LISTEN")
-            .env_remove("TALLY_DATA_DIR")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {} server", exe.display()))?;
-        let pid = child.id();
-        let stdout = child.stdout.take().context("server stdout is not piped")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .context("the server did not print its address within 120 s")?
-            .context("cannot read the server's output")?;
-        let Some(first) = first else {
-            bail!(
-                "the server exited before listening; its log ({}):\n{}",
-                log_path.display(),
-                tail_of(&log_path)
-            );
-        };
-        let base = first
-            .strip_prefix("tally server listening on ")
-            .with_context(|| format!("unexpected first line from the server: {first:?}"))?
-            .trim()
-            .to_owned();
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        eprintln!(
-            "started `tally server` (pid {}) at {base}, data in {}",
-            pid.unwrap_or(0),
-            data_dir.display()
-        );
-        Ok(Self {
-            base,
-            key,
-            child: Some(child),
-            pid,
-            data_dir: Some(data_dir),
-            tmp: Some(tmp),
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        self.tmp
-            .as_ref()
-            .map(|t| tail_of(&t.path().join("server.log")))
-            .unwrap_or_default()
-    }
-
-    /// Stops the server with SIGTERM and waits for it to exit.
-    async fn stop(&mut self) -> anyhow::Result<Duration> {
-        let (Some(child), Some(pid)) = (self.child.as_mut(), self.pid) else {
-            return Ok(Duration::ZERO);
-        };
-        let t = Instant::now();
-        let pid = i32::try_from(pid).context("server pid out of range")?;
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!(
-                "cannot send SIGTERM to the server: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
-            .await
-            .context("the server did not exit within 120 s of SIGTERM")?
-            .context("cannot wait for the server")?;
-        if !status.success() {
-            bail!(
-                "the server exited with {status} after SIGTERM; its log:\n{}",
-                self.log_tail()
-            );
-        }
-        self.child = None;
-        Ok(t.elapsed())
-    }
-}
-
-/// A temporary directory under `work_dir` (or the system's).
-fn temp_dir_in(work_dir: Option<&Path>, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(prefix);
-    let dir = match work_dir {
-        Some(d) => b.tempdir_in(d),
-        None => b.tempdir(),
-    }
-    .context("cannot create a temporary directory (see --work-dir)")?;
-    Ok(dir)
-}
-
-/// The last lines of a log file, for error messages.
-fn tail_of(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Sizes of the store directory.
@@ -1636,43 +1146,6 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
     Ok(report)
 }
 
-fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(timeout)
-        .build()
-        .context("cannot build an HTTP client")
-}
-
-/// Adopts the benchmark's instances so no unadopted-instance cap applies.
-async fn adopt(
-    http: &reqwest::Client,
-    server: &TallyServer,
-    collection: &str,
-    ids: &[PublicId],
-) -> anyhow::Result<()> {
-    // Admin bodies are limited to 64 KiB: 500 IDs are about 34 KB of JSON.
-    for chunk in ids.chunks(500) {
-        let list: Vec<String> = chunk.iter().map(PublicId::to_hex).collect();
-        let resp = http
-            .post(format!("{}/instances", server.base))
-            .bearer_auth(&server.key)
-            .json(&serde_json::json!({ "collection": collection, "instances": list }))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", server.base))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            bail!("adopting the benchmark's instances failed: {status}: {text}");
-        }
-    }
-    Ok(())
-}
-
 /// The server's answer to an upload.
 #[derive(Deserialize)]
 struct UploadAck {
@@ -1869,64 +1342,6 @@ async fn seal_offline(store_dir: &Path) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // PostgreSQL
 // ---------------------------------------------------------------------------
-
-/// Starts a throwaway PostgreSQL cluster (`tally_pgtemp`) for `--postgres`:
-/// `--pg-bin`, `--work-dir` and `--pg-conf` map onto its options. initdb
-/// and pg_ctl block, so they run on the blocking pool.
-async fn start_pg(
-    bin: Option<PathBuf>,
-    work_dir: Option<PathBuf>,
-    conf: Vec<String>,
-) -> anyhow::Result<tally_pgtemp::PgCluster> {
-    if let Some(b) = &bin {
-        tally_pgtemp::find_bin(Some(b)).with_context(|| format!("--pg-bin {}", b.display()))?;
-    }
-    let opts = tally_pgtemp::PgOptions {
-        bin,
-        base_dir: work_dir,
-        conf,
-    };
-    tokio::task::spawn_blocking(move || tally_pgtemp::PgCluster::start(&opts))
-        .await
-        .context("starting PostgreSQL panicked")?
-        .context("cannot start a throwaway PostgreSQL cluster (see --pg-bin, --pg-conf)")
-}
-
-/// Stops a cluster started by [`start_pg`]; with `keep`, leaves its
-/// directory and says where it is.
-async fn stop_pg(mut pg: tally_pgtemp::PgCluster, keep: bool) -> anyhow::Result<()> {
-    let kept = tokio::task::spawn_blocking(move || pg.stop(keep))
-        .await
-        .context("stopping PostgreSQL panicked")?
-        .context("pg_ctl stop failed")?;
-    if let Some(dir) = kept {
-        eprintln!("kept {}", dir.display());
-    }
-    Ok(())
-}
-
-/// `psql` connected to the cluster's `postgres` database over its Unix
-/// socket, as a tokio command.
-fn pg_psql(pg: &tally_pgtemp::PgCluster) -> tokio::process::Command {
-    tokio::process::Command::from(pg.psql())
-}
-
-/// Runs one SQL command with `psql` and returns its unaligned output.
-async fn pg_sql(pg: &tally_pgtemp::PgCluster, sql: &str) -> anyhow::Result<String> {
-    let out = pg_psql(pg)
-        .args(["-A", "-t", "-c", sql])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("cannot run psql")?;
-    if !out.status.success() {
-        bail!(
-            "psql -c {sql:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// One pre-built COPY command with its data.
 struct PgBatch {
@@ -2295,52 +1710,6 @@ fn render_comparison(t: &TallyReport, p: &PgReport) -> String {
         );
     }
     out
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn pct_of(part: f64, whole: f64) -> f64 {
-    if whole > 0.0 {
-        part / whole * 100.0
-    } else {
-        0.0
-    }
-}
-
-/// `1234567.8` as `1,234,568`.
-fn fmt_count(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// Bytes in binary units.
-fn fmt_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@
 //! Every stored `{}` is a full record on disk (≈230 B of WAL each), so a
 //! run writes gigabytes: keep `--duration` short.
 
-use super::{
+use crate::common::{
     Machine, TallyServer, adopt, clock_ticks_per_sec, fmt_bytes, fmt_count, http_client,
-    proc_cpu_ticks, proc_status_bytes,
+    proc_cpu_ticks, proc_status_bytes, tally_exe,
 };
 use anyhow::{Context, bail, ensure};
 use reqwest::StatusCode;
@@ -56,8 +56,8 @@ pub struct IngestMemoryArgs {
     /// Collection to write to (must exist).
     #[arg(long, default_value = "tailnode")]
     pub collection: String,
-    /// The `tally` executable to run as the server (default: this one), to
-    /// measure another build with the same load.
+    /// The `tally` executable to run as the server (default: the `tally`
+    /// next to `tally-bench`), to measure another build with the same load.
     #[arg(long)]
     pub server_exe: Option<PathBuf>,
     /// Parent directory of the temporary data directory.
@@ -93,7 +93,7 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
     );
     serde_json::from_str::<serde::de::IgnoredAny>(&a.entry)
         .with_context(|| format!("--entry {:?} is not JSON", a.entry))?;
-    crate::client::install_crypto();
+    crate::common::install_crypto();
     println!("{}", Machine::detect().render());
 
     ensure!(a.entries >= 1, "--entries must be at least 1");
@@ -135,7 +135,7 @@ pub async fn run(a: IngestMemoryArgs) -> anyhow::Result<()> {
 
     let exe = match &a.server_exe {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot find this executable")?,
+        None => tally_exe()?,
     };
     let mut server = TallyServer::spawn(&exe, a.work_dir.as_deref()).await?;
     let pid = server.pid.context("the server has no pid")?;

@@ -16,7 +16,7 @@
 //!    to `/c/tailtraffic/<private-id>`; records/s and entries/s
 //!    acknowledged, the time until the network API has indexed them, and a
 //!    check through the graph API that every acknowledged packet is there.
-//! 4. **store**: `tally_flowstore::bench::run` (1,000 nodes x 24 h):
+//! 4. **store**: `tally_bench::flowstore::run` (1,000 nodes x 24 h):
 //!    bytes on disk per entry and node-pair query latency.
 //! 5. **peer**: `softflowd` exporting NetFlow v9 to `nfcapd`, read with
 //!    `nfdump`, on the same veth traffic: (A) alone at full speed (CPU,
@@ -29,12 +29,10 @@
 //! server, agent and peer processes; parts 2 and 5; part 3; part 4;
 //! formatting.
 
-use super::{
+use crate::common::{
     Machine, MachineCpu, clock_ticks_per_sec, fmt_bytes, fmt_count, http_client, percentile,
     proc_cpu_ticks, proc_status_bytes, thread_cpu_ticks,
 };
-#[path = "bench_pipeline.rs"]
-pub mod pipeline;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use rand::rngs::SmallRng;
@@ -245,7 +243,7 @@ pub async fn run(a: FlowsArgs) -> anyhow::Result<()> {
         a.ingest_clients >= 1 && a.records_per_request >= 1,
         "--ingest-clients and --records-per-request must be at least 1"
     );
-    crate::client::install_crypto();
+    crate::common::install_crypto();
     raise_fd_limit();
     let machine = Machine::detect();
     println!("{}", machine.render());
@@ -396,9 +394,9 @@ fn raise_fd_limit() {
 // ---------------------------------------------------------------------------
 
 struct TableResult {
-    t: tally_flow::bench::Throughput,
-    m: tally_flow::bench::Memory,
-    lo: Option<Result<tally_flow::bench::CaptureRate, String>>,
+    t: tally_bench::flow_table::Throughput,
+    m: tally_bench::flow_table::Memory,
+    lo: Option<Result<tally_bench::flow_table::CaptureRate, String>>,
 }
 
 async fn part_table(a: &FlowsArgs) -> anyhow::Result<TableResult> {
@@ -417,12 +415,12 @@ async fn part_table(a: &FlowsArgs) -> anyhow::Result<TableResult> {
         // Memory first: freed memory of an earlier run would be reused and
         // hide the table's growth.
         eprintln!("table memory: {mem} connections, then a SYN flood of {flood} ...");
-        let m = tally_flow::bench::table_memory(mem, flood);
+        let m = tally_bench::flow_table::table_memory(mem, flood);
         eprintln!("table path: {conns} connections, {packets} packets in 5 rounds ...");
-        let t = tally_flow::bench::table_throughput(conns, packets);
+        let t = tally_bench::flow_table::table_throughput(conns, packets);
         let lo = (lo > 0.0).then(|| {
             eprintln!("capture on lo for {lo} s ...");
-            tally_flow::bench::capture_throughput(
+            tally_bench::flow_table::capture_throughput(
                 tally_flow::CaptureMode::Ring,
                 Duration::from_secs_f64(lo),
                 64,
@@ -1260,14 +1258,14 @@ struct Addrs {
 // ---------------------------------------------------------------------------
 
 /// A server running in this process.
-struct Srv {
-    base: String,
-    key: String,
-    http: reqwest::Client,
+pub(crate) struct Srv {
+    pub(crate) base: String,
+    pub(crate) key: String,
+    pub(crate) http: reqwest::Client,
     /// The store consumers' progress.
-    progress: tally_server::Progress,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub(crate) progress: tally_server::Progress,
+    pub(crate) shutdown: tokio::sync::oneshot::Sender<()>,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Srv {
@@ -1279,7 +1277,11 @@ impl Srv {
     }
 
     /// [`Srv::start`] with the bootstrap key `key`.
-    async fn start_keyed(data_dir: &Path, report_secs: u64, key: String) -> anyhow::Result<Self> {
+    pub(crate) async fn start_keyed(
+        data_dir: &Path,
+        report_secs: u64,
+        key: String,
+    ) -> anyhow::Result<Self> {
         let listen = "127.0.0.1:0".parse().context("bad listen address")?;
         let mut config = tally_server::ServerConfig::new(listen, data_dir.to_path_buf());
         config.bootstrap_key = Some(key.clone());
@@ -1303,7 +1305,7 @@ impl Srv {
         })
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.task.await.context("the server task panicked")?
     }
@@ -1353,7 +1355,7 @@ async fn call(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value>
 }
 
 /// Creates a reusable auth key and turns flow logging on; returns the key.
-async fn setup_tailnet(s: &Srv) -> anyhow::Result<String> {
+pub(crate) async fn setup_tailnet(s: &Srv) -> anyhow::Result<String> {
     let k = call(
         s.http
             .post(format!("{}/api/v2/tailnet/-/keys", s.base))
@@ -1383,12 +1385,12 @@ async fn setup_tailnet(s: &Srv) -> anyhow::Result<String> {
 
 /// A node registered through the agent API.
 #[derive(Debug, Clone)]
-struct Registered {
+pub(crate) struct Registered {
     private: String,
     node_id: String,
 }
 
-async fn register_node(
+pub(crate) async fn register_node(
     s: &Srv,
     http: &reqwest::Client,
     auth: &str,
@@ -1474,7 +1476,7 @@ async fn start_agent(
     interval: u64,
     env: &[String],
 ) -> anyhow::Result<AgentChild> {
-    let exe = std::env::current_exe().context("cannot find the path of this program")?;
+    let exe = crate::common::tally_exe()?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.arg("agent")
         .arg("--server")
@@ -1875,7 +1877,7 @@ fn is_bench(a: &Addrs, k: &FlowKey) -> bool {
 async fn read_records(s: &Srv, instance: &str) -> anyhow::Result<FlowSums> {
     let mut sums = FlowSums::default();
     let mut after: Option<String> = None;
-    let (mut position, mut skipped) = (0usize, crate::logs_cmd::Skipped::default());
+    let (mut position, mut skipped) = (0usize, crate::common::Skipped::default());
     loop {
         let mut q = vec![
             ("instances", instance.to_owned()),
@@ -1885,11 +1887,11 @@ async fn read_records(s: &Srv, instance: &str) -> anyhow::Result<FlowSums> {
             q.push(("after", a.clone()));
         }
         let body = call_bytes(s.get("/c/tailtraffic").query(&q), "reading flow records").await?;
-        let page = crate::logs_cmd::LogPage::parse(&body)?;
+        let page = crate::common::LogPage::parse(&body)?;
         for raw in &page.logs {
             // One record that cannot be read does not fail the page.
             position += 1;
-            match crate::logs_cmd::read_entry(raw.get()) {
+            match crate::common::read_entry(raw.get()) {
                 Ok(r) => sums.add_record(&r),
                 Err(why) => skipped.report(&format!("flow record {position}"), &why),
             }
@@ -3110,19 +3112,19 @@ impl PeerResult {
 /// Services the generated flows reach: (protocol, port).
 const SERVICES: [(u8, u16); 6] = [(6, 22), (6, 443), (6, 5432), (6, 6379), (6, 9090), (17, 53)];
 /// Interval of the generated records (Tailscale's).
-const INTERVAL_NS: i64 = 5_000_000_000;
+pub(crate) const INTERVAL_NS: i64 = 5_000_000_000;
 
 /// A generated node.
-struct GenNode {
-    reg: Registered,
-    addr: Ipv4Addr,
-    busy: bool,
-    peers: Vec<usize>,
-    proc_id: u32,
-    seq: u64,
+pub(crate) struct GenNode {
+    pub(crate) reg: Registered,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) busy: bool,
+    pub(crate) peers: Vec<usize>,
+    pub(crate) proc_id: u32,
+    pub(crate) seq: u64,
 }
 
-fn node_addr(i: usize) -> Ipv4Addr {
+pub(crate) fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(
         100,
         64 + (i / 62_500) as u8,
@@ -3132,7 +3134,7 @@ fn node_addr(i: usize) -> Ipv4Addr {
 }
 
 /// One pre-built request.
-struct IngestReq {
+pub(crate) struct IngestReq {
     url: String,
     body: bytes::Bytes,
     orig_len: usize,
@@ -3217,7 +3219,7 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 /// up to `per_request` consecutive intervals per request (fewer when the
 /// JSON would pass 256 KiB, as the agent's uploader does), nodes
 /// round-robin over clients, intervals in order.
-fn gen_requests(
+pub(crate) fn gen_requests(
     nodes: &mut [GenNode],
     base: &str,
     intervals: usize,
@@ -3294,21 +3296,21 @@ fn gen_requests(
 
 /// What one client saw.
 #[derive(Default)]
-struct IngestStats {
-    requests: u64,
-    records: u64,
-    entries: u64,
-    pkts: u64,
-    wire_bytes: u64,
-    lat_us: Vec<u64>,
-    statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    gave_up: u64,
-    first_error: Option<String>,
+pub(crate) struct IngestStats {
+    pub(crate) requests: u64,
+    pub(crate) records: u64,
+    pub(crate) entries: u64,
+    pub(crate) pkts: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) lat_us: Vec<u64>,
+    pub(crate) statuses: BTreeMap<u16, u64>,
+    pub(crate) transport_errors: u64,
+    pub(crate) gave_up: u64,
+    pub(crate) first_error: Option<String>,
 }
 
 impl IngestStats {
-    fn merge(&mut self, o: IngestStats) {
+    pub(crate) fn merge(&mut self, o: IngestStats) {
         self.requests += o.requests;
         self.records += o.records;
         self.entries += o.entries;
@@ -3328,7 +3330,7 @@ impl IngestStats {
 
 /// Sends one client's requests in order, one at a time; 429 and 503 are
 /// retried after their Retry-After (at most 1 s here), 30 times at most.
-async fn ingest_client(http: reqwest::Client, reqs: Vec<IngestReq>) -> IngestStats {
+pub(crate) async fn ingest_client(http: reqwest::Client, reqs: Vec<IngestReq>) -> IngestStats {
     let mut st = IngestStats::default();
     for r in reqs {
         let mut tries = 0;
@@ -3745,19 +3747,19 @@ impl IngestResult {
 async fn part_store(
     a: &FlowsArgs,
     work: &Path,
-) -> anyhow::Result<tally_flowstore::bench::BenchReport> {
+) -> anyhow::Result<tally_bench::flowstore::BenchReport> {
     println!(
         "\n== 4. Flow store: {} nodes x {} h (load average {}) ==",
         a.store_nodes,
         a.store_hours,
         loadavg()
     );
-    let mut cfg = tally_flowstore::bench::BenchConfig::standard(work.join("flowstore"));
+    let mut cfg = tally_bench::flowstore::BenchConfig::standard(work.join("flowstore"));
     cfg.nodes = a.store_nodes;
     cfg.hours = a.store_hours;
     let dir = cfg.dir.clone();
     let r = tokio::task::spawn_blocking(move || {
-        tally_flowstore::bench::run(&cfg, &mut |l| eprintln!("{l}"))
+        tally_bench::flowstore::run(&cfg, &mut |l| eprintln!("{l}"))
     })
     .await
     .context("the flow store benchmark panicked")?
@@ -3766,7 +3768,7 @@ async fn part_store(
     Ok(r)
 }
 
-fn render_store(r: &tally_flowstore::bench::BenchReport, goals: &mut Vec<Goal>) -> String {
+fn render_store(r: &tally_bench::flowstore::BenchReport, goals: &mut Vec<Goal>) -> String {
     let mut out = format!("{r}\n\n");
     let mut t = Table::new(&["flow store", "result"]);
     t.row(vec![

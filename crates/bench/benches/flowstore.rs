@@ -1,11 +1,11 @@
-//! Flow store benchmark: `cargo bench -p tally-flowstore` (release).
+//! Flow store benchmark: `cargo bench -p tally-bench --bench flowstore` (release).
 //!
 //! Environment: `FLOWSTORE_BENCH_NODES` (default 1000), `FLOWSTORE_BENCH_HOURS`
 //! (default 24), `FLOWSTORE_BENCH_DIR` (default a temporary directory),
 //! `FLOWSTORE_BENCH_ZSTD` (zstd level), `FLOWSTORE_BENCH_ACTIVITY` (1.0).
 
 use std::time::Instant;
-use tally_flowstore::bench::{BenchConfig, run};
+use tally_bench::flowstore::{BenchConfig, run};
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

@@ -20,7 +20,9 @@
 //! Layout: arguments; [`run`]; the server in process; the mutation load;
 //! the event generator and the fill; the queries; the report.
 
-use super::{Machine, fmt_bytes, fmt_count, http_client, percentile};
+use crate::common::{
+    Machine, fmt_bytes, fmt_count, http_client, percentile, pg_sql, start_pg, stop_pg,
+};
 use anyhow::{Context, bail, ensure};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -116,7 +118,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
         a.clients <= 250,
         "--clients must be at most 250 (one 100.64.0.N address each)"
     );
-    crate::client::install_crypto();
+    crate::common::install_crypto();
     let machine = Machine::detect();
     println!("{}", machine.render());
     let mut b = tempfile::Builder::new();
@@ -128,13 +130,13 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
     .context("cannot create a temporary directory (see --work-dir)")?;
     let pg = if a.postgres {
         eprintln!("starting a throwaway PostgreSQL cluster ...");
-        Some(super::start_pg(a.pg_bin.clone(), a.work_dir.clone(), a.pg_conf.clone()).await?)
+        Some(start_pg(a.pg_bin.clone(), a.work_dir.clone(), a.pg_conf.clone()).await?)
     } else {
         None
     };
     let result = bench(&a, work.path(), pg.as_ref()).await;
     let stopped = match pg {
-        Some(pg) => super::stop_pg(pg, a.keep).await,
+        Some(pg) => stop_pg(pg, a.keep).await,
         None => Ok(()),
     };
     if a.keep {
@@ -223,7 +225,7 @@ async fn bench(
 
 /// Creates a database in the cluster and returns its URL.
 async fn create_db(pg: &tally_pgtemp::PgCluster, name: &str) -> anyhow::Result<String> {
-    super::pg_sql(pg, &format!("CREATE DATABASE {name}")).await?;
+    pg_sql(pg, &format!("CREATE DATABASE {name}")).await?;
     Ok(pg.url(name))
 }
 

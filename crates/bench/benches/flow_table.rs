@@ -1,4 +1,4 @@
-//! Capture-path benchmark: `cargo bench -p tally-flow --bench table`.
+//! Capture-path benchmark: `cargo bench -p tally-bench --bench flow_table`.
 //!
 //! Prints packets/s through parse + table update with 10,000 concurrent
 //! connections on one core, RSS per tracked connection with 100,000
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use tally_flow::bench::{capture_throughput, table_memory, table_throughput};
+use tally_bench::flow_table::{capture_throughput, table_memory, table_throughput};
 use tally_flow::capture::{CaptureError, CaptureMode};
 
 fn env_u64(name: &str, default: u64) -> u64 {
