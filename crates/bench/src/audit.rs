@@ -151,7 +151,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
 async fn bench(
     a: &AuditArgs,
     work: &Path,
-    pg: Option<&tally_pgtemp::PgCluster>,
+    pg: Option<&tally_testkit::postgres::PgCluster>,
 ) -> anyhow::Result<Report> {
     // Run 1: a fresh server, an empty log.
     let url = match pg {
@@ -224,7 +224,7 @@ async fn bench(
 }
 
 /// Creates a database in the cluster and returns its URL.
-async fn create_db(pg: &tally_pgtemp::PgCluster, name: &str) -> anyhow::Result<String> {
+async fn create_db(pg: &tally_testkit::postgres::PgCluster, name: &str) -> anyhow::Result<String> {
     pg_sql(pg, &format!("CREATE DATABASE {name}")).await?;
     Ok(pg.url(name))
 }

@@ -514,23 +514,24 @@ pub(crate) async fn adopt(
 // PostgreSQL (throwaway clusters)
 // ---------------------------------------------------------------------------
 
-/// Starts a throwaway PostgreSQL cluster (`tally_pgtemp`) for `--postgres`:
+/// Starts a throwaway PostgreSQL cluster (`tally_testkit::postgres`) for `--postgres`:
 /// `--pg-bin`, `--work-dir` and `--pg-conf` map onto its options. initdb
 /// and pg_ctl block, so they run on the blocking pool.
 pub(crate) async fn start_pg(
     bin: Option<PathBuf>,
     work_dir: Option<PathBuf>,
     conf: Vec<String>,
-) -> anyhow::Result<tally_pgtemp::PgCluster> {
+) -> anyhow::Result<tally_testkit::postgres::PgCluster> {
     if let Some(b) = &bin {
-        tally_pgtemp::find_bin(Some(b)).with_context(|| format!("--pg-bin {}", b.display()))?;
+        tally_testkit::postgres::find_bin(Some(b))
+            .with_context(|| format!("--pg-bin {}", b.display()))?;
     }
-    let opts = tally_pgtemp::PgOptions {
+    let opts = tally_testkit::postgres::PgOptions {
         bin,
         base_dir: work_dir,
         conf,
     };
-    tokio::task::spawn_blocking(move || tally_pgtemp::PgCluster::start(&opts))
+    tokio::task::spawn_blocking(move || tally_testkit::postgres::PgCluster::start(&opts))
         .await
         .context("starting PostgreSQL panicked")?
         .context("cannot start a throwaway PostgreSQL cluster (see --pg-bin, --pg-conf)")
@@ -538,7 +539,10 @@ pub(crate) async fn start_pg(
 
 /// Stops a cluster started by [`start_pg`]; with `keep`, leaves its
 /// directory and says where it is.
-pub(crate) async fn stop_pg(mut pg: tally_pgtemp::PgCluster, keep: bool) -> anyhow::Result<()> {
+pub(crate) async fn stop_pg(
+    mut pg: tally_testkit::postgres::PgCluster,
+    keep: bool,
+) -> anyhow::Result<()> {
     let kept = tokio::task::spawn_blocking(move || pg.stop(keep))
         .await
         .context("stopping PostgreSQL panicked")?
@@ -551,12 +555,15 @@ pub(crate) async fn stop_pg(mut pg: tally_pgtemp::PgCluster, keep: bool) -> anyh
 
 /// `psql` connected to the cluster's `postgres` database over its Unix
 /// socket, as a tokio command.
-pub(crate) fn pg_psql(pg: &tally_pgtemp::PgCluster) -> tokio::process::Command {
+pub(crate) fn pg_psql(pg: &tally_testkit::postgres::PgCluster) -> tokio::process::Command {
     tokio::process::Command::from(pg.psql())
 }
 
 /// Runs one SQL command with `psql` and returns its unaligned output.
-pub(crate) async fn pg_sql(pg: &tally_pgtemp::PgCluster, sql: &str) -> anyhow::Result<String> {
+pub(crate) async fn pg_sql(
+    pg: &tally_testkit::postgres::PgCluster,
+    sql: &str,
+) -> anyhow::Result<String> {
     let out = pg_psql(pg)
         .args(["-A", "-t", "-c", sql])
         .stdin(std::process::Stdio::null())

@@ -1443,7 +1443,10 @@ async fn run_postgres(a: &IngestArgs) -> anyhow::Result<PgReport> {
     Ok(report)
 }
 
-async fn postgres_load(a: &IngestArgs, pg: &tally_pgtemp::PgCluster) -> anyhow::Result<PgReport> {
+async fn postgres_load(
+    a: &IngestArgs,
+    pg: &tally_testkit::postgres::PgCluster,
+) -> anyhow::Result<PgReport> {
     pg_sql(
         pg,
         "CREATE TABLE logs (collection text, instance text, time timestamptz, entry jsonb); \

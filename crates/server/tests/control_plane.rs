@@ -19,7 +19,7 @@ async fn control_plane_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_on_postgres() {
-    let Some(mut pg) = tally_pgtemp::for_tests("control_plane_on_postgres") else {
+    let Some(mut pg) = tally_testkit::postgres::for_tests("control_plane_on_postgres") else {
         return;
     };
     suite(&Db::Postgres(&pg)).await;

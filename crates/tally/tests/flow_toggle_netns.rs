@@ -16,7 +16,7 @@
 //!   integrity finding).
 
 mod common;
-mod netns;
+use tally_testkit::netns;
 
 use common::{Follow, KEY, TestAgent, TestServer, bin};
 use netns::Lab;

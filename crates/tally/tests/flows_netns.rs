@@ -6,7 +6,7 @@
 //! logging off and on stops and starts capture without a restart.
 
 mod common;
-mod netns;
+use tally_testkit::netns;
 
 use common::{Follow, KEY, TestAgent, TestServer, http};
 use netns::Lab;

@@ -64,18 +64,15 @@ async fn consumers(url: &str) -> BTreeMap<String, Value> {
 /// Polls the consumers' status until `ok` holds (the status is the
 /// signal: consumers publish their position as they go).
 async fn until_consumers(url: &str, what: &str, ok: impl Fn(&BTreeMap<String, Value>) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    tally_testkit::wait::until(what, Duration::from_secs(60), || async {
         let c = consumers(url).await;
         if ok(&c) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{c:#?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: consumers are {c:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 fn caught_up(c: &BTreeMap<String, Value>, name: &str) -> bool {
@@ -473,23 +470,24 @@ async fn audit_copies(url: &str) -> BTreeMap<String, usize> {
 /// the copies.
 async fn audit_copied_once(url: &str) -> BTreeMap<String, usize> {
     let want = audit_in_sql(url).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let copies = audit_copies(url).await;
-        assert!(
-            copies.values().all(|n| *n == 1),
-            "an audit event twice: {copies:#?}"
-        );
-        if copies.len() == want {
-            return copies;
-        }
-        assert!(
-            copies.len() < want && tokio::time::Instant::now() < deadline,
-            "{} of {want} audit events in the store",
-            copies.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tally_testkit::wait::until(
+        "every audit event in the store",
+        Duration::from_secs(30),
+        || async {
+            let copies = audit_copies(url).await;
+            assert!(
+                copies.values().all(|n| *n == 1),
+                "an audit event twice: {copies:#?}"
+            );
+            assert!(copies.len() <= want, "more copies than events: {copies:#?}");
+            if copies.len() == want {
+                Ok(copies)
+            } else {
+                Err(format!("{} of {want}", copies.len()))
+            }
+        },
+    )
+    .await
 }
 
 async fn audit_in_sql(url: &str) -> usize {

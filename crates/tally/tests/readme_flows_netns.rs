@@ -24,7 +24,7 @@
 //! nodes, `node_unknown` least of all. Waits poll the API until a deadline.
 
 mod common;
-mod netns;
+use tally_testkit::netns;
 
 use common::{KEY, TestServer, bin, get_json};
 use netns::Lab;

@@ -32,7 +32,7 @@
 //! the absence of other findings is meaningful without waiting on a clock.
 
 mod common;
-mod netns;
+use tally_testkit::netns;
 
 use common::{Follow, TestAgent, TestServer};
 use netns::Lab;

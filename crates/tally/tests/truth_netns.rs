@@ -20,7 +20,7 @@
 //! order), so the absence of other findings is meaningful.
 
 mod common;
-mod netns;
+use tally_testkit::netns;
 
 use common::{Follow, KEY, TestAgent, TestServer, http};
 use netns::Lab;

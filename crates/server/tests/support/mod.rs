@@ -20,7 +20,7 @@ pub enum Db<'a> {
     /// `control.db` in the data directory.
     Sqlite,
     /// A fresh database on this cluster.
-    Postgres(&'a tally_pgtemp::PgCluster),
+    Postgres(&'a tally_testkit::postgres::PgCluster),
 }
 
 impl Db<'_> {

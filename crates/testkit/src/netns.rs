@@ -3,8 +3,6 @@
 //! Needs root and `ip`; without them the tests skip with a one-line notice
 //! unless `TALLY_REQUIRE_NETNS=1`.
 
-#![allow(dead_code)]
-
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::Command;
