@@ -58,34 +58,6 @@ fn start_agent(lab: &Lab, i: usize, server: &str, dir: &Path, auth: &str) -> Tes
     })
 }
 
-/// Reads the node log until every one of `instances` logged a line
-/// containing `text`; returns each one's first such line's client time.
-async fn await_node_logs(logs: &mut Follow, instances: &[String], text: &str) -> Vec<i64> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let mut times = vec![None; instances.len()];
-    while times.iter().any(Option::is_none) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {text:?} in the node logs: {times:?}"
-        );
-        let e = logs.next().await;
-        if let Some(i) = instances
-            .iter()
-            .position(|id| e["logtail"]["id"].as_str() == Some(id.as_str()))
-            && times[i].is_none()
-            && e["text"].as_str().is_some_and(|t| t.contains(text))
-        {
-            times[i] = Some(
-                e["logtail"]["client_time"]
-                    .as_str()
-                    .and_then(parse_rfc3339)
-                    .expect("client time"),
-            );
-        }
-    }
-    times.into_iter().flatten().collect()
-}
-
 /// Reads flow records until every node in `nodes` has one that began at
 /// `since` or later.
 async fn await_records_since(flows: &mut Follow, nodes: &[String], since: i64) {
@@ -167,7 +139,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
 
     // On: capture starts on both, and records of both arrive.
     let on = common::set_flow_logging(&server.url, true).await;
-    for t in await_node_logs(&mut logs, &instances, "flow capture started on eth0").await {
+    for t in common::await_node_logs(&mut logs, &instances, "flow capture started on eth0").await {
         assert!(
             t - on < PROMPT,
             "capture started at {}, switched on at {}",
@@ -180,7 +152,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     // Off: capture stops on both within seconds; the last records, flushed
     // after the switch, are discarded by the server and noted by the agents.
     let off = common::set_flow_logging(&server.url, false).await;
-    for t in await_node_logs(&mut logs, &instances, "flow capture stopped").await {
+    for t in common::await_node_logs(&mut logs, &instances, "flow capture stopped").await {
         assert!(
             t - off < PROMPT,
             "capture stopped at {}, switched off at {}",
@@ -191,7 +163,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
     // The note follows the upload of the last records (a few seconds
     // later), in a line of its own: read from the start again.
     let mut notes = Follow::open(&server.url, "tailnode").await;
-    await_node_logs(
+    common::await_node_logs(
         &mut notes,
         &instances,
         "flow records captured while flow logging was being turned off were discarded by the server",
@@ -205,7 +177,7 @@ async fn switching_flow_logging_off_and_on_stops_and_starts_capture_at_once_with
 
     // On again: capture starts within seconds, new records arrive.
     let on = common::set_flow_logging(&server.url, true).await;
-    for t in await_node_logs(&mut logs, &instances, "flow capture started on eth0").await {
+    for t in common::await_node_logs(&mut logs, &instances, "flow capture started on eth0").await {
         assert!(
             t - on < PROMPT,
             "capture started again at {}, switched on at {}",

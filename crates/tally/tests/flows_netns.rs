@@ -68,25 +68,6 @@ async fn follow_until(
     }
 }
 
-/// Reads the node log until every instance logged a line starting with `text`.
-async fn await_node_log(logs: &mut Follow, instances: &[String], text: &str) {
-    let mut seen = std::collections::HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while seen.len() < instances.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {text:?} in the node log of every agent (seen {seen:?})"
-        );
-        let e = logs.next().await;
-        if let (Some(id), Some(t)) = (e["logtail"]["id"].as_str(), e["text"].as_str())
-            && t.starts_with(text)
-            && instances.iter().any(|i| i == id)
-        {
-            seen.insert(id.to_owned());
-        }
-    }
-}
-
 fn udp_exchange(
     lab: &Lab,
     from: usize,
@@ -217,7 +198,7 @@ async fn three_hosts_account_for_every_packet_and_byte() {
     udp_exchange(&lab, 0, 1, (41100, 41101), 5, 300, 30);
 
     common::set_flow_logging(&server.url, true).await;
-    await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
+    common::await_node_logs(&mut logs, &instances, "flow capture started on eth0").await;
 
     // UDP, exactly computable: 20 datagrams of 100 bytes, 20 replies of 50.
     udp_exchange(&lab, 0, 1, (41000, 41001), 20, 100, 50);
@@ -356,10 +337,10 @@ async fn three_hosts_account_for_every_packet_and_byte() {
 
     // Off again: capture stops (no restart); traffic now is not recorded.
     common::set_flow_logging(&server.url, false).await;
-    await_node_log(&mut logs, &instances, "flow capture stopped").await;
+    common::await_node_logs(&mut logs, &instances, "flow capture stopped").await;
     udp_exchange(&lab, 0, 1, (41200, 41201), 5, 200, 20);
     common::set_flow_logging(&server.url, true).await;
-    await_node_log(&mut logs, &instances, "flow capture started on eth0").await;
+    common::await_node_logs(&mut logs, &instances, "flow capture started on eth0").await;
     udp_exchange(&lab, 1, 2, (41300, 41301), 3, 100, 10);
     let marker = (nodes[1].clone(), 17u64, ep(1, 41300), ep(2, 41301), VIRTUAL);
     follow_until(&mut records, &mut sums, &mut intervals, |s| {

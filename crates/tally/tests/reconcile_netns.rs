@@ -429,23 +429,6 @@ fn rewrite(q: &Queued, json: &[u8]) {
     f.sync_all().unwrap();
 }
 
-/// Reads the node log until `instance` logged a line starting with `text`.
-async fn await_node_log(logs: &mut Follow, instance: &str, text: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {text:?} in the node log of {instance}"
-        );
-        let e = logs.next().await;
-        if e["logtail"]["id"].as_str() == Some(instance)
-            && e["text"].as_str().is_some_and(|t| t.starts_with(text))
-        {
-            return;
-        }
-    }
-}
-
 fn start_agent(lab: &Lab, i: usize, server: &str, dir: &Path, auth: &str) -> TestAgent {
     let addr = lab.addr(i).to_string();
     let host = format!("host{i}");
@@ -535,9 +518,8 @@ async fn findings_name_the_stopped_agent_and_the_edited_records() {
     // Flow logging on once every node is registered: the answer that turns
     // capture on also lists every peer, so all traffic below is virtual.
     common::set_flow_logging(&server.url, true).await;
-    for id in &instances {
-        await_node_log(&mut logs, id, "flow capture started on eth0").await;
-    }
+    let ids: Vec<&str> = instances.iter().map(String::as_str).collect();
+    common::await_node_logs(&mut logs, &ids, "flow capture started on eth0").await;
 
     // Traffic from now until the end: A<->B UDP, B->C UDP (1,000-byte
     // datagrams), A->C TCP.
@@ -561,7 +543,12 @@ async fn findings_name_the_stopped_agent_and_the_edited_records() {
     let restarted = start_agent(&lab, 2, &server.url, dir.path(), &auth);
     assert_eq!(restarted.public_id, instances[2], "C keeps its identity");
     agents[2] = Some(restarted);
-    await_node_log(&mut logs, &instances[2], "flow capture started on eth0").await;
+    common::await_node_logs(
+        &mut logs,
+        &[instances[2].as_str()],
+        "flow capture started on eth0",
+    )
+    .await;
     let t_up = now_nanos();
     // Clean again, C up, for three seconds of C's own records.
     flows.until_reported(&c, t_up + 3 * SEC).await;

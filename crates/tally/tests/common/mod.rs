@@ -489,3 +489,42 @@ pub async fn set_flow_logging(url: &str, on: bool) -> i64 {
     assert_eq!(resp.status(), 200, "flow logging {on}");
     at
 }
+
+/// Reads the node log (a [`Follow`] of `tailnode`) until every one of
+/// `instances` logged a line containing `text`, in whatever order they
+/// come; returns each one's first such line's client time, in the order
+/// of `instances`. Fails after 90 s naming those still missing.
+pub async fn await_node_logs<S: AsRef<str>>(
+    logs: &mut Follow,
+    instances: &[S],
+    text: &str,
+) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut times: Vec<Option<i64>> = vec![None; instances.len()];
+    while times.iter().any(Option::is_none) {
+        if tokio::time::Instant::now() >= deadline {
+            let missing: Vec<&str> = instances
+                .iter()
+                .zip(&times)
+                .filter(|(_, t)| t.is_none())
+                .map(|(i, _)| i.as_ref())
+                .collect();
+            panic!("no {text:?} in the node log of {missing:?}");
+        }
+        let e = logs.next().await;
+        if let Some(i) = instances
+            .iter()
+            .position(|id| e["logtail"]["id"].as_str() == Some(id.as_ref()))
+            && times[i].is_none()
+            && e["text"].as_str().is_some_and(|t| t.contains(text))
+        {
+            times[i] = Some(
+                e["logtail"]["client_time"]
+                    .as_str()
+                    .and_then(tally_proto::timefmt::parse_rfc3339)
+                    .expect("client time"),
+            );
+        }
+    }
+    times.into_iter().flatten().collect()
+}
