@@ -3133,6 +3133,47 @@ pub(crate) fn node_addr(i: usize) -> Ipv4Addr {
     )
 }
 
+/// The first this many of `n` generated nodes are busy servers.
+pub(crate) fn busy_nodes(n: usize) -> usize {
+    (n / 100).max(1)
+}
+
+/// The generated tailnet over registered nodes (node `i` has address
+/// [`node_addr`]`(i)`): 1% busy servers (100-1,000 entries a record, any
+/// peers); the rest talk to 3-8 peers, mostly the first 5% (servers).
+pub(crate) fn gen_nodes(regs: Vec<Registered>, seed: u64) -> Vec<GenNode> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let n = regs.len();
+    let servers = (n / 20).max(1);
+    let busy = busy_nodes(n);
+    let mut nodes: Vec<GenNode> = regs
+        .into_iter()
+        .enumerate()
+        .map(|(i, reg)| GenNode {
+            reg,
+            addr: node_addr(i),
+            busy: i < busy,
+            peers: Vec::new(),
+            proc_id: rng.random(),
+            seq: 0,
+        })
+        .collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let k = rng.random_range(3..=8usize);
+        while node.peers.len() < k {
+            let p = if rng.random_bool(0.7) {
+                rng.random_range(0..servers)
+            } else {
+                rng.random_range(0..n)
+            };
+            if p != i && !node.peers.contains(&p) {
+                node.peers.push(p);
+            }
+        }
+    }
+    nodes
+}
+
 /// One pre-built request.
 pub(crate) struct IngestReq {
     url: String,
@@ -3455,37 +3496,9 @@ async fn ingest_inner(a: &FlowsArgs, srv: &Srv) -> anyhow::Result<IngestResult> 
     let regs: Vec<Registered> = regs.into_iter().flatten().collect();
     ensure!(regs.len() == a.ingest_nodes, "not every node registered");
 
-    // Nodes: 1% busy servers (100-1,000 entries a record, any peers); the
-    // rest talk to a handful of peers, mostly the first 5% (servers).
-    let mut rng = SmallRng::seed_from_u64(a.seed);
     let n = regs.len();
-    let servers = (n / 20).max(1);
-    let busy = (n / 100).max(1);
-    let mut nodes: Vec<GenNode> = regs
-        .into_iter()
-        .enumerate()
-        .map(|(i, reg)| GenNode {
-            reg,
-            addr: node_addr(i),
-            busy: i < busy,
-            peers: Vec::new(),
-            proc_id: rng.random(),
-            seq: 0,
-        })
-        .collect();
-    for (i, node) in nodes.iter_mut().enumerate() {
-        let k = rng.random_range(3..=8usize);
-        while node.peers.len() < k {
-            let p = if rng.random_bool(0.7) {
-                rng.random_range(0..servers)
-            } else {
-                rng.random_range(0..n)
-            };
-            if p != i && !node.peers.contains(&p) {
-                node.peers.push(p);
-            }
-        }
-    }
+    let busy = busy_nodes(n);
+    let mut nodes = gen_nodes(regs, a.seed);
     let per_request = a.records_per_request;
     let intervals = a
         .ingest_records

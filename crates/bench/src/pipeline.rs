@@ -9,12 +9,10 @@
 
 use crate::common::{fmt_count, http_client, percentile};
 use crate::flows::{
-    GenNode, INTERVAL_NS, IngestStats, Srv, gen_requests, ingest_client, node_addr, register_node,
-    setup_tailnet,
+    INTERVAL_NS, IngestStats, Srv, gen_nodes, gen_requests, ingest_client, node_addr,
+    register_node, setup_tailnet,
 };
 use anyhow::{Context, ensure};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 use tally_proto::timefmt::now_nanos;
 
@@ -98,41 +96,21 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
     let srv = Srv::start_keyed(&data, 30, key.clone()).await?;
     let auth = setup_tailnet(&srv).await?;
     eprintln!("registering {} nodes ...", a.nodes);
-    let mut nodes = Vec::with_capacity(a.nodes);
-    let mut rng = SmallRng::seed_from_u64(a.seed);
+    let mut regs = Vec::with_capacity(a.nodes);
     for i in 0..a.nodes {
-        let reg = register_node(
-            &srv,
-            &srv.http,
-            &auth,
-            &format!("bench-node-{i}"),
-            &[node_addr(i).to_string()],
-        )
-        .await?;
-        nodes.push(GenNode {
-            reg,
-            addr: node_addr(i),
-            busy: i < (a.nodes / 100).max(1),
-            peers: Vec::new(),
-            proc_id: rng.random(),
-            seq: 0,
-        });
+        regs.push(
+            register_node(
+                &srv,
+                &srv.http,
+                &auth,
+                &format!("bench-node-{i}"),
+                &[node_addr(i).to_string()],
+            )
+            .await?,
+        );
     }
+    let mut nodes = gen_nodes(regs, a.seed);
     let n = nodes.len();
-    let servers = (n / 20).max(1);
-    for (i, node) in nodes.iter_mut().enumerate() {
-        let k = rng.random_range(3..=8usize);
-        while node.peers.len() < k {
-            let p = if rng.random_bool(0.7) {
-                rng.random_range(0..servers)
-            } else {
-                rng.random_range(0..n)
-            };
-            if p != i && !node.peers.contains(&p) {
-                node.peers.push(p);
-            }
-        }
-    }
     let intervals = a
         .records
         .div_ceil(n)

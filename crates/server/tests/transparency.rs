@@ -42,7 +42,8 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
     assert!(c1.size >= 5, "{c1:?}");
     post_logs(&env, 7).await;
     let c2 = checkpoint(&env, &verifier).await;
-    assert_eq!(c2.size, c1.size + 7);
+    // The 7 entries and the audit event of their instance's adoption.
+    assert_eq!(c2.size, c1.size + 7 + 1);
     let (s, v) = env
         .call(
             OWNER_KEY,
@@ -80,7 +81,27 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
         c2.verify_inclusion(&leaf, index, &hashes(&v["proof"]))
             .expect("included");
     }
-    assert_eq!(proven, 12, "the 12 entries posted, each proven once");
+    // The 12 entries posted and the tailnet's audit events copied into the
+    // store, each proven once.
+    let audit_records = env
+        .store
+        .scan(
+            1,
+            &tally_store::Filter {
+                collections: vec!["tailaudit".into()],
+                ..Default::default()
+            },
+            usize::MAX,
+            usize::MAX,
+            i64::MIN,
+        )
+        .expect("scan")
+        .records
+        .into_iter()
+        .filter(|r| r.seq <= c2.size)
+        .count();
+    assert!(audit_records >= 2, "the two adoptions at least");
+    assert_eq!(proven, 12 + audit_records, "each record proven once");
     // Somebody rewrites the log's history on disk (and the server signs
     // whatever it then holds): the old checkpoint exposes it.
     let dir = env.stop_keep().await;

@@ -200,9 +200,10 @@ async fn the_log_shrinks_with_retention_and_old_checkpoints_stay_provable() {
     let before = du(&merkle);
     let store_before = srv.store.stats().disk_bytes;
 
-    // Retention runs a month later: every record expired.
+    // Retention runs three months later: every record expired (the
+    // audit log's copies, kept as long as the audit log, 90 days, too).
     srv.store.seal_now().await.expect("seal");
-    let later = now_nanos() + 31 * 24 * 3600 * 1_000_000_000;
+    let later = now_nanos() + 91 * 24 * 3600 * 1_000_000_000;
     let r = srv.store.enforce_retention(later).expect("retention");
     assert!(r.records_deleted >= 3100, "{r:?}");
     srv.post_logs(600).await;
@@ -226,8 +227,30 @@ async fn the_log_shrinks_with_retention_and_old_checkpoints_stay_provable() {
     srv.consistent(&c1, &c2).await;
     srv.consistent(&c2, &c3).await;
     // The retained records prove inclusion; the deleted ones are gone.
-    let (ok, cut, _absent) = srv.prove_all(&c3, srv.store.end_seq()).await;
-    assert_eq!(ok.len(), 605, "the records posted after the drop");
+    let end = srv.store.end_seq();
+    let (ok, cut, _absent) = srv.prove_all(&c3, end).await;
+    // And the audit events of the adoptions since.
+    let audit_copies = srv
+        .store
+        .scan(
+            1,
+            &tally_store::Filter {
+                collections: vec!["tailaudit".into()],
+                ..Default::default()
+            },
+            usize::MAX,
+            usize::MAX,
+            i64::MIN,
+        )
+        .expect("scan")
+        .records
+        .len();
+    assert_eq!(audit_copies, 2, "the two adoptions since the drop");
+    assert_eq!(
+        ok.len(),
+        605 + audit_copies,
+        "the records posted after the drop and the audit copies"
+    );
     assert!(cut.is_empty());
     srv.stop().await;
     // And after a restart.

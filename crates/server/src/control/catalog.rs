@@ -84,11 +84,19 @@ impl Catalog {
     pub async fn reload(&self, db: &ControlDb) -> Result<(), ControlError> {
         let _one_at_a_time = self.reloading.lock().await;
         let mut collections = db.load_collections().await?;
-        for ((_, name), c) in collections.iter_mut() {
+        let audit_days = db.audit_retention_days().await?;
+        for ((tailnet, name), c) in collections.iter_mut() {
             if name == FLOWS_COLLECTION {
                 // The typed flow store keeps flows for each tailnet's
                 // flowsRetentionDays; the raw records only need to outlive replay.
                 c.retention_days = crate::consumers::flows::RAW_FLOW_RETENTION_DAYS;
+            } else if name == tally_proto::collection::AUDIT {
+                // The store's copy of the audit log lasts as long as the
+                // audit log itself.
+                c.retention_days = audit_days
+                    .get(tailnet)
+                    .copied()
+                    .unwrap_or(crate::control::settings::DEFAULT_AUDIT_RETENTION_DAYS);
             }
         }
         let mut nodes = HashMap::new();

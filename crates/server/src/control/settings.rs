@@ -58,10 +58,13 @@ pub const SETTINGS: &[SettingDef] = &[
     SettingDef {
         name: "auditRetentionDays",
         kind: SettingKind::Int { min: 90, max: 3650 },
-        default: 90,
+        default: DEFAULT_AUDIT_RETENTION_DAYS as i64,
         help: "days configuration audit events are kept (at least 90)",
     },
 ];
+
+/// `auditRetentionDays` of a tailnet that did not set it.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 90;
 
 fn def(name: &str) -> Option<&'static SettingDef> {
     SETTINGS.iter().find(|d| d.name == name)
@@ -118,10 +121,26 @@ impl ControlDb {
     pub async fn flow_retention_days(
         &self,
     ) -> Result<std::collections::HashMap<String, u32>, ControlError> {
-        let rows =
-            sqlx::query("SELECT tailnet_id, value FROM settings WHERE name = 'flowsRetentionDays'")
-                .fetch_all(&self.pool)
-                .await?;
+        self.days_setting("flowsRetentionDays").await
+    }
+
+    /// `auditRetentionDays` of every tailnet that set it (others: the
+    /// default, [`DEFAULT_AUDIT_RETENTION_DAYS`]).
+    pub async fn audit_retention_days(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u32>, ControlError> {
+        self.days_setting("auditRetentionDays").await
+    }
+
+    /// A day-count setting of every tailnet that set it.
+    async fn days_setting(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::HashMap<String, u32>, ControlError> {
+        let rows = sqlx::query("SELECT tailnet_id, value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = std::collections::HashMap::new();
         for r in rows {
             let t: String = r.try_get("tailnet_id")?;
