@@ -131,6 +131,8 @@ pub async fn run<C: Consumer>(
                     _ = control.changed() => {}
                     () = cancel.cancelled() => {}
                 }
+                // It was at the end until it woke: lag counts from here.
+                handle.live.lock().caught_up_at = std::time::Instant::now();
             }
         }
     }

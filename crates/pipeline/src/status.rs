@@ -45,7 +45,8 @@ pub struct ConsumerStatus {
     pub end: Position,
     /// Log positions between its position and the end.
     pub lag_records: u64,
-    /// Seconds since it last reached the end (0 when it is there).
+    /// Seconds since it was last at the log's end (0 when it is there): about
+    /// the age of the oldest record it has not handled.
     pub lag_seconds: f64,
     /// Records handed to it since the server started.
     pub records_handled: u64,
