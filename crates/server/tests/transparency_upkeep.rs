@@ -208,8 +208,20 @@ async fn the_log_shrinks_with_retention_and_old_checkpoints_stay_provable() {
     assert!(r.records_deleted >= 3100, "{r:?}");
     srv.post_logs(600).await;
     let c2 = srv.checkpoint(&verifier).await;
+    // Every epoch whose records are all gone is dropped: only the epochs
+    // of the records posted since are left (the upkeep thins and drops in
+    // steps of its own, so the size is compared once it is done).
+    let epochs = || {
+        std::fs::read_dir(&merkle)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("epoch-0"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
     until("epochs dropped with their records", || {
-        !merkle.join("epoch-000000000000").exists() && du(&merkle) < before / 2
+        !merkle.join("epoch-000000000000").exists() && epochs() <= 3 && du(&merkle) < before
     })
     .await;
     let after = du(&merkle);
