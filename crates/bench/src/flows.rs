@@ -3369,6 +3369,21 @@ impl IngestStats {
     }
 }
 
+/// Sends every client's requests, each client on a task and a connection
+/// of its own; returns what they saw together.
+pub(crate) async fn send_all(reqs: Vec<Vec<IngestReq>>) -> anyhow::Result<IngestStats> {
+    let mut tasks = Vec::new();
+    for list in reqs {
+        let http = http_client(Duration::from_secs(120))?;
+        tasks.push(tokio::spawn(ingest_client(http, list)));
+    }
+    let mut stats = IngestStats::default();
+    for task in tasks {
+        stats.merge(task.await.context("an upload client panicked")?);
+    }
+    Ok(stats)
+}
+
 /// Sends one client's requests in order, one at a time; 429 and 503 are
 /// retried after their Retry-After (at most 1 s here), 30 times at most.
 pub(crate) async fn ingest_client(http: reqwest::Client, reqs: Vec<IngestReq>) -> IngestStats {
@@ -3538,15 +3553,7 @@ async fn ingest_inner(a: &FlowsArgs, srv: &Srv) -> anyhow::Result<IngestResult> 
 
     let watch = CpuWatch::start(&[Some(std::process::id())]);
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for list in reqs {
-        let http = http_client(Duration::from_secs(120))?;
-        tasks.push(tokio::spawn(ingest_client(http, list)));
-    }
-    let mut stats = IngestStats::default();
-    for task in tasks {
-        stats.merge(task.await.context("an ingest client panicked")?);
-    }
+    let mut stats = send_all(reqs).await?;
     let elapsed = t.elapsed();
     let cpu = watch.finish();
     stats.lat_us.sort_unstable();

@@ -7,10 +7,9 @@
 //! from the start, all at once as on a real restart, and the time each
 //! takes to reach the store's end is its replay throughput.
 
-use crate::common::{fmt_count, http_client, percentile};
+use crate::common::{fmt_count, percentile};
 use crate::flows::{
-    INTERVAL_NS, IngestStats, Srv, gen_nodes, gen_requests, ingest_client, node_addr,
-    register_node, setup_tailnet,
+    INTERVAL_NS, Srv, gen_nodes, gen_requests, node_addr, register_node, send_all, setup_tailnet,
 };
 use anyhow::{Context, ensure};
 use std::time::{Duration, Instant};
@@ -134,15 +133,7 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
     .context("generating records panicked")??;
     eprintln!("uploading ...");
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for list in reqs {
-        let http = http_client(Duration::from_secs(120))?;
-        tasks.push(tokio::spawn(ingest_client(http, list)));
-    }
-    let mut stats = IngestStats::default();
-    for task in tasks {
-        stats.merge(task.await.context("an upload client panicked")?);
-    }
+    let mut stats = send_all(reqs).await?;
     let ingest_secs = t.elapsed().as_secs_f64().max(1e-9);
     ensure!(
         stats.gave_up == 0 && stats.transport_errors == 0,

@@ -83,23 +83,7 @@ async fn checkpoints_prove_consistency_and_inclusion_and_catch_rewrites() {
     }
     // The 12 entries posted and the tailnet's audit events copied into the
     // store, each proven once.
-    let audit_records = env
-        .store
-        .scan(
-            1,
-            &tally_store::Filter {
-                collections: vec!["tailaudit".into()],
-                ..Default::default()
-            },
-            usize::MAX,
-            usize::MAX,
-            i64::MIN,
-        )
-        .expect("scan")
-        .records
-        .into_iter()
-        .filter(|r| r.seq <= c2.size)
-        .count();
+    let audit_records = support::log::audit_copies(&env.store, c2.size);
     assert!(audit_records >= 2, "the two adoptions at least");
     assert_eq!(proven, 12 + audit_records, "each record proven once");
     // Somebody rewrites the log's history on disk (and the server signs

@@ -242,21 +242,7 @@ async fn the_log_shrinks_with_retention_and_old_checkpoints_stay_provable() {
     let end = srv.store.end_seq();
     let (ok, cut, _absent) = srv.prove_all(&c3, end).await;
     // And the audit events of the adoptions since.
-    let audit_copies = srv
-        .store
-        .scan(
-            1,
-            &tally_store::Filter {
-                collections: vec!["tailaudit".into()],
-                ..Default::default()
-            },
-            usize::MAX,
-            usize::MAX,
-            i64::MIN,
-        )
-        .expect("scan")
-        .records
-        .len();
+    let audit_copies = support::log::audit_copies(&srv.store, end);
     assert_eq!(audit_copies, 2, "the two adoptions since the drop");
     assert_eq!(
         ok.len(),

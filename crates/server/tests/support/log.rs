@@ -96,3 +96,24 @@ pub fn hashes(v: &Value) -> Vec<Hash> {
         .map(|h| Hash::from_base64(h.as_str().expect("b64")).expect("hash"))
         .collect()
 }
+
+/// The audit log's copies in `store` (collection `tailaudit`) at positions
+/// up to `through`, expired or not.
+pub fn audit_copies(store: &tally_store::Store, through: u64) -> usize {
+    store
+        .scan(
+            1,
+            &tally_store::Filter {
+                collections: vec!["tailaudit".into()],
+                ..Default::default()
+            },
+            usize::MAX,
+            usize::MAX,
+            i64::MIN,
+        )
+        .expect("scan")
+        .records
+        .iter()
+        .filter(|r| r.seq <= through)
+        .count()
+}
