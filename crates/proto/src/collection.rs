@@ -59,17 +59,21 @@ pub const FINDINGS: &str = "findings";
 /// Configuration audit events (copied from the control database after each
 /// commit).
 pub const AUDIT: &str = "tailaudit";
+/// Detection alerts (written by the detection consumer).
+pub const ALERTS: &str = "alerts";
 /// The transparency log's own statements (owned by no tailnet).
 pub const TRANSPARENCY: &str = "tally-log";
 
 /// The instance (public ID) the reconciler writes findings as.
 pub const FINDINGS_WRITER: [u8; 32] = [0x7a; 32];
+/// The instance (public ID) the detection consumer writes alerts as.
+pub const ALERTS_WRITER: [u8; 32] = [0x7b; 32];
 
 /// Collections every tailnet has; they cannot be created or deleted.
-pub const BUILTIN: [&str; 4] = [NODE_LOGS, FLOWS, FINDINGS, AUDIT];
+pub const BUILTIN: [&str; 5] = [NODE_LOGS, FLOWS, FINDINGS, AUDIT, ALERTS];
 
 /// Collections only the server writes: uploads to them are refused.
-pub const SYSTEM: [&str; 3] = [FINDINGS, AUDIT, TRANSPARENCY];
+pub const SYSTEM: [&str; 4] = [FINDINGS, AUDIT, ALERTS, TRANSPARENCY];
 
 /// True for a collection only the server writes.
 pub fn is_system(name: &str) -> bool {

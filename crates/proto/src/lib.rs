@@ -3,6 +3,7 @@
 //! Nothing in this crate does I/O: it parses and renders the formats of the
 //! Tailscale logs-service protocol (`logtail`) and the identifiers it uses.
 
+pub mod alert;
 pub mod audit;
 pub mod collection;
 pub mod finding;
