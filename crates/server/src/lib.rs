@@ -128,6 +128,8 @@ pub struct AppState {
     pub flows: Arc<tally_flowstore::FlowStore>,
     /// Double-entry reconciliation of flow records.
     pub reconcile: Arc<reconcile::ReconcileService>,
+    /// Detection: the built-in rules and the signal that rules changed.
+    pub detection: Arc<consumers::detection::DetectionService>,
     /// The transparency log (Merkle tree and signed checkpoints).
     pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
@@ -285,6 +287,13 @@ impl Server {
             .context("lining the store up with the transparency log")?;
         let (reconciler, reconcile_pos, reconcile_written) =
             reconcile::ReconcileService::open(&config.data_dir, config.reconcile)?;
+        let detection = Arc::new(consumers::detection::DetectionService::new()?);
+        let detection_state = consumers::detection::Detection::open(
+            detection.clone(),
+            store.clone(),
+            control.clone(),
+            &config.data_dir,
+        )?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
@@ -318,6 +327,7 @@ impl Server {
             batches: Arc::new(batch_ledger),
             log: Arc::new(transparency_log),
             reconcile: Arc::new(reconciler),
+            detection,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
@@ -329,6 +339,7 @@ impl Server {
             resume: consumers::Resume {
                 flow_checkpoint,
                 reconcile: (reconcile_pos, reconcile_written),
+                detection: parking_lot::Mutex::new(Some(detection_state)),
             },
             embedded: store,
             outbox: control::outbox::AuditOutbox::open(&config_data_dir)?,

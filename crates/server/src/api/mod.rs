@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod detection;
 pub mod devices;
 pub mod keys;
 pub mod network;
@@ -28,7 +29,7 @@ use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 
@@ -61,9 +62,14 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
-    /// Whether the route changes configuration (and is audited).
+    /// Whether the route changes configuration (and is audited): a
+    /// guarded route other than GET that names an audit target (a POST
+    /// without one, such as a rule test run, only reads).
     pub fn is_mutation(&self) -> bool {
-        self.method != Method::GET && self.guard != Guard::PrivateId && self.guard != Guard::Public
+        self.method != Method::GET
+            && self.guard != Guard::PrivateId
+            && self.guard != Guard::Public
+            && !self.target_type.is_empty()
     }
 }
 
@@ -342,6 +348,70 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "",
             "",
             get(audit::list),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/detection/rules",
+            Role(P::AlertsRead),
+            "",
+            "",
+            get(detection::list_rules),
+        ),
+        r(
+            M::POST,
+            "/api/v2/tailnet/{tailnet}/detection/rules",
+            Role(P::RulesWrite),
+            "DETECTION_RULE",
+            "CREATE",
+            post(detection::add_rule),
+        ),
+        r(
+            M::POST,
+            "/api/v2/tailnet/{tailnet}/detection/rules/test",
+            Role(P::AlertsRead),
+            "",
+            "",
+            post(detection::test_rule),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/detection/rules/{ruleId}",
+            Role(P::AlertsRead),
+            "",
+            "",
+            get(detection::get_rule),
+        ),
+        r(
+            M::PUT,
+            "/api/v2/tailnet/{tailnet}/detection/rules/{ruleId}",
+            Role(P::RulesWrite),
+            "DETECTION_RULE",
+            "UPDATE",
+            put(detection::update_rule),
+        ),
+        r(
+            M::DELETE,
+            "/api/v2/tailnet/{tailnet}/detection/rules/{ruleId}",
+            Role(P::RulesWrite),
+            "DETECTION_RULE",
+            "DELETE",
+            delete(detection::delete_rule),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/alerts",
+            Role(P::AlertsRead),
+            "",
+            "",
+            get(detection::list_alerts),
+        ),
+        r(
+            M::POST,
+            "/api/v2/tailnet/{tailnet}/alerts/{alertId}/ack",
+            Role(P::AlertsWrite),
+            "ALERT",
+            "UPDATE",
+            post(detection::ack_alert),
         ),
         r(
             M::GET,

@@ -1,8 +1,9 @@
 //! The server's consumers of the log, each an implementation of
 //! [`tally_pipeline::Consumer`] run by the one driver: the flow index, the
-//! transparency log and reconciliation. A new consumer (detection, a
+//! transparency log, reconciliation and detection. A new consumer (detection, a
 //! streaming destination) is a new module here and one line in [`start`].
 
+pub mod detection;
 pub mod flow_index;
 pub mod flows;
 pub mod merkle_log;
@@ -20,6 +21,8 @@ pub struct Resume {
     pub flow_checkpoint: u64,
     /// The reconciler's position and findings written.
     pub reconcile: (u64, u64),
+    /// The detection consumer, opened with its saved state (taken when started).
+    pub detection: parking_lot::Mutex<Option<detection::Detection>>,
 }
 
 /// Starts every consumer on the pipeline; returns their tasks.
@@ -49,6 +52,10 @@ pub fn start(
         .context("starting reconciliation")?
         .1,
     ];
+    let mut tasks = tasks;
+    if let Some(d) = resume.detection.lock().take() {
+        tasks.push(p.spawn(d).context("starting detection")?.1);
+    }
     Ok(tasks)
 }
 

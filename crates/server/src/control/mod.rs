@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod collections;
+pub mod detection;
 pub mod model;
 pub mod nodes;
 pub mod outbox;

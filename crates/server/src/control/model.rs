@@ -36,12 +36,15 @@ pub const ROLES: [Role; 7] = [
 ];
 
 /// Every permission, in the order of the matrix in ARCHITECTURE.md.
-pub const PERMISSIONS: [Permission; 10] = [
+pub const PERMISSIONS: [Permission; 13] = [
     Permission::LogsRead,
+    Permission::AlertsRead,
     Permission::AuditRead,
     Permission::ConfigRead,
     Permission::DevicesRead,
     Permission::SettingsWrite,
+    Permission::AlertsWrite,
+    Permission::RulesWrite,
     Permission::DevicesWrite,
     Permission::KeysWrite,
     Permission::UsersWrite,
@@ -54,6 +57,8 @@ pub const PERMISSIONS: [Permission; 10] = [
 pub enum Permission {
     /// Read logs, collections and flows.
     LogsRead,
+    /// Read alerts and detection rules.
+    AlertsRead,
     /// Read the configuration audit log.
     AuditRead,
     /// Read settings, users, keys, tailnets.
@@ -62,6 +67,10 @@ pub enum Permission {
     DevicesRead,
     /// Change tailnet settings, collections and adoptions.
     SettingsWrite,
+    /// Acknowledge alerts.
+    AlertsWrite,
+    /// Add, change, enable, disable and delete detection rules.
+    RulesWrite,
     /// Rename, tag and remove devices.
     DevicesWrite,
     /// Create and revoke keys.
@@ -80,10 +89,13 @@ impl Permission {
     pub fn name(self) -> &'static str {
         match self {
             Self::LogsRead => "logs:read",
+            Self::AlertsRead => "alerts:read",
             Self::AuditRead => "audit:read",
             Self::ConfigRead => "config:read",
             Self::DevicesRead => "devices:read",
             Self::SettingsWrite => "settings:write",
+            Self::AlertsWrite => "alerts:write",
+            Self::RulesWrite => "rules:write",
             Self::DevicesWrite => "devices:write",
             Self::KeysWrite => "keys:write",
             Self::UsersWrite => "users:write",
@@ -117,10 +129,12 @@ impl Role {
         use Permission as P;
         use Role as R;
         match p {
-            P::LogsRead => matches!(
+            P::LogsRead | P::AlertsRead => matches!(
                 self,
                 R::Owner | R::Admin | R::NetworkAdmin | R::ItAdmin | R::Auditor
             ),
+            P::AlertsWrite => matches!(self, R::Owner | R::Admin | R::NetworkAdmin | R::ItAdmin),
+            P::RulesWrite => matches!(self, R::Owner | R::Admin | R::NetworkAdmin),
             P::AuditRead | P::ConfigRead => self != R::Member,
             P::DevicesRead => true,
             P::SettingsWrite => matches!(self, R::Owner | R::Admin),

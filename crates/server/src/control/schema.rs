@@ -145,4 +145,27 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX adoptions_by_tailnet ON tailnet_adoptions (tailnet_id, collection)",
         ],
     ),
+    (
+        5,
+        "detection rules per tailnet (custom rules and built-in rules' enabled flags) and alert acknowledgements",
+        &[
+            "CREATE TABLE detection_rules (
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            id TEXT NOT NULL,
+            yaml TEXT NOT NULL,
+            enabled BIGINT NOT NULL,
+            created BIGINT NOT NULL,
+            updated BIGINT NOT NULL,
+            PRIMARY KEY (tailnet_id, id)
+        )",
+            "CREATE TABLE alert_acks (
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            alert_id TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            acked BIGINT NOT NULL,
+            note TEXT NOT NULL,
+            PRIMARY KEY (tailnet_id, alert_id)
+        )",
+        ],
+    ),
 ];
