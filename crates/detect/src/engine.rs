@@ -556,12 +556,15 @@ fn to_alert<E: Event>(
         .find_map(|k| group.get(*k).filter(|v| !v.is_empty()).cloned())
         .or_else(|| group.get("src_ip").and_then(|ip| nodes(ip)).map(|n| n.name))
         .or_else(|| fields.get("src_node").or(fields.get("node")).cloned());
+    // A detection rule's alerts of one second differ by their event.
+    let first = positions.first().map(u64::to_string).unwrap_or_default();
     let mut h = Sha256::new();
     for part in [
         tailnet,
         &rule_id,
         &group_text(&group),
         &window_start.to_string(),
+        &first,
     ] {
         h.update(part.as_bytes());
         h.update([0]);

@@ -113,6 +113,14 @@ async fn flow_gating(db: &Db<'_>) {
     env.stop().await;
 }
 
+/// A tailnet rule of its own, numbered `n`.
+fn own_rule(n: usize) -> String {
+    format!(
+        "title: Own rule {n}\nid: own-rule-{n}\nlogsource:\n    product: tally\n    service: flows\ndetection:\n    selection:\n        dst_port: {}\n    condition: selection\nlevel: low\n",
+        1000 + n % 60000
+    )
+}
+
 /// Fresh objects for one call of a route, and its path and body.
 struct Fixture {
     path: String,
@@ -159,6 +167,21 @@ async fn fixture(
         assert_eq!(s, 200, "{k}");
         path = path.replace("{keyId}", k["id"].as_str().expect("id"));
     }
+    if path.contains("{ruleId}") {
+        let (s, r) = env
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/detection/rules",
+                Some(json!({ "yaml": own_rule(n) })),
+            )
+            .await;
+        assert_eq!(s, 201, "{r}");
+        path = path.replace("{ruleId}", r["id"].as_str().expect("id"));
+    }
+    if path.contains("{alertId}") {
+        path = path.replace("{alertId}", &env.raise_alert(n).await);
+    }
     if pattern == "/api/v2/log/inclusion" {
         // Record 1 is the log line posted when the matrix starts.
         path.push_str("?seq=1");
@@ -194,6 +217,15 @@ async fn fixture(
             Some(json!({ "loginName": format!("user{n}@example.com"), "role": "member" }))
         }
         ("POST", "/api/v2/users/{userId}/role") => Some(json!({ "role": "auditor" })),
+        ("POST", "/api/v2/tailnet/{tailnet}/detection/rules") => {
+            Some(json!({ "yaml": own_rule(n + 100_000) }))
+        }
+        ("POST", "/api/v2/tailnet/{tailnet}/detection/rules/test") => {
+            Some(json!({ "yaml": own_rule(n), "since": "1h" }))
+        }
+        ("PUT", "/api/v2/tailnet/{tailnet}/detection/rules/{ruleId}") => {
+            Some(json!({ "enabled": false }))
+        }
         _ => None,
     };
     Fixture { path, body }
@@ -396,10 +428,13 @@ const HAS: [(&str, &[&str]); 7] = [
         "owner",
         &[
             "logs:read",
+            "alerts:read",
             "audit:read",
             "config:read",
             "devices:read",
             "settings:write",
+            "alerts:write",
+            "rules:write",
             "devices:write",
             "keys:write",
             "users:write",
@@ -410,10 +445,13 @@ const HAS: [(&str, &[&str]); 7] = [
         "admin",
         &[
             "logs:read",
+            "alerts:read",
             "audit:read",
             "config:read",
             "devices:read",
             "settings:write",
+            "alerts:write",
+            "rules:write",
             "devices:write",
             "keys:write",
             "users:write",
@@ -423,9 +461,11 @@ const HAS: [(&str, &[&str]); 7] = [
         "network-admin",
         &[
             "logs:read",
+            "alerts:read",
             "audit:read",
             "config:read",
             "devices:read",
+            "alerts:write",
             "keys:write",
         ],
     ),
@@ -433,9 +473,11 @@ const HAS: [(&str, &[&str]); 7] = [
         "it-admin",
         &[
             "logs:read",
+            "alerts:read",
             "audit:read",
             "config:read",
             "devices:read",
+            "alerts:write",
             "devices:write",
             "keys:write",
             "users:write",
@@ -447,7 +489,13 @@ const HAS: [(&str, &[&str]); 7] = [
     ),
     (
         "auditor",
-        &["logs:read", "audit:read", "config:read", "devices:read"],
+        &[
+            "logs:read",
+            "alerts:read",
+            "audit:read",
+            "config:read",
+            "devices:read",
+        ],
     ),
     ("member", &["devices:read"]),
 ];
@@ -458,6 +506,19 @@ const HAS: [(&str, &[&str]); 7] = [
 fn probes() -> Vec<(&'static str, Method, &'static str, Option<Value>)> {
     vec![
         ("logs:read", Method::GET, "/collections", None),
+        ("alerts:read", Method::GET, "/api/v2/tailnet/-/alerts", None),
+        (
+            "alerts:write",
+            Method::POST,
+            "/api/v2/tailnet/-/alerts/no-such-alert/ack",
+            None,
+        ),
+        (
+            "rules:write",
+            Method::DELETE,
+            "/api/v2/tailnet/-/detection/rules/no-such-rule",
+            None,
+        ),
         (
             "audit:read",
             Method::GET,

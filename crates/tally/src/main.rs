@@ -12,6 +12,7 @@ mod bench_cmd;
 mod client;
 mod consumers_cmd;
 mod control_cmd;
+mod detect_cmd;
 mod flows_cmd;
 mod logs_cmd;
 mod reconcile_cmd;
@@ -88,6 +89,11 @@ enum Command {
     /// The server's consumers of its log (flow index, transparency log,
     /// reconciliation): position, lag, rejected records; pause, resume.
     Consumers(WithServer<consumers_cmd::ConsumersCmd>),
+    /// Detection rules (Sigma): list, show, add, enable, disable, delete,
+    /// and test a rule over stored data.
+    Rules(WithServer<detect_cmd::RulesCmd>),
+    /// Alerts the detection rules raised: list, acknowledge, follow.
+    Alerts(WithServer<detect_cmd::AlertsCmd>),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
@@ -265,6 +271,8 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Verify(a) => verify_cmd::run(a).await,
         Command::Reconcile(a) => reconcile_cmd::run(a.cmd, &a.server).await,
         Command::Consumers(a) => consumers_cmd::run(a.cmd, &a.server).await,
+        Command::Rules(a) => detect_cmd::run_rules(a.cmd, &a.server).await,
+        Command::Alerts(a) => detect_cmd::run_alerts(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

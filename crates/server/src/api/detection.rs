@@ -83,7 +83,10 @@ async fn rule_views(state: &AppState, tailnet: &str) -> Result<Vec<(String, Valu
     let by_id: HashMap<&str, &RuleRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut out = Vec::new();
     for r in state.detection.builtin() {
-        out.push((r.id.clone(), view(r, true, by_id.get(r.id.as_str()).copied(), false)));
+        out.push((
+            r.id.clone(),
+            view(r, true, by_id.get(r.id.as_str()).copied(), false),
+        ));
     }
     for row in rows.iter().filter(|r| !r.yaml.is_empty()) {
         match tally_detect::parse_rule(&row.yaml) {
@@ -152,7 +155,9 @@ pub async fn add_rule(
 ) -> Result<Response, ApiError> {
     let b = rule_body(&headers, body).await?;
     let Some(yaml) = b.yaml else {
-        return Err(ApiError::bad_request("give the rule's YAML (the body, or \"yaml\" in JSON)"));
+        return Err(ApiError::bad_request(
+            "give the rule's YAML (the body, or \"yaml\" in JSON)",
+        ));
     };
     let rule = match tally_detect::parse_rule(&yaml) {
         Ok(r) => r,
@@ -168,15 +173,29 @@ pub async fn add_rule(
     let enabled = b.enabled.unwrap_or(true);
     let row = state
         .control
-        .add_detection_rule(caller.tailnet(), &caller.ctx, (&rule.id, &rule.title), &yaml, enabled)
+        .add_detection_rule(
+            caller.tailnet(),
+            &caller.ctx,
+            (&rule.id, &rule.title),
+            &yaml,
+            enabled,
+        )
         .await?;
     state.detection.rules_changed();
-    Ok((StatusCode::CREATED, Json(view(&rule, false, Some(&row), true))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&rule, false, Some(&row), true)),
+    )
+        .into_response())
 }
 
 /// Checks that the tailnet's rules with `added` compile as one set (IDs
 /// unique across files).
-async fn check_together(state: &AppState, tailnet: &str, added: Option<&Rule>) -> Result<(), ApiError> {
+async fn check_together(
+    state: &AppState,
+    tailnet: &str,
+    added: Option<&Rule>,
+) -> Result<(), ApiError> {
     let rows = state.control.detection_rules(tailnet).await?;
     let rows: Vec<RuleRow> = rows
         .into_iter()
@@ -212,7 +231,10 @@ async fn find_rule(
         )));
     };
     let rule = tally_detect::parse_rule(&row.yaml).map_err(|e| {
-        ApiError::new(StatusCode::CONFLICT, format!("the stored rule {id} does not load: {e}; replace it with PUT"))
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the stored rule {id} does not load: {e}; replace it with PUT"),
+        )
     })?;
     Ok((rule, false, Some(row)))
 }
@@ -240,7 +262,9 @@ pub async fn update_rule(
     let (old, builtin, _) = find_rule(&state, caller.tailnet(), &id).await?;
     let b = rule_body(&headers, body).await?;
     if b.yaml.is_none() && b.enabled.is_none() {
-        return Err(ApiError::bad_request("nothing to change: give the YAML and/or {\"enabled\": true|false}"));
+        return Err(ApiError::bad_request(
+            "nothing to change: give the YAML and/or {\"enabled\": true|false}",
+        ));
     }
     let mut rule = old;
     if let Some(yaml) = &b.yaml {
@@ -312,7 +336,8 @@ pub async fn test_rule(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = crate::ingest::body::read_limited(body, tally_detect::rules::MAX_RULE_BYTES * 2).await?;
+    let bytes =
+        crate::ingest::body::read_limited(body, tally_detect::rules::MAX_RULE_BYTES * 2).await?;
     let b: TestBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is not valid JSON for this call ({{\"yaml\": \"...\", \"since\": \"24h\"}}): {e}"
@@ -323,8 +348,9 @@ pub async fn test_rule(
         Err(e) => return Ok(rule_error(&e)),
     };
     let since = b.since.as_deref().unwrap_or("24h");
-    let span = humantime::parse_duration(since)
-        .map_err(|e| ApiError::bad_request(format!("since must be a duration such as 24h or 7d: {e}")))?;
+    let span = humantime::parse_duration(since).map_err(|e| {
+        ApiError::bad_request(format!("since must be a duration such as 24h or 7d: {e}"))
+    })?;
     let now = tally_proto::timefmt::now_nanos();
     let start = now.saturating_sub(i64::try_from(span.as_nanos()).unwrap_or(i64::MAX));
     let dirs = read_directories(&state.control)
@@ -349,7 +375,9 @@ pub async fn test_rule(
             let batch = match store.scan(from, &filter, 5000, 16 << 20, now) {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = tx.blocking_send(json!({ "error": format!("reading the store: {e}") }).to_string());
+                    let _ = tx.blocking_send(
+                        json!({ "error": format!("reading the store: {e}") }).to_string(),
+                    );
                     return;
                 }
             };
@@ -367,7 +395,8 @@ pub async fn test_rule(
                     }
                 }
             }
-            if last_progress.elapsed() >= std::time::Duration::from_millis(250) || !batch.truncated {
+            if last_progress.elapsed() >= std::time::Duration::from_millis(250) || !batch.truncated
+            {
                 last_progress = std::time::Instant::now();
                 let line = json!({ "progress": { "position": batch.next_seq.saturating_sub(1), "end": end.saturating_sub(1), "records": events } });
                 if tx.blocking_send(line.to_string()).is_err() {
@@ -379,7 +408,10 @@ pub async fn test_rule(
             }
             from = batch.next_seq;
         }
-        let _ = tx.blocking_send(json!({ "done": { "records": events, "alerts": alerts, "since": rfc(start) } }).to_string());
+        let _ = tx.blocking_send(
+            json!({ "done": { "records": events, "alerts": alerts, "since": rfc(start) } })
+                .to_string(),
+        );
     });
     let s = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -447,7 +479,9 @@ pub async fn list_alerts(
     Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let known = ["start", "end", "severity", "rule", "node", "status", "limit", "cursor"];
+    let known = [
+        "start", "end", "severity", "rule", "node", "status", "limit", "cursor",
+    ];
     if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown parameter {k:?}; known: {}",
@@ -484,7 +518,10 @@ pub async fn list_alerts(
     };
     let cursor = q
         .get("cursor")
-        .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request("cursor must be a nextCursor value")))
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("cursor must be a nextCursor value"))
+        })
         .transpose()?;
     let tailnet = caller.tailnet().to_owned();
     let acks = state.control.alert_acks(&tailnet).await?;
@@ -501,11 +538,12 @@ pub async fn list_alerts(
         if cursor.is_some_and(|c| *seq >= c)
             || start.is_some_and(|s| a.window.end < s)
             || end.is_some_and(|e| a.window.start >= e)
-            || severities.as_ref().is_some_and(|s| !s.contains(&a.severity))
+            || severities
+                .as_ref()
+                .is_some_and(|s| !s.contains(&a.severity))
             || rule.is_some_and(|r| a.rule_id != r)
-            || node.is_some_and(|n| {
-                a.node.as_deref() != Some(n) && !a.group.values().any(|v| v == n)
-            })
+            || node
+                .is_some_and(|n| a.node.as_deref() != Some(n) && !a.group.values().any(|v| v == n))
         {
             continue;
         }
@@ -548,7 +586,9 @@ pub async fn ack_alert(
         AckBody::default()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("the body must be empty or {{\"note\": \"...\"}}: {e}"))
+            ApiError::bad_request(format!(
+                "the body must be empty or {{\"note\": \"...\"}}: {e}"
+            ))
         })?
     };
     let id = params.get("alertId").cloned().unwrap_or_default();
@@ -559,7 +599,9 @@ pub async fn ack_alert(
         .await
         .map_err(|e| ApiError::internal(format!("reading alerts panicked: {e}")))??;
     let Some((seq, alert)) = all.into_iter().find(|(_, a)| a.id == id) else {
-        return Err(ApiError::not_found(format!("alert {id} (GET .../alerts lists them)")));
+        return Err(ApiError::not_found(format!(
+            "alert {id} (GET .../alerts lists them)"
+        )));
     };
     let ack = state
         .control

@@ -26,12 +26,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tally_detect::{Detector, DetectorConfig, DetectorSnapshot, FlowEvent, NodeRef, ObjectEvent, Rule, RuleError, Service};
+use tally_detect::{
+    Detector, DetectorConfig, DetectorSnapshot, FlowEvent, NodeRef, ObjectEvent, Rule, RuleError,
+    Service,
+};
 use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled, Rejection};
 use tally_proto::alert::Alert;
 use tally_proto::collection;
 use tally_proto::flow::FlowRecord;
-use tally_store::{NewRecord, Owner, Position, ReadLimits, ReadSpec, Record, ScanBatch, SharedLog, kind};
+use tally_store::{
+    NewRecord, Owner, Position, ReadLimits, ReadSpec, Record, ScanBatch, SharedLog, kind,
+};
 
 /// Name of the detection consumer.
 pub const NAME: &str = "detection";
@@ -127,7 +132,11 @@ pub async fn read_directories(control: &ControlDb) -> anyhow::Result<HashMap<Str
                     d.by_ip.insert(ip.to_canonical(), node.clone());
                 }
             }
-            if let Some(i) = n.instance.as_deref().and_then(|s| tally_proto::PublicId::parse(s).ok()) {
+            if let Some(i) = n
+                .instance
+                .as_deref()
+                .and_then(|s| tally_proto::PublicId::parse(s).ok())
+            {
                 d.by_instance.insert(i.0, node.clone());
             }
             d.by_id.insert(n.id.clone(), node);
@@ -149,7 +158,11 @@ pub fn feed(
     };
     let empty = Directory::default();
     let dir = dirs.get(tailnet).unwrap_or(&empty);
-    let lookup = |ip: &str| ip.parse::<IpAddr>().ok().and_then(|ip| dir.by_ip(ip).cloned());
+    let lookup = |ip: &str| {
+        ip.parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| dir.by_ip(ip).cloned())
+    };
     let event_id = r.seq.to_string();
     let secs = |ns: i64| ns.div_euclid(1_000_000_000);
     let coll = r.rec.collection.as_str();
@@ -165,7 +178,8 @@ pub fn feed(
             let start_ns = i64::try_from(rec.start).unwrap_or(i64::MAX);
             let ts = secs(start_ns);
             let start = tally_proto::timefmt::format_nanos(start_ns);
-            let end = tally_proto::timefmt::format_nanos(i64::try_from(rec.end).unwrap_or(i64::MAX));
+            let end =
+                tally_proto::timefmt::format_nanos(i64::try_from(rec.end).unwrap_or(i64::MAX));
             let mut alerts = Vec::new();
             for (k, c) in rec.entries() {
                 let local = dir.by_ip(c.src.ip()).or(logger);
@@ -205,17 +219,30 @@ pub fn feed(
             Ok(detector.process(tailnet, Service::Audit, &ev, secs(ts), &lookup))
         }
         collection::FINDINGS => {
-            let v: serde_json::Value = serde_json::from_slice(&r.rec.body)
-                .map_err(|e| format!("not a finding: {e}"))?;
-            let node = v.get("node").and_then(|n| n.as_str()).and_then(|n| dir.by_id.get(n));
-            let peer = v.get("peer").and_then(|n| n.as_str()).and_then(|n| dir.by_id.get(n));
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.rec.body).map_err(|e| format!("not a finding: {e}"))?;
+            let node = v
+                .get("node")
+                .and_then(|n| n.as_str())
+                .and_then(|n| dir.by_id.get(n));
+            let peer = v
+                .get("peer")
+                .and_then(|n| n.as_str())
+                .and_then(|n| dir.by_id.get(n));
             let ev = ObjectEvent::finding(v.clone(), node, peer, &event_id);
-            Ok(detector.process(tailnet, Service::Reconciliation, &ev, secs(r.rec.time), &lookup))
+            Ok(detector.process(
+                tailnet,
+                Service::Reconciliation,
+                &ev,
+                secs(r.rec.time),
+                &lookup,
+            ))
         }
         c if collection::is_system(c) => Ok(Vec::new()),
         c => {
-            let v: serde_json::Value = serde_json::from_slice(&r.rec.body)
-                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r.rec.body).into_owned()));
+            let v: serde_json::Value = serde_json::from_slice(&r.rec.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&r.rec.body).into_owned())
+            });
             let node = dir.by_instance.get(&r.rec.instance);
             let ev = ObjectEvent::log(v, node, c, &event_id);
             Ok(detector.process(tailnet, Service::Logs, &ev, secs(r.rec.time), &lookup))
@@ -239,15 +266,28 @@ pub fn load_state(data_dir: &Path) -> anyhow::Result<(u64, u64, Option<DetectorS
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0, None)),
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
-    let nl = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
-    let saved: Saved = serde_json::from_slice(&bytes[..nl])
-        .map_err(|e| anyhow::anyhow!("{} is damaged: {e}; move it away to start detection afresh from the log's beginning", path.display()))?;
-    let snapshot = match serde_json::from_slice::<DetectorSnapshot>(bytes.get(nl + 1..).unwrap_or_default()) {
+    let nl = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(bytes.len());
+    let saved: Saved = serde_json::from_slice(&bytes[..nl]).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is damaged: {e}; move it away to start detection afresh from the log's beginning",
+            path.display()
+        )
+    })?;
+    let snapshot = match serde_json::from_slice::<DetectorSnapshot>(
+        bytes.get(nl + 1..).unwrap_or_default(),
+    ) {
         Ok(s) => Some(s),
         Err(e) => {
             // Another version's state: go on from the same position with
             // fresh windows (alerts written stay written).
-            tracing::warn!("{}: the detector's state cannot be read ({e}); detection goes on from position {} with fresh correlation windows", path.display(), saved.pos);
+            tracing::warn!(
+                "{}: the detector's state cannot be read ({e}); detection goes on from position {} with fresh correlation windows",
+                path.display(),
+                saved.pos
+            );
             None
         }
     };
@@ -272,7 +312,12 @@ pub struct Detection {
 
 impl Detection {
     /// Resumes from `data_dir`'s saved state (or the log's beginning).
-    pub fn open(svc: Arc<DetectionService>, log: SharedLog, control: ControlDb, data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(
+        svc: Arc<DetectionService>,
+        log: SharedLog,
+        control: ControlDb,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let (position, written, snapshot) = load_state(data_dir)?;
         let mut detector = Detector::new(DetectorConfig::default(), svc.builtin().to_vec());
         if let Some(s) = snapshot {
@@ -309,7 +354,12 @@ impl Detection {
             .filter(|(t, v)| self.versions.get(*t) != Some(v))
             .map(|(t, _)| t.clone())
             .collect();
-        changed.extend(self.versions.keys().filter(|t| !versions.contains_key(*t)).cloned());
+        changed.extend(
+            self.versions
+                .keys()
+                .filter(|t| !versions.contains_key(*t))
+                .cloned(),
+        );
         for t in changed {
             let rows = self
                 .control
@@ -341,15 +391,20 @@ impl Detection {
                 identity: Some((1, self.written + 1 + k as u64)),
                 client_time: None,
                 kind: kind::LOG,
-                body: serde_json::to_vec(a).map_err(|e| ConsumerError::new(format!("encoding an alert: {e}")))?,
+                body: serde_json::to_vec(a)
+                    .map_err(|e| ConsumerError::new(format!("encoding an alert: {e}")))?,
             });
         }
         if let Err(e) = self.log.append(records).await {
             // Back to the saved state: the records read since raise the
             // same alerts with the same ordinals again.
-            let (position, written, snapshot) = load_state(&self.data_dir)
-                .map_err(|r| ConsumerError::new(format!("writing alerts: {e}; and the saved state cannot be read: {r:#}")))?;
-            let mut detector = Detector::new(DetectorConfig::default(), self.svc.builtin().to_vec());
+            let (position, written, snapshot) = load_state(&self.data_dir).map_err(|r| {
+                ConsumerError::new(format!(
+                    "writing alerts: {e}; and the saved state cannot be read: {r:#}"
+                ))
+            })?;
+            let mut detector =
+                Detector::new(DetectorConfig::default(), self.svc.builtin().to_vec());
             if let Some(s) = snapshot {
                 detector.restore(s);
             }
@@ -409,7 +464,10 @@ impl Consumer for Detection {
             for r in &read.records {
                 match feed(&mut d, &dirs, r) {
                     Ok(a) => alerts.extend(a),
-                    Err(reason) => rejected.push(Rejection { position: r.seq, reason }),
+                    Err(reason) => rejected.push(Rejection {
+                        position: r.seq,
+                        reason,
+                    }),
                 }
             }
             (alerts, rejected)

@@ -100,12 +100,13 @@ impl ControlDb {
         enabled: bool,
     ) -> Result<RuleRow, ControlError> {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
-        let exists = sqlx::query("SELECT id FROM detection_rules WHERE tailnet_id = $1 AND id = $2")
-            .bind(tailnet_id)
-            .bind(id)
-            .fetch_optional(change.tx())
-            .await?
-            .is_some();
+        let exists =
+            sqlx::query("SELECT id FROM detection_rules WHERE tailnet_id = $1 AND id = $2")
+                .bind(tailnet_id)
+                .bind(id)
+                .fetch_optional(change.tx())
+                .await?
+                .is_some();
         if exists {
             return Err(ControlError::Conflict(format!(
                 "a rule with ID {id} exists; change it with PUT .../detection/rules/{id} or give the new rule another id"
@@ -239,10 +240,10 @@ impl ControlDb {
             .execute(change.tx())
             .await?;
         change
-            .record(
-                EventSpec::new("DELETE", rule_target(id, title, ""))
-                    .values(json!({ "enabled": old.enabled, "yaml": old.yaml }), Value::Null),
-            )
+            .record(EventSpec::new("DELETE", rule_target(id, title, "")).values(
+                json!({ "enabled": old.enabled, "yaml": old.yaml }),
+                Value::Null,
+            ))
             .await?;
         change.commit().await
     }
@@ -296,7 +297,10 @@ impl ControlDb {
     }
 
     /// The tailnet's acknowledgements, by alert ID.
-    pub async fn alert_acks(&self, tailnet_id: &str) -> Result<HashMap<String, AckRow>, ControlError> {
+    pub async fn alert_acks(
+        &self,
+        tailnet_id: &str,
+    ) -> Result<HashMap<String, AckRow>, ControlError> {
         let rows = sqlx::query(
             "SELECT alert_id, actor, acked, note FROM alert_acks WHERE tailnet_id = $1",
         )

@@ -208,6 +208,50 @@ impl Env {
         v
     }
 
+    /// Raises an alert in the default tailnet (an API key made without
+    /// expiry, which the built-in rule reports) and returns its ID once
+    /// detection has stored it.
+    pub async fn raise_alert(&self, n: usize) -> String {
+        let (s, k) = self
+            .call(
+                OWNER_KEY,
+                Method::POST,
+                "/api/v2/tailnet/-/keys",
+                Some(serde_json::json!({ "keyType": "api", "description": format!("alert {n}") })),
+            )
+            .await;
+        assert_eq!(s, 200, "{k}");
+        let key_id = k["id"].as_str().expect("key id").to_owned();
+        tally_testkit::wait::until(
+            "the key's alert",
+            std::time::Duration::from_secs(30),
+            || async {
+                let (s, v) = self
+                    .call(
+                        OWNER_KEY,
+                        Method::GET,
+                        "/api/v2/tailnet/-/alerts?rule=tally-key-without-expiry&limit=1000",
+                        None,
+                    )
+                    .await;
+                if s != 200 {
+                    return Err(format!("{s} {v}"));
+                }
+                v["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| {
+                        a["evidence"]["fields"]["target.name"].as_str()
+                            == Some(format!("alert {n}").as_str())
+                    })
+                    .and_then(|a| a["id"].as_str().map(str::to_owned))
+                    .ok_or_else(|| format!("no alert for key {key_id} yet: {v}"))
+            },
+        )
+        .await
+    }
+
     /// The newest sequence number of a tailnet's audit log.
     pub async fn head_seq(&self, tailnet: &str) -> i64 {
         let page = self
