@@ -519,9 +519,29 @@ fn to_alert<E: Event>(
                 .map(|e| e.timestamp)
                 .min()
                 .unwrap_or(ts.saturating_sub(c.timespan_secs as i64));
-            let what = format!("{:?}", c.correlation_type).to_lowercase();
+            let field = rule
+                .collection
+                .correlations
+                .iter()
+                .find(|k| k.id.as_deref() == Some(rule_id.as_str()))
+                .and_then(|k| match &k.condition {
+                    rsigma_parser::CorrelationCondition::Threshold { field, .. } => {
+                        field.as_ref().map(|f| f.join(","))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            use rsigma_parser::CorrelationType as T;
+            let what = match c.correlation_type {
+                T::EventCount => "events".to_owned(),
+                T::ValueCount => format!("distinct {field}"),
+                T::ValueSum => format!("sum of {field}"),
+                T::ValueAvg => format!("average {field}"),
+                T::Temporal | T::TemporalOrdered => "rules matched".to_owned(),
+                _ => format!("{field} ({:?})", c.correlation_type),
+            };
             let summary = format!(
-                "{what} reached {} within {} for {}",
+                "{} {what} within {} for {}",
                 c.aggregated_value,
                 humanize_secs(c.timespan_secs),
                 if group.is_empty() {

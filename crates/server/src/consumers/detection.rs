@@ -452,7 +452,23 @@ impl Consumer for Detection {
     }
 
     async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
-        if self.last_reload.is_none() {
+        // A record from a node the directory does not know yet (it just
+        // registered): read the nodes again first (at most once a second),
+        // so that its events carry its name and tags.
+        let unknown = batch.records.iter().any(|r| match &r.rec.owner {
+            Owner::Tailnet(t) => {
+                !collection::is_system(&r.rec.collection)
+                    && !self
+                        .dirs
+                        .get(t)
+                        .is_some_and(|d| d.by_instance.contains_key(&r.rec.instance))
+            }
+            _ => false,
+        });
+        let stale = self
+            .last_reload
+            .is_none_or(|t| unknown && t.elapsed() >= Duration::from_secs(1));
+        if stale {
             self.reload().await?;
         }
         let (detector, dirs) = (self.detector.clone(), self.dirs.clone());

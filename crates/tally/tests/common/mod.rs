@@ -1,6 +1,8 @@
 //! Test harness: runs the real `tally` binary as a server process.
 #![allow(dead_code)]
 
+pub mod readme;
+
 use futures_util::StreamExt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
