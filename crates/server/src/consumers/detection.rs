@@ -308,6 +308,8 @@ pub struct Detection {
     versions: HashMap<String, (i64, i64)>,
     generation: u64,
     last_reload: Option<Instant>,
+    /// Instances of records that are no registered node (until the next reload).
+    not_nodes: std::collections::HashSet<[u8; 32]>,
 }
 
 impl Detection {
@@ -335,6 +337,7 @@ impl Detection {
             versions: HashMap::new(),
             generation: u64::MAX,
             last_reload: None,
+            not_nodes: std::collections::HashSet::new(),
         })
     }
 
@@ -376,6 +379,7 @@ impl Detection {
         }
         self.versions = versions;
         self.last_reload = Some(Instant::now());
+        self.not_nodes.clear();
         Ok(())
     }
 
@@ -452,24 +456,33 @@ impl Consumer for Detection {
     }
 
     async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
-        // A record from a node the directory does not know yet (it just
-        // registered): read the nodes again first (at most once a second),
-        // so that its events carry its name and tags.
-        let unknown = batch.records.iter().any(|r| match &r.rec.owner {
-            Owner::Tailnet(t) => {
-                !collection::is_system(&r.rec.collection)
-                    && !self
-                        .dirs
-                        .get(t)
-                        .is_some_and(|d| d.by_instance.contains_key(&r.rec.instance))
-            }
-            _ => false,
-        });
-        let stale = self
-            .last_reload
-            .is_none_or(|t| unknown && t.elapsed() >= Duration::from_secs(1));
-        if stale {
+        // A record from an instance the directory does not know (a node
+        // that just registered): read the nodes again first, so that its
+        // events carry its name and tags. Instances that are no node
+        // (adopted into a collection) are remembered until the next reload.
+        let unknown: Vec<[u8; 32]> = batch
+            .records
+            .iter()
+            .filter(|r| match &r.rec.owner {
+                Owner::Tailnet(t) => {
+                    !collection::is_system(&r.rec.collection)
+                        && !self.not_nodes.contains(&r.rec.instance)
+                        && !self
+                            .dirs
+                            .get(t)
+                            .is_some_and(|d| d.by_instance.contains_key(&r.rec.instance))
+                }
+                _ => false,
+            })
+            .map(|r| r.rec.instance)
+            .collect();
+        if self.last_reload.is_none() || !unknown.is_empty() {
             self.reload().await?;
+            for i in unknown {
+                if !self.dirs.values().any(|d| d.by_instance.contains_key(&i)) {
+                    self.not_nodes.insert(i);
+                }
+            }
         }
         let (detector, dirs) = (self.detector.clone(), self.dirs.clone());
         let read = batch.clone();
