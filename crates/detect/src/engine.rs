@@ -556,13 +556,23 @@ fn to_alert<E: Event>(
         .find_map(|k| group.get(*k).filter(|v| !v.is_empty()).cloned())
         .or_else(|| group.get("src_ip").and_then(|ip| nodes(ip)).map(|n| n.name))
         .or_else(|| fields.get("src_node").or(fields.get("node")).cloned());
+    // A detection rule's alerts also hash the event that raised them: two
+    // matching events of one group in the same second (a rule that
+    // suppresses nothing) are two alerts.
+    let raised_by = match &r.body {
+        ResultBody::Detection(_) => event_id.map(|p| p.to_string()),
+        ResultBody::Correlation(_) => None,
+    };
     let mut h = Sha256::new();
     for part in [
         tailnet,
         &rule_id,
         &group_text(&group),
         &window_start.to_string(),
-    ] {
+    ]
+    .into_iter()
+    .chain(raised_by.as_deref())
+    {
         h.update(part.as_bytes());
         h.update([0]);
     }
