@@ -77,4 +77,15 @@ mod tests {
         d.set_rules("t", rules)
             .expect("the pack compiles as one set");
     }
+
+    /// docs/detection.md has a row for every built-in rule, with its level.
+    #[test]
+    fn the_detection_doc_lists_every_builtin_rule() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/detection.md");
+        let doc = std::fs::read_to_string(path).expect("docs/detection.md");
+        for r in super::rules().expect("the pack parses") {
+            let row = format!("| `{}` | {} |", r.id, r.level.name());
+            assert!(doc.lines().any(|l| l.starts_with(&row)), "missing {row}");
+        }
+    }
 }

@@ -53,7 +53,8 @@ pub struct DetectorStats {
     pub alerts: u64,
     /// Alerts suppressed (same rule and group key within the span).
     pub suppressed: u64,
-    /// Correlation windows, pairs and suppression entries evicted at a limit.
+    /// Correlation windows, pairs and suppression entries evicted at a limit
+    /// (windows: with the expired ones swept at the same time).
     pub evicted: u64,
     /// Correlation windows held now.
     pub windows: u64,
@@ -238,13 +239,7 @@ impl Detector {
         let mut evicted = 0;
         if t.pairs.len() > max_pairs {
             // Forget the pairs silent longest (a tenth, so this is rare).
-            let mut times: Vec<i64> = t.pairs.values().copied().collect();
-            let cut = times.len() / 10;
-            times.select_nth_unstable(cut);
-            let threshold = times[cut];
-            let before = t.pairs.len();
-            t.pairs.retain(|_, seen| *seen > threshold);
-            evicted = (before - t.pairs.len()) as u64;
+            evicted = evict_oldest_tenth(&mut t.pairs, |seen| *seen);
         }
         self.stats.evicted += evicted;
         let learned = ts.saturating_sub(first) >= PAIR_BASELINE_SECS;
@@ -263,18 +258,22 @@ impl Detector {
     ) -> Vec<Alert> {
         self.stats.events += 1;
         let max_suppressions = self.config.max_suppressions;
+        let max_windows = self.config.max_windows;
         let t = self.tailnet(tailnet);
         let detections = t.detect[service.index()].evaluate(event);
         if detections.is_empty() {
             return Vec::new();
         }
-        let before = t.correlate.state_count();
-        let results = t.correlate.process_with_detections(event, detections, ts);
-        let after = t.correlate.state_count();
+        // At the limit, evict here rather than inside rsigma, to count what
+        // goes: rsigma drops to 90 % of the limit and then adds the event's
+        // windows, so the state count before and after does not tell.
         let mut evicted = 0u64;
-        if after < before {
-            evicted += (before - after) as u64;
+        let held = t.correlate.state_count();
+        if held >= max_windows {
+            t.correlate.evict_expired(ts.max(0));
+            evicted += held.saturating_sub(t.correlate.state_count()) as u64;
         }
+        let results = t.correlate.process_with_detections(event, detections, ts);
         let mut alerts = Vec::new();
         let mut suppressed = 0u64;
         for r in results {
@@ -306,13 +305,7 @@ impl Detector {
             }
         }
         if t.suppress.len() > max_suppressions {
-            let mut times: Vec<i64> = t.suppress.values().map(|s| s.last).collect();
-            let cut = times.len() / 10;
-            times.select_nth_unstable(cut);
-            let threshold = times[cut];
-            let n = t.suppress.len();
-            t.suppress.retain(|_, s| s.last > threshold);
-            evicted += (n - t.suppress.len()) as u64;
+            evicted += evict_oldest_tenth(&mut t.suppress, |s| s.last);
         }
         self.stats.alerts += alerts.len() as u64;
         self.stats.suppressed += suppressed;
@@ -424,6 +417,23 @@ fn restore_into(t: &mut TailnetDetector, snap: TailnetSnapshot) {
         .map(|(a, b, ts)| ((a, b), ts))
         .collect();
     t.first_flow = snap.first_flow;
+}
+
+/// Removes a tenth (at least one) of `map`'s entries, those with the
+/// oldest `time`, ties in key order (the same entries in every run: no
+/// more than a tenth even when all share one time); returns how many.
+fn evict_oldest_tenth<V>(map: &mut HashMap<(String, String), V>, time: impl Fn(&V) -> i64) -> u64 {
+    let n = (map.len() / 10).max(1);
+    let mut order: Vec<(i64, &(String, String))> = map.iter().map(|(k, v)| (time(v), k)).collect();
+    if n < order.len() {
+        order.select_nth_unstable(n - 1);
+        order.truncate(n);
+    }
+    let gone: Vec<(String, String)> = order.into_iter().map(|(_, k)| k.clone()).collect();
+    for k in &gone {
+        map.remove(k);
+    }
+    gone.len() as u64
 }
 
 fn group_text(group: &BTreeMap<String, String>) -> String {
@@ -576,16 +586,23 @@ fn to_alert<E: Event>(
         .find_map(|k| group.get(*k).filter(|v| !v.is_empty()).cloned())
         .or_else(|| group.get("src_ip").and_then(|ip| nodes(ip)).map(|n| n.name))
         .or_else(|| fields.get("src_node").or(fields.get("node")).cloned());
-    // A detection rule's alerts of one second differ by their event.
-    let first = positions.first().map(u64::to_string).unwrap_or_default();
+    // A detection rule's alerts also hash the event that raised them: two
+    // matching events of one group in the same second (a rule that
+    // suppresses nothing) are two alerts.
+    let raised_by = match &r.body {
+        ResultBody::Detection(_) => event_id.map(|p| p.to_string()),
+        ResultBody::Correlation(_) => None,
+    };
     let mut h = Sha256::new();
     for part in [
         tailnet,
         &rule_id,
         &group_text(&group),
         &window_start.to_string(),
-        &first,
-    ] {
+    ]
+    .into_iter()
+    .chain(raised_by.as_deref())
+    {
         h.update(part.as_bytes());
         h.update([0]);
     }

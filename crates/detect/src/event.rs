@@ -127,14 +127,20 @@ pub const FLOW_FIELDS: &[FieldDoc] = &[
     f("dst_node", "name of the node at dst_ip"),
     f("src_node_id", "stable ID of that node"),
     f("dst_node_id", "stable ID of that node"),
-    f("src_tags", "tags of the src node (a list)"),
+    f(
+        "src_tags",
+        "tags of the src node (a list: a value matches when any tag does)",
+    ),
     f("dst_tags", "tags of the dst node (a list)"),
     f("logged_by", "name of the node whose agent logged the entry"),
     f(
         "pair_first_seen",
         "`true` when src_node and dst_node were not seen talking in the 7 days before (after 7 days of learning)",
     ),
-    f("start", "the record's window start, RFC 3339"),
+    f(
+        "start",
+        "the record's window start, RFC 3339 (also `@timestamp`)",
+    ),
     f("end", "the record's window end, RFC 3339"),
     f("collection", "`tailtraffic`"),
     f("event_id", "the record's store position"),
@@ -181,7 +187,9 @@ pub const AUDIT_FIELDS: &[FieldDoc] = &[
 pub const FINDING_FIELDS: &[FieldDoc] = &[
     f(
         "class",
-        "`count_mismatch`, `missing_suspicious`, `missing_agent_silent`, `integrity`, ...",
+        "`count_mismatch`, `missing_suspicious`, `missing_agent_silent`, `integrity`, \
+         `missing_opted_out`, `missing_flow_logging_off`, `missing_lost_batch`, `node_unknown`, \
+         `sequence_gap`",
     ),
     f(
         "severity",
@@ -564,6 +572,41 @@ mod tests {
         assert!(local_opened(8080, 443));
         assert!(!local_opened(443, 8080));
         assert!(local_opened(0, 0));
+    }
+
+    /// docs/detection.md has one row per field of each service, with the
+    /// field's description, in that service's section, and no other row.
+    #[test]
+    fn the_detection_doc_lists_every_field() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/detection.md");
+        let doc = std::fs::read_to_string(path).expect("docs/detection.md");
+        for service in Service::ALL {
+            let Some(fields) = service.fields() else {
+                continue;
+            };
+            let heading = format!("(`service: {}`)", service.name());
+            let start = doc
+                .lines()
+                .position(|l| l.starts_with("### ") && l.contains(&heading))
+                .unwrap_or_else(|| panic!("no section for {heading}"));
+            let section: Vec<&str> = doc
+                .lines()
+                .skip(start + 1)
+                .take_while(|l| !l.starts_with('#'))
+                .collect();
+            for f in fields {
+                let row = format!("| `{}` | {} |", f.name, f.doc);
+                assert!(section.contains(&row.as_str()), "{heading}: missing {row}");
+            }
+            for l in section.iter().filter(|l| l.starts_with("| `")) {
+                assert!(
+                    fields
+                        .iter()
+                        .any(|f| l.starts_with(&format!("| `{}` |", f.name))),
+                    "{heading}: no such field: {l}"
+                );
+            }
+        }
     }
 
     #[test]

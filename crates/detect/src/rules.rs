@@ -16,6 +16,10 @@ pub const MAX_DOCUMENTS: usize = 16;
 /// Suppression span when a rule names none: one alert per rule and group
 /// key per hour.
 pub const DEFAULT_SUPPRESS_SECS: u64 = 3600;
+/// Deepest nesting of YAML flow collections (`[`, `{`) accepted: the YAML
+/// scanner takes time quadratic in it (a file of 100 000 `[` takes
+/// seconds), and a rule needs two or three levels.
+pub const MAX_FLOW_DEPTH: usize = 32;
 /// Custom attributes Tally reads (any other unknown key is refused).
 const TALLY_ATTRIBUTES: [&str; 2] = ["tally.suppress", "tally.group-by"];
 
@@ -134,6 +138,9 @@ pub fn parse_rule(yaml: &str) -> Result<Rule, RuleError> {
         return Err(RuleError::new(format!(
             "the file has {documents} YAML documents; at most {MAX_DOCUMENTS} (one correlation and the rules it uses)"
         )));
+    }
+    if let Some(e) = flow_depth_error(yaml) {
+        return Err(e);
     }
     let collection =
         rsigma_parser::parse_sigma_yaml(yaml).map_err(|e| yaml_error(yaml, &e.to_string()))?;
@@ -265,9 +272,11 @@ pub fn parse_rule(yaml: &str) -> Result<Rule, RuleError> {
     // Compile once: regexes too large to build, bad modifiers, unknown
     // correlation references are refused here, not when events arrive.
     let mut engine = CorrelationEngine::new(CorrelationConfig::default());
-    engine
-        .add_collection(&collection)
-        .map_err(|e| RuleError::new(format!("the rule does not compile: {e}")))?;
+    engine.add_collection(&collection).map_err(|e| {
+        let message = e.to_string();
+        RuleError::new(format!("the rule does not compile: {message}"))
+            .at(yaml, trailing_token(&message))
+    })?;
     let level = level
         .map(|l| Level::parse(l.as_str()).unwrap_or(Level::Medium))
         .unwrap_or(Level::Medium);
@@ -355,13 +364,71 @@ fn yaml_error(yaml: &str, message: &str) -> RuleError {
         line,
         message: message.to_owned(),
     };
-    // Quoted tokens ('x' or "x") point at the line that holds them.
+    // A missing field is on no line.
+    if message.starts_with("Missing") {
+        return err;
+    }
+    // Quoted tokens ('x' or "x") point at the line that holds them, else
+    // a single word after the last colon ("Unknown correlation type: x").
     let token = message
         .split('\'')
         .nth(1)
         .or_else(|| message.split('"').nth(1))
-        .unwrap_or_default();
+        .unwrap_or_else(|| trailing_token(message));
     err.at(yaml, token)
+}
+
+/// The single word after the last `": "` of a message, if it ends so.
+fn trailing_token(message: &str) -> &str {
+    message
+        .rsplit(": ")
+        .next()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
+        .unwrap_or_default()
+}
+
+/// Refuses flow collections nested deeper than [`MAX_FLOW_DEPTH`], before
+/// the YAML parser sees them. Brackets in quoted scalars and comments do
+/// not count; those of block scalars do (a safe overestimate).
+fn flow_depth_error(yaml: &str) -> Option<RuleError> {
+    let mut depth = 0usize;
+    for (i, line) in yaml.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = ' ';
+        for c in line.chars() {
+            match quote {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    // A quote opens a quoted scalar where a token starts
+                    // (not the apostrophe of "it's").
+                    '\'' | '"' if prev.is_whitespace() || "[{,:-?".contains(prev) => {
+                        quote = Some(c)
+                    }
+                    '#' if prev.is_whitespace() => break,
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > MAX_FLOW_DEPTH {
+                            return Some(RuleError {
+                                line: Some(i + 1),
+                                message: format!(
+                                    "lists or mappings in brackets are nested more than {MAX_FLOW_DEPTH} deep"
+                                ),
+                            });
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    None
 }
 
 /// Detection engines for rules of one service, given rules (internal).
