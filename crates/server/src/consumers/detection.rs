@@ -476,6 +476,13 @@ impl Consumer for Detection {
             })
             .map(|r| r.rec.instance)
             .collect();
+        // Rules changed through the API apply to every record read after
+        // the change's answer.
+        let generation = self.svc.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.generation = generation;
+            self.reload().await?;
+        }
         if self.last_reload.is_none() || !unknown.is_empty() {
             self.reload().await?;
             for i in unknown {
