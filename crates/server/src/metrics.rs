@@ -1,7 +1,7 @@
 //! `GET /metrics`: the server's metrics in the Prometheus text format
 //! (`prometheus-client`). Counters of events are counted where they
 //! happen (ingest, HTTP); the rest is read when scraped (store, consumers,
-//! reconciler, process). Every metric is listed in ARCHITECTURE.md.
+//! reconciler, detection, process). Every metric is listed in ARCHITECTURE.md.
 //!
 //! Labels stay bounded: a collection label is the collection's name for
 //! the built-in collections and `custom` for every other (tailnets name
@@ -89,6 +89,11 @@ pub struct Metrics {
     reconcile_entries: Family<OutcomeLabels, Counter>,
     reconcile_judged: Counter,
     reconcile_findings: Counter,
+    detect_events: Counter,
+    detect_alerts: Counter,
+    detect_suppressed: Counter,
+    detect_evicted: Counter,
+    detect_windows: Gauge,
     flow_open_bytes: Gauge,
     rss: Gauge,
 }
@@ -135,6 +140,11 @@ impl Metrics {
             reconcile_entries: Family::default(),
             reconcile_judged: Counter::default(),
             reconcile_findings: Counter::default(),
+            detect_events: Counter::default(),
+            detect_alerts: Counter::default(),
+            detect_suppressed: Counter::default(),
+            detect_evicted: Counter::default(),
+            detect_windows: Gauge::default(),
             flow_open_bytes: Gauge::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
@@ -251,6 +261,31 @@ impl Metrics {
             m.reconcile_findings.clone(),
         );
         r.register(
+            "tally_detection_events",
+            "Events detection evaluated (flow entries, log entries, audit events, findings)",
+            m.detect_events.clone(),
+        );
+        r.register(
+            "tally_detection_alerts",
+            "Alerts detection raised",
+            m.detect_alerts.clone(),
+        );
+        r.register(
+            "tally_detection_suppressed",
+            "Alerts suppressed: same rule and group key within the rule's span",
+            m.detect_suppressed.clone(),
+        );
+        r.register(
+            "tally_detection_evicted",
+            "Correlation windows, pairs and suppression entries dropped at their limits",
+            m.detect_evicted.clone(),
+        );
+        r.register(
+            "tally_detection_windows",
+            "Correlation windows (rule x group key) held",
+            m.detect_windows.clone(),
+        );
+        r.register(
             "tally_flow_open_window_bytes",
             "Memory held by the flow store's open windows",
             m.flow_open_bytes.clone(),
@@ -352,6 +387,12 @@ impl Metrics {
         }
         set_counter(&self.reconcile_judged, r.judged);
         set_counter(&self.reconcile_findings, r.findings);
+        let d = state.detection.stats();
+        set_counter(&self.detect_events, d.events);
+        set_counter(&self.detect_alerts, d.alerts);
+        set_counter(&self.detect_suppressed, d.suppressed);
+        set_counter(&self.detect_evicted, d.evicted);
+        set_gauge(&self.detect_windows, d.windows);
         set_gauge(&self.flow_open_bytes, state.flows.open_memory() as u64);
         set_gauge(&self.rss, crate::memory::rss().unwrap_or(0));
     }

@@ -302,6 +302,22 @@ async fn rules_are_audited_configuration_and_builtins_can_be_disabled() {
 async fn alerts_stay_in_their_tailnet_and_follow_roles() {
     let env = start(&Db::Sqlite).await;
     let alert = env.raise_alert(1).await;
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let alerts_total = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_detection_alerts_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no tally_detection_alerts_total in {metrics}"));
+    assert!(alerts_total >= 1, "{metrics}");
 
     // An auditor reads alerts and rules but changes nothing.
     let (_, auditor) = env.user_with_key("auditor@example.com", "auditor").await;

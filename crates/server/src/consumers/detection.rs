@@ -57,6 +57,8 @@ pub struct DetectionService {
     builtin: Vec<Arc<Rule>>,
     /// Bumped by the API after each rule change.
     generation: AtomicU64,
+    /// The detector's counters after its last batch (for `/metrics`).
+    stats: parking_lot::Mutex<tally_detect::DetectorStats>,
 }
 
 impl DetectionService {
@@ -66,7 +68,13 @@ impl DetectionService {
             builtin: tally_detect::builtin::rules()
                 .map_err(|e| anyhow::anyhow!("the built-in detection rules: {e}"))?,
             generation: AtomicU64::new(0),
+            stats: parking_lot::Mutex::new(Default::default()),
         })
+    }
+
+    /// The detector's counters after its last batch.
+    pub fn stats(&self) -> tally_detect::DetectorStats {
+        *self.stats.lock()
     }
 
     /// The built-in rules.
@@ -493,7 +501,7 @@ impl Consumer for Detection {
         }
         let (detector, dirs) = (self.detector.clone(), self.dirs.clone());
         let read = batch.clone();
-        let (alerts, rejected) = tokio::task::spawn_blocking(move || {
+        let (alerts, rejected, stats) = tokio::task::spawn_blocking(move || {
             let mut d = detector.lock();
             let mut alerts = Vec::new();
             let mut rejected = Vec::new();
@@ -506,13 +514,15 @@ impl Consumer for Detection {
                     }),
                 }
             }
-            (alerts, rejected)
+            let stats = d.stats();
+            (alerts, rejected, stats)
         })
         .await
         .map_err(|e| ConsumerError::new(format!("the detector panicked: {e}")))?;
         if !alerts.is_empty() {
             self.write(&alerts).await?;
         }
+        *self.svc.stats.lock() = stats;
         let through = batch.next_seq.saturating_sub(1);
         self.position = through;
         Ok(Handled { through, rejected })
