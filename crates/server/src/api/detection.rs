@@ -169,6 +169,21 @@ pub async fn add_rule(
             rule.id
         )));
     }
+    let own = state
+        .control
+        .detection_rules(caller.tailnet())
+        .await?
+        .iter()
+        .filter(|r| !r.yaml.is_empty())
+        .count();
+    if own >= crate::consumers::detection::MAX_OWN_RULES {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the tailnet has {own} rules of its own, the most allowed; delete unused ones first"
+            ),
+        ));
+    }
     check_together(&state, caller.tailnet(), Some(&rule)).await?;
     let enabled = b.enabled.unwrap_or(true);
     let row = state
@@ -353,6 +368,13 @@ pub async fn test_rule(
     })?;
     let now = tally_proto::timefmt::now_nanos();
     let start = now.saturating_sub(i64::try_from(span.as_nanos()).unwrap_or(i64::MAX));
+    let Ok(permit) = state.detection.test_runs.clone().try_acquire_owned() else {
+        return Err(ApiError::retry(
+            StatusCode::TOO_MANY_REQUESTS,
+            5,
+            "rule test runs are busy (at most 2 at once); try again in a few seconds",
+        ));
+    };
     let dirs = read_directories(&state.control)
         .await
         .map_err(|e| ApiError::internal(format!("reading nodes: {e:#}")))?;
@@ -360,6 +382,7 @@ pub async fn test_rule(
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut d = Detector::new(DetectorConfig::default(), vec![Arc::new(rule)]);
         let filter = Filter {
             owner: Some(tailnet.clone()),

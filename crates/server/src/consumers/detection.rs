@@ -59,7 +59,14 @@ pub struct DetectionService {
     generation: AtomicU64,
     /// The detector's counters after its last batch (for `/metrics`).
     stats: parking_lot::Mutex<tally_detect::DetectorStats>,
+    /// Rule test runs at once (each reads the tailnet's stored records).
+    pub test_runs: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most rules of its own a tailnet may have.
+pub const MAX_OWN_RULES: usize = 500;
+/// Rule test runs at once, server-wide.
+pub const MAX_TEST_RUNS: usize = 2;
 
 impl DetectionService {
     /// Parses the built-in pack (a failure is a bug the pack's tests catch).
@@ -69,6 +76,7 @@ impl DetectionService {
                 .map_err(|e| anyhow::anyhow!("the built-in detection rules: {e}"))?,
             generation: AtomicU64::new(0),
             stats: parking_lot::Mutex::new(Default::default()),
+            test_runs: Arc::new(tokio::sync::Semaphore::new(MAX_TEST_RUNS)),
         })
     }
 
@@ -184,7 +192,10 @@ pub fn feed(
             let logger = dir.by_instance.get(&r.rec.instance);
             let logged_by = logger.map(|n| n.name.as_str()).unwrap_or_default();
             let start_ns = i64::try_from(rec.start).unwrap_or(i64::MAX);
-            let ts = secs(start_ns);
+            // The node's clock, but never later than the server received
+            // the record: a record dated in the future must not open
+            // windows or suppression spans that outlive it.
+            let ts = secs(start_ns.min(r.rec.time));
             let start = tally_proto::timefmt::format_nanos(start_ns);
             let end =
                 tally_proto::timefmt::format_nanos(i64::try_from(rec.end).unwrap_or(i64::MAX));
