@@ -488,3 +488,63 @@ tally.suppress: 0s
     assert!(alerts_of(&env, OWNER_KEY, "own-any-key").await.is_empty());
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_over_node_logs_fires_on_a_registered_nodes_entry() {
+    let env = start(&Db::Sqlite).await;
+    let rule = "title: SSH password failures
+id: own-ssh-failures
+logsource:
+    product: tally
+    service: logs
+detection:
+    selection:
+        text|contains: 'Failed password'
+    condition: selection
+level: medium
+tally.group-by:
+    - node
+";
+    let (s, v) = post_yaml(&env, OWNER_KEY, rule).await;
+    assert_eq!(s, 201, "{v}");
+    // A registered node's agent uploads two entries, one matching.
+    let auth = env.auth_key(true, &[]).await;
+    let private = tally_proto::PrivateId::generate();
+    let resp = env
+        .http
+        .post(format!("{}/api/v2/agent/{}", env.base, private.to_hex()))
+        .bearer_auth(&auth)
+        .json(&json!({ "hostname": "bastion", "addresses": ["100.64.0.9"] }))
+        .send()
+        .await
+        .expect("register");
+    assert!(resp.status().is_success());
+    let body = r#"[{"text":"Accepted publickey for root"},{"text":"Failed password for root from 203.0.113.7"}]"#;
+    let resp = env
+        .http
+        .post(format!("{}/c/tailnode/{}", env.base, private.to_hex()))
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 200);
+    tally_testkit::wait::until("the log alert", Duration::from_secs(20), || async {
+        let a = alerts_of(&env, OWNER_KEY, "own-ssh-failures").await;
+        match a.as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let a = alerts_of(&env, OWNER_KEY, "own-ssh-failures").await;
+    assert_eq!(a[0]["node"], "bastion", "{a:?}");
+    assert_eq!(a[0]["group"]["node"], "bastion", "{a:?}");
+    assert!(
+        a[0]["evidence"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Failed password"),
+        "{a:?}"
+    );
+    env.stop().await;
+}
