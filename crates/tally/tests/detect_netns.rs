@@ -18,7 +18,7 @@
 mod common;
 use tally_testkit::netns;
 
-use common::readme::{Agent, tally};
+use common::readme::{Agent, flow_logging_and_auth_key, tally};
 use common::{TestServer, get_json};
 use netns::Lab;
 use serde_json::Value;
@@ -108,14 +108,7 @@ async fn an_nmap_scan_raises_one_alert_and_clean_traffic_none() {
         &[],
     );
     let url = server.url.clone();
-    tally(&url, &["settings", "set", "--flow-logging", "on"]);
-    let out = tally(&url, &["keys", "create", "--reusable", "--preauthorized"]);
-    let key = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("tally-auth-"))
-        .unwrap_or_else(|| panic!("no auth key in {out}"))
-        .to_owned();
+    let key = flow_logging_and_auth_key(&url);
     let agents: Vec<Agent> = (0..HOSTS)
         .map(|i| Agent::start(&lab, i, &dir.path().join(format!("host{i}")), &url, &key))
         .collect();

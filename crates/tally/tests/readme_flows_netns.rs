@@ -26,7 +26,7 @@
 mod common;
 use tally_testkit::netns;
 
-use common::readme::{Agent, tally};
+use common::readme::{Agent, flow_logging_and_auth_key, tally};
 use common::{TestServer, get_json};
 use netns::Lab;
 use serde_json::Value;
@@ -111,14 +111,7 @@ async fn readme_flow_recipe_classifies_names_and_pairs() {
     let url = server.url.clone();
 
     // The README's order: flow logging on, an auth key, then the agents.
-    tally(&url, &["settings", "set", "--flow-logging", "on"]);
-    let out = tally(&url, &["keys", "create", "--reusable", "--preauthorized"]);
-    let key = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("tally-auth-"))
-        .unwrap_or_else(|| panic!("no auth key in {out}"))
-        .to_owned();
+    let key = flow_logging_and_auth_key(&url);
 
     let agents: Vec<Agent> = (0..HOSTS)
         .map(|i| Agent::start(&lab, i, &dir.path().join(format!("host{i}")), &url, &key))

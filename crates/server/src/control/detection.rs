@@ -56,6 +56,24 @@ fn row(r: &sqlx::any::AnyRow) -> Result<RuleRow, ControlError> {
     })
 }
 
+/// The rule row `id` of a tailnet, inside a change.
+async fn rule_in(
+    tx: &mut sqlx::AnyConnection,
+    tailnet_id: &str,
+    id: &str,
+) -> Result<Option<RuleRow>, ControlError> {
+    sqlx::query(
+        "SELECT id, yaml, enabled, created, updated FROM detection_rules WHERE tailnet_id = $1 AND id = $2",
+    )
+    .bind(tailnet_id)
+    .bind(id)
+    .fetch_optional(tx)
+    .await?
+    .as_ref()
+    .map(row)
+    .transpose()
+}
+
 impl ControlDb {
     /// The tailnet's rule rows, by ID.
     pub async fn detection_rules(&self, tailnet_id: &str) -> Result<Vec<RuleRow>, ControlError> {
@@ -150,16 +168,7 @@ impl ControlDb {
         enabled: Option<bool>,
     ) -> Result<RuleRow, ControlError> {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
-        let old = sqlx::query(
-            "SELECT id, yaml, enabled, created, updated FROM detection_rules WHERE tailnet_id = $1 AND id = $2",
-        )
-        .bind(tailnet_id)
-        .bind(id)
-        .fetch_optional(change.tx())
-        .await?
-        .as_ref()
-        .map(row)
-        .transpose()?;
+        let old = rule_in(change.tx(), tailnet_id, id).await?;
         let now = tally_proto::timefmt::now_nanos();
         let old = match (old, builtin) {
             (Some(o), _) => o,
@@ -223,17 +232,9 @@ impl ControlDb {
         (id, title): (&str, &str),
     ) -> Result<(), ControlError> {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
-        let old = sqlx::query(
-            "SELECT id, yaml, enabled, created, updated FROM detection_rules WHERE tailnet_id = $1 AND id = $2",
-        )
-        .bind(tailnet_id)
-        .bind(id)
-        .fetch_optional(change.tx())
-        .await?
-        .as_ref()
-        .map(row)
-        .transpose()?
-        .ok_or_else(|| ControlError::NotFound(format!("detection rule {id}")))?;
+        let old = rule_in(change.tx(), tailnet_id, id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("detection rule {id}")))?;
         sqlx::query("DELETE FROM detection_rules WHERE tailnet_id = $1 AND id = $2")
             .bind(tailnet_id)
             .bind(id)

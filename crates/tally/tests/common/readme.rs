@@ -126,3 +126,15 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// The README's first steps before agents start: flow logging on, then a
+/// reusable, preauthorized auth key (`tally keys create`); returns the key.
+pub fn flow_logging_and_auth_key(url: &str) -> String {
+    tally(url, &["settings", "set", "--flow-logging", "on"]);
+    let out = tally(url, &["keys", "create", "--reusable", "--preauthorized"]);
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("tally-auth-"))
+        .unwrap_or_else(|| panic!("no auth key in {out}"))
+        .to_owned()
+}
