@@ -201,7 +201,9 @@ pub fn feed(
                 tally_proto::timefmt::format_nanos(i64::try_from(rec.end).unwrap_or(i64::MAX));
             let mut alerts = Vec::new();
             for (k, c) in rec.entries() {
-                let local = dir.by_ip(c.src.ip()).or(logger);
+                // The entry's own side is the logging node's (by its
+                // registration, not the address the record claims).
+                let local = logger.or_else(|| dir.by_ip(c.src.ip()));
                 let peer = dir.by_ip(c.dst.ip());
                 let opened = tally_detect::event::local_opened(c.src.port(), c.dst.port());
                 let (client, server) = if opened { (local, peer) } else { (peer, local) };
@@ -248,7 +250,7 @@ pub fn feed(
                 .get("peer")
                 .and_then(|n| n.as_str())
                 .and_then(|n| dir.by_id.get(n));
-            let ev = ObjectEvent::finding(v.clone(), node, peer, &event_id);
+            let ev = ObjectEvent::finding(v, node, peer, &event_id);
             Ok(detector.process(
                 tailnet,
                 Service::Reconciliation,
