@@ -571,7 +571,10 @@ fn to_alert<E: Event>(
                 .matched_fields
                 .iter()
                 .take(5)
-                .map(|m| format!("{}={}", m.field, m.value))
+                .map(|m| match &m.value {
+                    serde_json::Value::String(v) => format!("{}={v}", m.field),
+                    v => format!("{}={v}", m.field),
+                })
                 .collect();
             let summary = if matched.is_empty() {
                 format!("{} event matched", service.name())

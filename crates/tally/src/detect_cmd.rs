@@ -178,19 +178,37 @@ fn rule_row(r: &Value) -> Vec<String> {
     ]
 }
 
+/// What an alert is about: its node, else its group key's values.
+fn about(a: &Value) -> String {
+    if let Some(n) = a["node"].as_str().filter(|n| !n.is_empty()) {
+        return n.to_owned();
+    }
+    let parts: Vec<String> = a["group"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_str().filter(|v| !v.is_empty()).map(str::to_owned))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn alert_row(a: &Value) -> Vec<String> {
     vec![
         cell(&a["windowEnd"]),
         cell(&a["severity"]),
         cell(&a["title"]),
-        cell(&a["node"]),
+        about(a),
         cell(&a["evidence"]["summary"]),
         cell(&a["status"]),
         cell(&a["id"]),
     ]
 }
 
-const ALERT_HEADERS: [&str; 7] = ["TIME", "SEVERITY", "TITLE", "NODE", "WHAT", "STATUS", "ID"];
+const ALERT_HEADERS: [&str; 7] = ["TIME", "SEVERITY", "TITLE", "ABOUT", "WHAT", "STATUS", "ID"];
 
 /// Runs `tally rules ...`.
 pub async fn run_rules(cmd: RulesCmd, server: &ServerArgs) -> anyhow::Result<()> {
@@ -412,7 +430,7 @@ async fn test(
         .collect();
     let mut text = String::new();
     if !rows.is_empty() {
-        text = table(&["TIME", "SEVERITY", "TITLE", "NODE", "WHAT"], &rows);
+        text = table(&["TIME", "SEVERITY", "TITLE", "ABOUT", "WHAT"], &rows);
     }
     text.push_str(&format!(
         "{} alert(s) over {} records since {}\n",
@@ -534,7 +552,7 @@ async fn tail(server: &ServerArgs, since: Option<String>, json: bool) -> anyhow:
                     tally_proto::timefmt::format_nanos(a["window"]["end"].as_i64().unwrap_or(0)),
                     cell(&a["severity"]),
                     cell(&a["title"]),
-                    cell(&a["node"]),
+                    about(&a),
                     cell(&a["evidence"]["summary"]),
                     cell(&a["id"])
                 )?;

@@ -127,7 +127,7 @@ impl ControlDb {
                 .is_some();
         if exists {
             return Err(ControlError::Conflict(format!(
-                "a rule with ID {id} exists; change it with PUT .../detection/rules/{id} or give the new rule another id"
+                "a rule with ID {id} exists; replace it (`tally rules add --replace FILE`, or PUT .../detection/rules/{id}) or give the new rule another id"
             )));
         }
         let now = tally_proto::timefmt::now_nanos();
