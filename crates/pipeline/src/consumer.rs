@@ -67,7 +67,7 @@ impl ConsumerError {
 /// order; long work belongs on a blocking thread inside the futures.
 pub trait Consumer: Send + 'static {
     /// Stable name (`[a-z0-9-]+`): metrics label, rejection file, health.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
 
     /// Which records it reads (collections, kinds, expired ones too?).
     fn reads(&self) -> ReadSpec;

@@ -39,7 +39,8 @@ pub async fn run<C: Consumer>(
     handle: Arc<ConsumerHandle>,
     cancel: CancellationToken,
 ) {
-    let name = consumer.name();
+    let name = consumer.name().to_owned();
+    let name = name.as_str();
     let tick_every = consumer.tick_every();
     let mut next_tick = Instant::now();
     let mut last_commit = Instant::now();

@@ -34,7 +34,7 @@ pub enum ConsumerState {
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerStatus {
     /// Its name.
-    pub name: &'static str,
+    pub name: String,
     /// What it does with a record it cannot handle.
     pub policy: FailurePolicy,
     /// What it is doing.
@@ -86,7 +86,9 @@ pub(crate) struct Live {
 
 /// One running consumer: its progress, status and controls.
 pub struct ConsumerHandle {
-    name: &'static str,
+    name: String,
+    /// Cancelled to stop this consumer alone ([`Pipeline::remove`]).
+    cancel: CancellationToken,
     policy: FailurePolicy,
     pub(crate) live: Mutex<Live>,
     pub(crate) progress: watch::Sender<Position>,
@@ -95,8 +97,8 @@ pub struct ConsumerHandle {
 
 impl ConsumerHandle {
     /// Its name.
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The position it has handled through.
@@ -130,7 +132,7 @@ impl ConsumerHandle {
         let position = self.position();
         let behind = end.saturating_sub(1).saturating_sub(position);
         ConsumerStatus {
-            name: self.name,
+            name: self.name.clone(),
             policy: self.policy,
             state: live.state,
             position,
@@ -183,15 +185,17 @@ impl Pipeline {
         &self,
         consumer: C,
     ) -> std::io::Result<(Arc<ConsumerHandle>, tokio::task::JoinHandle<()>)> {
-        let name = consumer.name();
-        if self.get(name).is_some() {
+        let name = consumer.name().to_owned();
+        if self.get(&name).is_some() {
             return Err(std::io::Error::other(format!(
                 "a consumer named {name} is already running"
             )));
         }
-        let rejections = RejectionLog::open(self.dir.as_deref(), name)?;
+        let rejections = RejectionLog::open(self.dir.as_deref(), &name)?;
+        let cancel = self.cancel.child_token();
         let handle = Arc::new(ConsumerHandle {
             name,
+            cancel: cancel.clone(),
             policy: consumer.policy(),
             live: Mutex::new(Live {
                 state: ConsumerState::Running,
@@ -211,9 +215,20 @@ impl Pipeline {
             self.log.clone(),
             consumer,
             handle.clone(),
-            self.cancel.child_token(),
+            cancel,
         ));
         Ok((handle, task))
+    }
+
+    /// Stops consumer `name` (it commits first) and drops it from the list;
+    /// returns its handle, whose task ends soon after. Its rejection file
+    /// stays.
+    pub fn remove(&self, name: &str) -> Option<Arc<ConsumerHandle>> {
+        let mut list = self.consumers.write();
+        let i = list.iter().position(|c| c.name == name)?;
+        let handle = list.remove(i);
+        handle.cancel.cancel();
+        Some(handle)
     }
 
     /// The consumer named `name`.

@@ -85,7 +85,7 @@ impl Recorder {
 }
 
 impl Consumer for Recorder {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "recorder"
     }
 
@@ -360,4 +360,33 @@ async fn a_paused_consumer_falls_behind_and_catches_up_when_resumed() {
         "two consumers of one name"
     );
     pipeline.stop();
+}
+
+/// A consumer removed while others run stops alone, after committing; a
+/// new one may take its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_consumer_is_removed_and_commits_while_the_pipeline_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let log: SharedLog = store.clone();
+    let pipeline = Pipeline::new(log.clone(), Some(dir.path().join("consumers")));
+    let (h, task) = pipeline
+        .spawn(Recorder::open(dir.path(), FailurePolicy::Skip))
+        .unwrap();
+    for i in 0..20 {
+        log.append(vec![rec(&format!("r{i}"))]).await.unwrap();
+    }
+    caught_up(&log, &h).await;
+    let removed = pipeline.remove("recorder").expect("it was there");
+    task.await.unwrap();
+    assert_eq!(removed.status(log.end_seq()).state, ConsumerState::Stopped);
+    assert!(pipeline.get("recorder").is_none());
+    assert!(pipeline.statuses().is_empty());
+    assert_eq!(committed(dir.path()).through, 20, "committed when removed");
+    assert!(pipeline.remove("recorder").is_none());
+    let (_, task) = pipeline
+        .spawn(Recorder::open(dir.path(), FailurePolicy::Skip))
+        .expect("the name is free again");
+    pipeline.stop();
+    task.await.unwrap();
 }

@@ -84,7 +84,12 @@ async fn control(
     pause: bool,
 ) -> Result<Response, ApiError> {
     let Some(c) = state.pipeline.get(name) else {
-        let names: Vec<&str> = state.pipeline.statuses().iter().map(|s| s.name).collect();
+        let names: Vec<String> = state
+            .pipeline
+            .statuses()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         return Err(ApiError::not_found(format!(
             "no consumer named {:?}; the consumers are {}",
             name.chars().take(80).collect::<String>(),

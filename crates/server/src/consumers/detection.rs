@@ -450,7 +450,7 @@ impl Detection {
 }
 
 impl Consumer for Detection {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
 

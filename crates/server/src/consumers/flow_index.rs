@@ -34,7 +34,7 @@ impl FlowIndex {
 }
 
 impl Consumer for FlowIndex {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
 

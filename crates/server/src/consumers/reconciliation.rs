@@ -141,7 +141,7 @@ impl Reconciliation {
 }
 
 impl Consumer for Reconciliation {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
 

@@ -33,7 +33,7 @@ impl TransparencyLog {
 }
 
 impl Consumer for TransparencyLog {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
 
