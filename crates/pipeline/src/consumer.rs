@@ -69,6 +69,13 @@ pub trait Consumer: Send + 'static {
     /// Stable name (`[a-z0-9-]+`): metrics label, rejection file, health.
     fn name(&self) -> &str;
 
+    /// Whether the server is unready while this consumer cannot go on
+    /// (`/readyz`). A streaming destination is not: its errors are its
+    /// destination's, shown in its own status.
+    fn essential(&self) -> bool {
+        true
+    }
+
     /// Which records it reads (collections, kinds, expired ones too?).
     fn reads(&self) -> ReadSpec;
 

@@ -35,6 +35,8 @@ pub enum ConsumerState {
 pub struct ConsumerStatus {
     /// Its name.
     pub name: String,
+    /// Whether the server is unready while it cannot go on.
+    pub essential: bool,
     /// What it does with a record it cannot handle.
     pub policy: FailurePolicy,
     /// What it is doing.
@@ -87,6 +89,7 @@ pub(crate) struct Live {
 /// One running consumer: its progress, status and controls.
 pub struct ConsumerHandle {
     name: String,
+    essential: bool,
     /// Cancelled to stop this consumer alone ([`Pipeline::remove`]).
     cancel: CancellationToken,
     policy: FailurePolicy,
@@ -133,6 +136,7 @@ impl ConsumerHandle {
         let behind = end.saturating_sub(1).saturating_sub(position);
         ConsumerStatus {
             name: self.name.clone(),
+            essential: self.essential,
             policy: self.policy,
             state: live.state,
             position,
@@ -195,6 +199,7 @@ impl Pipeline {
         let cancel = self.cancel.child_token();
         let handle = Arc::new(ConsumerHandle {
             name,
+            essential: consumer.essential(),
             cancel: cancel.clone(),
             policy: consumer.policy(),
             live: Mutex::new(Live {

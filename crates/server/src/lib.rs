@@ -130,6 +130,8 @@ pub struct AppState {
     pub reconcile: Arc<reconcile::ReconcileService>,
     /// Detection: the built-in rules and the signal that rules changed.
     pub detection: Arc<consumers::detection::DetectionService>,
+    /// Streaming destinations: their secrets, consumers and status.
+    pub streams: Arc<consumers::stream::StreamService>,
     /// The transparency log (Merkle tree and signed checkpoints).
     pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
@@ -294,6 +296,7 @@ impl Server {
             control.clone(),
             &config.data_dir,
         )?;
+        let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
@@ -328,6 +331,7 @@ impl Server {
             log: Arc::new(transparency_log),
             reconcile: Arc::new(reconciler),
             detection,
+            streams,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
@@ -388,6 +392,9 @@ impl Server {
         let background = tokio::spawn(background_tasks(state.clone()));
         let outbox = tokio::spawn(control::outbox::run(state.clone(), self.outbox));
         let consumer_tasks = consumers::start(&state, &self.resume)?;
+        consumers::stream::start_all(&state)
+            .await
+            .context("starting the streams")?;
         let app = router(state.clone());
         // Held long polls end as soon as shutdown begins.
         let shutdown = {
@@ -411,7 +418,7 @@ impl Server {
         // (SQLite folds its WAL back into control.db on the last close).
         // The consumers commit and stop; then the rest.
         state.pipeline.stop();
-        for task in consumer_tasks {
+        for task in consumer_tasks.into_iter().chain(state.streams.take_tasks()) {
             if tokio::time::timeout(Duration::from_secs(30), task)
                 .await
                 .is_err()

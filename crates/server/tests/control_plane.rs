@@ -113,6 +113,15 @@ async fn flow_gating(db: &Db<'_>) {
     env.stop().await;
 }
 
+/// A stream configuration (a webhook on a port nothing listens on), numbered `n`.
+fn stream_config(n: usize) -> Value {
+    json!({
+        "destinationType": "webhook",
+        "url": format!("http://127.0.0.1:9/hook/{n}"),
+        "token": format!("signing-key-{n}"),
+    })
+}
+
 /// A tailnet rule of its own, numbered `n`.
 fn own_rule(n: usize) -> String {
     format!(
@@ -179,6 +188,18 @@ async fn fixture(
         assert_eq!(s, 201, "{r}");
         path = path.replace("{ruleId}", r["id"].as_str().expect("id"));
     }
+    if path.contains("{logType}") {
+        path = path.replace("{logType}", "network");
+        let (s, v) = env
+            .call(
+                OWNER_KEY,
+                Method::PUT,
+                "/api/v2/tailnet/-/logging/network/stream",
+                Some(stream_config(n)),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
     if path.contains("{alertId}") {
         path = path.replace("{alertId}", &env.raise_alert(n).await);
     }
@@ -223,6 +244,7 @@ async fn fixture(
         ("POST", "/api/v2/tailnet/{tailnet}/detection/rules/test") => {
             Some(json!({ "yaml": own_rule(n), "since": "1h" }))
         }
+        ("PUT", "/api/v2/tailnet/{tailnet}/logging/{logType}/stream") => Some(stream_config(n + 1)),
         ("PUT", "/api/v2/tailnet/{tailnet}/detection/rules/{ruleId}") => {
             Some(json!({ "enabled": false }))
         }

@@ -14,6 +14,7 @@ pub mod network;
 pub mod pipeline;
 pub mod query;
 pub mod reconciliation;
+pub mod streams;
 pub mod tailnets;
 pub mod transparency;
 pub mod users;
@@ -412,6 +413,46 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "ALERT",
             "UPDATE",
             post(detection::ack_alert),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/logging/{logType}/stream",
+            Role(P::ConfigRead),
+            "",
+            "",
+            get(streams::get),
+        ),
+        r(
+            M::PUT,
+            "/api/v2/tailnet/{tailnet}/logging/{logType}/stream",
+            Role(P::SettingsWrite),
+            "TAILNET",
+            "UPDATE",
+            put(streams::put),
+        ),
+        r(
+            M::DELETE,
+            "/api/v2/tailnet/{tailnet}/logging/{logType}/stream",
+            Role(P::SettingsWrite),
+            "TAILNET",
+            "DELETE",
+            delete(streams::delete),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/logging/{logType}/stream/status",
+            Role(P::ConfigRead),
+            "",
+            "",
+            get(streams::status),
+        ),
+        r(
+            M::POST,
+            "/api/v2/tailnet/{tailnet}/logging/{logType}/stream/test",
+            Role(P::SettingsWrite),
+            "",
+            "",
+            post(streams::test),
         ),
         r(
             M::GET,

@@ -31,7 +31,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut consumers = serde_json::Map::new();
     let mut consumers_ok = true;
     for c in state.pipeline.statuses() {
-        consumers_ok &= matches!(c.state, ConsumerState::Running | ConsumerState::Paused);
+        consumers_ok &=
+            !c.essential || matches!(c.state, ConsumerState::Running | ConsumerState::Paused);
         consumers.insert(c.name.to_owned(), state_name(c.state).into());
     }
     let ready = store == "ok" && control == "ok" && consumers_ok && !consumers.is_empty();

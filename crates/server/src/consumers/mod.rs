@@ -10,6 +10,7 @@ pub mod merkle_log;
 pub mod reconcile;
 pub mod reconcile_report;
 pub mod reconciliation;
+pub mod stream;
 pub mod transparency;
 
 use crate::AppState;

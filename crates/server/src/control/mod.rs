@@ -14,7 +14,9 @@ pub mod outbox;
 pub mod principals;
 pub mod retention;
 pub mod schema;
+pub mod secrets;
 pub mod settings;
+pub mod streams;
 pub mod tailnets;
 
 use sqlx::any::AnyPoolOptions;

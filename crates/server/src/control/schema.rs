@@ -168,4 +168,22 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         )",
         ],
     ),
+    (
+        6,
+        "log streams: destinations per tailnet and log type, secrets sealed",
+        &[
+            "CREATE TABLE log_streams (
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            id TEXT NOT NULL,
+            log_type TEXT NOT NULL,
+            config TEXT NOT NULL,
+            secrets TEXT NOT NULL,
+            start_position BIGINT NOT NULL,
+            created BIGINT NOT NULL,
+            updated BIGINT NOT NULL,
+            PRIMARY KEY (tailnet_id, id)
+        )",
+            "CREATE INDEX log_streams_by_type ON log_streams (tailnet_id, log_type, created)",
+        ],
+    ),
 ];

@@ -1,0 +1,339 @@
+//! Streaming destinations: each configured stream is a consumer of the log
+//! with its own durable position, reading its log type's collection of its
+//! tailnet and handing batches to its sink (`tally-stream`).
+//!
+//! - At least once: the position advances only after the destination
+//!   confirmed the whole batch; a failure leaves it where it was, and the
+//!   driver retries (backing off, and not before the destination's
+//!   `Retry-After`). A batch cut off mid-way (some bodies confirmed) is
+//!   sent again whole: duplicates at most one batch.
+//! - Not essential: a destination that is down shows in its status
+//!   (`lastError`) and in `/api/v2/consumers`, never in `/readyz`, and
+//!   never slows ingest or the other consumers (each has its own task).
+//! - State: `<data-dir>/streams/<id>.json` (position and counters), saved
+//!   after every delivered batch. A new stream starts at the log's end.
+
+use crate::control::secrets::SecretBox;
+use crate::control::streams::StreamRow;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled, Pipeline};
+use tally_store::{Filter, Position, ReadLimits, ReadSpec, ScanBatch, kind};
+use tally_stream::config::Secrets;
+use tally_stream::{EndpointConfig, Entry, LogType, PublishingStatus, Sink};
+
+/// Most records, and about the most bytes, one batch takes.
+const READ_LIMITS: ReadLimits = ReadLimits {
+    records: 2000,
+    bytes: 4 << 20,
+};
+
+/// What a stream keeps across restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Saved {
+    position: u64,
+    status: PublishingStatus,
+}
+
+/// A stream's live state, shared with the API.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// Tailscale's status.
+    pub status: PublishingStatus,
+    /// Plain HTTP to a private address.
+    pub unencrypted: bool,
+    /// Position delivered through.
+    pub position: u64,
+    last_secs: f64,
+}
+
+/// The running streams.
+pub struct StreamService {
+    secrets: SecretBox,
+    client: reqwest::Client,
+    dir: PathBuf,
+    running: Mutex<HashMap<String, (Arc<Mutex<StreamState>>, tokio::task::JoinHandle<()>)>>,
+}
+
+fn now_secs() -> f64 {
+    tally_proto::timefmt::now_nanos() as f64 / 1e9
+}
+
+/// The consumer name of stream `id`.
+pub fn consumer_name(id: &str) -> String {
+    format!("stream-{id}")
+}
+
+impl StreamService {
+    /// Opens the secrets key and the streams' state directory.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("streams");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the streams' HTTP client: {e}"))?;
+        Ok(Self {
+            secrets: SecretBox::open(data_dir)?,
+            client,
+            dir,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Seals a configuration's secrets; returns the configuration without
+    /// them and the sealed text.
+    pub fn seal(&self, mut config: EndpointConfig) -> anyhow::Result<(EndpointConfig, String)> {
+        let secrets = config.take_secrets();
+        let sealed = self.secrets.seal(&serde_json::to_vec(&secrets)?)?;
+        Ok((config, sealed))
+    }
+
+    /// The configuration of `row` with its secrets, ready to run.
+    pub fn unseal(&self, row: &StreamRow) -> anyhow::Result<EndpointConfig> {
+        let config: EndpointConfig = serde_json::from_str(&row.config)?;
+        let secrets: Secrets = serde_json::from_slice(&self.secrets.open_sealed(&row.secrets)?)?;
+        Ok(config.with_secrets(secrets))
+    }
+
+    /// The sink of a configuration (with secrets) for a log type.
+    pub fn sink(
+        &self,
+        config: &EndpointConfig,
+        log_type: LogType,
+    ) -> Result<Sink, tally_stream::ConfigError> {
+        Sink::new(config, log_type, self.client.clone())
+    }
+
+    /// Starts (or restarts) stream `row` on the pipeline.
+    pub fn start(&self, pipeline: &Pipeline, row: &StreamRow) -> anyhow::Result<()> {
+        self.stop(pipeline, &row.id);
+        let log_type = LogType::parse(&row.log_type).ok_or_else(|| {
+            anyhow::anyhow!("stream {} has an unknown log type {}", row.id, row.log_type)
+        })?;
+        let config = self.unseal(row)?;
+        let (_, unencrypted) = config.validate()?;
+        let sink = self.sink(&config, log_type)?;
+        let path = self.dir.join(format!("{}.json", row.id));
+        let saved: Saved = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(stream = %row.id, "{}: {e}; starting from the stream's first position", path.display());
+                Saved { position: row.start_position, ..Default::default() }
+            }),
+            Err(_) => Saved {
+                position: row.start_position,
+                ..Default::default()
+            },
+        };
+        let state = Arc::new(Mutex::new(StreamState {
+            status: saved.status,
+            unencrypted,
+            position: saved.position,
+            last_secs: now_secs(),
+        }));
+        let consumer = StreamConsumer {
+            name: consumer_name(&row.id),
+            tailnet: row.tailnet_id.clone(),
+            log_type,
+            sink,
+            position: saved.position,
+            state: state.clone(),
+            path,
+            not_before: None,
+        };
+        let (_, task) = pipeline
+            .spawn(consumer)
+            .map_err(|e| anyhow::anyhow!("starting stream {}: {e}", row.id))?;
+        self.running.lock().insert(row.id.clone(), (state, task));
+        Ok(())
+    }
+
+    /// Stops stream `id` (it commits first); its state file stays until
+    /// [`StreamService::forget`].
+    pub fn stop(&self, pipeline: &Pipeline, id: &str) {
+        pipeline.remove(&consumer_name(id));
+        self.running.lock().remove(id);
+    }
+
+    /// Stops stream `id` and deletes its saved state.
+    pub fn forget(&self, pipeline: &Pipeline, id: &str) {
+        self.stop(pipeline, id);
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+    }
+
+    /// Stream `id`'s state.
+    pub fn state(&self, id: &str) -> Option<Arc<Mutex<StreamState>>> {
+        self.running.lock().get(id).map(|(s, _)| s.clone())
+    }
+
+    /// The running streams' tasks (to await at shutdown).
+    pub fn take_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.running.lock().drain().map(|(_, (_, t))| t).collect()
+    }
+}
+
+/// One destination as a consumer of the log.
+struct StreamConsumer {
+    name: String,
+    tailnet: String,
+    log_type: LogType,
+    sink: Sink,
+    position: Position,
+    state: Arc<Mutex<StreamState>>,
+    path: PathBuf,
+    /// Not before: the destination's `Retry-After`.
+    not_before: Option<Instant>,
+}
+
+impl Consumer for StreamConsumer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn essential(&self) -> bool {
+        false
+    }
+
+    fn reads(&self) -> ReadSpec {
+        ReadSpec {
+            filter: Filter {
+                collections: vec![self.log_type.collection().to_owned()],
+                kinds: vec![kind::LOG],
+                owner: Some(self.tailnet.clone()),
+                ..Default::default()
+            },
+            include_expired: false,
+        }
+    }
+
+    fn policy(&self) -> FailurePolicy {
+        FailurePolicy::Skip
+    }
+
+    fn read_limits(&self) -> ReadLimits {
+        READ_LIMITS
+    }
+
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
+        if let Some(t) = self.not_before {
+            let left = t.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(ConsumerError::new(format!(
+                    "waiting {} s more, as the destination asked (Retry-After)",
+                    left.as_secs() + 1
+                )));
+            }
+            self.not_before = None;
+        }
+        let through = batch.next_seq.saturating_sub(1);
+        let entries: Vec<Entry> = batch
+            .records
+            .iter()
+            .map(|r| Entry {
+                position: r.seq,
+                time: r.rec.time,
+                body: r.rec.body.clone(),
+            })
+            .collect();
+        if entries.is_empty() {
+            self.position = through;
+            return Ok(Handled {
+                through,
+                rejected: Vec::new(),
+            });
+        }
+        let activity = tally_proto::timefmt::format_nanos(tally_proto::timefmt::now_nanos());
+        match self.sink.deliver(&entries).await {
+            Ok(d) => {
+                let mut s = self.state.lock();
+                let StreamState {
+                    status, last_secs, ..
+                } = &mut *s;
+                // Requests of one batch: the entries and bytes on the last.
+                for i in 0..d.requests {
+                    let last = i + 1 == d.requests;
+                    status.record(
+                        now_secs(),
+                        last_secs,
+                        if last {
+                            (d.bytes, entries.len() as u64, d.max_body)
+                        } else {
+                            (0, 0, 0)
+                        },
+                        None,
+                        activity.clone(),
+                    );
+                }
+                s.position = through;
+                self.position = through;
+                Ok(Handled {
+                    through,
+                    rejected: Vec::new(),
+                })
+            }
+            Err(e) => {
+                let mut s = self.state.lock();
+                let StreamState {
+                    status, last_secs, ..
+                } = &mut *s;
+                for _ in 0..e.delivered.requests {
+                    status.record(now_secs(), last_secs, (0, 0, 0), None, activity.clone());
+                }
+                status.record(
+                    now_secs(),
+                    last_secs,
+                    (0, 0, 0),
+                    Some(e.message.clone()),
+                    activity,
+                );
+                if let Some(after) = e.retry_after {
+                    self.not_before = Some(Instant::now() + after);
+                }
+                Err(ConsumerError::new(e.message))
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), ConsumerError> {
+        let saved = {
+            let s = self.state.lock();
+            Saved {
+                position: self.position,
+                status: s.status.clone(),
+            }
+        };
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&saved).map_err(|e| e.to_string())?;
+            tally_store::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ConsumerError::new(format!("saving the stream's position panicked: {e}")))?
+        .map_err(|e| ConsumerError::new(format!("saving the stream's position: {e}")))
+    }
+
+    fn commit_every(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// Starts every configured stream (at server start).
+pub async fn start_all(state: &crate::AppState) -> anyhow::Result<()> {
+    for row in state.control.streams(None).await? {
+        if let Err(e) = state.streams.start(&state.pipeline, &row) {
+            tracing::error!(stream = %row.id, tailnet = %row.tailnet_id, "a stream cannot start: {e:#}");
+        }
+    }
+    Ok(())
+}
