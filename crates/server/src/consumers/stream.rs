@@ -52,12 +52,15 @@ pub struct StreamState {
     last_secs: f64,
 }
 
+/// A running stream: its state and its consumer's task.
+type Running = (Arc<Mutex<StreamState>>, tokio::task::JoinHandle<()>);
+
 /// The running streams.
 pub struct StreamService {
     secrets: SecretBox,
     client: reqwest::Client,
     dir: PathBuf,
-    running: Mutex<HashMap<String, (Arc<Mutex<StreamState>>, tokio::task::JoinHandle<()>)>>,
+    running: Mutex<HashMap<String, Running>>,
 }
 
 fn now_secs() -> f64 {
