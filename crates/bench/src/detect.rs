@@ -13,11 +13,14 @@
 //!    learning week of hourly records and `--dense-hours` of per-minute
 //!    records; see [`corpus`]) through the built-in pack alone, then the
 //!    pack plus `--extra-rules` generated rules ([`extra`]); entries per
-//!    second of wall and of thread CPU time.
+//!    second of wall and of thread CPU time, for the whole corpus and for
+//!    its learning week and dense hours apart.
 //! 3. **latency**: on the detector of the pack-plus-extra run (its state
 //!    warm), the processing time of the flow entry that completes a port
 //!    scan (the 25th port) and of the audit event that turns flow logging
-//!    off (parsed from its stored text), p50/p99 over `--reps`.
+//!    off (parsed from its stored text), p50/p99 over `--reps`; then the
+//!    cost of one entry as one node's correlation windows fill (up to the
+//!    10,000 entries a group holds).
 //! 4. **scenarios**: for each seed, the corpus with `--instances` labelled
 //!    instances of each built-in rule's scenario, through the pack; recall
 //!    and precision per rule; then the same corpus without them (clean),
@@ -170,7 +173,7 @@ fn throughput(
         t.elapsed().as_secs_f64()
     );
     println!(
-        "| rules | entries/s (wall) | entries/s (thread CPU) | µs/entry | alerts | suppressed | windows at end | goal | verdict |\n|---|---|---|---|---|---|---|---|---|"
+        "| rules | entries/s (wall) | entries/s (thread CPU) | µs/entry | learning week: entries/s (CPU) | dense hours: entries/s (CPU) | alerts | suppressed | windows at end | goal | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut notes = Vec::new();
     let mut det = Detector::new(DetectorConfig::default(), pack.clone());
@@ -203,7 +206,8 @@ fn throughput(
         "\n(each entry: two node lookups, `pair_is_new` for node-to-node entries, a `FlowEvent` over the stored entry, `process`; per record: its start and end formatted as RFC 3339 and its position as text; audit events and findings are parsed into `ObjectEvent`s)\n"
     );
 
-    latency(a, &mut det, &clean)
+    latency(a, &mut det, &clean)?;
+    window_fill(&pack)
 }
 
 /// The node lookup the server gives `process` (alerts grouped by address).
@@ -256,11 +260,29 @@ fn flow_entry(
     det.process(TAILNET, Service::Flows, &ev, ts, nodes)
 }
 
-/// Feeds `items` in order; `sink` gets every alert.
-fn feed(det: &mut Detector, tn: &Tailnet, items: &[Timed], sink: &mut dyn FnMut(Alert)) {
+/// Flow entries of `items`.
+fn entries_in(items: &[Timed]) -> usize {
+    items
+        .iter()
+        .map(|t| match &t.item {
+            Item::Flow(r) => r.entries.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Feeds `items` in order, the first at store position `first`; `sink`
+/// gets every alert.
+fn feed(
+    det: &mut Detector,
+    tn: &Tailnet,
+    items: &[Timed],
+    first: usize,
+    sink: &mut dyn FnMut(Alert),
+) {
     let nodes = lookup(tn);
     for (pos, t) in items.iter().enumerate() {
-        let event_id = pos.to_string();
+        let event_id = (first + pos).to_string();
         match &t.item {
             Item::Flow(r) => {
                 let start = format_nanos(r.start * NS);
@@ -299,22 +321,35 @@ fn throughput_row(
 ) -> anyhow::Result<()> {
     let mut alerts = 0u64;
     let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
-    let cpu0 = thread_cpu_secs();
-    let t = Instant::now();
-    feed(det, &c.tailnet, &c.items, &mut |al| {
+    let split = c
+        .items
+        .iter()
+        .position(|t| t.ts >= corpus::DENSE_START)
+        .unwrap_or(c.items.len());
+    let (learn, dense) = c.items.split_at(split);
+    let mut sink = |al: Alert| {
         alerts += 1;
         *by_rule.entry(al.rule_id).or_default() += 1;
-    });
+    };
+    let cpu0 = thread_cpu_secs();
+    let t = Instant::now();
+    feed(det, &c.tailnet, learn, 0, &mut sink);
+    let cpu_learn = thread_cpu_secs() - cpu0;
+    feed(det, &c.tailnet, dense, split, &mut sink);
     let wall = t.elapsed().as_secs_f64();
     let cpu = thread_cpu_secs() - cpu0;
     let n = c.flow_entries as f64;
+    let n_learn = entries_in(learn) as f64;
+    let per = |n: f64, cpu: f64| if cpu > 0.0 { n / cpu } else { 0.0 };
     let s = det.stats();
-    let rate_cpu = if cpu > 0.0 { n / cpu } else { 0.0 };
+    let rate_cpu = per(n, cpu);
     println!(
-        "| {what} | {} | {} | {:.2} | {} | {} | {} | ≥ 1,000,000 | {} |",
+        "| {what} | {} | {} | {:.2} | {} | {} | {} | {} | {} | ≥ 1,000,000 | {} |",
         fmt_count(n / wall),
         fmt_count(rate_cpu),
         cpu / n * 1e6,
+        fmt_count(per(n_learn, cpu_learn)),
+        fmt_count(per(n - n_learn, cpu - cpu_learn)),
         fmt_count(alerts as f64),
         fmt_count(s.suppressed as f64),
         fmt_count(s.windows as f64),
@@ -438,6 +473,66 @@ fn memory(a: &DetectArgs, pack: &[Arc<Rule>]) -> anyhow::Result<()> {
             fmt_bytes(per)
         );
     }
+    Ok(())
+}
+
+/// Cost per entry as one node's correlation windows fill: a client
+/// talking to 9 servers on 443 (under every threshold), three entries a
+/// second, so its one-hour fan-out window holds everything it sent (up to
+/// the per-group cap of 10,000 entries).
+fn window_fill(pack: &[Arc<Rule>]) -> anyhow::Result<()> {
+    let mut rng = corpus::Rng::new(5);
+    let tn = Tailnet::build(&mut rng, 1000);
+    let nodes = lookup(&tn);
+    let mut det = Detector::new(DetectorConfig::default(), pack.to_vec());
+    let x = tn
+        .clients
+        .first()
+        .copied()
+        .context("the tailnet has clients")? as usize;
+    let xn = &tn.nodes[x];
+    let marks = [100usize, 1_000, 3_000, 10_000, 12_000];
+    let total = marks.iter().copied().max().unwrap_or(0);
+    let mut times = Vec::with_capacity(total);
+    for i in 0..total {
+        let ts = T0 + (i / 3) as i64;
+        let peer = &tn.nodes[i % 9];
+        let c = ConnectionCounts {
+            proto: 6,
+            src: SocketAddr::new(IpAddr::V4(xn.ip), 32768 + (i % 28_000) as u16),
+            dst: SocketAddr::new(IpAddr::V4(peer.ip), 443),
+            tx_pkts: 10,
+            tx_bytes: 2_000,
+            rx_pkts: 12,
+            rx_bytes: 15_000,
+        };
+        let start = format_nanos((ts - 5) * NS);
+        let end = format_nanos(ts * NS);
+        let id = i.to_string();
+        let t = Instant::now();
+        flow_entry(
+            &mut det,
+            &tn,
+            TrafficKind::Virtual,
+            &c,
+            &xn.r.name,
+            &start,
+            &end,
+            &id,
+            ts,
+            &nodes,
+        );
+        times.push(t.elapsed().as_nanos() as u64);
+    }
+    println!(
+        "\ncost per entry as one node's windows fill (a client, 9 peers on 443, 3 entries/s; its 1-h fan-out window holds all it sent, capped at 10,000 per group):\n\n| entries the node sent before | µs per entry (mean of the 100 up to there) |\n|---|---|"
+    );
+    for m in marks {
+        let w = &times[m.saturating_sub(100)..m];
+        let mean = w.iter().sum::<u64>() as f64 / w.len().max(1) as f64 / 1e3;
+        println!("| {} | {mean:.1} |", fmt_count(m as f64));
+    }
+    println!();
     Ok(())
 }
 
@@ -597,7 +692,7 @@ fn scenarios(a: &DetectArgs, pack: &[Arc<Rule>]) -> anyhow::Result<()> {
         let c = corpus::generate(seed, a.nodes, a.dense_hours, a.instances);
         let mut det = Detector::new(DetectorConfig::default(), pack.to_vec());
         let mut alerts = Vec::new();
-        feed(&mut det, &c.tailnet, &c.items, &mut |al| alerts.push(al));
+        feed(&mut det, &c.tailnet, &c.items, 0, &mut |al| alerts.push(al));
         for l in &c.labels {
             let key = match l.kind {
                 LabelKind::Primary => l.rule.to_owned(),
@@ -673,7 +768,7 @@ fn scenarios(a: &DetectArgs, pack: &[Arc<Rule>]) -> anyhow::Result<()> {
         let clean = corpus::generate(seed, a.nodes, a.dense_hours, 0);
         let mut det = Detector::new(DetectorConfig::default(), pack.to_vec());
         let mut n = 0usize;
-        feed(&mut det, &clean.tailnet, &clean.items, &mut |al| {
+        feed(&mut det, &clean.tailnet, &clean.items, 0, &mut |al| {
             n += 1;
             let s = scores.entry(al.rule_id.clone()).or_default();
             s.clean_alerts += 1;
