@@ -246,6 +246,7 @@ fn flow_entry(
         start,
         end,
         event_id,
+        ips: Default::default(),
     };
     if kind == TrafficKind::Virtual {
         let (client, server) = if ev.initiated() {

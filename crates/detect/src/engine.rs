@@ -472,7 +472,14 @@ const SHOWN_FIELDS: &[&str] = &[
 fn text_of<E: Event>(event: &E, field: &str) -> Option<String> {
     event.get_field(field).and_then(|v| match v {
         rsigma_eval::EventValue::Null => None,
-        rsigma_eval::EventValue::Array(_) | rsigma_eval::EventValue::Map(_) => {
+        rsigma_eval::EventValue::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(|s| s.into_owned()))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        rsigma_eval::EventValue::Map(_) => {
             let j = event.to_json();
             field
                 .split('.')

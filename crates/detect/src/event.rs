@@ -266,9 +266,19 @@ pub struct FlowEvent<'a> {
     pub end: &'a str,
     /// The record's store position, as text.
     pub event_id: &'a str,
+    /// The entry's addresses as text, made on first use.
+    pub ips: IpTexts,
 }
 
-impl FlowEvent<'_> {
+/// The text of an entry's two addresses, made once per event (rules read
+/// them often).
+#[derive(Debug, Clone, Default)]
+pub struct IpTexts {
+    src: std::cell::OnceCell<String>,
+    dst: std::cell::OnceCell<String>,
+}
+
+impl<'a> FlowEvent<'a> {
     /// Whether the logging node opened the connection.
     pub fn initiated(&self) -> bool {
         local_opened(self.counts.src.port(), self.counts.dst.port())
@@ -284,7 +294,7 @@ impl FlowEvent<'_> {
     }
 
     /// The (client, server) nodes.
-    fn oriented_nodes(&self) -> (Option<&NodeRef>, Option<&NodeRef>) {
+    fn oriented_nodes(&self) -> (Option<&'a NodeRef>, Option<&'a NodeRef>) {
         if self.initiated() {
             (self.local, self.peer)
         } else {
@@ -292,22 +302,32 @@ impl FlowEvent<'_> {
         }
     }
 
+    /// The text of the client's (`src`) or server's address.
+    fn ip_text(&self, client: bool) -> &str {
+        let local = client == self.initiated();
+        let (cell, addr) = if local {
+            (&self.ips.src, self.counts.src)
+        } else {
+            (&self.ips.dst, self.counts.dst)
+        };
+        cell.get_or_init(|| addr.ip().to_string())
+    }
+
     fn str_field(&self, name: &str) -> Option<Cow<'_, str>> {
-        let (src, dst) = self.oriented();
         let (sn, dn) = self.oriented_nodes();
-        let node_name =
-            |n: Option<&NodeRef>| Cow::Owned(n.map(|n| n.name.clone()).unwrap_or_default());
+        let node_name = |n: Option<&'a NodeRef>| Cow::Borrowed(n.map_or("", |n| n.name.as_str()));
+        let node_id = |n: Option<&'a NodeRef>| Cow::Borrowed(n.map_or("", |n| n.id.as_str()));
         Some(match name {
-            "src_ip" | "SourceIp" => Cow::Owned(src.ip().to_string()),
-            "dst_ip" | "DestinationIp" => Cow::Owned(dst.ip().to_string()),
+            "src_ip" | "SourceIp" => Cow::Borrowed(self.ip_text(true)),
+            "dst_ip" | "DestinationIp" => Cow::Borrowed(self.ip_text(false)),
             "Protocol" => protocol_name(self.counts.proto),
             "kind" => Cow::Borrowed(self.kind.as_str()),
             "action" => Cow::Borrowed("accept"),
             "blocked" => Cow::Borrowed("false"),
             "src_node" => node_name(sn),
             "dst_node" => node_name(dn),
-            "src_node_id" => Cow::Owned(sn.map(|n| n.id.clone()).unwrap_or_default()),
-            "dst_node_id" => Cow::Owned(dn.map(|n| n.id.clone()).unwrap_or_default()),
+            "src_node_id" => node_id(sn),
+            "dst_node_id" => node_id(dn),
             "logged_by" => Cow::Borrowed(self.logged_by),
             "start" | "@timestamp" => Cow::Borrowed(self.start),
             "end" => Cow::Borrowed(self.end),
@@ -412,7 +432,19 @@ impl Event for FlowEvent<'_> {
         FLOW_KEYS.iter().filter_map(|k| self.str_field(k)).collect()
     }
 
+    /// Only `event_id`: rsigma materializes an event for every correlation
+    /// it feeds, to read its ID for the alert's evidence; the whole entry
+    /// would cost more than evaluating it. [`FlowEvent::fields`] has all.
     fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("event_id".into(), Value::String(self.event_id.to_owned()));
+        Value::Object(m)
+    }
+}
+
+impl FlowEvent<'_> {
+    /// Every field of the event as JSON.
+    pub fn fields(&self) -> Value {
         let mut m = Map::new();
         for k in FLOW_KEYS {
             if let Some(v) = self.get_field(k) {

@@ -192,6 +192,7 @@ impl Harness {
             start: &start,
             end: &end,
             event_id: &event_id,
+            ips: Default::default(),
         };
         let fleet = &self.fleet;
         let lookup = |ip: &str| {

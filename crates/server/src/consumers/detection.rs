@@ -223,6 +223,7 @@ pub fn feed(
                     start: &start,
                     end: &end,
                     event_id: &event_id,
+                    ips: Default::default(),
                 };
                 alerts.extend(detector.process(tailnet, Service::Flows, &ev, ts, &lookup));
             }
