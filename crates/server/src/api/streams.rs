@@ -42,6 +42,13 @@ async fn first(state: &AppState, tailnet: &str, t: LogType) -> Result<Option<Str
         .find(|r| r.log_type == t.name()))
 }
 
+/// The tailnet's first stream of `t`, or a 404 that says how to make one.
+async fn configured(state: &AppState, tailnet: &str, t: LogType) -> Result<StreamRow, ApiError> {
+    first(state, tailnet, t)
+        .await?
+        .ok_or_else(|| not_configured(t))
+}
+
 fn not_configured(t: LogType) -> ApiError {
     ApiError::not_found(format!(
         "no {} log stream is configured (PUT .../logging/{}/stream)",
@@ -57,9 +64,7 @@ pub async fn get(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let t = log_type(&params)?;
-    let row = first(&state, caller.tailnet(), t)
-        .await?
-        .ok_or_else(|| not_configured(t))?;
+    let row = configured(&state, caller.tailnet(), t).await?;
     let config: EndpointConfig = serde_json::from_str(&row.config)
         .map_err(|e| ApiError::internal(format!("stream {} is damaged: {e}", row.id)))?;
     Ok(Json(config.redacted(t)).into_response())
@@ -123,9 +128,7 @@ pub async fn delete(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let t = log_type(&params)?;
-    let row = first(&state, caller.tailnet(), t)
-        .await?
-        .ok_or_else(|| not_configured(t))?;
+    let row = configured(&state, caller.tailnet(), t).await?;
     state
         .control
         .delete_stream(caller.tailnet(), &caller.ctx, &row.id)
@@ -174,9 +177,7 @@ pub async fn test(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let t = log_type(&params)?;
-    let row = first(&state, caller.tailnet(), t)
-        .await?
-        .ok_or_else(|| not_configured(t))?;
+    let row = configured(&state, caller.tailnet(), t).await?;
     let config = state
         .streams
         .unseal(&row)

@@ -78,6 +78,9 @@ impl StreamService {
         let dir = data_dir.join("streams");
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        // The process-wide rustls provider (ring), as the server's own TLS
+        // uses; the first caller installs it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))

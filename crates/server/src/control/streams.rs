@@ -55,6 +55,25 @@ fn target(tailnet_id: &str, log_type: &str) -> Target {
     }
 }
 
+/// Stream `id` of a tailnet, inside a change.
+async fn stream_in(
+    tx: &mut sqlx::AnyConnection,
+    tailnet_id: &str,
+    id: &str,
+) -> Result<StreamRow, ControlError> {
+    sqlx::query(&format!(
+        "SELECT {COLS} FROM log_streams WHERE tailnet_id = $1 AND id = $2"
+    ))
+    .bind(tailnet_id)
+    .bind(id)
+    .fetch_optional(tx)
+    .await?
+    .as_ref()
+    .map(row)
+    .transpose()?
+    .ok_or_else(|| ControlError::NotFound(format!("stream {id}")))
+}
+
 fn config_json(row: &StreamRow) -> Value {
     serde_json::from_str(&row.config).unwrap_or(Value::Null)
 }
@@ -98,19 +117,7 @@ impl ControlDb {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
         let now = tally_proto::timefmt::now_nanos();
         let old = match id {
-            Some(id) => Some(
-                sqlx::query(&format!(
-                    "SELECT {COLS} FROM log_streams WHERE tailnet_id = $1 AND id = $2"
-                ))
-                .bind(tailnet_id)
-                .bind(id)
-                .fetch_optional(change.tx())
-                .await?
-                .as_ref()
-                .map(row)
-                .transpose()?
-                .ok_or_else(|| ControlError::NotFound(format!("stream {id}")))?,
-            ),
+            Some(id) => Some(stream_in(change.tx(), tailnet_id, id).await?),
             None => None,
         };
         let new = StreamRow {
@@ -164,17 +171,7 @@ impl ControlDb {
         id: &str,
     ) -> Result<StreamRow, ControlError> {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
-        let old = sqlx::query(&format!(
-            "SELECT {COLS} FROM log_streams WHERE tailnet_id = $1 AND id = $2"
-        ))
-        .bind(tailnet_id)
-        .bind(id)
-        .fetch_optional(change.tx())
-        .await?
-        .as_ref()
-        .map(row)
-        .transpose()?
-        .ok_or_else(|| ControlError::NotFound(format!("stream {id}")))?;
+        let old = stream_in(change.tx(), tailnet_id, id).await?;
         sqlx::query("DELETE FROM log_streams WHERE tailnet_id = $1 AND id = $2")
             .bind(tailnet_id)
             .bind(id)
