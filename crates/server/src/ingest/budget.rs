@@ -33,8 +33,12 @@ impl Budgets {
         limit: u64,
         now: i64,
     ) -> Option<Reservation> {
-        let stored = store.recent_owner_bytes(key, now);
+        // Read what is stored while holding the lock: an upload that ends
+        // meanwhile counts its bytes in the store before it gives back its
+        // reservation (under this lock), so they are seen once or twice,
+        // never not at all.
         let mut pending = self.pending.lock();
+        let stored = store.recent_owner_bytes(key, now);
         let held = pending.get(key).copied().unwrap_or(0);
         let total = stored.saturating_add(held).saturating_add(bytes);
         if total > limit || (bytes == 0 && stored.saturating_add(held) >= limit) {
