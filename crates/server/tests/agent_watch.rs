@@ -60,18 +60,6 @@ async fn poll(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn set_flow_logging(env: &Env, on: bool) {
-    let (s, v) = env
-        .call(
-            OWNER_KEY,
-            Method::PATCH,
-            "/api/v2/tailnet/-/settings",
-            Some(json!({ "networkFlowLoggingOn": on })),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// Waits until `n` long polls of the tailnet are held by the server.
 async fn until_held(env: &Env, n: usize) {
     tokio::time::timeout(HANG_GUARD, async {
@@ -138,7 +126,7 @@ async fn long_polls_answer_setting_changes_at_once_and_nothing_else() {
     // A held poll is answered by the switch, with the new setting.
     let held = spawn_poll(25, &version);
     until_held(&env, 1).await;
-    set_flow_logging(&env, true).await;
+    env.set_flow_logging(true).await;
     let (s, on) = tokio::time::timeout(HANG_GUARD, held)
         .await
         .expect("answered")
@@ -170,7 +158,7 @@ async fn long_polls_answer_setting_changes_at_once_and_nothing_else() {
     assert_eq!(s, 200, "{off}");
     assert_eq!(off["settings"]["networkFlowLoggingOn"], false, "{off}");
     assert_eq!(off["version"], version.as_str(), "{off}");
-    set_flow_logging(&env, true).await;
+    env.set_flow_logging(true).await;
 
     // A new peer wakes a held poll too, and the answer lists it.
     let held = spawn_poll(25, &on_version);
@@ -349,7 +337,7 @@ async fn flow_batches_sent_while_flow_logging_is_off_keep_the_chain() {
         (status, verdict, discarded, json)
     };
 
-    set_flow_logging(&env, true).await;
+    env.set_flow_logging(true).await;
     let (s, verdict, _, v) = send(record(1, 0), &mut state).await;
     assert_eq!((s, verdict.as_str()), (200, "ok"), "{v}");
     // The entry and its batch record.
@@ -357,7 +345,7 @@ async fn flow_batches_sent_while_flow_logging_is_off_keep_the_chain() {
 
     // Switched off: checked, answered as final, nothing stored but the
     // batch record.
-    set_flow_logging(&env, false).await;
+    env.set_flow_logging(false).await;
     let (s, verdict, discarded, v) = send(record(2, 5), &mut state).await;
     assert_eq!((s, verdict.as_str()), (200, "ok"), "{v}");
     assert_eq!(discarded, "1");
@@ -368,7 +356,7 @@ async fn flow_batches_sent_while_flow_logging_is_off_keep_the_chain() {
     assert_eq!(flow_entries(&env), 1);
 
     // Switched on again: the chain goes on, no gap.
-    set_flow_logging(&env, true).await;
+    env.set_flow_logging(true).await;
     let (s, verdict, discarded, v) = send(record(3, 10), &mut state).await;
     assert_eq!(
         (s, verdict.as_str(), discarded.as_str()),
@@ -415,7 +403,7 @@ async fn flow_batches_sent_while_flow_logging_is_off_keep_the_chain() {
     assert_eq!(integrity["flagged"], json!([]), "{integrity}");
 
     // A real gap is still one, flow logging off or on.
-    set_flow_logging(&env, false).await;
+    env.set_flow_logging(false).await;
     let lost = signer.sign(&state, record(4, 15).as_bytes()).expect("sign");
     state = lost.next_state();
     let (s, verdict, discarded, v) = send(record(5, 20), &mut state).await;

@@ -51,18 +51,6 @@ async fn alerts_of(env: &Env, key: &str, rule: &str) -> Vec<Value> {
     v["alerts"].as_array().cloned().unwrap_or_default()
 }
 
-async fn set_flow_logging(env: &Env, on: bool) {
-    let (s, v) = env
-        .call(
-            OWNER_KEY,
-            Method::PATCH,
-            "/api/v2/tailnet/-/settings",
-            Some(json!({ "networkFlowLoggingOn": on })),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// Waits until the detection consumer read everything stored now.
 async fn detection_caught_up(env: &Env) {
     tally_testkit::wait::until("detection at the end", Duration::from_secs(30), || async {
@@ -252,7 +240,7 @@ async fn rules_are_audited_configuration_and_builtins_can_be_disabled() {
     );
 
     // A disabled built-in rule raises nothing; enabled again, it does.
-    set_flow_logging(&env, true).await;
+    env.set_flow_logging(true).await;
     let (s, v) = env
         .call(
             OWNER_KEY,
@@ -263,7 +251,7 @@ async fn rules_are_audited_configuration_and_builtins_can_be_disabled() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["enabled"], false);
-    set_flow_logging(&env, false).await;
+    env.set_flow_logging(false).await;
     support::log::audit_settled(&env.http, &env.base).await;
     detection_caught_up(&env).await;
     assert!(
@@ -280,8 +268,8 @@ async fn rules_are_audited_configuration_and_builtins_can_be_disabled() {
         )
         .await;
     assert_eq!(s, 200);
-    set_flow_logging(&env, true).await;
-    set_flow_logging(&env, false).await;
+    env.set_flow_logging(true).await;
+    env.set_flow_logging(false).await;
     tally_testkit::wait::until(
         "the flow-logging-off alert",
         Duration::from_secs(20),

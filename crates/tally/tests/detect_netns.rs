@@ -19,7 +19,7 @@ mod common;
 use tally_testkit::netns;
 
 use common::readme::{Agent, flow_logging_and_auth_key, tally};
-use common::{TestServer, get_json};
+use common::{TestServer, consumer_caught_up, get_json};
 use netns::Lab;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -61,23 +61,6 @@ async fn alerts(url: &str) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// Waits until the detection consumer has read everything stored now.
-async fn detection_caught_up(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = get_json(&format!("{url}/api/v2/consumers")).await;
-        let d = v["consumers"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == "detection").cloned())
-            .unwrap_or_else(|| panic!("no detection consumer in {v}"));
-        if d["lagRecords"].as_u64() == Some(0) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "detection never caught up: {d}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +171,7 @@ async fn an_nmap_scan_raises_one_alert_and_clean_traffic_none() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    detection_caught_up(&url).await;
+    consumer_caught_up(&url, "detection").await;
 
     let all = alerts(&url).await;
     let scans: Vec<&Value> = all

@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{TestServer, get_json, http, register_node, reusable_auth_key, set_flow_logging};
+use common::{
+    TestServer, consumer_caught_up, get_json, http, register_node, reusable_auth_key,
+    set_flow_logging,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -58,23 +61,6 @@ async fn upload(url: &str, private: &str, body: &Value) {
         "{}",
         resp.text().await.unwrap_or_default()
     );
-}
-
-/// Waits until the detection consumer has read everything stored now.
-async fn caught_up(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = get_json(&format!("{url}/api/v2/consumers")).await;
-        let d = v["consumers"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == "detection").cloned())
-            .unwrap_or_default();
-        if d["lagRecords"].as_u64() == Some(0) && d["state"] == "running" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "detection never caught up: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until detection saved its state through its current position
@@ -153,7 +139,7 @@ async fn alerts_after_kill_9_equal_an_uninterrupted_run() {
     for r in 0..ROUNDS {
         upload(&reference.url, private, &record(node, r)).await;
     }
-    caught_up(&reference.url).await;
+    consumer_caught_up(&reference.url, "detection").await;
     let (ids, want) = alerts(&reference.url).await;
     let scans = want
         .iter()
@@ -178,7 +164,7 @@ async fn alerts_after_kill_9_equal_an_uninterrupted_run() {
             upload(&server.url, private, &record(node, r)).await;
         }
         next = kill_after + 1;
-        caught_up(&server.url).await;
+        consumer_caught_up(&server.url, "detection").await;
         if k == 1 {
             saved_through(&server.url, &dir).await;
         }
@@ -188,7 +174,7 @@ async fn alerts_after_kill_9_equal_an_uninterrupted_run() {
     for r in next..ROUNDS {
         upload(&server.url, private, &record(node, r)).await;
     }
-    caught_up(&server.url).await;
+    consumer_caught_up(&server.url, "detection").await;
     let (ids, got) = alerts(&server.url).await;
     let mut unique = ids.clone();
     unique.sort();

@@ -208,6 +208,19 @@ impl Env {
         v
     }
 
+    /// Turns the default tailnet's flow logging on or off (as the owner).
+    pub async fn set_flow_logging(&self, on: bool) {
+        let (s, v) = self
+            .call(
+                OWNER_KEY,
+                Method::PATCH,
+                "/api/v2/tailnet/-/settings",
+                Some(serde_json::json!({ "networkFlowLoggingOn": on })),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
     /// Raises an alert in the default tailnet (an API key made without
     /// expiry, which the built-in rule reports) and returns its ID once
     /// detection has stored it.

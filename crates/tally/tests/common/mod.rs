@@ -530,3 +530,25 @@ pub async fn await_node_logs<S: AsRef<str>>(
     }
     times.into_iter().flatten().collect()
 }
+
+/// Waits (at most 60 s) until consumer `name` runs and has read everything
+/// stored when it is asked (`/api/v2/consumers`, the test key's
+/// `server:operate`); no signal crosses the process, so it polls.
+pub async fn consumer_caught_up(url: &str, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(&format!("{url}/api/v2/consumers")).await;
+        let c = v["consumers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_default();
+        if c["lagRecords"].as_u64() == Some(0) && c["state"] == "running" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer {name} never caught up: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
