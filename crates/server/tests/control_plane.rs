@@ -200,6 +200,35 @@ async fn fixture(
             .await;
         assert_eq!(s, 200, "{v}");
     }
+    if path.contains("{streamId}") {
+        // A new destination, or (past a few, the per-type limit being 16)
+        // the newest one.
+        let (s, all) = env
+            .call(
+                OWNER_KEY,
+                Method::GET,
+                "/api/v2/tailnet/-/logging/network/streams",
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{all}");
+        let all = all["streams"].as_array().expect("streams").clone();
+        let id = if all.len() >= 8 {
+            all.last().expect("a stream")["id"].clone()
+        } else {
+            let (s, v) = env
+                .call(
+                    OWNER_KEY,
+                    Method::POST,
+                    "/api/v2/tailnet/-/logging/network/streams",
+                    Some(stream_config(n + 200_000)),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+            v["id"].clone()
+        };
+        path = path.replace("{streamId}", id.as_str().expect("id"));
+    }
     if path.contains("{alertId}") {
         path = path.replace("{alertId}", &env.raise_alert(n).await);
     }
@@ -244,7 +273,11 @@ async fn fixture(
         ("POST", "/api/v2/tailnet/{tailnet}/detection/rules/test") => {
             Some(json!({ "yaml": own_rule(n), "since": "1h" }))
         }
-        ("PUT", "/api/v2/tailnet/{tailnet}/logging/{logType}/stream") => Some(stream_config(n + 1)),
+        ("PUT", "/api/v2/tailnet/{tailnet}/logging/{logType}/stream")
+        | ("PUT", "/api/v2/tailnet/{tailnet}/logging/{logType}/streams/{streamId}")
+        | ("POST", "/api/v2/tailnet/{tailnet}/logging/{logType}/streams") => {
+            Some(stream_config(n + 1))
+        }
         ("PUT", "/api/v2/tailnet/{tailnet}/detection/rules/{ruleId}") => {
             Some(json!({ "enabled": false }))
         }

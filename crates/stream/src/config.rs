@@ -16,24 +16,29 @@ pub enum LogType {
     Alerts,
     /// Tally: reconciliation findings (`findings`).
     Findings,
+    /// Tally: node logs of the collections a stream opts into (`logs`).
+    Logs,
 }
 
 impl LogType {
     /// Every log type.
-    pub const ALL: [LogType; 4] = [
+    pub const ALL: [LogType; 5] = [
         LogType::Configuration,
         LogType::Network,
         LogType::Alerts,
         LogType::Findings,
+        LogType::Logs,
     ];
 
-    /// The path segment (`configuration`, `network`, `alerts`, `findings`).
+    /// The path segment (`configuration`, `network`, `alerts`, `findings`,
+    /// `logs`).
     pub fn name(self) -> &'static str {
         match self {
             LogType::Configuration => "configuration",
             LogType::Network => "network",
             LogType::Alerts => "alerts",
             LogType::Findings => "findings",
+            LogType::Logs => "logs",
         }
     }
 
@@ -42,7 +47,8 @@ impl LogType {
         LogType::ALL.into_iter().find(|t| t.name() == s)
     }
 
-    /// The store collection its entries are in.
+    /// The store collection its entries are in (`logs`: the node-log
+    /// collection streamed unless a stream names its own).
     pub fn collection(self) -> &'static str {
         use tally_proto::collection as c;
         match self {
@@ -50,6 +56,7 @@ impl LogType {
             LogType::Network => c::FLOWS,
             LogType::Alerts => c::ALERTS,
             LogType::Findings => c::FINDINGS,
+            LogType::Logs => c::NODE_LOGS,
         }
     }
 }
@@ -77,6 +84,8 @@ pub enum DestinationType {
     Gcs,
     /// Tally: JSON batches signed with HMAC-SHA256.
     Webhook,
+    /// Tally: RFC 5424 syslog over TLS (RFC 5425).
+    Syslog,
 }
 
 impl DestinationType {
@@ -84,7 +93,10 @@ impl DestinationType {
     pub fn supported(self) -> bool {
         matches!(
             self,
-            DestinationType::Splunk | DestinationType::Cribl | DestinationType::Webhook
+            DestinationType::Splunk
+                | DestinationType::Cribl
+                | DestinationType::Webhook
+                | DestinationType::Syslog
         )
     }
 
@@ -100,6 +112,7 @@ impl DestinationType {
             DestinationType::S3 => "s3",
             DestinationType::Gcs => "gcs",
             DestinationType::Webhook => "webhook",
+            DestinationType::Syslog => "syslog",
         }
     }
 }
@@ -115,6 +128,24 @@ pub enum Compression {
     Zstd,
     /// `Content-Encoding: gzip`.
     Gzip,
+}
+
+/// How entries are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Tailscale's JSON, as stored (the default).
+    #[default]
+    Native,
+    /// OCSF events: 4001 Network Activity, 6003 API Activity, 2004
+    /// Detection Finding.
+    Ocsf,
+}
+
+impl Format {
+    fn is_native(&self) -> bool {
+        *self == Format::Native
+    }
 }
 
 /// Tailscale's `LogstreamEndpointConfiguration` (camelCase JSON).
@@ -179,6 +210,17 @@ pub struct EndpointConfig {
     /// GCS credentials (write-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gcs_credentials: Option<String>,
+    /// Tally: the CA certificate (PEM) a destination with a private CA
+    /// is verified against; the system's roots when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_certificate: String,
+    /// Tally: `native` (Tailscale's JSON, the default) or `ocsf`.
+    #[serde(default, skip_serializing_if = "Format::is_native")]
+    pub format: Format,
+    /// Tally, log type `logs` only: the node-log collections streamed
+    /// (`tailnode` when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<String>,
 }
 
 /// Why a configuration was refused.
@@ -242,13 +284,27 @@ impl EndpointConfig {
             ))
         })?;
         let host = url.host_str().unwrap_or_default().to_owned();
+        let syslog = t == DestinationType::Syslog;
         let plain = match url.scheme() {
-            "https" => false,
-            "http" if is_private_host(&host) => true,
-            "http" => {
+            "https" if !syslog => false,
+            "http" if !syslog && is_private_host(&host) => true,
+            "syslog+tls" if syslog => false,
+            "syslog+tcp" if syslog && is_private_host(&host) => true,
+            "http" if !syslog => {
                 return Err(ConfigError(format!(
                     "url {}: plain http is allowed only to loopback and private addresses; use https",
                     self.url
+                )));
+            }
+            "syslog+tcp" if syslog => {
+                return Err(ConfigError(format!(
+                    "url {}: plain syslog+tcp is allowed only to loopback and private addresses; use syslog+tls://",
+                    self.url
+                )));
+            }
+            other if syslog => {
+                return Err(ConfigError(format!(
+                    "url scheme {other} is not supported for syslog; use syslog+tls://host:6514"
                 )));
             }
             other => {
@@ -263,7 +319,10 @@ impl EndpointConfig {
                 "put credentials in token (and user), not in the url".into(),
             ));
         }
-        if self.token.as_deref().is_none_or(str::is_empty) {
+        if host.is_empty() {
+            return Err(ConfigError(format!("url {} has no host", self.url)));
+        }
+        if !syslog && self.token.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError(format!(
                 "{} needs a token ({})",
                 t.name(),
@@ -274,6 +333,51 @@ impl EndpointConfig {
             )));
         }
         Ok((url, plain))
+    }
+
+    /// Checks what depends on the log type: `collections` only for
+    /// `logs`, never a collection with a log type of its own.
+    pub fn validate_for(&self, log_type: LogType) -> Result<(), ConfigError> {
+        if log_type != LogType::Logs {
+            if !self.collections.is_empty() {
+                return Err(ConfigError(format!(
+                    "collections is for the logs log type only; {} streams its own collection",
+                    log_type.name()
+                )));
+            }
+            return Ok(());
+        }
+        for c in &self.collections {
+            if tally_proto::collection::CollectionName::parse(c).is_err() {
+                return Err(ConfigError(format!(
+                    "collections: {c:?} is not a collection name ([a-zA-Z0-9-_.]+)"
+                )));
+            }
+            if let Some(t) = LogType::ALL
+                .into_iter()
+                .find(|t| *t != LogType::Logs && t.collection() == c)
+            {
+                return Err(ConfigError(format!(
+                    "collections: {c} is streamed by the {} log type",
+                    t.name()
+                )));
+            }
+            if tally_proto::collection::is_system(c) {
+                return Err(ConfigError(format!(
+                    "collections: {c} is a system collection"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The collections a stream of `log_type` reads.
+    pub fn collections_for(&self, log_type: LogType) -> Vec<String> {
+        if log_type == LogType::Logs && !self.collections.is_empty() {
+            self.collections.clone()
+        } else {
+            vec![log_type.collection().to_owned()]
+        }
     }
 
     /// The secrets, taken out of the configuration.

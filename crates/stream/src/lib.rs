@@ -9,6 +9,6 @@ pub mod config;
 pub mod sinks;
 pub mod status;
 
-pub use config::{ConfigError, DestinationType, EndpointConfig, LogType};
+pub use config::{ConfigError, DestinationType, EndpointConfig, Format, LogType};
 pub use sinks::{Delivery, Entry, Sink, SinkError};
 pub use status::PublishingStatus;

@@ -1,5 +1,6 @@
 //! `tally stream`: a tailnet's log streams to SIEMs (Tailscale's
-//! log-streaming API): list, set, delete, status, test.
+//! log-streaming API, and Tally's several destinations per log type):
+//! list, set, add, delete, status, test.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -7,12 +8,73 @@ use serde_json::{Value, json};
 use crate::client::ServerArgs;
 use crate::control_cmd::{Api, JsonArg, cell, emit, emit_json, table, tailnet_path};
 
-const LOG_TYPES: [&str; 4] = ["configuration", "network", "alerts", "findings"];
+const LOG_TYPES: [&str; 5] = ["configuration", "network", "alerts", "findings", "logs"];
+
+/// Where a stream sends entries, as flags.
+#[derive(Debug, clap::Args)]
+pub struct DestinationArgs {
+    /// splunk, cribl, elastic, datadog, panther, axiom, webhook or syslog
+    #[arg(long = "type")]
+    destination: String,
+    /// The destination's URL (https, or syslog+tls://host:port; plain
+    /// http and syslog+tcp only to private addresses)
+    #[arg(long)]
+    url: String,
+    /// User (elastic's basic auth)
+    #[arg(long)]
+    user: Option<String>,
+    /// The token (HEC token, API key, webhook signing key); kept when omitted
+    #[arg(long, env = "TALLY_STREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// none, gzip or zstd
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// native (Tailscale's JSON) or ocsf
+    #[arg(long, default_value = "native")]
+    format: String,
+    /// A PEM file with the CA that signed the destination's certificate
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// For log type `logs`: a node-log collection to stream (repeatable;
+    /// tailnode when none)
+    #[arg(long = "collection")]
+    collections: Vec<String>,
+}
+
+impl DestinationArgs {
+    /// Tailscale's `LogstreamEndpointConfiguration` (with Tally's fields).
+    fn body(&self) -> anyhow::Result<Value> {
+        let mut body = json!({
+            "destinationType": self.destination,
+            "url": self.url,
+            "compressionFormat": self.compression,
+        });
+        if let Some(u) = &self.user {
+            body["user"] = json!(u);
+        }
+        if let Some(t) = &self.token {
+            body["token"] = json!(t);
+        }
+        if self.format != "native" {
+            body["format"] = json!(self.format);
+        }
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the CA certificate {}: {e}", path.display())
+            })?;
+            body["caCertificate"] = json!(pem);
+        }
+        if !self.collections.is_empty() {
+            body["collections"] = json!(self.collections);
+        }
+        Ok(body)
+    }
+}
 
 /// Stream verbs.
 #[derive(Debug, clap::Subcommand)]
 pub enum StreamCmd {
-    /// Each log type's destination, if any, with its state.
+    /// Every destination of every log type, with its state.
     List {
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
@@ -20,38 +82,48 @@ pub enum StreamCmd {
         #[command(flatten)]
         out: JsonArg,
     },
-    /// Stream a log type to a destination (replaces its destination).
+    /// Stream a log type to a destination (replaces its first destination,
+    /// or the one `--id` names).
     Set {
-        /// configuration, network, alerts or findings
+        /// configuration, network, alerts, findings or logs
         log_type: String,
-        /// splunk, cribl or webhook
-        #[arg(long = "type")]
-        destination: String,
-        /// The destination's URL (https; http only to private addresses)
+        #[command(flatten)]
+        destination: DestinationArgs,
+        /// The destination to replace (see `tally stream list`)
         #[arg(long)]
-        url: String,
-        /// The token (HEC token, webhook signing key); kept when omitted
-        #[arg(long, env = "TALLY_STREAM_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// none, gzip or zstd
-        #[arg(long, default_value = "none")]
-        compression: String,
+        id: Option<String>,
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
         tailnet: String,
     },
-    /// Stop streaming a log type.
+    /// Add another destination for a log type.
+    Add {
+        /// configuration, network, alerts, findings or logs
+        log_type: String,
+        #[command(flatten)]
+        destination: DestinationArgs,
+        /// Tailnet (ID, name, or - for the key's own)
+        #[arg(long, default_value = "-")]
+        tailnet: String,
+    },
+    /// Stop streaming a log type (its first destination, or `--id`'s).
     Delete {
-        /// configuration, network, alerts or findings
+        /// configuration, network, alerts, findings or logs
         log_type: String,
+        /// The destination to delete (see `tally stream list`)
+        #[arg(long)]
+        id: Option<String>,
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
         tailnet: String,
     },
-    /// A stream's publishing status.
+    /// A stream's publishing status (its first destination, or `--id`'s).
     Status {
-        /// configuration, network, alerts or findings
+        /// configuration, network, alerts, findings or logs
         log_type: String,
+        /// The destination (see `tally stream list`)
+        #[arg(long)]
+        id: Option<String>,
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
         tailnet: String,
@@ -60,8 +132,11 @@ pub enum StreamCmd {
     },
     /// Send one test event and print what the destination answered.
     Test {
-        /// configuration, network, alerts or findings
+        /// configuration, network, alerts, findings or logs
         log_type: String,
+        /// The destination (see `tally stream list`)
+        #[arg(long)]
+        id: Option<String>,
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
         tailnet: String,
@@ -77,8 +152,12 @@ fn check_type(t: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn path(tailnet: &str, t: &str, rest: &str) -> String {
-    tailnet_path(tailnet, &format!("/logging/{t}/stream{rest}"))
+/// Tailscale's path of the first destination, or Tally's of `id`.
+fn path(tailnet: &str, t: &str, id: Option<&str>, rest: &str) -> String {
+    match id {
+        Some(id) => tailnet_path(tailnet, &format!("/logging/{t}/streams/{id}{rest}")),
+        None => tailnet_path(tailnet, &format!("/logging/{t}/stream{rest}")),
+    }
 }
 
 /// Runs `tally stream ...`.
@@ -88,27 +167,36 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
         StreamCmd::List { tailnet, out } => {
             let mut all = Vec::new();
             for t in LOG_TYPES {
-                let status = api
-                    .call(Method::GET, &path(&tailnet, t, "/status"), &[], None)
+                let v = api
+                    .call(
+                        Method::GET,
+                        &tailnet_path(&tailnet, &format!("/logging/{t}/streams")),
+                        &[],
+                        None,
+                    )
                     .await?;
-                let config = api
-                    .call(Method::GET, &path(&tailnet, t, ""), &[], None)
-                    .await
-                    .ok();
-                all.push(json!({ "logType": t, "config": config, "status": status }));
+                for mut s in v["streams"].as_array().cloned().unwrap_or_default() {
+                    s["logType"] = json!(t);
+                    all.push(s);
+                }
             }
             if out.json {
                 return emit_json(&Value::Array(all));
             }
+            if all.is_empty() {
+                return emit(
+                    "no log streams; `tally stream set network --type splunk --url ... --token ...` adds one\n",
+                );
+            }
             let rows: Vec<Vec<String>> = all
                 .iter()
                 .map(|s| {
-                    let c = &s["config"];
                     let st = &s["status"];
                     vec![
                         cell(&s["logType"]),
-                        cell(&c["destinationType"]),
-                        cell(&c["url"]),
+                        cell(&s["id"]),
+                        cell(&s["destinationType"]),
+                        cell(&s["url"]),
                         cell(&st["numEntriesSent"]),
                         cell(&st["lagEntries"]),
                         cell(&st["lastError"]),
@@ -118,6 +206,7 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
             emit(&table(
                 &[
                     "LOG TYPE",
+                    "ID",
                     "DESTINATION",
                     "URL",
                     "SENT",
@@ -130,39 +219,63 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
         StreamCmd::Set {
             log_type,
             destination,
-            url,
-            token,
-            compression,
+            id,
             tailnet,
         } => {
             check_type(&log_type)?;
-            let mut body = json!({
-                "destinationType": destination,
-                "url": url,
-                "compressionFormat": compression,
-            });
-            if let Some(t) = token {
-                body["token"] = json!(t);
-            }
+            let body = destination.body()?;
             api.call(
                 Method::PUT,
-                &path(&tailnet, &log_type, ""),
+                &path(&tailnet, &log_type, id.as_deref(), ""),
                 &[],
                 Some(&body),
             )
             .await?;
             emit(&format!(
-                "streaming {log_type} to {destination}; `tally stream test {log_type}` sends a test event\n"
+                "streaming {log_type} to {}; `tally stream test {log_type}` sends a test event\n",
+                destination.destination
             ))
         }
-        StreamCmd::Delete { log_type, tailnet } => {
+        StreamCmd::Add {
+            log_type,
+            destination,
+            tailnet,
+        } => {
             check_type(&log_type)?;
-            api.call(Method::DELETE, &path(&tailnet, &log_type, ""), &[], None)
+            let body = destination.body()?;
+            let v = api
+                .call(
+                    Method::POST,
+                    &tailnet_path(&tailnet, &format!("/logging/{log_type}/streams")),
+                    &[],
+                    Some(&body),
+                )
                 .await?;
+            emit(&format!(
+                "streaming {log_type} to {} as {}; `tally stream test {log_type} --id {}` sends a test event\n",
+                destination.destination,
+                cell(&v["id"]),
+                cell(&v["id"])
+            ))
+        }
+        StreamCmd::Delete {
+            log_type,
+            id,
+            tailnet,
+        } => {
+            check_type(&log_type)?;
+            api.call(
+                Method::DELETE,
+                &path(&tailnet, &log_type, id.as_deref(), ""),
+                &[],
+                None,
+            )
+            .await?;
             emit(&format!("stopped streaming {log_type}\n"))
         }
         StreamCmd::Status {
             log_type,
+            id,
             tailnet,
             out,
         } => {
@@ -170,7 +283,7 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
             let v = api
                 .call(
                     Method::GET,
-                    &path(&tailnet, &log_type, "/status"),
+                    &path(&tailnet, &log_type, id.as_deref(), "/status"),
                     &[],
                     None,
                 )
@@ -188,16 +301,25 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 ("numFailedRequests", "failed requests"),
                 ("rateEntriesSent", "entries/s"),
                 ("lagEntries", "entries behind"),
-                ("unencrypted", "unencrypted (http)"),
+                ("unencrypted", "unencrypted"),
             ] {
                 text.push_str(&format!("{label:<20} {}\n", cell(&v[k])));
             }
             emit(&text)
         }
-        StreamCmd::Test { log_type, tailnet } => {
+        StreamCmd::Test {
+            log_type,
+            id,
+            tailnet,
+        } => {
             check_type(&log_type)?;
             let v = api
-                .call(Method::POST, &path(&tailnet, &log_type, "/test"), &[], None)
+                .call(
+                    Method::POST,
+                    &path(&tailnet, &log_type, id.as_deref(), "/test"),
+                    &[],
+                    None,
+                )
                 .await?;
             if v["ok"].as_bool() == Some(true) {
                 emit(&format!(

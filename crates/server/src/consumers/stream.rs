@@ -147,7 +147,7 @@ impl StreamService {
         let consumer = StreamConsumer {
             name: consumer_name(&row.id),
             tailnet: row.tailnet_id.clone(),
-            log_type,
+            collections: config.collections_for(log_type),
             sink,
             position: saved.position,
             state: state.clone(),
@@ -189,7 +189,7 @@ impl StreamService {
 struct StreamConsumer {
     name: String,
     tailnet: String,
-    log_type: LogType,
+    collections: Vec<String>,
     sink: Sink,
     position: Position,
     state: Arc<Mutex<StreamState>>,
@@ -210,7 +210,7 @@ impl Consumer for StreamConsumer {
     fn reads(&self) -> ReadSpec {
         ReadSpec {
             filter: Filter {
-                collections: vec![self.log_type.collection().to_owned()],
+                collections: self.collections.clone(),
                 kinds: vec![kind::LOG],
                 owner: Some(self.tailnet.clone()),
                 ..Default::default()

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod splunk;
+pub mod syslog;
 pub mod webhook;
 
 use crate::config::{DestinationType, EndpointConfig, LogType};
@@ -52,6 +53,32 @@ pub enum Sink {
     Splunk(splunk::Splunk),
     /// Signed JSON webhook.
     Webhook(webhook::Webhook),
+    /// RFC 5424 syslog over TLS.
+    Syslog(syslog::Syslog),
+}
+
+/// `client`, or one trusting only `ca_pem` when given (a destination
+/// with a private CA).
+fn client_for(
+    client: reqwest::Client,
+    ca_pem: &str,
+) -> Result<reqwest::Client, crate::ConfigError> {
+    if ca_pem.trim().is_empty() {
+        return Ok(client);
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())
+        .map_err(|e| crate::ConfigError(format!("caCertificate is not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(crate::ConfigError(
+            "caCertificate holds no PEM certificate".into(),
+        ));
+    }
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_only(certs)
+        .build()
+        .map_err(|e| crate::ConfigError(format!("caCertificate: {e}")))
 }
 
 impl Sink {
@@ -63,6 +90,14 @@ impl Sink {
     ) -> Result<Self, crate::ConfigError> {
         let (url, _) = config.validate()?;
         let token = config.token.clone().unwrap_or_default();
+        if config.destination_type == DestinationType::Syslog {
+            return Ok(Sink::Syslog(syslog::Syslog::new(
+                &url,
+                &config.ca_certificate,
+                log_type,
+            )?));
+        }
+        let client = client_for(client, &config.ca_certificate)?;
         let http = http::Http::new(client, url, config.compression_format);
         Ok(match config.destination_type {
             DestinationType::Splunk | DestinationType::Cribl => {
@@ -84,6 +119,7 @@ impl Sink {
         match self {
             Sink::Splunk(s) => s.deliver(entries).await,
             Sink::Webhook(w) => w.deliver(entries).await,
+            Sink::Syslog(s) => s.deliver(entries).await,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Test harness: runs the real `tally` binary as a server process.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod readme;
 
 use futures_util::StreamExt;
