@@ -97,6 +97,8 @@ impl DestinationType {
                 | DestinationType::Cribl
                 | DestinationType::Webhook
                 | DestinationType::Syslog
+                | DestinationType::S3
+                | DestinationType::Gcs
         )
     }
 
@@ -263,6 +265,11 @@ pub fn is_private_host(host: &str) -> bool {
     }
 }
 
+/// A fixed service endpoint (AWS S3 in a region, GCS).
+fn endpoint(url: &str) -> Result<reqwest::Url, ConfigError> {
+    reqwest::Url::parse(url).map_err(|e| ConfigError(format!("{url}: {e}")))
+}
+
 impl EndpointConfig {
     /// Checks the configuration for `log_type`; returns the URL and
     /// whether it is unencrypted (plain HTTP to a private address).
@@ -276,6 +283,27 @@ impl EndpointConfig {
         }
         if self.upload_period_minutes > 1440 {
             return Err(ConfigError("uploadPeriodMinutes is at most 1440".into()));
+        }
+        match t {
+            DestinationType::S3 => {
+                crate::sinks::s3::validate(self)?;
+                if self.url.is_empty() {
+                    let region = if self.s3_region.is_empty() {
+                        "us-east-1"
+                    } else {
+                        self.s3_region.as_str()
+                    };
+                    return Ok((
+                        endpoint(&format!("https://s3.{region}.amazonaws.com/"))?,
+                        false,
+                    ));
+                }
+            }
+            DestinationType::Gcs => {
+                crate::sinks::gcs::validate(self)?;
+                return Ok((endpoint("https://storage.googleapis.com/")?, false));
+            }
+            _ => {}
         }
         let url = reqwest::Url::parse(&self.url).map_err(|e| {
             ConfigError(format!(
@@ -322,7 +350,11 @@ impl EndpointConfig {
         if host.is_empty() {
             return Err(ConfigError(format!("url {} has no host", self.url)));
         }
-        if !syslog && self.token.as_deref().is_none_or(str::is_empty) {
+        let needs_token = !matches!(
+            t,
+            DestinationType::Syslog | DestinationType::S3 | DestinationType::Gcs
+        );
+        if needs_token && self.token.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError(format!(
                 "{} needs a token ({})",
                 t.name(),
@@ -333,6 +365,17 @@ impl EndpointConfig {
             )));
         }
         Ok((url, plain))
+    }
+
+    /// How long an object-store destination gathers entries before it
+    /// uploads them (`uploadPeriodMinutes`; `None`: it sends each batch as
+    /// it is read).
+    pub fn upload_period(&self) -> Option<std::time::Duration> {
+        matches!(
+            self.destination_type,
+            DestinationType::S3 | DestinationType::Gcs
+        )
+        .then(|| std::time::Duration::from_secs(60 * u64::from(self.upload_period_minutes)))
     }
 
     /// Checks what depends on the log type: `collections` only for
@@ -454,6 +497,37 @@ mod tests {
         }
         c.url = "https://a.example/x".into();
         c.destination_type = DestinationType::S3;
-        assert!(c.validate().unwrap_err().0.contains("not delivered"));
+        assert!(c.validate().unwrap_err().0.contains("s3Bucket"));
+        c.s3_bucket = "b".into();
+        c.s3_access_key_id = "id".into();
+        c.s3_secret_access_key = Some("secret".into());
+        c.url = "http://10.0.0.5:9000".into();
+        assert_eq!(c.validate().map(|(_, plain)| plain), Ok(true));
+        c.url = "http://s3.example.com".into();
+        assert!(c.validate().is_err());
+        c.url = String::new();
+        let (url, plain) = c.validate().expect("AWS");
+        assert_eq!(url.as_str(), "https://s3.us-east-1.amazonaws.com/");
+        assert!(!plain);
+        c.s3_authentication_type = "rolearn".into();
+        assert!(c.validate().unwrap_err().0.contains("accesskey"));
+    }
+
+    #[test]
+    fn syslog_urls_are_tls_or_private() {
+        let mut c = EndpointConfig {
+            destination_type: DestinationType::Syslog,
+            ..Default::default()
+        };
+        for (url, ok) in [
+            ("syslog+tls://siem.example.com:6514", true),
+            ("syslog+tcp://10.0.0.1:601", true),
+            ("syslog+tcp://siem.example.com:601", false),
+            ("https://siem.example.com/", false),
+            ("syslog+tls://", false),
+        ] {
+            c.url = url.into();
+            assert_eq!(c.validate().is_ok(), ok, "{url}: {:?}", c.validate());
+        }
     }
 }

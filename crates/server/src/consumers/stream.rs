@@ -10,6 +10,11 @@
 //! - Not essential: a destination that is down shows in its status
 //!   (`lastError`) and in `/api/v2/consumers`, never in `/readyz`, and
 //!   never slows ingest or the other consumers (each has its own task).
+//! - Object stores (`s3`, `gcs`) gather entries for `uploadPeriodMinutes`
+//!   (or until an object's worth, [`tally_stream::sinks::object::MAX_OBJECT`])
+//!   and upload them as one object. Gathered entries are held in memory
+//!   only: the saved position stays before them until the upload is
+//!   confirmed, so a restart reads them again from the store.
 //! - State: `<data-dir>/streams/<id>.json` (position and counters), saved
 //!   after every delivered batch. A new stream starts at the log's end.
 
@@ -145,6 +150,8 @@ impl StreamService {
             last_secs: now_secs(),
         }));
         let consumer = StreamConsumer {
+            period: config.upload_period(),
+            pending: Pending::default(),
             name: consumer_name(&row.id),
             tailnet: row.tailnet_id.clone(),
             collections: config.collections_for(log_type),
@@ -185,8 +192,22 @@ impl StreamService {
     }
 }
 
+/// Entries an object-store destination has gathered, not yet uploaded.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<Entry>,
+    bytes: usize,
+    /// Read through this position.
+    through: Position,
+    /// When the first entry was gathered.
+    since: Option<Instant>,
+}
+
 /// One destination as a consumer of the log.
 struct StreamConsumer {
+    /// Object stores: how long entries are gathered before an upload.
+    period: Option<Duration>,
+    pending: Pending,
     name: String,
     tailnet: String,
     collections: Vec<String>,
@@ -196,6 +217,73 @@ struct StreamConsumer {
     path: PathBuf,
     /// Not before: the destination's `Retry-After`.
     not_before: Option<Instant>,
+}
+
+impl StreamConsumer {
+    /// Uploads what an object store gathered.
+    async fn flush(&mut self) -> Result<(), ConsumerError> {
+        let p = std::mem::take(&mut self.pending);
+        self.send(p.entries, p.through).await
+    }
+
+    /// Delivers `entries` (read through `through`); on success the
+    /// position moves to `through`. On failure, gathered entries are
+    /// dropped: the driver reads again from the position.
+    async fn send(&mut self, entries: Vec<Entry>, through: Position) -> Result<(), ConsumerError> {
+        if entries.is_empty() {
+            self.position = through;
+            self.state.lock().position = through;
+            return Ok(());
+        }
+        let activity = tally_proto::timefmt::format_nanos(tally_proto::timefmt::now_nanos());
+        match self.sink.deliver(&entries).await {
+            Ok(d) => {
+                let mut s = self.state.lock();
+                let StreamState {
+                    status, last_secs, ..
+                } = &mut *s;
+                // Requests of one batch: the entries and bytes on the last.
+                for i in 0..d.requests {
+                    let last = i + 1 == d.requests;
+                    status.record(
+                        now_secs(),
+                        last_secs,
+                        if last {
+                            (d.bytes, entries.len() as u64, d.max_body)
+                        } else {
+                            (0, 0, 0)
+                        },
+                        None,
+                        activity.clone(),
+                    );
+                }
+                s.position = through;
+                self.position = through;
+                Ok(())
+            }
+            Err(e) => {
+                self.pending = Pending::default();
+                let mut s = self.state.lock();
+                let StreamState {
+                    status, last_secs, ..
+                } = &mut *s;
+                for _ in 0..e.delivered.requests {
+                    status.record(now_secs(), last_secs, (0, 0, 0), None, activity.clone());
+                }
+                status.record(
+                    now_secs(),
+                    last_secs,
+                    (0, 0, 0),
+                    Some(e.message.clone()),
+                    activity,
+                );
+                if let Some(after) = e.retry_after {
+                    self.not_before = Some(Instant::now() + after);
+                }
+                Err(ConsumerError::new(e.message))
+            }
+        }
+    }
 }
 
 impl Consumer for StreamConsumer {
@@ -235,6 +323,7 @@ impl Consumer for StreamConsumer {
         if let Some(t) = self.not_before {
             let left = t.saturating_duration_since(Instant::now());
             if !left.is_zero() {
+                self.pending = Pending::default();
                 return Err(ConsumerError::new(format!(
                     "waiting {} s more, as the destination asked (Retry-After)",
                     left.as_secs() + 1
@@ -243,72 +332,52 @@ impl Consumer for StreamConsumer {
             self.not_before = None;
         }
         let through = batch.next_seq.saturating_sub(1);
-        let entries: Vec<Entry> = batch
-            .records
-            .iter()
-            .map(|r| Entry {
-                position: r.seq,
-                time: r.rec.time,
-                body: r.rec.body.clone(),
-            })
-            .collect();
-        if entries.is_empty() {
+        let entries = batch.records.iter().map(|r| Entry {
+            position: r.seq,
+            time: r.rec.time,
+            body: r.rec.body.clone(),
+        });
+        let handled = Handled {
+            through,
+            rejected: Vec::new(),
+        };
+        let Some(period) = self.period else {
+            let entries: Vec<Entry> = entries.collect();
+            self.send(entries, through).await?;
+            return Ok(handled);
+        };
+        // An object store: gather until the period is over or an object
+        // is full.
+        let p = &mut self.pending;
+        for e in entries {
+            p.bytes += e.body.len() + 1;
+            p.entries.push(e);
+        }
+        p.through = through;
+        if p.entries.is_empty() {
             self.position = through;
-            return Ok(Handled {
-                through,
-                rejected: Vec::new(),
-            });
+            self.state.lock().position = through;
+            return Ok(handled);
         }
-        let activity = tally_proto::timefmt::format_nanos(tally_proto::timefmt::now_nanos());
-        match self.sink.deliver(&entries).await {
-            Ok(d) => {
-                let mut s = self.state.lock();
-                let StreamState {
-                    status, last_secs, ..
-                } = &mut *s;
-                // Requests of one batch: the entries and bytes on the last.
-                for i in 0..d.requests {
-                    let last = i + 1 == d.requests;
-                    status.record(
-                        now_secs(),
-                        last_secs,
-                        if last {
-                            (d.bytes, entries.len() as u64, d.max_body)
-                        } else {
-                            (0, 0, 0)
-                        },
-                        None,
-                        activity.clone(),
-                    );
-                }
-                s.position = through;
-                self.position = through;
-                Ok(Handled {
-                    through,
-                    rejected: Vec::new(),
-                })
-            }
-            Err(e) => {
-                let mut s = self.state.lock();
-                let StreamState {
-                    status, last_secs, ..
-                } = &mut *s;
-                for _ in 0..e.delivered.requests {
-                    status.record(now_secs(), last_secs, (0, 0, 0), None, activity.clone());
-                }
-                status.record(
-                    now_secs(),
-                    last_secs,
-                    (0, 0, 0),
-                    Some(e.message.clone()),
-                    activity,
-                );
-                if let Some(after) = e.retry_after {
-                    self.not_before = Some(Instant::now() + after);
-                }
-                Err(ConsumerError::new(e.message))
-            }
+        let since = *p.since.get_or_insert_with(Instant::now);
+        if p.bytes >= tally_stream::sinks::object::MAX_OBJECT || since.elapsed() >= period {
+            self.flush().await?;
         }
+        Ok(handled)
+    }
+
+    async fn tick(&mut self) -> Result<(), ConsumerError> {
+        if let (Some(period), Some(since)) = (self.period, self.pending.since)
+            && since.elapsed() >= period
+        {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        self.period
+            .map(|p| p.clamp(Duration::from_millis(200), Duration::from_secs(5)))
     }
 
     async fn commit(&mut self) -> Result<(), ConsumerError> {

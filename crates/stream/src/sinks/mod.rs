@@ -3,7 +3,11 @@
 //! HTTP sending, compression and answer classification are shared
 //! ([`http`]).
 
+pub mod compress;
+pub mod gcs;
 pub mod http;
+pub mod object;
+pub mod s3;
 pub mod splunk;
 pub mod syslog;
 pub mod webhook;
@@ -55,6 +59,8 @@ pub enum Sink {
     Webhook(webhook::Webhook),
     /// RFC 5424 syslog over TLS.
     Syslog(syslog::Syslog),
+    /// An object store (S3, S3-compatible, GCS): one object per upload.
+    Objects(object::Objects),
 }
 
 /// `client`, or one trusting only `ca_pem` when given (a destination
@@ -88,7 +94,7 @@ impl Sink {
         log_type: LogType,
         client: reqwest::Client,
     ) -> Result<Self, crate::ConfigError> {
-        let (url, _) = config.validate()?;
+        let (url, plain) = config.validate()?;
         let token = config.token.clone().unwrap_or_default();
         if config.destination_type == DestinationType::Syslog {
             return Ok(Sink::Syslog(syslog::Syslog::new(
@@ -96,6 +102,11 @@ impl Sink {
                 &config.ca_certificate,
                 log_type,
             )?));
+        }
+        match config.destination_type {
+            DestinationType::S3 => return Ok(Sink::Objects(s3::objects(config, log_type, plain)?)),
+            DestinationType::Gcs => return Ok(Sink::Objects(gcs::objects(config, log_type)?)),
+            _ => {}
         }
         let client = client_for(client, &config.ca_certificate)?;
         let http = http::Http::new(client, url, config.compression_format);
@@ -120,6 +131,7 @@ impl Sink {
             Sink::Splunk(s) => s.deliver(entries).await,
             Sink::Webhook(w) => w.deliver(entries).await,
             Sink::Syslog(s) => s.deliver(entries).await,
+            Sink::Objects(o) => o.deliver(entries).await,
         }
     }
 }
