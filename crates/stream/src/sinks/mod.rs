@@ -1,7 +1,10 @@
-//! One sink per destination, the way Vector lays out its sinks: each
-//! module builds the bodies and requests its destination documents; the
-//! HTTP sending, compression and answer classification are shared
-//! ([`http`]).
+//! One sink per destination, the way Vector lays out its sinks: one
+//! folder per destination, whose module doc states the wire protocol it
+//! implements, with its encoder (how an entry becomes an item of a body)
+//! and how it reads its destination's answer. The delivery loop (encode,
+//! split into bodies under the destination's limits, post each, retry
+//! refused items, count the [`Delivery`]), compression and the
+//! classification of answers are shared ([`http`]).
 
 pub mod http;
 pub mod splunk;
@@ -55,7 +58,9 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// The sink for a validated configuration (with its secrets) and log type.
+    /// The sink for a validated configuration (with its secrets) and log
+    /// type: `splunk` and `cribl` a [`splunk::Splunk`] (token), `webhook`
+    /// a [`webhook::Webhook`] (token as signing key).
     pub fn new(
         config: &EndpointConfig,
         log_type: LogType,
@@ -78,24 +83,31 @@ impl Sink {
         })
     }
 
-    /// Delivers `entries` in order, in as many requests as the body limit
-    /// needs; Ok only when the destination confirmed every one.
+    /// Delivers `entries` in order, in as many requests as the
+    /// destination's limits need; Ok only when the destination confirmed
+    /// every one.
     pub async fn deliver(&self, entries: &[Entry]) -> Result<Delivery, SinkError> {
         match self {
             Sink::Splunk(s) => s.deliver(entries).await,
-            Sink::Webhook(w) => w.deliver(entries).await,
+            Sink::Webhook(s) => s.deliver(entries).await,
         }
     }
 }
 
-/// Splits `items` (encoded entries) into bodies of at most `max` bytes
-/// (an item larger than `max` goes alone); returns index ranges.
-pub fn chunks(items: &[Vec<u8>], max: usize, overhead: usize) -> Vec<std::ops::Range<usize>> {
+/// Splits `items` (encoded entries) into bodies of at most `max` bytes and
+/// `max_items` items, counting `overhead` bytes per item (an item larger
+/// than `max` goes alone); returns index ranges.
+pub fn chunks(
+    items: &[Vec<u8>],
+    max: usize,
+    max_items: usize,
+    overhead: usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, it) in items.iter().enumerate() {
         let add = it.len() + overhead;
-        if i > start && size + add > max {
+        if i > start && (size + add > max || i - start >= max_items) {
             out.push(start..i);
             start = i;
             size = 0;
@@ -113,12 +125,14 @@ mod tests {
     #[test]
     fn bodies_stay_under_the_limit() {
         let items: Vec<Vec<u8>> = (0..10).map(|i| vec![b'x'; 30 + i]).collect();
-        let c = super::chunks(&items, 100, 1);
+        let c = super::chunks(&items, 100, usize::MAX, 1);
         assert_eq!(c.iter().map(|r| r.len()).sum::<usize>(), 10);
         for r in &c {
             let size: usize = items[r.clone()].iter().map(|i| i.len() + 1).sum();
             assert!(size <= 100 || r.len() == 1, "{r:?}");
         }
-        assert_eq!(super::chunks(&[vec![0; 500]], 100, 0), vec![0..1]);
+        assert_eq!(super::chunks(&[vec![0; 500]], 100, 9, 0), vec![0..1]);
+        let small: Vec<Vec<u8>> = (0..7).map(|_| vec![0; 1]).collect();
+        assert_eq!(super::chunks(&small, 1000, 3, 0), vec![0..3, 3..6, 6..7]);
     }
 }
