@@ -6,7 +6,12 @@
 //! refused items, count the [`Delivery`]), compression and the
 //! classification of answers are shared ([`http`]).
 
+pub mod axiom;
+pub mod datadog;
+pub mod elastic;
 pub mod http;
+mod json;
+pub mod panther;
 pub mod splunk;
 pub mod webhook;
 
@@ -53,14 +58,27 @@ pub struct SinkError {
 pub enum Sink {
     /// Splunk HEC (and Cribl's HEC-compatible source).
     Splunk(splunk::Splunk),
+    /// Elasticsearch `_bulk` into a data stream.
+    Elastic(elastic::Elastic),
+    /// Datadog logs intake.
+    Datadog(datadog::Datadog),
+    /// Panther HTTP source.
+    Panther(panther::Panther),
+    /// Axiom ingest.
+    Axiom(axiom::Axiom),
     /// Signed JSON webhook.
     Webhook(webhook::Webhook),
 }
 
 impl Sink {
-    /// The sink for a validated configuration (with its secrets) and log
-    /// type: `splunk` and `cribl` a [`splunk::Splunk`] (token), `webhook`
-    /// a [`webhook::Webhook`] (token as signing key).
+    /// The sink for a configuration (with its secrets) and log type, once
+    /// [`EndpointConfig::validate`] accepts it: `splunk` and `cribl` a
+    /// [`splunk::Splunk`] (token), `elastic` an [`elastic::Elastic`]
+    /// (`user` and token), `datadog` a [`datadog::Datadog`] (token as the
+    /// API key), `panther` a [`panther::Panther`] and `axiom` an
+    /// [`axiom::Axiom`] (token as bearer token), `webhook` a
+    /// [`webhook::Webhook`] (token as signing key); each posting to `url`
+    /// with `client`, compressed as `compressionFormat` says.
     pub fn new(
         config: &EndpointConfig,
         log_type: LogType,
@@ -73,8 +91,14 @@ impl Sink {
             DestinationType::Splunk | DestinationType::Cribl => {
                 Sink::Splunk(splunk::Splunk::new(http, token, log_type))
             }
+            DestinationType::Elastic => {
+                Sink::Elastic(elastic::Elastic::new(http, &config.user, &token))
+            }
+            DestinationType::Datadog => Sink::Datadog(datadog::Datadog::new(http, token, log_type)),
+            DestinationType::Panther => Sink::Panther(panther::Panther::new(http, &token)),
+            DestinationType::Axiom => Sink::Axiom(axiom::Axiom::new(http, &token)),
             DestinationType::Webhook => Sink::Webhook(webhook::Webhook::new(http, token, log_type)),
-            other => {
+            other @ (DestinationType::S3 | DestinationType::Gcs) => {
                 return Err(crate::ConfigError(format!(
                     "destinationType {} is not delivered by this version of Tally yet",
                     other.name()
@@ -84,11 +108,16 @@ impl Sink {
     }
 
     /// Delivers `entries` in order, in as many requests as the
-    /// destination's limits need; Ok only when the destination confirmed
-    /// every one.
+    /// destination's limits need (entries it refused as overloaded are
+    /// sent again alone, after the others); Ok only when the destination
+    /// confirmed every one.
     pub async fn deliver(&self, entries: &[Entry]) -> Result<Delivery, SinkError> {
         match self {
             Sink::Splunk(s) => s.deliver(entries).await,
+            Sink::Elastic(s) => s.deliver(entries).await,
+            Sink::Datadog(s) => s.deliver(entries).await,
+            Sink::Panther(s) => s.deliver(entries).await,
+            Sink::Axiom(s) => s.deliver(entries).await,
             Sink::Webhook(s) => s.deliver(entries).await,
         }
     }
