@@ -68,15 +68,15 @@ pub enum DestinationType {
     /// Splunk HTTP Event Collector (`/services/collector/event`).
     #[default]
     Splunk,
-    /// Elasticsearch `_bulk` (not yet delivered by Tally).
+    /// Elasticsearch `_bulk` into a data stream.
     Elastic,
-    /// Panther HTTP source (not yet delivered by Tally).
+    /// Panther HTTP source.
     Panther,
     /// Cribl Stream (HEC-compatible source).
     Cribl,
-    /// Datadog logs intake (not yet delivered by Tally).
+    /// Datadog logs intake (v2).
     Datadog,
-    /// Axiom ingest (not yet delivered by Tally).
+    /// Axiom ingest.
     Axiom,
     /// Amazon S3 or S3-compatible storage (not yet delivered by Tally).
     S3,
@@ -89,17 +89,37 @@ pub enum DestinationType {
 }
 
 impl DestinationType {
-    /// Whether this version of Tally delivers to it.
-    pub fn supported(self) -> bool {
-        matches!(
-            self,
-            DestinationType::Splunk
-                | DestinationType::Cribl
-                | DestinationType::Webhook
-                | DestinationType::Syslog
-                | DestinationType::S3
-                | DestinationType::Gcs
-        )
+    /// An example of the url this destination takes.
+    pub fn example_url(self) -> &'static str {
+        match self {
+            DestinationType::Splunk => "https://splunk.example.com:8088/services/collector/event",
+            DestinationType::Cribl => "https://cribl.example.com:8088/services/collector/event",
+            DestinationType::Elastic => {
+                "https://elastic.example.com:9200/logs-tailscale-default/_bulk"
+            }
+            DestinationType::Panther => {
+                "https://logs.example.runpanther.net/http/1b2c3d4e-0000-4000-8000-000000000000"
+            }
+            DestinationType::Datadog => "https://http-intake.logs.datadoghq.com/api/v2/logs",
+            DestinationType::Axiom => "https://api.axiom.co/v1/datasets/tailscale/ingest",
+            DestinationType::S3 => "https://s3.us-east-1.amazonaws.com",
+            DestinationType::Gcs => "https://storage.googleapis.com",
+            DestinationType::Webhook => "https://siem.example.com/tally",
+            DestinationType::Syslog => "syslog+tls://siem.example.com:6514",
+        }
+    }
+
+    /// What its `token` is, for messages.
+    fn token_is(self) -> &'static str {
+        match self {
+            DestinationType::Splunk | DestinationType::Cribl => "the HEC token",
+            DestinationType::Elastic => "the password or API key secret of user, for basic auth",
+            DestinationType::Panther => "the HTTP source's bearer token",
+            DestinationType::Datadog => "a Datadog API key, sent as DD-API-KEY",
+            DestinationType::Axiom => "an Axiom API token that may ingest into the dataset",
+            DestinationType::Webhook => "the key that signs each request",
+            DestinationType::S3 | DestinationType::Gcs | DestinationType::Syslog => "not used",
+        }
     }
 
     /// The lower-case name.
@@ -275,12 +295,6 @@ impl EndpointConfig {
     /// whether it is unencrypted (plain HTTP to a private address).
     pub fn validate(&self) -> Result<(reqwest::Url, bool), ConfigError> {
         let t = self.destination_type;
-        if !t.supported() {
-            return Err(ConfigError(format!(
-                "destinationType {} is not delivered by this version of Tally yet; use splunk, cribl or webhook",
-                t.name()
-            )));
-        }
         if self.upload_period_minutes > 1440 {
             return Err(ConfigError("uploadPeriodMinutes is at most 1440".into()));
         }
@@ -307,8 +321,9 @@ impl EndpointConfig {
         }
         let url = reqwest::Url::parse(&self.url).map_err(|e| {
             ConfigError(format!(
-                "url {:?} is not a URL ({e}); give e.g. https://splunk.example.com:8088/services/collector/event",
-                self.url
+                "url {:?} is not a URL ({e}); give e.g. {}",
+                self.url,
+                t.example_url()
             ))
         })?;
         let host = url.host_str().unwrap_or_default().to_owned();
@@ -358,11 +373,17 @@ impl EndpointConfig {
             return Err(ConfigError(format!(
                 "{} needs a token ({})",
                 t.name(),
-                match t {
-                    DestinationType::Webhook => "the key that signs each request",
-                    _ => "the HEC token",
-                }
+                t.token_is()
             )));
+        }
+        match t {
+            DestinationType::Elastic => self.validate_elastic(&url)?,
+            DestinationType::Datadog if self.compression_format == Compression::Zstd => {
+                return Err(ConfigError(
+                    "datadog takes gzip, not zstd: set compressionFormat to gzip or none".into(),
+                ));
+            }
+            _ => {}
         }
         Ok((url, plain))
     }
@@ -410,6 +431,44 @@ impl EndpointConfig {
                     "collections: {c} is a system collection"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Elastic: a user, a url ending in `/<data-stream>/_bulk` with a
+    /// usable answer, gzip at most.
+    fn validate_elastic(&self, url: &reqwest::Url) -> Result<(), ConfigError> {
+        let example = DestinationType::Elastic.example_url();
+        if self.user.is_empty() {
+            return Err(ConfigError(
+                "elastic needs a user (with token as its password or API key secret; basic auth)"
+                    .into(),
+            ));
+        }
+        let mut segments = url.path().rsplit('/');
+        let bulk = segments.next().unwrap_or_default();
+        let stream = segments.next().unwrap_or_default();
+        let stream_ok = !stream.is_empty()
+            && !stream.starts_with(['_', '-', '+'])
+            && !stream.starts_with(".ds-")
+            && stream
+                .chars()
+                .all(|c| !c.is_ascii_uppercase() && !"\\*?\"<>|,#:% ".contains(c));
+        if bulk != "_bulk" || !stream_ok {
+            return Err(ConfigError(format!(
+                "url {} must end in /<data-stream>/_bulk (a lower-case data stream name), e.g. {example}",
+                url
+            )));
+        }
+        if url.query_pairs().any(|(k, _)| k == "filter_path") {
+            return Err(ConfigError(format!(
+                "url {url}: filter_path would hide the per-entry answers; remove it"
+            )));
+        }
+        if self.compression_format == Compression::Zstd {
+            return Err(ConfigError(
+                "elastic takes gzip, not zstd: set compressionFormat to gzip or none".into(),
+            ));
         }
         Ok(())
     }
@@ -529,5 +588,82 @@ mod tests {
             c.url = url.into();
             assert_eq!(c.validate().is_ok(), ok, "{url}: {:?}", c.validate());
         }
+    }
+
+    fn refusal(c: &EndpointConfig) -> String {
+        c.validate().expect_err("refused").0
+    }
+
+    #[test]
+    fn each_destination_says_what_it_needs() {
+        for t in [
+            DestinationType::Splunk,
+            DestinationType::Cribl,
+            DestinationType::Elastic,
+            DestinationType::Panther,
+            DestinationType::Datadog,
+            DestinationType::Axiom,
+            DestinationType::Webhook,
+        ] {
+            let mut c = EndpointConfig {
+                destination_type: t,
+                url: "not a url".into(),
+                user: "tally".into(),
+                token: Some("secret".into()),
+                ..Default::default()
+            };
+            let e = refusal(&c);
+            assert!(e.contains(t.example_url()), "{t:?}: {e}");
+            c.url = t.example_url().into();
+            assert!(c.validate().is_ok(), "{t:?}: {:?}", c.validate());
+            c.token = None;
+            assert!(refusal(&c).contains("needs a token"), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn elastic_needs_a_user_and_a_data_stream_bulk_url() {
+        let mut c = EndpointConfig {
+            destination_type: DestinationType::Elastic,
+            url: "https://es.example.com:9200/logs-tailscale-default/_bulk?pretty".into(),
+            user: "tally".into(),
+            token: Some("pw".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        c.url = "https://es.example.com/proxy/logs-x/_bulk".into();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        for url in [
+            "https://es.example.com:9200/_bulk",
+            "https://es.example.com:9200/logs/_doc",
+            "https://es.example.com:9200/Logs/_bulk",
+            "https://es.example.com:9200/_logs/_bulk",
+            "https://es.example.com:9200/logs/_bulk/",
+        ] {
+            c.url = url.into();
+            assert!(refusal(&c).contains("/<data-stream>/_bulk"), "{url}");
+        }
+        c.url = "https://es.example.com/logs/_bulk?filter_path=took".into();
+        assert!(refusal(&c).contains("filter_path"));
+        c.url = "https://es.example.com/logs/_bulk".into();
+        c.compression_format = Compression::Zstd;
+        assert!(refusal(&c).contains("gzip"));
+        c.compression_format = Compression::Gzip;
+        c.user.clear();
+        assert!(refusal(&c).contains("needs a user"));
+    }
+
+    #[test]
+    fn datadog_takes_gzip_not_zstd() {
+        let mut c = EndpointConfig {
+            destination_type: DestinationType::Datadog,
+            url: DestinationType::Datadog.example_url().into(),
+            token: Some("key".into()),
+            compression_format: Compression::Zstd,
+            ..Default::default()
+        };
+        assert!(refusal(&c).contains("gzip"));
+        c.compression_format = Compression::Gzip;
+        assert!(c.validate().is_ok());
     }
 }
