@@ -308,7 +308,10 @@ async fn elastic(
         if tally_proto::timefmt::parse_rfc3339(ts) != Some(time_of(seq)) {
             rx.violations.push(format!("@timestamp {ts} of {seq}"));
         }
-        if id != Some((1000 + seq).to_string()) {
+        if !id
+            .as_deref()
+            .is_some_and(|i| i.starts_with(&format!("{}-", 1000 + seq)))
+        {
             rx.violations
                 .push(format!("_id {id:?} of {seq}: not the entry's position"));
         }

@@ -150,6 +150,8 @@ impl StreamService {
             last_secs: now_secs(),
         }));
         let consumer = StreamConsumer {
+            log_type,
+            format: config.format,
             period: config.upload_period(),
             pending: Pending::default(),
             name: consumer_name(&row.id),
@@ -205,6 +207,8 @@ struct Pending {
 
 /// One destination as a consumer of the log.
 struct StreamConsumer {
+    log_type: LogType,
+    format: tally_stream::Format,
     /// Object stores: how long entries are gathered before an upload.
     period: Option<Duration>,
     pending: Pending,
@@ -332,17 +336,30 @@ impl Consumer for StreamConsumer {
             self.not_before = None;
         }
         let through = batch.next_seq.saturating_sub(1);
-        let entries = batch.records.iter().map(|r| Entry {
-            position: r.seq,
-            time: r.rec.time,
-            body: r.rec.body.clone(),
-        });
+        let entries = batch
+            .records
+            .iter()
+            .map(|r| Entry {
+                position: r.seq,
+                time: r.rec.time,
+                body: r.rec.body.clone(),
+            })
+            .collect();
+        // Entries the stream's format cannot write are rejections (shown
+        // in /api/v2/consumers), never a stop: the others go on.
+        let (entries, unwritable) =
+            tally_stream::format::prepare(self.format, self.log_type, entries);
         let handled = Handled {
             through,
-            rejected: Vec::new(),
+            rejected: unwritable
+                .into_iter()
+                .map(|u| tally_pipeline::Rejection {
+                    position: u.position,
+                    reason: u.reason,
+                })
+                .collect(),
         };
         let Some(period) = self.period else {
-            let entries: Vec<Entry> = entries.collect();
             self.send(entries, through).await?;
             return Ok(handled);
         };

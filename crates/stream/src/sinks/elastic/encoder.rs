@@ -2,13 +2,19 @@
 
 use crate::sinks::{Entry, json};
 
-/// `{"create":{"_id":"<position>"}}` (data streams take only `create`;
-/// the store position as `_id` makes a batch sent again a 409 per entry,
-/// not a copy), `\n`, then the entry with `@timestamp` (no final `\n`:
-/// the framing adds it).
+/// `{"create":{"_id":"<position>-<digest>"}}` (data streams take only
+/// `create`; an `_id` made of the store position and the first 8 bytes of
+/// the item's SHA-256 (one stored entry may become several OCSF events)
+/// makes a batch sent again a 409 per item, not a copy), `\n`, then the
+/// entry with `@timestamp` (no final `\n`: the framing adds it).
 pub(super) fn action_and_source(e: &Entry) -> Vec<u8> {
     let source = json::object_with(e, "@timestamp", json::rfc3339(e));
-    let action = format!(r#"{{"create":{{"_id":"{}"}}}}"#, e.position);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &e.body);
+    let action = format!(
+        r#"{{"create":{{"_id":"{}-{}"}}}}"#,
+        e.position,
+        hex::encode(&digest.as_ref()[..8])
+    );
     let mut out = Vec::with_capacity(action.len() + 1 + source.len());
     out.extend_from_slice(action.as_bytes());
     out.push(b'\n');
@@ -27,7 +33,11 @@ mod tests {
         };
         let out = String::from_utf8(super::action_and_source(&e)).expect("utf-8");
         let (action, source) = out.split_once('\n').expect("two lines");
-        assert_eq!(action, r#"{"create":{"_id":"3"}}"#);
+        assert!(action.starts_with(r#"{"create":{"_id":"3-"#), "{action}");
+        assert_eq!(
+            action.len(),
+            r#"{"create":{"_id":"3-0123456789abcdef"}}"#.len()
+        );
         assert!(!source.contains('\n'), "{source}");
         let v: serde_json::Value = serde_json::from_str(source).expect("json");
         assert_eq!(

@@ -7,9 +7,9 @@
 //!   `Content-Type: application/x-ndjson`; `Content-Encoding: gzip` when
 //!   compressed (Elasticsearch takes gzip, not zstd).
 //! - Body: NDJSON, for each entry an action line
-//!   `{"create":{"_id":"<store position>"}}` (data streams take only
-//!   `create`; the position as `_id` turns a batch sent again into 409s,
-//!   not copies) then the source line, the entry's JSON
+//!   `{"create":{"_id":"<store position>-<digest>"}}` (data streams take
+//!   only `create`; an `_id` from the position and the item's SHA-256
+//!   turns a batch sent again into 409s, not copies) then the source line, the entry's JSON
 //!   object with `"@timestamp"` set to its receive time in RFC 3339 (an
 //!   entry that is not a JSON object becomes `{"message": ...}`), and a
 //!   final `\n`; at most [`MAX_BODY`] bytes.
