@@ -236,7 +236,7 @@ impl Http {
         };
         let (body, encoding) =
             super::compress::compress(body, self.compression).map_err(|m| fail(m, None))?;
-        let encoding = encoding.map(|(e, _)| e);
+        let encoding = encoding.map(|e| e.header);
         let size = body.len() as u64;
         let mut req = self
             .client

@@ -96,7 +96,7 @@ impl Objects {
             body.push(b'\n');
         }
         let (body, enc) = compress(body, self.compression).map_err(fail)?;
-        let key = self.key(entries, enc.map(|(_, ext)| ext));
+        let key = self.key(entries, enc.map(|e| e.ext));
         let size = body.len() as u64;
         let path = Path::parse(&key).map_err(|e| fail(format!("object key {key}: {e}")))?;
         self.store
