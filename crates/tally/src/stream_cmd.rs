@@ -13,12 +13,14 @@ const LOG_TYPES: [&str; 5] = ["configuration", "network", "alerts", "findings", 
 /// Where a stream sends entries, as flags.
 #[derive(Debug, clap::Args)]
 pub struct DestinationArgs {
-    /// splunk, cribl, elastic, datadog, panther, axiom, webhook or syslog
+    /// splunk, cribl, elastic, datadog, panther, axiom, s3, gcs, webhook
+    /// or syslog
     #[arg(long = "type")]
     destination: String,
     /// The destination's URL (https, or syslog+tls://host:port; plain
-    /// http and syslog+tcp only to private addresses)
-    #[arg(long)]
+    /// http and syslog+tcp only to private addresses; for s3, empty for
+    /// AWS or an S3-compatible endpoint; unused for gcs)
+    #[arg(long, default_value = "")]
     url: String,
     /// User (elastic's basic auth)
     #[arg(long)]
@@ -39,6 +41,34 @@ pub struct DestinationArgs {
     /// tailnode when none)
     #[arg(long = "collection")]
     collections: Vec<String>,
+    /// s3, gcs: minutes to gather entries into one object (0: upload
+    /// each batch as it is read)
+    #[arg(long, value_name = "MINUTES")]
+    upload_period: Option<u32>,
+    /// s3: the bucket
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    /// s3: the bucket's region (us-east-1 when omitted)
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// s3: the key prefix objects go under
+    #[arg(long)]
+    s3_key_prefix: Option<String>,
+    /// s3: the access key ID
+    #[arg(long)]
+    s3_access_key_id: Option<String>,
+    /// s3: the secret access key; kept when omitted
+    #[arg(long, env = "TALLY_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+    /// gcs: the bucket
+    #[arg(long)]
+    gcs_bucket: Option<String>,
+    /// gcs: the key prefix objects go under
+    #[arg(long)]
+    gcs_key_prefix: Option<String>,
+    /// gcs: a file with the service-account key (JSON); kept when omitted
+    #[arg(long, value_name = "FILE")]
+    gcs_credentials: Option<std::path::PathBuf>,
 }
 
 impl DestinationArgs {
@@ -66,6 +96,31 @@ impl DestinationArgs {
         }
         if !self.collections.is_empty() {
             body["collections"] = json!(self.collections);
+        }
+        if let Some(m) = self.upload_period {
+            body["uploadPeriodMinutes"] = json!(m);
+        }
+        for (field, value) in [
+            ("s3Bucket", &self.s3_bucket),
+            ("s3Region", &self.s3_region),
+            ("s3KeyPrefix", &self.s3_key_prefix),
+            ("s3AccessKeyId", &self.s3_access_key_id),
+            ("s3SecretAccessKey", &self.s3_secret_access_key),
+            ("gcsBucket", &self.gcs_bucket),
+            ("gcsKeyPrefix", &self.gcs_key_prefix),
+        ] {
+            if let Some(v) = value {
+                body[field] = json!(v);
+            }
+        }
+        if self.s3_access_key_id.is_some() {
+            body["s3AuthenticationType"] = json!("accesskey");
+        }
+        if let Some(path) = &self.gcs_credentials {
+            let key = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the GCS credentials {}: {e}", path.display())
+            })?;
+            body["gcsCredentials"] = json!(key);
         }
         Ok(body)
     }
