@@ -134,6 +134,40 @@ async fn an_edited_half_becomes_a_finding_naming_both_nodes() {
             .any(|x| x["completeness"].as_f64().is_some_and(|c| c < 1.0)),
         "{v}"
     );
+    // A network log stream's status counts the windows the other end
+    // did not confirm (Tailscale's numSpoofedEntries).
+    let http = common::http();
+    let put = http
+        .put(format!(
+            "{}/api/v2/tailnet/-/logging/network/stream",
+            server.url
+        ))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({
+            "destinationType": "webhook",
+            "url": "http://127.0.0.1:9/hook",
+            "token": "k",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let status: Value = common::get_json(&format!(
+        "{}/api/v2/tailnet/-/logging/network/stream/status",
+        server.url
+    ))
+    .await;
+    let unconfirmed: u64 = v["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["judged"].as_u64().unwrap() - p["matched"].as_u64().unwrap())
+        .sum();
+    assert!(unconfirmed > 0, "{v}");
+    assert!(
+        status["numSpoofedEntries"].as_u64() >= Some(unconfirmed),
+        "{status}"
+    );
     // Completeness carries the last hour in buckets and a trend.
     let pair = v["pairs"].as_array().unwrap()[0].clone();
     let recent: u64 = pair["recent"]

@@ -260,6 +260,20 @@ pub async fn delete(
     Ok(StatusCode::OK.into_response())
 }
 
+/// `numSpoofedEntries` for network streams: the tailnet's connection
+/// windows (node to node) that reconciliation judged and the other end did
+/// not confirm, since the reconciler's state began.
+fn unconfirmed(state: &AppState, tailnet: &str) -> u64 {
+    state
+        .reconcile
+        .summary()
+        .pairs
+        .iter()
+        .filter(|(t, ..)| t == tailnet)
+        .map(|(.., c)| c.judged.saturating_sub(c.matched))
+        .sum()
+}
+
 /// A stream's status: Tailscale's fields and Tally's.
 fn status_of(state: &AppState, row: &StreamRow) -> Value {
     let Some(live) = state.streams.state(&row.id) else {
@@ -273,6 +287,9 @@ fn status_of(state: &AppState, row: &StreamRow) -> Value {
         (s.status.clone(), s.position, s.unencrypted)
     };
     let mut v = serde_json::to_value(status).unwrap_or_default();
+    if row.log_type == LogType::Network.name() {
+        v["numSpoofedEntries"] = json!(unconfirmed(state, &row.tailnet_id));
+    }
     v["id"] = json!(row.id);
     v["position"] = json!(position);
     v["unencrypted"] = json!(unencrypted);
