@@ -124,4 +124,13 @@ pub trait Consumer: Send + 'static {
     fn tick_every(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether a [`Consumer::handle`] or [`Consumer::tick`] in flight may
+    /// be dropped when the driver stops (true for a consumer whose
+    /// position moves only when its work is done, such as a streaming
+    /// destination waiting on a hung peer): the server then stops at once
+    /// instead of waiting for it.
+    fn cancel_safe(&self) -> bool {
+        false
+    }
 }

@@ -28,6 +28,9 @@ enum Step {
     /// The consumer halted before a record (policy): what it handled
     /// before it is committed.
     Halted,
+    /// The driver was stopped while a cancel-safe consumer worked: its
+    /// work was dropped, its position is where it was.
+    Cancelled,
     /// The consumer panicked: halted, its state is not committed.
     Panicked,
 }
@@ -85,9 +88,10 @@ pub async fn run<C: Consumer>(
             &mut pos,
             tick_every,
             &mut next_tick,
+            &cancel,
         )
         .await;
-        if matches!(step, Step::Panicked) {
+        if matches!(step, Step::Panicked | Step::Cancelled) {
             continue;
         }
         if matches!(step, Step::More | Step::Idle | Step::Halted) {
@@ -110,7 +114,7 @@ pub async fn run<C: Consumer>(
             }
         }
         match step {
-            Step::More | Step::Halted | Step::Panicked => {}
+            Step::More | Step::Halted | Step::Panicked | Step::Cancelled => {}
             Step::Failed(e) => {
                 failed(&handle, &e);
                 backoff_wait(&handle, &cancel, &mut backoff).await;
@@ -151,14 +155,17 @@ async fn step<C: Consumer>(
     pos: &mut Position,
     tick_every: Option<Duration>,
     next_tick: &mut Instant,
+    cancel: &CancellationToken,
 ) -> Step {
+    let cancel_safe = consumer.cancel_safe();
     if let Some(every) = tick_every
         && Instant::now() >= *next_tick
     {
         *next_tick = Instant::now() + every;
-        match guarded(consumer.tick()).await {
-            Ok(()) => {}
-            Err(e) => return fail_or_halt(handle, *pos, e),
+        match cancellable(cancel_safe, cancel, guarded(consumer.tick())).await {
+            None => return Step::Cancelled,
+            Some(Ok(())) => {}
+            Some(Err(e)) => return fail_or_halt(handle, *pos, e),
         }
     }
     let (spec, limits, from) = (consumer.reads(), consumer.read_limits(), *pos + 1);
@@ -199,9 +206,16 @@ async fn step<C: Consumer>(
     batch.damaged.clear();
     let truncated = batch.truncated;
     let count = batch.records.len() as u64;
-    let handled = match guarded(consumer.handle(Arc::new(batch))).await {
-        Ok(h) => h,
-        Err(e) => return fail_or_halt(handle, *pos, e),
+    let handled = match cancellable(
+        cancel_safe,
+        cancel,
+        guarded(consumer.handle(Arc::new(batch))),
+    )
+    .await
+    {
+        None => return Step::Cancelled,
+        Some(Ok(h)) => h,
+        Some(Err(e)) => return fail_or_halt(handle, *pos, e),
     };
     let Handled {
         through,
@@ -243,6 +257,22 @@ async fn step<C: Consumer>(
         return Step::Halted;
     }
     if truncated { Step::More } else { Step::Idle }
+}
+
+/// `f`, or `None` when `cancel` fires first and the consumer allows its
+/// work to be dropped.
+async fn cancellable<T>(
+    safe: bool,
+    cancel: &CancellationToken,
+    f: impl Future<Output = T>,
+) -> Option<T> {
+    if !safe {
+        return Some(f.await);
+    }
+    tokio::select! {
+        r = f => Some(r),
+        () = cancel.cancelled() => None,
+    }
 }
 
 /// A consumer's future with its panic caught (a panic is an error whose

@@ -25,11 +25,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so that tests can drive the upload period.
 use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled, Pipeline};
 use tally_store::{Filter, Position, ReadLimits, ReadSpec, ScanBatch, kind};
 use tally_stream::config::Secrets;
 use tally_stream::{EndpointConfig, Entry, LogType, PublishingStatus, Sink};
+use tokio::time::Instant;
 
 /// Most records, and about the most bytes, one batch takes.
 const READ_LIMITS: ReadLimits = ReadLimits {
@@ -299,6 +301,12 @@ impl Consumer for StreamConsumer {
         false
     }
 
+    fn cancel_safe(&self) -> bool {
+        // The position moves only after a confirmed delivery: a delivery
+        // dropped at shutdown is sent again after the restart.
+        true
+    }
+
     fn reads(&self) -> ReadSpec {
         ReadSpec {
             filter: Filter {
@@ -428,4 +436,95 @@ pub async fn start_all(state: &crate::AppState) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{ObjectStore as _, ObjectStoreExt as _};
+    use tally_store::{NewRecord, Owner, Record};
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Arc<ScanBatch> {
+        let next_seq = seqs.end() + 1;
+        Arc::new(ScanBatch {
+            records: seqs
+                .map(|seq| Record {
+                    seq,
+                    rec: NewRecord {
+                        time: 1_700_000_000_000_000_000 + seq as i64,
+                        collection: "tailaudit".into(),
+                        owner: Owner::Tailnet("t".into()),
+                        instance: [0; 32],
+                        identity: None,
+                        client_time: None,
+                        kind: kind::LOG,
+                        body: format!("{{\"n\":{seq}}}").into_bytes(),
+                    },
+                })
+                .collect(),
+            next_seq,
+            truncated: false,
+            damaged: Vec::new(),
+        })
+    }
+
+    /// An object store gathers batches for the upload period, uploads
+    /// them as one object, and only then moves its saved position.
+    #[tokio::test(start_paused = true)]
+    async fn an_object_store_uploads_once_per_period() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = StreamConsumer {
+            log_type: LogType::Configuration,
+            format: tally_stream::Format::Native,
+            period: Some(Duration::from_secs(60)),
+            pending: Pending::default(),
+            name: "stream-s1".into(),
+            tailnet: "t".into(),
+            collections: vec!["tailaudit".into()],
+            sink: Sink::Objects(tally_stream::sinks::object::Objects::new(
+                store.clone(),
+                "mem://".into(),
+                "p",
+                LogType::Configuration,
+                tally_stream::config::Compression::None,
+            )),
+            position: 0,
+            state: Arc::new(Mutex::new(StreamState::default())),
+            path: dir.path().join("s1.json"),
+            not_before: None,
+        };
+        let listed = || async {
+            let mut keys = Vec::new();
+            let mut list = store.list(None);
+            while let Some(m) = futures_util::StreamExt::next(&mut list).await {
+                keys.push(m.expect("meta").location.to_string());
+            }
+            keys
+        };
+        assert_eq!(c.handle(batch(1..=3)).await.expect("batch").through, 3);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        c.tick().await.expect("tick");
+        assert_eq!(c.handle(batch(4..=5)).await.expect("batch").through, 5);
+        assert!(listed().await.is_empty(), "nothing before the period ends");
+        assert_eq!(c.position(), 0, "the saved position waits for the upload");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        c.tick().await.expect("tick");
+        let keys = listed().await;
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(
+            keys[0].ends_with("00000000000000000001-00000000000000000005.ndjson"),
+            "{keys:?}"
+        );
+        let body = store
+            .get(&object_store::path::Path::from(keys[0].as_str()))
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 5);
+        assert_eq!(c.position(), 5);
+        assert_eq!(c.state.lock().status.num_entries_sent, 5);
+    }
 }
