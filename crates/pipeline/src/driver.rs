@@ -335,8 +335,11 @@ fn failed(handle: &ConsumerHandle, e: &str) {
 
 async fn backoff_wait(handle: &ConsumerHandle, cancel: &CancellationToken, backoff: &mut Duration) {
     set_state(handle, ConsumerState::Backoff);
+    // Jittered (half to all of the backoff), so that consumers failing on
+    // one cause (a destination down) do not retry in step.
+    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
     tokio::select! {
-        () = tokio::time::sleep(*backoff) => {}
+        () = tokio::time::sleep(wait) => {}
         () = cancel.cancelled() => {}
     }
     *backoff = (*backoff * 2).min(MAX_BACKOFF);

@@ -356,6 +356,8 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 ("numFailedRequests", "failed requests"),
                 ("rateEntriesSent", "entries/s"),
                 ("lagEntries", "entries behind"),
+                ("lagSeconds", "seconds behind"),
+                ("numSpoofedEntries", "unconfirmed"),
                 ("unencrypted", "unencrypted"),
             ] {
                 text.push_str(&format!("{label:<20} {}\n", cell(&v[k])));

@@ -297,7 +297,9 @@ fn status_of(state: &AppState, row: &StreamRow) -> Value {
         .pipeline
         .get(&crate::consumers::stream::consumer_name(&row.id))
     {
-        v["lagEntries"] = json!(c.status(state.store.end_seq()).lag_records);
+        let c = c.status(state.store.end_seq());
+        v["lagEntries"] = json!(c.lag_records);
+        v["lagSeconds"] = json!(c.lag_seconds);
     }
     v
 }

@@ -4,8 +4,8 @@
 //!
 //! - At least once: the position advances only after the destination
 //!   confirmed the whole batch; a failure leaves it where it was, and the
-//!   driver retries (backing off, and not before the destination's
-//!   `Retry-After`). A batch cut off mid-way (some bodies confirmed) is
+//!   driver retries (backing off with jitter, and not before the
+//!   destination's `Retry-After`). A batch cut off mid-way (some bodies confirmed) is
 //!   sent again whole: duplicates at most one batch.
 //! - Not essential: a destination that is down shows in its status
 //!   (`lastError`) and in `/api/v2/consumers`, never in `/readyz`, and
@@ -332,16 +332,10 @@ impl Consumer for StreamConsumer {
     }
 
     async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
-        if let Some(t) = self.not_before {
-            let left = t.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                self.pending = Pending::default();
-                return Err(ConsumerError::new(format!(
-                    "waiting {} s more, as the destination asked (Retry-After)",
-                    left.as_secs() + 1
-                )));
-            }
-            self.not_before = None;
+        if let Some(t) = self.not_before.take() {
+            // As the destination asked (Retry-After); the wait is dropped
+            // if the server stops (cancel-safe).
+            tokio::time::sleep_until(t).await;
         }
         let through = batch.next_seq.saturating_sub(1);
         let entries = batch
