@@ -310,3 +310,90 @@ async fn a_tailscale_client_sees_tailscales_json_and_never_a_secret() {
     assert_eq!(v["destinationType"], "s3");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_logs_stream_only_from_the_collections_opted_in() {
+    let env = start(&Db::Sqlite).await;
+    let (url, got) = webhook().await;
+    let path = "/api/v2/tailnet/-/logging/logs/stream";
+    for (bad, why) in [
+        (json!(["tailaudit"]), "configuration"),
+        (json!(["tailtraffic"]), "network"),
+        (json!(["no spaces"]), "collection name"),
+    ] {
+        let (s, v) = env
+            .call(
+                OWNER_KEY,
+                Method::PUT,
+                path,
+                Some(json!({ "destinationType": "webhook", "url": url, "token": "k", "collections": bad })),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(why), "{v}");
+    }
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::PUT,
+            "/api/v2/tailnet/-/logging/network/stream",
+            Some(json!({ "destinationType": "webhook", "url": url, "token": "k", "collections": ["tailnode"] })),
+        )
+        .await;
+    assert_eq!(s, 400, "collections only for logs: {v}");
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::PUT,
+            path,
+            Some(json!({ "destinationType": "webhook", "url": url, "token": "k", "collections": ["tailnode"] })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // One line in the opted-in collection, one in another: only the first
+    // is streamed.
+    let private = tally_proto::PrivateId::generate().to_hex();
+    env.adopt("tailnode", &private).await;
+    let other = tally_proto::PrivateId::generate().to_hex();
+    let (s, v) = env
+        .call(
+            OWNER_KEY,
+            Method::POST,
+            "/collections",
+            Some(json!({ "collection": "app-logs", "action": "create" })),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+    env.adopt("app-logs", &other).await;
+    for (c, id, text) in [
+        ("app-logs", &other, "not opted in"),
+        ("tailnode", &private, "opted in"),
+    ] {
+        let resp = env
+            .http
+            .post(format!("{}/c/{c}/{id}", env.base))
+            .body(json!({ "text": text }).to_string())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let texts: Vec<String> = got
+            .lock()
+            .iter()
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .collect();
+        if texts.iter().any(|t| t == "opted in") {
+            assert!(!texts.iter().any(|t| t == "not opted in"), "{texts:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node log never arrived: {texts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.stop().await;
+}

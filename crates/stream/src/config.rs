@@ -377,6 +377,11 @@ impl EndpointConfig {
             )));
         }
         match t {
+            DestinationType::Syslog if self.compression_format != Compression::None => {
+                return Err(ConfigError(
+                    "syslog messages are not compressed: set compressionFormat to none".into(),
+                ));
+            }
             DestinationType::Elastic => self.validate_elastic(&url)?,
             DestinationType::Datadog if self.compression_format == Compression::Zstd => {
                 return Err(ConfigError(
@@ -588,6 +593,9 @@ mod tests {
             c.url = url.into();
             assert_eq!(c.validate().is_ok(), ok, "{url}: {:?}", c.validate());
         }
+        c.url = "syslog+tls://siem.example.com".into();
+        c.compression_format = Compression::Gzip;
+        assert!(c.validate().unwrap_err().0.contains("compressionFormat"));
     }
 
     fn refusal(c: &EndpointConfig) -> String {
