@@ -16,7 +16,7 @@
 mod common;
 
 use common::TestServer;
-use common::readme::tally;
+use common::readme::{create_api_key as change, free_port, tally_async as cli};
 use serde_json::Value;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -29,11 +29,7 @@ struct Moto {
 
 impl Moto {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -61,34 +57,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn cli(url: &str, args: &[&str]) -> String {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        tally(&url, &a)
-    })
-    .await
-    .expect("cli")
-}
-
-async fn change(url: &str, d: &str) {
-    cli(
-        url,
-        &[
-            "keys",
-            "create",
-            "--type",
-            "api",
-            "--description",
-            d,
-            "--expiry",
-            "30d",
-        ],
-    )
-    .await;
 }
 
 /// Every object under `prefix`, read with AWS's own SDK (boto3, which

@@ -17,7 +17,7 @@ mod common;
 
 use common::TestServer;
 use common::certs::make_certs;
-use common::readme::tally;
+use common::readme::{create_api_key as change, free_port, tally_async as cli};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,44 +116,6 @@ impl Drop for Rsyslog {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Runs the CLI off the async runtime.
-async fn cli(url: &str, args: &[&str]) -> String {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        tally(&url, &a)
-    })
-    .await
-    .expect("cli")
-}
-
-/// Creates an API key described `d` (one audit event).
-async fn change(url: &str, d: &str) {
-    cli(
-        url,
-        &[
-            "keys",
-            "create",
-            "--type",
-            "api",
-            "--description",
-            d,
-            "--expiry",
-            "30d",
-        ],
-    )
-    .await;
 }
 
 /// Waits until rsyslog wrote the key creations described `want`, in

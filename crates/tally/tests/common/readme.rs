@@ -30,6 +30,46 @@ pub fn tally(url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`tally`] off the async runtime.
+pub async fn tally_async(url: &str, args: &[&str]) -> String {
+    let url = url.to_owned();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        tally(&url, &a)
+    })
+    .await
+    .expect("the CLI ran")
+}
+
+/// One audit event: `tally keys create` of an API key described `d`
+/// (expiring in 30 days, so that no detection rule fires).
+pub async fn create_api_key(url: &str, d: &str) {
+    tally_async(
+        url,
+        &[
+            "keys",
+            "create",
+            "--type",
+            "api",
+            "--description",
+            d,
+            "--expiry",
+            "30d",
+        ],
+    )
+    .await;
+}
+
+/// A free TCP port on 127.0.0.1 (for a peer that takes a port number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// An agent started exactly as the README says.
 pub struct Agent {
     child: Child,
