@@ -4,6 +4,7 @@
 //! [`api::table`].
 
 pub mod api;
+pub mod console;
 pub mod consumers;
 pub mod control;
 pub mod error;

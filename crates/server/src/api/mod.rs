@@ -102,6 +102,16 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     vec![
         r(M::GET, "/healthz", Public, "", "", get(|| async { "ok\n" })),
         r(M::GET, "/readyz", Public, "", "", get(pipeline::readyz)),
+        // The console's static files (it signs in through /api/v2/session).
+        r(M::GET, "/", Public, "", "", get(crate::console::index)),
+        r(
+            M::GET,
+            "/console/{*file}",
+            Public,
+            "",
+            "",
+            get(crate::console::file),
+        ),
         r(
             M::GET,
             "/metrics",
