@@ -147,6 +147,8 @@ pub struct AppState {
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
     /// Decoding and parsing of upload bodies running at once: one per CPU.
     pub parse_slots: Arc<tokio::sync::Semaphore>,
+    /// Failed console sign-ins per address and login.
+    pub sign_ins: Arc<api::session::SignInLimiter>,
     /// Cancelled when graceful shutdown begins: held requests (agents'
     /// long polls) answer at once so that draining does not wait for them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -310,6 +312,7 @@ impl Server {
                 config.data_dir.join("instances-v2.json"),
             )),
             budgets: Arc::new(budget::Budgets::default()),
+            sign_ins: Arc::new(api::session::SignInLimiter::default()),
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
             ingest_budget: Arc::new(tokio::sync::Semaphore::new(ingest::budget_permits(
                 config.ingest_memory_budget,

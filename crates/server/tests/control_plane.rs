@@ -267,6 +267,9 @@ async fn fixture(
             Some(json!({ "loginName": format!("user{n}@example.com"), "role": "member" }))
         }
         ("POST", "/api/v2/users/{userId}/role") => Some(json!({ "role": "auditor" })),
+        ("POST", "/api/v2/users/{userId}/password") => {
+            Some(json!({ "password": format!("a long enough password {n}") }))
+        }
         ("POST", "/api/v2/tailnet/{tailnet}/detection/rules") => {
             Some(json!({ "yaml": own_rule(n + 100_000) }))
         }

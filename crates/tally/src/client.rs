@@ -38,6 +38,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server's URL (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Builds a client from the command-line arguments.
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
         install_crypto();

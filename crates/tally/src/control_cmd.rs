@@ -229,6 +229,39 @@ pub enum UsersCmd {
         #[command(flatten)]
         out: JsonArg,
     },
+    /// Set a user's console password (read from stdin, so that it stays
+    /// out of the shell's history).
+    SetPassword {
+        /// User ID or login name.
+        user: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        tailnet: TailnetArg,
+    },
+    /// Print a one-time link (valid 24 hours) with which a user sets their
+    /// console password.
+    Invite {
+        /// User ID or login name.
+        user: String,
+        #[command(flatten)]
+        tailnet: TailnetArg,
+    },
+}
+
+/// The ID of `user` (an ID or a login name) in `tailnet`.
+async fn user_id_of(api: &Api, tailnet: &str, user: &str) -> anyhow::Result<String> {
+    let v = api.get(&tailnet_path(tailnet, "/users")).await?;
+    let found: Vec<&Value> = items(&v, "users")
+        .into_iter()
+        .filter(|u| u["id"] == user || u["loginName"] == user)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(cell(&one["id"])),
+        [] => anyhow::bail!("no user {user:?} in this tailnet (`tally users list` shows them)"),
+        _ => anyhow::bail!("{user:?} names several users; give the user ID"),
+    }
 }
 
 /// Managing nodes (devices).
@@ -376,6 +409,11 @@ impl Api {
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::GET, path, &[], None).await
+    }
+
+    /// The server's URL.
+    pub(crate) fn base(&self) -> &str {
+        self.client.base()
     }
 }
 
@@ -1015,6 +1053,51 @@ pub async fn run_users(cmd: UsersCmd, server: &ServerArgs) -> anyhow::Result<()>
                 )
                 .await?;
             confirm(&v, out.json, &format!("deleted user {user_id}\n"))
+        }
+        UsersCmd::SetPassword {
+            user,
+            password_stdin,
+            tailnet,
+        } => {
+            if !password_stdin {
+                anyhow::bail!(
+                    "give the password on stdin with --password-stdin (so that it stays out of the shell's history), or send `tally users invite {user}`'s link"
+                );
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| anyhow!("reading the password from stdin: {e}"))?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let id = user_id_of(&api, &tailnet.tailnet, &user).await?;
+            api.call(
+                Method::POST,
+                &format!("/api/v2/users/{}/password", seg(&id)),
+                &[],
+                Some(&json!({ "password": password })),
+            )
+            .await?;
+            emit(&format!(
+                "set the console password of {user}; sign in at {}/\n",
+                api.base().trim_end_matches('/')
+            ))
+        }
+        UsersCmd::Invite { user, tailnet } => {
+            let id = user_id_of(&api, &tailnet.tailnet, &user).await?;
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("/api/v2/users/{}/password-setup", seg(&id)),
+                    &[],
+                    None,
+                )
+                .await?;
+            emit(&format!(
+                "{}{}\n(one use; valid until {}; send it to {user} privately)\n",
+                api.base().trim_end_matches('/'),
+                cell(&v["path"]),
+                cell(&v["expires"])
+            ))
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod network;
 pub mod pipeline;
 pub mod query;
 pub mod reconciliation;
+pub mod session;
 pub mod streams;
 pub mod tailnets;
 pub mod transparency;
@@ -521,6 +522,54 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             post(streams::test),
         ),
         r(
+            M::POST,
+            "/api/v2/session",
+            Public,
+            "",
+            "",
+            post(session::sign_in),
+        ),
+        r(
+            M::GET,
+            "/api/v2/session",
+            Role(P::DevicesRead),
+            "",
+            "",
+            get(session::current),
+        ),
+        r(
+            M::DELETE,
+            "/api/v2/session",
+            Public,
+            "",
+            "",
+            delete(session::sign_out),
+        ),
+        r(
+            M::POST,
+            "/api/v2/session/setup",
+            Public,
+            "",
+            "",
+            post(session::setup),
+        ),
+        r(
+            M::POST,
+            "/api/v2/users/{userId}/password",
+            Role(P::UsersWrite),
+            "USER",
+            "UPDATE",
+            post(session::set_password),
+        ),
+        r(
+            M::POST,
+            "/api/v2/users/{userId}/password-setup",
+            Role(P::UsersWrite),
+            "USER",
+            "CREATE",
+            post(session::password_setup),
+        ),
+        r(
             M::GET,
             "/api/v2/tailnet/{tailnet}/reconciliation",
             Role(P::LogsRead),
@@ -737,7 +786,7 @@ async fn guard(
     let Guard::Role(permission) = spec.guard else {
         return next.run(req).await;
     };
-    let caller = match authenticate(&state, req.headers(), remote).await {
+    let caller = match authenticate(&state, req.method(), req.headers(), remote).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };

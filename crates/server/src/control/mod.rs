@@ -15,6 +15,7 @@ pub mod principals;
 pub mod retention;
 pub mod schema;
 pub mod secrets;
+pub mod sessions;
 pub mod settings;
 pub mod streams;
 pub mod tailnets;

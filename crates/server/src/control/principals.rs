@@ -744,12 +744,23 @@ impl ControlDb {
 
     /// The user behind an API key, if the key is valid now.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, ControlError> {
-        let row = sqlx::query(
+        self.principal_where("k.hash", &hash_secret(secret)).await
+    }
+
+    /// The principal of API key `key_id`, with every check of
+    /// [`ControlDb::authenticate`] (a console session opened with a key).
+    pub async fn key_principal(&self, key_id: &str) -> Result<Principal, ControlError> {
+        self.principal_where("k.id", key_id).await
+    }
+
+    /// The principal of the key whose `column` is `value`.
+    async fn principal_where(&self, column: &str, value: &str) -> Result<Principal, ControlError> {
+        let row = sqlx::query(&format!(
             "SELECT k.id AS key_id, k.key_type, k.expires, k.revoked, k.created_by, u.id AS user_id, u.login_name, u.display_name, u.role, u.status, t.id AS tailnet_id, t.name AS tailnet_name, t.deleted
              FROM keys k JOIN users u ON u.id = k.user_id JOIN tailnets t ON t.id = k.tailnet_id
-             WHERE k.hash = $1",
-        )
-        .bind(hash_secret(secret))
+             WHERE {column} = $1"
+        ))
+        .bind(value)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| ControlError::Unauthorized("the API key is not valid (unknown)".into()))?;

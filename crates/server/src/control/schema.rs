@@ -186,4 +186,32 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX log_streams_by_type ON log_streams (tailnet_id, log_type, created)",
         ],
     ),
+    (
+        7,
+        "console sign-in: passwords (argon2id), one-time setup links, sessions",
+        &[
+            "CREATE TABLE passwords (
+            user_id TEXT PRIMARY KEY,
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            hash TEXT NOT NULL,
+            updated BIGINT NOT NULL
+        )",
+            "CREATE TABLE password_setups (
+            token_hash TEXT PRIMARY KEY,
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            user_id TEXT NOT NULL,
+            expires BIGINT NOT NULL
+        )",
+            "CREATE TABLE sessions (
+            token_hash TEXT PRIMARY KEY,
+            tailnet_id TEXT NOT NULL REFERENCES tailnets(id),
+            user_id TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL
+        )",
+            "CREATE INDEX sessions_by_user ON sessions (user_id)",
+        ],
+    ),
 ];
