@@ -86,7 +86,8 @@ pub fn content_type(path: &str) -> &'static str {
 
 fn etag(bytes: &[u8], suffix: &str) -> HeaderValue {
     let hash = hex::encode(&Sha256::digest(bytes)[..16]);
-    HeaderValue::from_str(&format!("\"{hash}{suffix}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+    HeaderValue::from_str(&format!("\"{hash}{suffix}\""))
+        .unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
@@ -183,11 +184,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let mut resp = if not_modified(headers, tag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, file.content_type)],
-            body,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, file.content_type)], body).into_response()
     };
     let h = resp.headers_mut();
     security_headers(h);
@@ -196,6 +193,27 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzipped {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+/// Drops `WWW-Authenticate` from a 401 answered to a script of a page (a
+/// request with `Sec-Fetch-Mode` other than `navigate` and no
+/// `Authorization`): browsers answer that header with a password prompt,
+/// which the console (signing in with its own form) must not cause. API
+/// clients (no `Sec-Fetch-Mode`) and navigations keep it.
+pub async fn no_password_prompt(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let from_script = req
+        .headers()
+        .get("sec-fetch-mode")
+        .is_some_and(|m| m.as_bytes() != b"navigate")
+        && !req.headers().contains_key(header::AUTHORIZATION);
+    let mut resp = next.run(req).await;
+    if from_script && resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }
     resp
 }
@@ -240,12 +258,21 @@ mod tests {
     #[test]
     fn gzip_and_etag_negotiation() {
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip;q=0.8"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0.8"),
+        );
         assert!(accepts_gzip(&h));
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0, br"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip;q=0, br"),
+        );
         assert!(!accepts_gzip(&h));
         let tag = HeaderValue::from_static("\"abc\"");
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\", W/\"abc\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"abc\""),
+        );
         assert!(not_modified(&h, &tag));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
         assert!(!not_modified(&h, &tag));

@@ -683,6 +683,9 @@ pub fn router(state: AppState) -> Router {
             count_http,
         ))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
+        .layer(axum::middleware::from_fn(
+            crate::console::no_password_prompt,
+        ))
         // Compressed bodies are smaller than the decompressed limit; leave room for headers of incompressible data.
         .layer(axum::extract::DefaultBodyLimit::max(
             tally_proto::logtail::MAX_BODY_BYTES + (64 << 10),
