@@ -15,6 +15,7 @@ const ALPHA_MIN = 0.002;
 const ALPHA_DECAY = 1 - Math.pow(ALPHA_MIN, 1 / 300);
 const FRAME_BUDGET_MS = 8;
 const WIDTH_CLASSES = 6;
+const THICK_EDGES = 400;
 
 /** A deterministic pseudo-random number from a string (stable first layout). */
 function hash01(s, salt) {
@@ -172,8 +173,11 @@ export class GraphView {
       b.degree += 1;
       this.links.push({ a, b, weight: l.weight });
     }
-    const maxW = Math.max(1, ...this.nodes.map((n) => n.weight || 0));
-    for (const n of this.nodes) n.r = 3 + 6 * (Math.log10(1 + (n.weight || 0)) / Math.log10(1 + maxW));
+    let maxW = 1;
+    for (const n of this.nodes) if ((n.weight || 0) > maxW) maxW = n.weight;
+    // Smaller dots when there are many (zooming in spreads them apart).
+    const scale = Math.max(0.5, Math.min(1, Math.sqrt(150 / Math.max(1, this.nodes.length))));
+    for (const n of this.nodes) n.r = (3 + 5 * (Math.log10(1 + (n.weight || 0)) / Math.log10(1 + maxW))) * scale;
     this.ranked = [...this.nodes].sort((x, y) => (y.weight || 0) - (x.weight || 0));
     this.alpha = old.size && this.nodes.every((n) => old.has(n.id)) ? 0.3 : 1;
     this.fitted = false;
@@ -194,6 +198,9 @@ export class GraphView {
       if (e.weight > max) max = e.weight;
     }
     this.edges.sort((x, y) => x.weight - y.weight);
+    this.edges.forEach((e, i) => {
+      e.rank = i;
+    });
     const lmax = Math.log10(1 + max);
     for (const e of this.edges) e.cls = Math.min(WIDTH_CLASSES - 1, Math.floor((Math.log10(1 + e.weight) / lmax) * WIDTH_CLASSES));
     const active = new Set();
@@ -257,19 +264,21 @@ export class GraphView {
     this.stepsTaken += 1;
   }
 
-  /** Scales and centres the view on every node. */
+  /**
+   * Scales and centres the view on the nodes (with many nodes, on all but
+   * the 1 % furthest out on each side, so that a few stragglers do not
+   * shrink everything else).
+   */
   fit() {
-    if (!this.nodes.length) return;
-    let x0 = Infinity;
-    let y0 = Infinity;
-    let x1 = -Infinity;
-    let y1 = -Infinity;
-    for (const n of this.nodes) {
-      x0 = Math.min(x0, n.x);
-      y0 = Math.min(y0, n.y);
-      x1 = Math.max(x1, n.x);
-      y1 = Math.max(y1, n.y);
-    }
+    const n = this.nodes.length;
+    if (!n) return;
+    const xs = this.nodes.map((d) => d.x).sort((a, b) => a - b);
+    const ys = this.nodes.map((d) => d.y).sort((a, b) => a - b);
+    const cut = n >= 100 ? Math.floor(n * 0.01) : 0;
+    const x0 = xs[cut];
+    const x1 = xs[n - 1 - cut];
+    const y0 = ys[cut];
+    const y1 = ys[n - 1 - cut];
     const pad = 40;
     const k = Math.min((this.width - pad * 2) / Math.max(x1 - x0, 1), (this.height - pad * 2) / Math.max(y1 - y0, 1), 4);
     this.view.k = k;
@@ -326,15 +335,29 @@ export class GraphView {
         neighbours.add(e.nb);
       } else classes[e.cls].push(e);
     }
-    ctx.lineCap = "round";
-    for (let c = 0; c < WIDTH_CLASSES; c += 1) {
-      if (!classes[c].length) continue;
+    ctx.lineCap = "butt";
+    const moving = this.alpha > ALPHA_MIN;
+    // Hairlines are cheap to raster, wide lines are not: only the
+    // heaviest THICK_EDGES edges get their width (and only once the
+    // layout has settled); the rest are hairlines whose opacity follows
+    // their bytes.
+    const thickFrom = moving ? Infinity : Math.max(0, this.edges.length - THICK_EDGES);
+    for (let pass = 0; pass < 2; pass += 1) for (let c = 0; c < WIDTH_CLASSES; c += 1) {
+      const list = classes[c].filter((e) => (pass === 1) === (e.rank >= thickFrom));
+      if (!list.length) continue;
       ctx.beginPath();
-      for (const e of classes[c]) {
-        ctx.moveTo(e.na.x * k + vx, e.na.y * k + vy);
-        ctx.lineTo(e.nb.x * k + vx, e.nb.y * k + vy);
+      for (const e of list) {
+        const x1 = e.na.x * k + vx;
+        const y1 = e.na.y * k + vy;
+        const x2 = e.nb.x * k + vx;
+        const y2 = e.nb.y * k + vy;
+        // Off-screen on one side: not drawn.
+        if ((x1 < 0 && x2 < 0) || (y1 < 0 && y2 < 0) || (x1 > this.width && x2 > this.width) || (y1 > this.height && y2 > this.height)) continue;
+        ctx.moveTo(x1, y1);
+        ctx.lineTo(x2, y2);
       }
-      ctx.lineWidth = 0.6 + c * 0.9;
+      // While the layout moves, thin lines (cheap to raster); their weight once it settles.
+      ctx.lineWidth = pass === 1 ? 1 + c * 0.8 : 1;
       ctx.strokeStyle = `rgba(${edgeRgb}, ${sel ? 0.08 : 0.18 + c * 0.12})`;
       ctx.stroke();
     }

@@ -26,7 +26,7 @@ function verdict(v) {
     h("code", { title: head, id: "audit-head" }, head.slice(0, 16) + (head.length > 16 ? "…" : "")),
     v.anchorSeq ? ` · anchored after event ${v.anchorSeq} (older events removed by retention)` : "",
     v.brokenAt ? h("div", null, `First broken link: event ${v.brokenAt.seq}: ${v.brokenAt.problem}`) : null,
-    v.message ? h("div", { class: "small" }, v.message) : null,
+    v.message && !v.intact ? h("div", { class: "small" }, v.message) : null,
   );
 }
 

@@ -3,7 +3,8 @@
 // and a live tail (as `tally logs tail`: `GET /c/<collection>?stream=true`)
 // that keeps up without freezing the page: lines arriving are queued and
 // drawn at most a few hundred per animation frame, the table holds the
-// newest 2,000, and a tail too far behind says how many lines it skipped.
+// newest 2,000, and lines that would be pushed out of it before they were
+// ever drawn are counted, not drawn.
 
 import { devices, get, errorOf, request } from "../api.js";
 import { fmtClock, fmtNum, fmtTime, isoTime, timeArg } from "../format.js";
@@ -15,8 +16,6 @@ const PATH = "/logs";
 const MAX_ROWS = 2000;
 /** Rows drawn per animation frame. */
 const PER_FRAME = 300;
-/** Lines queued before the oldest queued are skipped. */
-const MAX_PENDING = 20000;
 /** Entries read per page of a query, and pages read at most. */
 const PAGE = 5000;
 const MAX_PAGES = 20;
@@ -82,7 +81,7 @@ function logTable() {
   const el = h(
     "div",
     { class: "table-wrap logs-scroll" },
-    h("table", { class: "logs-table" }, h("thead", null, h("tr", null, ["Time (UTC)", "Node", "Level", "Text", ""].map((c) => h("th", { attrs: { scope: "col" } }, c)))), tbody),
+    h("table", { class: "logs-table" }, h("colgroup", null, ["c-time", "c-node", "c-level", "c-text", "c-tools"].map((c) => h("col", { class: c }))), h("thead", null, h("tr", null, ["Time (UTC)", "Node", "Level", "Text", ""].map((c) => h("th", { attrs: { scope: "col" } }, c)))), tbody),
   );
   return { el, tbody };
 }
@@ -166,7 +165,7 @@ function runTail(out, params, signal) {
   function showCounts() {
     const parts = [`${fmtNum(received)} lines`, `${rate.perSec.toFixed(rate.perSec < 10 ? 1 : 0)}/s`];
     if (paused && pending.length) parts.push(`${fmtNum(pending.length)} waiting`);
-    if (skipped) parts.push(`${fmtNum(skipped)} skipped to keep up`);
+    if (skipped) parts.push(`${fmtNum(skipped)} not drawn (they came faster than the newest ${fmtNum(MAX_ROWS)} kept here; query the range to see them)`);
     counts.textContent = parts.join(" · ");
   }
 
@@ -196,8 +195,10 @@ function runTail(out, params, signal) {
     rate.n += 1;
     if (!matches(e, q)) return;
     pending.push(e);
-    if (pending.length > MAX_PENDING) {
-      const drop = pending.length - MAX_PENDING;
+    if (pending.length > MAX_ROWS * 2) {
+      // More lines wait than the table keeps: the oldest would be drawn
+      // only to be pushed out at once, so they are not drawn at all.
+      const drop = pending.length - MAX_ROWS;
       pending.splice(0, drop);
       skipped += drop;
     }
@@ -240,11 +241,16 @@ function runTail(out, params, signal) {
       const { value, done } = await reader.read();
       if (done) break;
       buf += dec.decode(value, { stream: true });
+      let start = 0;
       let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
+      let parsed = 0;
+      while ((nl = buf.indexOf("\n", start)) >= 0) {
+        const line = buf.slice(start, nl).trim();
+        start = nl + 1;
         if (!line) continue;
+        // A big chunk is read in slices, letting the page draw in between.
+        parsed += 1;
+        if (parsed % 500 === 0) await new Promise((r) => setTimeout(r, 0));
         let v;
         try {
           v = JSON.parse(line);
@@ -255,6 +261,7 @@ function runTail(out, params, signal) {
         if (v.logtail) push(v);
         else if (v.incomplete) msgs.appendChild(notice("warn", "Entries are missing here: a damaged block of the store could not be read."));
       }
+      buf = buf.slice(start);
     }
   }
 

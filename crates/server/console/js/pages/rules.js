@@ -26,10 +26,11 @@ async function testRule(yaml, since, out, button) {
       const { value, done } = await reader.read();
       if (done) break;
       buf += dec.decode(value, { stream: true });
+      let start = 0;
       let i;
-      while ((i = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, i).trim();
-        buf = buf.slice(i + 1);
+      while ((i = buf.indexOf("\n", start)) >= 0) {
+        const line = buf.slice(start, i).trim();
+        start = i + 1;
         if (!line) continue;
         const v = JSON.parse(line);
         if (v.alert) {
@@ -44,6 +45,7 @@ async function testRule(yaml, since, out, button) {
           throw new Error(v.error);
         }
       }
+      buf = buf.slice(start);
     }
     if (!n) found.appendChild(h("tr", null, h("td", { class: "empty", colSpan: 4 }, "No alert.")));
   } catch (e) {

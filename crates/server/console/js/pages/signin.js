@@ -55,7 +55,7 @@ function render(root, params) {
       "div",
       { class: "signin" },
       h("div", { class: "panel" }, h("h1", { tabIndex: -1, id: "page-title" }, "Sign in to Tally"), out, pwForm, h("div", { class: "or" }, "or"), keyForm),
-      h("p", { class: "muted small" }, "No password yet? An admin runs ", h("code", null, "tally users set-password <login>"), " or ", h("code", null, "tally users invite <login>"), " for a one-time setup link."),
+      h("p", { class: "muted small" }, "No password yet? An admin runs ", h("code", null, "tally users set-password <login> --password-stdin"), " or ", h("code", null, "tally users invite <login>"), " for a one-time setup link."),
     ),
   );
   if (params.get("next")) {

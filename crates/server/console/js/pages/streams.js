@@ -35,7 +35,7 @@ function statusCell(s) {
 function addForm(logType, reload) {
   const out = h("div", { attrs: { "aria-live": "polite" } });
   const type = h("select", null, DESTINATIONS.map((d) => h("option", { value: d }, d)));
-  const urlIn = h("input", { class: "w-l", placeholder: "https://…", autocomplete: "off", spellcheck: false });
+  const urlIn = h("input", { class: "w-l", placeholder: "the destination's URL", autocomplete: "off", spellcheck: false });
   const user = h("input", { class: "w-m", autocomplete: "off" });
   const token = h("input", { type: "password", class: "w-l", autocomplete: "new-password" });
   const format = h("select", null, h("option", { value: "" }, "Tailscale JSON"), h("option", { value: "ocsf" }, "OCSF"));
