@@ -169,10 +169,10 @@ let devicesCache = null;
 
 /**
  * The tailnet's devices with lookups by ID, name and instance (public ID),
- * read at most every 15 s.
+ * read at most every 15 s (names in other pages' rows), or now with `fresh`.
  */
-export async function devices(signal) {
-  if (devicesCache && Date.now() - devicesCache.at < 15000) return devicesCache.value;
+export async function devices(signal, { fresh = false } = {}) {
+  if (!fresh && devicesCache && Date.now() - devicesCache.at < 15000) return devicesCache.value;
   const v = await get("/api/v2/tailnet/-/devices", undefined, signal);
   const list = v.devices || [];
   const byId = new Map();

@@ -120,7 +120,7 @@ export class GraphView {
     this.selected = null;
     this.hovered = null;
     this.raf = 0;
-    this.fitted = false;
+    this.userMoved = false;
     this.dragging = null;
     this.stepsTaken = 0;
     this.lastDrawMs = 0;
@@ -180,7 +180,7 @@ export class GraphView {
     for (const n of this.nodes) n.r = (3 + 5 * (Math.log10(1 + (n.weight || 0)) / Math.log10(1 + maxW))) * scale;
     this.ranked = [...this.nodes].sort((x, y) => (y.weight || 0) - (x.weight || 0));
     this.alpha = old.size && this.nodes.every((n) => old.has(n.id)) ? 0.3 : 1;
-    this.fitted = false;
+    this.userMoved = false;
     this.stepsTaken = 0;
     if (this.selected && !this.byId.has(this.selected)) this.select(null);
     this.schedule();
@@ -297,8 +297,8 @@ export class GraphView {
       const t0 = performance.now();
       do this.step();
       while (this.alpha > ALPHA_MIN && performance.now() - t0 < FRAME_BUDGET_MS);
-      if (!this.fitted || this.stepsTaken < 120) this.fit();
-      this.fitted = true;
+      // Follow the layout until the user moves the view.
+      if (!this.userMoved) this.fit();
     }
     this.draw();
     if (this.alpha > ALPHA_MIN) this.schedule();
@@ -358,7 +358,7 @@ export class GraphView {
       }
       // While the layout moves, thin lines (cheap to raster); their weight once it settles.
       ctx.lineWidth = pass === 1 ? 1 + c * 0.8 : 1;
-      ctx.strokeStyle = `rgba(${edgeRgb}, ${sel ? 0.08 : 0.18 + c * 0.12})`;
+      ctx.strokeStyle = `rgba(${edgeRgb}, ${sel ? 0.1 : 0.3 + c * 0.12})`;
       ctx.stroke();
     }
     if (hot.length) {
@@ -440,6 +440,7 @@ export class GraphView {
   }
 
   zoomAt(factor, px, py) {
+    this.userMoved = true;
     const k = Math.max(0.05, Math.min(20, this.view.k * factor));
     const f = k / this.view.k;
     this.view.x = px - (px - this.view.x) * f;
@@ -468,7 +469,10 @@ export class GraphView {
     c.addEventListener("pointermove", (ev) => {
       const [x, y] = pos(ev);
       if (down) {
-        if (Math.abs(x - down.x) + Math.abs(y - down.y) > 3) down.moved = true;
+        if (Math.abs(x - down.x) + Math.abs(y - down.y) > 3) {
+          down.moved = true;
+          this.userMoved = true;
+        }
         this.view.x = down.vx + (x - down.x);
         this.view.y = down.vy + (y - down.y);
         this.schedule();
@@ -522,14 +526,14 @@ export class GraphView {
         }
       };
       const keys = {
-        ArrowLeft: () => { this.view.x += step; },
-        ArrowRight: () => { this.view.x -= step; },
-        ArrowUp: () => { this.view.y += step; },
-        ArrowDown: () => { this.view.y -= step; },
+        ArrowLeft: () => { this.userMoved = true; this.view.x += step; },
+        ArrowRight: () => { this.userMoved = true; this.view.x -= step; },
+        ArrowUp: () => { this.userMoved = true; this.view.y += step; },
+        ArrowDown: () => { this.userMoved = true; this.view.y -= step; },
         "+": () => this.zoomAt(1.25, this.width / 2, this.height / 2),
         "=": () => this.zoomAt(1.25, this.width / 2, this.height / 2),
         "-": () => this.zoomAt(0.8, this.width / 2, this.height / 2),
-        0: () => this.fit(),
+        0: () => { this.userMoved = false; this.fit(); },
         n: () => cycle(1),
         p: () => cycle(-1),
         Escape: () => this.select(null),

@@ -2,7 +2,7 @@
 
 import { can, currentSession, loadSession, onSession, signOut, setSession } from "./api.js";
 import { current, go, href, onRoute } from "./router.js";
-import { badge, clear, errorNotice, h, notice, pageHead, replace } from "./ui.js";
+import { badge, clear, errorNotice, h, notice, pageHead, replace, toast } from "./ui.js";
 
 import signin from "./pages/signin.js";
 import setup from "./pages/setup.js";
@@ -169,6 +169,19 @@ document.addEventListener("keydown", (ev) => {
 document.getElementById("skip").addEventListener("click", () => {
   const t = document.getElementById("page-title") || main();
   t.focus();
+});
+
+// A script error is shown, not swallowed (and kept for whoever debugs it).
+window.tallyConsoleErrors = [];
+function scriptError(message) {
+  window.tallyConsoleErrors.push(String(message));
+  toast("error", `The console hit an error: ${message}. Reload the page; if it persists, report it.`);
+}
+window.addEventListener("error", (e) => scriptError(e.message || e));
+window.addEventListener("unhandledrejection", (e) => {
+  const r = e.reason;
+  if (r && r.name === "AbortError") return;
+  scriptError(r && r.message ? r.message : r);
 });
 
 onRoute(render);

@@ -42,7 +42,7 @@ function render(root, params, { signal }) {
   const writable = can("devices:write");
   const q = (params.get("q") || "").toLowerCase();
   const load = () => {
-    devices(signal)
+    devices(signal, { fresh: true })
       .then((l) => {
         const rows = l.list.filter((d) => !q || [d.name, d.hostname, d.id, ...(d.addresses || []), ...(d.tags || [])].some((x) => String(x || "").toLowerCase().includes(q)));
         const now = Date.now();

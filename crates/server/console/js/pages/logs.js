@@ -15,7 +15,7 @@ const PATH = "/logs";
 /** Rows kept in the table. */
 const MAX_ROWS = 2000;
 /** Rows drawn per animation frame. */
-const PER_FRAME = 300;
+const PER_FRAME = 150;
 /** Entries read per page of a query, and pages read at most. */
 const PAGE = 5000;
 const MAX_PAGES = 20;
@@ -46,13 +46,13 @@ function rowFor(e, lookup, entries) {
   const t = entryTime(e);
   const err = lt.error && lt.error.message ? lt.error.message : null;
   const tr = h(
-    "tr",
-    { class: `log-row${err ? " error-row" : ""}` },
-    h("td", { class: "time", title: isoTime(t) }, fmtTime(t).slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? fmtClock(t) : fmtTime(t)),
-    h("td", { class: "nowrap", title: lt.id || "" }, dev ? dev.name : lt.id ? lt.id.slice(0, 8) : "–"),
-    h("td", { class: "num" }, e.v !== undefined ? `v${e.v}` : ""),
-    h("td", { class: "text" }, entryText(e), err ? h("span", { class: "muted" }, `  [logtail error: ${err}]`) : null),
-    h("td", { class: "row-tools" }, h("button", { type: "button", class: "link json-toggle", attrs: { "aria-label": "show the entry as JSON", "aria-expanded": "false" } }, "{ }")),
+    "div",
+    { class: `log-row${err ? " error-row" : ""}`, attrs: { role: "row" } },
+    h("span", { class: "time", title: isoTime(t), attrs: { role: "cell" } }, fmtTime(t).slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? fmtClock(t) : fmtTime(t)),
+    h("span", { class: "node", title: lt.id || "", attrs: { role: "cell" } }, dev ? dev.name : lt.id ? lt.id.slice(0, 8) : "–"),
+    h("span", { class: "level", attrs: { role: "cell" } }, e.v !== undefined ? `v${e.v}` : ""),
+    h("span", { class: "text", attrs: { role: "cell" } }, entryText(e), err ? h("span", { class: "muted" }, `  [logtail error: ${err}]`) : null),
+    h("span", { class: "row-tools", attrs: { role: "cell" } }, h("button", { type: "button", class: "link json-toggle", attrs: { "aria-label": "show the entry as JSON", "aria-expanded": "false" } }, "{ }")),
   );
   entries.set(tr, e);
   return tr;
@@ -63,7 +63,7 @@ function wireJson(tbody, entries) {
   tbody.addEventListener("click", (ev) => {
     const b = ev.target.closest ? ev.target.closest("button.json-toggle") : null;
     if (!b) return;
-    const tr = b.closest("tr");
+    const tr = b.closest(".log-row");
     const next = tr.nextElementSibling;
     if (next && next.classList.contains("json-row")) {
       next.remove();
@@ -71,18 +71,21 @@ function wireJson(tbody, entries) {
       return;
     }
     const e = entries.get(tr);
-    tr.after(h("tr", { class: "json-row expanded" }, h("td", { colSpan: 5 }, jsonBlock(e))));
+    tr.after(h("div", { class: "json-row" }, jsonBlock(e)));
     b.setAttribute("aria-expanded", "true");
   });
 }
 
+/**
+ * The list of log lines: rows of a CSS grid rather than a <table>, so that
+ * rows out of view cost no layout (`content-visibility: auto`) and adding
+ * lines to a long list stays cheap. ARIA roles keep it a table for
+ * assistive technology.
+ */
 function logTable() {
-  const tbody = h("tbody", { id: "log-rows" });
-  const el = h(
-    "div",
-    { class: "table-wrap logs-scroll" },
-    h("table", { class: "logs-table" }, h("colgroup", null, ["c-time", "c-node", "c-level", "c-text", "c-tools"].map((c) => h("col", { class: c }))), h("thead", null, h("tr", null, ["Time (UTC)", "Node", "Level", "Text", ""].map((c) => h("th", { attrs: { scope: "col" } }, c)))), tbody),
-  );
+  const tbody = h("div", { id: "log-rows", attrs: { role: "rowgroup" } });
+  const head = h("div", { class: "log-head", attrs: { role: "row" } }, ["Time (UTC)", "Node", "Level", "Text", ""].map((c) => h("span", { attrs: { role: "columnheader" } }, c)));
+  const el = h("div", { class: "log-list logs-scroll", attrs: { role: "table", "aria-label": "log lines" } }, h("div", { attrs: { role: "rowgroup" } }, head), tbody);
   return { el, tbody };
 }
 
@@ -127,7 +130,7 @@ function runQuery(out, params, signal) {
     const shown = found.slice(-SHOW).reverse();
     const frag = document.createDocumentFragment();
     for (const e of shown) frag.appendChild(rowFor(e, lookup, entries));
-    if (!shown.length) frag.appendChild(h("tr", null, h("td", { class: "empty", colSpan: 5 }, "No entries match.")));
+    if (!shown.length) frag.appendChild(h("p", { class: "empty muted" }, "No entries match."));
     tbody.appendChild(frag);
     const parts = [`${fmtNum(found.length > SHOW ? SHOW : found.length)} matching entr${found.length === 1 ? "y" : "ies"} shown, newest first, of ${fmtNum(scanned)} scanned in ${collection}.`];
     if (found.length > SHOW) parts.push(`Only the newest ${fmtNum(SHOW)} matches are shown.`);

@@ -45,7 +45,7 @@ function render(root, _params, { signal }) {
   };
 
   async function nodes() {
-    const l = await devices(signal);
+    const l = await devices(signal, { fresh: true });
     const now = Date.now();
     const online = [];
     const silent = [];

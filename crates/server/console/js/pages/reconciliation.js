@@ -41,7 +41,7 @@ function spark(recent) {
 function completenessColumns(name) {
   return [
     { title: name, render: name === "Pair" ? (p) => `${(p.names || [])[0] || p.nodes[0]} ↔ ${(p.names || [])[1] || p.nodes[1]}` : (n) => link(n.nodeName || n.node, PATH, { node: n.node }) },
-    { title: "Completeness", render: (c) => h("span", { class: "nowrap" }, bar(c.completeness), " ", fmtPct(c.completeness)) },
+    { title: "Completeness", render: (c) => (c.completeness === null || c.completeness === undefined ? h("span", { class: "muted", title: "nothing judged yet" }, "n/a") : h("span", { class: "nowrap" }, bar(c.completeness), " ", fmtPct(c.completeness))) },
     { title: "Judged", cls: "num", render: (c) => fmtNum(c.judged) },
     { title: "Matched", cls: "num", render: (c) => fmtNum(c.matched) },
     { title: "Last hour", render: (c) => spark(c.recent) },
