@@ -28,6 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "correct horse battery staple";
+/// The screenshots the README shows (`docs/console/<name>.png`).
+const README_SCREENSHOTS: [&str; 3] = ["flows-graph", "audit", "logs-live-tail"];
 /// Longest wait for anything the page does.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -151,8 +153,8 @@ impl Console {
     }
 
     /// Saves a PNG of the page as `<test>-<name>.png` under
-    /// `target/console-screenshots/` (and as `<name>.png` in
-    /// `$TALLY_SCREENSHOTS` when set).
+    /// `target/console-screenshots/` (and, for the README's, as
+    /// `<name>.png` in `$TALLY_SCREENSHOTS` when set).
     async fn screenshot(&self, name: &str) {
         let png = self.c.screenshot().await.expect("screenshot");
         let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -161,7 +163,9 @@ impl Console {
             .join("console-screenshots");
         std::fs::create_dir_all(&target).expect("screenshot dir");
         std::fs::write(target.join(format!("{}-{name}.png", self.test)), &png).expect("write");
-        if let Some(dir) = std::env::var_os("TALLY_SCREENSHOTS") {
+        if let Some(dir) = std::env::var_os("TALLY_SCREENSHOTS")
+            && README_SCREENSHOTS.contains(&name)
+        {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
             let dir = root.join(dir);
             std::fs::create_dir_all(&dir).expect("screenshot dir");
@@ -410,6 +414,25 @@ async fn live_tail_shows_a_node_log_line_within_two_seconds_and_keeps_up() {
             .expect("the agent's device")
     };
 
+    // A few lines as scripts on a node log them, then the one timed.
+    for line in [
+        "sshd[812]: Accepted publickey for deploy from 100.64.0.7 port 52144",
+        "[v1] nightly backup started: /srv/data -> s3://backups/web",
+        "nightly backup finished: 41,212 files, 1.3 GB in 2m 41s",
+        "systemd[1]: Started certbot.service - Certbot renewal.",
+    ] {
+        let out = Command::new(bin())
+            .args(["agent", "--data-dir"])
+            .arg(&agent_dir)
+            .args(["log", line])
+            .output()
+            .expect("tally agent log");
+        assert!(out.status.success());
+    }
+    t.wait_text("#log-rows .log-row:first-child", "the lines", |s| {
+        s.contains("certbot")
+    })
+    .await;
     let marker = format!("console-tail-{}", hex::encode(rand::random::<[u8; 6]>()));
     let sent = Instant::now();
     let out = Command::new(bin())
@@ -425,7 +448,7 @@ async fn live_tail_shows_a_node_log_line_within_two_seconds_and_keeps_up() {
     );
     // Polled as fast as WebDriver answers; the deadline is the claim.
     let row = loop {
-        let rows = t.texts("#log-rows tr.log-row").await;
+        let rows = t.texts("#log-rows .log-row").await;
         if let Some(r) = rows.into_iter().find(|r| r.contains(&marker)) {
             break r;
         }
@@ -445,7 +468,8 @@ async fn live_tail_shows_a_node_log_line_within_two_seconds_and_keeps_up() {
     // (Another instance than the agent's: its uploads are signed batches.)
     let private = common::adopted_id(&url, "tailnode").await.to_hex();
     t.c.execute(
-        "window.__long = 0; new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long = Math.max(window.__long, e.duration); }).observe({ type: 'longtask' });
+        "window.__loaf = null; new PerformanceObserver((l) => { for (const e of l.getEntries()) if (!window.__loaf || e.duration > window.__loaf.duration) window.__loaf = { duration: e.duration, blocking: e.blockingDuration, render: e.renderStart ? e.startTime + e.duration - e.renderStart : 0, layout: e.styleAndLayoutStart ? e.startTime + e.duration - e.styleAndLayoutStart : 0, scripts: e.scripts.map(s => [s.sourceFunctionName, s.invoker, Math.round(s.duration), s.forcedStyleAndLayoutDuration]) }; }).observe({ type: 'long-animation-frame', buffered: true });
+         window.__long = 0; new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long = Math.max(window.__long, e.duration); }).observe({ type: 'longtask' });
          window.__gap = 0; let last = performance.now();
          const tick = (now) => { window.__gap = Math.max(window.__gap, now - last); last = now; requestAnimationFrame(tick); };
          requestAnimationFrame(tick);",
@@ -479,7 +503,7 @@ async fn live_tail_shows_a_node_log_line_within_two_seconds_and_keeps_up() {
         .expect("upload");
     assert_eq!(resp.status(), 200);
     t.wait_text(
-        "#log-rows tr.log-row:first-child",
+        "#log-rows .log-row:first-child",
         "the newest line on top",
         |s| s.contains(&last),
     )
@@ -494,7 +518,7 @@ async fn live_tail_shows_a_node_log_line_within_two_seconds_and_keeps_up() {
         .unwrap_or_else(|_| panic!("a count of lines: {counts}"));
     assert!(n > burst, "{counts}");
     let rows =
-        t.c.find_all(Locator::Css("#log-rows tr.log-row"))
+        t.c.find_all(Locator::Css("#log-rows .log-row"))
             .await
             .expect("rows")
             .len();
@@ -503,6 +527,11 @@ async fn live_tail_shows_a_node_log_line_within_two_seconds_and_keeps_up() {
         t.c.execute("return window.__gap", vec![])
             .await
             .expect("gap");
+    let loaf =
+        t.c.execute("return window.__loaf", vec![])
+            .await
+            .expect("loaf");
+    eprintln!("live tail: the worst animation frame (ms, script attribution): {loaf}");
     let long =
         t.c.execute("return window.__long", vec![])
             .await
@@ -817,18 +846,17 @@ fn record(node: &str, secs: i64, virt: Value) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flows_graph_and_table_from_the_api() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let t = Console::start("flows").await;
-    let url = t.server.url.clone();
-    tally(&url, &["settings", "set", "--flow-logging", "on"]);
-    let auth = common::reusable_auth_key(&url).await;
+/// Six nodes registered as agents register, flow logging on, and 20
+/// minutes of TCP between them as both ends report it: web → api → db and
+/// cache, a bastion touching two. Answers the number of node pairs.
+async fn seed_flows(url: &str) -> usize {
+    tally(url, &["settings", "set", "--flow-logging", "on"]);
+    let auth = common::reusable_auth_key(url).await;
     let names = ["web-1", "web-2", "api-1", "db-1", "cache-1", "bastion"];
     let mut nodes = Vec::new();
     for (i, n) in names.iter().enumerate() {
         let addr = format!("100.64.0.{}", i + 1);
-        let (private, _) = register_node(&url, &auth, n, &addr).await;
+        let (private, _) = register_node(url, &auth, n, &addr).await;
         nodes.push((private.to_hex(), addr));
     }
     // web → api → db and cache; bastion → everyone a little; both ends
@@ -866,6 +894,15 @@ async fn flows_graph_and_table_from_the_api() {
             }
         }
     }
+    talks.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_graph_and_table_from_the_api() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let t = Console::start("flows").await;
+    let url = t.server.url.clone();
+    let pairs_seeded = seed_flows(&url).await;
     t.sign_in_with_key(KEY).await;
     t.goto("#/flows?since=30m").await;
     t.wait_text("#graph-status", "the graph", |s| {
@@ -873,7 +910,7 @@ async fn flows_graph_and_table_from_the_api() {
     })
     .await;
     let pairs = t.texts("#graph-pairs li").await;
-    assert_eq!(pairs.len(), talks.len(), "{pairs:?}");
+    assert_eq!(pairs.len(), pairs_seeded, "{pairs:?}");
     assert!(
         pairs[0].contains("api-1") && pairs[0].contains("db-1"),
         "the busiest pair first: {pairs:?}"
@@ -1017,5 +1054,211 @@ async fn the_graph_renderer_stays_responsive_with_1000_nodes() {
     assert!(v["edges"].as_u64().unwrap_or(0) > 3900, "{v}");
     assert!(v["selected"].as_str().is_some(), "n selects a node: {v}");
     t.screenshot("graph-1000").await;
+    t.finish().await;
+}
+
+impl Console {
+    /// Waits until the page has loaded what it shows (no "Loading…" left
+    /// in it) and asserts that it shows no error and hit no script error.
+    async fn settled(&self, page: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let loading = self
+                .c
+                .execute(
+                    "return [...document.querySelectorAll('#main *')].some(e => e.childElementCount === 0 && /^(Loading|Reading)…/.test(e.textContent))",
+                    vec![],
+                )
+                .await
+                .expect("script");
+            if loading == json!(false) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{page} never finished loading");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let errors = self
+            .c
+            .execute("return window.tallyConsoleErrors", vec![])
+            .await
+            .expect("script");
+        assert_eq!(errors, json!([]), "{page}: script errors");
+        let shown = self
+            .texts("#main .notice-error, #toast .notice-error")
+            .await;
+        assert!(shown.is_empty(), "{page} shows errors: {shown:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_renders_its_data_and_the_forms_work() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let t = Console::start("pages").await;
+    let url = t.server.url.clone();
+    seed_flows(&url).await;
+    t.sign_in_with_key(KEY).await;
+    for (page, shows) in [
+        ("#/", "#card-alerts .big"),
+        ("#/logs?since=1h", "#logs-status"),
+        ("#/flows?view=table&since=30m", "#flow-rows tr.flow-row"),
+        ("#/reconciliation?since=1h", "#finding-rows"),
+        ("#/alerts?since=1h", "#alerts table"),
+        ("#/audit", "tr.audit-event"),
+        ("#/devices", "#devices table"),
+        ("#/users", "#users table"),
+        ("#/keys", "#keys table"),
+        ("#/settings", "#settings-form"),
+        ("#/rules", "#rules table"),
+        ("#/streams", "#streams-network table"),
+    ] {
+        t.goto(page).await;
+        t.find(shows).await;
+        t.settled(page).await;
+        let name = page
+            .trim_start_matches("#/")
+            .split('?')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("overview")
+            .to_owned();
+        t.screenshot(&format!("page-{name}")).await;
+    }
+
+    // Keyboard: "/" focuses the filter, "g" then a letter opens a page.
+    t.goto("#/audit").await;
+    t.settled("audit").await;
+    t.find("body").await.send_keys("/").await.expect("key");
+    let focused =
+        t.c.execute("return document.activeElement.id", vec![])
+            .await
+            .expect("script");
+    assert_eq!(focused, json!("f-actor"));
+    t.c.execute("document.activeElement.blur()", vec![])
+        .await
+        .expect("script");
+    t.find("body").await.send_keys("gl").await.expect("keys");
+    t.find("#logs-out").await;
+    assert!(
+        t.c.current_url()
+            .await
+            .expect("url")
+            .as_str()
+            .ends_with("#/logs")
+    );
+
+    // Keys: a new key's secret is shown once, then it can be revoked.
+    t.goto("#/keys").await;
+    t.settled("keys").await;
+    t.click("#main details summary").await;
+    t.find("#key-type")
+        .await
+        .select_by_value("api")
+        .await
+        .expect("type");
+    t.type_into("#key-description", "made in the console").await;
+    t.type_into("#key-expiry", "7d").await;
+    t.click("#main details form button[type=submit]").await;
+    let secret = t
+        .wait_text("#new-key-secret", "the secret", |s| s.starts_with("tally-"))
+        .await;
+    let keys = api(&url, "/api/v2/tailnet/-/keys").await;
+    let made = keys["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["description"] == "made in the console")
+        .expect("the key")
+        .clone();
+    assert_eq!(made["keyType"], "api");
+    let resp = http()
+        .get(format!("{url}/api/v2/tailnet/-/devices"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200, "the shown secret is the key");
+
+    // Devices: renamed through the form.
+    t.goto("#/devices?q=web-1").await;
+    t.settled("devices").await;
+    let name = t.find("#devices table tbody input").await;
+    name.clear().await.expect("clear");
+    name.send_keys("web-one").await.expect("type");
+    t.click("#devices table tbody button[type=submit]").await;
+    t.wait_text("#devices table tbody", "the new name", |s| {
+        s.contains("web-one (web-1)")
+    })
+    .await;
+    t.goto("#/devices?q=web-one").await;
+    t.wait_text("#devices table tbody", "found by its new name", |s| {
+        s.contains("web-one")
+    })
+    .await;
+
+    // Streaming: a webhook nobody listens to; its test event's failure is
+    // the destination's, shown as such.
+    t.goto("#/streams?type=alerts").await;
+    t.settled("streams").await;
+    t.click("#streams-alerts details summary").await;
+    t.find("#streams-alerts details select")
+        .await
+        .select_by_value("webhook")
+        .await
+        .expect("type");
+    let inputs =
+        t.c.find_all(Locator::Css("#streams-alerts details input"))
+            .await
+            .expect("inputs");
+    inputs[0]
+        .send_keys("http://127.0.0.1:9/hook")
+        .await
+        .expect("url");
+    inputs[2]
+        .send_keys("a signing key of some length")
+        .await
+        .expect("token");
+    t.click("#streams-alerts details form button[type=submit]")
+        .await;
+    t.wait_text("#streams-alerts table tbody", "the destination", |s| {
+        s.contains("webhook")
+    })
+    .await;
+    let page = t.page_text().await;
+    assert!(
+        !page.contains("a signing key of some length"),
+        "the token is shown"
+    );
+
+    // A one-time setup link from `tally users invite` sets a password and signs in.
+    tally(
+        &url,
+        &["users", "create", "erin@example.com", "--role", "auditor"],
+    );
+    let out = tally(&url, &["users", "invite", "erin@example.com"]);
+    let link = out
+        .lines()
+        .next()
+        .filter(|l| l.contains("#/setup?token="))
+        .unwrap_or_else(|| panic!("no setup link in {out}"))
+        .to_owned();
+    t.click("#signout").await;
+    t.find("#signin-form").await;
+    t.c.goto(&link).await.expect("goto");
+    t.type_into("#new-password", PASSWORD).await;
+    t.type_into("#new-password-again", PASSWORD).await;
+    t.screenshot("setup").await;
+    t.click("#setup-submit").await;
+    t.wait_text("#who-login", "signed in by the link", |s| {
+        s == "erin@example.com"
+    })
+    .await;
+    assert!(
+        !t.c.current_url()
+            .await
+            .expect("url")
+            .as_str()
+            .contains("token=")
+    );
+    t.settled("after setup").await;
     t.finish().await;
 }
