@@ -406,9 +406,14 @@ export class GraphView {
     for (let i = 0; i < limit; i += 1) if (active.has(this.ranked[i])) labelled.add(this.ranked[i]);
     for (const n of neighbours) labelled.add(n);
     if (this.hovered && this.byId.get(this.hovered)) labelled.add(this.byId.get(this.hovered));
+    // A halo of the background keeps labels readable over edges.
+    ctx.strokeStyle = cssVar(this.canvas, "--graph-bg", "#fbfcfd");
+    ctx.lineWidth = 3;
+    ctx.lineJoin = "round";
     for (const n of labelled) {
       const [x, y] = this.toScreen(n);
       if (x < -50 || y < -20 || x > this.width + 50 || y > this.height + 20) continue;
+      ctx.strokeText(n.label, x + n.r + 4, y);
       ctx.fillText(n.label, x + n.r + 4, y);
     }
     this.lastDrawMs = performance.now() - t0;

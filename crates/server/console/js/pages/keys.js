@@ -70,8 +70,9 @@ function render(root, params, { signal }) {
   const writable = can("keys:write");
   const out = h("div", { id: "keys" }, h("p", { class: "muted" }, "Loading…"));
   const load = () =>
-    get("/api/v2/tailnet/-/keys", undefined, signal)
-      .then((v) => {
+    Promise.all([get("/api/v2/tailnet/-/keys", undefined, signal), get("/api/v2/tailnet/-/users", undefined, signal).catch(() => ({ users: [] }))])
+      .then(([v, u]) => {
+        const login = new Map((u.users || []).map((x) => [x.id, x.loginName]));
         const rows = (v.keys || []).filter((k) => (!params.get("type") || k.keyType === params.get("type")) && (params.get("valid") !== "1" || !k.invalid));
         const columns = [
           { title: "ID", cls: "mono small", render: (k) => k.id },
@@ -80,7 +81,7 @@ function render(root, params, { signal }) {
           { title: "State", render: (k) => (k.revoked ? badge("revoked", "bad") : k.invalid ? badge("expired", "warn") : badge("usable", "ok")) },
           { title: "Created", cls: "time", render: (k) => timeEl(k.created) },
           { title: "Expires", cls: "time", render: (k) => (k.expires ? timeEl(k.expires) : "never") },
-          { title: "User", cls: "mono small", render: (k) => k.userId },
+          { title: "Acts for", render: (k) => h("span", { title: k.userId }, login.get(k.userId) || k.userId) },
           { title: "Devices", render: (k) => { const c = k.capabilities && k.capabilities.devices && k.capabilities.devices.create; return c ? [c.reusable ? "reusable" : "one-off", c.ephemeral ? "ephemeral" : "", c.preauthorized ? "preauthorized" : "", ...(c.tags || [])].filter(Boolean).join(", ") : ""; } },
         ];
         if (writable) {
