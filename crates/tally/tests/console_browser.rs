@@ -1096,6 +1096,19 @@ async fn every_page_renders_its_data_and_the_forms_work() {
     let t = Console::start("pages").await;
     let url = t.server.url.clone();
     seed_flows(&url).await;
+    // Node log lines of an adopted instance, two of them about alpha.
+    let private = common::adopted_id(&url, "tailnode").await.to_hex();
+    let lines: Vec<Value> = ["alpha one", "beta", "Alpha two", "gamma", "delta"]
+        .iter()
+        .map(|t| json!({ "text": t }))
+        .collect();
+    let resp = http()
+        .post(format!("{url}/c/tailnode/{private}"))
+        .json(&lines)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 200);
     t.sign_in_with_key(KEY).await;
     for (page, shows) in [
         ("#/", "#card-alerts .big"),
@@ -1123,6 +1136,13 @@ async fn every_page_renders_its_data_and_the_forms_work() {
             .to_owned();
         t.screenshot(&format!("page-{name}")).await;
     }
+
+    // A query of the node log by text: exactly the matching lines, newest first.
+    t.goto("#/logs?since=1h&q=alpha").await;
+    t.wait_text("#logs-status", "the query", |s| s.starts_with("2 matching entries"))
+        .await;
+    let rows = t.texts("#log-rows .log-row .text").await;
+    assert_eq!(rows, vec!["Alpha two", "alpha one"]);
 
     // Keyboard: "/" focuses the filter, "g" then a letter opens a page.
     t.goto("#/audit").await;
