@@ -1139,8 +1139,10 @@ async fn every_page_renders_its_data_and_the_forms_work() {
 
     // A query of the node log by text: exactly the matching lines, newest first.
     t.goto("#/logs?since=1h&q=alpha").await;
-    t.wait_text("#logs-status", "the query", |s| s.starts_with("2 matching entries"))
-        .await;
+    t.wait_text("#logs-status", "the query", |s| {
+        s.starts_with("2 matching entries")
+    })
+    .await;
     let rows = t.texts("#log-rows .log-row .text").await;
     assert_eq!(rows, vec!["Alpha two", "alpha one"]);
 
