@@ -357,7 +357,6 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 ("rateEntriesSent", "entries/s"),
                 ("lagEntries", "entries behind"),
                 ("lagSeconds", "seconds behind"),
-
                 ("unencrypted", "unencrypted"),
             ] {
                 text.push_str(&format!("{label:<20} {}\n", cell(&v[k])));

@@ -49,6 +49,8 @@ pub struct Env {
     pub store: std::sync::Arc<tally_store::Store>,
     /// The data directory.
     pub dir: tempfile::TempDir,
+    /// The session recorder's address, when it is on.
+    pub recorder: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -80,6 +82,7 @@ pub async fn start_with(
     }
     let server = Server::bind(config).await.expect("server binds");
     let base = format!("http://{}", server.local_addr().expect("addr"));
+    let recorder = server.recorder_addr();
     let control = server.control();
     let catalog = server.catalog();
     let store = server.store();
@@ -96,6 +99,7 @@ pub async fn start_with(
         store,
         tailnet: String::new(),
         dir,
+        recorder,
         stop: Some(tx),
         task: Some(task),
     };
