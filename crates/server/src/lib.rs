@@ -140,6 +140,8 @@ pub struct AppState {
     pub detection: Arc<consumers::detection::DetectionService>,
     /// Streaming destinations: their secrets, consumers and status.
     pub streams: Arc<consumers::stream::StreamService>,
+    /// The recordings' index (kept by the `recording-index` consumer).
+    pub recordings: Arc<consumers::recording_index::RecordingIndex>,
     /// The transparency log (Merkle tree and signed checkpoints).
     pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
@@ -309,6 +311,8 @@ impl Server {
             &config.data_dir,
         )?;
         let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
+        let (recordings, recording_consumer) =
+            consumers::recording_index::IndexConsumer::open(&config.data_dir)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
@@ -351,6 +355,7 @@ impl Server {
             reconcile: Arc::new(reconciler),
             detection,
             streams,
+            recordings,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
@@ -364,6 +369,7 @@ impl Server {
                 flow_checkpoint,
                 reconcile: (reconcile_pos, reconcile_written),
                 detection: parking_lot::Mutex::new(Some(detection_state)),
+                recordings: parking_lot::Mutex::new(Some(recording_consumer)),
             },
             embedded: store,
             outbox: control::outbox::AuditOutbox::open(&config_data_dir)?,

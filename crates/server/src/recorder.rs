@@ -225,7 +225,6 @@ impl Writer {
             let data: Vec<u8> = self.pending.drain(..cut).collect();
             let body = json!({
                 "recording": self.id,
-                "seq": self.seq,
                 "offset": self.stored,
                 "data": String::from_utf8_lossy(&data),
             });
@@ -235,8 +234,10 @@ impl Writer {
         Ok(())
     }
 
-    async fn append(&mut self, body: Value) -> Result<(), String> {
+    /// Stores one record, numbered (`seq`, from 1) in the recording.
+    async fn append(&mut self, mut body: Value) -> Result<(), String> {
         self.seq += 1;
+        body["seq"] = json!(self.seq);
         let rec = NewRecord {
             time: tally_proto::timefmt::now_nanos(),
             collection: collection::RECORDINGS.to_owned(),

@@ -10,9 +10,10 @@
 mod support;
 
 use futures_util::StreamExt;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Db, Env, start_with};
+use support::{Db, Env, OWNER_KEY, start_with};
 use tally_store::Filter;
 
 async fn env(allow_loopback: bool) -> Env {
@@ -128,6 +129,34 @@ async fn a_tailscaled_session_is_acknowledged_while_idle_and_stored_whole() {
             break;
         }
     }
+    // Live: the recording is listed in progress and can be watched.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (s, v) = env
+            .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/recordings", None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if let Some(r) = v["recordings"].as_array().and_then(|a| a.first()) {
+            assert_eq!(r["state"], "recording", "{r}");
+            assert_eq!(r["srcNode"], "alpha.tail1234.ts.net", "{r}");
+            assert_eq!(r["sshUser"], "root", "{r}");
+            break r["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let live = env
+        .http
+        .get(format!(
+            "{}/api/v2/tailnet/-/recordings/{id}/cast?follow=true",
+            env.base
+        ))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(live.status(), 200);
+    let watched = tokio::spawn(async move { live.text().await.expect("live cast") });
     // Idle: acks keep coming (tailscaled gives up after 30 s without one).
     let idle_from = Instant::now();
     let mut idle_acks = 0;
@@ -156,6 +185,44 @@ async fn a_tailscaled_session_is_acknowledged_while_idle_and_stored_whole() {
     assert_eq!(cast, sent, "stored as received");
     let end = end.expect("an end record");
     assert_eq!(end["complete"], true, "{end}");
+    // The live view ends with the recording and saw all of it; the file
+    // is the one received; reading it is audited.
+    let watched = tokio::time::timeout(Duration::from_secs(10), watched)
+        .await
+        .expect("the live view ends with the recording")
+        .expect("task");
+    assert_eq!(watched, sent);
+    let file = env
+        .http
+        .get(format!(
+            "{}/api/v2/tailnet/-/recordings/{id}/cast",
+            env.base
+        ))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .expect("cast")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(file, sent);
+    let (_, meta) = env
+        .call(
+            OWNER_KEY,
+            Method::GET,
+            &format!("/api/v2/tailnet/-/recordings/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(meta["state"], "complete", "{meta}");
+    assert_eq!(meta["bytes"], sent.len(), "{meta}");
+    let reads = env
+        .events_after(&env.tailnet, 0)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "READ" && e["target"]["type"] == "RECORDING")
+        .count();
+    assert_eq!(reads, 2, "the live view and the download");
     env.stop().await;
 }
 

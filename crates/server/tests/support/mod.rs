@@ -212,6 +212,51 @@ impl Env {
         v
     }
 
+    /// Stores a short recording of the default tailnet (as the recorder
+    /// would) and waits until the index has it; returns its ID.
+    pub async fn add_recording(&self, n: usize) -> String {
+        let id = format!("rtest{n:06}");
+        let header = r#"{"version":2,"width":80,"height":24,"srcNode":"alpha","sshUser":"root"}"#;
+        let bodies = [
+            json!({ "recording": id, "seq": 1, "offset": 0, "data": format!("{header}\n[0.5,\"o\",\"hi\"]\n") }),
+            json!({ "recording": id, "end": true, "complete": true, "bytes": 0, "reason": "" }),
+        ];
+        let records = bodies
+            .iter()
+            .enumerate()
+            .map(|(k, b)| tally_store::NewRecord {
+                time: tally_proto::timefmt::now_nanos(),
+                collection: "recordings".into(),
+                owner: tally_store::Owner::tailnet(self.tailnet.clone()),
+                instance: [0x7c; 32],
+                identity: Some((9_000 + n as u32, k as u64 + 1)),
+                client_time: None,
+                kind: tally_store::kind::LOG,
+                body: b.to_string().into_bytes(),
+            })
+            .collect();
+        self.store.append(records).await.expect("append");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (s, _) = self
+                .call(
+                    OWNER_KEY,
+                    Method::GET,
+                    &format!("/api/v2/tailnet/-/recordings/{id}"),
+                    None,
+                )
+                .await;
+            if s == 200 {
+                return id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recording was never indexed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Turns the default tailnet's flow logging on or off (as the owner).
     pub async fn set_flow_logging(&self, on: bool) {
         let (s, v) = self
