@@ -16,6 +16,7 @@ mod detect_cmd;
 mod flows_cmd;
 mod logs_cmd;
 mod reconcile_cmd;
+mod recordings_cmd;
 mod stream_cmd;
 mod verify_cmd;
 
@@ -95,9 +96,11 @@ enum Command {
     Rules(WithServer<detect_cmd::RulesCmd>),
     /// Alerts the detection rules raised: list, acknowledge, follow.
     Alerts(WithServer<detect_cmd::AlertsCmd>),
-    /// Log streams to SIEMs (Splunk HEC, Cribl, signed webhooks): list,
-    /// set, delete, status, test.
+    /// Log streams to SIEMs (Splunk, Elastic, Datadog, S3, syslog, signed
+    /// webhooks and more): list, set, add, delete, status, test.
     Stream(WithServer<stream_cmd::StreamCmd>),
+    /// Session recordings: list, export, play, tail.
+    Recordings(WithServer<recordings_cmd::RecordingsCmd>),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
@@ -299,6 +302,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Rules(a) => detect_cmd::run_rules(a.cmd, &a.server).await,
         Command::Alerts(a) => detect_cmd::run_alerts(a.cmd, &a.server).await,
         Command::Stream(a) => stream_cmd::run(a.cmd, &a.server).await,
+        Command::Recordings(a) => recordings_cmd::run(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
