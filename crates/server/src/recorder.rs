@@ -318,6 +318,30 @@ async fn pump(
     }
 }
 
+/// Receives a whole recording into `w` (acknowledging through `acked`)
+/// and stores its end; Err says why it was cut short, and whether the
+/// client should be told (it sent something wrong).
+async fn receive(
+    body: Body,
+    w: &mut Writer,
+    acked: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<(), (bool, String)> {
+    let end = pump(body, w, acked).await;
+    let (complete, reason) = match &end {
+        Ok(()) => (true, String::new()),
+        Err((_, why)) => (false, why.clone()),
+    };
+    if let Err(e) = w.finish(complete, &reason).await {
+        tracing::error!(recording = %w.id, "{e}");
+        return Err((true, e));
+    }
+    match &end {
+        Ok(()) => tracing::info!(recording = %w.id, bytes = w.stored, "recording ended"),
+        Err((_, why)) => tracing::warn!(recording = %w.id, "recording cut short: {why}"),
+    }
+    end
+}
+
 /// `POST /v2/record`.
 async fn record_v2(
     State(state): State<AppState>,
@@ -333,24 +357,12 @@ async fn record_v2(
     let mut w = Writer::new(state, tailnet);
     tracing::info!(recording = %w.id, %peer, "recording started");
     tokio::spawn(async move {
-        let end = pump(body, &mut w, &tx).await;
-        let (complete, reason) = match &end {
-            Ok(()) => (true, String::new()),
-            Err((_, why)) => (false, why.clone()),
-        };
-        if let Err(e) = w.finish(complete, &reason).await {
-            tracing::error!(recording = %w.id, "{e}");
-        }
+        let end = receive(body, &mut w, &tx).await;
         let _ = tx.send(ack(w.stored)).await;
-        if let Err((told, why)) = end {
-            tracing::warn!(recording = %w.id, "recording cut short: {why}");
-            if told {
-                let _ = tx
-                    .send(Bytes::from(format!("{}\n", json!({ "error": why }))))
-                    .await;
-            }
-        } else {
-            tracing::info!(recording = %w.id, bytes = w.stored, "recording ended");
+        if let Err((true, why)) = end {
+            let _ = tx
+                .send(Bytes::from(format!("{}\n", json!({ "error": why }))))
+                .await;
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -379,15 +391,7 @@ async fn record_v1(
     };
     let (tx, _rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let mut w = Writer::new(state, tailnet);
-    let end = pump(body, &mut w, &tx).await;
-    let (complete, reason) = match &end {
-        Ok(()) => (true, String::new()),
-        Err((_, why)) => (false, why.clone()),
-    };
-    if let Err(e) = w.finish(complete, &reason).await {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
-    }
-    match end {
+    match receive(body, &mut w, &tx).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err((_, why)) => (StatusCode::BAD_REQUEST, why).into_response(),
     }
