@@ -330,3 +330,82 @@ async fn cut_sessions_bad_bodies_strangers_and_the_http1_fallback() {
     assert!(stored(&env).is_empty());
     env.stop().await;
 }
+
+/// Sends `body` as one recording over h2c; answers the frames received.
+async fn upload(base: &str, body: Vec<u8>) -> Vec<Value> {
+    let resp = h2c()
+        .post(format!("{base}/v2/record"))
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let mut f = frames(resp);
+    let mut all = Vec::new();
+    while let Some(v) = f.recv().await {
+        all.push(v);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_end_with_an_error_and_many_tiny_events_are_stored_whole() {
+    let env = env(true).await;
+    let base = format!("http://{}", env.recorder.expect("recorder on"));
+    let error_of = |frames: &[Value]| {
+        frames
+            .iter()
+            .find_map(|f| f["error"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    // A line longer than 1 MiB.
+    let mut body = format!("{HEADER}\n[0.1,\"o\",\"").into_bytes();
+    body.extend(std::iter::repeat_n(b'x', 2 << 20));
+    let f = upload(&base, body).await;
+    assert!(error_of(&f).contains("longer than"), "{f:?}");
+    // Output that is not UTF-8.
+    let mut body = format!("{HEADER}\n").into_bytes();
+    body.extend_from_slice(b"[0.1,\"o\",\"\xff\xfe\"]\n");
+    let f = upload(&base, body).await;
+    assert!(error_of(&f).contains("not UTF-8"), "{f:?}");
+    // Escape sequences are data like any other.
+    let body = format!("{HEADER}\n[0.1,\"o\",\"\\u001b[31mred\\u001b[0m\\u0007\"]\n");
+    let f = upload(&base, body.clone().into_bytes()).await;
+    assert!(error_of(&f).is_empty(), "{f:?}");
+    assert_eq!(
+        f.last().and_then(|a| a["ack"].as_u64()),
+        Some(body.len() as u64)
+    );
+    // Many tiny events: every byte acknowledged and stored.
+    let mut body = format!("{HEADER}\n");
+    for i in 0..100_000 {
+        body.push_str(&format!(
+            "[{}.{:03},\"o\",\"{}\"]\n",
+            i / 1000,
+            i % 1000,
+            i % 10
+        ));
+    }
+    let f = upload(&base, body.clone().into_bytes()).await;
+    assert!(error_of(&f).is_empty(), "{f:?}");
+    assert_eq!(
+        f.last().and_then(|a| a["ack"].as_u64()),
+        Some(body.len() as u64)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = env
+            .call(OWNER_KEY, Method::GET, "/api/v2/tailnet/-/recordings", None)
+            .await;
+        assert_eq!(s, 200);
+        if v["recordings"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|r| r["bytes"] == body.len() && r["state"] == "complete")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.stop().await;
+}
