@@ -61,6 +61,9 @@ pub const FINDINGS: &str = "findings";
 pub const AUDIT: &str = "tailaudit";
 /// Detection alerts (written by the detection consumer).
 pub const ALERTS: &str = "alerts";
+/// Terminal session recordings: chunks of asciicast v2 (written by the
+/// recorder).
+pub const RECORDINGS: &str = "recordings";
 /// The transparency log's own statements (owned by no tailnet).
 pub const TRANSPARENCY: &str = "tally-log";
 
@@ -68,12 +71,14 @@ pub const TRANSPARENCY: &str = "tally-log";
 pub const FINDINGS_WRITER: [u8; 32] = [0x7a; 32];
 /// The instance (public ID) the detection consumer writes alerts as.
 pub const ALERTS_WRITER: [u8; 32] = [0x7b; 32];
+/// The instance (public ID) the recorder writes recordings as.
+pub const RECORDINGS_WRITER: [u8; 32] = [0x7c; 32];
 
 /// Collections every tailnet has; they cannot be created or deleted.
-pub const BUILTIN: [&str; 5] = [NODE_LOGS, FLOWS, FINDINGS, AUDIT, ALERTS];
+pub const BUILTIN: [&str; 6] = [NODE_LOGS, FLOWS, FINDINGS, AUDIT, ALERTS, RECORDINGS];
 
 /// Collections only the server writes: uploads to them are refused.
-pub const SYSTEM: [&str; 4] = [FINDINGS, AUDIT, ALERTS, TRANSPARENCY];
+pub const SYSTEM: [&str; 5] = [FINDINGS, AUDIT, ALERTS, RECORDINGS, TRANSPARENCY];
 
 /// True for a collection only the server writes.
 pub fn is_system(name: &str) -> bool {

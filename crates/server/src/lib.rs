@@ -11,6 +11,7 @@ pub mod error;
 pub mod ingest;
 pub mod memory;
 pub mod metrics;
+pub mod recorder;
 pub mod serve;
 pub mod tls;
 
@@ -78,6 +79,11 @@ pub struct ServerConfig {
     /// Transparency-log epochs hold `2^log_epoch_bits` leaves (a multiple
     /// of 4 from 8 to 56; fixed when the log is created).
     pub log_epoch_bits: u32,
+    /// Where the session recorder listens (tailscaled's recorder
+    /// protocol); off when `None`.
+    pub recorder_listen: Option<SocketAddr>,
+    /// Who may record.
+    pub recorder: recorder::RecorderConfig,
 }
 
 impl ServerConfig {
@@ -103,6 +109,8 @@ impl ServerConfig {
             agent_report_seconds: 30,
             reconcile: tally_reconcile::Config::default(),
             log_epoch_bits: merkle_log::DEFAULT_EPOCH_BITS,
+            recorder_listen: None,
+            recorder: recorder::RecorderConfig::default(),
         }
     }
 }
@@ -133,6 +141,8 @@ pub struct AppState {
     pub detection: Arc<consumers::detection::DetectionService>,
     /// Streaming destinations: their secrets, consumers and status.
     pub streams: Arc<consumers::stream::StreamService>,
+    /// The recordings' index (kept by the `recording-index` consumer).
+    pub recordings: Arc<consumers::recording_index::RecordingIndex>,
     /// The transparency log (Merkle tree and signed checkpoints).
     pub log: Arc<merkle_log::MerkleLog>,
     /// Chains and keys of signed upload batches.
@@ -184,6 +194,8 @@ impl Progress {
 /// A bound, not yet serving, server.
 pub struct Server {
     listener: TcpListener,
+    /// The session recorder's listener, when it is on.
+    recorder: Option<TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     /// The bootstrap key, when it was generated (or added) at this start.
@@ -300,12 +312,20 @@ impl Server {
             &config.data_dir,
         )?;
         let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
+        let (recordings, recording_consumer) =
+            consumers::recording_index::IndexConsumer::open(&config.data_dir)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
                 config.listen
             )
         })?;
+        let recorder = match config.recorder_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the recorder (--recorder-listen)")
+            })?),
+            None => None,
+        };
         let config_data_dir = config.data_dir.clone();
         let state = AppState {
             instances: Arc::new(InstanceStats::open(
@@ -336,10 +356,12 @@ impl Server {
             reconcile: Arc::new(reconciler),
             detection,
             streams,
+            recordings,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
             listener,
+            recorder,
             tls,
             state,
             new_bootstrap_key,
@@ -348,6 +370,7 @@ impl Server {
                 flow_checkpoint,
                 reconcile: (reconcile_pos, reconcile_written),
                 detection: parking_lot::Mutex::new(Some(detection_state)),
+                recordings: parking_lot::Mutex::new(Some(recording_consumer)),
             },
             embedded: store,
             outbox: control::outbox::AuditOutbox::open(&config_data_dir)?,
@@ -386,6 +409,11 @@ impl Server {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The recorder's address, when it is on.
+    pub fn recorder_addr(&self) -> Option<SocketAddr> {
+        self.recorder.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then closes the store.
     pub async fn run(
         self,
@@ -409,6 +437,11 @@ impl Server {
             }
         };
         let header_timeout = state.config.header_read_timeout;
+        let recorder = self.recorder.map(|l| {
+            let app = recorder::router(state.clone());
+            let stop = state.shutdown.clone().cancelled_owned();
+            tokio::spawn(serve::serve(l, app, header_timeout, stop))
+        });
         match self.tls {
             Some(config) => {
                 let listener =
@@ -416,6 +449,9 @@ impl Server {
                 serve::serve(listener, app, header_timeout, shutdown).await;
             }
             None => serve::serve(self.listener, app, header_timeout, shutdown).await,
+        }
+        if let Some(r) = recorder {
+            let _ = r.await;
         }
         // Stop the background tasks and wait until they are gone, so that
         // no control-database connection is still out when the pool closes

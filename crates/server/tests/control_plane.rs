@@ -229,6 +229,9 @@ async fn fixture(
         };
         path = path.replace("{streamId}", id.as_str().expect("id"));
     }
+    if path.contains("{recordingId}") {
+        path = path.replace("{recordingId}", &env.add_recording(n).await);
+    }
     if path.contains("{alertId}") {
         path = path.replace("{alertId}", &env.raise_alert(n).await);
     }
@@ -391,6 +394,13 @@ async fn permission_matrix(db: &Db<'_>) {
                         created
                             .iter()
                             .any(|e| e["action"] == "CREATE" && e["target"]["type"] == "TAILNET")
+                    );
+                } else if spec.is_audited_read() {
+                    assert!(
+                        events.len() == 1
+                            && events[0]["action"] == "READ"
+                            && events[0]["target"]["type"] == spec.target_type,
+                        "an audited read is one READ event: {what}: {events:?}"
                     );
                 } else {
                     assert!(events.is_empty(), "a read wrote audit events: {what}");

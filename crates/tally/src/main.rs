@@ -16,6 +16,7 @@ mod detect_cmd;
 mod flows_cmd;
 mod logs_cmd;
 mod reconcile_cmd;
+mod recordings_cmd;
 mod stream_cmd;
 mod verify_cmd;
 
@@ -95,9 +96,11 @@ enum Command {
     Rules(WithServer<detect_cmd::RulesCmd>),
     /// Alerts the detection rules raised: list, acknowledge, follow.
     Alerts(WithServer<detect_cmd::AlertsCmd>),
-    /// Log streams to SIEMs (Splunk HEC, Cribl, signed webhooks): list,
-    /// set, delete, status, test.
+    /// Log streams to SIEMs (Splunk, Elastic, Datadog, S3, syslog, signed
+    /// webhooks and more): list, set, add, delete, status, test.
     Stream(WithServer<stream_cmd::StreamCmd>),
+    /// Session recordings: list, export, play, tail.
+    Recordings(WithServer<recordings_cmd::RecordingsCmd>),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
@@ -157,6 +160,17 @@ struct ServerCmd {
     /// How long late flow records are waited for before a window is judged
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     reconcile_grace: std::time::Duration,
+    /// Serve the session recorder tailscaled's SSH server uploads to
+    /// (HTTP/2 h2c and HTTP/1.1 on one port), e.g. 100.64.0.5:80; off by default
+    #[arg(long, env = "TALLY_RECORDER_LISTEN", value_name = "ADDR")]
+    recorder_listen: Option<SocketAddr>,
+    /// Also accept recordings from this address range (repeatable);
+    /// registered nodes' addresses are always accepted
+    #[arg(long, value_name = "CIDR")]
+    recorder_allow: Vec<ipnet::IpNet>,
+    /// Require this bearer token on every recording request
+    #[arg(long, env = "TALLY_RECORDER_TOKEN", hide_env_values = true)]
+    recorder_token: Option<String>,
 }
 
 /// A client verb with the server's address and key.
@@ -209,6 +223,11 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     config.agent_report_seconds = cmd.agent_report_seconds;
     config.reconcile.window_ns = i64::try_from(cmd.reconcile_window.as_nanos()).unwrap_or(i64::MAX);
     config.reconcile.grace_ns = i64::try_from(cmd.reconcile_grace.as_nanos()).unwrap_or(i64::MAX);
+    config.recorder_listen = cmd.recorder_listen;
+    config.recorder = tally_server::recorder::RecorderConfig {
+        allow: cmd.recorder_allow,
+        token: cmd.recorder_token.filter(|t| !t.is_empty()),
+    };
     let server = tally_server::Server::bind(config).await?;
     for cut in &server.recovery.cuts {
         tracing::warn!("store recovery: {cut}");
@@ -218,6 +237,11 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
         "tally server listening on {addr}\ndata directory: {}\n",
         cmd.data_dir.display()
     );
+    if let Some(r) = server.recorder_addr() {
+        banner.push_str(&format!(
+            "session recorder listening on {r} (tailscaled: http://{r})\n"
+        ));
+    }
     if let Some(key) = &server.new_bootstrap_key {
         banner.push_str(&format!(
             "\nbootstrap admin API key (shown once; store it now):\n  {key}\nuse it with:  export TALLY_SERVER={addr} TALLY_API_KEY={key}\n\n"
@@ -278,6 +302,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Rules(a) => detect_cmd::run_rules(a.cmd, &a.server).await,
         Command::Alerts(a) => detect_cmd::run_alerts(a.cmd, &a.server).await,
         Command::Stream(a) => stream_cmd::run(a.cmd, &a.server).await,
+        Command::Recordings(a) => recordings_cmd::run(a.cmd, &a.server).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

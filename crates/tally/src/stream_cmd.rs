@@ -357,10 +357,17 @@ pub async fn run(cmd: StreamCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 ("rateEntriesSent", "entries/s"),
                 ("lagEntries", "entries behind"),
                 ("lagSeconds", "seconds behind"),
-                ("numSpoofedEntries", "unconfirmed"),
                 ("unencrypted", "unencrypted"),
             ] {
                 text.push_str(&format!("{label:<20} {}\n", cell(&v[k])));
+            }
+            if log_type == "network" {
+                // Reconciliation's count: windows the other end did not confirm.
+                text.push_str(&format!(
+                    "{:<20} {}\n",
+                    "unconfirmed",
+                    cell(&v["numSpoofedEntries"])
+                ));
             }
             emit(&text)
         }

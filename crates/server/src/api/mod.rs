@@ -14,6 +14,7 @@ pub mod network;
 pub mod pipeline;
 pub mod query;
 pub mod reconciliation;
+pub mod recordings;
 pub mod session;
 pub mod streams;
 pub mod tailnets;
@@ -64,6 +65,11 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
+    /// Whether it is a read that is itself audited (reading a recording).
+    pub fn is_audited_read(&self) -> bool {
+        self.method == Method::GET && self.action == "READ"
+    }
+
     /// Whether the route changes configuration (and is audited): a
     /// guarded route other than GET that names an audit target (a POST
     /// without one, such as a rule test run, only reads).
@@ -568,6 +574,30 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "USER",
             "CREATE",
             post(session::password_setup),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/recordings",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(recordings::list),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/recordings/{recordingId}",
+            Role(P::LogsRead),
+            "",
+            "",
+            get(recordings::get),
+        ),
+        r(
+            M::GET,
+            "/api/v2/tailnet/{tailnet}/recordings/{recordingId}/cast",
+            Role(P::LogsRead),
+            "RECORDING",
+            "READ",
+            get(recordings::cast),
         ),
         r(
             M::GET,

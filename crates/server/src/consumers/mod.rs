@@ -10,6 +10,7 @@ pub mod merkle_log;
 pub mod reconcile;
 pub mod reconcile_report;
 pub mod reconciliation;
+pub mod recording_index;
 pub mod stream;
 pub mod transparency;
 
@@ -24,6 +25,8 @@ pub struct Resume {
     pub reconcile: (u64, u64),
     /// The detection consumer, opened with its saved state (taken when started).
     pub detection: parking_lot::Mutex<Option<detection::Detection>>,
+    /// The recordings' index consumer, opened with its saved state.
+    pub recordings: parking_lot::Mutex<Option<recording_index::IndexConsumer>>,
 }
 
 /// Starts every consumer on the pipeline; returns their tasks.
@@ -56,6 +59,9 @@ pub fn start(
     let mut tasks = tasks;
     if let Some(d) = resume.detection.lock().take() {
         tasks.push(p.spawn(d).context("starting detection")?.1);
+    }
+    if let Some(r) = resume.recordings.lock().take() {
+        tasks.push(p.spawn(r).context("starting the recordings' index")?.1);
     }
     Ok(tasks)
 }

@@ -92,7 +92,7 @@ fn validate_cidrs(field: &str, list: &[String]) -> Result<(), ControlError> {
 
 /// The host address of an `addresses` entry (an IP, or an IP with a prefix
 /// length, which is ignored): two entries with the same one conflict.
-fn host_ip(entry: &str) -> Option<std::net::IpAddr> {
+pub fn host_ip(entry: &str) -> Option<std::net::IpAddr> {
     entry.split('/').next().and_then(|ip| ip.parse().ok())
 }
 

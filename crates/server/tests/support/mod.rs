@@ -49,6 +49,8 @@ pub struct Env {
     pub store: std::sync::Arc<tally_store::Store>,
     /// The data directory.
     pub dir: tempfile::TempDir,
+    /// The session recorder's address, when it is on.
+    pub recorder: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -80,6 +82,7 @@ pub async fn start_with(
     }
     let server = Server::bind(config).await.expect("server binds");
     let base = format!("http://{}", server.local_addr().expect("addr"));
+    let recorder = server.recorder_addr();
     let control = server.control();
     let catalog = server.catalog();
     let store = server.store();
@@ -96,6 +99,7 @@ pub async fn start_with(
         store,
         tailnet: String::new(),
         dir,
+        recorder,
         stop: Some(tx),
         task: Some(task),
     };
@@ -206,6 +210,51 @@ impl Env {
             .collect();
         v.reverse();
         v
+    }
+
+    /// Stores a short recording of the default tailnet (as the recorder
+    /// would) and waits until the index has it; returns its ID.
+    pub async fn add_recording(&self, n: usize) -> String {
+        let id = format!("rtest{n:06}");
+        let header = r#"{"version":2,"width":80,"height":24,"srcNode":"alpha","sshUser":"root"}"#;
+        let bodies = [
+            json!({ "recording": id, "seq": 1, "offset": 0, "data": format!("{header}\n[0.5,\"o\",\"hi\"]\n") }),
+            json!({ "recording": id, "end": true, "complete": true, "bytes": 0, "reason": "" }),
+        ];
+        let records = bodies
+            .iter()
+            .enumerate()
+            .map(|(k, b)| tally_store::NewRecord {
+                time: tally_proto::timefmt::now_nanos(),
+                collection: "recordings".into(),
+                owner: tally_store::Owner::tailnet(self.tailnet.clone()),
+                instance: [0x7c; 32],
+                identity: Some((9_000 + n as u32, k as u64 + 1)),
+                client_time: None,
+                kind: tally_store::kind::LOG,
+                body: b.to_string().into_bytes(),
+            })
+            .collect();
+        self.store.append(records).await.expect("append");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (s, _) = self
+                .call(
+                    OWNER_KEY,
+                    Method::GET,
+                    &format!("/api/v2/tailnet/-/recordings/{id}"),
+                    None,
+                )
+                .await;
+            if s == 200 {
+                return id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recording was never indexed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Turns the default tailnet's flow logging on or off (as the owner).
