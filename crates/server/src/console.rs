@@ -44,6 +44,7 @@ pub const FILES: &[(&str, &[u8])] = &[
     asset!("js/format.js"),
     asset!("js/graph.js"),
     asset!("js/diff.js"),
+    asset!("js/term.js"),
     asset!("js/pages/signin.js"),
     asset!("js/pages/setup.js"),
     asset!("js/pages/overview.js"),
@@ -58,6 +59,7 @@ pub const FILES: &[(&str, &[u8])] = &[
     asset!("js/pages/alerts.js"),
     asset!("js/pages/rules.js"),
     asset!("js/pages/streams.js"),
+    asset!("js/pages/recordings.js"),
 ];
 
 /// A file ready to serve: both encodings and their ETags.

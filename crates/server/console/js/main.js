@@ -11,6 +11,7 @@ import logs from "./pages/logs.js";
 import flows from "./pages/flows.js";
 import reconciliation from "./pages/reconciliation.js";
 import alerts from "./pages/alerts.js";
+import recordings from "./pages/recordings.js";
 import audit from "./pages/audit.js";
 import devices from "./pages/devices.js";
 import users from "./pages/users.js";
@@ -24,7 +25,7 @@ import streams from "./pages/streams.js";
  * in the bar) and `render(root, params, ctx)` which may answer a cleanup
  * function (called when the page is left or re-rendered).
  */
-const PAGES = [overview, logs, flows, reconciliation, alerts, audit, devices, users, keys, settings, rules, streams];
+const PAGES = [overview, logs, flows, reconciliation, alerts, recordings, audit, devices, users, keys, settings, rules, streams];
 const PUBLIC = [signin, setup];
 
 const main = () => document.getElementById("main");
