@@ -131,8 +131,13 @@ struct Console {
 
 impl Console {
     async fn start(test: &'static str) -> Self {
+        Self::start_with(test, &[]).await
+    }
+
+    /// Starts with extra `tally server` arguments.
+    async fn start_with(test: &'static str, server_args: &[&str]) -> Self {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        let server = TestServer::start(&dir.path().join("server"), &[]);
+        let server = TestServer::start(&dir.path().join("server"), server_args);
         let driver = ChromeDriver::start();
         let c = driver.browser().await;
         Self {
@@ -1116,6 +1121,7 @@ async fn every_page_renders_its_data_and_the_forms_work() {
         ("#/flows?view=table&since=30m", "#flow-rows tr.flow-row"),
         ("#/reconciliation?since=1h", "#finding-rows"),
         ("#/alerts?since=1h", "#alerts table"),
+        ("#/recordings", "#recordings table"),
         ("#/audit", "tr.audit-event"),
         ("#/devices", "#devices table"),
         ("#/users", "#users table"),
@@ -1282,5 +1288,115 @@ async fn every_page_renders_its_data_and_the_forms_work() {
             .contains("token=")
     );
     t.settled("after setup").await;
+    t.finish().await;
+}
+
+/// A recorded SSH session, as tailscaled uploads it (asciicast v2).
+const CAST: &str = concat!(
+    r#"{"version":2,"width":80,"height":24,"timestamp":1700000000,"srcNode":"web-1.tail1234.ts.net","srcNodeID":"nWeb1","srcNodeUser":"ada@example.com","sshUser":"deploy","localUser":"deploy","connectionID":"c42"}"#,
+    "\n",
+    r#"[0.25,"o","$ uptime\r\n"]"#,
+    "\n",
+    r#"[0.75,"o","up 42 days, load average: 0.01\r\n"]"#,
+    "\n",
+    r#"[1.5,"o","$ systemctl is-failed nginx\r\n\u001b[1;31mfailed\u001b[0m\r\n$ "]"#,
+    "\n",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_is_listed_replayed_and_reading_it_is_audited() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let t = Console::start_with(
+        "recordings",
+        &[
+            "--recorder-listen",
+            &listen,
+            "--recorder-allow",
+            "127.0.0.0/8",
+        ],
+    )
+    .await;
+    let url = t.server.url.clone();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let resp = h2c
+        .post(format!("http://{listen}/v2/record"))
+        .body(CAST)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("acks");
+    // Listed as complete once the index has it (polled: no signal crosses).
+    let deadline = Instant::now() + PATIENCE;
+    let id = loop {
+        let v = api(&url, "/api/v2/tailnet/-/recordings").await;
+        if let Some(r) = v["recordings"].as_array().and_then(|a| a.first())
+            && r["state"] == "complete"
+        {
+            break r["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "never listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    t.sign_in_with_key(KEY).await;
+    t.goto("#/recordings?user=deploy").await;
+    let row = t.find("tr.recording-row").await.text().await.expect("row");
+    assert!(
+        row.contains("web-1.tail1234.ts.net") && row.contains("deploy") && row.contains("complete"),
+        "{row}"
+    );
+    t.click("tr.recording-row a.replay-link").await;
+    let screen = t
+        .wait_text("#term", "the session's screen", |s| s.contains("failed"))
+        .await;
+    assert_eq!(
+        screen.trim_end().lines().map(str::trim_end).collect::<Vec<_>>(),
+        vec![
+            "$ uptime",
+            "up 42 days, load average: 0.01",
+            "$ systemctl is-failed nginx",
+            "failed",
+            "$"
+        ]
+    );
+    let red = t
+        .find("#term span.t-f1.t-bold")
+        .await
+        .text()
+        .await
+        .expect("span");
+    assert_eq!(red, "failed", "colour and bold kept");
+    assert!(
+        t.c.current_url()
+            .await
+            .expect("url")
+            .as_str()
+            .contains(&format!("play={id}"))
+    );
+    // Played from the start: the first line first.
+    t.click("#replay-play").await;
+    t.wait_text("#replay-time", "the end of the replay", |s| {
+        s.split(" / ").next() == s.split(" / ").nth(1)
+    })
+    .await;
+    t.screenshot("recordings").await;
+    // Opening it was audited, as the console's.
+    let events = api(
+        &url,
+        "/api/v2/tailnet/-/logging/configuration?action=READ&targetType=RECORDING",
+    )
+    .await;
+    let logs = events["logs"].as_array().expect("logs");
+    assert!(
+        logs.iter()
+            .any(|e| e["origin"] == "CONSOLE" && e["target"]["id"] == id.as_str()),
+        "{events}"
+    );
     t.finish().await;
 }
