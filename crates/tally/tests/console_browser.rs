@@ -1356,7 +1356,11 @@ async fn a_recording_is_listed_replayed_and_reading_it_is_audited() {
         .wait_text("#term", "the session's screen", |s| s.contains("failed"))
         .await;
     assert_eq!(
-        screen.trim_end().lines().map(str::trim_end).collect::<Vec<_>>(),
+        screen
+            .trim_end()
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>(),
         vec![
             "$ uptime",
             "up 42 days, load average: 0.01",
