@@ -1257,6 +1257,21 @@ async fn every_page_renders_its_data_and_the_forms_work() {
         "the token is shown"
     );
 
+    // A setup link made in the users page is one the server accepts.
+    tally(
+        &url,
+        &["users", "create", "frank@example.com", "--role", "member"],
+    );
+    t.goto("#/users?q=frank").await;
+    t.settled("users").await;
+    t.click("#users table tbody button.invite").await;
+    let made = t
+        .wait_text("#users .setup-link", "a setup link", |s| {
+            s.contains("#/setup?token=")
+        })
+        .await;
+    assert!(made.starts_with(&url), "{made}");
+
     // A one-time setup link from `tally users invite` sets a password and signs in.
     tally(
         &url,

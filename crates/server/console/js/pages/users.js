@@ -31,7 +31,7 @@ function createForm(reload) {
           act(go, () => api("POST", "/api/v2/tailnet/-/users", { body: { loginName: login.value.trim(), displayName: display.value.trim(), role: role.value } }), {
             out,
             done: (u) => {
-              replace(out, notice("ok", `Created ${u.loginName} (${u.role}). Give them a password below (Set password) or run tally users invite ${u.loginName}.`));
+              replace(out, notice("ok", `Created ${u.loginName} (${u.role}). Give them a password below (Set password) or a one-time link (Setup link).`));
               reload();
             },
           });
@@ -60,8 +60,15 @@ function actions(u, reload) {
       },
     }),
   );
+  const invite = h("button", { type: "button", class: "invite" }, "Setup link");
+  invite.addEventListener("click", () =>
+    act(invite, () => api("POST", `/api/v2/users/${encodeURIComponent(u.id)}/password-setup`), {
+      out,
+      done: (v) => replace(out, notice("warn", `A one-time link for ${u.loginName} to set a password (until ${v.expires}); send it privately:`, h("div", { class: "secret setup-link" }, `${location.origin}${v.path}`))),
+    }),
+  );
   const del = confirmButton("Delete", "Confirm delete", (b) => act(b, () => api("POST", `/api/v2/users/${encodeURIComponent(u.id)}/delete`), { out, done: reload }));
-  return h("div", null, h("div", { class: "actions" }, role, setRole, pw, setPw, del), out);
+  return h("div", null, h("div", { class: "actions" }, role, setRole, pw, setPw, invite, del), out);
 }
 
 function render(root, params, { signal }) {
