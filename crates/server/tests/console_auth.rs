@@ -104,6 +104,27 @@ async fn password_sessions_check_csrf_and_origin_and_audit_as_console() {
     let (s, v) = set_password(&env, &admin, PASSWORD).await;
     assert_eq!(s, 204, "{v}");
 
+    // Login CSRF: another site's page, or a form post, cannot sign in.
+    for (origin, content_type) in [
+        (Some("https://evil.example.com"), "application/json"),
+        (None, "text/plain"),
+    ] {
+        let mut req = env
+            .http
+            .post(format!("{}/api/v2/session", env.base))
+            .header("content-type", content_type)
+            .body(json!({ "loginName": "ada@example.com", "password": PASSWORD }).to_string());
+        if let Some(o) = origin {
+            req = req.header(ORIGIN, o);
+        }
+        let resp = req.send().await.expect("sent");
+        assert!(
+            resp.status() == 403 || resp.status() == 415,
+            "{origin:?} {content_type}: {}",
+            resp.status()
+        );
+        assert!(resp.headers().get(SET_COOKIE).is_none());
+    }
     // A wrong password: a clear 401, audited as a refused LOGIN.
     let (s, v, cookie, _) = sign_in(
         &env,

@@ -81,7 +81,7 @@ fn is_safe(method: &Method) -> bool {
 
 /// Why a request by cookie comes from another site, if it does: its
 /// `Origin` (or `Sec-Fetch-Site`) names another origin than its `Host`.
-fn foreign_origin(headers: &HeaderMap) -> Option<String> {
+pub fn foreign_origin(headers: &HeaderMap) -> Option<String> {
     let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
     if let Some(site) = get("sec-fetch-site")
         && !matches!(site, "same-origin" | "none")

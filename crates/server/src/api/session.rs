@@ -239,12 +239,39 @@ fn too_many(wait: Duration) -> Response {
     resp
 }
 
+/// Refuses a sign-in another site's page could make in the visitor's
+/// browser (login CSRF: signing them in to the attacker's account): a
+/// foreign `Origin` or `Sec-Fetch-Site`, or a body not sent as JSON (a
+/// plain HTML form cannot send `application/json`).
+fn same_site_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(why) = super::auth::foreign_origin(headers) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("a sign-in from another site is refused ({why})"),
+        ));
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the sign-in as JSON (Content-Type: application/json)",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /api/v2/session`.
 pub async fn sign_in(
     State(state): State<AppState>,
     Extension(RemoteAddr(remote)): Extension<RemoteAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    same_site_json(&headers)?;
     let req: SignIn = super::json_body(body).await?;
     let address = format!("ip:{}", remote.as_deref().unwrap_or("unknown"));
     if let Some(key) = req.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
@@ -358,8 +385,10 @@ struct Setup {
 pub async fn setup(
     State(state): State<AppState>,
     Extension(RemoteAddr(remote)): Extension<RemoteAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    same_site_json(&headers)?;
     let req: Setup = super::json_body(body).await?;
     let keys = [format!("ip:{}", remote.as_deref().unwrap_or("unknown"))];
     if let Some(w) = state.sign_ins.wait(&keys) {
