@@ -349,7 +349,10 @@ impl Env {
                 OWNER_KEY,
                 Method::POST,
                 "/api/v2/tailnet/-/keys",
-                Some(json!({ "keyType": "api", "userId": id, "description": login })),
+                // With an expiry: a key without one raises an alert
+                // (tally-key-without-expiry) that tests counting alerts
+                // would race with.
+                Some(json!({ "keyType": "api", "userId": id, "description": login, "expirySeconds": 30 * 86_400 })),
             )
             .await;
         assert_eq!(s, 200, "create key for {login}: {k}");
