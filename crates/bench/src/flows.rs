@@ -340,7 +340,7 @@ pub async fn run(a: FlowsArgs) -> anyhow::Result<()> {
 
 /// The commit of the current directory's repository, and whether tracked
 /// files differ from it (best effort).
-fn git_state() -> String {
+pub(crate) fn git_state() -> String {
     let out = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -367,7 +367,7 @@ fn git_state() -> String {
 }
 
 /// `/proc/loadavg`'s three averages.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1356,10 +1356,19 @@ async fn call(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value>
 
 /// Creates a reusable auth key and turns flow logging on; returns the key.
 pub(crate) async fn setup_tailnet(s: &Srv) -> anyhow::Result<String> {
+    setup_tailnet_at(&s.http, &s.base, &s.key).await
+}
+
+/// [`setup_tailnet`] for the server at `base` (in this process or not),
+/// with its bootstrap key `key`.
+pub(crate) async fn setup_tailnet_at(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+) -> anyhow::Result<String> {
     let k = call(
-        s.http
-            .post(format!("{}/api/v2/tailnet/-/keys", s.base))
-            .bearer_auth(&s.key)
+        http.post(format!("{base}/api/v2/tailnet/-/keys"))
+            .bearer_auth(key)
             .json(&json!({
                 "keyType": "auth",
                 "description": "bench flows",
@@ -1373,9 +1382,8 @@ pub(crate) async fn setup_tailnet(s: &Srv) -> anyhow::Result<String> {
         .context("the created auth key has no \"key\"")?
         .to_owned();
     call(
-        s.http
-            .patch(format!("{}/api/v2/tailnet/-/settings", s.base))
-            .bearer_auth(&s.key)
+        http.patch(format!("{base}/api/v2/tailnet/-/settings"))
+            .bearer_auth(key)
             .json(&json!({ "networkFlowLoggingOn": true })),
         "turning flow logging on",
     )
@@ -1397,9 +1405,20 @@ pub(crate) async fn register_node(
     hostname: &str,
     addresses: &[String],
 ) -> anyhow::Result<Registered> {
+    register_node_at(&s.base, http, auth, hostname, addresses).await
+}
+
+/// [`register_node`] with the server at `base` (in this process or not).
+pub(crate) async fn register_node_at(
+    base: &str,
+    http: &reqwest::Client,
+    auth: &str,
+    hostname: &str,
+    addresses: &[String],
+) -> anyhow::Result<Registered> {
     let p = tally_proto::PrivateId::generate();
     let r = call(
-        http.post(format!("{}/api/v2/agent/{}", s.base, p.to_hex()))
+        http.post(format!("{base}/api/v2/agent/{}", p.to_hex()))
             .bearer_auth(auth)
             .json(&json!({ "hostname": hostname, "addresses": addresses })),
         "registering a node",
@@ -3185,6 +3204,13 @@ pub(crate) struct IngestReq {
     pkts: u64,
 }
 
+impl IngestReq {
+    /// Flow records in the request.
+    pub(crate) fn records(&self) -> u64 {
+        self.records
+    }
+}
+
 /// One Tailscale-shaped record of node `i` for the interval at `start`:
 /// `(record, entries, tx + rx packets)`.
 fn gen_record(
@@ -3384,68 +3410,74 @@ pub(crate) async fn send_all(reqs: Vec<Vec<IngestReq>>) -> anyhow::Result<Ingest
     Ok(stats)
 }
 
-/// Sends one client's requests in order, one at a time; 429 and 503 are
-/// retried after their Retry-After (at most 1 s here), 30 times at most.
+/// Sends one client's requests in order, one at a time (see [`send_one`]).
 pub(crate) async fn ingest_client(http: reqwest::Client, reqs: Vec<IngestReq>) -> IngestStats {
     let mut st = IngestStats::default();
     for r in reqs {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let t0 = Instant::now();
-            let mut req = http
-                .post(&r.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(r.body.clone());
-            if r.zstd {
-                req = req
-                    .header(reqwest::header::CONTENT_ENCODING, "zstd")
-                    .header("Orig-Content-Length", r.orig_len);
-            }
-            let resp = match req.send().await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    st.transport_errors += 1;
-                    st.first_error.get_or_insert_with(|| format!("{e:#}"));
-                    if tries >= 5 {
-                        st.gave_up += 1;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let status = resp.status();
-            let retry = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let body = resp.text().await.unwrap_or_default();
-            st.wire_bytes += r.body.len() as u64;
-            if status == reqwest::StatusCode::OK {
-                st.requests += 1;
-                st.records += r.records;
-                st.entries += r.entries;
-                st.pkts += r.pkts;
-                st.lat_us.push(t0.elapsed().as_micros() as u64);
-                break;
-            }
-            *st.statuses.entry(status.as_u16()).or_default() += 1;
-            st.first_error.get_or_insert_with(|| {
-                format!("{status}: {}", body.chars().take(300).collect::<String>())
-            });
-            let again = status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::SERVICE_UNAVAILABLE;
-            if !again || tries >= 30 {
-                st.gave_up += 1;
-                break;
-            }
-            let wait = retry.map_or(100, |s| (s * 1000).min(1000));
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
+        send_one(&http, &r, &mut st).await;
     }
     st
+}
+
+/// Sends one request and counts what happened in `st`; 429 and 503 are
+/// retried after their Retry-After (at most 1 s here), 30 times at most,
+/// transport errors 5 times.
+pub(crate) async fn send_one(http: &reqwest::Client, r: &IngestReq, st: &mut IngestStats) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let t0 = Instant::now();
+        let mut req = http
+            .post(&r.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(r.body.clone());
+        if r.zstd {
+            req = req
+                .header(reqwest::header::CONTENT_ENCODING, "zstd")
+                .header("Orig-Content-Length", r.orig_len);
+        }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                st.transport_errors += 1;
+                st.first_error.get_or_insert_with(|| format!("{e:#}"));
+                if tries >= 5 {
+                    st.gave_up += 1;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = resp.text().await.unwrap_or_default();
+        st.wire_bytes += r.body.len() as u64;
+        if status == reqwest::StatusCode::OK {
+            st.requests += 1;
+            st.records += r.records;
+            st.entries += r.entries;
+            st.pkts += r.pkts;
+            st.lat_us.push(t0.elapsed().as_micros() as u64);
+            return;
+        }
+        *st.statuses.entry(status.as_u16()).or_default() += 1;
+        st.first_error.get_or_insert_with(|| {
+            format!("{status}: {}", body.chars().take(300).collect::<String>())
+        });
+        let again = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+        if !again || tries >= 30 {
+            st.gave_up += 1;
+            return;
+        }
+        let wait = retry.map_or(100, |s| (s * 1000).min(1000));
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
 }
 
 struct IngestResult {

@@ -6,7 +6,7 @@
 //! `tally` binary next to this one.
 //!
 //! One module per subcommand (`ingest`, `memory` for `ingest-memory`,
-//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`), helpers they share in
+//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`), helpers they share in
 //! `common`; the capture-path and flow-store benchmarks that `flows` and
 //! `cargo bench -p tally-bench` share are in the library (`src/lib.rs`).
 
@@ -18,6 +18,7 @@ mod ingest;
 mod memory;
 mod pipeline;
 mod reconcile;
+mod stream;
 
 use clap::Parser;
 
@@ -73,6 +74,13 @@ pub enum BenchCmd {
     /// and recall and precision per built-in rule on a labelled corpus of
     /// a simulated 1,000-node tailnet (and alerts on its clean traffic).
     Detect(detect::DetectArgs),
+    /// Streaming to SIEMs: a backlog of flow records (an outage of every
+    /// destination) delivered to a local Splunk HEC receiver, to rsyslog
+    /// over TLS and to an S3 server (moto), each alone: entries/s, time
+    /// to drain and times real time; then steady ingest with the HEC
+    /// receiver up: delivery latency and lag; server CPU and RSS per
+    /// phase.
+    Stream(stream::StreamArgs),
 }
 
 /// Logs of in-process servers and agents to stderr, filtered by `TALLY_LOG`
@@ -98,6 +106,7 @@ async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Reconcile(a) => reconcile::run(a).await,
         BenchCmd::Pipeline(a) => pipeline::run(a).await,
         BenchCmd::Detect(a) => detect::run(a).await,
+        BenchCmd::Stream(a) => stream::run(a).await,
     }
 }
 
