@@ -1,22 +1,31 @@
 //! HEC's event envelope, and its answer.
 
 use crate::config::LogType;
-use crate::sinks::Entry;
+use crate::sinks::{Entry, json};
+
+/// One envelope's fields.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    time: f64,
+    host: &'a str,
+    source: &'a str,
+    sourcetype: String,
+    event: Box<serde_json::value::RawValue>,
+}
 
 /// One envelope: `time` (Unix seconds, ms precision), `host` and `source`
-/// `tally`, `sourcetype` `tailscale:<log type>`, `event` the entry (a
-/// string when it is not JSON).
+/// `tally`, `sourcetype` `tailscale:<log type>`, `event` the entry as
+/// stored (spliced in, not parsed and re-encoded: [`json::raw`]; a string
+/// when it is not JSON).
 pub(super) fn envelope(e: &Entry, log_type: LogType) -> Vec<u8> {
-    let event: serde_json::Value = serde_json::from_slice(&e.body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&e.body).into()));
     let time = e.time as f64 / 1e9;
-    let v = serde_json::json!({
-        "time": (time * 1000.0).round() / 1000.0,
-        "host": "tally",
-        "source": "tally",
-        "sourcetype": format!("tailscale:{}", log_type.name()),
-        "event": event,
-    });
+    let v = Envelope {
+        time: (time * 1000.0).round() / 1000.0,
+        host: "tally",
+        source: "tally",
+        sourcetype: format!("tailscale:{}", log_type.name()),
+        event: json::raw(e),
+    };
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
