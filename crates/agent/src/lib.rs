@@ -307,6 +307,17 @@ impl Agent {
     /// socket listening).
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let Validated { server, follow } = config.validate()?;
+        // --flows that cannot capture fails here, before the identity or a
+        // registration exists: a fixed start (as root, or after setcap)
+        // then registers once, not a second node.
+        if let Some(opts) = &config.flows {
+            let iface = opts.ifaces.first().map_or("the interface", String::as_str);
+            tally_flow::capture::check_permission(iface).map_err(|e| {
+                AgentError::Config(format!(
+                    "{e}. Nothing was registered; drop --flows to ship logs only"
+                ))
+            })?;
+        }
         let data_dir = config.data_dir.clone();
         let identity = {
             let dir = data_dir.clone();

@@ -215,6 +215,30 @@ fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
+/// Checks, before anything else starts, that this process may open packet
+/// sockets (`CAP_NET_RAW`): opens and closes one bound to nothing.
+/// `iface` only names the interface in the error.
+pub fn check_permission(iface: &str) -> Result<(), CaptureError> {
+    // SAFETY: plain socket(2) call with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => CaptureError::PermissionDenied {
+                iface: iface.to_string(),
+            },
+            _ => CaptureError::Io {
+                op: "socket(AF_PACKET)",
+                iface: iface.to_string(),
+                source: err,
+            },
+        });
+    }
+    // SAFETY: `fd` was just returned by socket(2); dropping closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
 /// Reads the interface's ARPHRD type from sysfs.
 pub fn interface_arphrd(iface: &str) -> Result<u16, CaptureError> {
     validate_name(iface)?;

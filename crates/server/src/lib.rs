@@ -210,6 +210,47 @@ pub struct Server {
     outbox: control::outbox::AuditOutbox,
 }
 
+/// `tally server reset-admin-key`: adds a new admin API key (no expiry)
+/// for the first owner of the operator's tailnet and returns its secret.
+/// For an operator who lost the bootstrap key; audited as a `CREATE` of
+/// the key by the system. Works while the server runs.
+pub async fn reset_admin_key(
+    data_dir: &std::path::Path,
+    control_db: Option<&str>,
+) -> anyhow::Result<String> {
+    if control_db.is_none() && !data_dir.join("control.db").is_file() {
+        anyhow::bail!(
+            "{} has no control.db: start `tally server --data-dir {}` once (it prints the bootstrap key), or give the --control-db the server uses",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    let control = ControlDb::open(control_db, data_dir)
+        .await
+        .context("cannot open the control database")?;
+    let result = async {
+        let tailnet = control
+            .operator_tailnet()
+            .await
+            .context("the control database has no tailnet yet; start the server once")?;
+        let owner = control.first_owner(&tailnet).await?;
+        let key = catalog::generate_key();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let description: String =
+            format!("admin key from `tally server reset-admin-key` on {host}")
+                .chars()
+                .take(100)
+                .collect();
+        catalog::add_bootstrap_key(&control, &tailnet, &owner, &key, &description).await?;
+        anyhow::Ok(key)
+    }
+    .await;
+    control.close().await;
+    result
+}
+
 impl Server {
     /// Opens the data directory, recovers the store, and binds the socket.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
@@ -220,6 +261,22 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
+        // Before anything is created (the default tailnet, its bootstrap
+        // key): a second server on this directory, or a busy port, fails
+        // here and a first start that fails loses nothing.
+        let data_dir_lock = reconcile::lock_data_dir(&config.data_dir)?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (is another server running? use --listen)",
+                config.listen
+            )
+        })?;
+        let recorder = match config.recorder_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the recorder (--recorder-listen)")
+            })?),
+            None => None,
+        };
         let rules = Arc::new(RetentionRules::default());
         let control = ControlDb::open(config.control_db.as_deref(), &config.data_dir)
             .await
@@ -303,7 +360,7 @@ impl Server {
             .await
             .context("lining the store up with the transparency log")?;
         let (reconciler, reconcile_pos, reconcile_written) =
-            reconcile::ReconcileService::open(&config.data_dir, config.reconcile)?;
+            reconcile::ReconcileService::open(&config.data_dir, config.reconcile, data_dir_lock)?;
         let detection = Arc::new(consumers::detection::DetectionService::new()?);
         let detection_state = consumers::detection::Detection::open(
             detection.clone(),
@@ -314,18 +371,6 @@ impl Server {
         let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
         let (recordings, recording_consumer) =
             consumers::recording_index::IndexConsumer::open(&config.data_dir)?;
-        let listener = TcpListener::bind(config.listen).await.with_context(|| {
-            format!(
-                "cannot listen on {} (is another server running? use --listen)",
-                config.listen
-            )
-        })?;
-        let recorder = match config.recorder_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} for the recorder (--recorder-listen)")
-            })?),
-            None => None,
-        };
         let config_data_dir = config.data_dir.clone();
         let state = AppState {
             instances: Arc::new(InstanceStats::open(

@@ -15,12 +15,14 @@ pub struct AgentArgs {
     #[arg(long, env = "TALLY_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
-    /// Directory of the agent's identity, disk queue and socket
+    /// Directory of the agent's identity, disk queue and socket (default:
+    /// /var/lib/tally-agent as root, else $XDG_STATE_HOME/tally-agent or
+    /// ~/.local/state/tally-agent; systemd's $STATE_DIRECTORY when set)
     #[arg(
         long,
         env = "TALLY_AGENT_DATA_DIR",
         value_name = "DIR",
-        default_value = "./tally-agent",
+        default_value_os_t = default_data_dir(),
         global = true
     )]
     pub data_dir: PathBuf,
@@ -154,10 +156,56 @@ pub enum AgentCommand {
     },
 }
 
+/// The agent's state directory when `--data-dir` is not given: fixed, so
+/// that an agent started from another directory keeps its identity.
+/// systemd's `$STATE_DIRECTORY` (a unit with `StateDirectory=`), else
+/// `/var/lib/tally-agent` for root, else the XDG state directory.
+pub fn default_data_dir() -> PathBuf {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(dir) = from_env("STATE_DIRECTORY") {
+        return dir;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/tally-agent");
+    }
+    if let Some(state) = from_env("XDG_STATE_HOME") {
+        return state.join("tally-agent");
+    }
+    match from_env("HOME") {
+        Some(home) => home.join(".local/state/tally-agent"),
+        None => PathBuf::from("/var/lib/tally-agent"),
+    }
+}
+
+/// Says once where an earlier version's `./tally-agent` is, when the
+/// agent starts with a new default directory beside it: that directory
+/// holds the node's identity and unsent logs.
+fn warn_about_old_default(data_dir: &std::path::Path) {
+    let old = std::path::Path::new("tally-agent");
+    if data_dir.join("private-id").exists() || !old.join("private-id").is_file() {
+        return;
+    }
+    if std::fs::canonicalize(old).ok() == std::fs::canonicalize(data_dir).ok() {
+        return;
+    }
+    tracing::warn!(
+        "./tally-agent holds an agent identity from an earlier version, which used it by default; this agent uses {} and is a new node. To keep the old node: stop, then `mv tally-agent {}` or pass --data-dir ./tally-agent",
+        data_dir.display(),
+        data_dir.display()
+    );
+}
+
 /// Runs `tally agent` with its arguments.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     match args.command {
         None => {
+            warn_about_old_default(&args.data_dir);
             let mut config = tally_agent::AgentConfig::new(args.data_dir);
             config.server = args.server;
             config.collection = args.collection;

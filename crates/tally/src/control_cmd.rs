@@ -145,9 +145,15 @@ pub enum KeysCmd {
         /// `auth` registers nodes; `api` acts as you on the API.
         #[arg(long = "type", value_enum, default_value = "auth")]
         key_type: KeyType,
-        /// Lifetime, e.g. 90d, 12h (default: the server's).
+        /// Lifetime, e.g. 90d, 12h (default: 90 days); `never` for an API
+        /// key that does not expire (flagged by the built-in detection rule).
         #[arg(long)]
         expiry: Option<String>,
+        /// The user the key acts for (API keys) or registers nodes for
+        /// (auth keys), by login or ID (default: you; another user's needs
+        /// an owner or admin).
+        #[arg(long)]
+        user: Option<String>,
         /// What the key is for.
         #[arg(long)]
         description: Option<String>,
@@ -262,6 +268,18 @@ async fn user_id_of(api: &Api, tailnet: &str, user: &str) -> anyhow::Result<Stri
         [] => anyhow::bail!("no user {user:?} in this tailnet (`tally users list` shows them)"),
         _ => anyhow::bail!("{user:?} names several users; give the user ID"),
     }
+}
+
+/// Login names by user ID, to show keys' owners; empty when the caller
+/// may not list users (the IDs are shown instead).
+async fn user_logins(api: &Api, tailnet: &str) -> std::collections::HashMap<String, String> {
+    let Ok(v) = api.get(&tailnet_path(tailnet, "/users")).await else {
+        return Default::default();
+    };
+    items(&v, "users")
+        .into_iter()
+        .map(|u| (cell(&u["id"]), cell(&u["loginName"])))
+        .collect()
 }
 
 /// Managing nodes (devices).
@@ -806,8 +824,17 @@ pub fn key_body(
             }
         }
     }
-    if let Some(e) = expiry {
-        body["expirySeconds"] = parse_expiry(e)?.into();
+    match expiry {
+        Some(e) if e.trim().eq_ignore_ascii_case("never") => {
+            if key_type == KeyType::Auth {
+                bail!(
+                    "auth keys always expire (at most 365 days); --expiry never applies to --type api"
+                );
+            }
+            body["neverExpires"] = true.into();
+        }
+        Some(e) => body["expirySeconds"] = parse_expiry(e)?.into(),
+        None => {}
     }
     if let Some(d) = description {
         body["description"] = d.into();
@@ -866,12 +893,18 @@ pub async fn run_keys(cmd: KeysCmd, server: &ServerArgs) -> anyhow::Result<()> {
             if out.json {
                 return emit_json(&v);
             }
+            let logins = user_logins(&api, &tailnet.tailnet).await;
             let rows: Vec<Vec<String>> = items(&v, "keys")
                 .into_iter()
                 .map(|k| {
+                    let owner = k["userId"].as_str().unwrap_or("");
                     vec![
                         cell(&k["id"]),
                         cell(&k["keyType"]),
+                        logins
+                            .get(owner)
+                            .cloned()
+                            .unwrap_or_else(|| owner.to_owned()),
                         key_status(k).to_owned(),
                         time_cell(&k["created"]),
                         time_cell(&k["expires"]),
@@ -884,6 +917,7 @@ pub async fn run_keys(cmd: KeysCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 &[
                     "ID",
                     "TYPE",
+                    "USER",
                     "STATUS",
                     "CREATED",
                     "EXPIRES",
@@ -897,6 +931,7 @@ pub async fn run_keys(cmd: KeysCmd, server: &ServerArgs) -> anyhow::Result<()> {
             tailnet,
             key_type,
             expiry,
+            user,
             description,
             reusable,
             ephemeral,
@@ -904,7 +939,7 @@ pub async fn run_keys(cmd: KeysCmd, server: &ServerArgs) -> anyhow::Result<()> {
             tags,
             out,
         } => {
-            let body = key_body(
+            let mut body = key_body(
                 key_type,
                 expiry.as_deref(),
                 description.as_deref(),
@@ -914,6 +949,9 @@ pub async fn run_keys(cmd: KeysCmd, server: &ServerArgs) -> anyhow::Result<()> {
                 &tags,
             )?;
             let api = Api::new(server)?;
+            if let Some(user) = &user {
+                body["userId"] = user_id_of(&api, &tailnet.tailnet, user).await?.into();
+            }
             let v = api
                 .call(
                     Method::POST,

@@ -109,6 +109,8 @@ enum Command {
 #[cfg(feature = "server")]
 #[derive(Debug, clap::Args)]
 struct ServerCmd {
+    #[command(subcommand)]
+    action: Option<ServerAction>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -173,6 +175,28 @@ struct ServerCmd {
     recorder_token: Option<String>,
 }
 
+/// What `tally server` does instead of serving.
+#[cfg(feature = "server")]
+#[derive(Debug, Subcommand)]
+enum ServerAction {
+    /// Print a new admin API key for the tailnet's first owner (when the
+    /// bootstrap key printed at the first start was lost). Reads the
+    /// control database directly; works while the server runs; audited.
+    ResetAdminKey {
+        /// The server's data directory.
+        #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
+        data_dir: PathBuf,
+        /// The server's PostgreSQL control database, if it uses one.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TALLY_CONTROL_DB",
+            hide_env_values = true
+        )]
+        control_db: Option<String>,
+    },
+}
+
 /// A client verb with the server's address and key.
 #[derive(Debug, clap::Args)]
 struct WithServer<T: clap::Subcommand> {
@@ -184,7 +208,9 @@ struct WithServer<T: clap::Subcommand> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls logs a refused certificate as an error of its own; the
+        // CLI says what failed (client::unreachable), the server answers it.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -209,6 +235,18 @@ pub(crate) async fn shutdown_signal() {
 
 #[cfg(feature = "server")]
 async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
+    if let Some(ServerAction::ResetAdminKey {
+        data_dir,
+        control_db,
+    }) = cmd.action
+    {
+        let control_db = control_db.filter(|u| !u.is_empty());
+        let key = tally_server::reset_admin_key(&data_dir, control_db.as_deref()).await?;
+        println!(
+            "new admin API key (shown once; store it now; revoke the lost one with `tally keys revoke`):\n  {key}\nuse it with:  export TALLY_API_KEY={key}"
+        );
+        return Ok(());
+    }
     let mut config = tally_server::ServerConfig::new(cmd.listen, cmd.data_dir.clone());
     config.bootstrap_key = std::env::var("TALLY_BOOTSTRAP_KEY")
         .ok()
@@ -244,7 +282,7 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     }
     if let Some(key) = &server.new_bootstrap_key {
         banner.push_str(&format!(
-            "\nbootstrap admin API key (shown once; store it now):\n  {key}\nuse it with:  export TALLY_SERVER={addr} TALLY_API_KEY={key}\n\n"
+            "\nbootstrap admin API key (shown once; store it now):\n  {key}\nuse it with:  export TALLY_SERVER={addr} TALLY_API_KEY={key}\nlost it? `tally server reset-admin-key --data-dir {}` prints a new one\n\n", cmd.data_dir.display()
         ));
     }
     // A closed stdout (a supervisor that stopped reading) must not stop the server.

@@ -82,7 +82,7 @@ async fn get_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String>
         .get(url)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}; is the server running? (--server)"))?;
+        .map_err(|e| crate::client::unreachable(url, &e))?;
     if !resp.status().is_success() {
         bail!("{url} answered {}", resp.status());
     }
@@ -104,9 +104,8 @@ fn proof(v: &Value) -> anyhow::Result<Vec<Hash>> {
 
 /// Runs `tally verify`.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    crate::client::install_crypto();
-    let base = args.server.server.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::builder().build()?;
+    let base = crate::client::check_server_url(&args.server.server)?;
+    let http = crate::client::http_client(args.server.ca_cert.as_deref())?;
     let dir = state_dir(&args)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut problems = Vec::new();

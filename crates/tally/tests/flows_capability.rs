@@ -1,5 +1,6 @@
-//! Without CAP_NET_RAW the agent says exactly that, and how to grant it, and
-//! keeps shipping logs. Runs the agent as `nobody` (needs root to switch;
+//! Without CAP_NET_RAW, `tally agent --flows` fails at start saying
+//! exactly that and how to grant it, before it registers anything; the
+//! start that can capture then registers the one node. Runs the agent as `nobody` (needs root to switch;
 //! skipped with a notice otherwise unless `TALLY_REQUIRE_NETNS=1`).
 
 mod common;
@@ -9,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
+async fn agent_without_cap_net_raw_explains_and_registers_nothing() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         assert_ne!(
@@ -18,7 +19,7 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
             "this test needs root to run the agent as another user"
         );
         eprintln!(
-            "skipping agent_without_cap_net_raw_explains_and_keeps_shipping_logs: needs root (set TALLY_REQUIRE_NETNS=1 to make this a failure)"
+            "skipping agent_without_cap_net_raw_explains_and_registers_nothing: needs root (set TALLY_REQUIRE_NETNS=1 to make this a failure)"
         );
         return;
     }
@@ -42,8 +43,37 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
         "--bounding-set=-all",
         common::bin(),
     ]);
-    let agent = TestAgent::start_with(
-        base,
+    let out = base
+        .args(["agent", "--server", &server.url, "--data-dir"])
+        .arg(&agent_dir)
+        .args([
+            "--auth-key",
+            &auth_key,
+            "--address",
+            "100.64.0.9",
+            "--flows",
+            "--iface",
+            "lo",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    // It fails at start, saying why and what to do...
+    assert!(!out.status.success(), "the agent ran without CAP_NET_RAW");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("CAP_NET_RAW"), "{text}");
+    assert!(text.contains("setcap cap_net_raw+ep"), "{text}");
+    assert!(text.contains("drop --flows"), "{text}");
+    // ...before it made an identity or registered a node: the start that
+    // works (here: as root) registers the one node.
+    assert!(!agent_dir.join("private-id").exists());
+    let devices = common::get_json(&format!("{}/api/v2/tailnet/-/devices", server.url)).await;
+    assert_eq!(
+        devices["devices"].as_array().map(Vec::len),
+        Some(0),
+        "{devices}"
+    );
+    let agent = TestAgent::start(
         &server.url,
         &agent_dir,
         &[
@@ -54,35 +84,14 @@ async fn agent_without_cap_net_raw_explains_and_keeps_shipping_logs() {
             "--flows",
             "--iface",
             "lo",
-            "--flow-interval",
-            "1s",
         ],
     );
     agent.wait_line("tally agent registered: node ", Duration::from_secs(30));
-    // The explanation arrives in the node's log (it ships logs as usual).
-    let mut stream = common::Follow::open(&server.url, "tailnode").await;
-    let text = stream.until_text("flow capture on lo not started").await;
-    assert!(text.contains("CAP_NET_RAW"), "{text}");
-    assert!(text.contains("setcap cap_net_raw+ep"), "{text}");
-    // Logs still flow: a message through the agent's socket arrives.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            common::bin(),
-            "agent",
-            "--data-dir",
-        ])
-        .arg(&agent_dir)
-        .args(["log", "still shipping"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let devices = common::get_json(&format!("{}/api/v2/tailnet/-/devices", server.url)).await;
+    assert_eq!(
+        devices["devices"].as_array().map(Vec::len),
+        Some(1),
+        "{devices}"
     );
-    stream.until_text("still shipping").await;
     agent.stop();
 }

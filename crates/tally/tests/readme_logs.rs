@@ -15,6 +15,9 @@ fn tally(server: &str, cwd: &std::path::Path, args: &[&str]) -> std::process::Ou
     Command::new(bin())
         .args(args)
         .current_dir(cwd)
+        // The agent's state directory: root's default is /var/lib/tally-agent,
+        // shared by every test; this is the variable the README names.
+        .env("TALLY_AGENT_DATA_DIR", cwd.join("tally-agent"))
         .env("TALLY_SERVER", server)
         .env("TALLY_API_KEY", KEY)
         .env("TALLY_LOG", "warn")
@@ -52,8 +55,8 @@ fn the_readme_log_recipe_ships_lines_at_the_default_timings() {
         .to_owned();
     let log = node.join("app.log");
     std::fs::write(&log, "written before the agent started: not shipped\n").expect("log");
-    // The README's command; the agent's data directory defaults to a
-    // folder of the working directory.
+    // The README's command (its state directory by TALLY_AGENT_DATA_DIR,
+    // as in `tally()`).
     let mut agent = Command::new(bin())
         .args([
             "agent",
@@ -65,6 +68,7 @@ fn the_readme_log_recipe_ships_lines_at_the_default_timings() {
         ])
         .arg(&log)
         .current_dir(&node)
+        .env("TALLY_AGENT_DATA_DIR", node.join("tally-agent"))
         .env("TALLY_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

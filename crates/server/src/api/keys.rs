@@ -5,7 +5,7 @@ use super::json_body;
 use crate::AppState;
 use crate::api::auth::Caller;
 use crate::control::model::DeviceCreate;
-use crate::control::principals::{KeySpec, KeyType};
+use crate::control::principals::{KeyExpiry, KeySpec, KeyType};
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::{Extension, Path, State};
@@ -42,9 +42,13 @@ pub struct CreateKey {
     /// Auth keys: what registered devices get.
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
-    /// Lifetime in seconds.
+    /// Lifetime in seconds (default 90 days).
     #[serde(default)]
     pub expiry_seconds: Option<i64>,
+    /// Tally: an API key that never expires (not with `expirySeconds`;
+    /// auth keys always expire).
+    #[serde(default)]
+    pub never_expires: bool,
     /// What it is for.
     #[serde(default)]
     pub description: String,
@@ -102,6 +106,16 @@ pub async fn create(
             "capabilities apply to auth keys only; leave them out for an api key",
         ));
     }
+    let expiry = match (b.expiry_seconds, b.never_expires) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "give expirySeconds or neverExpires, not both",
+            ));
+        }
+        (Some(s), false) => KeyExpiry::Seconds(s),
+        (None, true) => KeyExpiry::Never,
+        (None, false) => KeyExpiry::Default,
+    };
     let user_id = b
         .user_id
         .unwrap_or_else(|| caller.principal.user_id.clone());
@@ -115,7 +129,7 @@ pub async fn create(
                 user_id: &user_id,
                 key_type,
                 description: &b.description,
-                expiry_secs: b.expiry_seconds,
+                expiry,
                 caps: &caps,
             },
         )

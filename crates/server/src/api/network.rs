@@ -61,16 +61,28 @@ fn parse_proto(v: &str) -> Result<u8, ApiError> {
     }
 }
 
-/// The node named by `v` (ID or name) in the caller's tailnet.
+/// The node named by `v` (ID or name) in the caller's tailnet; a name
+/// that several nodes carry is refused, naming their IDs.
 fn find_node<'a>(nodes: &'a [Device], v: &str) -> Result<&'a Device, ApiError> {
-    nodes
-        .iter()
-        .find(|n| n.id == v || n.name == v)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no device {v:?} in this tailnet (tally nodes list)"
-            ))
-        })
+    if let Some(n) = nodes.iter().find(|n| n.id == v) {
+        return Ok(n);
+    }
+    let named: Vec<&Device> = nodes.iter().filter(|n| n.name == v).collect();
+    let shown: String = v.chars().take(64).collect();
+    match named.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ApiError::not_found(format!(
+            "no device {shown:?} in this tailnet (tally nodes list)"
+        ))),
+        many => Err(ApiError::bad_request(format!(
+            "{} devices are named {shown:?} ({}); give the node ID instead",
+            many.len(),
+            many.iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 fn parse(

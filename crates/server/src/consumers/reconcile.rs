@@ -87,21 +87,80 @@ pub struct ReconcileService {
     _lock: File,
 }
 
-/// Opens (creating) [`LOCK_FILE`] in `data_dir` and tries to lock it:
-/// `Ok(None)` when someone else holds it.
-fn try_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
+/// Who holds [`LOCK_FILE`] when [`try_lock`] could not take it.
+enum LockHolder {
+    /// This process (a server stopped here a moment ago, still dropping
+    /// its tasks): worth waiting a little.
+    ThisProcess,
+    /// Another process, by PID when it wrote one.
+    Other(Option<u32>),
+}
+
+/// Opens (creating) [`LOCK_FILE`] in `data_dir` and tries to lock it; on
+/// success the file holds this process's ID. `Err(holder)` inside `Ok`
+/// when someone else holds it.
+fn try_lock(data_dir: &Path) -> anyhow::Result<Result<File, LockHolder>> {
+    use std::io::{Read, Seek, Write};
     let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Ok(()) => {
+            // The holder's PID, for the message another process shows.
+            let pid = std::process::id().to_string();
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(pid.as_bytes()));
+            Ok(Ok(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Ok(Err(match text.trim().parse::<u32>() {
+                Ok(pid) if pid == std::process::id() => LockHolder::ThisProcess,
+                Ok(pid) => LockHolder::Other(Some(pid)),
+                Err(_) => LockHolder::Other(None),
+            }))
+        }
         Err(std::fs::TryLockError::Error(e)) => {
             anyhow::bail!("cannot lock {}: {e}", path.display())
+        }
+    }
+}
+
+/// Takes the data directory's [`LOCK_FILE`] for a server: at once when
+/// free, failing at once when another process holds it (naming it), and
+/// waiting up to 5 s only for a server of this same process that is
+/// still stopping (tests restart servers in one process).
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let holder = match try_lock(data_dir)? {
+            Ok(f) => return Ok(f),
+            Err(h) => h,
+        };
+        let busy = |pid: Option<u32>| {
+            let who = pid.map_or_else(
+                || "another tally server (or `tally reconcile replay`)".to_owned(),
+                |p| format!("another tally server (or `tally reconcile replay`), process {p},"),
+            );
+            anyhow::anyhow!(
+                "{who} is using the data directory {}; stop it first, or give this server its own --data-dir",
+                data_dir.display()
+            )
+        };
+        match holder {
+            LockHolder::Other(pid) => return Err(busy(pid)),
+            LockHolder::ThisProcess if std::time::Instant::now() >= deadline => {
+                return Err(busy(Some(std::process::id())));
+            }
+            LockHolder::ThisProcess => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
@@ -109,25 +168,9 @@ fn try_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
 impl ReconcileService {
     /// Loads the saved state (or starts fresh). Returns the service, the
     /// store position to resume after, and the findings written so far.
-    /// Fails when another server (or a `tally reconcile replay`) holds the
-    /// data directory's [`LOCK_FILE`] for more than a few seconds.
-    pub fn open(data_dir: &Path, config: Config) -> anyhow::Result<(Self, u64, u64)> {
-        // A server stopped in this process a moment ago may still be
-        // dropping its tasks: wait a little for its lock.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let lock = loop {
-            if let Some(f) = try_lock(data_dir)? {
-                break f;
-            }
-            if std::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "{} is locked: another tally server (or `tally reconcile replay`) is using the data directory {}; stop it first",
-                    data_dir.join(LOCK_FILE).display(),
-                    data_dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+    /// `lock` is the data directory's [`LOCK_FILE`], taken with
+    /// [`lock_data_dir`] before anything else was opened.
+    pub fn open(data_dir: &Path, config: Config, lock: File) -> anyhow::Result<(Self, u64, u64)> {
         let path = data_dir.join(STATE_FILE);
         let (rec, pos, written) = load(&path, config)?;
         Ok((
@@ -660,7 +703,7 @@ pub async fn replay(
         );
     }
     let mut rec = Reconciler::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(lock) = try_lock(data_dir)? else {
+    let Ok(lock) = try_lock(data_dir)? else {
         anyhow::bail!(
             "{} is in use by a running tally server ({} is locked); stop the server first: replay reads a stopped server's data directory",
             data_dir.display(),

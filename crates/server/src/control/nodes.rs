@@ -46,6 +46,40 @@ pub struct Registration {
     pub no_logs_no_support: bool,
 }
 
+/// The node name a hostname gives: its first label, lowercased, with
+/// characters a DNS label cannot hold turned into `-` (`my_host.lan` →
+/// `my-host`), at most 63 characters; `node` when nothing is left.
+pub fn name_from_hostname(hostname: &str) -> String {
+    let label = hostname.split('.').next().unwrap_or_default();
+    let mapped: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "node".into()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Whether `name` is `base` or `base` with a `-N` suffix
+/// ([`ControlDb::unique_name`]'s): a name the server gave, not an admin.
+fn is_generated_name(name: &str, base: &str) -> bool {
+    name == base
+        || name
+            .strip_prefix(base)
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Checks a node name: 1–63 of letters, digits and `-`, not starting or
 /// ending with `-` (a DNS label).
 pub fn validate_node_name(name: &str) -> Result<(), ControlError> {
@@ -317,11 +351,7 @@ impl ControlDb {
         }
         validate_text("os", &reg.os, 64)?;
         let name = if reg.name.is_empty() {
-            reg.hostname
-                .split('.')
-                .next()
-                .unwrap_or_default()
-                .to_owned()
+            name_from_hostname(&reg.hostname)
         } else {
             reg.name.clone()
         };
@@ -408,6 +438,7 @@ impl ControlDb {
                 )
                 .await?;
             change.commit().await?;
+            self.rename_after_hostname(&old, &reg.hostname).await?;
             return Ok((
                 self.node(&old.tailnet_id, &old.id).await?,
                 Registered::Updated,
@@ -459,6 +490,9 @@ impl ControlDb {
         }
         let addresses = self.check_new_addresses(&mut change, reg).await?;
         let id = new_id("n");
+        let name = self
+            .unique_name(&mut change, &key.tailnet_id, &name, &id)
+            .await?;
         sqlx::query(&format!(
             "INSERT INTO nodes ({NODE_COLS}, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
@@ -575,6 +609,11 @@ impl ControlDb {
         let mut change = self.begin_change(tailnet_id, ctx).await?;
         let mut changed = 0;
         if let Some(n) = update.name.as_ref().filter(|n| **n != node.name) {
+            if let Some(other) = self.node_named(&mut change, tailnet_id, n, id).await? {
+                return Err(ControlError::Conflict(format!(
+                    "another device ({other}) is already named {n:?}; choose another name or rename that one first"
+                )));
+            }
             sqlx::query("UPDATE nodes SET name = $1 WHERE id = $2")
                 .bind(n)
                 .bind(id)
@@ -609,6 +648,96 @@ impl ControlDb {
         }
         change.commit().await?;
         self.node(tailnet_id, id).await
+    }
+
+    /// The ID of a node of `tailnet_id` other than `except_id` named
+    /// `name`, if any (names compare case-insensitively, as DNS does).
+    async fn node_named(
+        &self,
+        change: &mut Change,
+        tailnet_id: &str,
+        name: &str,
+        except_id: &str,
+    ) -> Result<Option<String>, ControlError> {
+        let row = sqlx::query(
+            "SELECT id FROM nodes WHERE tailnet_id = $1 AND LOWER(name) = LOWER($2) AND id <> $3 LIMIT 1",
+        )
+        .bind(tailnet_id)
+        .bind(name)
+        .bind(except_id)
+        .fetch_optional(change.tx())
+        .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    /// `base`, or `base-1`, `base-2`... the first that no other node of
+    /// the tailnet has (as Tailscale names machines that share a hostname).
+    async fn unique_name(
+        &self,
+        change: &mut Change,
+        tailnet_id: &str,
+        base: &str,
+        except_id: &str,
+    ) -> Result<String, ControlError> {
+        if self
+            .node_named(change, tailnet_id, base, except_id)
+            .await?
+            .is_none()
+        {
+            return Ok(base.to_owned());
+        }
+        for n in 1..10_000u32 {
+            let suffix = format!("-{n}");
+            let stem: String = base.chars().take(63 - suffix.len()).collect();
+            let candidate = format!("{}{suffix}", stem.trim_end_matches('-'));
+            if self
+                .node_named(change, tailnet_id, &candidate, except_id)
+                .await?
+                .is_none()
+            {
+                return Ok(candidate);
+            }
+        }
+        Err(ControlError::Conflict(format!(
+            "10,000 devices are named after {base:?}; rename some"
+        )))
+    }
+
+    /// After an agent reported a new hostname: a node whose name the
+    /// server derived from the old hostname (never renamed by an admin) is
+    /// renamed after the new one, audited as a change by the system.
+    async fn rename_after_hostname(
+        &self,
+        old: &Device,
+        hostname: &str,
+    ) -> Result<(), ControlError> {
+        let old_base = name_from_hostname(&old.hostname);
+        let new_base = name_from_hostname(hostname);
+        if old_base == new_base || !is_generated_name(&old.name, &old_base) {
+            return Ok(());
+        }
+        let mut change = self
+            .begin_change(&old.tailnet_id, &AuditContext::system())
+            .await?;
+        let name = self
+            .unique_name(&mut change, &old.tailnet_id, &new_base, &old.id)
+            .await?;
+        sqlx::query("UPDATE nodes SET name = $1 WHERE id = $2")
+            .bind(&name)
+            .bind(&old.id)
+            .execute(change.tx())
+            .await?;
+        change
+            .record(
+                EventSpec::new("UPDATE", node_target(old, "name"))
+                    .values(json!(old.name), json!(name))
+                    .details(format!(
+                        "renamed after the hostname its agent reported, {}",
+                        truncate(hostname, 80)
+                    )),
+            )
+            .await?;
+        change.commit().await
     }
 
     /// Removes a node from the inventory.

@@ -13,6 +13,8 @@ pub const MAX_KEY_EXPIRY_SECS: i64 = 365 * 86_400;
 /// Key lifetime when none is asked for (auth keys; API keys never expire
 /// unless asked).
 pub const DEFAULT_AUTH_KEY_EXPIRY_SECS: i64 = 90 * 86_400;
+/// Lifetime of an API key created without one (as Tailscale's).
+pub const DEFAULT_API_KEY_EXPIRY_SECS: i64 = 90 * 86_400;
 
 /// Hex SHA-256 of a secret.
 pub fn hash_secret(secret: &str) -> String {
@@ -38,6 +40,19 @@ impl KeyType {
     }
 }
 
+/// How long a new key lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyExpiry {
+    /// The default: [`DEFAULT_API_KEY_EXPIRY_SECS`] for API keys,
+    /// [`DEFAULT_AUTH_KEY_EXPIRY_SECS`] for auth keys.
+    Default,
+    /// This many seconds (1 to [`MAX_KEY_EXPIRY_SECS`]).
+    Seconds(i64),
+    /// Never (API keys only: the bootstrap key, or `neverExpires` asked
+    /// for explicitly; the built-in detection rule flags such keys).
+    Never,
+}
+
 /// What a new key is.
 #[derive(Debug, Clone, Copy)]
 pub struct KeySpec<'a> {
@@ -47,8 +62,8 @@ pub struct KeySpec<'a> {
     pub key_type: KeyType,
     /// What it is for.
     pub description: &'a str,
-    /// Lifetime in seconds (default: none for API keys, 90 days for auth keys).
-    pub expiry_secs: Option<i64>,
+    /// Lifetime.
+    pub expiry: KeyExpiry,
     /// Auth keys: what registered devices get.
     pub caps: &'a DeviceCreate,
 }
@@ -525,22 +540,28 @@ impl ControlDb {
             user_id,
             key_type,
             description,
-            expiry_secs,
+            expiry,
             caps,
         } = spec;
         validate_text("description", description, 100)?;
         if key_type == KeyType::Auth {
             validate_tags(&caps.tags)?;
         }
-        let expiry = match (key_type, expiry_secs) {
-            (_, Some(s)) if !(1..=MAX_KEY_EXPIRY_SECS).contains(&s) => {
+        let expiry = match (key_type, expiry) {
+            (_, KeyExpiry::Seconds(s)) if !(1..=MAX_KEY_EXPIRY_SECS).contains(&s) => {
                 return Err(ControlError::Invalid(format!(
                     "expirySeconds must be from 1 to {MAX_KEY_EXPIRY_SECS} (365 days)"
                 )));
             }
-            (_, Some(s)) => Some(s),
-            (KeyType::Auth, None) => Some(DEFAULT_AUTH_KEY_EXPIRY_SECS),
-            (KeyType::Api, None) => None,
+            (_, KeyExpiry::Seconds(s)) => Some(s),
+            (KeyType::Auth, KeyExpiry::Default) => Some(DEFAULT_AUTH_KEY_EXPIRY_SECS),
+            (KeyType::Api, KeyExpiry::Default) => Some(DEFAULT_API_KEY_EXPIRY_SECS),
+            (KeyType::Api, KeyExpiry::Never) => None,
+            (KeyType::Auth, KeyExpiry::Never) => {
+                return Err(ControlError::Invalid(
+                    "auth keys always expire (at most 365 days); neverExpires applies to api keys only".into(),
+                ));
+            }
         };
         let id = new_id("k");
         let secret = format!(
@@ -651,7 +672,7 @@ impl ControlDb {
             user_id,
             key_type: KeyType::Api,
             description,
-            expiry_secs: None,
+            expiry: KeyExpiry::Never,
             caps: &DeviceCreate::default(),
         };
         self.insert_key(

@@ -131,7 +131,7 @@ impl ControlDb {
                             user_id: &owner.id,
                             key_type: KeyType::Api,
                             description: "owner key (created with the tailnet)",
-                            expiry_secs: None,
+                            expiry: super::principals::KeyExpiry::Default,
                             caps: &Default::default(),
                         },
                         &owner.id,

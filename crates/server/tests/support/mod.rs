@@ -270,8 +270,8 @@ impl Env {
         assert_eq!(s, 200, "{v}");
     }
 
-    /// Raises an alert in the default tailnet (an API key made without
-    /// expiry, which the built-in rule reports) and returns its ID once
+    /// Raises an alert in the default tailnet (an API key made with
+    /// `neverExpires`, which the built-in rule reports) and returns its ID once
     /// detection has stored it.
     pub async fn raise_alert(&self, n: usize) -> String {
         let (s, k) = self
@@ -279,7 +279,7 @@ impl Env {
                 OWNER_KEY,
                 Method::POST,
                 "/api/v2/tailnet/-/keys",
-                Some(serde_json::json!({ "keyType": "api", "description": format!("alert {n}") })),
+                Some(serde_json::json!({ "keyType": "api", "neverExpires": true, "description": format!("alert {n}") })),
             )
             .await;
         assert_eq!(s, 200, "{k}");

@@ -97,6 +97,10 @@ impl Agent {
                 &hostname,
             ])
             .current_dir(dir)
+            // Root's default state directory, /var/lib/tally-agent, would be
+            // shared by every namespace's agent: one each, as the README's
+            // TALLY_AGENT_DATA_DIR allows.
+            .env("TALLY_AGENT_DATA_DIR", dir.join("tally-agent"))
             .env_remove("TALLY_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
