@@ -104,6 +104,54 @@ enum Command {
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
+    /// Print a shell completion script: `tally completions bash >
+    /// /etc/bash_completion.d/tally` (zsh: into a directory of $fpath as
+    /// `_tally`; fish: ~/.config/fish/completions/tally.fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: `tally.1` to stdout, or with --dir one page per
+    /// command (`tally-server.1`, `tally-logs-query.1`, ...) into DIR.
+    Man {
+        /// Directory to write every page into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `tally completions SHELL`.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    // Into memory first: clap_complete panics on a closed stdout.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "tally", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// `tally man [--dir DIR]`.
+fn write_man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("cannot write the man page to stdout"),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
+    }
 }
 
 #[cfg(feature = "server")]
@@ -341,6 +389,8 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Alerts(a) => detect_cmd::run_alerts(a.cmd, &a.server).await,
         Command::Stream(a) => stream_cmd::run(a.cmd, &a.server).await,
         Command::Recordings(a) => recordings_cmd::run(a.cmd, &a.server).await,
+        Command::Completions { shell } => print_completions(shell),
+        Command::Man { dir } => write_man(dir.as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
