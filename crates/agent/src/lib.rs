@@ -40,6 +40,7 @@ mod report;
 mod signing;
 mod socket;
 mod stdin;
+mod syslog;
 mod uploader;
 mod witness;
 mod writer;
@@ -120,6 +121,9 @@ pub struct AgentConfig {
     pub report_interval: Duration,
     /// Network flow logging (captures while the tailnet has it on).
     pub flows: Option<FlowOptions>,
+    /// `--syslog-listen`: a local syslog listener (UDP and TCP) feeding
+    /// the node's log.
+    pub syslog_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -151,6 +155,7 @@ impl AgentConfig {
             },
             report_interval: Duration::from_secs(30),
             flows: None,
+            syslog_listen: None,
         }
     }
 
@@ -279,6 +284,7 @@ pub struct Agent {
     stop_sources: CancellationToken,
     followers: Vec<follow::FollowHandle>,
     socket_task: Option<JoinHandle<()>>,
+    syslog_task: Option<JoinHandle<()>>,
     logs: Pipeline,
     flows: Option<Pipeline>,
     stop_flows: CancellationToken,
@@ -318,6 +324,11 @@ impl Agent {
                 ))
             })?;
         }
+        // Bound before anything else, so a busy port fails the start.
+        let syslog_listener = match config.syslog_listen {
+            Some(addr) => Some(syslog::bind(addr).await?),
+            None => None,
+        };
         let data_dir = config.data_dir.clone();
         let identity = {
             let dir = data_dir.clone();
@@ -461,6 +472,7 @@ impl Agent {
             stop_sources: CancellationToken::new(),
             followers: Vec::new(),
             socket_task: None,
+            syslog_task: None,
             logs,
             flows,
             stop_flows,
@@ -500,6 +512,16 @@ impl Agent {
             tx.clone(),
             agent.stop_sources.clone(),
         )));
+        if let Some(listener) = syslog_listener {
+            if let Some(addr) = listener.local_addr() {
+                tracing::info!(%addr, "syslog listener ready (UDP and TCP, RFC 5424 and 3164)");
+            }
+            agent.syslog_task = Some(tokio::spawn(syslog::serve(
+                listener,
+                tx.clone(),
+                agent.stop_sources.clone(),
+            )));
+        }
         if config.read_stdin {
             stdin::spawn(tx.clone()).map_err(AgentError::io("start a thread to read", "stdin"))?;
         }
@@ -556,6 +578,9 @@ impl Agent {
         })
         .await;
         if let Some(t) = self.socket_task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.syslog_task.take() {
             let _ = t.await;
         }
         self.stop_flows.cancel();

@@ -101,6 +101,13 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
 
+    /// Listen for syslog messages (RFC 5424 and 3164, UDP and TCP on the
+    /// same port) from rsyslog or appliances on this node, e.g.
+    /// 127.0.0.1:5514; they join the node's log with their facility,
+    /// severity, host and app
+    #[arg(long, env = "TALLY_SYSLOG_LISTEN", value_name = "ADDR")]
+    pub syslog_listen: Option<std::net::SocketAddr>,
+
     /// Capture network flows on --iface while the tailnet has flow logging
     /// on (needs --server, a registered node and CAP_NET_RAW)
     #[arg(long)]
@@ -210,6 +217,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.server = args.server;
             config.collection = args.collection;
             config.follow = args.follow;
+            config.syslog_listen = args.syslog_listen;
             config.read_stdin = !args.no_stdin && !io::stdin().is_terminal();
             config.queue_max_bytes = args.queue_max_mb.saturating_mul(1 << 20);
             config.no_logs_no_support = args.no_logs_no_support;
