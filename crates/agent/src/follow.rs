@@ -104,6 +104,9 @@ struct Follower {
     /// The start could not open the file (other than "not found"): retry
     /// the start with this stored position rather than reading from 0.
     retry_initial: Option<Option<FilePos>>,
+    /// A file that appeared while the agent ran (a `--follow` pattern's
+    /// new match): read from its start, not its end, on first sight.
+    from_start: bool,
     last_warning: Option<String>,
 }
 
@@ -150,6 +153,10 @@ impl Follower {
         };
         self.last_warning = None;
         match stored {
+            None if self.from_start => {
+                self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                self.mark()
+            }
             None => {
                 // First sight: only what is written from now on.
                 let len = meta.len();
@@ -385,6 +392,7 @@ pub(crate) fn spawn(
     tx: mpsc::Sender<WriteRequest>,
     poll_interval: Duration,
     ready: oneshot::Sender<()>,
+    from_start: bool,
 ) -> io::Result<FollowHandle> {
     let (stop, stop_rx) = std_mpsc::channel::<()>();
     let thread = thread::Builder::new()
@@ -397,6 +405,7 @@ pub(crate) fn spawn(
                 tail: None,
                 retry_initial: None,
                 last_warning: None,
+                from_start,
             };
             if f.attach_initial(stored).is_err() {
                 return;

@@ -31,6 +31,7 @@ mod entry;
 mod error;
 mod flows;
 mod follow;
+mod globbing;
 mod history;
 mod identity;
 mod lines;
@@ -212,7 +213,20 @@ impl AgentConfig {
         };
         let mut seen = BTreeSet::new();
         let mut follow = Vec::new();
+        let mut patterns = Vec::new();
         for p in &self.follow {
+            if let Some(pattern) = p.to_str().filter(|s| is_pattern(s)) {
+                let abs = std::path::absolute(pattern)
+                    .map_err(|e| AgentError::Config(format!("cannot follow {pattern}: {e}")))?;
+                let abs = abs.to_string_lossy().into_owned();
+                glob::Pattern::new(&abs).map_err(|e| {
+                    AgentError::Config(format!(
+                        "--follow {pattern:?} is not a valid pattern: {e} (use *, ? and [...])"
+                    ))
+                })?;
+                patterns.push(abs);
+                continue;
+            }
             let abs = std::path::absolute(p)
                 .map_err(|e| AgentError::Config(format!("cannot follow {}: {e}", p.display())))?;
             let Some(key) = abs.to_str() else {
@@ -232,8 +246,17 @@ impl AgentConfig {
                 follow.push((abs, key));
             }
         }
-        Ok(Validated { server, follow })
+        Ok(Validated {
+            server,
+            follow,
+            patterns,
+        })
     }
+}
+
+/// Whether a `--follow` value is a glob pattern (`*`, `?` or `[`).
+fn is_pattern(s: &str) -> bool {
+    s.contains(['*', '?', '['])
 }
 
 /// A checked configuration's derived values.
@@ -242,6 +265,9 @@ struct Validated {
     server: Option<String>,
     /// Followed paths, absolute and deduplicated, with their UTF-8 form.
     follow: Vec<(PathBuf, Arc<str>)>,
+    /// `--follow` glob patterns, absolute; their matches are followed too,
+    /// and new matches are picked up while the agent runs.
+    patterns: Vec<String>,
 }
 
 /// Takes the data directory's lock (released when the file is closed).
@@ -285,6 +311,8 @@ pub struct Agent {
     followers: Vec<follow::FollowHandle>,
     socket_task: Option<JoinHandle<()>>,
     syslog_task: Option<JoinHandle<()>>,
+    /// Watches `--follow` patterns for new matches.
+    glob_task: Option<JoinHandle<()>>,
     logs: Pipeline,
     flows: Option<Pipeline>,
     stop_flows: CancellationToken,
@@ -312,7 +340,17 @@ impl Agent {
     /// uploader. Returns once every source is in place (files positioned,
     /// socket listening).
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
-        let Validated { server, follow } = config.validate()?;
+        let Validated {
+            server,
+            mut follow,
+            patterns,
+        } = config.validate()?;
+        let mut known: BTreeSet<Arc<str>> = follow.iter().map(|(_, k)| Arc::clone(k)).collect();
+        for (path, key) in globbing::expand(&patterns) {
+            if known.insert(Arc::clone(&key)) {
+                follow.push((path, key));
+            }
+        }
         // --flows that cannot capture fails here, before the identity or a
         // registration exists: a fixed start (as root, or after setcap)
         // then registers once, not a second node.
@@ -473,6 +511,7 @@ impl Agent {
             followers: Vec::new(),
             socket_task: None,
             syslog_task: None,
+            glob_task: None,
             logs,
             flows,
             stop_flows,
@@ -496,6 +535,7 @@ impl Agent {
                 tx.clone(),
                 config.poll_interval,
                 ready_tx,
+                false,
             )
             .map_err(AgentError::io("start a thread to follow", &path))?;
             agent.followers.push(handle);
@@ -506,6 +546,15 @@ impl Agent {
             let _ = ready.await;
         }
 
+        if !patterns.is_empty() {
+            agent.glob_task = Some(tokio::spawn(globbing::watch(
+                patterns,
+                known,
+                tx.clone(),
+                config.poll_interval,
+                agent.stop_sources.clone(),
+            )));
+        }
         let listener = socket::bind(&agent.socket_path)?;
         agent.socket_task = Some(tokio::spawn(socket::serve(
             listener,
@@ -581,6 +630,9 @@ impl Agent {
             let _ = t.await;
         }
         if let Some(t) = self.syslog_task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.glob_task.take() {
             let _ = t.await;
         }
         self.stop_flows.cancel();

@@ -32,7 +32,9 @@ pub struct AgentArgs {
     pub collection: String,
 
     /// Follow a log file, from its end on first sight; survives rotation
-    /// (rename or copytruncate) and restarts. Repeatable.
+    /// (rename or copytruncate) and restarts. Repeatable. A quoted glob
+    /// pattern ('/var/log/app/*.log') follows every match, and a file that
+    /// starts matching while the agent runs from its start.
     #[arg(long, value_name = "PATH")]
     pub follow: Vec<PathBuf>,
 
