@@ -15,6 +15,17 @@ pub struct AgentArgs {
     #[arg(long, env = "TALLY_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
+    /// Settings from a TOML file whose keys are these long flags
+    /// (`server = "https://..."`, `follow = ["/var/log/syslog"]`); flags
+    /// and environment variables win
+    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective settings and where each came from (flag,
+    /// environment, file, default), then exit
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Directory of the agent's identity, disk queue and socket (default:
     /// /var/lib/tally-agent as root, else $XDG_STATE_HOME/tally-agent or
     /// ~/.local/state/tally-agent; systemd's $STATE_DIRECTORY when set)

@@ -10,6 +10,7 @@
 mod agent_cmd;
 mod bench_cmd;
 mod client;
+mod config_file;
 mod consumers_cmd;
 mod control_cmd;
 mod detect_cmd;
@@ -159,6 +160,14 @@ fn write_man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
 struct ServerCmd {
     #[command(subcommand)]
     action: Option<ServerAction>,
+    /// Settings from a TOML file whose keys are these long flags
+    /// (`listen = "0.0.0.0:8080"`); flags and environment variables win
+    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective settings and where each came from (flag,
+    /// environment, file, default), then exit
+    #[arg(long)]
+    print_config: bool,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -341,7 +350,35 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let cli = match config_file::apply(Cli::command(), std::env::args_os().collect()) {
+        Ok(config_file::Prepared {
+            report: Some(report),
+            ..
+        }) => {
+            print!("{report}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(prepared) => match Cli::try_parse_from(&prepared.argv) {
+            Ok(cli) => cli,
+            Err(e) => {
+                if let Some(file) = &prepared.file
+                    && e.kind() != clap::error::ErrorKind::DisplayHelp
+                    && e.kind() != clap::error::ErrorKind::DisplayVersion
+                {
+                    eprintln!(
+                        "note: the settings of {} are given as the flags named below",
+                        file.display()
+                    );
+                }
+                e.exit()
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if let Command::Bench(args) = cli.command {
         // No runtime: this process becomes tally-bench.
         return bench_cmd::run(args);
