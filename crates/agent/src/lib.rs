@@ -34,6 +34,7 @@ mod follow;
 mod globbing;
 mod history;
 mod identity;
+mod journal;
 mod lines;
 mod pipeline;
 mod queue;
@@ -51,6 +52,7 @@ pub use error::AgentError;
 pub use flows::{FLOW_SOURCE, FlowOptions};
 pub use history::{LocalLog, QUEUE_DIR, recent_logs};
 pub use identity::{IdentityError, PRIVATE_ID_FILE, load_or_create_identity, read_identity};
+pub use journal::JournalOptions;
 pub use queue::QueueError;
 pub use report::{NODE_ID_FILE, NodeInfo, NodeSettings, Peer, hostname};
 pub use signing::NODE_KEY_FILE;
@@ -125,6 +127,8 @@ pub struct AgentConfig {
     /// `--syslog-listen`: a local syslog listener (UDP and TCP) feeding
     /// the node's log.
     pub syslog_listen: Option<std::net::SocketAddr>,
+    /// `--journal`: the systemd journal as a source.
+    pub journal: Option<JournalOptions>,
 }
 
 impl AgentConfig {
@@ -157,6 +161,7 @@ impl AgentConfig {
             report_interval: Duration::from_secs(30),
             flows: None,
             syslog_listen: None,
+            journal: None,
         }
     }
 
@@ -313,6 +318,8 @@ pub struct Agent {
     syslog_task: Option<JoinHandle<()>>,
     /// Watches `--follow` patterns for new matches.
     glob_task: Option<JoinHandle<()>>,
+    /// Reads the systemd journal.
+    journal_task: Option<JoinHandle<()>>,
     logs: Pipeline,
     flows: Option<Pipeline>,
     stop_flows: CancellationToken,
@@ -362,6 +369,9 @@ impl Agent {
                 ))
             })?;
         }
+        if config.journal.is_some() {
+            journal::check().await?;
+        }
         // Bound before anything else, so a busy port fails the start.
         let syslog_listener = match config.syslog_listen {
             Some(addr) => Some(syslog::bind(addr).await?),
@@ -373,6 +383,17 @@ impl Agent {
             blocking(move || Ok(load_or_create_identity(&dir)?)).await?
         };
         let lock = lock_data_dir(&data_dir)?;
+        // Read before the writer appends anything.
+        let journal_cursor = match &config.journal {
+            Some(opts) => {
+                let dir = data_dir.clone();
+                match blocking(move || Ok(journal::resume_cursor(&dir))).await? {
+                    Some(c) => Some(c),
+                    None => journal::end_cursor(opts).await?,
+                }
+            }
+            None => None,
+        };
 
         let reports =
             server.is_some() && (data_dir.join(NODE_ID_FILE).exists() || config.auth_key.is_some());
@@ -512,6 +533,7 @@ impl Agent {
             socket_task: None,
             syslog_task: None,
             glob_task: None,
+            journal_task: None,
             logs,
             flows,
             stop_flows,
@@ -561,6 +583,15 @@ impl Agent {
             tx.clone(),
             agent.stop_sources.clone(),
         )));
+        if let Some(opts) = &config.journal {
+            agent.journal_task = Some(tokio::spawn(journal::run(
+                opts.clone(),
+                data_dir.clone(),
+                journal_cursor,
+                tx.clone(),
+                agent.stop_sources.clone(),
+            )));
+        }
         if let Some(listener) = syslog_listener {
             if let Some(addr) = listener.local_addr() {
                 tracing::info!(%addr, "syslog listener ready (UDP and TCP, RFC 5424 and 3164)");
@@ -633,6 +664,9 @@ impl Agent {
             let _ = t.await;
         }
         if let Some(t) = self.glob_task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.journal_task.take() {
             let _ = t.await;
         }
         self.stop_flows.cancel();

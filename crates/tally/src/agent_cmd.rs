@@ -121,6 +121,26 @@ pub struct AgentArgs {
     #[arg(long, env = "TALLY_SYSLOG_LISTEN", value_name = "ADDR")]
     pub syslog_listen: Option<std::net::SocketAddr>,
 
+    /// Read the systemd journal (through journalctl), from its end on
+    /// first start, resuming exactly after a restart; entries carry unit,
+    /// priority, PID and host
+    #[arg(long)]
+    pub journal: bool,
+
+    /// With --journal: only this unit (repeatable), e.g. ssh.service
+    #[arg(long, value_name = "UNIT", requires = "journal")]
+    pub journal_unit: Vec<String>,
+
+    /// With --journal: only this priority and more urgent (0-7 or emerg,
+    /// alert, crit, err, warning, notice, info, debug)
+    #[arg(long, value_name = "PRIORITY", requires = "journal")]
+    pub journal_priority: Option<String>,
+
+    /// With --journal: read this journal directory instead of the
+    /// system's (journalctl --directory)
+    #[arg(long, value_name = "DIR", requires = "journal")]
+    pub journal_directory: Option<PathBuf>,
+
     /// Capture network flows on --iface while the tailnet has flow logging
     /// on (needs --server, a registered node and CAP_NET_RAW)
     #[arg(long)]
@@ -231,6 +251,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.collection = args.collection;
             config.follow = args.follow;
             config.syslog_listen = args.syslog_listen;
+            if args.journal {
+                config.journal = Some(tally_agent::JournalOptions {
+                    units: args.journal_unit,
+                    priority: args.journal_priority,
+                    directory: args.journal_directory,
+                });
+            }
             config.read_stdin = !args.no_stdin && !io::stdin().is_terminal();
             config.queue_max_bytes = args.queue_max_mb.saturating_mul(1 << 20);
             config.no_logs_no_support = args.no_logs_no_support;
