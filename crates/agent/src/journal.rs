@@ -110,8 +110,8 @@ pub(crate) async fn end_cursor(opts: &JournalOptions) -> Result<Option<String>, 
     Ok(out
         .stdout
         .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_slice::<Value>(l).ok())
         .and_then(|v| v.get("__CURSOR")?.as_str().map(str::to_owned)))
 }
 
