@@ -52,7 +52,9 @@ pub use identity::{IdentityError, PRIVATE_ID_FILE, load_or_create_identity, read
 pub use queue::QueueError;
 pub use report::{NODE_ID_FILE, NodeInfo, NodeSettings, Peer, hostname};
 pub use signing::NODE_KEY_FILE;
-pub use socket::{LogReceipt, SOCKET_FILE, SocketError, log_via_socket};
+pub use socket::{
+    LogReceipt, RecordingClient, RecordingHello, SOCKET_FILE, SocketError, log_via_socket,
+};
 pub use tally_flow::TableConfig;
 pub use uploader::UploadStatus;
 
@@ -64,6 +66,10 @@ pub const DEFAULT_COLLECTION: &str = "tailnode";
 pub const FLOWS_COLLECTION: &str = "tailtraffic";
 /// Queue directory of flow records, in the data directory.
 pub const FLOW_QUEUE_DIR: &str = "flow-queue";
+/// Collection of session recordings (`tally record`).
+pub const RECORDINGS_COLLECTION: &str = "recordings";
+/// Queue directory of session recordings, in the data directory.
+pub const RECORDING_QUEUE_DIR: &str = "recording-queue";
 /// Default size limit of the disk queue.
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 50 << 20;
 /// Smallest disk queue accepted.
@@ -281,6 +287,7 @@ pub struct Agent {
     socket_task: Option<JoinHandle<()>>,
     logs: Pipeline,
     flows: Option<Pipeline>,
+    recordings: Option<Pipeline>,
     stop_flows: CancellationToken,
     flows_task: Option<JoinHandle<()>>,
     settings: watch::Receiver<NodeSettings>,
@@ -444,6 +451,43 @@ impl Agent {
             }
             _ => (None, None),
         };
+        // Session recordings (`tally record`) go through a queue of their
+        // own, uploaded with the node's identity: only a registered node's
+        // are accepted.
+        let (recordings, recording_target) = match (&upload.server, &reporter_task) {
+            (Some(server), Some(_)) => {
+                let (pipe, _) = Pipeline::start(
+                    PipelineSpec {
+                        collection: RECORDINGS_COLLECTION.to_owned(),
+                        queue_dir: data_dir.join(RECORDING_QUEUE_DIR),
+                        queue_max_bytes: config.queue_max_bytes,
+                        drop_notices: false,
+                        drop_on_forbidden: true,
+                        node_log: Some(tx.clone()),
+                    },
+                    &upload,
+                    &identity,
+                    fatal_tx.clone(),
+                )
+                .await?;
+                let hello = socket::RecordingHello {
+                    server: server.clone(),
+                    node: config.node.hostname.clone(),
+                    node_id: String::new(),
+                    instance: identity.public().to_hex(),
+                };
+                let target = Ok((pipe.tx.clone(), hello));
+                (Some(pipe), target)
+            }
+            _ if config.no_logs_no_support => (
+                None,
+                Err("this agent runs with --no-logs-no-support: it uploads no recordings".to_owned()),
+            ),
+            _ => (
+                None,
+                Err("this agent uploads no recordings: it needs --server and a registered node (first start with --auth-key)".to_owned()),
+            ),
+        };
         let mut agent = Self {
             public_id: identity.public(),
             socket_path: data_dir.join(SOCKET_FILE),
@@ -452,6 +496,7 @@ impl Agent {
             socket_task: None,
             logs,
             flows,
+            recordings,
             stop_flows,
             flows_task,
             settings,
@@ -486,7 +531,11 @@ impl Agent {
         let listener = socket::bind(&agent.socket_path)?;
         agent.socket_task = Some(tokio::spawn(socket::serve(
             listener,
-            tx.clone(),
+            socket::Targets {
+                logs: tx.clone(),
+                recordings: recording_target,
+                data_dir: data_dir.clone(),
+            },
             agent.stop_sources.clone(),
         )));
         if config.read_stdin {
@@ -558,6 +607,10 @@ impl Agent {
         if let Some(f) = self.flows.as_mut() {
             f.stop_uploader().await;
             f.stop_writer().await?;
+        }
+        if let Some(r) = self.recordings.as_mut() {
+            r.stop_uploader().await;
+            r.stop_writer().await?;
         }
         self.logs.stop_uploader().await;
         self.logs.stop_writer().await?;

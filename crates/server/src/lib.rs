@@ -313,7 +313,10 @@ impl Server {
         )?;
         let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
         let (recordings, recording_consumer) =
-            consumers::recording_index::IndexConsumer::open(&config.data_dir)?;
+            consumers::recording_index::IndexConsumer::open(
+                &config.data_dir,
+                Some(catalog.clone()),
+            )?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",
