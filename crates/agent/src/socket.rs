@@ -151,11 +151,9 @@ async fn connect(path: &Path) -> Result<UnixStream, SocketError> {
     UnixStream::connect(path)
         .await
         .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                SocketError::NotRunning {
-                    path: path.to_owned(),
-                }
-            }
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => SocketError::NotRunning {
+                path: path.to_owned(),
+            },
             _ => SocketError::Connect {
                 path: path.to_owned(),
                 source,
@@ -193,7 +191,10 @@ impl RecordingClient {
             .map(|_| ())
     }
 
-    async fn exchange(&mut self, request: &serde_json::Value) -> Result<serde_json::Value, SocketError> {
+    async fn exchange(
+        &mut self,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, SocketError> {
         let path = self.path.clone();
         let mut line = request.to_string().into_bytes();
         line.push(b'\n');

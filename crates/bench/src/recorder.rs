@@ -216,7 +216,9 @@ fn dir_bytes(p: &Path) -> u64 {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Lifts the open-file limit to its hard limit (one socket per recording).
@@ -464,7 +466,10 @@ fn echo_latencies(argv: &[&str], n: usize) -> anyhow::Result<Vec<u64>> {
             .try_clone_reader()
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
-    let mut writer = pair.master.take_writer().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut writer = pair
+        .master
+        .take_writer()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Ready once a probe byte comes back (the terminal is raw by then).
     let read_until = |reader: &mut std::io::BufReader<Box<dyn Read + Send>>, want: u8| {
         let mut b = [0u8; 1];
@@ -479,7 +484,11 @@ fn echo_latencies(argv: &[&str], n: usize) -> anyhow::Result<Vec<u64>> {
     loop {
         writer.write_all(b"#")?;
         writer.flush()?;
-        if reader.fill_buf().map(|b| b.contains(&b'#')).unwrap_or(false) {
+        if reader
+            .fill_buf()
+            .map(|b| b.contains(&b'#'))
+            .unwrap_or(false)
+        {
             let _ = read_until(&mut reader, b'#');
             break;
         }

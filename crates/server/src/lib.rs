@@ -312,11 +312,10 @@ impl Server {
             &config.data_dir,
         )?;
         let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
-        let (recordings, recording_consumer) =
-            consumers::recording_index::IndexConsumer::open(
-                &config.data_dir,
-                Some(catalog.clone()),
-            )?;
+        let (recordings, recording_consumer) = consumers::recording_index::IndexConsumer::open(
+            &config.data_dir,
+            Some(catalog.clone()),
+        )?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another server running? use --listen)",

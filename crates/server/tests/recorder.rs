@@ -433,7 +433,10 @@ async fn node(env: &Env, hostname: &str) -> (String, String) {
         )
         .await;
     assert!(s == 200 || s == 201, "{s} {v}");
-    (private, v["node"]["id"].as_str().expect("node id").to_owned())
+    (
+        private,
+        v["node"]["id"].as_str().expect("node id").to_owned(),
+    )
 }
 
 /// What an agent uploads for `tally record`: logtail entries holding the
@@ -446,7 +449,7 @@ fn agent_body(id: &str, proc_id: u32, cast: &str) -> String {
     serde_json::to_string(&entries).expect("json")
 }
 
-async fn upload(env: &Env, private: &str, body: String) -> (u16, Value) {
+async fn node_upload(env: &Env, private: &str, body: String) -> (u16, Value) {
     let resp = env
         .http
         .post(format!("{}/c/recordings/{private}", env.base))
@@ -485,7 +488,7 @@ async fn a_registered_node_uploads_recordings_into_its_own_tailnet_only() {
     // The header claims another node: the index names the uploader's.
     let claimed = r#"{"version":2,"width":80,"height":24,"srcNode":"someone-else","srcNodeID":"nOther","localUser":"ada"}"#;
     let cast = format!("{claimed}\n[0.5,\"o\",\"hello\\r\\n\"]\n");
-    let (s, v) = upload(&env, &private, agent_body("tabc", 7, &cast)).await;
+    let (s, v) = node_upload(&env, &private, agent_body("tabc", 7, &cast)).await;
     assert_eq!((s, &v["stored"]), (200, &json!(2)), "{v}");
     let r = listed(&env, "tabc").await;
     assert_eq!(r["srcNode"], "rec-host", "{r}");
@@ -494,33 +497,54 @@ async fn a_registered_node_uploads_recordings_into_its_own_tailnet_only() {
     assert_eq!(r["localUser"], "ada", "{r}");
     assert_eq!(r["bytes"], cast.len(), "{r}");
     // A retry lands once.
-    let (s, v) = upload(&env, &private, agent_body("tabc", 7, &cast)).await;
-    assert_eq!((s, &v["stored"], &v["duplicates"]), (200, &json!(0), &json!(2)), "{v}");
+    let (s, v) = node_upload(&env, &private, agent_body("tabc", 7, &cast)).await;
+    assert_eq!(
+        (s, &v["stored"], &v["duplicates"]),
+        (200, &json!(0), &json!(2)),
+        "{v}"
+    );
     let (chunks, _) = cast_of(&recording_records(&env));
     assert_eq!(chunks, cast, "stored once");
 
     // An instance that is not a registered node is refused, clearly.
     let stranger = tally_proto::PrivateId::generate().to_hex();
-    let (s, v) = upload(&env, &stranger, agent_body("tdef", 8, &cast)).await;
+    let (s, v) = node_upload(&env, &stranger, agent_body("tdef", 8, &cast)).await;
     assert_eq!(s, 403, "{v}");
     assert!(
-        v["error"].as_str().is_some_and(|e| e.contains("not a registered node")),
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a registered node")),
         "{v}"
     );
     // Entries that are not recording records are refused whole.
-    let (s, v) = upload(&env, &private, r#"[{"logtail":{"proc_id":1,"proc_seq":1},"text":"hi"}]"#.into()).await;
+    let (s, v) = node_upload(
+        &env,
+        &private,
+        r#"[{"logtail":{"proc_id":1,"proc_seq":1},"text":"hi"}]"#.into(),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("not a recording chunk")), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a recording chunk")),
+        "{v}"
+    );
 
     // A node cannot add to another writer's recording: the recorder's
     // recording keeps its own content.
     let theirs = env.add_recording(1).await;
     let before = listed(&env, &theirs).await;
-    let (s, _) = upload(&env, &private, agent_body(&theirs, 9, "[9.0,\"o\",\"forged\"]\n")).await;
+    let (s, _) = node_upload(
+        &env,
+        &private,
+        agent_body(&theirs, 9, "[9.0,\"o\",\"forged\"]\n"),
+    )
+    .await;
     assert_eq!(s, 200);
     // Indexed in order: once a later recording is listed, the forged one
     // was read (and refused).
-    let (s, _) = upload(&env, &private, agent_body("tlater", 10, &cast)).await;
+    let (s, _) = node_upload(&env, &private, agent_body("tlater", 10, &cast)).await;
     assert_eq!(s, 200);
     listed(&env, "tlater").await;
     assert_eq!(listed(&env, &theirs).await["bytes"], before["bytes"]);
@@ -533,7 +557,8 @@ async fn a_registered_node_uploads_recordings_into_its_own_tailnet_only() {
         .and_then(|c| c.iter().find(|c| c["name"] == "recording-index"))
         .cloned()
         .expect("the index consumer");
-    assert_eq!(index["rejected"], 1, "{index}");
+    // The forged chunk and its end record.
+    assert_eq!(index["rejected"], 2, "{index}");
     assert!(
         index["recentRejections"]
             .to_string()
@@ -574,7 +599,10 @@ async fn recordings_follow_the_tailnets_retention_setting() {
     env.store.enforce_retention(now + day).expect("retention");
     assert_eq!(recording_records(&env).len(), 2, "kept within 2 days");
     // ... three days on, its chunks are deleted like other expired records.
-    let r = env.store.enforce_retention(now + 3 * day).expect("retention");
+    let r = env
+        .store
+        .enforce_retention(now + 3 * day)
+        .expect("retention");
     assert!(r.records_deleted >= 2, "{r:?}");
     assert!(recording_records(&env).is_empty(), "deleted after 2 days");
     // And a recording past the horizon is hidden from the API.

@@ -209,7 +209,10 @@ impl Chunker {
                 let head = &self.pending.as_bytes()[..CHUNK_BYTES];
                 match head.iter().rposition(|b| *b == b'\n') {
                     Some(p) => p + 1,
-                    None => self.pending.find('\n').map_or(self.pending.len(), |p| p + 1),
+                    None => self
+                        .pending
+                        .find('\n')
+                        .map_or(self.pending.len(), |p| p + 1),
                 }
             };
             let data: String = self.pending.drain(..cut).collect();
@@ -386,7 +389,11 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if writer.write_all(&buf[..n]).and_then(|_| writer.flush()).is_err() {
+                    if writer
+                        .write_all(&buf[..n])
+                        .and_then(|_| writer.flush())
+                        .is_err()
+                    {
                         break;
                     }
                     if let Some(tx) = &in_tx {

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 /// Runs `tally record --data-dir DIR ARGS -- sh -c INNER` under `script`
 /// (a pseudo-terminal for `tally record` itself).
 fn record_under_pty(data: &Path, args: &[&str], inner: &str) -> Command {
-    assert!(!inner.contains('\''), "keep the script free of single quotes");
+    assert!(
+        !inner.contains('\''),
+        "keep the script free of single quotes"
+    );
     let mut c = Command::new("script");
     c.args(["-q", "-e", "-c"])
         .arg(format!(
@@ -51,7 +54,11 @@ async fn recordings(url: &str) -> Vec<Value> {
 async fn await_recording(url: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(r) = recordings(url).await.into_iter().find(|r| r["state"] == state) {
+        if let Some(r) = recordings(url)
+            .await
+            .into_iter()
+            .find(|r| r["state"] == state)
+        {
             return r;
         }
         assert!(
@@ -67,7 +74,13 @@ async fn await_recording(url: &str, state: &str) -> Value {
 async fn export(url: &str, id: &str, file: &Path) -> String {
     cli(
         url,
-        &["recordings", "export", id, "-o", file.to_str().expect("path")],
+        &[
+            "recordings",
+            "export",
+            id,
+            "-o",
+            file.to_str().expect("path"),
+        ],
     )
     .await;
     std::fs::read_to_string(file).expect("cast")
@@ -78,7 +91,12 @@ fn output_events(cast: &str) -> Vec<(f64, String)> {
         .skip(1)
         .map(|l| serde_json::from_str::<Value>(l).expect("an event"))
         .filter(|e| e[1] == "o")
-        .map(|e| (e[0].as_f64().expect("time"), e[2].as_str().expect("data").to_owned()))
+        .map(|e| {
+            (
+                e[0].as_f64().expect("time"),
+                e[2].as_str().expect("data").to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -105,7 +123,10 @@ async fn a_recorded_session_is_exported_with_timings_and_read_by_asciinema() {
         "the command's exit status: {shown}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(shown.contains("first line") && shown.contains("second ✓ line"), "{shown}");
+    assert!(
+        shown.contains("first line") && shown.contains("second ✓ line"),
+        "{shown}"
+    );
 
     let r = await_recording(&server.url, "complete").await;
     assert_eq!(r["recordedBy"], "tally record", "{r}");
@@ -121,7 +142,10 @@ async fn a_recorded_session_is_exported_with_timings_and_read_by_asciinema() {
     assert_eq!(header["env"]["TERM"], "xterm", "{header}");
     assert!(header["localUser"].is_string(), "{header}");
     // No input is recorded by default.
-    assert!(!cast.lines().skip(1).any(|l| l.contains(",\"i\",")), "{cast}");
+    assert!(
+        !cast.lines().skip(1).any(|l| l.contains(",\"i\",")),
+        "{cast}"
+    );
     let events = output_events(&cast);
     let text: String = events.iter().map(|(_, d)| d.as_str()).collect();
     assert!(text.contains("first line\r\n"), "{text:?}");
@@ -143,7 +167,11 @@ async fn a_recorded_session_is_exported_with_timings_and_read_by_asciinema() {
         .stdin(Stdio::null())
         .output()
         .expect("script (util-linux)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("first line") && text.contains("second ✓ line"),
@@ -193,7 +221,10 @@ async fn a_session_recorded_through_a_server_outage_arrives_whole_exactly_once()
     );
     // Queued, not lost: nothing said on stderr about the recording.
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("not recording") && !err.contains("recording stopped"), "{err}");
+    assert!(
+        !err.contains("not recording") && !err.contains("recording stopped"),
+        "{err}"
+    );
 
     // The server is back: the agent uploads the rest.
     let server = TestServer::start_on(&server_dir, &listen, &[]);
@@ -264,7 +295,11 @@ async fn require_recording_refuses_to_start_without_agent_or_server() {
     let out = record(&nowhere, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert_eq!(err.matches("not recording this session").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("not recording this session").count(),
+        1,
+        "{err}"
+    );
     assert!(mark.exists());
     std::fs::remove_file(&mark).expect("rm");
 
@@ -369,7 +404,10 @@ async fn verify_detects_a_recording_chunk_edited_on_the_servers_disk() {
     };
     let (ok, out) = verify(&server.url);
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("recording {id}: 1 chunk(s)")), "{out}");
+    assert!(
+        out.contains(&format!("recording {id}: 1 chunk(s)")),
+        "{out}"
+    );
     assert!(out.contains("each in the log"), "{out}");
 
     // Someone edits the recorded command on the server's disk.
@@ -384,7 +422,10 @@ async fn verify_detects_a_recording_chunk_edited_on_the_servers_disk() {
     );
     let server = TestServer::start_on(&server_dir, &listen, &args);
     let edited = cli(&server.url, &["recordings", "export", &id]).await;
-    assert!(edited.contains("nothing-here!"), "the edit is served: {edited}");
+    assert!(
+        edited.contains("nothing-here!"),
+        "the edit is served: {edited}"
+    );
     let (ok, out) = verify(&server.url);
     assert!(!ok, "{out}");
     assert!(

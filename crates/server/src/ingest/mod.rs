@@ -7,7 +7,6 @@ pub mod instances;
 
 use crate::AppState;
 use crate::control::collections::{FLOWS_COLLECTION, is_system_collection};
-use tally_proto::collection::RECORDINGS as RECORDINGS_COLLECTION;
 use crate::error::ApiError;
 use crate::ingest::batches::{BatchContents, BatchLedger};
 use axum::extract::{Path, State};
@@ -15,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use body::BodyError;
 use std::sync::Arc;
+use tally_proto::collection::RECORDINGS as RECORDINGS_COLLECTION;
 use tally_proto::logtail::{self, MAX_BODY_BYTES, ParsedBody};
 use tally_proto::{CollectionName, PrivateId, PublicId};
 use tally_store::{NewRecord, Owner, kind};
