@@ -142,17 +142,29 @@ async fn one(
     };
     start_gate.wait().await;
     if rate > 0 {
-        // Lines of printable output, ~1 KiB each, sent every 20 ms.
+        // Lines of printable output, ~1 KiB each, sent every 20 ms: random
+        // letters and digits (xorshift), so that storage cannot compress
+        // them better than real output.
         let tick = Duration::from_millis(20);
         let per_tick = (rate as f64 * tick.as_secs_f64()) as usize;
         let mut t = 0.0f64;
         let mut interval = tokio::time::interval(tick);
-        let text = "x".repeat(1000);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1);
+        const ALPHABET: &[u8; 64] =
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .";
+        let mut text = String::with_capacity(1000);
         while !*stop.borrow() {
             interval.tick().await;
             let mut batch = String::with_capacity(per_tick + 1100);
             while batch.len() < per_tick {
                 t += 0.001;
+                text.clear();
+                for _ in 0..1000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    text.push(char::from(ALPHABET[(x & 63) as usize]));
+                }
                 batch.push_str(&format!("[{t:.3},\"o\",\"{text}\\r\\n\"]\n"));
             }
             sent += batch.len() as u64;
