@@ -58,7 +58,9 @@ impl ControlDb {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut days: BTreeMap<String, (Option<i64>, Option<i64>, Option<i64>)> = BTreeMap::new();
+        // Per tailnet: logs, flows and recordings retention settings.
+        type Days = (Option<i64>, Option<i64>, Option<i64>);
+        let mut days: BTreeMap<String, Days> = BTreeMap::new();
         for r in rows {
             let t: String = r.try_get("tailnet_id")?;
             let parse = |v: Option<String>| v.and_then(|s| s.parse::<i64>().ok());
