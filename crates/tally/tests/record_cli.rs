@@ -435,3 +435,40 @@ async fn verify_detects_a_recording_chunk_edited_on_the_servers_disk() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_recording_ends_the_session_when_the_agent_goes_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(&dir.path().join("server"), &[]);
+    let data = dir.path().join("agent");
+    let agent = TestAgent::start(&server.url, &data, &[]);
+    agent.wait_line("tally agent registered", Duration::from_secs(60));
+    // A session that would run for ten minutes.
+    let mut run = record_under_pty(
+        &data,
+        &["--require-recording"],
+        "i=0; while [ $i -lt 3000 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+    );
+    let session = std::thread::spawn(move || run.output().expect("script"));
+    await_recording(&server.url, "recording").await;
+    // The agent stops: recording can no longer be queued.
+    agent.stop();
+    let out = tokio::task::spawn_blocking(move || session.join().expect("session"))
+        .await
+        .expect("joined");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(125), "{shown}");
+    assert!(shown.contains("recording failed"), "{shown}");
+    assert!(
+        shown.contains("the session was ended because recording failed (--require-recording)"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("tick 2999"),
+        "the command was ended: {shown}"
+    );
+}
