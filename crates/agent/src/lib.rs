@@ -56,7 +56,9 @@ pub use journal::JournalOptions;
 pub use queue::QueueError;
 pub use report::{NODE_ID_FILE, NodeInfo, NodeSettings, Peer, hostname};
 pub use signing::NODE_KEY_FILE;
-pub use socket::{LogReceipt, SOCKET_FILE, SocketError, log_via_socket};
+pub use socket::{
+    LogReceipt, RecordingClient, RecordingHello, SOCKET_FILE, SocketError, log_via_socket,
+};
 pub use tally_flow::TableConfig;
 pub use uploader::UploadStatus;
 
@@ -68,6 +70,10 @@ pub const DEFAULT_COLLECTION: &str = "tailnode";
 pub const FLOWS_COLLECTION: &str = "tailtraffic";
 /// Queue directory of flow records, in the data directory.
 pub const FLOW_QUEUE_DIR: &str = "flow-queue";
+/// Collection of session recordings (`tally record`).
+pub const RECORDINGS_COLLECTION: &str = "recordings";
+/// Queue directory of session recordings, in the data directory.
+pub const RECORDING_QUEUE_DIR: &str = "recording-queue";
 /// Default size limit of the disk queue.
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 50 << 20;
 /// Smallest disk queue accepted.
@@ -322,6 +328,7 @@ pub struct Agent {
     journal_task: Option<JoinHandle<()>>,
     logs: Pipeline,
     flows: Option<Pipeline>,
+    recordings: Option<Pipeline>,
     stop_flows: CancellationToken,
     flows_task: Option<JoinHandle<()>>,
     settings: watch::Receiver<NodeSettings>,
@@ -525,6 +532,43 @@ impl Agent {
             }
             _ => (None, None),
         };
+        // Session recordings (`tally record`) go through a queue of their
+        // own, uploaded with the node's identity: only a registered node's
+        // are accepted.
+        let (recordings, recording_target) = match (&upload.server, &reporter_task) {
+            (Some(server), Some(_)) => {
+                let (pipe, _) = Pipeline::start(
+                    PipelineSpec {
+                        collection: RECORDINGS_COLLECTION.to_owned(),
+                        queue_dir: data_dir.join(RECORDING_QUEUE_DIR),
+                        queue_max_bytes: config.queue_max_bytes,
+                        drop_notices: false,
+                        drop_on_forbidden: true,
+                        node_log: Some(tx.clone()),
+                    },
+                    &upload,
+                    &identity,
+                    fatal_tx.clone(),
+                )
+                .await?;
+                let hello = socket::RecordingHello {
+                    server: server.clone(),
+                    node: config.node.hostname.clone(),
+                    node_id: String::new(),
+                    instance: identity.public().to_hex(),
+                };
+                let target = Ok((pipe.tx.clone(), hello));
+                (Some(pipe), target)
+            }
+            _ if config.no_logs_no_support => (
+                None,
+                Err("this agent runs with --no-logs-no-support: it uploads no recordings".to_owned()),
+            ),
+            _ => (
+                None,
+                Err("this agent uploads no recordings: it needs --server and a registered node (first start with --auth-key)".to_owned()),
+            ),
+        };
         let mut agent = Self {
             public_id: identity.public(),
             socket_path: data_dir.join(SOCKET_FILE),
@@ -536,6 +580,7 @@ impl Agent {
             journal_task: None,
             logs,
             flows,
+            recordings,
             stop_flows,
             flows_task,
             settings,
@@ -580,7 +625,11 @@ impl Agent {
         let listener = socket::bind(&agent.socket_path)?;
         agent.socket_task = Some(tokio::spawn(socket::serve(
             listener,
-            tx.clone(),
+            socket::Targets {
+                logs: tx.clone(),
+                recordings: recording_target,
+                data_dir: data_dir.clone(),
+            },
             agent.stop_sources.clone(),
         )));
         if let Some(opts) = &config.journal {
@@ -680,6 +729,10 @@ impl Agent {
         if let Some(f) = self.flows.as_mut() {
             f.stop_uploader().await;
             f.stop_writer().await?;
+        }
+        if let Some(r) = self.recordings.as_mut() {
+            r.stop_uploader().await;
+            r.stop_writer().await?;
         }
         self.logs.stop_uploader().await;
         self.logs.stop_writer().await?;

@@ -353,6 +353,15 @@ impl TallyServer {
     /// Starts `exe server` on a loopback port with a fresh data directory
     /// under `work_dir` (or the system's temporary directory).
     pub(crate) async fn spawn(exe: &Path, work_dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::spawn_with(exe, work_dir, &[]).await
+    }
+
+    /// [`TallyServer::spawn`] with more arguments for `tally server`.
+    pub(crate) async fn spawn_with(
+        exe: &Path,
+        work_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let tmp = temp_dir_in(work_dir, "tally-bench-")?;
         let data_dir = tmp.path().join("data");
         let key = format!("bench-{:032x}", rand::random::<u128>());
@@ -365,6 +374,7 @@ impl TallyServer {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(extra)
             .env("TALLY_BOOTSTRAP_KEY", &key)
             .env_remove("TALLY_LISTEN")
             .env_remove("TALLY_DATA_DIR")

@@ -6,7 +6,7 @@
 //! `tally` binary next to this one.
 //!
 //! One module per subcommand (`ingest`, `memory` for `ingest-memory`,
-//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`), helpers they share in
+//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`, `recorder`), helpers they share in
 //! `common`; the capture-path and flow-store benchmarks that `flows` and
 //! `cargo bench -p tally-bench` share are in the library (`src/lib.rs`).
 
@@ -18,6 +18,7 @@ mod ingest;
 mod memory;
 mod pipeline;
 mod reconcile;
+mod recorder;
 mod stream;
 
 use clap::Parser;
@@ -81,6 +82,10 @@ pub enum BenchCmd {
     /// receiver up: delivery latency and lag; server CPU and RSS per
     /// phase.
     Stream(stream::StreamArgs),
+    /// Session recording: 1,000 idle and 50 busy (1 MB/s) recordings over
+    /// the h2c recorder protocol (server CPU, RSS, ack latency, bytes on
+    /// disk vs raw .cast), and `tally record`'s cost per keystroke echo.
+    Recorder(recorder::RecorderArgs),
 }
 
 /// Logs of in-process servers and agents to stderr, filtered by `TALLY_LOG`
@@ -107,6 +112,7 @@ async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Pipeline(a) => pipeline::run(a).await,
         BenchCmd::Detect(a) => detect::run(a).await,
         BenchCmd::Stream(a) => stream::run(a).await,
+        BenchCmd::Recorder(a) => recorder::run(a).await,
     }
 }
 

@@ -369,8 +369,10 @@ impl Server {
             &config.data_dir,
         )?;
         let streams = Arc::new(consumers::stream::StreamService::open(&config.data_dir)?);
-        let (recordings, recording_consumer) =
-            consumers::recording_index::IndexConsumer::open(&config.data_dir)?;
+        let (recordings, recording_consumer) = consumers::recording_index::IndexConsumer::open(
+            &config.data_dir,
+            Some(catalog.clone()),
+        )?;
         let config_data_dir = config.data_dir.clone();
         let state = AppState {
             instances: Arc::new(InstanceStats::open(

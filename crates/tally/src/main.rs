@@ -17,6 +17,8 @@ mod detect_cmd;
 mod flows_cmd;
 mod logs_cmd;
 mod reconcile_cmd;
+#[cfg(feature = "agent")]
+mod record_cmd;
 mod recordings_cmd;
 mod stream_cmd;
 mod verify_cmd;
@@ -102,6 +104,10 @@ enum Command {
     Stream(WithServer<stream_cmd::StreamCmd>),
     /// Session recordings: list, export, play, tail.
     Recordings(WithServer<recordings_cmd::RecordingsCmd>),
+    /// Record a terminal session through this node's agent: `tally record
+    /// -- COMMAND...` (default: $SHELL).
+    #[cfg(feature = "agent")]
+    Record(record_cmd::RecordArgs),
     /// Verify the server's logs: transparency-log consistency with what this
     /// client saw before, and upload batches flagged at ingest.
     Verify(verify_cmd::VerifyArgs),
@@ -428,6 +434,8 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Recordings(a) => recordings_cmd::run(a.cmd, &a.server).await,
         Command::Completions { shell } => print_completions(shell),
         Command::Man { dir } => write_man(dir.as_deref()),
+        #[cfg(feature = "agent")]
+        Command::Record(a) => return record_cmd::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
-//! `tally recordings`: session recordings stored by the server's recorder:
-//! list, export (the `.cast` file as received), play (in this terminal,
-//! with the original timing), tail (a session in progress, live).
+//! `tally recordings`: session recordings stored by the server's recorder
+//! or uploaded by `tally record` through a node's agent: list, export (the
+//! `.cast` file as received), play (in this terminal, with the original
+//! timing), tail (a session in progress, live), retention (the tailnet's
+//! `recordingsRetentionDays`).
 
 use crate::client::{Client, ServerArgs};
 use crate::control_cmd::{Api, JsonArg, cell, emit, emit_json, seg, table, tailnet_path};
@@ -52,6 +54,17 @@ pub enum RecordingsCmd {
         /// Longest pause, in seconds (longer idle times are cut to it)
         #[arg(long, default_value_t = 2.0)]
         idle_cap: f64,
+        /// Tailnet (ID, name, or - for the key's own)
+        #[arg(long, default_value = "-")]
+        tailnet: String,
+    },
+    /// Show or set how many days this tailnet keeps session recordings
+    /// (the tailnet setting recordingsRetentionDays; default 30). Older
+    /// recordings are hidden, then deleted.
+    Retention {
+        /// Days to keep recordings (1 to 3650); shows the setting when omitted
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
         tailnet: String,
@@ -157,16 +170,36 @@ pub async fn run(cmd: RecordingsCmd, server: &ServerArgs) -> anyhow::Result<()> 
                         cell(&r["id"]),
                         cell(&r["start"]),
                         cell(&r["srcNode"]),
-                        cell(&r["sshUser"]),
+                        if r["sshUser"].is_string() {
+                            cell(&r["sshUser"])
+                        } else {
+                            cell(&r["localUser"])
+                        },
                         cell(&r["state"]),
                         cell(&r["bytes"]),
                     ]
                 })
                 .collect();
             emit(&table(
-                &["ID", "START", "NODE", "SSH USER", "STATE", "BYTES"],
+                &["ID", "START", "NODE", "USER", "STATE", "BYTES"],
                 &rows,
             ))
+        }
+        RecordingsCmd::Retention { days, tailnet } => {
+            let api = Api::new(server)?;
+            let path = tailnet_path(&tailnet, "/settings");
+            let v = match days {
+                Some(d) => {
+                    let body = serde_json::json!({ "recordingsRetentionDays": d });
+                    api.call(Method::PATCH, &path, &[], Some(&body)).await?
+                }
+                None => api.call(Method::GET, &path, &[], None).await?,
+            };
+            println!(
+                "recordings are kept {} days",
+                v["recordingsRetentionDays"].as_u64().unwrap_or(0)
+            );
+            Ok(())
         }
         RecordingsCmd::Export {
             id,

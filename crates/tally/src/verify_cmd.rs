@@ -15,7 +15,10 @@
 //!    records were lost, `tally verify` exits with status 2 if nothing else
 //!    is wrong, and saves the checkpoint, so the next run no longer reports
 //!    that cut (a cut that lost nothing published is only shown).
-//! 4. The tailnet's flagged batches (bad signatures, gaps, broken chains,
+//! 4. With `--recording ID`: each chunk of the session recording, hashed
+//!    here as the log hashes records, must be included in the checkpoint
+//!    (inclusion proof from the server); its chunks must follow each other.
+//! 5. The tailnet's flagged batches (bad signatures, gaps, broken chains,
 //!    replays, unsigned uploads of signing nodes) since `--since`.
 //!
 //! Exit status: 0 all good, 2 only new recovery cuts, 1 problems.
@@ -51,6 +54,10 @@ pub struct VerifyArgs {
     /// Pin this log key (vkey text) instead of trusting the first one seen
     #[arg(long, value_name = "VKEY")]
     log_key: Option<String>,
+    /// Also check a session recording: every chunk, hashed here, must be
+    /// in the verified checkpoint's log (repeatable)
+    #[arg(long, value_name = "ID")]
+    recording: Vec<String>,
 }
 
 fn state_dir(args: &VerifyArgs) -> anyhow::Result<PathBuf> {
@@ -202,6 +209,12 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     }
     print_checkpoint(&current);
 
+    // 3b. Recordings: each chunk's leaf, computed here from the record the
+    // server serves, must be in the checkpoint's tree.
+    for id in &args.recording {
+        check_recording(&api, &args.tailnet, id, &current, &mut problems).await?;
+    }
+
     // 4. Flagged batches.
     let now = tally_proto::timefmt::now_nanos();
     let since = parse_time_flag("--since", &args.since, now)?;
@@ -309,6 +322,105 @@ fn check_cuts(v: &Value, current: &Checkpoint, problems: &mut Vec<String>) -> us
         }
     }
     shown
+}
+
+/// Checks recording `id`: every chunk the server serves hashes to a leaf
+/// whose inclusion in `current` the server proves, the chunks follow each
+/// other (sequence numbers and offsets), and none expired.
+async fn check_recording(
+    api: &Api,
+    tailnet: &str,
+    id: &str,
+    current: &Checkpoint,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let v = api
+        .call(
+            Method::GET,
+            &tailnet_path(
+                tailnet,
+                &format!("/recordings/{}/chunks", crate::control_cmd::seg(id)),
+            ),
+            &[],
+            None,
+        )
+        .await
+        .with_context(|| format!("reading recording {id}"))?;
+    let chunks = v["chunks"].as_array().cloned().unwrap_or_default();
+    let before = problems.len();
+    let (mut next_seq, mut offset, mut bytes) = (1u64, 0u64, 0u64);
+    for c in &chunks {
+        let position = c["position"].as_u64().unwrap_or(0);
+        let body = c["body"].as_str().unwrap_or("");
+        let mut data = format!(
+            "tally-record-v1\n{}\n{}\n{}\n{}\n{}\n",
+            position,
+            c["time"].as_i64().unwrap_or(0),
+            c["collection"].as_str().unwrap_or(""),
+            c["instance"].as_str().unwrap_or(""),
+            c["kind"].as_u64().unwrap_or(0),
+        )
+        .into_bytes();
+        data.extend_from_slice(body.as_bytes());
+        let leaf = hash_leaf(&data);
+        let chunk: Value = serde_json::from_str(body).unwrap_or_default();
+        let seq = chunk["seq"].as_u64().unwrap_or(0);
+        let proof_answer = api
+            .call(
+                Method::GET,
+                "/api/v2/log/inclusion",
+                &[
+                    ("seq", position.to_string()),
+                    ("size", current.size.to_string()),
+                ],
+                None,
+            )
+            .await;
+        let included = proof_answer.and_then(|p| {
+            let index = p["leafIndex"]
+                .as_u64()
+                .context("the server gave no leaf index")?;
+            current
+                .verify_inclusion(&leaf, index, &proof(&p)?)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+        if let Err(e) = included {
+            problems.push(format!(
+                "recording {id}: chunk {seq} (store position {position}) does not match the transparency log: it was changed after it was stored ({e:#})"
+            ));
+        }
+        if chunk["recording"] != id {
+            problems.push(format!(
+                "recording {id}: the record at store position {position} belongs to {}",
+                chunk["recording"]
+            ));
+        }
+        if seq != next_seq || chunk["offset"].as_u64() != Some(offset) {
+            problems.push(format!(
+                "recording {id}: chunk {seq} at offset {} follows chunk {} ending at offset {offset}: chunks are missing",
+                chunk["offset"],
+                next_seq.saturating_sub(1)
+            ));
+        }
+        let len = chunk["data"].as_str().map_or(0, |d| d.len() as u64);
+        next_seq = seq + 1;
+        offset = chunk["offset"].as_u64().unwrap_or(offset) + len;
+        bytes += len;
+    }
+    if let Some(expired) = v["expired"].as_array().filter(|e| !e.is_empty()) {
+        println!(
+            "recording {id}: {} chunk(s) expired by retention and were not checked",
+            expired.len()
+        );
+    }
+    if problems.len() == before {
+        println!(
+            "recording {id}: {} chunk(s), {bytes} bytes, each in the log ({})",
+            chunks.len(),
+            v["state"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn print_checkpoint(c: &Checkpoint) {

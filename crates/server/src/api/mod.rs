@@ -601,6 +601,14 @@ pub fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         r(
             M::GET,
+            "/api/v2/tailnet/{tailnet}/recordings/{recordingId}/chunks",
+            Role(P::LogsRead),
+            "RECORDING",
+            "READ",
+            get(recordings::chunks),
+        ),
+        r(
+            M::GET,
             "/api/v2/tailnet/{tailnet}/reconciliation",
             Role(P::LogsRead),
             "",

@@ -6,6 +6,8 @@
 //! - `GET .../recordings/{id}/cast[?follow=true]`: the asciicast v2 file as
 //!   received, streamed from the store; with `follow`, a recording in
 //!   progress goes on streaming until it ends (live viewing).
+//! - `GET .../recordings/{id}/chunks`: the chunks' stored records, for
+//!   `tally verify --recording ID` (each is a transparency-log leaf).
 //!
 //! Reading a recording's content is audited (`READ` of the `RECORDING`).
 
@@ -40,6 +42,7 @@ fn shown(m: &RecordingMeta) -> Value {
             Some(false) => "cut short",
         },
         "reason": m.reason,
+        "recordedBy": m.recorded_by(),
         "srcNode": m.header["srcNode"],
         "srcNodeID": m.header["srcNodeID"],
         "srcNodeUser": m.header["srcNodeUser"],
@@ -51,6 +54,27 @@ fn shown(m: &RecordingMeta) -> Value {
         "height": m.header["height"],
         "command": m.header["command"],
     })
+}
+
+/// The oldest end a recording of `tailnet` may have and still be shown:
+/// older ones are past the tailnet's `recordingsRetentionDays` (their
+/// chunks are hidden by the store and deleted by retention).
+fn horizon(state: &AppState, tailnet: &str) -> i64 {
+    let days = state
+        .catalog
+        .collections_of(tailnet)
+        .get(tally_proto::collection::RECORDINGS)
+        .map_or(
+            crate::control::settings::DEFAULT_RECORDINGS_RETENTION_DAYS,
+            |c| c.retention_days,
+        );
+    visible_from(tally_proto::timefmt::now_nanos(), days)
+}
+
+/// The oldest end shown at `now` with a retention of `days`.
+pub fn visible_from(now: i64, days: u32) -> i64 {
+    const DAY_NANOS: i64 = 24 * 3600 * 1_000_000_000;
+    now.saturating_sub(i64::from(days).saturating_mul(DAY_NANOS))
 }
 
 /// `GET .../recordings`.
@@ -78,8 +102,10 @@ pub async fn list(
     };
     let node = q.get("node");
     let user = q.get("user");
+    let shown_from = horizon(&state, caller.tailnet());
     let all = state.recordings.list(caller.tailnet(), |m| {
-        start.is_none_or(|s| m.end >= s)
+        m.end >= shown_from
+            && start.is_none_or(|s| m.end >= s)
             && end.is_none_or(|e| m.start < e)
             && node.is_none_or(|n| m.node() == n || m.header["srcNodeID"].as_str() == Some(n))
             && user.is_none_or(|u| m.has_user(u))
@@ -93,7 +119,12 @@ fn found(state: &AppState, caller: &Caller, id: &str) -> Result<RecordingMeta, A
     state
         .recordings
         .get(caller.tailnet(), id)
-        .ok_or_else(|| ApiError::not_found(format!("no recording {id} in this tailnet")))
+        .filter(|m| m.end >= horizon(state, caller.tailnet()))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no recording {id} in this tailnet (or it is past the tailnet's recordingsRetentionDays)"
+            ))
+        })
 }
 
 /// `GET .../recordings/{recordingId}`.
@@ -139,6 +170,89 @@ async fn chunk(
     Ok(v["data"].as_str().map(str::to_owned))
 }
 
+/// Reading a recording is audited (`READ` of the `RECORDING`).
+async fn audit_read(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RecordingMeta,
+    how: &str,
+) -> Result<(), ApiError> {
+    let mut change = state
+        .control
+        .begin_change(caller.tailnet(), &caller.ctx)
+        .await?;
+    change
+        .record(
+            EventSpec::new(
+                "READ",
+                Target {
+                    id: meta.id.clone(),
+                    name: meta.node().to_owned(),
+                    target_type: "RECORDING".into(),
+                    property: String::new(),
+                    is_ephemeral: false,
+                },
+            )
+            .details(how.to_owned()),
+        )
+        .await?;
+    change.commit().await?;
+    Ok(())
+}
+
+/// `GET .../recordings/{recordingId}/chunks`: the stored records of the
+/// recording's chunks as the transparency log hashes them (store position,
+/// time, collection, writer instance, kind, body), so that `tally verify
+/// --recording ID` computes each leaf itself and checks its inclusion
+/// proof. Positions expired by retention are listed in `expired`.
+pub async fn chunks(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = params.get("recordingId").cloned().unwrap_or_default();
+    let meta = found(&state, &caller, &id)?;
+    audit_read(&state, &caller, &meta, "verified").await?;
+    let mut out = Vec::with_capacity(meta.chunks.len());
+    let mut expired = Vec::new();
+    for &p in &meta.chunks {
+        let log = state.store.clone();
+        let filter = Filter {
+            collections: vec![tally_proto::collection::RECORDINGS.to_owned()],
+            ..Default::default()
+        };
+        let b = tokio::task::spawn_blocking(move || log.scan(p, &filter, 1, 4 << 20, i64::MIN))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading the store: {e}"),
+                )
+            })?;
+        match b.records.into_iter().find(|r| r.seq == p) {
+            Some(r) if r.rec.owner == Owner::Tailnet(caller.tailnet().to_owned()) => {
+                out.push(json!({
+                    "position": r.seq,
+                    "time": r.rec.time,
+                    "collection": r.rec.collection,
+                    "instance": hex::encode(r.rec.instance),
+                    "kind": r.rec.kind,
+                    "body": String::from_utf8_lossy(&r.rec.body),
+                }));
+            }
+            _ => expired.push(p),
+        }
+    }
+    Ok(Json(json!({
+        "recording": id,
+        "state": shown(&meta)["state"],
+        "chunks": out,
+        "expired": expired,
+    }))
+    .into_response())
+}
+
 /// `GET .../recordings/{recordingId}/cast`.
 pub async fn cast(
     State(state): State<AppState>,
@@ -149,27 +263,13 @@ pub async fn cast(
     let id = params.get("recordingId").cloned().unwrap_or_default();
     let meta = found(&state, &caller, &id)?;
     let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
-    // Reading a recording is audited.
-    let mut change = state
-        .control
-        .begin_change(caller.tailnet(), &caller.ctx)
-        .await?;
-    change
-        .record(
-            EventSpec::new(
-                "READ",
-                Target {
-                    id: id.clone(),
-                    name: meta.node().to_owned(),
-                    target_type: "RECORDING".into(),
-                    property: String::new(),
-                    is_ephemeral: false,
-                },
-            )
-            .details(if follow { "watched live" } else { "read" }.to_owned()),
-        )
-        .await?;
-    change.commit().await?;
+    audit_read(
+        &state,
+        &caller,
+        &meta,
+        if follow { "watched live" } else { "read" },
+    )
+    .await?;
     let tailnet = caller.tailnet().to_owned();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::spawn(async move {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled, Rejection};
 use tally_store::{Filter, Position, ReadSpec, ScanBatch, kind};
 
+use crate::control::catalog::Catalog;
+
 /// What the index knows of one recording.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -43,12 +45,25 @@ pub struct RecordingMeta {
     /// The last chunk sequence number seen.
     #[serde(default)]
     pub last_seq: u64,
+    /// Who wrote it: empty for the recorder (tailscaled), else the public
+    /// ID (hex) of the node agent that uploaded it (`tally record`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub writer: String,
 }
 
 impl RecordingMeta {
     /// The source node's name (`srcNode`).
     pub fn node(&self) -> &str {
         self.header["srcNode"].as_str().unwrap_or_default()
+    }
+
+    /// `recorder` (tailscaled's SSH server) or `tally record` (a node's agent).
+    pub fn recorded_by(&self) -> &'static str {
+        if self.writer.is_empty() {
+            "recorder"
+        } else {
+            "tally record"
+        }
     }
 
     /// Whether `user` is its SSH user, local user or source user.
@@ -100,11 +115,18 @@ pub struct IndexConsumer {
     index: Arc<RecordingIndex>,
     path: PathBuf,
     position: Position,
+    /// Registered nodes: an agent-uploaded recording's source node is the
+    /// node of the instance that uploaded it, whatever its header claims.
+    catalog: Option<Arc<Catalog>>,
 }
 
 impl IndexConsumer {
-    /// The index and its consumer, from `<data_dir>/recordings-index.json`.
-    pub fn open(data_dir: &std::path::Path) -> anyhow::Result<(Arc<RecordingIndex>, Self)> {
+    /// The index and its consumer, from `<data_dir>/recordings-index.json`;
+    /// `catalog` names the nodes that upload recordings through their agent.
+    pub fn open(
+        data_dir: &std::path::Path,
+        catalog: Option<Arc<Catalog>>,
+    ) -> anyhow::Result<(Arc<RecordingIndex>, Self)> {
         let path = data_dir.join("recordings-index.json");
         let saved: Saved = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
@@ -131,21 +153,41 @@ impl IndexConsumer {
                 index,
                 path,
                 position: saved.position,
+                catalog,
             },
         ))
     }
 
-    /// Applies one stored record.
-    fn apply(&self, tailnet: &str, time: i64, position: u64, body: &[u8]) -> Result<(), String> {
+    /// Applies one stored record, written by `instance`.
+    fn apply(
+        &self,
+        tailnet: &str,
+        time: i64,
+        position: u64,
+        instance: &[u8; 32],
+        body: &[u8],
+    ) -> Result<(), String> {
         let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         let id = v["recording"].as_str().ok_or("no recording ID")?.to_owned();
+        let writer = if *instance == tally_proto::collection::RECORDINGS_WRITER {
+            String::new()
+        } else {
+            hex::encode(instance)
+        };
         let mut all = self.index.by_id.write();
         let m = all.entry(id.clone()).or_insert_with(|| RecordingMeta {
-            id,
+            id: id.clone(),
             tailnet: tailnet.to_owned(),
             start: time,
+            writer: writer.clone(),
             ..Default::default()
         });
+        if m.writer != writer || m.tailnet != tailnet {
+            // Only its first writer adds to a recording.
+            return Err(format!(
+                "recording {id} belongs to another writer; this record is not part of it"
+            ));
+        }
         m.end = time;
         if v["end"] == true {
             m.complete = v["complete"].as_bool();
@@ -162,6 +204,21 @@ impl IndexConsumer {
             && let Some(first) = data.lines().next()
         {
             m.header = serde_json::from_str(first).unwrap_or(Value::Null);
+            if !m.writer.is_empty() {
+                // The node is the one whose agent uploaded the recording.
+                let node = self
+                    .catalog
+                    .as_ref()
+                    .and_then(|c| c.node(&tally_proto::PublicId(*instance)));
+                let (node_id, name) = node.map_or_else(
+                    || (String::new(), format!("unregistered instance {}", m.writer)),
+                    |n| (n.node_id, n.name),
+                );
+                if let Some(h) = m.header.as_object_mut() {
+                    h.insert("srcNode".into(), Value::String(name));
+                    h.insert("srcNodeID".into(), Value::String(node_id));
+                }
+            }
         }
         m.bytes += data.len() as u64;
         m.chunks.push(position);
@@ -200,7 +257,9 @@ impl Consumer for IndexConsumer {
                 tally_store::Owner::Tailnet(t) => t.as_str(),
                 _ => "",
             };
-            if let Err(reason) = self.apply(tailnet, r.rec.time, r.seq, &r.rec.body) {
+            if let Err(reason) =
+                self.apply(tailnet, r.rec.time, r.seq, &r.rec.instance, &r.rec.body)
+            {
                 rejected.push(Rejection {
                     position: r.seq,
                     reason: format!("a recording record: {reason}"),

@@ -40,6 +40,8 @@ pub struct NodeRef {
     pub node_id: String,
     /// Tailnet ID.
     pub tailnet_id: String,
+    /// The node's name when the catalog was last loaded.
+    pub name: String,
 }
 
 #[derive(Default)]
@@ -100,13 +102,14 @@ impl Catalog {
             }
         }
         let mut nodes = HashMap::new();
-        for (instance, node_id, tailnet_id) in db.node_instances().await? {
+        for (instance, node_id, tailnet_id, name) in db.node_instances().await? {
             if let Ok(id) = PublicId::parse(&instance) {
                 nodes.insert(
                     id,
                     NodeRef {
                         node_id,
                         tailnet_id,
+                        name,
                     },
                 );
             }

@@ -52,23 +52,32 @@ impl ControlDb {
         let rows = sqlx::query(
             "SELECT t.id AS tailnet_id,
                     (SELECT s.value FROM settings s WHERE s.tailnet_id = t.id AND s.name = 'logsRetentionDays') AS logs_days,
-                    (SELECT s.value FROM settings s WHERE s.tailnet_id = t.id AND s.name = 'flowsRetentionDays') AS flows_days
+                    (SELECT s.value FROM settings s WHERE s.tailnet_id = t.id AND s.name = 'flowsRetentionDays') AS flows_days,
+                    (SELECT s.value FROM settings s WHERE s.tailnet_id = t.id AND s.name = 'recordingsRetentionDays') AS recordings_days
              FROM tailnets t WHERE t.deleted IS NULL",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut days: BTreeMap<String, (Option<i64>, Option<i64>)> = BTreeMap::new();
+        // Per tailnet: logs, flows and recordings retention settings.
+        type Days = (Option<i64>, Option<i64>, Option<i64>);
+        let mut days: BTreeMap<String, Days> = BTreeMap::new();
         for r in rows {
             let t: String = r.try_get("tailnet_id")?;
             let parse = |v: Option<String>| v.and_then(|s| s.parse::<i64>().ok());
             let logs = parse(r.try_get("logs_days")?);
             let flows = parse(r.try_get("flows_days")?);
-            days.insert(t, (logs, flows));
+            let recordings = parse(r.try_get("recordings_days")?);
+            days.insert(t, (logs, flows, recordings));
         }
         let effective = |tailnet: &str, name: &str, own: Option<i64>| {
-            let (logs, flows) = days.get(tailnet).copied().unwrap_or_default();
+            let (logs, flows, recordings) = days.get(tailnet).copied().unwrap_or_default();
             let setting = if name == FLOWS_COLLECTION {
                 flows
+            } else if name == tally_proto::collection::RECORDINGS {
+                // Session recordings: the tailnet's recordingsRetentionDays.
+                Some(recordings.unwrap_or(i64::from(
+                    crate::control::settings::DEFAULT_RECORDINGS_RETENTION_DAYS,
+                )))
             } else {
                 logs
             };

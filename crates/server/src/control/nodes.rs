@@ -303,9 +303,12 @@ impl ControlDb {
         Ok(())
     }
 
-    /// Every registered agent instance: (public ID hex, node ID, tailnet ID).
-    pub async fn node_instances(&self) -> Result<Vec<(String, String, String)>, ControlError> {
-        sqlx::query("SELECT instance, id, tailnet_id FROM nodes WHERE instance IS NOT NULL")
+    /// Every registered agent instance: (public ID hex, node ID, tailnet ID,
+    /// node name).
+    pub async fn node_instances(
+        &self,
+    ) -> Result<Vec<(String, String, String, String)>, ControlError> {
+        sqlx::query("SELECT instance, id, tailnet_id, name FROM nodes WHERE instance IS NOT NULL")
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -314,6 +317,7 @@ impl ControlDb {
                     r.try_get("instance")?,
                     r.try_get("id")?,
                     r.try_get("tailnet_id")?,
+                    r.try_get("name")?,
                 ))
             })
             .collect()

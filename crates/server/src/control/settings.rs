@@ -56,12 +56,21 @@ pub const SETTINGS: &[SettingDef] = &[
         help: "days network flow logs are kept",
     },
     SettingDef {
+        name: "recordingsRetentionDays",
+        kind: SettingKind::Int { min: 1, max: 3650 },
+        default: DEFAULT_RECORDINGS_RETENTION_DAYS as i64,
+        help: "days session recordings are kept (tailscaled's and tally record's)",
+    },
+    SettingDef {
         name: "auditRetentionDays",
         kind: SettingKind::Int { min: 90, max: 3650 },
         default: DEFAULT_AUDIT_RETENTION_DAYS as i64,
         help: "days configuration audit events are kept (at least 90)",
     },
 ];
+
+/// `recordingsRetentionDays` of a tailnet that did not set it.
+pub const DEFAULT_RECORDINGS_RETENTION_DAYS: u32 = 30;
 
 /// `auditRetentionDays` of a tailnet that did not set it.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 90;

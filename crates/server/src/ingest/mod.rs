@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use body::BodyError;
 use std::sync::Arc;
+use tally_proto::collection::RECORDINGS as RECORDINGS_COLLECTION;
 use tally_proto::logtail::{self, MAX_BODY_BYTES, ParsedBody};
 use tally_proto::{CollectionName, PrivateId, PublicId};
 use tally_store::{NewRecord, Owner, kind};
@@ -419,7 +420,13 @@ async fn ingest(
     // From here on only the public ID is used: the private one is never stored or logged.
     let public = private.public();
     drop(private);
-    if is_system_collection(collection.as_str()) {
+    // Recordings (`tally record` through the agent's queue) come only from
+    // registered nodes, into their own tailnet; other system collections
+    // are written by the server alone.
+    let recording = collection.as_str() == RECORDINGS_COLLECTION;
+    if recording {
+        check_recording_source(&state, &public)?;
+    } else if is_system_collection(collection.as_str()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -462,6 +469,9 @@ async fn ingest(
     } else {
         Vec::new()
     };
+    if recording {
+        check_recording_entries(&parsed.entries)?;
+    }
     if discard {
         return discard_flows(
             &state,
@@ -753,6 +763,56 @@ async fn discard_flows(
         resp.headers_mut().insert("tally-batch-verdict", h);
     }
     Ok(resp)
+}
+
+/// Recording chunks come only from registered nodes (`tally record` on a
+/// node, through its agent): anything else is refused (403) with what to
+/// do. The node's tailnet owns them ([`crate::control::catalog::Catalog::owner_of`]).
+fn check_recording_source(state: &AppState, instance: &PublicId) -> Result<(), ApiError> {
+    if state.catalog.node(instance).is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "instance {instance} is not a registered node; recordings are accepted only from agents registered with --auth-key (tally record on that node)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest recording ID accepted from a node.
+const MAX_RECORDING_ID: usize = 64;
+
+/// Every entry uploaded to `recordings` must be a chunk
+/// `{"recording","seq","offset","data"}` or an end record
+/// `{"recording","seq","end":true,"complete","bytes"}`, as the recorder
+/// stores them; otherwise nothing is stored and the answer says which entry
+/// is wrong.
+fn check_recording_entries(entries: &[logtail::IngestEntry]) -> Result<(), ApiError> {
+    for (i, e) in entries.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_slice(&e.json).unwrap_or_default();
+        let id_ok = v["recording"].as_str().is_some_and(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_RECORDING_ID
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        let shape_ok = e.proc_id.is_some()
+            && e.proc_seq.is_some()
+            && v["seq"].as_u64().is_some_and(|s| s > 0)
+            && if v["end"] == true {
+                v["complete"].is_boolean() && v["bytes"].is_u64()
+            } else {
+                v["data"].is_string() && v["offset"].is_u64()
+            };
+        if !id_ok || !shape_ok {
+            return Err(ApiError::bad_request(format!(
+                "entry {i} is not a recording chunk ({{\"recording\",\"seq\",\"offset\",\"data\"}}) nor an end record ({{\"recording\",\"seq\",\"end\":true,\"complete\",\"bytes\"}}) with logtail.proc_id and proc_seq; nothing of this upload was stored"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Flow records come only from registered agents: anything else is refused
