@@ -123,6 +123,9 @@ pub enum SettingsCmd {
         /// Days to keep configuration audit events (at least 90).
         #[arg(long)]
         audit_retention_days: Option<u32>,
+        /// Days to keep session recordings.
+        #[arg(long)]
+        recordings_retention_days: Option<u32>,
         #[command(flatten)]
         out: JsonArg,
     },
@@ -713,6 +716,7 @@ pub fn settings_body(
     logs_retention_days: Option<u32>,
     flows_retention_days: Option<u32>,
     audit_retention_days: Option<u32>,
+    recordings_retention_days: Option<u32>,
 ) -> anyhow::Result<Value> {
     let mut body = serde_json::Map::new();
     if let Some(f) = flow_logging {
@@ -727,9 +731,12 @@ pub fn settings_body(
     if let Some(d) = audit_retention_days {
         body.insert("auditRetentionDays".into(), d.into());
     }
+    if let Some(d) = recordings_retention_days {
+        body.insert("recordingsRetentionDays".into(), d.into());
+    }
     if body.is_empty() {
         bail!(
-            "nothing to change: pass at least one of --flow-logging on|off, --logs-retention-days N, --flows-retention-days N, --audit-retention-days N"
+            "nothing to change: pass at least one of --flow-logging on|off, --logs-retention-days N, --flows-retention-days N, --audit-retention-days N, --recordings-retention-days N"
         );
     }
     Ok(Value::Object(body))
@@ -760,6 +767,7 @@ pub async fn run_settings(cmd: SettingsCmd, server: &ServerArgs) -> anyhow::Resu
             logs_retention_days,
             flows_retention_days,
             audit_retention_days,
+            recordings_retention_days,
             out,
         } => {
             let body = settings_body(
@@ -767,6 +775,7 @@ pub async fn run_settings(cmd: SettingsCmd, server: &ServerArgs) -> anyhow::Resu
                 logs_retention_days,
                 flows_retention_days,
                 audit_retention_days,
+                recordings_retention_days,
             )?;
             let api = Api::new(server)?;
             let v = api
@@ -1531,10 +1540,10 @@ mod tests {
     #[test]
     fn settings_send_only_the_fields_given() {
         assert_eq!(
-            settings_body(Some(OnOff::Off), None, None, Some(120)).unwrap(),
+            settings_body(Some(OnOff::Off), None, None, Some(120), None).unwrap(),
             json!({"networkFlowLoggingOn": false, "auditRetentionDays": 120})
         );
-        let e = settings_body(None, None, None, None)
+        let e = settings_body(None, None, None, None, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--logs-retention-days"), "{e}");
