@@ -6,12 +6,13 @@
 //! `tally` binary next to this one.
 //!
 //! One module per subcommand (`ingest`, `memory` for `ingest-memory`,
-//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`), helpers they share in
+//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`, `console`), helpers they share in
 //! `common`; the capture-path and flow-store benchmarks that `flows` and
 //! `cargo bench -p tally-bench` share are in the library (`src/lib.rs`).
 
 mod audit;
 mod common;
+mod console;
 mod detect;
 mod flows;
 mod ingest;
@@ -81,6 +82,12 @@ pub enum BenchCmd {
     /// receiver up: delivery latency and lag; server CPU and RSS per
     /// phase.
     Stream(stream::StreamArgs),
+    /// The console (issue 15): a server with 1,000 nodes, 1,000,000 audit
+    /// events, 24 h of flows and 1,000,000 log lines; the server time of
+    /// each console page's first load (its `/api/v2` and `/c/` requests,
+    /// as its module makes them), p50/p99/max, and the first load's
+    /// static bytes with and without gzip.
+    Console(console::ConsoleArgs),
 }
 
 /// Logs of in-process servers and agents to stderr, filtered by `TALLY_LOG`
@@ -107,6 +114,7 @@ async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Pipeline(a) => pipeline::run(a).await,
         BenchCmd::Detect(a) => detect::run(a).await,
         BenchCmd::Stream(a) => stream::run(a).await,
+        BenchCmd::Console(a) => console::run(a).await,
     }
 }
 
