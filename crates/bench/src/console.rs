@@ -104,9 +104,15 @@ pub struct ConsoleArgs {
     /// temporary directory).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// Keep the work directory (printed) instead of removing it.
+    /// Keep the work directory (printed) instead of removing it; a later
+    /// run can measure the same data with `--reuse`.
     #[arg(long)]
     pub keep: bool,
+    /// Measure the pages on the data of an earlier run's kept work
+    /// directory (with the `tally` next to this binary, which may be newer)
+    /// instead of loading a tailnet; the directory is kept.
+    #[arg(long)]
+    pub reuse: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------
@@ -845,15 +851,30 @@ pub async fn run(a: ConsoleArgs) -> anyhow::Result<()> {
         "--records-per-request and --clients must be at least 1"
     );
     let exe = tally_exe()?;
-    let work = temp_dir_in(a.work_dir.as_deref(), "tally-bench-console-")?;
+    let (work, dir, key) = match &a.reuse {
+        Some(d) => {
+            let key = std::fs::read_to_string(d.join(KEY_FILE))
+                .with_context(|| format!("--reuse {}: no {KEY_FILE} (not kept by a run of this benchmark?)", d.display()))?;
+            (None, d.clone(), key.trim().to_owned())
+        }
+        None => {
+            let w = temp_dir_in(a.work_dir.as_deref(), "tally-bench-console-")?;
+            let key = format!("bench-{:032x}", rand::random::<u128>());
+            std::fs::write(w.path().join(KEY_FILE), &key).context("cannot write the key file")?;
+            let dir = w.path().to_path_buf();
+            (Some(w), dir, key)
+        }
+    };
     let machine = Machine::detect();
     let code = git_state();
     let load_start = loadavg();
-    let mut server = TallyServer::spawn(&exe, Some(work.path())).await?;
-    let result = bench(&a, &server, &machine, &code, &load_start).await;
+    let mut server = TallyServer::spawn_at(&exe, &dir, &key).await?;
+    let result = bench(&a, &server, &dir, &machine, &code, &load_start).await;
     let stopped = server.stop().await;
-    if a.keep {
-        eprintln!("kept {}", work.keep().display());
+    if let Some(w) = work
+        && a.keep
+    {
+        eprintln!("kept {} (measure it again with --reuse)", w.keep().display());
     }
     let report = match result {
         Ok(r) => r,
@@ -866,9 +887,15 @@ pub async fn run(a: ConsoleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bootstrap key of a work directory's server, for `--reuse`.
+const KEY_FILE: &str = "bench-key";
+/// What was loaded into a work directory's server, for `--reuse`.
+const LOADED_FILE: &str = "loaded.md";
+
 async fn bench(
     a: &ConsoleArgs,
     server: &TallyServer,
+    dir: &std::path::Path,
     machine: &Machine,
     code: &str,
     load_start: &str,
@@ -876,16 +903,46 @@ async fn bench(
     let pid = server.pid.context("the server has no pid")?;
     let (base, key) = (server.base.as_str(), server.key.as_str());
     let http = http_client(Duration::from_secs(120))?;
+    let loaded = if a.reuse.is_some() {
+        if !a.keep_consumers {
+            pause_consumers(&http, base, key).await?;
+        }
+        let text = std::fs::read_to_string(dir.join(LOADED_FILE)).unwrap_or_default();
+        eprintln!("waiting for the consumers to reach the log's end ...");
+        wait_consumers(&http, base, key).await?;
+        format!("(loaded by an earlier run, reused)\n\n{text}")
+    } else {
+        let text = load(a, server, &http).await?;
+        std::fs::write(dir.join(LOADED_FILE), &text).context("cannot write loaded.md")?;
+        text
+    };
+    measure(a, server, pid, machine, code, load_start, &loaded).await
+}
+
+/// Pauses the detection and reconciliation consumers.
+async fn pause_consumers(http: &reqwest::Client, base: &str, key: &str) -> anyhow::Result<()> {
+    for c in ["detection", "reconciliation"] {
+        call(
+            key,
+            http.post(format!("{base}/api/v2/consumers/{c}/pause")),
+            &format!("pausing the {c} consumer"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Loads the tailnet; what was loaded, for the report.
+async fn load(
+    a: &ConsoleArgs,
+    server: &TallyServer,
+    http: &reqwest::Client,
+) -> anyhow::Result<String> {
+    let http = http.clone();
+    let (base, key) = (server.base.as_str(), server.key.as_str());
     let auth = setup_tailnet_at(&http, base, key).await?;
     if !a.keep_consumers {
-        for c in ["detection", "reconciliation"] {
-            call(
-                key,
-                http.post(format!("{base}/api/v2/consumers/{c}/pause")),
-                &format!("pausing the {c} consumer"),
-            )
-            .await?;
-        }
+        pause_consumers(&http, base, key).await?;
     }
 
     // Nodes.
@@ -964,8 +1021,58 @@ async fn bench(
         upload_secs,
         index_secs,
     };
-    let rss_loaded = proc_status_bytes(pid, "VmRSS").unwrap_or(0);
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "- {} nodes registered through the agent API in {register_secs:.1} s",
+        a.nodes
+    );
+    let _ = writeln!(
+        w,
+        "- {} log lines in tailnode ({per_node} per node, one upload each) in {logs_secs:.1} s",
+        fmt_count(logs_stored as f64)
+    );
+    let _ = writeln!(
+        w,
+        "- {} audit events appended (the log holds {} with the setup's) in {:.1} s over the last 89 days",
+        fmt_count(filled.events as f64),
+        fmt_count(a.audit_events as f64),
+        filled.seconds
+    );
+    let s = &flows.stats;
+    let _ = writeln!(
+        w,
+        "- {} h of flow records: {} records with {} connections ({} of JSON; {} busy nodes) uploaded in {:.0} s ({} records/s); every running consumer at the log's end {:.1} s later",
+        a.flow_hours,
+        fmt_count(s.records as f64),
+        fmt_count(s.entries as f64),
+        fmt_bytes(flows.json_bytes),
+        busy_nodes(a.nodes),
+        flows.upload_secs,
+        fmt_count(s.records as f64 / flows.upload_secs.max(1e-9)),
+        flows.index_secs
+    );
+    let _ = writeln!(
+        w,
+        "- server RSS after loading {}",
+        fmt_bytes(server.pid.and_then(|p| proc_status_bytes(p, "VmRSS")).unwrap_or(0))
+    );
+    Ok(w)
+}
 
+/// Loads every page, then the static files; the report.
+async fn measure(
+    a: &ConsoleArgs,
+    server: &TallyServer,
+    pid: u32,
+    machine: &Machine,
+    code: &str,
+    load_start: &str,
+    loaded: &str,
+) -> anyhow::Result<String> {
+    let base = server.base.as_str();
+    let key = server.key.as_str();
+    let data_dir = server.data_dir.clone().context("the server has no data dir")?;
     // The pages.
     let console = Console::sign_in(base, key).await?;
     let pages = pages();
@@ -1020,36 +1127,7 @@ async fn bench(
         "load average: {load_start} at the start, {load_end} at the end\n"
     );
     let _ = writeln!(w, "## The tailnet\n");
-    let _ = writeln!(
-        w,
-        "- {} nodes registered through the agent API in {register_secs:.1} s",
-        a.nodes
-    );
-    let _ = writeln!(
-        w,
-        "- {} log lines in tailnode ({per_node} per node, one upload each) in {logs_secs:.1} s",
-        fmt_count(logs_stored as f64)
-    );
-    let _ = writeln!(
-        w,
-        "- {} audit events appended (the log holds {} with the setup's) in {:.1} s over the last 89 days",
-        fmt_count(filled.events as f64),
-        fmt_count(a.audit_events as f64),
-        filled.seconds
-    );
-    let s = &flows.stats;
-    let _ = writeln!(
-        w,
-        "- {} h of flow records: {} records with {} connections ({} of JSON; {} busy nodes) uploaded in {:.0} s ({} records/s); every running consumer at the log's end {:.1} s later",
-        a.flow_hours,
-        fmt_count(s.records as f64),
-        fmt_count(s.entries as f64),
-        fmt_bytes(flows.json_bytes),
-        busy_nodes(a.nodes),
-        flows.upload_secs,
-        fmt_count(s.records as f64 / flows.upload_secs.max(1e-9)),
-        flows.index_secs
-    );
+    let _ = writeln!(w, "{loaded}");
     let _ = writeln!(
         w,
         "- consumers {}",
@@ -1061,9 +1139,8 @@ async fn bench(
     );
     let _ = writeln!(
         w,
-        "- data directory {}; server RSS {} after loading, {} at the end (peak {})\n",
+        "- data directory {}; server RSS {} at the end (peak {})\n",
         fmt_bytes(disk),
-        fmt_bytes(rss_loaded),
         fmt_bytes(rss_end),
         fmt_bytes(hwm)
     );
