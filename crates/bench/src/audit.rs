@@ -777,7 +777,11 @@ pub(crate) struct FillStats {
 /// Appends events to the tailnet until it holds `a.events`, in changes of
 /// `a.per_change` events with one random actor each, times evenly spread
 /// over the last 89 days.
-pub(crate) async fn fill(db: &ControlDb, tailnet: &str, a: &AuditArgs) -> anyhow::Result<FillStats> {
+pub(crate) async fn fill(
+    db: &ControlDb,
+    tailnet: &str,
+    a: &AuditArgs,
+) -> anyhow::Result<FillStats> {
     let existing: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE tailnet_id = $1")
             .bind(tailnet)

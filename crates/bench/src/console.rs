@@ -254,10 +254,7 @@ fn pages() -> Vec<Page> {
                     Step::LogPages {
                         req: req(
                             "/c/tailnode",
-                            &[
-                                ("time-start", t.hour.clone()),
-                                ("max-count", "5000".into()),
-                            ],
+                            &[("time-start", t.hour.clone()), ("max-count", "5000".into())],
                         ),
                         max: 20,
                     },
@@ -604,11 +601,13 @@ async fn static_bytes(base: &str) -> anyhow::Result<Vec<(String, u64, u64)>> {
             }
             r.send()
         };
-        let z = fetch(true)
-            .await
-            .with_context(|| format!("GET {path}"))?;
+        let z = fetch(true).await.with_context(|| format!("GET {path}"))?;
         ensure!(z.status().is_success(), "GET {path}: {}", z.status());
-        let gz = z.bytes().await.with_context(|| format!("GET {path}"))?.len() as u64;
+        let gz = z
+            .bytes()
+            .await
+            .with_context(|| format!("GET {path}"))?
+            .len() as u64;
         let plain = fetch(false)
             .await
             .with_context(|| format!("GET {path}"))?
@@ -853,8 +852,12 @@ pub async fn run(a: ConsoleArgs) -> anyhow::Result<()> {
     let exe = tally_exe()?;
     let (work, dir, key) = match &a.reuse {
         Some(d) => {
-            let key = std::fs::read_to_string(d.join(KEY_FILE))
-                .with_context(|| format!("--reuse {}: no {KEY_FILE} (not kept by a run of this benchmark?)", d.display()))?;
+            let key = std::fs::read_to_string(d.join(KEY_FILE)).with_context(|| {
+                format!(
+                    "--reuse {}: no {KEY_FILE} (not kept by a run of this benchmark?)",
+                    d.display()
+                )
+            })?;
             (None, d.clone(), key.trim().to_owned())
         }
         None => {
@@ -874,7 +877,10 @@ pub async fn run(a: ConsoleArgs) -> anyhow::Result<()> {
     if let Some(w) = work
         && a.keep
     {
-        eprintln!("kept {} (measure it again with --reuse)", w.keep().display());
+        eprintln!(
+            "kept {} (measure it again with --reuse)",
+            w.keep().display()
+        );
     }
     let report = match result {
         Ok(r) => r,
@@ -973,7 +979,10 @@ async fn load(
     let (logs_stored, logs_secs) = load_logs(base, &privates, per_node, a.seed).await?;
 
     // Audit events.
-    let data_dir = server.data_dir.clone().context("the server has no data dir")?;
+    let data_dir = server
+        .data_dir
+        .clone()
+        .context("the server has no data dir")?;
     let tailnet = call(
         key,
         http.get(format!("{base}{T}/logging/configuration"))
@@ -1055,7 +1064,12 @@ async fn load(
     let _ = writeln!(
         w,
         "- server RSS after loading {}",
-        fmt_bytes(server.pid.and_then(|p| proc_status_bytes(p, "VmRSS")).unwrap_or(0))
+        fmt_bytes(
+            server
+                .pid
+                .and_then(|p| proc_status_bytes(p, "VmRSS"))
+                .unwrap_or(0)
+        )
     );
     Ok(w)
 }
@@ -1072,7 +1086,10 @@ async fn measure(
 ) -> anyhow::Result<String> {
     let base = server.base.as_str();
     let key = server.key.as_str();
-    let data_dir = server.data_dir.clone().context("the server has no data dir")?;
+    let data_dir = server
+        .data_dir
+        .clone()
+        .context("the server has no data dir")?;
     // The pages.
     let console = Console::sign_in(base, key).await?;
     let pages = pages();

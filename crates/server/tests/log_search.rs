@@ -39,8 +39,13 @@ fn texts(v: &Value) -> Vec<String> {
 }
 
 async fn get(env: &Env, query: &str) -> (u16, Value) {
-    env.call(OWNER_KEY, Method::GET, &format!("/c/tailnode?{query}"), None)
-        .await
+    env.call(
+        OWNER_KEY,
+        Method::GET,
+        &format!("/c/tailnode?{query}"),
+        None,
+    )
+    .await
 }
 
 /// Every page of a query, following `next` as `after`.

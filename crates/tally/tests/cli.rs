@@ -274,13 +274,15 @@ async fn logs_query_prints_the_newest_entries_and_says_when_the_limit_cut_them()
     let out = tally(url, Some(KEY), &["logs", "query", "--limit", "5", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let printed = texts(&ok(&out));
-    let want: Vec<String> = (25..30).map(|n| {
-        if n % 3 == 0 {
-            format!("line {n}: Error opening socket")
-        } else {
-            format!("line {n}: ok")
-        }
-    }).collect();
+    let want: Vec<String> = (25..30)
+        .map(|n| {
+            if n % 3 == 0 {
+                format!("line {n}: Error opening socket")
+            } else {
+                format!("line {n}: ok")
+            }
+        })
+        .collect();
     assert_eq!(printed, want);
     assert!(stderr.contains("newest 5 entries"), "{stderr}");
     // --grep is searched on the server, case-insensitively; all 10 fit in
@@ -288,7 +290,9 @@ async fn logs_query_prints_the_newest_entries_and_says_when_the_limit_cut_them()
     let out = tally(
         url,
         Some(KEY),
-        &["logs", "query", "--grep", "ERROR", "--limit", "10", "--json"],
+        &[
+            "logs", "query", "--grep", "ERROR", "--limit", "10", "--json",
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let printed = texts(&ok(&out));
@@ -308,7 +312,13 @@ async fn logs_query_prints_the_newest_entries_and_says_when_the_limit_cut_them()
     let human = ok(&out);
     let lines: Vec<&str> = human.lines().collect();
     assert_eq!(lines.len(), 3, "{human}");
-    assert!(lines[0].ends_with("line 21: Error opening socket"), "{human}");
-    assert!(lines[2].ends_with("line 27: Error opening socket"), "{human}");
+    assert!(
+        lines[0].ends_with("line 21: Error opening socket"),
+        "{human}"
+    );
+    assert!(
+        lines[2].ends_with("line 27: Error opening socket"),
+        "{human}"
+    );
     assert!(stderr.contains("newest 3 entries"), "{stderr}");
 }

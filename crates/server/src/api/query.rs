@@ -17,9 +17,9 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tally_proto::timefmt::{format_nanos, now_nanos, parse_rfc3339};
 use tally_proto::{CollectionName, PublicId};
-use std::sync::Arc;
 use tally_store::{Filter, Order};
 
 /// Default and largest `max-count` of one query.
@@ -105,12 +105,16 @@ impl TextQuery {
         }
         match serde_json::from_slice::<TextOnly<'_>>(body) {
             Ok(TextOnly { text: Some(t) }) => t.to_lowercase().contains(&q.lower),
-            Ok(TextOnly { text: None }) => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(v) => v.to_string().to_lowercase().contains(&q.lower),
-                Err(_) => false,
-            },
+            Ok(TextOnly { text: None }) => {
+                match serde_json::from_slice::<serde_json::Value>(body) {
+                    Ok(v) => v.to_string().to_lowercase().contains(&q.lower),
+                    Err(_) => false,
+                }
+            }
             // `text` is there but not a string: the whole entry.
-            Err(_) => String::from_utf8_lossy(body).to_lowercase().contains(&q.lower),
+            Err(_) => String::from_utf8_lossy(body)
+                .to_lowercase()
+                .contains(&q.lower),
         }
     }
 }
@@ -338,68 +342,68 @@ fn stream_logs(
     let s = futures_util::stream::unfold(init, move |(state, filter, pos, header)| {
         let text = text.clone();
         async move {
-        if let Some(h) = header {
-            return Some((Ok::<Bytes, std::io::Error>(h), (state, filter, pos, None)));
-        }
-        let mut pos = pos;
-        loop {
-            let store = state.store.clone();
-            let f = filter.clone();
-            let t = text.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                let keep =
-                    |r: &tally_store::Record| t.as_ref().is_none_or(|t| t.matches(&r.rec.body));
-                store.scan_where(
-                    pos,
-                    Order::Oldest,
-                    &f,
-                    STREAM_BATCH,
-                    1 << 20,
-                    now_nanos(),
-                    &keep,
-                )
-            })
-            .await;
-            let batch = match batch {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    return Some((
-                        Err(std::io::Error::other(e.to_string())),
-                        (state, filter, pos, None),
-                    ));
-                }
-                Err(_) => return None,
-            };
-            pos = batch.next_seq;
-            if !batch.records.is_empty() || !batch.damaged.is_empty() {
-                let mut out = Vec::new();
-                if !batch.damaged.is_empty() {
-                    // A line of its own (no `logtail` member) tells the
-                    // reader that entries are missing here, and why.
-                    let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
-                    out.extend_from_slice(line.to_string().as_bytes());
-                    out.push(b'\n');
-                }
-                for r in &batch.records {
-                    out.extend_from_slice(&r.rec.body);
-                    out.push(b'\n');
-                }
-                return Some((Ok(Bytes::from(out)), (state, filter, pos, None)));
+            if let Some(h) = header {
+                return Some((Ok::<Bytes, std::io::Error>(h), (state, filter, pos, None)));
             }
-            let p = pos;
-            // An idle stream sends a blank line now and then, so a
-            // reader that went away is noticed and its task ends.
-            let woke = tokio::time::timeout(STREAM_HEARTBEAT, state.store.wait_for(p))
-                .await
-                .map(|r| r.is_ok());
-            match woke {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(_) => {
-                    return Some((Ok(Bytes::from_static(b"\n")), (state, filter, pos, None)));
+            let mut pos = pos;
+            loop {
+                let store = state.store.clone();
+                let f = filter.clone();
+                let t = text.clone();
+                let batch = tokio::task::spawn_blocking(move || {
+                    let keep =
+                        |r: &tally_store::Record| t.as_ref().is_none_or(|t| t.matches(&r.rec.body));
+                    store.scan_where(
+                        pos,
+                        Order::Oldest,
+                        &f,
+                        STREAM_BATCH,
+                        1 << 20,
+                        now_nanos(),
+                        &keep,
+                    )
+                })
+                .await;
+                let batch = match batch {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (state, filter, pos, None),
+                        ));
+                    }
+                    Err(_) => return None,
+                };
+                pos = batch.next_seq;
+                if !batch.records.is_empty() || !batch.damaged.is_empty() {
+                    let mut out = Vec::new();
+                    if !batch.damaged.is_empty() {
+                        // A line of its own (no `logtail` member) tells the
+                        // reader that entries are missing here, and why.
+                        let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
+                        out.extend_from_slice(line.to_string().as_bytes());
+                        out.push(b'\n');
+                    }
+                    for r in &batch.records {
+                        out.extend_from_slice(&r.rec.body);
+                        out.push(b'\n');
+                    }
+                    return Some((Ok(Bytes::from(out)), (state, filter, pos, None)));
+                }
+                let p = pos;
+                // An idle stream sends a blank line now and then, so a
+                // reader that went away is noticed and its task ends.
+                let woke = tokio::time::timeout(STREAM_HEARTBEAT, state.store.wait_for(p))
+                    .await
+                    .map(|r| r.is_ok());
+                match woke {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(_) => {
+                        return Some((Ok(Bytes::from_static(b"\n")), (state, filter, pos, None)));
+                    }
                 }
             }
-        }
         }
     });
     (
