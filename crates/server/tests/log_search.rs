@@ -65,7 +65,7 @@ async fn all_pages(env: &Env, query: &str) -> (Vec<String>, usize) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_and_newest_first_on_the_server() {
     let tune = |c: &mut tally_server::ServerConfig| {
         let mut store = tally_store::StoreConfig::new(c.data_dir.join("store"));
@@ -205,5 +205,7 @@ async fn search_and_newest_first_on_the_server() {
         .map(|e| texts(&json!({ "logs": [e] })).remove(0))
         .collect();
     assert_eq!(streamed, matching);
+    // The server's graceful stop waits for open streams.
+    drop(body);
     env.stop().await;
 }

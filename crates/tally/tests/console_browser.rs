@@ -1261,7 +1261,9 @@ async fn every_page_renders_its_data_and_the_forms_work() {
     // Edited: pointed at a receiver here, the token left empty (kept).
     let (hook, seen) = webhook_receiver().await;
     t.click("#streams-alerts table button.dest-edit-open").await;
-    let url_input = t.find("#streams-alerts details.dest-edit input[id^=dest-url-]").await;
+    let url_input = t
+        .find("#streams-alerts details.dest-edit input[id^=dest-url-]")
+        .await;
     assert_eq!(
         url_input.prop("value").await.expect("value").as_deref(),
         Some("http://127.0.0.1:9/hook"),
@@ -1271,9 +1273,11 @@ async fn every_page_renders_its_data_and_the_forms_work() {
     url_input.send_keys(&hook).await.expect("url");
     t.click("#streams-alerts details.dest-edit button[type=submit]")
         .await;
-    t.wait_text("#streams-alerts table tbody", "the edited destination", |s| {
-        s.contains(&hook)
-    })
+    t.wait_text(
+        "#streams-alerts table tbody",
+        "the edited destination",
+        |s| s.contains(&hook),
+    )
     .await;
     let streams = api(&url, "/api/v2/tailnet/-/logging/alerts/streams").await;
     assert_eq!(streams["streams"][0]["url"], hook.as_str(), "{streams}");
@@ -1286,7 +1290,15 @@ async fn every_page_renders_its_data_and_the_forms_work() {
     .await;
     let (ts, sig, body) = seen.lock().first().cloned().expect("a request");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"a signing key of some length");
-    let mac = ring::hmac::sign(&key, format!("{ts}.").into_bytes().into_iter().chain(body).collect::<Vec<u8>>().as_slice());
+    let mac = ring::hmac::sign(
+        &key,
+        format!("{ts}.")
+            .into_bytes()
+            .into_iter()
+            .chain(body)
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    );
     assert_eq!(sig, format!("v1={}", hex::encode(mac.as_ref())));
 
     // A setup link made in the users page is one the server accepts.
@@ -1544,7 +1556,10 @@ async fn a_recording_in_progress_is_followed_live_until_it_ends() {
 
 /// A webhook receiver on 127.0.0.1: its URL and what it received
 /// (`Tally-Timestamp`, `Tally-Signature`, body), answering 200.
-async fn webhook_receiver() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<(String, String, Vec<u8>)>>>) {
+async fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<Vec<(String, String, Vec<u8>)>>>,
+) {
     let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
     let keep = seen.clone();
     let app = axum::Router::new().route(
