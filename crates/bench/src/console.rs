@@ -167,16 +167,19 @@ struct Times {
     hour: String,
     day: String,
     week: String,
+    /// The end of the windows: the page's `until` (the loaded data's end).
+    end: String,
 }
 
 impl Times {
-    fn now() -> Self {
-        let now = now_nanos();
-        let ago = |secs: i64| format_nanos(now - secs * 1_000_000_000);
+    /// The windows ending at `end` (Unix ns), with `end` itself.
+    fn at(end: i64) -> Self {
+        let ago = |secs: i64| format_nanos(end - secs * 1_000_000_000);
         Self {
             hour: ago(3600),
             day: ago(86_400),
             week: ago(7 * 86_400),
+            end: format_nanos(end),
         }
     }
 }
@@ -202,7 +205,11 @@ fn pages() -> Vec<Page> {
                     req(&format!("{T}/settings"), &[]),
                     req(
                         &format!("{T}/reconciliation"),
-                        &[("start", t.hour.clone()), ("limit", "1".into())],
+                        &[
+                            ("start", t.hour.clone()),
+                            ("end", t.end.clone()),
+                            ("limit", "1".into()),
+                        ],
                     ),
                     req(
                         &format!("{T}/alerts"),
@@ -223,6 +230,7 @@ fn pages() -> Vec<Page> {
                             "/c/tailnode",
                             &[
                                 ("time-start", t.hour.clone()),
+                                ("time-end", t.end.clone()),
                                 ("max-count", "1000".into()),
                                 ("order", "newest".into()),
                             ],
@@ -244,6 +252,7 @@ fn pages() -> Vec<Page> {
                             "/c/tailnode",
                             &[
                                 ("time-start", t.hour.clone()),
+                                ("time-end", t.end.clone()),
                                 ("max-count", "1000".into()),
                                 ("order", "newest".into()),
                                 ("q", "timeout".into()),
@@ -264,7 +273,11 @@ fn pages() -> Vec<Page> {
                     Step::LogPages {
                         req: req(
                             "/c/tailnode",
-                            &[("time-start", t.hour.clone()), ("max-count", "5000".into())],
+                            &[
+                                ("time-start", t.hour.clone()),
+                                ("time-end", t.end.clone()),
+                                ("max-count", "5000".into()),
+                            ],
                         ),
                         max: 20,
                     },
@@ -280,7 +293,11 @@ fn pages() -> Vec<Page> {
                     Step::Parallel(vec![devices()]),
                     Step::Parallel(vec![req(
                         &format!("{T}/logging/network/graph"),
-                        &[("start", t.hour.clone()), ("bucket", "5m".into())],
+                        &[
+                            ("start", t.hour.clone()),
+                            ("end", t.end.clone()),
+                            ("bucket", "5m".into()),
+                        ],
                     )]),
                 ]
             },
@@ -294,7 +311,11 @@ fn pages() -> Vec<Page> {
                     Step::Parallel(vec![devices()]),
                     Step::Parallel(vec![req(
                         &format!("{T}/logging/network/graph"),
-                        &[("start", t.hour.clone()), ("bucket", "1m".into())],
+                        &[
+                            ("start", t.hour.clone()),
+                            ("end", t.end.clone()),
+                            ("bucket", "1m".into()),
+                        ],
                     )]),
                 ]
             },
@@ -308,7 +329,11 @@ fn pages() -> Vec<Page> {
                     Step::Parallel(vec![devices()]),
                     Step::Parallel(vec![req(
                         &format!("{T}/logging/network"),
-                        &[("start", t.hour.clone()), ("limit", "500".into())],
+                        &[
+                            ("start", t.hour.clone()),
+                            ("end", t.end.clone()),
+                            ("limit", "500".into()),
+                        ],
                     )]),
                 ]
             },
@@ -322,7 +347,11 @@ fn pages() -> Vec<Page> {
                     Step::Parallel(vec![devices()]),
                     Step::Parallel(vec![req(
                         &format!("{T}/reconciliation"),
-                        &[("start", t.hour.clone()), ("limit", "200".into())],
+                        &[
+                            ("start", t.hour.clone()),
+                            ("end", t.end.clone()),
+                            ("limit", "200".into()),
+                        ],
                     )]),
                 ]
             },
@@ -336,7 +365,11 @@ fn pages() -> Vec<Page> {
                     Step::Parallel(vec![devices()]),
                     Step::Parallel(vec![req(
                         &format!("{T}/alerts"),
-                        &[("start", t.day.clone()), ("limit", "200".into())],
+                        &[
+                            ("start", t.day.clone()),
+                            ("end", t.end.clone()),
+                            ("limit", "200".into()),
+                        ],
                     )]),
                 ]
             },
@@ -348,7 +381,11 @@ fn pages() -> Vec<Page> {
             steps: |t| {
                 vec![Step::Parallel(vec![req(
                     &format!("{T}/recordings"),
-                    &[("start", t.week.clone()), ("limit", "500".into())],
+                    &[
+                        ("start", t.week.clone()),
+                        ("end", t.end.clone()),
+                        ("limit", "500".into()),
+                    ],
                 )])]
             },
         },
@@ -1140,7 +1177,22 @@ async fn measure(
         .data_dir
         .clone()
         .context("the server has no data dir")?;
-    // The pages.
+    // The pages, each with its window ending where the loaded data ends
+    // (as with `until=` in the page's URL): the load takes long enough
+    // that "the last hour" at measuring time would miss most of it.
+    let newest = call(
+        key,
+        http_client(Duration::from_secs(60))?
+            .get(format!("{base}{T}/logging/network"))
+            .query(&[("limit", "1")]),
+        "reading the newest flow record",
+    )
+    .await?;
+    let data_end = newest["logs"][0]["end"]
+        .as_str()
+        .and_then(tally_proto::timefmt::parse_rfc3339)
+        .map_or_else(now_nanos, |t| t + 1_000_000_000);
+    eprintln!("windows end at {}", format_nanos(data_end));
     let console = Console::sign_in(base, key).await?;
     let pages = pages();
     let mut results: Vec<PageResult> = pages
@@ -1163,7 +1215,7 @@ async fn measure(
             if p.slow && round > a.slow_loads {
                 continue;
             }
-            let steps = (p.steps)(&Times::now());
+            let steps = (p.steps)(&Times::at(data_end));
             let t = Instant::now();
             let loaded = console
                 .load(&steps)
@@ -1206,6 +1258,11 @@ async fn measure(
         } else {
             "detection and reconciliation paused (from before the load to the end)"
         }
+    );
+    let _ = writeln!(
+        w,
+        "- page windows end at {} (the newest flow record's end, as `until=` in a page's URL)",
+        format_nanos(data_end)
     );
     let _ = writeln!(
         w,
