@@ -1184,7 +1184,10 @@ async fn measure(
         key,
         http_client(Duration::from_secs(60))?
             .get(format!("{base}{T}/logging/network"))
-            .query(&[("limit", "1")]),
+            .query(&[
+                ("limit", "1".to_owned()),
+                ("start", format_nanos(now_nanos() - 30 * 86_400_000_000_000)),
+            ]),
         "reading the newest flow record",
     )
     .await?;
