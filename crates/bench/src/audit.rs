@@ -764,10 +764,10 @@ impl EventGen {
 }
 
 /// What the fill did.
-struct FillStats {
-    events: u64,
+pub(crate) struct FillStats {
+    pub(crate) events: u64,
     changes: u64,
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Time of the first and last filled event (Unix ns).
     first: i64,
     last: i64,
@@ -777,7 +777,11 @@ struct FillStats {
 /// Appends events to the tailnet until it holds `a.events`, in changes of
 /// `a.per_change` events with one random actor each, times evenly spread
 /// over the last 89 days.
-async fn fill(db: &ControlDb, tailnet: &str, a: &AuditArgs) -> anyhow::Result<FillStats> {
+pub(crate) async fn fill(
+    db: &ControlDb,
+    tailnet: &str,
+    a: &AuditArgs,
+) -> anyhow::Result<FillStats> {
     let existing: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE tailnet_id = $1")
             .bind(tailnet)

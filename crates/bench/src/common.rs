@@ -363,9 +363,20 @@ impl TallyServer {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let tmp = temp_dir_in(work_dir, "tally-bench-")?;
-        let data_dir = tmp.path().join("data");
         let key = format!("bench-{:032x}", rand::random::<u128>());
-        let log_path = tmp.path().join("server.log");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::spawn_at(exe, &dir, &key).await?;
+        s.tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Starts `exe server` on a loopback port with the data directory
+    /// `dir/data` (new or kept from an earlier run) and the bootstrap key
+    /// `key`, logging to `dir/server.log`.
+    pub(crate) async fn spawn_at(exe: &Path, dir: &Path, key: &str) -> anyhow::Result<Self> {
+        let data_dir = dir.join("data");
+        let key = key.to_owned();
+        let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut child = tokio::process::Command::new(exe)
@@ -416,14 +427,15 @@ impl TallyServer {
             child: Some(child),
             pid,
             data_dir: Some(data_dir),
-            tmp: Some(tmp),
+            tmp: None,
         })
     }
 
     pub(crate) fn log_tail(&self) -> String {
-        self.tmp
+        self.data_dir
             .as_ref()
-            .map(|t| tail_of(&t.path().join("server.log")))
+            .and_then(|d| d.parent())
+            .map(|d| tail_of(&d.join("server.log")))
             .unwrap_or_default()
     }
 

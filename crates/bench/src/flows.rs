@@ -1394,7 +1394,7 @@ pub(crate) async fn setup_tailnet_at(
 /// A node registered through the agent API.
 #[derive(Debug, Clone)]
 pub(crate) struct Registered {
-    private: String,
+    pub(crate) private: String,
     node_id: String,
 }
 

@@ -195,16 +195,16 @@ struct Peer {
 }
 
 /// One generated entry.
-struct GenEntry {
+pub(crate) struct GenEntry {
     /// The entry's JSON object, as a client sends it.
-    json: String,
+    pub(crate) json: String,
     /// Its `logtail.client_time`.
     client_time: String,
 }
 
 /// Deterministic generator of one client's entries: its own peers, proc_id,
 /// increasing proc_seq and client_time.
-struct EntryGen {
+pub(crate) struct EntryGen {
     rng: SmallRng,
     proc_id: u32,
     seq: u64,
@@ -217,7 +217,7 @@ struct EntryGen {
 }
 
 impl EntryGen {
-    fn new(seed: u64, client: usize, start_ns: i64) -> Self {
+    pub(crate) fn new(seed: u64, client: usize, start_ns: i64) -> Self {
         let mut rng = SmallRng::seed_from_u64(
             seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (client as u64).wrapping_add(1),
         );
@@ -494,7 +494,7 @@ impl EntryGen {
     }
 
     /// The next entry: increasing proc_seq, client_time a few ms later.
-    fn next_entry(&mut self) -> GenEntry {
+    pub(crate) fn next_entry(&mut self) -> GenEntry {
         self.seq += 1;
         self.time_ns += self.rng.random_range(0..12_000_000);
         let client_time = tally_proto::timefmt::format_nanos(self.time_ns);

@@ -6,12 +6,13 @@
 //! `tally` binary next to this one.
 //!
 //! One module per subcommand (`ingest`, `memory` for `ingest-memory`,
-//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`, `recorder`), helpers they share in
+//! `audit`, `flows`, `reconcile`, `pipeline`, `detect`, `stream`, `recorder`, `console`), helpers they share in
 //! `common`; the capture-path and flow-store benchmarks that `flows` and
 //! `cargo bench -p tally-bench` share are in the library (`src/lib.rs`).
 
 mod audit;
 mod common;
+mod console;
 mod detect;
 mod flows;
 mod ingest;
@@ -86,6 +87,12 @@ pub enum BenchCmd {
     /// the h2c recorder protocol (server CPU, RSS, ack latency, bytes on
     /// disk vs raw .cast), and `tally record`'s cost per keystroke echo.
     Recorder(recorder::RecorderArgs),
+    /// The console (issue 15): a server with 1,000 nodes, 1,000,000 audit
+    /// events, 24 h of flows and 1,000,000 log lines; the server time of
+    /// each console page's first load (its `/api/v2` and `/c/` requests,
+    /// as its module makes them), p50/p99/max, and the first load's
+    /// static bytes with and without gzip.
+    Console(console::ConsoleArgs),
 }
 
 /// Logs of in-process servers and agents to stderr, filtered by `TALLY_LOG`
@@ -113,6 +120,7 @@ async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Detect(a) => detect::run(a).await,
         BenchCmd::Stream(a) => stream::run(a).await,
         BenchCmd::Recorder(a) => recorder::run(a).await,
+        BenchCmd::Console(a) => console::run(a).await,
     }
 }
 

@@ -143,6 +143,16 @@ pub struct RecoveryReport {
     pub cuts: Vec<String>,
 }
 
+/// Which way a scan reads the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Oldest first (increasing positions), from a position on.
+    #[default]
+    Oldest,
+    /// Newest first (decreasing positions), below a position.
+    Newest,
+}
+
 /// A batch of records read by a scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanBatch {
@@ -646,6 +656,119 @@ impl Store {
         max_bytes: usize,
         now: i64,
     ) -> Result<ScanBatch, StoreError> {
+        self.scan_forward(from_seq, filter, max_records, max_bytes, now, &|_| true)
+    }
+
+    /// [`Store::scan`] in either [`Order`], keeping only the records that
+    /// also satisfy `keep` (a text search, say); the limits count kept
+    /// records. [`Order::Newest`] reads positions `< from` (`0`: from the
+    /// end) newest first, and `next_seq` of its answer is where the next
+    /// read continues (positions below it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_where(
+        &self,
+        from: u64,
+        order: Order,
+        filter: &Filter,
+        max_records: usize,
+        max_bytes: usize,
+        now: i64,
+        keep: &(dyn Fn(&Record) -> bool + Sync),
+    ) -> Result<ScanBatch, StoreError> {
+        match order {
+            Order::Oldest => self.scan_forward(from, filter, max_records, max_bytes, now, keep),
+            Order::Newest => self.scan_backward(from, filter, max_records, max_bytes, now, keep),
+        }
+    }
+
+    /// Whether a record is expired at `now` under the retention policy.
+    fn expired(&self, r: &Record, now: i64) -> bool {
+        self.inner
+            .policy
+            .expires_at(
+                r.rec.owner.as_ref(),
+                &r.rec.collection,
+                &r.rec.instance,
+                r.rec.time,
+            )
+            .is_some_and(|t| t <= now)
+    }
+
+    /// The newest-first scan of [`Store::scan_where`].
+    fn scan_backward(
+        &self,
+        before: u64,
+        filter: &Filter,
+        max_records: usize,
+        max_bytes: usize,
+        now: i64,
+        keep: &(dyn Fn(&Record) -> bool + Sync),
+    ) -> Result<ScanBatch, StoreError> {
+        let end = self.end_seq();
+        let before = if before == 0 { end } else { before.min(end) };
+        let segments: Vec<Arc<Segment>> = self.inner.segments.read().clone();
+        let mut out = ScanBatch {
+            records: Vec::new(),
+            next_seq: before,
+            truncated: false,
+            damaged: Vec::new(),
+        };
+        let mut bytes = 0usize;
+        for seg in segments.iter().rev() {
+            for b in seg.all_blocks().iter().rev() {
+                if b.first_seq >= out.next_seq {
+                    continue;
+                }
+                if !filter.may_match(b) {
+                    out.next_seq = out.next_seq.min(b.first_seq);
+                    continue;
+                }
+                let records = match seg.read_block(b) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(
+                            "skipping unreadable block (records {}..={}): {e}",
+                            b.first_seq,
+                            b.last_seq
+                        );
+                        out.damaged.push(DamagedRange {
+                            first_seq: b.first_seq,
+                            last_seq: b.last_seq,
+                            reason: e.to_string(),
+                        });
+                        out.next_seq = out.next_seq.min(b.first_seq);
+                        continue;
+                    }
+                };
+                for r in records.into_iter().rev() {
+                    if r.seq >= out.next_seq {
+                        continue;
+                    }
+                    if out.records.len() >= max_records || bytes >= max_bytes {
+                        out.truncated = true;
+                        return Ok(out);
+                    }
+                    out.next_seq = r.seq;
+                    if filter.matches(&r.rec) && !self.expired(&r, now) && keep(&r) {
+                        bytes += r.rec.body.len();
+                        out.records.push(r);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The oldest-first scan of [`Store::scan_where`].
+    fn scan_forward(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+        max_records: usize,
+        max_bytes: usize,
+        now: i64,
+        keep: &(dyn Fn(&Record) -> bool + Sync),
+    ) -> Result<ScanBatch, StoreError> {
         let end = self.end_seq();
         let segments: Vec<Arc<Segment>> = self.inner.segments.read().clone();
         let mut out = ScanBatch {
@@ -691,17 +814,7 @@ impl Store {
                         return Ok(out);
                     }
                     out.next_seq = r.seq + 1;
-                    let expired = self
-                        .inner
-                        .policy
-                        .expires_at(
-                            r.rec.owner.as_ref(),
-                            &r.rec.collection,
-                            &r.rec.instance,
-                            r.rec.time,
-                        )
-                        .is_some_and(|t| t <= now);
-                    if filter.matches(&r.rec) && !expired {
+                    if filter.matches(&r.rec) && !self.expired(&r, now) && keep(&r) {
                         bytes += r.rec.body.len();
                         out.records.push(r);
                     }

@@ -12,7 +12,9 @@
 //! - [`Log::scan`] may block (disk or network): call it from a blocking
 //!   thread; [`Log::wait_for`] is the async wait for more.
 
-use crate::{AppendOutcome, Filter, NewRecord, RetentionReport, ScanBatch, Store, StoreError};
+use crate::{
+    AppendOutcome, Filter, NewRecord, Order, Record, RetentionReport, ScanBatch, Store, StoreError,
+};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -78,6 +80,22 @@ pub trait Log: Send + Sync + 'static {
         max_records: usize,
         max_bytes: usize,
         now: i64,
+    ) -> Result<ScanBatch, StoreError>;
+
+    /// [`Log::scan`] in either [`Order`], keeping only the records that
+    /// also satisfy `keep`; the limits count kept records. Newest first
+    /// reads positions `< from` (`0`: from the end) and its `next_seq` is
+    /// where the next read continues, downwards. May block.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_where(
+        &self,
+        from: Position,
+        order: Order,
+        filter: &Filter,
+        max_records: usize,
+        max_bytes: usize,
+        now: i64,
+        keep: &(dyn Fn(&Record) -> bool + Sync),
     ) -> Result<ScanBatch, StoreError>;
 
     /// The position the next appended record will get: every record
@@ -147,6 +165,19 @@ impl Log for Store {
         now: i64,
     ) -> Result<ScanBatch, StoreError> {
         Store::scan(self, from, filter, max_records, max_bytes, now)
+    }
+
+    fn scan_where(
+        &self,
+        from: Position,
+        order: Order,
+        filter: &Filter,
+        max_records: usize,
+        max_bytes: usize,
+        now: i64,
+        keep: &(dyn Fn(&Record) -> bool + Sync),
+    ) -> Result<ScanBatch, StoreError> {
+        Store::scan_where(self, from, order, filter, max_records, max_bytes, now, keep)
     }
 
     fn end_seq(&self) -> Position {

@@ -20,14 +20,17 @@ pub enum LogsCmd {
         /// Also show entries from this long ago (e.g. 10m), then follow.
         #[arg(long)]
         since: Option<String>,
-        /// Only entries containing this text.
+        /// Only entries whose text contains this, case-insensitively (the
+        /// entry's `text`, or its JSON when it has none; searched on the
+        /// server).
         #[arg(long)]
         grep: Option<String>,
         /// Print raw JSON entries, one per line.
         #[arg(long)]
         json: bool,
     },
-    /// Search stored entries.
+    /// Search stored entries: the newest `--limit` matching entries,
+    /// printed oldest first (stderr says when the limit cut the answer).
     Query {
         /// Collection to read.
         #[arg(long, short, default_value = "tailnode")]
@@ -41,10 +44,12 @@ pub enum LogsCmd {
         /// End: a duration ago or an RFC 3339 time (default: now).
         #[arg(long)]
         until: Option<String>,
-        /// Only entries containing this text.
+        /// Only entries whose text contains this, case-insensitively (the
+        /// entry's `text`, or its JSON when it has none; searched on the
+        /// server).
         #[arg(long)]
         grep: Option<String>,
-        /// Most entries to print.
+        /// Most entries to print: the newest ones.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         /// Print raw JSON entries, one per line.
@@ -91,6 +96,9 @@ pub enum InstancesCmd {
         instances: Vec<String>,
     },
 }
+
+/// Entries asked for per request of `logs query`.
+const PAGE: usize = 1000;
 
 /// Turns `1h`/`30m` (ago) or an RFC 3339 time into an RFC 3339 time.
 pub fn time_arg(v: &str) -> anyhow::Result<String> {
@@ -234,6 +242,10 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
             if let Some(s) = since {
                 q.push(("time-start".into(), time_arg(&s)?));
             }
+            // The server keeps only the entries with the text.
+            if let Some(g) = grep.filter(|g| !g.is_empty()) {
+                q.push(("q".into(), g));
+            }
             let resp = client
                 .send(
                     client
@@ -275,9 +287,6 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
                         warn_incomplete(&m);
                         continue;
                     }
-                    if grep.as_deref().is_some_and(|g| !raw.contains(g)) {
-                        continue;
-                    }
                     let mut out = stdout.lock();
                     print_entry(&mut out, raw, &entry, json)?;
                     out.flush()?;
@@ -294,18 +303,25 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
             limit,
             json,
         } => {
+            anyhow::ensure!(limit >= 1, "--limit must be at least 1");
             let mut base = vec![("time-start".to_owned(), time_arg(&since)?)];
             if let Some(u) = until {
                 base.push(("time-end".into(), time_arg(&u)?));
             }
             base.extend(instances.into_iter().map(|i| ("instances".to_owned(), i)));
-            let mut printed = 0usize;
+            // The server searches (`q`) and answers newest first: the newest
+            // `limit` matching entries, printed oldest first.
+            base.push(("order".into(), "newest".into()));
+            if let Some(g) = grep.filter(|g| !g.is_empty()) {
+                base.push(("q".into(), g));
+            }
+            let mut kept: Vec<Box<RawValue>> = Vec::new();
             let mut after: Option<String> = None;
-            let (mut page_no, mut position, mut skipped) = (0usize, 0usize, Skipped::default());
-            let mut out = stdout.lock();
-            'pages: loop {
+            loop {
+                // One more than wanted says whether the limit cut the answer.
+                let want = (limit + 1 - kept.len()).min(PAGE);
                 let mut q = base.clone();
-                q.push(("max-count".into(), "1000".into()));
+                q.push(("max-count".into(), want.to_string()));
                 if let Some(a) = &after {
                     q.push(("after".into(), a.clone()));
                 }
@@ -321,39 +337,37 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
                     .await
                     .context("cannot read a page of logs from the server")?;
                 let page = LogPage::parse(&body)?;
-                page_no += 1;
                 if let Some(missing) = &page.incomplete {
                     warn_incomplete(missing);
                 }
-                for (i, raw) in page.logs.iter().enumerate() {
-                    position += 1;
-                    if printed >= limit {
-                        break 'pages;
-                    }
-                    let raw = raw.get();
-                    let entry = match read_entry(raw) {
-                        Ok(v) => v,
-                        Err(why) => {
-                            let at =
-                                format!("entry {position} (entry {} of page {page_no})", i + 1);
-                            skipped.report(&at, &why);
-                            continue;
-                        }
-                    };
-                    if grep.as_deref().is_none_or(|g| raw.contains(g)) {
-                        print_entry(&mut out, raw, &entry, json)?;
-                        printed += 1;
-                    }
-                }
+                kept.extend(page.logs.iter().map(|r| (*r).to_owned()));
                 match page.next {
-                    Some(n) => after = Some(n),
-                    None => break,
+                    Some(n) if kept.len() <= limit => after = Some(n),
+                    _ => break,
                 }
             }
+            let cut = kept.len() > limit;
+            kept.truncate(limit);
+            let mut skipped = Skipped::default();
+            let mut out = stdout.lock();
+            let total = kept.len();
+            for (i, raw) in kept.iter().rev().enumerate() {
+                let raw = raw.get();
+                match read_entry(raw) {
+                    Ok(entry) => print_entry(&mut out, raw, &entry, json)?,
+                    Err(why) => skipped.report(&format!("entry {} of {total}", i + 1), &why),
+                }
+            }
+            out.flush()?;
             if skipped.count() > 0 {
                 eprintln!(
                     "tally: {} entries could not be read and were skipped (see above)",
                     skipped.count()
+                );
+            }
+            if cut {
+                eprintln!(
+                    "tally: the newest {limit} entries are shown; raise --limit or narrow --since/--until, --instance or --grep for more"
                 );
             }
             Ok(())

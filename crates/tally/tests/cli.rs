@@ -233,3 +233,92 @@ fn bench_runs_tally_bench_next_to_tally() {
         (Some(7), &b""[..])
     );
 }
+
+#[tokio::test]
+async fn logs_query_prints_the_newest_entries_and_says_when_the_limit_cut_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    let id = tally_proto::PrivateId::generate();
+    ok(&tally(
+        url,
+        Some(KEY),
+        &["instances", "adopt", &id.public().to_hex()],
+    ));
+    let c = common::http();
+    // 30 entries, one upload each (so each has its own time); every third
+    // mentions an error, in mixed case.
+    for n in 0..30 {
+        let text = if n % 3 == 0 {
+            format!("line {n}: Error opening socket")
+        } else {
+            format!("line {n}: ok")
+        };
+        let r = c
+            .post(format!("{url}/c/tailnode/{}", id.to_hex()))
+            .body(serde_json::json!({ "text": text }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let texts = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["text"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    // The newest 5, oldest of them first; stderr says the limit cut them.
+    let out = tally(url, Some(KEY), &["logs", "query", "--limit", "5", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let printed = texts(&ok(&out));
+    let want: Vec<String> = (25..30)
+        .map(|n| {
+            if n % 3 == 0 {
+                format!("line {n}: Error opening socket")
+            } else {
+                format!("line {n}: ok")
+            }
+        })
+        .collect();
+    assert_eq!(printed, want);
+    assert!(stderr.contains("newest 5 entries"), "{stderr}");
+    // --grep is searched on the server, case-insensitively; all 10 fit in
+    // a limit of 10: nothing is said.
+    let out = tally(
+        url,
+        Some(KEY),
+        &[
+            "logs", "query", "--grep", "ERROR", "--limit", "10", "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let printed = texts(&ok(&out));
+    let want: Vec<String> = (0..30)
+        .step_by(3)
+        .map(|n| format!("line {n}: Error opening socket"))
+        .collect();
+    assert_eq!(printed, want);
+    assert!(!stderr.contains("newest"), "{stderr}");
+    // The newest 3 matches, across pages of the server's answer.
+    let out = tally(
+        url,
+        Some(KEY),
+        &["logs", "query", "--grep", "error", "--limit", "3"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let human = ok(&out);
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines.len(), 3, "{human}");
+    assert!(
+        lines[0].ends_with("line 21: Error opening socket"),
+        "{human}"
+    );
+    assert!(
+        lines[2].ends_with("line 27: Error opening socket"),
+        "{human}"
+    );
+    assert!(stderr.contains("newest 3 entries"), "{stderr}");
+}

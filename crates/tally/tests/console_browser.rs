@@ -688,8 +688,10 @@ async fn audit_log_filtered_by_actor_and_action_shows_exactly_the_matching_event
         t.attr_all("tr.audit-event", "data-actor").await,
         t.attr_all("tr.audit-event", "data-action").await,
     );
-    // The chain's verdict with its head, as `tally audit verify` sees it.
+    // The chain's verdict with its head, as `tally audit verify` sees it,
+    // when asked for.
     let verdict = api(&url, "/api/v2/tailnet/-/logging/configuration/verify").await;
+    t.click("#audit-verify").await;
     t.wait_text("#audit-verdict", "the verdict", |s| {
         s.contains("Hash chain intact")
     })
@@ -1256,6 +1258,48 @@ async fn every_page_renders_its_data_and_the_forms_work() {
         !page.contains("a signing key of some length"),
         "the token is shown"
     );
+    // Edited: pointed at a receiver here, the token left empty (kept).
+    let (hook, seen) = webhook_receiver().await;
+    t.click("#streams-alerts table button.dest-edit-open").await;
+    let url_input = t
+        .find("#streams-alerts details.dest-edit input[id^=dest-url-]")
+        .await;
+    assert_eq!(
+        url_input.prop("value").await.expect("value").as_deref(),
+        Some("http://127.0.0.1:9/hook"),
+        "the form starts from the stored configuration"
+    );
+    url_input.clear().await.expect("clear");
+    url_input.send_keys(&hook).await.expect("url");
+    t.click("#streams-alerts details.dest-edit button[type=submit]")
+        .await;
+    t.wait_text(
+        "#streams-alerts table tbody",
+        "the edited destination",
+        |s| s.contains(&hook),
+    )
+    .await;
+    let streams = api(&url, "/api/v2/tailnet/-/logging/alerts/streams").await;
+    assert_eq!(streams["streams"][0]["url"], hook.as_str(), "{streams}");
+    // Its test event is signed with the token stored before the edit.
+    t.click("#streams-alerts table tbody tr button.dest-test")
+        .await;
+    t.wait_text("#streams-alerts table tbody", "the test delivered", |s| {
+        s.contains("Delivered")
+    })
+    .await;
+    let (ts, sig, body) = seen.lock().first().cloned().expect("a request");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"a signing key of some length");
+    let mac = ring::hmac::sign(
+        &key,
+        format!("{ts}.")
+            .into_bytes()
+            .into_iter()
+            .chain(body)
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    );
+    assert_eq!(sig, format!("v1={}", hex::encode(mac.as_ref())));
 
     // A setup link made in the users page is one the server accepts.
     tally(
@@ -1418,4 +1462,130 @@ async fn a_recording_is_listed_replayed_and_reading_it_is_audited() {
         "{events}"
     );
     t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_in_progress_is_followed_live_until_it_ends() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let t = Console::start_with(
+        "recording-live",
+        &[
+            "--recorder-listen",
+            &listen,
+            "--recorder-allow",
+            "127.0.0.0/8",
+        ],
+    )
+    .await;
+    let url = t.server.url.clone();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The recorder's upload, its body sent a piece at a time.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (b, rx))
+    }));
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let upload = tokio::spawn({
+        let listen = listen.clone();
+        async move {
+            let resp = h2c
+                .post(format!("http://{listen}/v2/record"))
+                .body(body)
+                .send()
+                .await
+                .expect("upload");
+            assert_eq!(resp.status(), 200);
+            resp.text().await.expect("acks")
+        }
+    });
+    let send = |s: &str| {
+        let tx = tx.clone();
+        let b = bytes::Bytes::from(s.to_owned());
+        async move { tx.send(Ok(b)).await.expect("upload open") }
+    };
+    send(concat!(
+        r#"{"version":2,"width":80,"height":24,"timestamp":1700000000,"srcNode":"web-2.tail1234.ts.net","srcNodeID":"nWeb2","sshUser":"ops","localUser":"ops","connectionID":"c43"}"#,
+        "\n",
+        r#"[0.1,"o","$ tail -f /var/log/app.log\r\n"]"#,
+        "\n"
+    ))
+    .await;
+    // Listed as being recorded once the index has it (polled: no signal crosses).
+    let deadline = Instant::now() + PATIENCE;
+    let id = loop {
+        let v = api(&url, "/api/v2/tailnet/-/recordings").await;
+        if let Some(r) = v["recordings"].as_array().and_then(|a| a.first())
+            && r["state"] == "recording"
+        {
+            break r["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "never listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    t.sign_in_with_key(KEY).await;
+    t.goto(&format!("#/recordings?play={id}")).await;
+    t.click("#replay-follow").await;
+    t.wait_text("#term", "the first line, live", |s| {
+        s.contains("$ tail -f /var/log/app.log")
+    })
+    .await;
+    t.wait_text("#replay-live", "the live state", |s| s.starts_with("live"))
+        .await;
+    // A line recorded now appears on the followed screen.
+    send(concat!(r#"[2.5,"o","request served in 12 ms\r\n"]"#, "\n")).await;
+    let screen = t
+        .wait_text("#term", "the new line, live", |s| {
+            s.contains("request served in 12 ms")
+        })
+        .await;
+    assert!(screen.contains("$ tail -f /var/log/app.log"), "{screen}");
+    t.screenshot("recording-live").await;
+    // The session ends: the follow ends with it.
+    drop(tx);
+    upload.await.expect("upload task");
+    t.wait_text("#replay-live", "the end of the recording", |s| {
+        s.starts_with("the recording ended")
+    })
+    .await;
+    t.finish().await;
+}
+
+/// A webhook receiver on 127.0.0.1: its URL and what it received
+/// (`Tally-Timestamp`, `Tally-Signature`, body), answering 200.
+async fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<Vec<(String, String, Vec<u8>)>>>,
+) {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let keep = keep.clone();
+            async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                keep.lock()
+                    .push((h("tally-timestamp"), h("tally-signature"), body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), seen)
 }

@@ -1,5 +1,13 @@
 //! Reading logs: `GET /collections` and `GET /c/<collection>` (query or
 //! `stream=true`, which follows new entries like `tail -f`).
+//!
+//! Besides the parameters of Tailscale's logs service, `GET /c/` takes two
+//! of its own, which clients that do not send them never see: `q=TEXT`
+//! keeps the entries whose text contains TEXT, case-insensitively (the
+//! entry's `text`, or its whole JSON when it has no `text`), searched on
+//! the server; `order=newest` answers newest first (the newest
+//! `max-count` matching entries; `next` continues with older ones, passed
+//! back as `after`). Without them an answer is oldest first, as before.
 
 use crate::AppState;
 use crate::api::auth::Caller;
@@ -9,9 +17,10 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tally_proto::timefmt::{format_nanos, now_nanos, parse_rfc3339};
 use tally_proto::{CollectionName, PublicId};
-use tally_store::Filter;
+use tally_store::{Filter, Order};
 
 /// Default and largest `max-count` of one query.
 pub const DEFAULT_MAX_COUNT: usize = 1000;
@@ -48,6 +57,93 @@ struct LogQuery {
     max_count: Option<usize>,
     stream: bool,
     after: Option<u64>,
+    text: Option<TextQuery>,
+    order: Order,
+}
+
+/// Most bytes of a `q=` search text.
+const MAX_QUERY_TEXT: usize = 1024;
+
+/// A `q=` search: case-insensitive substring of an entry's text.
+#[derive(Debug, Clone)]
+pub struct TextQuery(Arc<TextInner>);
+
+#[derive(Debug)]
+struct TextInner {
+    /// The text, lowercased.
+    lower: String,
+    /// Whether the text is ASCII (a raw-bytes check can reject entries).
+    ascii: bool,
+}
+
+/// The `text` of an entry, when it is a string (other members skipped).
+#[derive(serde::Deserialize)]
+struct TextOnly<'a> {
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl TextQuery {
+    /// A search for `text` (case-insensitive); `None` for an empty text.
+    pub fn new(text: &str) -> Option<Self> {
+        (!text.is_empty()).then(|| {
+            Self(Arc::new(TextInner {
+                lower: text.to_lowercase(),
+                ascii: text.is_ascii(),
+            }))
+        })
+    }
+
+    /// Whether an entry (its stored JSON) matches: its `text` contains the
+    /// search text, or, when it has no `text` string, its JSON does.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        let q = &self.0;
+        // Fast rejection: an ASCII text that is not in the raw bytes (with
+        // ASCII case folded) is in no member, unless an escape hides it.
+        if q.ascii && !body.contains(&b'\\') && !contains_ascii_folded(body, q.lower.as_bytes()) {
+            return false;
+        }
+        match serde_json::from_slice::<TextOnly<'_>>(body) {
+            Ok(TextOnly { text: Some(t) }) => t.to_lowercase().contains(&q.lower),
+            Ok(TextOnly { text: None }) => {
+                match serde_json::from_slice::<serde_json::Value>(body) {
+                    Ok(v) => v.to_string().to_lowercase().contains(&q.lower),
+                    Err(_) => false,
+                }
+            }
+            // `text` is there but not a string: the whole entry.
+            Err(_) => String::from_utf8_lossy(body)
+                .to_lowercase()
+                .contains(&q.lower),
+        }
+    }
+}
+
+/// Whether `hay` contains `needle` (lowercase ASCII), ASCII case folded.
+fn contains_ascii_folded(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let first = needle[0];
+    let upper = first.to_ascii_uppercase();
+    let last = hay.len() - needle.len();
+    let mut i = 0;
+    while i <= last {
+        let b = hay[i];
+        if (b == first || b == upper)
+            && hay[i + 1..i + needle.len()]
+                .iter()
+                .zip(&needle[1..])
+                .all(|(h, n)| h.to_ascii_lowercase() == *n)
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 fn parse_query(params: &[(String, String)]) -> Result<LogQuery, ApiError> {
@@ -91,9 +187,28 @@ fn parse_query(params: &[(String, String)]) -> Result<LogQuery, ApiError> {
                     ApiError::bad_request("after must be the `next` value of a previous response")
                 })?)
             }
+            "q" => {
+                if v.len() > MAX_QUERY_TEXT {
+                    return Err(ApiError::bad_request(format!(
+                        "q must be at most {MAX_QUERY_TEXT} bytes"
+                    )));
+                }
+                q.text = TextQuery::new(v);
+            }
+            "order" => {
+                q.order = match v.as_str() {
+                    "oldest" | "" => Order::Oldest,
+                    "newest" => Order::Newest,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "order must be oldest or newest, got {v:?}"
+                        )));
+                    }
+                }
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown parameter {other:?}; known: instances, time-start, time-end, max-count, stream, after"
+                    "unknown parameter {other:?}; known: instances, time-start, time-end, max-count, stream, after, q, order"
                 )));
             }
         }
@@ -101,6 +216,11 @@ fn parse_query(params: &[(String, String)]) -> Result<LogQuery, ApiError> {
     if q.stream && q.time_end.is_some() {
         return Err(ApiError::bad_request(
             "stream=true cannot be combined with time-end",
+        ));
+    }
+    if q.stream && q.order == Order::Newest {
+        return Err(ApiError::bad_request(
+            "stream=true follows new entries oldest first: it cannot be combined with order=newest",
         ));
     }
     Ok(q)
@@ -138,9 +258,24 @@ pub async fn get_logs(
     }
     let max = q.max_count.unwrap_or(DEFAULT_MAX_COUNT);
     let store = state.store.clone();
-    let from = q.after.unwrap_or(1);
+    let order = q.order;
+    let from = match order {
+        Order::Oldest => q.after.unwrap_or(1),
+        // Below `after`; 0 reads from the end.
+        Order::Newest => q.after.unwrap_or(0),
+    };
+    let text = q.text.clone();
     let batch = tokio::task::spawn_blocking(move || {
-        store.scan(from, &filter, max, MAX_RESPONSE_BYTES, now_nanos())
+        let keep = |r: &tally_store::Record| text.as_ref().is_none_or(|t| t.matches(&r.rec.body));
+        store.scan_where(
+            from,
+            order,
+            &filter,
+            max,
+            MAX_RESPONSE_BYTES,
+            now_nanos(),
+            &keep,
+        )
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query worker failed"))??;
@@ -196,58 +331,77 @@ fn stream_logs(
         "time-start": q.time_start.map(format_nanos),
         "stream": true,
     });
+    let mut header_obj = header_obj;
+    if let Some(t) = &q.text {
+        header_obj["q"] = t.0.lower.clone().into();
+    }
     let mut header_line = header_obj.to_string().into_bytes();
     header_line.push(b'\n');
     let init = (state, filter, start, Some(Bytes::from(header_line)));
-    let s = futures_util::stream::unfold(init, |(state, filter, pos, header)| async move {
-        if let Some(h) = header {
-            return Some((Ok::<Bytes, std::io::Error>(h), (state, filter, pos, None)));
-        }
-        let mut pos = pos;
-        loop {
-            let store = state.store.clone();
-            let f = filter.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                store.scan(pos, &f, STREAM_BATCH, 1 << 20, now_nanos())
-            })
-            .await;
-            let batch = match batch {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    return Some((
-                        Err(std::io::Error::other(e.to_string())),
-                        (state, filter, pos, None),
-                    ));
-                }
-                Err(_) => return None,
-            };
-            pos = batch.next_seq;
-            if !batch.records.is_empty() || !batch.damaged.is_empty() {
-                let mut out = Vec::new();
-                if !batch.damaged.is_empty() {
-                    // A line of its own (no `logtail` member) tells the
-                    // reader that entries are missing here, and why.
-                    let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
-                    out.extend_from_slice(line.to_string().as_bytes());
-                    out.push(b'\n');
-                }
-                for r in &batch.records {
-                    out.extend_from_slice(&r.rec.body);
-                    out.push(b'\n');
-                }
-                return Some((Ok(Bytes::from(out)), (state, filter, pos, None)));
+    let text = q.text.clone();
+    let s = futures_util::stream::unfold(init, move |(state, filter, pos, header)| {
+        let text = text.clone();
+        async move {
+            if let Some(h) = header {
+                return Some((Ok::<Bytes, std::io::Error>(h), (state, filter, pos, None)));
             }
-            let p = pos;
-            // An idle stream sends a blank line now and then, so a
-            // reader that went away is noticed and its task ends.
-            let woke = tokio::time::timeout(STREAM_HEARTBEAT, state.store.wait_for(p))
-                .await
-                .map(|r| r.is_ok());
-            match woke {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(_) => {
-                    return Some((Ok(Bytes::from_static(b"\n")), (state, filter, pos, None)));
+            let mut pos = pos;
+            loop {
+                let store = state.store.clone();
+                let f = filter.clone();
+                let t = text.clone();
+                let batch = tokio::task::spawn_blocking(move || {
+                    let keep =
+                        |r: &tally_store::Record| t.as_ref().is_none_or(|t| t.matches(&r.rec.body));
+                    store.scan_where(
+                        pos,
+                        Order::Oldest,
+                        &f,
+                        STREAM_BATCH,
+                        1 << 20,
+                        now_nanos(),
+                        &keep,
+                    )
+                })
+                .await;
+                let batch = match batch {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (state, filter, pos, None),
+                        ));
+                    }
+                    Err(_) => return None,
+                };
+                pos = batch.next_seq;
+                if !batch.records.is_empty() || !batch.damaged.is_empty() {
+                    let mut out = Vec::new();
+                    if !batch.damaged.is_empty() {
+                        // A line of its own (no `logtail` member) tells the
+                        // reader that entries are missing here, and why.
+                        let line = serde_json::json!({ "incomplete": incomplete(&batch.damaged) });
+                        out.extend_from_slice(line.to_string().as_bytes());
+                        out.push(b'\n');
+                    }
+                    for r in &batch.records {
+                        out.extend_from_slice(&r.rec.body);
+                        out.push(b'\n');
+                    }
+                    return Some((Ok(Bytes::from(out)), (state, filter, pos, None)));
+                }
+                let p = pos;
+                // An idle stream sends a blank line now and then, so a
+                // reader that went away is noticed and its task ends.
+                let woke = tokio::time::timeout(STREAM_HEARTBEAT, state.store.wait_for(p))
+                    .await
+                    .map(|r| r.is_ok());
+                match woke {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(_) => {
+                        return Some((Ok(Bytes::from_static(b"\n")), (state, filter, pos, None)));
+                    }
                 }
             }
         }

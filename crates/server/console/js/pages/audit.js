@@ -1,7 +1,7 @@
 // The configuration audit log (`GET /api/v2/tailnet/-/logging/configuration`,
 // as `tally audit list`): filters in the URL, newest first, each event's
-// old and new values as a diff, and the hash chain's verdict (`tally audit
-// verify`) with its head.
+// old and new values as a diff, and, when asked (it reads every event), the
+// hash chain's verdict (`tally audit verify`) with its head.
 
 import { can, get } from "../api.js";
 import { diffView } from "../diff.js";
@@ -74,7 +74,20 @@ function eventRows(e, columns) {
 function render(root, params, { signal }) {
   const filters = ["actor", "action", "targetType", "targetId", "property", "q", "since", "until"];
   root.appendChild(pageHead("Configuration audit log"));
-  const verdictBox = h("div", null, h("p", { class: "muted" }, "Checking the hash chain…"));
+  // Verifying reads and hashes every event of the log (seconds for a
+  // million), so it runs when asked, not on every visit.
+  const verdictBox = h("div", { id: "audit-verify-box" });
+  const verifyBtn = h("button", { type: "button", id: "audit-verify" }, "Verify the hash chain");
+  const verifyOut = h("span", { class: "muted small" }, " reads and hashes every event, as tally audit verify does");
+  replace(verdictBox, h("div", { class: "actions" }, verifyBtn, verifyOut));
+  verifyBtn.addEventListener("click", () => {
+    replace(verifyOut, " Checking the hash chain…");
+    act(verifyBtn, async () => {
+      const v = await get("/api/v2/tailnet/-/logging/configuration/verify", undefined, signal);
+      replace(verdictBox, verdict(v), h("div", { class: "actions" }, verifyBtn));
+      verifyBtn.textContent = "Verify again";
+    }, { out: verifyOut });
+  });
   root.appendChild(verdictBox);
   root.appendChild(
     filterForm(PATH, params, [
@@ -104,11 +117,6 @@ function render(root, params, { signal }) {
   const out = h("div", { id: "audit-results" });
   root.appendChild(out);
 
-  get("/api/v2/tailnet/-/logging/configuration/verify", undefined, signal)
-    .then((v) => replace(verdictBox, verdict(v)))
-    .catch((e) => {
-      if (e.name !== "AbortError") replace(verdictBox, errorNotice(e));
-    });
 
   let query;
   try {

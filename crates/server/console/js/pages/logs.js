@@ -1,5 +1,6 @@
 // Node logs: a query of one collection by node, time and text (as `tally
-// logs query`: `GET /c/<collection>` page by page, the text matched here),
+// logs query`: `GET /c/<collection>?order=newest&q=...`, searched on the
+// server, newest first, a page at a time),
 // and a live tail (as `tally logs tail`: `GET /c/<collection>?stream=true`)
 // that keeps up without freezing the page: lines arriving are queued and
 // drawn at most a few hundred per animation frame, the table holds the
@@ -9,18 +10,15 @@
 import { devices, get, errorOf, request } from "../api.js";
 import { fmtClock, fmtNum, fmtTime, isoTime, timeArg } from "../format.js";
 import { go } from "../router.js";
-import { badge, errorNotice, filterForm, h, jsonBlock, notice, pageHead, replace } from "../ui.js";
+import { act, badge, errorNotice, filterForm, h, jsonBlock, notice, pageHead, replace } from "../ui.js";
 
 const PATH = "/logs";
 /** Rows kept in the table. */
 const MAX_ROWS = 2000;
 /** Rows drawn per animation frame. */
 const PER_FRAME = 150;
-/** Entries read per page of a query, and pages read at most. */
-const PAGE = 5000;
-const MAX_PAGES = 20;
-/** Matches shown by a query (the newest). */
-const SHOW = 1000;
+/** Entries per page of a query (newest first; "Older entries" reads the next). */
+const PAGE = 1000;
 
 function entryTime(e) {
   const lt = e.logtail || {};
@@ -32,11 +30,6 @@ function entryText(e) {
   const rest = { ...e };
   delete rest.logtail;
   return JSON.stringify(rest);
-}
-
-function matches(e, q) {
-  if (!q) return true;
-  return entryText(e).toLowerCase().includes(q) || JSON.stringify(e.logtail || {}).toLowerCase().includes(q);
 }
 
 /** Builds one log row (and remembers its entry for the JSON view). */
@@ -100,43 +93,44 @@ async function instancesFor(node, signal) {
 
 function runQuery(out, params, signal) {
   const collection = params.get("collection") || "tailnode";
-  const q = (params.get("q") || "").trim().toLowerCase();
+  const q = (params.get("q") || "").trim();
   const status = h("p", { class: "muted small", id: "logs-status" }, "Reading…");
   const { el, tbody } = logTable();
   const entries = new WeakMap();
   wireJson(tbody, entries);
-  replace(out, status, el);
-  (async () => {
-    const base = { "time-start": timeArg(params.get("since") || "1h", "since"), "time-end": timeArg(params.get("until"), "until"), "max-count": PAGE };
-    const { instances, lookup } = await instancesFor(params.get("node"), signal);
-    if (instances.length) base.instances = instances.join(",");
-    let after = null;
-    let scanned = 0;
-    let found = [];
-    let pages = 0;
-    let incomplete = false;
-    for (;;) {
-      const v = await get(`/c/${encodeURIComponent(collection)}`, after ? { ...base, after } : base, signal);
-      pages += 1;
-      const logs = v.logs || [];
-      scanned += logs.length;
-      if (v.incomplete) incomplete = true;
-      for (const e of logs) if (matches(e, q)) found.push(e);
-      if (found.length > SHOW * 2) found = found.slice(found.length - SHOW);
-      after = v.next || null;
-      status.textContent = `Reading… ${fmtNum(scanned)} entries scanned`;
-      if (!after || pages >= MAX_PAGES) break;
-    }
-    const shown = found.slice(-SHOW).reverse();
+  const older = h("button", { type: "button", class: "hidden", id: "logs-older" }, "Older entries");
+  const olderOut = h("div");
+  replace(out, status, el, h("div", { class: "actions" }, older), olderOut);
+  let base = null;
+  let lookup = null;
+  let after = null;
+  let shown = 0;
+  let incomplete = false;
+  // The server searches and answers newest first, a page at a time.
+  async function page() {
+    const v = await get(`/c/${encodeURIComponent(collection)}`, after ? { ...base, after } : base, signal);
+    const logs = v.logs || [];
     const frag = document.createDocumentFragment();
-    for (const e of shown) frag.appendChild(rowFor(e, lookup, entries));
-    if (!shown.length) frag.appendChild(h("p", { class: "empty muted" }, "No entries match."));
+    for (const e of logs) frag.appendChild(rowFor(e, lookup, entries));
+    if (!shown && !logs.length) frag.appendChild(h("p", { class: "empty muted" }, q ? "No entries match." : "No entries in this range."));
     tbody.appendChild(frag);
-    const parts = [`${fmtNum(found.length > SHOW ? SHOW : found.length)} matching entr${found.length === 1 ? "y" : "ies"} shown, newest first, of ${fmtNum(scanned)} scanned in ${collection}.`];
-    if (found.length > SHOW) parts.push(`Only the newest ${fmtNum(SHOW)} matches are shown.`);
-    replace(status, parts.join(" "));
-    if (after) out.insertBefore(notice("warn", `The range holds more than ${fmtNum(scanned)} entries; this shows the newest matches among the first ${fmtNum(scanned)} only. Narrow the range (Since/Until) or the node to see later ones.`), status);
-    if (incomplete) out.insertBefore(notice("warn", "Part of this range is in a damaged block of the store and could not be read; the server's log has the details."), status);
+    shown += logs.length;
+    after = v.next || null;
+    if (v.incomplete && !incomplete) {
+      incomplete = true;
+      out.insertBefore(notice("warn", "Part of this range is in a damaged block of the store and could not be read; the server's log has the details."), status);
+    }
+    const what = q ? `matching entr${shown === 1 ? "y" : "ies"}` : `entr${shown === 1 ? "y" : "ies"}`;
+    replace(status, `${fmtNum(shown)} ${what} shown, newest first, in ${collection}${after ? "; older ones remain" : ""}.`);
+    older.classList.toggle("hidden", !after);
+  }
+  older.addEventListener("click", () => act(older, page, { out: olderOut }));
+  (async () => {
+    base = { "time-start": timeArg(params.get("since") || "1h", "since"), "time-end": timeArg(params.get("until"), "until"), "max-count": PAGE, order: "newest", q };
+    const found = await instancesFor(params.get("node"), signal);
+    lookup = found.lookup;
+    if (found.instances.length) base.instances = found.instances.join(",");
+    await page();
   })().catch((e) => {
     if (e.name !== "AbortError") replace(out, errorNotice(e));
   });
@@ -144,7 +138,7 @@ function runQuery(out, params, signal) {
 
 function runTail(out, params, signal) {
   const collection = params.get("collection") || "tailnode";
-  const q = (params.get("q") || "").trim().toLowerCase();
+  const q = (params.get("q") || "").trim();
   const dot = h("span", { class: "dot" });
   const state = h("span", { id: "tail-state" }, "connecting…");
   const counts = h("span", { class: "muted small", id: "tail-counts" });
@@ -196,7 +190,6 @@ function runTail(out, params, signal) {
   function push(e) {
     received += 1;
     rate.n += 1;
-    if (!matches(e, q)) return;
     pending.push(e);
     if (pending.length > MAX_ROWS * 2) {
       // More lines wait than the table keeps: the oldest would be drawn
@@ -230,7 +223,8 @@ function runTail(out, params, signal) {
   async function connect() {
     const { instances, lookup: l } = await instancesFor(params.get("node"), signal);
     lookup = l;
-    const query = { stream: "true" };
+    // The server keeps only the lines with the text (as a query does).
+    const query = { stream: "true", q };
     if (instances.length) query.instances = instances.join(",");
     const resp = await request("GET", `/c/${encodeURIComponent(collection)}`, { query, signal });
     if (!resp.ok) throw await errorOf(resp);

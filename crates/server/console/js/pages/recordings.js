@@ -3,7 +3,8 @@
 // recordings play`: opening a recording is itself audited, READ of the
 // RECORDING). The replay draws the session on a small terminal screen
 // (js/term.js) with its original timing (idle gaps cut to 2 s), at 1x to
-// 8x, with a position slider; the .cast file can be saved as received.
+// 8x, with a position slider; the .cast file can be saved as received. A
+// recording in progress can be followed live (`.../cast?follow=true`).
 
 import { errorOf, get, request } from "../api.js";
 import { fmtBytes, fmtNum, fmtSpan, timeArg } from "../format.js";
@@ -53,6 +54,9 @@ function player(root, rec, signal) {
   const speed = h("select", { id: "replay-speed", attrs: { "aria-label": "speed" } }, [1, 2, 4, 8].map((s) => h("option", { value: String(s) }, `${s}x`)));
   const pos = h("input", { type: "range", id: "replay-position", min: 0, max: 1000, value: 0, attrs: { "aria-label": "position" } });
   const end = h("button", { type: "button", id: "replay-end" }, "Jump to end");
+  const live = rec.state === "recording";
+  const follow = live ? h("button", { type: "button", id: "replay-follow", class: "primary" }, "Follow live") : null;
+  const liveState = h("span", { class: "mono small", id: "replay-live" });
   const msgs = h("div");
   const castUrl = `/api/v2/tailnet/-/recordings/${encodeURIComponent(rec.id)}/cast`;
   root.appendChild(
@@ -71,6 +75,7 @@ function player(root, rec, signal) {
       h("p", { class: "muted small" }, "Opening a recording is recorded in the audit log. Idle gaps are cut to 2 s. ", h("a", { href: castUrl, download: `${rec.id}.cast` }, "Save the .cast file"), " (asciinema play reads it)."),
       msgs,
       h("div", { class: "slider" }, play, speed, pos, status, end),
+      live ? h("div", { class: "actions" }, follow, liveState) : null,
       screenEl,
     ),
   );
@@ -143,13 +148,86 @@ function player(root, rec, signal) {
     seek(cast.length);
   });
 
+  // Live: `?follow=true` streams the recording from its start and goes on
+  // until it ends; each event is drawn as it comes, at most once a frame.
+  let following = false;
+  async function followLive() {
+    stop();
+    following = true;
+    follow.disabled = true;
+    for (const b of [play, pos, end]) b.disabled = true;
+    liveState.textContent = "connecting…";
+    const resp = await request("GET", castUrl, { query: { follow: "true" }, signal });
+    if (!resp.ok) throw await errorOf(resp);
+    const reader = resp.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    let header = null;
+    let events = 0;
+    let frame = 0;
+    const draw = () => {
+      frame = 0;
+      screen.render(screenEl);
+      liveState.textContent = `live · ${fmtNum(events)} events`;
+      liveState.dataset.live = "1";
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (!line) continue;
+        let v;
+        try {
+          v = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (!header) {
+          header = v;
+          screen = new Screen(header.width || 80, header.height || 24);
+          continue;
+        }
+        if (!Array.isArray(v)) continue;
+        if (v[1] === "o") screen.write(String(v[2] ?? ""));
+        else if (v[1] === "r") {
+          const [c, r] = String(v[2] ?? "").split("x").map(Number);
+          if (c && r) screen.reset(c, r);
+        }
+        events += 1;
+      }
+      if (screen && !frame) frame = requestAnimationFrame(draw);
+    }
+    if (frame) cancelAnimationFrame(frame);
+    if (screen) draw();
+    delete liveState.dataset.live;
+    liveState.textContent = `the recording ended · ${fmtNum(events)} events`;
+    liveState.dataset.ended = "1";
+  }
+  if (follow) {
+    follow.addEventListener("click", () => {
+      followLive().catch((e) => {
+        if (e.name !== "AbortError") {
+          liveState.textContent = "disconnected";
+          replace(msgs, errorNotice(e));
+        }
+      });
+    });
+  }
+
   (async () => {
     const resp = await request("GET", castUrl, { signal });
     if (!resp.ok) throw await errorOf(resp);
-    cast = parseCast(await resp.text());
+    const parsed = parseCast(await resp.text());
+    // Following live already draws the session: leave the screen to it.
+    if (following) return;
+    cast = parsed;
     screen = new Screen(cast.header.width, cast.header.height);
     if (cast.bad) msgs.appendChild(notice("warn", `${fmtNum(cast.bad)} lines of the recording could not be read and are left out.`));
-    if (rec.state === "recording") msgs.appendChild(notice("info", "This session is still being recorded: this replay ends where the recording was when opened (tally recordings tail follows it live)."));
+    if (live) msgs.appendChild(notice("info", "This session is still being recorded: this replay ends where the recording was when opened; Follow live draws it as it goes on (as tally recordings tail does)."));
     // Start at the end: what the session left on the screen.
     seek(cast.length);
   })().catch((e) => {

@@ -1,7 +1,8 @@
 // Streaming destinations (`/api/v2/tailnet/-/logging/{logType}/streams`,
 // as `tally stream`): every destination of each log type with its
-// publishing status; add, test and delete with `settings:write`. Secrets
-// are write-only: the API never answers them and this page never shows them.
+// publishing status; add, edit (PUT), test and delete with `settings:write`.
+// Secrets are write-only: the API never answers them and this page never
+// shows them; an edit that leaves one empty keeps the stored one.
 
 import { api, can, get } from "../api.js";
 import { fmtAgo, fmtBytes, fmtNum, fmtSpan } from "../format.js";
@@ -32,20 +33,34 @@ function statusCell(s) {
   );
 }
 
-function addForm(logType, reload) {
+/** Members the form has fields for (the rest go to "Other fields"). */
+const FORM_KEYS = ["destinationType", "url", "user", "token", "format", "compressionFormat"];
+/** Members of an answered destination that are not its configuration. */
+const NOT_CONFIG = ["id", "status", "logType"];
+
+/**
+ * The form that adds a destination, or with `existing` edits it (PUT, the
+ * whole configuration; a secret left empty keeps the stored one).
+ */
+function destForm(logType, reload, existing = null) {
   const out = h("div", { attrs: { "aria-live": "polite" } });
-  const type = h("select", null, DESTINATIONS.map((d) => h("option", { value: d }, d)));
-  const urlIn = h("input", { class: "w-l", placeholder: "the destination's URL", autocomplete: "off", spellcheck: false });
-  const user = h("input", { class: "w-m", autocomplete: "off" });
-  const token = h("input", { type: "password", class: "w-l", autocomplete: "new-password" });
-  const format = h("select", null, h("option", { value: "" }, "Tailscale JSON"), h("option", { value: "ocsf" }, "OCSF"));
-  const compression = h("select", null, ["none", "zstd", "gzip"].map((c) => h("option", { value: c }, c)));
-  const extra = h("textarea", { rows: 4, placeholder: '{"s3Bucket": "...", "s3Region": "..."}', spellcheck: false });
-  const add = h("button", { type: "submit", class: "primary" }, "Add destination");
+  const idPart = existing ? `-${existing.id}` : "";
+  const type = h("select", { id: `dest-type${idPart}` }, DESTINATIONS.map((d) => h("option", { value: d, selected: !!existing && existing.destinationType === d }, d)));
+  const urlIn = h("input", { id: `dest-url${idPart}`, class: "w-l", placeholder: "the destination's URL", autocomplete: "off", spellcheck: false, value: existing ? existing.url || "" : "" });
+  const user = h("input", { id: `dest-user${idPart}`, class: "w-m", autocomplete: "off", value: existing ? existing.user || "" : "" });
+  const token = h("input", { id: `dest-token${idPart}`, type: "password", class: "w-l", autocomplete: "new-password", placeholder: existing ? "unchanged" : "" });
+  const format = h("select", { id: `dest-format${idPart}` }, h("option", { value: "" }, "Tailscale JSON"), h("option", { value: "ocsf", selected: !!existing && existing.format === "ocsf" }, "OCSF"));
+  const compression = h("select", { id: `dest-compression${idPart}` }, ["none", "zstd", "gzip"].map((c) => h("option", { value: c, selected: !!existing && existing.compressionFormat === c }, c)));
+  const rest = {};
+  if (existing) for (const [k, v] of Object.entries(existing)) if (!FORM_KEYS.includes(k) && !NOT_CONFIG.includes(k) && v !== null && v !== undefined) rest[k] = v;
+  const extra = h("textarea", { id: `dest-extra${idPart}`, rows: 4, placeholder: '{"s3Bucket": "...", "s3Region": "..."}', spellcheck: false });
+  extra.value = Object.keys(rest).length ? JSON.stringify(rest, null, 2) : "";
+  const save = h("button", { type: "submit", class: "primary", id: `dest-save${idPart}` }, existing ? "Save changes" : "Add destination");
+  const where = `/api/v2/tailnet/-/logging/${logType}/streams`;
   return h(
     "details",
-    null,
-    h("summary", null, "Add a destination"),
+    existing ? { open: true, class: "dest-edit" } : null,
+    h("summary", null, existing ? `Edit ${existing.id}` : "Add a destination"),
     h(
       "form",
       {
@@ -63,18 +78,19 @@ function addForm(logType, reload) {
               return;
             }
           }
-          act(add, () => api("POST", `/api/v2/tailnet/-/logging/${logType}/streams`, { body }), {
+          const call = existing ? api("PUT", `${where}/${encodeURIComponent(existing.id)}`, { body }) : api("POST", where, { body });
+          act(save, () => call, {
             out,
             done: () => {
               token.value = "";
-              replace(out, notice("ok", "Added."));
+              replace(out, notice("ok", existing ? "Saved." : "Added."));
               reload();
             },
           });
         },
       },
-      h("div", { class: "form-grid" }, formRow("Type", type), formRow("URL", urlIn), formRow("User", user, "Elastic basic auth only"), formRow("Token", token, "write-only: never shown again"), formRow("Format", format), formRow("Compression", compression), formRow("Other fields (JSON)", extra, "S3/GCS, CA certificate, collections: the API's names")),
-      h("div", { class: "actions" }, add),
+      h("div", { class: "form-grid" }, formRow("Type", type), formRow("URL", urlIn), formRow("User", user, "Elastic basic auth only"), formRow("Token", token, existing ? "write-only: leave empty to keep the stored one" : "write-only: never shown again"), formRow("Format", format), formRow("Compression", compression), formRow("Other fields (JSON)", extra, "S3/GCS, CA certificate, collections: the API's names")),
+      h("div", { class: "actions" }, save),
     ),
     out,
   );
@@ -105,7 +121,7 @@ function section(logType, title, signal) {
               });
               tools.push(cfg);
               if (writable) {
-                const test = h("button", { type: "button" }, "Send test event");
+                const test = h("button", { type: "button", class: "dest-test" }, "Send test event");
                 test.addEventListener("click", () =>
                   act(test, () => api("POST", `/api/v2/tailnet/-/logging/${logType}/streams/${encodeURIComponent(s.id)}/test`), {
                     out: o,
@@ -113,13 +129,21 @@ function section(logType, title, signal) {
                   }),
                 );
                 tools.push(test);
+                const edit = h("button", { type: "button", class: "dest-edit-open" }, "Edit");
+                edit.addEventListener("click", () => {
+                  const copy = { ...s };
+                  delete copy.status;
+                  if (o.querySelector("details.dest-edit")) replace(o);
+                  else replace(o, destForm(logType, load, copy));
+                });
+                tools.push(edit);
                 tools.push(confirmButton("Delete", "Confirm delete", (b) => act(b, () => api("DELETE", `/api/v2/tailnet/-/logging/${logType}/streams/${encodeURIComponent(s.id)}`), { out: o, done: load })));
               }
               return h("div", null, h("div", { class: "actions" }, tools), o);
             },
           },
         ];
-        replace(box, h("h2", null, title), table({ columns, rows: v.streams || [], empty: "Not streamed." }), writable ? addForm(logType, load) : null);
+        replace(box, h("h2", null, title), table({ columns, rows: v.streams || [], empty: "Not streamed." }), writable ? destForm(logType, load) : null);
       })
       .catch((e) => {
         if (e.name !== "AbortError") replace(box, h("h2", null, title), errorNotice(e));
