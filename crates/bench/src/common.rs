@@ -365,15 +365,21 @@ impl TallyServer {
         let tmp = temp_dir_in(work_dir, "tally-bench-")?;
         let key = format!("bench-{:032x}", rand::random::<u128>());
         let dir = tmp.path().to_path_buf();
-        let mut s = Self::spawn_at(exe, &dir, &key).await?;
+        let mut s = Self::spawn_at(exe, &dir, &key, extra).await?;
         s.tmp = Some(tmp);
         Ok(s)
     }
 
     /// Starts `exe server` on a loopback port with the data directory
     /// `dir/data` (new or kept from an earlier run) and the bootstrap key
-    /// `key`, logging to `dir/server.log`.
-    pub(crate) async fn spawn_at(exe: &Path, dir: &Path, key: &str) -> anyhow::Result<Self> {
+    /// `key`, logging to `dir/server.log`; `extra` are more arguments for
+    /// `tally server`.
+    pub(crate) async fn spawn_at(
+        exe: &Path,
+        dir: &Path,
+        key: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         let key = key.to_owned();
         let log_path = dir.join("server.log");

@@ -958,7 +958,7 @@ pub async fn run(a: ConsoleArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let code = git_state();
     let load_start = loadavg();
-    let mut server = TallyServer::spawn_at(&exe, &dir, &key).await?;
+    let mut server = TallyServer::spawn_at(&exe, &dir, &key, &[]).await?;
     let result = bench(&a, &server, &dir, &machine, &code, &load_start).await;
     let stopped = server.stop().await;
     if let Some(w) = work
@@ -1316,7 +1316,7 @@ async fn measure(
         if gz < GOAL_BYTES { "met" } else { "MISSED" }
     );
     let mut biggest = statics.clone();
-    biggest.sort_by(|x, y| y.1.cmp(&x.1));
+    biggest.sort_by_key(|x| std::cmp::Reverse(x.1));
     let _ = writeln!(
         w,
         "largest (gzip): {}",
