@@ -1,7 +1,8 @@
 //! `tally record` (issue 16): a command run under a real pseudo-terminal
 //! (`tally record` itself runs under `script`, so its stdin and stdout are
 //! a terminal too) is recorded through the node's agent: the exported
-//! `.cast` holds the output with its timings and `asciinema cat` reads it
+//! `.cast` holds the output with its timings and `asciinema cat` and
+//! `asciinema play` read it
 //! unchanged; a server outage during the session loses nothing and
 //! duplicates nothing; `--require-recording` refuses to start without the
 //! agent or the server, and the default fails open.
@@ -163,6 +164,24 @@ async fn a_recorded_session_is_exported_with_timings_and_read_by_asciinema() {
     let out = Command::new("script")
         .args(["-q", "-e", "-c"])
         .arg(format!("asciinema cat {}", file.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("first line") && text.contains("second ✓ line"),
+        "{text}"
+    );
+    // And `asciinema play` replays it (fast: -s 20, pauses capped at 0.1 s).
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("asciinema play -s 20 -i 0.1 {}", file.display()))
         .arg("/dev/null")
         .stdin(Stdio::null())
         .output()
