@@ -1316,7 +1316,7 @@ async fn measure(
         if gz < GOAL_BYTES { "met" } else { "MISSED" }
     );
     let mut biggest = statics.clone();
-    biggest.sort_by_key(|x| std::cmp::Reverse(x.1));
+    biggest.sort_by_key(|s| std::cmp::Reverse(s.1));
     let _ = writeln!(
         w,
         "largest (gzip): {}",

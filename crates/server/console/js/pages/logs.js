@@ -175,6 +175,8 @@ function runTail(out, params, signal) {
     for (let i = take.length - 1; i >= 0; i -= 1) frag.appendChild(rowFor(take[i], lookup, entries));
     tbody.insertBefore(frag, tbody.firstChild);
     rows += take.length;
+    // The count shown matches the lines drawn (not only once a second).
+    showCounts();
     while (rows > MAX_ROWS && tbody.lastChild) {
       const last = tbody.lastChild;
       if (last.classList.contains("json-row")) {
