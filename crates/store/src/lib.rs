@@ -178,6 +178,32 @@ pub struct DamagedRange {
     pub reason: String,
 }
 
+/// The records of block `b` of `seg`; a block that cannot be read is
+/// logged, noted in `damaged` and skipped (`None`): one bad block never
+/// fails every reader.
+fn read_block_or_note(
+    seg: &Segment,
+    b: &index::BlockMeta,
+    damaged: &mut Vec<DamagedRange>,
+) -> Option<Vec<record::Record>> {
+    match seg.read_block(b) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(
+                "skipping unreadable block (records {}..={}): {e}",
+                b.first_seq,
+                b.last_seq
+            );
+            damaged.push(DamagedRange {
+                first_seq: b.first_seq,
+                last_seq: b.last_seq,
+                reason: e.to_string(),
+            });
+            None
+        }
+    }
+}
+
 /// What a retention pass deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -723,22 +749,9 @@ impl Store {
                     out.next_seq = out.next_seq.min(b.first_seq);
                     continue;
                 }
-                let records = match seg.read_block(b) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(
-                            "skipping unreadable block (records {}..={}): {e}",
-                            b.first_seq,
-                            b.last_seq
-                        );
-                        out.damaged.push(DamagedRange {
-                            first_seq: b.first_seq,
-                            last_seq: b.last_seq,
-                            reason: e.to_string(),
-                        });
-                        out.next_seq = out.next_seq.min(b.first_seq);
-                        continue;
-                    }
+                let Some(records) = read_block_or_note(&seg, b, &mut out.damaged) else {
+                    out.next_seq = out.next_seq.min(b.first_seq);
+                    continue;
                 };
                 for r in records.into_iter().rev() {
                     if r.seq >= out.next_seq {
@@ -787,23 +800,9 @@ impl Store {
                     out.next_seq = out.next_seq.max(b.last_seq + 1);
                     continue;
                 }
-                let records = match seg.read_block(&b) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Never fail every reader for one bad block: skip it, loudly.
-                        tracing::error!(
-                            "skipping unreadable block (records {}..={}): {e}",
-                            b.first_seq,
-                            b.last_seq
-                        );
-                        out.damaged.push(DamagedRange {
-                            first_seq: b.first_seq,
-                            last_seq: b.last_seq,
-                            reason: e.to_string(),
-                        });
-                        out.next_seq = out.next_seq.max(b.last_seq + 1);
-                        continue;
-                    }
+                let Some(records) = read_block_or_note(&seg, &b, &mut out.damaged) else {
+                    out.next_seq = out.next_seq.max(b.last_seq + 1);
+                    continue;
                 };
                 for r in records {
                     if r.seq < out.next_seq || r.seq >= end {

@@ -161,41 +161,27 @@ async fn a_recorded_session_is_exported_with_timings_and_read_by_asciinema() {
         Path::new("/usr/bin/asciinema").exists(),
         "asciinema is not installed (apt-get install asciinema; .ci/run does)"
     );
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c"])
-        .arg(format!("asciinema cat {}", file.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("first line") && text.contains("second ✓ line"),
-        "{text}"
-    );
-    // And `asciinema play` replays it (fast: -s 20, pauses capped at 0.1 s).
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c"])
-        .arg(format!("asciinema play -s 20 -i 0.1 {}", file.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("first line") && text.contains("second ✓ line"),
-        "{text}"
-    );
+    // `asciinema cat`, and `asciinema play` (fast: -s 20, pauses capped
+    // at 0.1 s), both under a pseudo-terminal.
+    for verb in ["cat", "play -s 20 -i 0.1"] {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!("asciinema {verb} {}", file.display()))
+            .arg("/dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux)");
+        assert!(
+            out.status.success(),
+            "asciinema {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("first line") && text.contains("second ✓ line"),
+            "asciinema {verb}: {text}"
+        );
+    }
     // The tailnet's retention of recordings.
     let shown = cli(&server.url, &["recordings", "retention"]).await;
     assert_eq!(shown.trim(), "recordings are kept 30 days");

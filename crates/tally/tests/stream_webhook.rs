@@ -108,12 +108,14 @@ async fn alerts_reach_a_signed_webhook_set_with_the_cli() {
         .expect("cli");
     assert!(out.contains("accepted the test event"), "{out}");
 
-    // An alert (an API key without expiry) reaches the webhook.
+    // An alert (an API key that never expires) reaches the webhook.
     cli(vec![
         "keys".into(),
         "create".into(),
         "--type".into(),
         "api".into(),
+        "--expiry".into(),
+        "never".into(),
         "--description".into(),
         "streamed".into(),
     ])
