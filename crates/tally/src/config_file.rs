@@ -88,15 +88,14 @@ pub fn apply(cmd: clap::Command, argv: Vec<OsString>) -> anyhow::Result<Prepared
                         extra.push(flag.into());
                     }
                 }
+                // `--flag=value`: a value is never read as another flag.
                 toml::Value::Array(items) if takes_value => {
                     for item in items {
-                        extra.push(flag.clone().into());
-                        extra.push(scalar(path, key, item)?.into());
+                        extra.push(format!("{flag}={}", scalar(path, key, item)?).into());
                     }
                 }
                 other if takes_value => {
-                    extra.push(flag.into());
-                    extra.push(scalar(path, key, other)?.into());
+                    extra.push(format!("{flag}={}", scalar(path, key, other)?).into());
                 }
                 _ => bail!("{}: {key} is a switch: give true or false", path.display()),
             }

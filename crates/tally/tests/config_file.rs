@@ -122,6 +122,17 @@ fn a_bad_file_is_named_with_what_is_wrong() {
     );
     let e = run("follow = [\n");
     assert!(e.contains("is not valid TOML"), "{e}");
+    // A value is only ever a value, never another flag.
+    std::fs::write(&file, "collection = \"--flows\"\n").unwrap();
+    let out = Command::new(common::bin())
+        .args(["agent", "--config"])
+        .arg(&file)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("collection = \"--flows\""), "{report}");
+    assert!(report.contains("flows = false"), "{report}");
     let e = run("flows = \"yes\"\n");
     assert!(e.contains("flows is a switch"), "{e}");
     let missing = Command::new(common::bin())
