@@ -749,7 +749,7 @@ impl Store {
                     out.next_seq = out.next_seq.min(b.first_seq);
                     continue;
                 }
-                let Some(records) = read_block_or_note(&seg, b, &mut out.damaged) else {
+                let Some(records) = read_block_or_note(seg, b, &mut out.damaged) else {
                     out.next_seq = out.next_seq.min(b.first_seq);
                     continue;
                 };
