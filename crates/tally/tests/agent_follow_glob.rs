@@ -18,16 +18,24 @@ fn append(path: &std::path::Path, line: &str) {
 }
 
 async fn until(follow: &mut Follow, text: &str) -> serde_json::Value {
+    until_all(follow, &[text]).await.remove(0)
+}
+
+/// Reads the stream until every one of `texts` arrived, in any order (two
+/// files are read by two threads); returns them in the order asked.
+async fn until_all(follow: &mut Follow, texts: &[&str]) -> Vec<serde_json::Value> {
+    let mut found: Vec<Option<serde_json::Value>> = vec![None; texts.len()];
     tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
+        while found.iter().any(Option::is_none) {
             let e = follow.next().await;
-            if e["text"] == text {
-                return e;
+            if let Some(i) = texts.iter().position(|t| e["text"] == *t) {
+                found[i] = Some(e);
             }
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("{text:?} did not arrive within 30 s"))
+    .unwrap_or_else(|_| panic!("not all of {texts:?} arrived within 30 s: {found:?}"));
+    found.into_iter().flatten().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,16 +59,14 @@ async fn a_pattern_follows_new_files_from_their_start() {
     let new = logs.join("b.log");
     append(&new, "b: line 1");
     append(&new, "b: line 2");
-    until(&mut follow, "b: line 1").await;
-    until(&mut follow, "b: line 2").await;
+    until_all(&mut follow, &["b: line 1", "b: line 2"]).await;
 
     // A restart resumes both where they were: each line once.
     agent.stop();
     append(&old, "a: while stopped");
     append(&new, "b: while stopped");
     let _agent = TestAgent::start(&server.url, &agent_dir, &["--follow", &pattern]);
-    until(&mut follow, "a: while stopped").await;
-    until(&mut follow, "b: while stopped").await;
+    until_all(&mut follow, &["a: while stopped", "b: while stopped"]).await;
     append(&new, "b: end marker");
     until(&mut follow, "b: end marker").await;
 
