@@ -207,22 +207,7 @@ impl RecordingClient {
                 .await?;
             Ok::<_, io::Error>(answer)
         };
-        let answer = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-            .await
-            .map_err(|_| SocketError::Timeout { path: path.clone() })?
-            .map_err(|source| SocketError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        if answer.is_empty() {
-            return Err(SocketError::Io {
-                path,
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the agent closed the connection without answering (stopped?)",
-                ),
-            });
-        }
+        let answer = await_answer(&path, exchange).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&answer).map_err(|_| SocketError::BadReply { path })?;
         if v["ok"] == true {
@@ -233,6 +218,33 @@ impl RecordingClient {
             ))
         }
     }
+}
+
+/// The agent's one-line answer to a request, within [`CLIENT_TIMEOUT`];
+/// an empty answer means the agent closed the connection (stopped?).
+async fn await_answer(
+    path: &Path,
+    exchange: impl std::future::Future<Output = io::Result<Vec<u8>>>,
+) -> Result<Vec<u8>, SocketError> {
+    let answer = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| SocketError::Timeout {
+            path: path.to_owned(),
+        })?
+        .map_err(|source| SocketError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if answer.is_empty() {
+        return Err(SocketError::Io {
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without answering (stopped? `tally agent` must be running)",
+            ),
+        });
+    }
+    Ok(answer)
 }
 
 /// Logs `text` through the agent running with `data_dir`, at verbosity
@@ -261,22 +273,7 @@ pub async fn log_via_socket(
             .await?;
         Ok::<_, io::Error>(answer)
     };
-    let answer = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| SocketError::Timeout { path: path.clone() })?
-        .map_err(|source| SocketError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    if answer.is_empty() {
-        return Err(SocketError::Io {
-            path,
-            source: io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the agent closed the connection without answering",
-            ),
-        });
-    }
+    let answer = await_answer(&path, exchange).await?;
     let reply: Reply =
         serde_json::from_slice(&answer).map_err(|_| SocketError::BadReply { path })?;
     if reply.ok {
