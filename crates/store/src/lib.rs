@@ -74,6 +74,13 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     Closed,
+    /// A replicated log cannot be reached or did not confirm in time;
+    /// nothing is known to be lost, and a retry is safe.
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
+    /// A record is over a replicated log's message limit.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Decides how long records are kept.
