@@ -23,6 +23,9 @@
 //!   store does.
 
 pub mod codec;
+pub mod shared;
+
+pub use shared::{Lease, SharedFiles};
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures_util::StreamExt;
@@ -125,6 +128,7 @@ struct Shared {
     js: jetstream::Context,
     stream: stream::Stream,
     prefix: String,
+    replicas: usize,
     max_payload: usize,
     policy: Arc<dyn RetentionPolicy>,
     end: watch::Sender<End>,
@@ -168,7 +172,7 @@ pub struct JetStreamLog {
     _runtime: OwnedRuntime,
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
 
@@ -238,7 +242,7 @@ impl JetStreamLog {
 
     /// Runs `fut` on the log's runtime and waits for it from any thread
     /// (a blocking thread, as the seam's blocking reads are called from).
-    fn block<T: Send + 'static>(
+    pub(crate) fn block<T: Send + 'static>(
         &self,
         fut: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -493,6 +497,7 @@ async fn connect(
         js,
         stream,
         prefix: config.stream,
+        replicas: config.replicas,
         max_payload,
         policy,
         end,

@@ -285,3 +285,76 @@ async fn clear_errors_for_no_server_and_an_impossible_replica_count() {
     };
     assert!(e.to_string().contains("3 replicas need a cluster"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lease_holder_at_a_time_and_a_crashed_holder_loses_it() {
+    let Some(cluster) = nats::for_tests("jetstream lease", 1) else {
+        return;
+    };
+    let a = open(&cluster.urls()).await;
+    let b = open(&cluster.urls()).await;
+    let ttl = Duration::from_secs(2);
+
+    // Shared files: two processes racing to create one get the same bytes.
+    let (fa, fb) = (
+        tally_jetstream::SharedFiles::open(&a).await.unwrap(),
+        tally_jetstream::SharedFiles::open(&b).await.unwrap(),
+    );
+    let (ka, kb) = tokio::join!(
+        tokio::task::spawn_blocking({
+            let fa = fa.clone();
+            move || fa.get_or_create("log-key", || b"from a".to_vec()).unwrap()
+        }),
+        tokio::task::spawn_blocking({
+            let fb = fb.clone();
+            move || fb.get_or_create("log-key", || b"from b".to_vec()).unwrap()
+        })
+    );
+    assert_eq!(ka.unwrap(), kb.unwrap());
+    tokio::task::spawn_blocking(move || {
+        fa.put("streams/s1.json", b"{\"position\":7}").unwrap();
+        assert_eq!(
+            fb.get("streams/s1.json").unwrap().unwrap(),
+            b"{\"position\":7}"
+        );
+        assert_eq!(fb.get("missing").unwrap(), None);
+        let mut names = fb.list().unwrap();
+        names.sort();
+        assert_eq!(names, ["log-key", "streams/s1.json"]);
+        assert!(fb.put("../x", b"").is_err());
+    })
+    .await
+    .unwrap();
+
+    // a holds the lease; b stands by.
+    let lease_a = tally_jetstream::Lease::acquire(&a, "workers", "a", ttl)
+        .await
+        .unwrap();
+    assert!(lease_a.is_held());
+    let b_waits = {
+        let b = b.clone();
+        tokio::spawn(async move { tally_jetstream::Lease::acquire(&b, "workers", "b", ttl).await })
+    };
+    // Renewals keep it with a for several lease times.
+    let kept = tokio::time::timeout(ttl * 3, async {
+        while !b_waits.is_finished() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(kept.is_err(), "b took a lease that a renews");
+    assert!(lease_a.is_held());
+
+    // a crashes (its client stops, nothing is released): b takes over
+    // once the lease lapses.
+    let lost = lease_a.lost();
+    std::mem::forget(lease_a);
+    drop(a);
+    let lease_b = tokio::time::timeout(ttl * 5, b_waits)
+        .await
+        .expect("b takes the lease within a few lease times")
+        .unwrap()
+        .unwrap();
+    assert!(lease_b.is_held());
+    drop(lost);
+}

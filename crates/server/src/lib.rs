@@ -64,8 +64,11 @@ pub struct ServerConfig {
     /// How long an upload waits for room in the budget before it is
     /// answered 503 with `Retry-After`.
     pub ingest_budget_wait: Duration,
-    /// Store tuning.
+    /// Store tuning (the embedded store).
     pub store: Option<StoreConfig>,
+    /// The shared log on NATS JetStream instead of the embedded store
+    /// (`--log nats://...`): any number of servers share it.
+    pub jetstream: Option<tally_jetstream::JetStreamConfig>,
     /// TLS certificate chain and key (PEM); plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// PostgreSQL URL of the control database; SQLite `control.db` in the
@@ -104,6 +107,7 @@ impl ServerConfig {
             ingest_memory_budget: 32 << 20,
             ingest_budget_wait: Duration::from_secs(5),
             store: None,
+            jetstream: None,
             tls: None,
             control_db: None,
             agent_report_seconds: 30,
@@ -204,8 +208,9 @@ pub struct Server {
     pub recovery: tally_store::RecoveryReport,
     /// Where the consumers resume.
     resume: consumers::Resume,
-    /// The embedded store behind [`AppState::store`] (tests drive it).
-    embedded: Arc<Store>,
+    /// The embedded store behind [`AppState::store`] (tests drive it);
+    /// `None` on a JetStream log.
+    embedded: Option<Arc<Store>>,
     /// The audit outbox, loaded.
     outbox: control::outbox::AuditOutbox,
 }
@@ -319,46 +324,42 @@ impl Server {
         let catalog = Catalog::new(rules.clone());
         let log_policy: Arc<dyn tally_store::RetentionPolicy> = rules.clone();
         catalog.reload(&control).await?;
-        let store_config = config
-            .store
-            .clone()
-            .unwrap_or_else(|| StoreConfig::new(config.data_dir.join("store")));
-        let (store, recovery) =
-            tokio::task::spawn_blocking(move || Store::open(store_config, rules))
-                .await
-                .context("store recovery panicked")?
-                .context("cannot open the store")?;
         let catalog = Arc::new(catalog);
-        {
-            let catalog = catalog.clone();
-            let claimed = store
-                .claim_legacy(move |r| catalog.legacy_owner(r))
-                .await
-                .context("giving records of an earlier version their tailnet")?;
-            if claimed > 0 {
-                tracing::info!(
-                    records = claimed,
-                    "records of an earlier version were given the tailnet of their instance"
-                );
+        let (store, embedded, recovery) = match &config.jetstream {
+            Some(js) => {
+                let log = tally_jetstream::JetStreamLog::open(js.clone(), rules)
+                    .await
+                    .context("cannot open the log on NATS JetStream (--log)")?;
+                (
+                    log as SharedLog,
+                    None,
+                    tally_store::RecoveryReport::default(),
+                )
             }
-        }
+            None => {
+                let (store, recovery) = open_embedded(&config, rules, &catalog).await?;
+                (store.clone() as SharedLog, Some(store), recovery)
+            }
+        };
         let batch_ledger = {
             let store = store.clone();
             let dir = config.data_dir.clone();
-            tokio::task::spawn_blocking(move || batches::BatchLedger::open(&dir, &store))
+            tokio::task::spawn_blocking(move || batches::BatchLedger::open(&dir, store.as_ref()))
                 .await
                 .context("batch ledger recovery panicked")??
         };
         let transparency_log = merkle_log::MerkleLog::open(
             &config.data_dir,
-            store.clone() as SharedLog,
+            store.clone(),
             log_policy,
             config.log_epoch_bits,
         )
         .context("cannot open the transparency log")?;
-        merkle_log::after_recovery(&store, &transparency_log, &recovery)
-            .await
-            .context("lining the store up with the transparency log")?;
+        if let Some(embedded) = &embedded {
+            merkle_log::after_recovery(embedded, &transparency_log, &recovery)
+                .await
+                .context("lining the store up with the transparency log")?;
+        }
         let (reconciler, reconcile_pos, reconcile_written) =
             reconcile::ReconcileService::open(&config.data_dir, config.reconcile, data_dir_lock)?;
         let detection = Arc::new(consumers::detection::DetectionService::new()?);
@@ -419,7 +420,7 @@ impl Server {
                 detection: parking_lot::Mutex::new(Some(detection_state)),
                 recordings: parking_lot::Mutex::new(Some(recording_consumer)),
             },
-            embedded: store,
+            embedded,
             outbox: control::outbox::AuditOutbox::open(&config_data_dir)?,
         })
     }
@@ -439,8 +440,9 @@ impl Server {
         self.state.catalog.clone()
     }
 
-    /// The embedded store (tests drive retention with it).
-    pub fn store(&self) -> Arc<Store> {
+    /// The embedded store (tests drive retention with it); `None` when
+    /// the log is on JetStream.
+    pub fn store(&self) -> Option<Arc<Store>> {
         self.embedded.clone()
     }
 
@@ -525,6 +527,35 @@ impl Server {
         state.control.close().await;
         Ok(())
     }
+}
+
+/// Opens (recovers) the embedded store and gives records of versions
+/// before owners their tailnet.
+async fn open_embedded(
+    config: &ServerConfig,
+    rules: Arc<RetentionRules>,
+    catalog: &Arc<Catalog>,
+) -> anyhow::Result<(Arc<Store>, tally_store::RecoveryReport)> {
+    let store_config = config
+        .store
+        .clone()
+        .unwrap_or_else(|| StoreConfig::new(config.data_dir.join("store")));
+    let (store, recovery) = tokio::task::spawn_blocking(move || Store::open(store_config, rules))
+        .await
+        .context("store recovery panicked")?
+        .context("cannot open the store")?;
+    let catalog = catalog.clone();
+    let claimed = store
+        .claim_legacy(move |r| catalog.legacy_owner(r))
+        .await
+        .context("giving records of an earlier version their tailnet")?;
+    if claimed > 0 {
+        tracing::info!(
+            records = claimed,
+            "records of an earlier version were given the tailnet of their instance"
+        );
+    }
+    Ok((store, recovery))
 }
 
 async fn background_tasks(state: AppState) {

@@ -33,7 +33,7 @@ async fn start(dir: &Path) -> Srv {
     config.log_epoch_bits = 8; // epochs of 256 leaves
     let server = Server::bind(config).await.expect("server binds");
     let base = format!("http://{}", server.local_addr().expect("addr"));
-    let store = server.store();
+    let store = server.store().expect("the embedded store");
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;

@@ -22,7 +22,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tally_proto::PublicId;
-use tally_store::{Filter, NewRecord, Store, kind};
+use tally_store::{Filter, NewRecord, kind};
 use tally_transparency::batch::{
     BatchCheck, ChainState, KeyEvent, RawBatchHeaders, Verdict, VerifyingKey, check_batch,
 };
@@ -158,7 +158,7 @@ pub fn sent_at(headers: &axum::http::HeaderMap, now: i64) -> Option<i64> {
 
 impl BatchLedger {
     /// Loads the saved state and replays the batch records stored after it.
-    pub fn open(data_dir: &Path, store: &Store) -> anyhow::Result<Self> {
+    pub fn open(data_dir: &Path, store: &dyn tally_store::Log) -> anyhow::Result<Self> {
         let path = data_dir.join("batch-state.json");
         let saved: Saved = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {

@@ -85,7 +85,7 @@ pub async fn start_with(
     let recorder = server.recorder_addr();
     let control = server.control();
     let catalog = server.catalog();
-    let store = server.store();
+    let store = server.store().expect("the embedded store");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
