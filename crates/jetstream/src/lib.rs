@@ -743,6 +743,26 @@ impl Log for JetStreamLog {
         self.shared.end.borrow().next
     }
 
+    fn sync_end(&self) -> LogFuture<'_, Position> {
+        let shared = self.shared.clone();
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let last = handle
+                .spawn(async move {
+                    let info = shared.stream.get_info().await;
+                    info.map(|i| {
+                        let end = codec::position(i.state.last_sequence + 1, 0);
+                        shared.advance(end);
+                        end
+                    })
+                })
+                .await
+                .map_err(|e| unavailable("reading the stream's end", e))?
+                .map_err(|e| unavailable("reading the stream's end", e))?;
+            Ok(last)
+        })
+    }
+
     fn wait_for(&self, pos: Position) -> LogFuture<'_, ()> {
         let mut rx = self.shared.end.subscribe();
         Box::pin(async move {

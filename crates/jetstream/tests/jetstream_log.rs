@@ -358,3 +358,32 @@ async fn one_lease_holder_at_a_time_and_a_crashed_holder_loses_it() {
     assert!(lease_b.is_held());
     drop(lost);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_read_back_whole() {
+    let Some(cluster) = nats::for_tests("jetstream many", 1) else {
+        return;
+    };
+    let log = open(&cluster.urls()).await;
+    let mut n = 0u64;
+    for _ in 0..200 {
+        let records: Vec<NewRecord> = (0..25)
+            .map(|_| {
+                n += 1;
+                rec("t1", "tailnode", (1, n), &format!("e{n}"))
+            })
+            .collect();
+        log.append(records).await.unwrap();
+    }
+    let got = read(
+        &log,
+        Filter {
+            owner: Some("t1".into()),
+            collections: vec!["tailnode".into()],
+            ..Filter::default()
+        },
+        Order::Oldest,
+    )
+    .await;
+    assert_eq!(got.len(), 5000);
+}

@@ -13,7 +13,10 @@ pub mod memory;
 pub mod metrics;
 pub mod recorder;
 pub mod serve;
+pub mod shared_state;
 pub mod tls;
+
+pub use tally_jetstream::JetStreamConfig;
 
 use anyhow::Context;
 use consumers::{flows, merkle_log, reconcile};
@@ -69,6 +72,11 @@ pub struct ServerConfig {
     /// The shared log on NATS JetStream instead of the embedded store
     /// (`--log nats://...`): any number of servers share it.
     pub jetstream: Option<tally_jetstream::JetStreamConfig>,
+    /// What this process runs (see [`Role`]).
+    pub role: Role,
+    /// How long a worker's lease lasts without renewal (a crashed worker's
+    /// consumers move to another within it).
+    pub lease_ttl: Duration,
     /// TLS certificate chain and key (PEM); plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// PostgreSQL URL of the control database; SQLite `control.db` in the
@@ -108,6 +116,8 @@ impl ServerConfig {
             ingest_budget_wait: Duration::from_secs(5),
             store: None,
             jetstream: None,
+            role: Role::All,
+            lease_ttl: Duration::from_secs(15),
             tls: None,
             control_db: None,
             agent_report_seconds: 30,
@@ -117,6 +127,45 @@ impl ServerConfig {
             recorder: recorder::RecorderConfig::default(),
         }
     }
+}
+
+/// What a process runs. With the embedded store one process runs
+/// everything; on a JetStream log the work is split so that any number of
+/// servers can share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Ingest, queries and every consumer (the embedded store).
+    All,
+    /// `tally server` on a shared log: ingest, queries and the consumers
+    /// that build this process's read indexes (flow index, transparency
+    /// log, recordings' index, batch chains).
+    Api,
+    /// `tally worker`: the consumers that must run once per cluster
+    /// (reconciliation, detection, streams, the audit outbox), while it
+    /// holds the workers' lease.
+    Worker,
+}
+
+impl Role {
+    /// Whether this process builds read indexes.
+    pub fn runs_indexes(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    /// Whether this process runs the once-per-cluster consumers.
+    pub fn runs_singletons(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// What a process on a JetStream log holds beside the log.
+pub struct Cluster {
+    /// The log itself.
+    pub log: Arc<tally_jetstream::JetStreamLog>,
+    /// Keys and consumer state shared by every process.
+    pub files: tally_jetstream::SharedFiles,
+    /// The workers' lease, held by a worker.
+    pub lease: Option<tally_jetstream::Lease>,
 }
 
 /// Shared state of the handlers.
@@ -163,6 +212,8 @@ pub struct AppState {
     pub parse_slots: Arc<tokio::sync::Semaphore>,
     /// Failed console sign-ins per address and login.
     pub sign_ins: Arc<api::session::SignInLimiter>,
+    /// The cluster's shared files, on a JetStream log.
+    pub shared_files: Option<tally_jetstream::SharedFiles>,
     /// Cancelled when graceful shutdown begins: held requests (agents'
     /// long polls) answer at once so that draining does not wait for them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -211,6 +262,8 @@ pub struct Server {
     /// The embedded store behind [`AppState::store`] (tests drive it);
     /// `None` on a JetStream log.
     embedded: Option<Arc<Store>>,
+    /// The JetStream log's shared parts, when the log is there.
+    cluster: Option<Cluster>,
     /// The audit outbox, loaded.
     outbox: control::outbox::AuditOutbox,
 }
@@ -325,20 +378,25 @@ impl Server {
         let log_policy: Arc<dyn tally_store::RetentionPolicy> = rules.clone();
         catalog.reload(&control).await?;
         let catalog = Arc::new(catalog);
-        let (store, embedded, recovery) = match &config.jetstream {
+        let (store, embedded, recovery, cluster) = match &config.jetstream {
             Some(js) => {
-                let log = tally_jetstream::JetStreamLog::open(js.clone(), rules)
-                    .await
-                    .context("cannot open the log on NATS JetStream (--log)")?;
+                let cluster = open_cluster(&config, js, rules).await?;
+                let log = cluster.log.clone() as SharedLog;
                 (
-                    log as SharedLog,
+                    log,
                     None,
                     tally_store::RecoveryReport::default(),
+                    Some(cluster),
                 )
             }
             None => {
+                if config.role != Role::All {
+                    anyhow::bail!(
+                        "a worker needs the shared log: give it --log nats://... as the servers have"
+                    );
+                }
                 let (store, recovery) = open_embedded(&config, rules, &catalog).await?;
-                (store.clone() as SharedLog, Some(store), recovery)
+                (store.clone() as SharedLog, Some(store), recovery, None)
             }
         };
         let batch_ledger = {
@@ -375,6 +433,15 @@ impl Server {
             Some(catalog.clone()),
         )?;
         let config_data_dir = config.data_dir.clone();
+        if let Some(c) = &cluster {
+            let (dir, files) = (config.data_dir.clone(), c.files.clone());
+            tokio::task::spawn_blocking(move || shared_state::share_keys(&dir, &files))
+                .await
+                .context("sharing the keys panicked")??;
+            if let Some(lease) = &c.lease {
+                shared_state::register(&config.data_dir, c.files.clone(), lease.held_flag());
+            }
+        }
         let state = AppState {
             instances: Arc::new(InstanceStats::open(
                 config.data_dir.join("instances-v2.json"),
@@ -406,6 +473,7 @@ impl Server {
             streams,
             recordings,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            shared_files: cluster.as_ref().map(|c| c.files.clone()),
         };
         Ok(Self {
             listener,
@@ -421,6 +489,7 @@ impl Server {
                 recordings: parking_lot::Mutex::new(Some(recording_consumer)),
             },
             embedded,
+            cluster,
             outbox: control::outbox::AuditOutbox::open(&config_data_dir)?,
         })
     }
@@ -471,17 +540,44 @@ impl Server {
         let state = self.state.clone();
         memory::start_trimmer();
         let background = tokio::spawn(background_tasks(state.clone()));
-        let outbox = tokio::spawn(control::outbox::run(state.clone(), self.outbox));
+        let role = state.config.role;
+        let mut helpers = vec![background];
         let consumer_tasks = consumers::start(&state, &self.resume)?;
-        consumers::stream::start_all(&state)
-            .await
-            .context("starting the streams")?;
+        if role.runs_singletons() {
+            helpers.push(tokio::spawn(control::outbox::run(
+                state.clone(),
+                self.outbox,
+            )));
+            consumers::stream::start_all(&state)
+                .await
+                .context("starting the streams")?;
+        }
+        if role == Role::Worker {
+            // Streams changed through any server start here.
+            helpers.push(tokio::spawn(consumers::stream::follow_changes(
+                state.clone(),
+            )));
+        }
         let app = router(state.clone());
+        // A worker that lost its lease stops as if asked to, then fails.
+        let lease_lost = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.lease.as_ref())
+            .map(|l| l.lost());
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Held long polls end as soon as shutdown begins.
         let shutdown = {
             let token = state.shutdown.clone();
+            let lost = lost.clone();
             async move {
-                shutdown.await;
+                match lease_lost {
+                    Some(l) => tokio::select! {
+                        () = shutdown => {}
+                        () = l => lost.store(true, std::sync::atomic::Ordering::Release),
+                    },
+                    None => shutdown.await,
+                }
                 token.cancel();
             }
         };
@@ -515,7 +611,7 @@ impl Server {
                 tracing::warn!("a consumer did not stop within 30 s");
             }
         }
-        for task in [background, outbox] {
+        for task in helpers {
             task.abort();
             let _ = task.await;
         }
@@ -525,8 +621,62 @@ impl Server {
             .await
             .ok();
         state.control.close().await;
+        shared_state::unregister(&state.config.data_dir);
+        // Dropping the lease hands it over at once.
+        drop(self.cluster);
+        if lost.load(std::sync::atomic::Ordering::Acquire) {
+            anyhow::bail!(
+                "this worker lost the workers' lease (NATS unreachable or the process stalled for a lease time); it stopped so that it can start again as a standby"
+            );
+        }
         Ok(())
     }
+}
+
+/// Opens the log on JetStream and its shared files; a worker waits for
+/// the workers' lease, then takes the last holder's state.
+async fn open_cluster(
+    config: &ServerConfig,
+    js: &tally_jetstream::JetStreamConfig,
+    rules: Arc<RetentionRules>,
+) -> anyhow::Result<Cluster> {
+    if config.role == Role::All {
+        anyhow::bail!(
+            "on a shared log (--log nats://...) run `tally server` for ingest and queries and `tally worker` for the consumers that run once"
+        );
+    }
+    let log = tally_jetstream::JetStreamLog::open(js.clone(), rules)
+        .await
+        .context("cannot open the log on NATS JetStream (--log)")?;
+    let files = tally_jetstream::SharedFiles::open(&log)
+        .await
+        .context("cannot open the cluster's shared files")?;
+    let lease = match config.role {
+        Role::Worker => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            let holder = format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                config.data_dir.display()
+            );
+            Some(
+                tally_jetstream::Lease::acquire(&log, "workers", &holder, config.lease_ttl)
+                    .await
+                    .context("cannot take the workers' lease")?,
+            )
+        }
+        _ => None,
+    };
+    let (dir, f, everything) = (config.data_dir.clone(), files.clone(), lease.is_some());
+    let restored = tokio::task::spawn_blocking(move || shared_state::restore(&dir, &f, everything))
+        .await
+        .context("restoring shared state panicked")??;
+    if everything {
+        tracing::info!(files = restored, "took the workers' state from the cluster");
+    }
+    Ok(Cluster { log, files, lease })
 }
 
 /// Opens (recovers) the embedded store and gives records of versions
@@ -580,8 +730,11 @@ async fn background_tasks(state: AppState) {
                 flows::enforce_retention(&state).await;
             }
             _ = stats.tick() => {
-                // Everything stored before the previous tick was applied.
-                if let Err(e) = state.batches.save_if_dirty(batch_through) {
+                // Everything stored before the previous tick was applied
+                // (on a shared log the batch-chains consumer saves instead).
+                if state.shared_files.is_none()
+                    && let Err(e) = state.batches.save_if_dirty(batch_through)
+                {
                     tracing::warn!("saving batch chain state failed: {e}");
                 }
                 batch_through = state.store.end_seq().saturating_sub(1);

@@ -102,6 +102,14 @@ pub trait Log: Send + Sync + 'static {
     /// before it is durable.
     fn end_seq(&self) -> Position;
 
+    /// The end as the log's authority knows it now: for a log shared by
+    /// several processes, a round trip that also moves [`Log::end_seq`]
+    /// past what others appended; the embedded store's end otherwise.
+    fn sync_end(&self) -> LogFuture<'_, Position> {
+        let end = self.end_seq();
+        Box::pin(async move { Ok(end) })
+    }
+
     /// Resolves once position `pos` is assigned and durable, i.e. once
     /// [`Log::end_seq`] is past it (at once when it is), or with
     /// [`StoreError::Closed`] when the log closes. A reader that has read

@@ -52,6 +52,11 @@ enum Command {
     /// Run the server: logs-service API and durable storage.
     #[cfg(feature = "server")]
     Server(ServerCmd),
+    /// Run the consumers that run once per cluster (reconciliation,
+    /// detection, streams, the audit outbox) on a shared log: takes the
+    /// workers' lease (a standby waits for it), with the servers' flags.
+    #[cfg(feature = "server")]
+    Worker(ServerCmd),
     /// Run the node agent (queue logs on disk, upload them), or talk to it:
     /// `id`, `log MESSAGE`, `logs`.
     #[cfg(feature = "agent")]
@@ -177,6 +182,32 @@ struct ServerCmd {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Where the log is: `embedded` (files in the data directory) or a
+    /// NATS JetStream cluster shared by several servers,
+    /// `nats://host:4222[,host:4222...]`
+    #[arg(
+        long,
+        env = "TALLY_LOG",
+        value_name = "URL",
+        default_value = "embedded"
+    )]
+    log: String,
+    /// The JetStream stream of the log (and the prefix of its subjects and
+    /// key-value buckets)
+    #[arg(long, env = "TALLY_LOG_STREAM", default_value = "TALLY")]
+    log_stream: String,
+    /// Replicas JetStream keeps of each message, when it creates the stream
+    /// (3 survives the loss of one NATS server)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    log_replicas: u16,
+    /// JetStream's duplicate window: a retried upload sent again within it
+    /// is dropped by JetStream itself, before any server followed it
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    log_dedup_window: std::time::Duration,
+    /// How long a worker's lease lasts without renewal: a crashed worker's
+    /// consumers move to a standby within it
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease: std::time::Duration,
     /// Directory for the store and configuration.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
     data_dir: PathBuf,
@@ -297,7 +328,7 @@ pub(crate) async fn shutdown_signal() {
 }
 
 #[cfg(feature = "server")]
-async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
+async fn run_server(cmd: ServerCmd, role: tally_server::Role) -> anyhow::Result<()> {
     if let Some(ServerAction::ResetAdminKey {
         data_dir,
         control_db,
@@ -325,6 +356,28 @@ async fn run_server(cmd: ServerCmd) -> anyhow::Result<()> {
     config.reconcile.window_ns = i64::try_from(cmd.reconcile_window.as_nanos()).unwrap_or(i64::MAX);
     config.reconcile.grace_ns = i64::try_from(cmd.reconcile_grace.as_nanos()).unwrap_or(i64::MAX);
     config.recorder_listen = cmd.recorder_listen;
+    config.role = role;
+    config.lease_ttl = cmd.lease;
+    if cmd.log != "embedded" {
+        let mut js = tally_server::JetStreamConfig::from_url(&cmd.log)
+            .map_err(|e| anyhow::anyhow!("{e} (or `embedded`, the default)"))?;
+        js.stream = cmd.log_stream.clone();
+        js.replicas = usize::from(cmd.log_replicas);
+        js.dedup_window = cmd.log_dedup_window;
+        config.jetstream = Some(js);
+        if config.role == tally_server::Role::All {
+            config.role = tally_server::Role::Api;
+        }
+        if config.control_db.is_none() {
+            tracing::warn!(
+                "a shared log with a control database in this data directory (SQLite): other servers and workers need the same one; give them all --control-db postgres://..."
+            );
+        }
+    } else if role == tally_server::Role::Worker {
+        anyhow::bail!(
+            "`tally worker` runs beside servers on a shared log: give it --log nats://host:4222 (the servers' --log); with the embedded store `tally server` runs everything"
+        );
+    }
     config.recorder = tally_server::recorder::RecorderConfig {
         allow: cmd.recorder_allow,
         token: cmd.recorder_token.filter(|t| !t.is_empty()),
@@ -390,7 +443,7 @@ fn main() -> std::process::ExitCode {
         return bench_cmd::run(args);
     }
     #[cfg(feature = "server")]
-    if matches!(cli.command, Command::Server(_)) {
+    if matches!(cli.command, Command::Server(_) | Command::Worker(_)) {
         // Before the runtime starts its threads (see the function).
         tally_server::memory::limit_malloc_arenas();
     }
@@ -411,7 +464,9 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     client::install_crypto();
     let result = match cli.command {
         #[cfg(feature = "server")]
-        Command::Server(cmd) => run_server(cmd).await,
+        Command::Server(cmd) => run_server(cmd, tally_server::Role::All).await,
+        #[cfg(feature = "server")]
+        Command::Worker(cmd) => run_server(cmd, tally_server::Role::Worker).await,
         #[cfg(feature = "agent")]
         Command::Agent(args) => agent_cmd::run(args).await,
         Command::Bench(args) => return bench_cmd::run(args),

@@ -200,10 +200,14 @@ async fn store(
             start,
         )
         .await?;
-    state
-        .streams
-        .start(&state.pipeline, &row)
-        .map_err(|e| ApiError::internal(format!("starting the stream: {e:#}")))?;
+    // On a shared log the worker runs streams; it sees the change within
+    // seconds (`consumers::stream::follow_changes`).
+    if state.config.role.runs_singletons() {
+        state
+            .streams
+            .start(&state.pipeline, &row)
+            .map_err(|e| ApiError::internal(format!("starting the stream: {e:#}")))?;
+    }
     Ok(row)
 }
 
@@ -256,7 +260,9 @@ pub async fn delete(
         .control
         .delete_stream(caller.tailnet(), &caller.ctx, &row.id)
         .await?;
-    state.streams.forget(&state.pipeline, &row.id);
+    if state.config.role.runs_singletons() {
+        state.streams.forget(&state.pipeline, &row.id);
+    }
     Ok(StatusCode::OK.into_response())
 }
 
@@ -276,15 +282,27 @@ fn unconfirmed(state: &AppState, tailnet: &str) -> u64 {
 
 /// A stream's status: Tailscale's fields and Tally's.
 fn status_of(state: &AppState, row: &StreamRow) -> Value {
-    let Some(live) = state.streams.state(&row.id) else {
+    let live = state.streams.state(&row.id).map(|live| {
+        let s = live.lock();
+        (s.status.clone(), s.position, s.unencrypted)
+    });
+    // On a shared log the worker runs the stream and shares its status.
+    let shared = || {
+        let files = state.shared_files.as_ref()?;
+        let (status, position) = crate::consumers::stream::shared_status(files, &row.id)?;
+        let unencrypted = state
+            .streams
+            .unseal(row)
+            .ok()
+            .and_then(|c| c.validate().ok())
+            .is_some_and(|(_, u)| u);
+        Some((status, position, unencrypted))
+    };
+    let Some((status, position, unencrypted)) = live.or_else(shared) else {
         let mut v = serde_json::to_value(PublishingStatus::default()).unwrap_or_default();
         v["id"] = json!(row.id);
         v["lastError"] = json!("the stream is not running (see the server's log)");
         return v;
-    };
-    let (status, position, unencrypted) = {
-        let s = live.lock();
-        (s.status.clone(), s.position, s.unencrypted)
     };
     let mut v = serde_json::to_value(status).unwrap_or_default();
     if row.log_type == LogType::Network.name() {

@@ -550,7 +550,7 @@ impl Consumer for Detection {
             let mut bytes = serde_json::to_vec(&Saved { pos, written })?;
             bytes.push(b'\n');
             serde_json::to_writer(&mut bytes, &snapshot)?;
-            tally_store::write_atomic(&path, &bytes)?;
+            crate::shared_state::save(&path, &bytes)?;
             Ok::<_, anyhow::Error>(())
         })
         .await

@@ -3,6 +3,7 @@
 //! transparency log, reconciliation and detection. A new consumer (detection, a
 //! streaming destination) is a new module here and one line in [`start`].
 
+pub mod batch_chains;
 pub mod detection;
 pub mod flow_index;
 pub mod flows;
@@ -35,33 +36,51 @@ pub fn start(
     resume: &Resume,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let p = &state.pipeline;
-    let tasks = vec![
-        p.spawn(flow_index::FlowIndex::new(
-            state.flows.clone(),
-            state.catalog.clone(),
-            resume.flow_checkpoint,
-        ))
-        .context("starting the flow index")?
-        .1,
-        p.spawn(transparency::TransparencyLog::new(state.log.clone()))
-            .context("starting the transparency log")?
+    let role = state.config.role;
+    let mut tasks = Vec::new();
+    if role.runs_indexes() {
+        tasks.push(
+            p.spawn(flow_index::FlowIndex::new(
+                state.flows.clone(),
+                state.catalog.clone(),
+                resume.flow_checkpoint,
+            ))
+            .context("starting the flow index")?
             .1,
-        p.spawn(reconciliation::Reconciliation::new(
-            state.reconcile.clone(),
-            state.store.clone(),
-            state.catalog.clone(),
-            state.control.clone(),
-            resume.reconcile,
-        ))
-        .context("starting reconciliation")?
-        .1,
-    ];
-    let mut tasks = tasks;
-    if let Some(d) = resume.detection.lock().take() {
-        tasks.push(p.spawn(d).context("starting detection")?.1);
+        );
+        tasks.push(
+            p.spawn(transparency::TransparencyLog::new(state.log.clone()))
+                .context("starting the transparency log")?
+                .1,
+        );
+        if let Some(r) = resume.recordings.lock().take() {
+            tasks.push(p.spawn(r).context("starting the recordings' index")?.1);
+        }
+        if state.shared_files.is_some() {
+            // Other servers' batches (this one's are applied at ingest).
+            let from = state.store.end_seq().saturating_sub(1);
+            tasks.push(
+                p.spawn(batch_chains::BatchChains::new(state.batches.clone(), from))
+                    .context("starting the batch chains")?
+                    .1,
+            );
+        }
     }
-    if let Some(r) = resume.recordings.lock().take() {
-        tasks.push(p.spawn(r).context("starting the recordings' index")?.1);
+    if role.runs_singletons() {
+        tasks.push(
+            p.spawn(reconciliation::Reconciliation::new(
+                state.reconcile.clone(),
+                state.store.clone(),
+                state.catalog.clone(),
+                state.control.clone(),
+                resume.reconcile,
+            ))
+            .context("starting reconciliation")?
+            .1,
+        );
+        if let Some(d) = resume.detection.lock().take() {
+            tasks.push(p.spawn(d).context("starting detection")?.1);
+        }
     }
     Ok(tasks)
 }

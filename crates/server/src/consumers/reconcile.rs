@@ -216,7 +216,7 @@ impl ReconcileService {
             snapshot: Vec::new(),
         }
         .encode(&snapshot)?;
-        tally_store::write_atomic(&self.path, &bytes)?;
+        crate::shared_state::save(&self.path, &bytes)?;
         Ok(())
     }
 }

@@ -47,6 +47,17 @@ struct Saved {
     status: PublishingStatus,
 }
 
+/// The status and position the worker running stream `id` last saved to
+/// the cluster's shared files (what a server on a shared log shows).
+pub fn shared_status(
+    files: &tally_jetstream::SharedFiles,
+    id: &str,
+) -> Option<(PublishingStatus, u64)> {
+    let bytes = files.get(&format!("streams/{id}.json")).ok()??;
+    let saved: Saved = serde_json::from_slice(&bytes).ok()?;
+    Some((saved.status, saved.position))
+}
+
 /// A stream's live state, shared with the API.
 #[derive(Debug, Default)]
 pub struct StreamState {
@@ -182,7 +193,7 @@ impl StreamService {
     /// Stops stream `id` and deletes its saved state.
     pub fn forget(&self, pipeline: &Pipeline, id: &str) {
         self.stop(pipeline, id);
-        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+        crate::shared_state::remove(&self.dir.join(format!("{id}.json")));
     }
 
     /// Stream `id`'s state.
@@ -410,7 +421,7 @@ impl Consumer for StreamConsumer {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let bytes = serde_json::to_vec(&saved).map_err(|e| e.to_string())?;
-            tally_store::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+            crate::shared_state::save(&path, &bytes).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| ConsumerError::new(format!("saving the stream's position panicked: {e}")))?
@@ -430,6 +441,55 @@ pub async fn start_all(state: &crate::AppState) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A worker's loop: starts, restarts and stops streams as their rows in
+/// the control database change (through any server's API), every 5 s.
+pub async fn follow_changes(state: crate::AppState) {
+    let mut known: HashMap<String, i64> = state
+        .streams
+        .running
+        .lock()
+        .keys()
+        .map(|id| (id.clone(), i64::MIN))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let rows = match state.control.streams(None).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("reading the streams' configuration: {e}");
+                continue;
+            }
+        };
+        for row in &rows {
+            let running = state.streams.running.lock().contains_key(&row.id);
+            match known.get(&row.id) {
+                Some(&u) if u == row.updated => continue,
+                // Started from this row when this process started.
+                Some(&i64::MIN) if running => {
+                    known.insert(row.id.clone(), row.updated);
+                    continue;
+                }
+                _ => {}
+            }
+            match state.streams.start(&state.pipeline, row) {
+                Ok(()) => tracing::info!(stream = %row.id, "stream (re)started after a change"),
+                Err(e) => tracing::error!(stream = %row.id, "a stream cannot start: {e:#}"),
+            }
+            known.insert(row.id.clone(), row.updated);
+        }
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|id| !rows.iter().any(|r| &r.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            state.streams.forget(&state.pipeline, &id);
+            known.remove(&id);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ pub struct Catalog {
     /// interleave: a periodic reload that read the database before a change
     /// committed cannot overwrite the reload made after it.
     reloading: tokio::sync::Mutex<()>,
+    /// When the last completed reload began to read the database.
+    read_at: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Tailnet → a counter bumped when what its agents are told changed
     /// (only tailnets with a waiter have one).
     agent_watch: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
@@ -78,6 +80,7 @@ impl Catalog {
             data: RwLock::new(Cached::default()),
             rules,
             reloading: tokio::sync::Mutex::new(()),
+            read_at: parking_lot::Mutex::new(None),
             agent_watch: parking_lot::Mutex::new(HashMap::new()),
         }
     }
@@ -85,6 +88,28 @@ impl Catalog {
     /// Reloads from the database and republishes the retention rules.
     pub async fn reload(&self, db: &ControlDb) -> Result<(), ControlError> {
         let _one_at_a_time = self.reloading.lock().await;
+        self.reload_locked(db).await
+    }
+
+    /// Reloads unless a reload that began reading at or after `since`
+    /// already completed (waiting for one in progress): on a shared log,
+    /// where another server may have just registered a node or adopted an
+    /// instance, an upload this server knows nothing of asks for this
+    /// before it is stored as nobody's.
+    pub async fn reload_since(
+        &self,
+        since: std::time::Instant,
+        db: &ControlDb,
+    ) -> Result<(), ControlError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.read_at.lock().is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        self.reload_locked(db).await
+    }
+
+    async fn reload_locked(&self, db: &ControlDb) -> Result<(), ControlError> {
+        let began = std::time::Instant::now();
         let mut collections = db.load_collections().await?;
         let audit_days = db.audit_retention_days().await?;
         for ((tailnet, name), c) in collections.iter_mut() {
@@ -156,6 +181,7 @@ impl Catalog {
             }
         }
         watch.retain(|_, tx| tx.receiver_count() > 0);
+        *self.read_at.lock() = Some(began);
         Ok(())
     }
 

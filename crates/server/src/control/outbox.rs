@@ -109,7 +109,7 @@ impl AuditOutbox {
 
     fn save(&self) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(&self.positions)?;
-        tally_store::write_atomic(&self.path, &bytes)
+        crate::shared_state::save(&self.path, &bytes)
             .map_err(|e| anyhow::anyhow!("saving the audit outbox position: {e}"))
     }
 }

@@ -231,6 +231,39 @@ impl BatchLedger {
         inner.dirty = true;
     }
 
+    /// Whether this server's state of the upload's chain is behind the
+    /// batch number it carries: on a shared log, another server may have
+    /// taken the batches before it (see `consumers::batch_chains`).
+    pub fn is_behind(
+        &self,
+        instance: &PublicId,
+        collection: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> bool {
+        let Some(seq) = headers
+            .get(tally_transparency::batch::HEADER_SEQ)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            return false;
+        };
+        let next = self
+            .inner
+            .lock()
+            .chains
+            .get(&(*instance, collection.to_owned()))
+            .map_or(1, |c| c.next_seq.max(1));
+        seq > next
+    }
+
+    /// Applies a stored `BATCH` record (another server's, on a shared
+    /// log); a chain only moves forward, so applying one twice is harmless.
+    pub fn apply_stored(&self, record: &tally_store::Record) {
+        if let Ok(b) = serde_json::from_slice::<BatchRecord>(&record.rec.body) {
+            self.replay(&PublicId(record.rec.instance), &b);
+        }
+    }
+
     /// Judges one upload (its decoded body) without changing anything.
     pub fn check(
         &self,

@@ -434,7 +434,16 @@ async fn ingest(
             ),
         ));
     }
-    let owner = state.catalog.owner_of(collection.as_str(), &public);
+    let mut owner = state.catalog.owner_of(collection.as_str(), &public);
+    if owner == Owner::Unclaimed && state.shared_files.is_some() {
+        // Another server may have registered or adopted it a moment ago.
+        state
+            .catalog
+            .reload_since(std::time::Instant::now(), &state.control)
+            .await
+            .map_err(ApiError::from)?;
+        owner = state.catalog.owner_of(collection.as_str(), &public);
+    }
     check_destination(&state, &collection, &public, &owner)?;
     // Flow records of a tailnet with flow logging off are checked like any
     // batch but not stored (the batch record lists them): the agent learns
@@ -454,6 +463,13 @@ async fn ingest(
     let mut budget = reserve(&state, &headers).await?;
     // Compressed bodies are smaller than the decompressed limit; identity bodies are checked again after.
     let raw = body::read_limited(raw, MAX_RAW_BYTES).await?;
+    if state.shared_files.is_some()
+        && state
+            .batches
+            .is_behind(&public, collection.as_str(), &headers)
+    {
+        crate::consumers::batch_chains::catch_up(&state).await;
+    }
     let (parsed, decode_error, batch) = decode_and_parse(
         &state,
         &headers,

@@ -69,6 +69,12 @@ impl TestServer {
         (server, lines.expect("stderr captured"))
     }
 
+    /// Starts `tally <sub>` (`server` or `worker`) with `extra` flags;
+    /// returns once it listens (a standby worker: once it took the lease).
+    pub fn start_sub(sub: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_sub(sub, data_dir, "127.0.0.1:0", extra, &[], false).0
+    }
+
     fn spawn(
         data_dir: &Path,
         listen: &str,
@@ -76,8 +82,19 @@ impl TestServer {
         env: &[(&str, &str)],
         capture_stderr: bool,
     ) -> (Self, Option<std::sync::mpsc::Receiver<String>>) {
+        Self::spawn_sub("server", data_dir, listen, extra, env, capture_stderr)
+    }
+
+    fn spawn_sub(
+        sub: &str,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        capture_stderr: bool,
+    ) -> (Self, Option<std::sync::mpsc::Receiver<String>>) {
         let mut child = Command::new(bin())
-            .args(["server", "--listen", listen, "--data-dir"])
+            .args([sub, "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("TALLY_BOOTSTRAP_KEY", KEY)

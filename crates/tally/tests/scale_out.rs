@@ -1,0 +1,335 @@
+//! Beyond one machine, with the real engines: `tally server` instances and
+//! `tally worker`s on a NATS JetStream log (Debian's `nats-server`, one or
+//! a three-node cluster) with a PostgreSQL control database.
+//!
+//! - Writers upload through two servers; one is killed with `kill -9`
+//!   under load; a writer retries what was not acknowledged through the
+//!   other (as an agent behind a load balancer does): every acknowledged
+//!   entry is read back exactly once.
+//! - Killing one NATS server of an R3 cluster under load loses nothing
+//!   acknowledged, and ingest goes on.
+//! - Killing the worker: a standby takes the consumers over once the lease
+//!   lapses, and what they write (the audit log's copy in the log) is not
+//!   duplicated.
+
+mod common;
+
+use common::{KEY, TestServer, http, read_all};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tally_testkit::{nats, postgres};
+
+const WRITERS: u32 = 4;
+const BATCH: u64 = 25;
+const PER_WRITER: u64 = 1_000;
+
+/// Writers that upload batches to whichever server is up, retrying the same
+/// batch (byte for byte) until one acknowledges it; returns the entries
+/// acknowledged per writer. `kill` runs once `kill_after` entries were
+/// acknowledged.
+async fn write_through(
+    servers: Vec<String>,
+    kill_after: u64,
+    kill: impl FnOnce() + Send + 'static,
+) -> HashMap<u32, u64> {
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let servers = servers.clone();
+        let (acked_total, reached) = (acked_total.clone(), reached.clone());
+        writers.push(tokio::spawn(async move {
+            let c = http();
+            let id = common::adopted_id(&servers[0], "tailnode").await;
+            let mut target = w as usize % servers.len();
+            let mut next = 1u64;
+            while next <= PER_WRITER {
+                let batch: Vec<_> = (next..next + BATCH)
+                    .map(|n| serde_json::json!({"text": format!("w{w}-{n}"), "logtail": {"proc_id": w, "proc_seq": n}}))
+                    .collect();
+                let body = serde_json::to_vec(&batch).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut last = String::new();
+                loop {
+                    assert!(
+                        Instant::now() < deadline,
+                        "writer {w}: batch at {next} never acknowledged; last answer: {last}"
+                    );
+                    let url = format!("{}/c/tailnode/{}", servers[target], id.to_hex());
+                    match c.post(&url).body(body.clone()).timeout(Duration::from_secs(10)).send().await {
+                        Ok(r) if r.status() == 200 => break,
+                        Ok(r) => {
+                            let status = r.status();
+                            last = format!("{status} {}", r.text().await.unwrap_or_default());
+                            assert!(status.is_server_error(), "unexpected answer: {last}");
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    // As a load balancer would: the next server.
+                    target = (target + 1) % servers.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                next += BATCH;
+                if acked_total.fetch_add(BATCH, Ordering::AcqRel) + BATCH >= kill_after {
+                    reached.notify_one();
+                }
+            }
+            (w, next - 1)
+        }));
+    }
+    reached.notified().await;
+    kill();
+    let mut out = HashMap::new();
+    for t in writers {
+        let (w, n) = t.await.unwrap();
+        out.insert(w, n);
+    }
+    out
+}
+
+/// Every entry of the writers read back from `url`: each acknowledged one
+/// exactly once, none twice.
+async fn assert_exactly_once(url: &str, acked: &HashMap<u32, u64>) {
+    let entries = read_all(&http(), url, "tailnode").await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in &entries {
+        if let Some(t) = e["text"].as_str() {
+            *seen.entry(t.to_owned()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "entries stored more than once: {twice:?}");
+    for (w, last) in acked {
+        for n in 1..=*last {
+            assert!(
+                seen.contains_key(&format!("w{w}-{n}")),
+                "acknowledged entry w{w}-{n} is missing ({} entries read)",
+                entries.len()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_share_the_log_and_a_killed_one_loses_nothing_acknowledged() {
+    let Some(nats) = nats::for_tests("scale-out servers", 1) else {
+        return;
+    };
+    let Some(pg) = postgres::for_tests("scale-out servers") else {
+        return;
+    };
+    let (log, db) = (nats.urls(), pg.url("postgres"));
+    let flags = ["--log", log.as_str(), "--control-db", db.as_str()];
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = TestServer::start_sub("server", dirs[0].path(), &flags);
+    let b = TestServer::start_sub("server", dirs[1].path(), &flags);
+    let _worker = TestServer::start_sub("worker", dirs[2].path(), &flags);
+
+    // Both servers sign the same checkpoints: one key for the cluster.
+    let c = http();
+    let origin = |url: String| {
+        let c = c.clone();
+        async move {
+            let text = c
+                .get(format!("{url}/.well-known/tally/checkpoint"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines().next().unwrap_or_default().to_owned()
+        }
+    };
+    let (oa, ob) = (origin(a.url.clone()).await, origin(b.url.clone()).await);
+    assert!(oa.starts_with("tally/"), "{oa}");
+    assert_eq!(oa, ob, "both servers sign as the same log");
+
+    let kill_a = {
+        let pid = a.child.id();
+        move || unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    };
+    let acked = write_through(
+        vec![a.url.clone(), b.url.clone()],
+        u64::from(WRITERS) * PER_WRITER / 3,
+        kill_a,
+    )
+    .await;
+    a.kill9();
+    assert_exactly_once(&b.url, &acked).await;
+
+    // A retry of an acknowledged batch through the survivor is dropped as
+    // a duplicate, not stored twice.
+    let id = common::adopted_id(&b.url, "tailnode").await;
+    let body = r#"[{"text":"once","logtail":{"proc_id":9,"proc_seq":1}}]"#;
+    for _ in 0..2 {
+        let r = c
+            .post(format!("{}/c/tailnode/{}", b.url, id.to_hex()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let entries = read_all(&c, &b.url, "tailnode").await;
+    assert_eq!(entries.iter().filter(|e| e["text"] == "once").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_node_nats_cluster_loses_nothing_when_a_node_dies() {
+    let Some(mut nats) = nats::for_tests("scale-out R3", 3) else {
+        return;
+    };
+    let Some(pg) = postgres::for_tests("scale-out R3") else {
+        return;
+    };
+    let (log, db) = (nats.urls(), pg.url("postgres"));
+    let flags = [
+        "--log",
+        log.as_str(),
+        "--log-replicas",
+        "3",
+        "--control-db",
+        db.as_str(),
+    ];
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A new cluster elects its JetStream leader first: the server waits.
+    let a = TestServer::start_sub("server", dirs[0].path(), &flags);
+    let b = TestServer::start_sub("server", dirs[1].path(), &flags);
+    let victim = nats.servers.remove(1);
+    let victim = Arc::new(parking_lot::Mutex::new(victim));
+    let killed = Arc::new(AtomicBool::new(false));
+    let kill = {
+        let (victim, killed) = (victim.clone(), killed.clone());
+        move || {
+            victim.lock().kill();
+            killed.store(true, Ordering::Release);
+        }
+    };
+    let acked = write_through(
+        vec![a.url.clone(), b.url.clone()],
+        u64::from(WRITERS) * PER_WRITER / 3,
+        kill,
+    )
+    .await;
+    assert!(killed.load(Ordering::Acquire));
+    assert_exactly_once(&a.url, &acked).await;
+    assert_exactly_once(&b.url, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
+    let Some(nats) = nats::for_tests("scale-out workers", 1) else {
+        return;
+    };
+    let Some(pg) = postgres::for_tests("scale-out workers") else {
+        return;
+    };
+    let (log, db) = (nats.urls(), pg.url("postgres"));
+    let flags = [
+        "--log",
+        log.as_str(),
+        "--control-db",
+        db.as_str(),
+        "--lease",
+        "3s",
+    ];
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = TestServer::start_sub("server", dirs[0].path(), &flags);
+    let mut first = TestServer::start_sub("worker", dirs[1].path(), &flags);
+    // The second waits for the lease: it listens only once it has it.
+    let standby = {
+        let dir = dirs[2].path().to_path_buf();
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            TestServer::start_sub("worker", &dir, &flags)
+        })
+    };
+    let c = http();
+    // Each new API key is an audit event; the worker's outbox copies the
+    // audit log into the log (`tailaudit`), identity = its sequence number.
+    let make_keys = |n: usize| {
+        let (c, url) = (c.clone(), server.url.clone());
+        async move {
+            for i in 0..n {
+                let r = c
+                    .post(format!("{url}/api/v2/tailnet/-/keys"))
+                    .bearer_auth(KEY)
+                    .json(&serde_json::json!({"keyType": "api", "description": format!("k{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        }
+    };
+    let audit_count = |url: String| {
+        let c = c.clone();
+        async move {
+            let v: serde_json::Value = c
+                .get(format!("{url}/api/v2/tailnet/-/logging/configuration"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["logs"].as_array().map_or(0, Vec::len)
+        }
+    };
+    make_keys(10).await;
+    let copied = |want: usize| {
+        let (c, url) = (c.clone(), server.url.clone());
+        async move {
+            tally_testkit::wait::until(
+                "the audit log copied into the log",
+                Duration::from_secs(60),
+                || {
+                    let (c, url) = (c.clone(), url.clone());
+                    async move {
+                        let n = read_all(&c, &url, "tailaudit").await.len();
+                        if n >= want {
+                            Ok(n)
+                        } else {
+                            Err(format!("{n} of {want}"))
+                        }
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let events = audit_count(server.url.clone()).await;
+    assert!(events >= 10, "{events} audit events");
+    copied(events).await;
+
+    // The first worker dies; the standby takes over once the lease lapses.
+    first.kill9();
+    make_keys(10).await;
+    let second = standby.join().expect("the standby worker starts");
+    let events = audit_count(server.url.clone()).await;
+    copied(events).await;
+    let copies = read_all(&c, &server.url, "tailaudit").await;
+    let mut seen = HashMap::new();
+    for e in &copies {
+        // The event itself, without the copy's own receive time.
+        let mut e = e.clone();
+        if let Some(o) = e.as_object_mut() {
+            o.remove("logtail");
+        }
+        let key = e.to_string();
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "an audit event was copied twice"
+    );
+    assert_eq!(copies.len(), events, "each audit event copied once");
+    drop(second);
+}
