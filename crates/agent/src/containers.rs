@@ -23,6 +23,11 @@
 //! timestamp becomes the entry's `client_time`, and a line that is not in
 //! the runtime's format is kept as read with a `note`.
 //!
+//! A partial message nothing is added to for [`IDLE_FLUSH`] (a prompt
+//! without a newline) is taken as a part; the rest follows as the next.
+//! A root the agent may not read (not root: dockerd keeps its containers
+//! 0710) is said once, in the node's log too.
+//!
 //! Files are looked for again every second: a new container's log is read
 //! from its start; a container whose log went away (removed) is read to
 //! the end of what the agent has open, then dropped, its position
@@ -331,8 +336,29 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The container log files present now.
-fn scan(opts: &ContainerOptions) -> Vec<Present> {
+/// Lists `dir`; a missing one is empty, another error is said in `problems`.
+fn list(dir: &Path, problems: &mut Vec<String>) -> Vec<fs::DirEntry> {
+    match fs::read_dir(dir) {
+        Ok(items) => items.flatten().collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            problems.push(format!(
+                "--containers: cannot read {}: {e}{}",
+                dir.display(),
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (container logs are root's: run the agent as root)"
+                } else {
+                    ""
+                }
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// The container log files present now, and what could not be read.
+fn scan(opts: &ContainerOptions) -> (Vec<Present>, Vec<String>) {
+    let mut problems = Vec::new();
     let mut found = Vec::new();
     let mut push = |path: PathBuf, runtime| {
         if let Some(key) = path.to_str() {
@@ -340,32 +366,30 @@ fn scan(opts: &ContainerOptions) -> Vec<Present> {
             found.push(Present { path, key, runtime });
         }
     };
-    if let Some(root) = &opts.docker_root
-        && let Ok(dirs) = fs::read_dir(root.join("containers"))
-    {
-        for dir in dirs.flatten() {
+    if let Some(root) = &opts.docker_root {
+        for dir in list(&root.join("containers"), &mut problems) {
             let name = dir.file_name();
             let Some(id) = name.to_str().filter(|n| is_container_id(n)) else {
                 continue;
             };
             let log = dir.path().join(format!("{id}-json.log"));
-            if log.is_file() {
-                push(log, Runtime::Docker);
+            match fs::metadata(&log) {
+                Ok(m) if m.is_file() => push(log, Runtime::Docker),
+                // A container directory the agent may not enter.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    problems.push(format!(
+                        "--containers: cannot read {}: {e} (container logs are root's: run the agent as root)",
+                        log.display()
+                    ));
+                }
+                _ => {}
             }
         }
     }
-    if let Some(pods) = &opts.cri_log_dir
-        && let Ok(pod_dirs) = fs::read_dir(pods)
-    {
-        for pod in pod_dirs.flatten() {
-            let Ok(containers) = fs::read_dir(pod.path()) else {
-                continue;
-            };
-            for container in containers.flatten() {
-                let Ok(files) = fs::read_dir(container.path()) else {
-                    continue;
-                };
-                for file in files.flatten() {
+    if let Some(pods) = &opts.cri_log_dir {
+        for pod in list(pods, &mut problems) {
+            for container in list(&pod.path(), &mut problems) {
+                for file in list(&container.path(), &mut problems) {
                     let name = file.file_name();
                     let is_log = name
                         .to_str()
@@ -379,7 +403,8 @@ fn scan(opts: &ContainerOptions) -> Vec<Present> {
         }
     }
     found.sort_by(|a, b| a.key.cmp(&b.key));
-    found
+    problems.truncate(8);
+    (found, problems)
 }
 
 #[derive(Deserialize, Default)]
@@ -554,6 +579,8 @@ pub(crate) struct Watcher {
     /// Read a new file from its start (not the first start).
     seen_before: bool,
     warned_full: bool,
+    /// Problems said already (each once).
+    warned: BTreeSet<String>,
 }
 
 impl Watcher {
@@ -578,6 +605,7 @@ impl Watcher {
             followers: BTreeMap::new(),
             seen_before: marker.exists(),
             warned_full: false,
+            warned: BTreeSet::new(),
         };
         let present = w.rescan().await;
         // Containers removed while the agent was stopped: their logs are gone.
@@ -619,9 +647,15 @@ impl Watcher {
     /// removed ones. Returns the keys present.
     async fn rescan(&mut self) -> BTreeSet<String> {
         let opts = self.opts.clone();
-        let Ok(found) = tokio::task::spawn_blocking(move || scan(&opts)).await else {
+        let Ok((found, problems)) = tokio::task::spawn_blocking(move || scan(&opts)).await else {
             return BTreeSet::new();
         };
+        for p in problems {
+            if self.warned.insert(p.clone()) {
+                tracing::warn!("{p}");
+                note(&self.tx, p).await;
+            }
+        }
         let present: BTreeSet<String> = found.iter().map(|p| p.key.to_string()).collect();
         // A log file missing while its directory is there is being rotated:
         // its follower handles that.
@@ -818,6 +852,24 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_message_left_waiting_is_taken_as_a_part() {
+        let mut j = Joiner::new(Runtime::Cri);
+        let mut out = Vec::new();
+        j.push(
+            line("2025-01-02T03:04:05Z stdout P password: ", 1),
+            &mut out,
+        );
+        j.flush_idle(Duration::from_secs(3600), &mut out);
+        assert!(out.is_empty(), "not waited long enough");
+        j.flush_idle(Duration::ZERO, &mut out);
+        assert_eq!(texts(&out), ["password: "]);
+        assert!(out[0].raw.continues, "the rest follows as the next part");
+        j.push(line("2025-01-02T03:04:09Z stdout F ok", 2), &mut out);
+        assert_eq!(texts(&out), ["password: ", "ok"]);
+        assert!(!out[1].raw.continues);
+    }
+
+    #[test]
     fn joined_messages_are_bounded() {
         let mut j = Joiner::new(Runtime::Docker);
         let mut out = Vec::new();
@@ -853,8 +905,8 @@ mod tests {
             docker_root: None,
             cri_log_dir: Some(pods.clone()),
         };
-        let found = scan(&opts);
-        assert_eq!(found.len(), 1);
+        let (found, problems) = scan(&opts);
+        assert_eq!((found.len(), problems.len()), (1, 0), "{problems:?}");
         let tagged = tag_files(&opts, found);
         let f = &tagged[0].1.tags.fields;
         assert_eq!(f["namespace"], "prod");

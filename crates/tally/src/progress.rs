@@ -96,6 +96,7 @@ impl Progress {
 impl Progress {
     /// A callback setting the position and total, for work done on
     /// another thread (`(position, total)`).
+    #[cfg(feature = "server")]
     pub fn updater(&self) -> impl Fn(u64, u64) + Send + Sync + 'static {
         let bar = self.bar.clone();
         move |pos, total| {
