@@ -42,6 +42,45 @@ pub(crate) struct Line {
     pub client_time: i64,
     /// For a followed file: the position after this line, stored with it.
     pub file: Option<FilePos>,
+    /// For a container's log: its tags, the line's stream and a note.
+    pub container: Option<Box<ContainerLine>>,
+}
+
+/// What a container log file's entries carry besides their text (see
+/// [`crate::containers`]): `"container":{runtime, id, name, image, ...,
+/// stream[, note]}`.
+#[derive(Debug)]
+pub(crate) struct ContainerTags {
+    /// The log file's path: the key of its position in the queue (the
+    /// entry's `source` is `container`).
+    pub key: Arc<str>,
+    /// The container's members (`runtime`, `id`, `name`, `image`, ...).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Escaped JSON length of `fields`, taken from the text's budget.
+    pub json_len: usize,
+}
+
+impl ContainerTags {
+    /// Tags of the log file `key` with `fields`.
+    pub(crate) fn new(key: Arc<str>, fields: serde_json::Map<String, serde_json::Value>) -> Self {
+        let json_len = serde_json::to_vec(&fields).map_or(4096, |v| v.len());
+        Self {
+            key,
+            fields,
+            json_len,
+        }
+    }
+}
+
+/// One container log entry's own members.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerLine {
+    /// The container's (the file's) tags.
+    pub tags: Arc<ContainerTags>,
+    /// `stdout` or `stderr`, when the line said.
+    pub stream: Option<&'static str>,
+    /// Why the line is kept as read (not in the runtime's format).
+    pub note: Option<&'static str>,
 }
 
 impl Line {
@@ -56,6 +95,7 @@ impl Line {
             part: None,
             client_time: at,
             file: None,
+            container: None,
         }
     }
 }
@@ -100,10 +140,11 @@ fn escaped_str_len(s: &str) -> usize {
     s.chars().map(escaped_len).sum()
 }
 
-/// How many escaped bytes of text fit in one entry from `source`.
-fn text_budget(source: &str) -> usize {
+/// How many escaped bytes of text fit in one entry from `source` whose
+/// other members take `extra` bytes.
+fn text_budget(source: &str, extra: usize) -> usize {
     MAX_ENTRY_BYTES
-        .saturating_sub(ENTRY_OVERHEAD + escaped_str_len(source))
+        .saturating_sub(ENTRY_OVERHEAD + escaped_str_len(source) + extra)
         .max(1024)
 }
 
@@ -140,6 +181,20 @@ pub(crate) fn make_lines(
     continues: bool,
     client_time: i64,
 ) -> Vec<Line> {
+    make_lines_with(bytes, source, level, first_part, continues, client_time, 0)
+}
+
+/// [`make_lines`] for entries whose other members (a container's tags)
+/// take `extra` bytes of the entry.
+pub(crate) fn make_lines_with(
+    bytes: &[u8],
+    source: &Arc<str>,
+    level: Level,
+    first_part: u32,
+    continues: bool,
+    client_time: i64,
+    extra: usize,
+) -> Vec<Line> {
     let (v, body) = match level {
         Level::FromPrefix if first_part == 0 => split_level(bytes),
         Level::FromPrefix => (None, bytes),
@@ -149,7 +204,7 @@ pub(crate) fn make_lines(
         Ok(s) => (Cow::Borrowed(s), false),
         Err(_) => (String::from_utf8_lossy(body), true),
     };
-    let pieces = split_text(&text, text_budget(source));
+    let pieces = split_text(&text, text_budget(source, extra));
     let numbered = first_part > 0 || continues || pieces.len() > 1;
     pieces
         .into_iter()
@@ -162,6 +217,7 @@ pub(crate) fn make_lines(
             part: numbered.then_some(k),
             client_time,
             file: None,
+            container: None,
         })
         .collect()
 }
@@ -197,6 +253,18 @@ struct EntryJson<'a> {
     part: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     invalid_utf8: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ContainerJson<'a> {
+    #[serde(flatten)]
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
 }
 
 impl Line {
@@ -218,7 +286,21 @@ impl Line {
             v: self.v,
             part: self.part,
             invalid_utf8: self.invalid_utf8,
+            container: self.container.as_deref().map(|c| ContainerJson {
+                fields: &c.tags.fields,
+                stream: c.stream,
+                note: c.note,
+            }),
         })
+    }
+
+    /// The key of the file position this line carries: the followed
+    /// file's path (a container log's path, or the `source`).
+    pub(crate) fn file_key(&self) -> &str {
+        match &self.container {
+            Some(c) => &c.tags.key,
+            None => &self.source,
+        }
     }
 }
 

@@ -14,6 +14,10 @@
 //!
 //! Every line's entry carries the position after it (see [`crate::queue`]),
 //! and a position-only record is queued whenever reading restarts elsewhere.
+//!
+//! A container's log file ([`spawn_container`]) is read the same way, its
+//! lines decoded by a [`Joiner`] (the runtime's format, partial lines
+//! joined); its entries' position is that of the last line they took.
 
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -26,7 +30,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::entry::RAW_CHUNK;
+use crate::containers::{CONTAINER_SOURCE, ContainerFile, Decoded, IDLE_FLUSH, Joiner};
+use crate::entry::{ContainerLine, RAW_CHUNK};
 use crate::lines::{FINGERPRINT_WINDOW, LineSplitter, Parts, RawLine, fingerprint};
 use crate::queue::FilePos;
 use crate::writer::{Item, WriteRequest};
@@ -50,17 +55,30 @@ struct Tail {
     read_offset: u64,
     splitter: LineSplitter,
     parts: Parts,
+    /// A container log's decoder.
+    joiner: Option<Joiner>,
 }
 
 impl Tail {
-    fn open_at(file: File, meta: &Metadata, offset: u64, window: Vec<u8>, part: u32) -> Self {
+    fn open_at(
+        file: File,
+        meta: &Metadata,
+        offset: u64,
+        window: Vec<u8>,
+        part: u32,
+        container: Option<&ContainerFile>,
+    ) -> Self {
         Self {
             file,
             dev: meta.dev(),
             ino: meta.ino(),
             read_offset: offset,
             splitter: LineSplitter::new(offset, window, RAW_CHUNK),
-            parts: Parts::new(part),
+            parts: match container {
+                Some(c) => Parts::for_container(part, c.tags.json_len),
+                None => Parts::new(part),
+            },
+            joiner: container.map(|c| Joiner::new(c.runtime)),
         }
     }
 
@@ -99,6 +117,10 @@ fn check_fingerprint(file: &File, pos: &FilePos) -> io::Result<Option<Vec<u8>>> 
 struct Follower {
     path: PathBuf,
     key: Arc<str>,
+    /// The entries' `source`: the path, or `container`.
+    source: Arc<str>,
+    /// A container's log: its format and tags.
+    container: Option<ContainerFile>,
     tx: mpsc::Sender<WriteRequest>,
     tail: Option<Tail>,
     /// The start could not open the file (other than "not found"): retry
@@ -116,6 +138,17 @@ impl Follower {
             tracing::warn!(path = %self.path.display(), "{msg}");
             self.last_warning = Some(msg);
         }
+    }
+
+    fn open_tail(
+        &self,
+        file: File,
+        meta: &Metadata,
+        offset: u64,
+        window: Vec<u8>,
+        part: u32,
+    ) -> Tail {
+        Tail::open_at(file, meta, offset, window, part, self.container.as_ref())
     }
 
     fn send(&self, items: Vec<Item>) -> Result<(), Closed> {
@@ -154,7 +187,7 @@ impl Follower {
         self.last_warning = None;
         match stored {
             None if self.from_start => {
-                self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                self.tail = Some(self.open_tail(file, &meta, 0, Vec::new(), 0));
                 self.mark()
             }
             None => {
@@ -167,25 +200,25 @@ impl Follower {
                     window.clear();
                 }
                 let window_len = window.len() as u64;
-                self.tail = Some(Tail::open_at(file, &meta, from + window_len, window, 0));
+                self.tail = Some(self.open_tail(file, &meta, from + window_len, window, 0));
                 self.mark()
             }
             Some(pos) if (pos.dev, pos.ino) == (meta.dev(), meta.ino()) => {
                 match check_fingerprint(&file, &pos) {
                     Ok(Some(window)) if pos.offset <= meta.len() => {
-                        self.tail = Some(Tail::open_at(file, &meta, pos.offset, window, pos.part));
+                        self.tail = Some(self.open_tail(file, &meta, pos.offset, window, pos.part));
                         Ok(())
                     }
                     _ => {
                         tracing::info!(path = %self.path.display(), "followed file was truncated or rewritten while the agent was stopped; reading it from its start");
-                        self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                        self.tail = Some(self.open_tail(file, &meta, 0, Vec::new(), 0));
                         self.mark()
                     }
                 }
             }
             Some(pos) => {
                 self.drain_rotated(&pos)?;
-                self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                self.tail = Some(self.open_tail(file, &meta, 0, Vec::new(), 0));
                 self.mark()
             }
         }
@@ -215,7 +248,7 @@ impl Follower {
         match check_fingerprint(&file, pos) {
             Ok(Some(window)) if pos.offset <= meta.len() => {
                 tracing::info!(path = %self.path.display(), rotated = %old.display(), "reading the rest of the rotated file first");
-                self.tail = Some(Tail::open_at(file, &meta, pos.offset, window, pos.part));
+                self.tail = Some(self.open_tail(file, &meta, pos.offset, window, pos.part));
                 self.read_available(u64::MAX)?;
                 self.finish_tail()?;
                 self.tail = None;
@@ -234,8 +267,33 @@ impl Follower {
         };
         let mut raws = Vec::new();
         t.splitter.finish(&mut raws);
-        let items = to_items(t, &self.key, raws);
+        let items = to_items(t, &self.source, self.container.as_ref(), raws, true);
         self.send(items)
+    }
+
+    /// A container log's partial message that waited [`IDLE_FLUSH`] is
+    /// taken as a part.
+    fn flush_idle(&mut self) -> Result<(), Closed> {
+        let Some(t) = self.tail.as_mut() else {
+            return Ok(());
+        };
+        let Some(j) = t.joiner.as_mut() else {
+            return Ok(());
+        };
+        let mut decoded = Vec::new();
+        j.flush_idle(IDLE_FLUSH, &mut decoded);
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let items = decoded_items(t, &self.source, self.container.as_ref(), decoded);
+        self.send(items)
+    }
+
+    /// Reads the open file to its end and takes a partial last line or
+    /// message (the file went away for good).
+    fn drain(&mut self) -> Result<(), Closed> {
+        self.read_available(u64::MAX)?;
+        self.finish_tail()
     }
 
     /// One poll: notice rotation and truncation, then read what is new.
@@ -254,7 +312,7 @@ impl Follower {
                 match File::open(&self.path).and_then(|f| f.metadata().map(|m| (f, m))) {
                     Ok((file, meta)) => {
                         self.last_warning = None;
-                        self.tail = Some(Tail::open_at(file, &meta, 0, Vec::new(), 0));
+                        self.tail = Some(self.open_tail(file, &meta, 0, Vec::new(), 0));
                         self.mark()?;
                     }
                     Err(e) => {
@@ -286,7 +344,14 @@ impl Follower {
                     if let Some(t) = self.tail.take() {
                         let meta = t.file.metadata();
                         if let Ok(meta) = meta {
-                            self.tail = Some(Tail::open_at(t.file, &meta, 0, Vec::new(), 0));
+                            self.tail = Some(Tail::open_at(
+                                t.file,
+                                &meta,
+                                0,
+                                Vec::new(),
+                                0,
+                                self.container.as_ref(),
+                            ));
                         }
                     }
                     self.mark()?;
@@ -327,7 +392,13 @@ impl Follower {
             let mut raws = Vec::new();
             t.splitter.push(&buf[..n], &mut raws);
             pending_bytes += raws.iter().map(|r| r.bytes.len()).sum::<usize>();
-            items.extend(to_items(t, &self.key, raws));
+            items.extend(to_items(
+                t,
+                &self.source,
+                self.container.as_ref(),
+                raws,
+                false,
+            ));
             if pending_bytes >= SEND_BYTES {
                 self.tx
                     .blocking_send(WriteRequest {
@@ -347,8 +418,26 @@ impl Follower {
 }
 
 /// The queue items for `raws` read from `t`; each line's last entry carries
-/// the file position after it.
-fn to_items(t: &mut Tail, key: &Arc<str>, raws: Vec<RawLine>) -> Vec<Item> {
+/// the file position after it. A container log's lines go through its
+/// decoder first (`end`: the end of the file, a partial message is taken).
+fn to_items(
+    t: &mut Tail,
+    source: &Arc<str>,
+    container: Option<&ContainerFile>,
+    raws: Vec<RawLine>,
+    end: bool,
+) -> Vec<Item> {
+    if let Some(j) = t.joiner.as_mut() {
+        let mut decoded = Vec::new();
+        for raw in raws {
+            j.push(raw, &mut decoded);
+        }
+        if end {
+            j.finish(&mut decoded);
+        }
+        return decoded_items(t, source, container, decoded);
+    }
+    let key = source;
     let now = tally_proto::timefmt::now_nanos();
     let mut items = Vec::with_capacity(raws.len());
     for raw in raws {
@@ -368,17 +457,69 @@ fn to_items(t: &mut Tail, key: &Arc<str>, raws: Vec<RawLine>) -> Vec<Item> {
     items
 }
 
+/// The queue items of a container log's decoded messages: each message's
+/// last entry carries the position after its last line, and the
+/// container's time is the entries' `client_time`.
+fn decoded_items(
+    t: &mut Tail,
+    source: &Arc<str>,
+    container: Option<&ContainerFile>,
+    decoded: Vec<Decoded>,
+) -> Vec<Item> {
+    let now = tally_proto::timefmt::now_nanos();
+    let mut items = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        let mut lines = t.parts.lines(&d.raw, source, d.time.unwrap_or(now));
+        let tag = container.map(|c| ContainerLine {
+            tags: Arc::clone(&c.tags),
+            stream: d.stream,
+            note: d.note,
+        });
+        for line in &mut lines {
+            line.container = tag.clone().map(Box::new);
+        }
+        if let Some(last) = lines.last_mut() {
+            last.file = Some(FilePos {
+                dev: t.dev,
+                ino: t.ino,
+                offset: d.raw.end,
+                fingerprint: d.raw.fingerprint,
+                fingerprint_len: d.raw.fingerprint_len,
+                part: t.parts.part(),
+            });
+        }
+        items.extend(lines.into_iter().map(Item::Line));
+    }
+    items
+}
+
+/// What a follower thread is asked.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Stop now (the agent stops; the position is kept).
+    Now,
+    /// Read the open file to its end, then stop (it went away for good).
+    Finish,
+}
+
 /// A running follower thread.
 #[derive(Debug)]
 pub(crate) struct FollowHandle {
-    stop: std_mpsc::Sender<()>,
+    stop: std_mpsc::Sender<Stop>,
     thread: thread::JoinHandle<()>,
 }
 
 impl FollowHandle {
     /// Asks the thread to stop and waits for it (blocking).
     pub(crate) fn stop(self) {
-        let _ = self.stop.send(());
+        let _ = self.stop.send(Stop::Now);
+        let _ = self.thread.join();
+    }
+
+    /// Asks the thread to read what is left of its open file, then stop,
+    /// and waits for it (blocking).
+    pub(crate) fn finish(self) {
+        let _ = self.stop.send(Stop::Finish);
         let _ = self.thread.join();
     }
 }
@@ -394,13 +535,67 @@ pub(crate) fn spawn(
     ready: oneshot::Sender<()>,
     from_start: bool,
 ) -> io::Result<FollowHandle> {
-    let (stop, stop_rx) = std_mpsc::channel::<()>();
+    start(
+        path,
+        key,
+        stored,
+        tx,
+        poll_interval,
+        ready,
+        from_start,
+        None,
+    )
+}
+
+/// Starts following a container's log `path` (`key` is its name in the
+/// queue), decoding its lines in its runtime's format.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_container(
+    path: PathBuf,
+    key: Arc<str>,
+    stored: Option<FilePos>,
+    tx: mpsc::Sender<WriteRequest>,
+    poll_interval: Duration,
+    ready: oneshot::Sender<()>,
+    from_start: bool,
+    container: ContainerFile,
+) -> io::Result<FollowHandle> {
+    start(
+        path,
+        key,
+        stored,
+        tx,
+        poll_interval,
+        ready,
+        from_start,
+        Some(container),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    path: PathBuf,
+    key: Arc<str>,
+    stored: Option<FilePos>,
+    tx: mpsc::Sender<WriteRequest>,
+    poll_interval: Duration,
+    ready: oneshot::Sender<()>,
+    from_start: bool,
+    container: Option<ContainerFile>,
+) -> io::Result<FollowHandle> {
+    let (stop, stop_rx) = std_mpsc::channel::<Stop>();
+    let source = match container {
+        Some(_) => Arc::from(CONTAINER_SOURCE),
+        None => Arc::clone(&key),
+    };
     let thread = thread::Builder::new()
         .name("tally-follow".into())
         .spawn(move || {
             let mut f = Follower {
                 path,
                 key,
+                source,
+                container,
                 tx,
                 tail: None,
                 retry_initial: None,
@@ -415,11 +610,18 @@ pub(crate) fn spawn(
             loop {
                 match stop_rx.recv_timeout(wait) {
                     Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                    Ok(Stop::Finish) => {
+                        let _ = f.drain();
+                        return;
+                    }
+                    Ok(Stop::Now) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
                 }
                 wait = match f.poll() {
                     Ok(true) => Duration::ZERO,
-                    Ok(false) => poll_interval,
+                    Ok(false) => match f.flush_idle() {
+                        Ok(()) => poll_interval,
+                        Err(Closed) => return,
+                    },
                     Err(Closed) => return,
                 };
             }

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod addrs;
+mod containers;
 mod entry;
 mod error;
 mod flows;
@@ -48,6 +49,9 @@ mod witness;
 mod writer;
 
 pub use addrs::interface_addresses;
+pub use containers::{
+    CONTAINER_SOURCE, ContainerOptions, DEFAULT_CRI_LOG_DIR, DEFAULT_DOCKER_ROOT,
+};
 pub use error::AgentError;
 pub use flows::{FLOW_SOURCE, FlowOptions};
 pub use history::{LocalLog, QUEUE_DIR, recent_logs};
@@ -135,6 +139,8 @@ pub struct AgentConfig {
     pub syslog_listen: Option<std::net::SocketAddr>,
     /// `--journal`: the systemd journal as a source.
     pub journal: Option<JournalOptions>,
+    /// `--containers`: Docker's and the CRI's container logs as a source.
+    pub containers: Option<ContainerOptions>,
 }
 
 impl AgentConfig {
@@ -168,6 +174,7 @@ impl AgentConfig {
             flows: None,
             syslog_listen: None,
             journal: None,
+            containers: None,
         }
     }
 
@@ -257,10 +264,32 @@ impl AgentConfig {
                 follow.push((abs, key));
             }
         }
+        let containers = match &self.containers {
+            Some(opts) => {
+                let abs = |dir: &Option<PathBuf>| -> Result<Option<PathBuf>, AgentError> {
+                    dir.as_ref()
+                        .map(|d| {
+                            std::path::absolute(d).map_err(|e| {
+                                AgentError::Config(format!(
+                                    "--containers: bad directory {}: {e}",
+                                    d.display()
+                                ))
+                            })
+                        })
+                        .transpose()
+                };
+                Some(ContainerOptions {
+                    docker_root: abs(&opts.docker_root)?,
+                    cri_log_dir: abs(&opts.cri_log_dir)?,
+                })
+            }
+            None => None,
+        };
         Ok(Validated {
             server,
             follow,
             patterns,
+            containers,
         })
     }
 }
@@ -279,6 +308,8 @@ struct Validated {
     /// `--follow` glob patterns, absolute; their matches are followed too,
     /// and new matches are picked up while the agent runs.
     patterns: Vec<String>,
+    /// `--containers` with absolute directories.
+    containers: Option<ContainerOptions>,
 }
 
 /// Takes the data directory's lock (released when the file is closed).
@@ -326,6 +357,8 @@ pub struct Agent {
     glob_task: Option<JoinHandle<()>>,
     /// Reads the systemd journal.
     journal_task: Option<JoinHandle<()>>,
+    /// Finds and follows container logs.
+    containers_task: Option<JoinHandle<()>>,
     logs: Pipeline,
     flows: Option<Pipeline>,
     recordings: Option<Pipeline>,
@@ -358,6 +391,7 @@ impl Agent {
             server,
             mut follow,
             patterns,
+            containers,
         } = config.validate()?;
         let mut known: BTreeSet<Arc<str>> = follow.iter().map(|(_, k)| Arc::clone(k)).collect();
         for (path, key) in globbing::expand(&patterns) {
@@ -578,6 +612,7 @@ impl Agent {
             syslog_task: None,
             glob_task: None,
             journal_task: None,
+            containers_task: None,
             logs,
             flows,
             recordings,
@@ -613,6 +648,26 @@ impl Agent {
             let _ = ready.await;
         }
 
+        if let Some(opts) = containers {
+            for (what, dir) in [
+                ("Docker root", &opts.docker_root),
+                ("CRI log directory", &opts.cri_log_dir),
+            ] {
+                if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
+                    tracing::info!(dir = %dir.display(), "--containers: no {what} here (yet); looking again every second");
+                }
+            }
+            let watcher = containers::Watcher::start(
+                opts,
+                &data_dir,
+                positions.clone(),
+                known.clone(),
+                tx.clone(),
+                config.poll_interval,
+            )
+            .await;
+            agent.containers_task = Some(tokio::spawn(watcher.run(agent.stop_sources.clone())));
+        }
         if !patterns.is_empty() {
             agent.glob_task = Some(tokio::spawn(globbing::watch(
                 patterns,
@@ -716,6 +771,9 @@ impl Agent {
             let _ = t.await;
         }
         if let Some(t) = self.journal_task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.containers_task.take() {
             let _ = t.await;
         }
         self.stop_flows.cancel();

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::entry::{Level, Line, make_lines};
+use crate::entry::{Level, Line, make_lines_with};
 
 /// How many bytes before a position its fingerprint covers.
 pub(crate) const FINGERPRINT_WINDOW: usize = 64;
@@ -180,12 +180,30 @@ impl LineSplitter {
 pub(crate) struct Parts {
     part: u32,
     level: Option<u32>,
+    /// Lines are taken as they are: no `[vN] ` prefix is looked for.
+    no_levels: bool,
+    /// Bytes the entries' other members take (a container's tags).
+    extra: usize,
 }
 
 impl Parts {
     /// Resumes in the middle of a line of which `part` parts were taken.
     pub(crate) fn new(part: u32) -> Self {
-        Self { part, level: None }
+        Self {
+            part,
+            ..Self::default()
+        }
+    }
+
+    /// Like [`new`](Self::new), for a container's messages: no `[vN] `
+    /// levels, and `extra` bytes of each entry taken by its tags.
+    pub(crate) fn for_container(part: u32, extra: usize) -> Self {
+        Self {
+            part,
+            level: None,
+            no_levels: true,
+            extra,
+        }
     }
 
     /// Parts already taken of the current line.
@@ -200,18 +218,19 @@ impl Parts {
         source: &Arc<str>,
         client_time: i64,
     ) -> Vec<Line> {
-        let level = if self.part == 0 {
+        let level = if self.part == 0 && !self.no_levels {
             Level::FromPrefix
         } else {
             Level::Fixed(self.level)
         };
-        let lines = make_lines(
+        let lines = make_lines_with(
             &raw.bytes,
             source,
             level,
             self.part,
             raw.continues,
             client_time,
+            self.extra,
         );
         if self.part == 0 {
             self.level = lines.first().and_then(|l| l.v);

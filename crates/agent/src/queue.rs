@@ -10,7 +10,9 @@
 //! - `2`: a log entry read from a followed file: the file position after its
 //!   line, then the JSON;
 //! - `3`: a file position alone (a followed file was first seen, rotated or
-//!   truncated).
+//!   truncated);
+//! - `4`: a followed file's position forgotten (a container's log that went
+//!   away): its path alone.
 //!
 //! Each entry from a followed file carries the position after its line, so
 //! file positions are exactly as durable as the entries: after a crash,
@@ -44,6 +46,7 @@ const STATE_FILE: &str = "state.json";
 const KIND_ENTRY: u8 = 1;
 const KIND_FILE_ENTRY: u8 = 2;
 const KIND_FILE_MARK: u8 = 3;
+const KIND_FILE_FORGET: u8 = 4;
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,11 @@ pub(crate) enum Record<'a> {
         /// Its position.
         pos: FilePos,
     },
+    /// A followed file's position is dropped (the file went away for good).
+    Forget {
+        /// The followed file's path.
+        path: &'a str,
+    },
 }
 
 impl<'a> Record<'a> {
@@ -127,7 +135,7 @@ impl<'a> Record<'a> {
     pub(crate) fn json(&self) -> Option<&'a [u8]> {
         match *self {
             Record::Entry { json, .. } => Some(json),
-            Record::Mark { .. } => None,
+            Record::Mark { .. } | Record::Forget { .. } => None,
         }
     }
 
@@ -136,6 +144,16 @@ impl<'a> Record<'a> {
         match *self {
             Record::Entry { file, .. } => file,
             Record::Mark { path, pos } => Some((path, pos)),
+            Record::Forget { .. } => None,
+        }
+    }
+
+    /// Applies the record to the followed files' positions.
+    fn apply(&self, files: &mut BTreeMap<String, FilePos>) {
+        if let Some((p, pos)) = self.file() {
+            files.insert(p.to_owned(), pos);
+        } else if let Record::Forget { path } = *self {
+            files.remove(path);
         }
     }
 }
@@ -174,6 +192,10 @@ fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<(), QueueError> {
         Record::Mark { path, pos } => {
             out.push(KIND_FILE_MARK);
             encode_file(path, pos, out)?;
+        }
+        Record::Forget { path } => {
+            out.push(KIND_FILE_FORGET);
+            out.extend_from_slice(path.as_bytes());
         }
     }
     Ok(())
@@ -238,6 +260,9 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Record<'_>> {
             })
         }
         KIND_FILE_MARK => decode_file(&mut c).map(|(path, pos)| Record::Mark { path, pos }),
+        KIND_FILE_FORGET => std::str::from_utf8(rest)
+            .ok()
+            .map(|path| Record::Forget { path }),
         _ => None,
     }
 }
@@ -445,8 +470,8 @@ impl Queue {
                 {
                     continue;
                 }
-                if let Some((p, pos)) = decode(payload).and_then(|r| r.file()) {
-                    files.insert(p.to_owned(), pos);
+                if let Some(rec) = decode(payload) {
+                    rec.apply(&mut files);
                 }
             }
             let valid = records.valid_end();
@@ -604,9 +629,7 @@ impl Queue {
         self.active.write_all(buf).map_err(io_err("write", &path))?;
         let last = self.segments.len() - 1;
         self.segments[last].len += need;
-        if let Some((p, pos)) = rec.file() {
-            self.files.insert(p.to_owned(), pos);
-        }
+        rec.apply(&mut self.files);
         Ok(Appended { position, dropped })
     }
 

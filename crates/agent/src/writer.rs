@@ -45,6 +45,12 @@ pub(crate) enum Item {
         /// Its position.
         pos: FilePos,
     },
+    /// A followed file went away for good (a removed container's log):
+    /// its position is dropped.
+    Forget {
+        /// The followed path.
+        path: Arc<str>,
+    },
 }
 
 /// The sequence numbers given to a request's lines once they are durable,
@@ -79,7 +85,7 @@ impl WriteRequest {
             .map(|i| match i {
                 Item::Line(l) => l.text.len(),
                 Item::Record(r) => r.len(),
-                Item::Mark { .. } => 0,
+                Item::Mark { .. } | Item::Forget { .. } => 0,
             })
             .sum()
     }
@@ -248,6 +254,10 @@ impl Writer {
                 q.append(&Record::Mark { path: &path, pos })?;
                 Ok(None)
             }
+            Item::Forget { path } => {
+                q.append(&Record::Forget { path: &path })?;
+                Ok(None)
+            }
             Item::Line(line) => {
                 let seq = self.append_line(q, &line)?;
                 Ok(Some(seq))
@@ -290,7 +300,7 @@ impl Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         let json = line.to_json(self.proc_id, seq)?;
-        let file = line.file.map(|pos| (&*line.source, pos));
+        let file = line.file.map(|pos| (line.file_key(), pos));
         let mut dropped = q.append(&Record::Entry { json: &json, file })?.dropped;
         while dropped > 0 && self.drop_notices {
             let text = format!(
@@ -306,6 +316,7 @@ impl Writer {
                 part: None,
                 client_time: tally_proto::timefmt::now_nanos(),
                 file: None,
+                container: None,
             };
             let seq = self.next_seq;
             self.next_seq += 1;

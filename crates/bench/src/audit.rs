@@ -66,6 +66,10 @@ pub struct AuditArgs {
     /// Events in the tailnet's audit log before the queries.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// No progress bar while filling (one is drawn on stderr only when it
+    /// is a terminal)
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Events per change while filling (one transaction, one actor each).
     /// The actor is per change, so smaller changes interleave the 50 actors
     /// more finely (200: each actor about once a day, as a filtered query
@@ -813,6 +817,7 @@ pub(crate) async fn fill(
     let mut done = 0u64;
     let mut changes = 0u64;
     let mut next_note = todo / 10;
+    let bar = crate::common::progress(todo, "events", a.quiet);
     while done < todo {
         let ctx = generator.context();
         let mut change = db
@@ -830,7 +835,8 @@ pub(crate) async fn fill(
         }
         change.commit().await.context("commit failed")?;
         changes += 1;
-        if done >= next_note && done < todo {
+        bar.set_position(done);
+        if done >= next_note && done < todo && bar.is_hidden() {
             eprintln!(
                 "  {done} events, {:.0} events/s",
                 done as f64 / t.elapsed().as_secs_f64()
@@ -838,6 +844,7 @@ pub(crate) async fn fill(
             next_note += todo / 10;
         }
     }
+    bar.finish_and_clear();
     let seconds = t.elapsed().as_secs_f64();
     Ok(FillStats {
         events: todo,

@@ -700,3 +700,31 @@ impl Skipped {
         eprintln!("tally: skipped {position}: it is not JSON that can be read ({why})");
     }
 }
+
+/// Whether a benchmark may draw a progress bar: stderr is a terminal and
+/// the run is not `--quiet` (reports piped into BENCHMARKS.md hold none).
+pub fn progress_enabled(quiet: bool) -> bool {
+    use std::io::IsTerminal;
+    !quiet && std::io::stderr().is_terminal()
+}
+
+/// A progress bar on stderr over `total` steps of `unit` (position, time
+/// so far and left) for a benchmark's long phase; hidden unless
+/// [`progress_enabled`]. Advance it per step, not in a measured hot loop.
+pub fn progress(total: u64, unit: &str, quiet: bool) -> indicatif::ProgressBar {
+    if !progress_enabled(quiet) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let template = format!(
+        "{{msg}}[{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{elapsed}} so far, {{eta}} left)"
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
+}

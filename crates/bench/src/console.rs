@@ -1086,6 +1086,7 @@ async fn load(
     let audit_args = AuditArgs {
         postgres: false,
         events: a.audit_events,
+        quiet: false,
         per_change: 200,
         queries: 1,
         text_queries: 1,

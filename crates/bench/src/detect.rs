@@ -77,6 +77,9 @@ pub struct DetectArgs {
         default_value = "memory,throughput,scenarios"
     )]
     pub parts: Vec<String>,
+    /// No progress bar (one is drawn on stderr only when it is a terminal)
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Runs the benchmark and prints its report.
@@ -688,7 +691,9 @@ fn scenarios(a: &DetectArgs, pack: &[Arc<Rule>]) -> anyhow::Result<()> {
     let order: Vec<String> = pack.iter().map(|r| r.id.clone()).collect();
     let mut clean_total = 0usize;
     let mut summary = Vec::new();
+    let bar = crate::common::progress(a.seeds.len() as u64, "seeds", a.quiet);
     for &seed in &a.seeds {
+        bar.set_message(format!("scenarios, seed {seed} "));
         let t = Instant::now();
         let c = corpus::generate(seed, a.nodes, a.dense_hours, a.instances);
         let mut det = Detector::new(DetectorConfig::default(), pack.to_vec());
@@ -787,7 +792,9 @@ fn scenarios(a: &DetectArgs, pack: &[Arc<Rule>]) -> anyhow::Result<()> {
             "seed {seed} clean: {} flow entries, {n} alerts",
             fmt_count(clean.flow_entries as f64)
         ));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     println!(
         "## labelled scenarios\n\nseeds {:?}, {} instances of each scenario per seed (port scans: and a quarter more at nmap -T1), {} nodes, {} h dense after the learning week\n",
         a.seeds, a.instances, a.nodes, a.dense_hours

@@ -31,6 +31,9 @@ pub struct ReconcileArgs {
     /// Simulated seconds of the throughput tailnet.
     #[arg(long, default_value_t = 120)]
     pub seconds: i64,
+    /// No progress bar (one is drawn on stderr only when it is a terminal)
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Runs the benchmark and prints its report.
@@ -49,23 +52,30 @@ fn bench(a: &ReconcileArgs) -> anyhow::Result<()> {
         cfg.abs_tolerance_bytes,
         cfg.abs_tolerance_pkts
     );
+    // Steps: two tailnets per seed, then the speed runs (generate, feed,
+    // feed with a snapshot).
+    let bar = crate::common::progress(a.seeds.len() as u64 * 2 + 3, "steps", a.quiet);
     for &seed in &a.seeds {
+        bar.set_message(format!("seed {seed} "));
         let g = generate(&Scenario::realistic(seed, true));
         let r = feed(&g, cfg, &[])?;
-        println!(
+        bar.inc(1);
+        bar.suspend(|| println!(
             "## faults, seed {seed} (40 nodes, 4 long-lived connections each plus short ones, 12 min, with what real tailnets do: capture sessions off the interval grid, sparse traffic, late joins, leaves, restarts, address changes, a 60-s flow-logging toggle, upload queue delays)\n\n{}",
             table(&score(&g.labels, &r, &cfg))
-        );
+        ));
         let clean = generate(&Scenario::realistic(seed + 100, false));
         let rc = feed(&clean, cfg, &[])?;
         let sc = score(&clean.labels, &rc, &cfg);
-        println!(
+        bar.inc(1);
+        bar.suspend(|| println!(
             "clean traffic, seed {} (the same effects, +/-30 s skew, late and duplicated uploads): {} findings, {} of them outside the flow-logging toggle (informational missing_flow_logging_off inside it)\n",
             seed + 100,
             rc.findings.len(),
             sc.false_findings
-        );
+        ));
     }
+    bar.set_message("speed ");
     let sc = Scenario {
         seed: 7,
         nodes: a.nodes,
@@ -78,36 +88,41 @@ fn bench(a: &ReconcileArgs) -> anyhow::Result<()> {
     };
     let t = Instant::now();
     let g = generate(&sc);
+    bar.inc(1);
     let entries = g
         .events
         .iter()
         .filter(|e| matches!(e, Event::Obs(_)))
         .count();
-    println!(
-        "## speed\n\ngenerated {} entries of {} nodes ({} s simulated) in {:.1} s",
-        fmt_count(entries as f64),
-        fmt_count(a.nodes as f64),
-        a.seconds,
-        t.elapsed().as_secs_f64()
-    );
+    bar.suspend(|| {
+        println!(
+            "## speed\n\ngenerated {} entries of {} nodes ({} s simulated) in {:.1} s",
+            fmt_count(entries as f64),
+            fmt_count(a.nodes as f64),
+            a.seconds,
+            t.elapsed().as_secs_f64()
+        )
+    });
     let rss = || proc_status_bytes(std::process::id(), "VmRSS").unwrap_or(0);
     let before = rss();
     let t = Instant::now();
     let r = feed(&g, cfg, &[])?;
     let el = t.elapsed().as_secs_f64();
-    println!(
+    bar.inc(1);
+    bar.suspend(|| println!(
         "reconciled in {el:.2} s: {} entries/s on one thread; {} findings; at most {} connection halves held; RSS {} MiB (+{} MiB while reconciling, with the generated input resident)",
         fmt_count(entries as f64 / el),
         r.findings.len(),
         fmt_count(r.max_open_halves as f64),
         rss() / (1 << 20),
         rss().saturating_sub(before) / (1 << 20),
-    );
+    ));
     // The state a crash-safe consumer saves: one snapshot and restore midway.
     let n = g.events.len();
     let t = Instant::now();
     let cut = feed(&g, cfg, &[n / 2])?;
     let el_cut = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     println!(
         "state snapshot midway: {:.1} MB; snapshot + restore took {:.2} s; same findings after the restore: {}",
         cut.max_snapshot as f64 / 1e6,

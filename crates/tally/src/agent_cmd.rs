@@ -141,6 +141,24 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", requires = "journal")]
     pub journal_directory: Option<PathBuf>,
 
+    /// Read container logs: Docker's json-file logs (under --docker-root)
+    /// and containerd's/CRI-O's (Kubernetes, under --cri-log-dir), found
+    /// as containers come and go; entries carry the container's name,
+    /// image, ID and stream (and pod and namespace). Needs read access to
+    /// those directories (root, or the docker group for Docker's)
+    #[arg(long)]
+    pub containers: bool,
+
+    /// With --containers: Docker's data root (its containers/<id>/ holds
+    /// each container's log and config.v2.json)
+    #[arg(long, value_name = "DIR", default_value = tally_agent::DEFAULT_DOCKER_ROOT, requires = "containers")]
+    pub docker_root: PathBuf,
+
+    /// With --containers: the kubelet's pod log directory
+    /// (<namespace>_<pod>_<uid>/<container>/<n>.log)
+    #[arg(long, value_name = "DIR", default_value = tally_agent::DEFAULT_CRI_LOG_DIR, requires = "containers")]
+    pub cri_log_dir: PathBuf,
+
     /// Capture network flows on --iface while the tailnet has flow logging
     /// on (needs --server, a registered node and CAP_NET_RAW)
     #[arg(long)]
@@ -256,6 +274,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     units: args.journal_unit,
                     priority: args.journal_priority,
                     directory: args.journal_directory,
+                });
+            }
+            if args.containers {
+                config.containers = Some(tally_agent::ContainerOptions {
+                    docker_root: Some(args.docker_root),
+                    cri_log_dir: Some(args.cri_log_dir),
                 });
             }
             config.read_stdin = !args.no_stdin && !io::stdin().is_terminal();

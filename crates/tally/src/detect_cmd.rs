@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use crate::client::{Client, ServerArgs};
 use crate::control_cmd::{
@@ -88,6 +88,9 @@ pub enum RulesCmd {
         tailnet: String,
         #[command(flatten)]
         out: JsonArg,
+        /// No progress bar (one is drawn on stderr only when it is a terminal)
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -318,7 +321,8 @@ pub async fn run_rules(cmd: RulesCmd, server: &ServerArgs) -> anyhow::Result<()>
             since,
             tailnet,
             out,
-        } => test(server, &file, &since, &tailnet, out.json).await,
+            quiet,
+        } => test(server, &file, &since, &tailnet, out.json, quiet).await,
     }
 }
 
@@ -351,6 +355,7 @@ async fn test(
     since: &str,
     tailnet: &str,
     json: bool,
+    quiet: bool,
 ) -> anyhow::Result<()> {
     let yaml = read_file(file)?;
     let client = Client::new(server)?;
@@ -364,7 +369,7 @@ async fn test(
                 .json(&json!({ "yaml": yaml, "since": since })),
         )
         .await?;
-    let bar = std::io::stderr().is_terminal();
+    let bar = crate::progress::Progress::items(0, "stored records", quiet).with_message("testing ");
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut alerts: Vec<Value> = Vec::new();
@@ -377,25 +382,10 @@ async fn test(
                 continue;
             };
             if let Some(p) = v.get("progress") {
-                if bar {
-                    let (pos, end) = (
-                        p["position"].as_f64().unwrap_or(0.0),
-                        p["end"].as_f64().unwrap_or(0.0),
-                    );
-                    let frac = if end > 0.0 {
-                        (pos / end).clamp(0.0, 1.0)
-                    } else {
-                        1.0
-                    };
-                    let filled = (frac * 30.0) as usize;
-                    eprint!(
-                        "\r[{}{}] {:>3.0}% {} records",
-                        "#".repeat(filled),
-                        ".".repeat(30 - filled),
-                        frac * 100.0,
-                        p["records"]
-                    );
-                }
+                // Store positions: how far through the stored data the run is.
+                let pos = p["position"].as_u64().unwrap_or(0);
+                bar.set_total(p["end"].as_u64().unwrap_or(0).max(pos));
+                bar.set(pos);
             } else if let Some(a) = v.get("alert") {
                 alerts.push(a.clone());
             } else if let Some(e) = v.get("error") {
@@ -405,9 +395,7 @@ async fn test(
             }
         }
     }
-    if bar {
-        eprintln!();
-    }
+    bar.finish();
     let Some(done) = done else {
         bail!("the run ended before it finished (the server stopped?); try again");
     };

@@ -93,6 +93,10 @@ pub enum FlowsCmd {
         /// one JSON object per line, for jq.
         #[arg(long)]
         json: bool,
+        /// No progress spinner (one is drawn on stderr only when it is a
+        /// terminal)
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Who talks to whom: node pairs (source node → destination node or
     /// address) ranked by traffic over the range. Each end reports its own
@@ -122,6 +126,7 @@ pub async fn run_flows(cmd: FlowsCmd, server: &ServerArgs) -> anyhow::Result<()>
             limit,
             page_size,
             json,
+            quiet,
         } => {
             if limit == 0 {
                 bail!("--limit must be at least 1");
@@ -133,7 +138,10 @@ pub async fn run_flows(cmd: FlowsCmd, server: &ServerArgs) -> anyhow::Result<()>
             let base = query_params(&filter, start, end);
             let api = Api::new(server)?;
             let path = tailnet_path(&filter.tailnet.tailnet, "/logging/network");
-            let fetched = fetch(&api, &path, &base, limit, page_size).await?;
+            let spinner = crate::progress::Progress::spinner("traffic entries", quiet)
+                .with_message("fetching ");
+            let fetched = fetch(&api, &path, &base, limit, page_size, &spinner).await?;
+            spinner.finish();
             warn(&fetched.warnings);
             if json {
                 let mut out = String::new();
@@ -312,6 +320,7 @@ async fn fetch(
     base: &[(&str, String)],
     limit: usize,
     page_size: usize,
+    progress: &crate::progress::Progress,
 ) -> anyhow::Result<Fetched> {
     let mut out = Fetched {
         records: Vec::new(),
@@ -342,7 +351,9 @@ async fn fetch(
         let mut left = records.len();
         for r in records {
             left -= 1;
-            entries += entry_count(&r);
+            let n = entry_count(&r);
+            entries += n;
+            progress.inc(n as u64);
             out.records.push(r);
             if entries >= limit {
                 break;

@@ -55,6 +55,10 @@ pub enum LogsCmd {
         /// Print raw JSON entries, one per line.
         #[arg(long)]
         json: bool,
+        /// No progress spinner (one is drawn on stderr only when it is a
+        /// terminal)
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -302,8 +306,11 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
             grep,
             limit,
             json,
+            quiet,
         } => {
             anyhow::ensure!(limit >= 1, "--limit must be at least 1");
+            let spinner =
+                crate::progress::Progress::spinner("entries", quiet).with_message("searching ");
             let mut base = vec![("time-start".to_owned(), time_arg(&since)?)];
             if let Some(u) = until {
                 base.push(("time-end".into(), time_arg(&u)?));
@@ -341,11 +348,13 @@ pub async fn run_logs(cmd: LogsCmd, server: &ServerArgs) -> anyhow::Result<()> {
                     warn_incomplete(missing);
                 }
                 kept.extend(page.logs.iter().map(|r| (*r).to_owned()));
+                spinner.set(kept.len().min(limit) as u64);
                 match page.next {
                     Some(n) if kept.len() <= limit => after = Some(n),
                     _ => break,
                 }
             }
+            spinner.finish();
             let cut = kept.len() > limit;
             kept.truncate(limit);
             let mut skipped = Skipped::default();

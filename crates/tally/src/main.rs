@@ -16,6 +16,7 @@ mod control_cmd;
 mod detect_cmd;
 mod flows_cmd;
 mod logs_cmd;
+mod progress;
 mod reconcile_cmd;
 #[cfg(feature = "agent")]
 mod record_cmd;

@@ -72,6 +72,9 @@ pub enum ReconcileCmd {
         /// One finding per line, as JSON (as stored in the findings collection)
         #[arg(long)]
         json: bool,
+        /// No progress bar (one is drawn on stderr only when it is a terminal)
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -138,7 +141,8 @@ pub async fn run(cmd: ReconcileCmd, server: &ServerArgs) -> anyhow::Result<()> {
             window,
             grace,
             json,
-        } => replay(data_dir, control_db, window, grace, json).await,
+            quiet,
+        } => replay(data_dir, control_db, window, grace, json, quiet).await,
     }
 }
 
@@ -359,6 +363,7 @@ async fn replay(
     window: Option<std::time::Duration>,
     grace: Option<std::time::Duration>,
     json: bool,
+    quiet: bool,
 ) -> anyhow::Result<()> {
     let control_db = control_db.filter(|u| !u.is_empty());
     let saved = if data_dir.is_dir() {
@@ -379,8 +384,16 @@ async fn replay(
     if let Some(g) = grace {
         config.grace_ns = nanos(g);
     }
-    let r = tally_server::consumers::reconcile::replay(&data_dir, control_db.as_deref(), config)
-        .await?;
+    let bar =
+        crate::progress::Progress::items(0, "stored records", quiet).with_message("replaying ");
+    let r = tally_server::consumers::reconcile::replay(
+        &data_dir,
+        control_db.as_deref(),
+        config,
+        bar.updater(),
+    )
+    .await?;
+    bar.finish();
     for cut in &r.recovery {
         eprintln!("store recovery: {cut}");
     }

@@ -6,11 +6,12 @@
 
 use crate::client::{Client, ServerArgs};
 use crate::control_cmd::{Api, JsonArg, cell, emit, emit_json, seg, table, tailnet_path};
+use crate::progress::Progress;
 use anyhow::Context;
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 /// Recording verbs.
@@ -43,6 +44,9 @@ pub enum RecordingsCmd {
         /// Tailnet (ID, name, or - for the key's own)
         #[arg(long, default_value = "-")]
         tailnet: String,
+        /// No progress bar (one is drawn on stderr only when it is a terminal)
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Replay a recording in this terminal with its original timing.
     Play {
@@ -89,17 +93,26 @@ fn cast_path(tailnet: &str, id: &str, follow: bool) -> String {
     }
 }
 
-/// The cast's body, streamed, handed line by line to `line`.
+/// The cast's body, streamed, handed line by line to `line`; `progress`
+/// counts the bytes.
 async fn each_line(
     client: &Client,
     path: &str,
+    progress: Option<&Progress>,
     mut line: impl FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let resp = client.send(client.request(Method::GET, path)?).await?;
+    if let (Some(p), Some(len)) = (progress, resp.content_length()) {
+        p.set_total(len);
+    }
     let mut body = resp.bytes_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk.context("the recording's download broke off; try again")?);
+        let chunk = chunk.context("the recording's download broke off; try again")?;
+        if let Some(p) = progress {
+            p.inc(chunk.len() as u64);
+        }
+        buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let l: Vec<u8> = buf.drain(..=nl).collect();
             line(String::from_utf8_lossy(&l).trim_end_matches('\n'))?;
@@ -205,8 +218,12 @@ pub async fn run(cmd: RecordingsCmd, server: &ServerArgs) -> anyhow::Result<()> 
             id,
             output,
             tailnet,
+            quiet,
         } => {
             let client = Client::new(server)?;
+            // Not over the cast itself when it goes to the terminal.
+            let on_terminal = output.is_none() && std::io::stdout().is_terminal();
+            let bar = Progress::bytes(None, quiet || on_terminal).with_message("exporting ");
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
@@ -214,11 +231,12 @@ pub async fn run(cmd: RecordingsCmd, server: &ServerArgs) -> anyhow::Result<()> 
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
-            each_line(&client, &cast_path(&tailnet, &id, false), |l| {
+            each_line(&client, &cast_path(&tailnet, &id, false), Some(&bar), |l| {
                 writeln!(out, "{l}").context("writing the recording")
             })
             .await?;
             out.flush().context("writing the recording")?;
+            bar.finish();
             if let Some(p) = output {
                 eprintln!(
                     "wrote {} (asciinema play {} replays it)",
@@ -240,7 +258,7 @@ pub async fn run(cmd: RecordingsCmd, server: &ServerArgs) -> anyhow::Result<()> 
             );
             let client = Client::new(server)?;
             let mut events = Vec::new();
-            each_line(&client, &cast_path(&tailnet, &id, false), |l| {
+            each_line(&client, &cast_path(&tailnet, &id, false), None, |l| {
                 events.extend(output(l));
                 Ok(())
             })
@@ -259,7 +277,7 @@ pub async fn run(cmd: RecordingsCmd, server: &ServerArgs) -> anyhow::Result<()> 
         RecordingsCmd::Tail { id, tailnet } => {
             let client = Client::new(server)?;
             let mut stdout = std::io::stdout();
-            each_line(&client, &cast_path(&tailnet, &id, true), |l| {
+            each_line(&client, &cast_path(&tailnet, &id, true), None, |l| {
                 if let Some((_, data)) = output(l) {
                     stdout.write_all(data.as_bytes())?;
                     stdout.flush()?;

@@ -56,6 +56,7 @@ fn records_round_trip() {
             path: "/p/é",
             pos: pos(u64::MAX),
         },
+        Record::Forget { path: "/p/é" },
     ] {
         let mut buf = Vec::new();
         encode(&rec, &mut buf).unwrap();
@@ -63,6 +64,23 @@ fn records_round_trip() {
     }
     assert_eq!(decode(&[9, 1, 2]), None);
     assert_eq!(decode(&[KIND_FILE_MARK, 200]), None);
+}
+
+#[test]
+fn a_forgotten_position_stays_forgotten_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), opts(1 << 20, 1 << 16)).unwrap();
+    for path in ["/gone", "/kept"] {
+        q.append(&Record::Mark { path, pos: pos(3) }).unwrap();
+    }
+    q.append(&Record::Forget { path: "/gone" }).unwrap();
+    q.sync().unwrap();
+    assert!(!q.file_positions().contains_key("/gone"));
+    drop(q);
+    // Recovered from the segments (the state file may predate the records).
+    let q = Queue::open(dir.path(), opts(1 << 20, 1 << 16)).unwrap();
+    let keys: Vec<_> = q.file_positions().keys().cloned().collect();
+    assert_eq!(keys, ["/kept"]);
 }
 
 #[test]

@@ -679,10 +679,14 @@ pub struct Replay {
 /// Refuses (with what to do) when `data_dir` is not a server's data
 /// directory or a running server holds it. Opening the store recovers it
 /// as a server restart would (a torn WAL tail is cut).
+///
+/// `progress` is told the store position read up to and the store's end
+/// after each batch (for a progress bar).
 pub async fn replay(
     data_dir: &Path,
     control_db: Option<&str>,
     config: Config,
+    progress: impl Fn(u64, u64) + Send + 'static,
 ) -> anyhow::Result<Replay> {
     if !data_dir.is_dir() {
         anyhow::bail!(
@@ -743,6 +747,7 @@ pub async fn replay(
                 .take_while(|r| r.seq <= taken.pos)
                 .count() as u64;
             pos = taken.pos;
+            progress(pos, store.end_seq().max(pos));
             last_time = taken.last_time.unwrap_or(last_time).max(last_time);
             if !batch.truncated {
                 break;
