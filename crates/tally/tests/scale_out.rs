@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::readme::tally_async;
 use common::{KEY, TestServer, http, read_all};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -200,7 +201,11 @@ async fn a_three_node_nats_cluster_loses_nothing_when_a_node_dies() {
     // A new cluster elects its JetStream leader first: the server waits.
     let a = TestServer::start_sub("server", dirs[0].path(), &flags);
     let b = TestServer::start_sub("server", dirs[1].path(), &flags);
-    let victim = nats.servers.remove(1);
+    // The stream's leader dies: the others elect a new one.
+    let leader = nats
+        .stream_leader("TALLY")
+        .expect("the stream has a leader");
+    let victim = nats.servers.remove(leader);
     let victim = Arc::new(parking_lot::Mutex::new(victim));
     let killed = Arc::new(AtomicBool::new(false));
     let kill = {
@@ -219,6 +224,48 @@ async fn a_three_node_nats_cluster_loses_nothing_when_a_node_dies() {
     assert!(killed.load(Ordering::Acquire));
     assert_exactly_once(&a.url, &acked).await;
     assert_exactly_once(&b.url, &acked).await;
+}
+
+/// A webhook that keeps every body it receives.
+async fn webhook() -> (String, Arc<parking_lot::Mutex<Vec<serde_json::Value>>>) {
+    let bodies: Arc<parking_lot::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(b): axum::extract::State<
+                    Arc<parking_lot::Mutex<Vec<serde_json::Value>>>,
+                >,
+                 body: axum::body::Bytes| async move {
+                    match serde_json::from_slice(&body) {
+                        Ok(v) => {
+                            b.lock().push(v);
+                            axum::http::StatusCode::NO_CONTENT
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                },
+            ),
+        )
+        .with_state(bodies.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, bodies)
+}
+
+/// How many times the webhook received the alert about key `name`.
+fn deliveries(bodies: &[serde_json::Value], name: &str) -> usize {
+    bodies
+        .iter()
+        .flat_map(|b| b["entries"].as_array().into_iter().flatten())
+        .filter(|a| {
+            a["rule_id"] == "tally-key-without-expiry"
+                && a["evidence"]["fields"]["target.name"] == name
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -250,72 +297,106 @@ async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
             TestServer::start_sub("worker", &dir, &flags)
         })
     };
-    let c = http();
-    // Each new API key is an audit event; the worker's outbox copies the
-    // audit log into the log (`tailaudit`), identity = its sequence number.
-    let make_keys = |n: usize| {
-        let (c, url) = (c.clone(), server.url.clone());
+    // Alerts stream to a webhook, set through the server as a user does;
+    // the worker starts the stream.
+    let (hook, bodies) = webhook().await;
+    let out = tally_async(
+        &server.url,
+        &[
+            "stream",
+            "set",
+            "alerts",
+            "--type",
+            "webhook",
+            "--url",
+            &hook,
+            "--token",
+            "hook-token-0123456789",
+        ],
+    )
+    .await;
+    assert!(out.contains("streaming alerts to webhook"), "{out}");
+    // Each API key that never expires is an audit event (copied into the
+    // log by the worker's outbox) and an alert (raised by its detection,
+    // delivered by its stream).
+    let make_keys = |from: usize, to: usize| {
+        let url = server.url.clone();
         async move {
-            for i in 0..n {
-                let r = c
-                    .post(format!("{url}/api/v2/tailnet/-/keys"))
-                    .bearer_auth(KEY)
-                    .json(&serde_json::json!({"keyType": "api", "description": format!("k{i}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success(), "{}", r.status());
+            for i in from..to {
+                tally_async(
+                    &url,
+                    &[
+                        "keys",
+                        "create",
+                        "--type",
+                        "api",
+                        "--expiry",
+                        "never",
+                        "--description",
+                        &format!("k{i}"),
+                    ],
+                )
+                .await;
             }
         }
     };
-    let audit_count = |url: String| {
-        let c = c.clone();
+    let delivered = |upto: usize| {
+        let bodies = bodies.clone();
         async move {
-            let v: serde_json::Value = c
-                .get(format!("{url}/api/v2/tailnet/-/logging/configuration"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["logs"].as_array().map_or(0, Vec::len)
-        }
-    };
-    make_keys(10).await;
-    let copied = |want: usize| {
-        let (c, url) = (c.clone(), server.url.clone());
-        async move {
-            tally_testkit::wait::until(
-                "the audit log copied into the log",
-                Duration::from_secs(60),
-                || {
-                    let (c, url) = (c.clone(), url.clone());
-                    async move {
-                        let n = read_all(&c, &url, "tailaudit").await.len();
-                        if n >= want {
-                            Ok(n)
-                        } else {
-                            Err(format!("{n} of {want}"))
-                        }
+            tally_testkit::wait::until("alerts delivered", Duration::from_secs(60), || {
+                let b = bodies.lock().clone();
+                async move {
+                    let missing: Vec<usize> = (0..upto)
+                        .filter(|i| deliveries(&b, &format!("k{i}")) == 0)
+                        .collect();
+                    if missing.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("not yet: {missing:?}"))
                     }
-                },
-            )
+                }
+            })
             .await
         }
     };
-    let events = audit_count(server.url.clone()).await;
-    assert!(events >= 10, "{events} audit events");
-    copied(events).await;
+    make_keys(0, 5).await;
+    delivered(5).await;
 
-    // The first worker dies; the standby takes over once the lease lapses.
+    // The first worker dies; the standby takes over once the lease lapses
+    // and goes on from where the first one left its state.
     first.kill9();
-    make_keys(10).await;
+    make_keys(5, 10).await;
     let second = standby.join().expect("the standby worker starts");
-    let events = audit_count(server.url.clone()).await;
-    copied(events).await;
-    let copies = read_all(&c, &server.url, "tailaudit").await;
+    delivered(10).await;
+    let c = http();
+    let events: serde_json::Value = c
+        .get(format!(
+            "{}/api/v2/tailnet/-/logging/configuration",
+            server.url
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["logs"].as_array().map_or(0, Vec::len);
+    let copies =
+        tally_testkit::wait::until("the audit log copied", Duration::from_secs(60), || {
+            let (c, url) = (c.clone(), server.url.clone());
+            async move {
+                let copies = read_all(&c, &url, "tailaudit").await;
+                if copies.len() >= events {
+                    Ok(copies)
+                } else {
+                    Err(format!("{} of {events}", copies.len()))
+                }
+            }
+        })
+        .await;
+
+    // Nothing twice: not an audit copy, not an alert, not a delivery.
     let mut seen = HashMap::new();
     for e in &copies {
         // The event itself, without the copy's own receive time.
@@ -323,13 +404,30 @@ async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
         if let Some(o) = e.as_object_mut() {
             o.remove("logtail");
         }
-        let key = e.to_string();
-        *seen.entry(key).or_insert(0) += 1;
+        *seen.entry(e.to_string()).or_insert(0) += 1;
     }
     assert!(
         seen.values().all(|n| *n == 1),
         "an audit event was copied twice"
     );
     assert_eq!(copies.len(), events, "each audit event copied once");
+    let alerts = read_all(&c, &server.url, "alerts").await;
+    let bodies = bodies.lock().clone();
+    for i in 0..10 {
+        let name = format!("k{i}");
+        let raised = alerts
+            .iter()
+            .filter(|a| {
+                a["rule_id"] == "tally-key-without-expiry"
+                    && a["evidence"]["fields"]["target.name"] == name.as_str()
+            })
+            .count();
+        assert_eq!(raised, 1, "alert for {name} raised {raised} times");
+        assert_eq!(
+            deliveries(&bodies, &name),
+            1,
+            "alert for {name} delivered more than once"
+        );
+    }
     drop(second);
 }

@@ -26,6 +26,8 @@ pub struct NatsServer {
     config: PathBuf,
     /// The client port.
     pub port: u16,
+    /// The monitoring port (`/jsz`).
+    pub monitor_port: u16,
     /// Its name in the cluster.
     pub name: String,
 }
@@ -124,18 +126,18 @@ impl NatsCluster {
         .map_err(|e| NatsError::Start(format!("temporary directory: {e}")))?;
         let mut ports = Vec::new();
         for _ in 0..n {
-            ports.push((free_port()?, free_port()?));
+            ports.push((free_port()?, free_port()?, free_port()?));
         }
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, c)| format!("\"nats-route://127.0.0.1:{c}\""))
+            .map(|(_, c, _)| format!("\"nats-route://127.0.0.1:{c}\""))
             .collect();
         let mut servers = Vec::new();
-        for (i, (port, cport)) in ports.iter().enumerate() {
+        for (i, (port, cport, mport)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = dir.path().join(&name);
             let mut conf = format!(
-                "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n",
+                "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{mport}\"\njetstream {{ store_dir: {:?} }}\n",
                 store.display().to_string()
             );
             if n > 1 {
@@ -151,12 +153,45 @@ impl NatsCluster {
                 child: None,
                 config,
                 port: *port,
+                monitor_port: *mport,
                 name,
             };
             s.spawn()?;
             servers.push(s);
         }
         Ok(Self { servers, _dir: dir })
+    }
+
+    /// The index in [`NatsCluster::servers`] of the server that leads
+    /// stream `stream` (asked of the first server that answers `/jsz`).
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        use std::io::{Read, Write};
+        for s in &self.servers {
+            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", s.monitor_port)) else {
+                continue;
+            };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let req = "GET /jsz?streams=true HTTP/1.0\r\nHost: localhost\r\n\r\n";
+            let mut body = String::new();
+            if c.write_all(req.as_bytes()).is_err() || c.read_to_string(&mut body).is_err() {
+                continue;
+            }
+            let json = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                continue;
+            };
+            let leader = v["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .find(|d| d["name"] == stream)
+                .and_then(|d| d["cluster"]["leader"].as_str().map(str::to_owned));
+            if let Some(l) = leader {
+                return self.servers.iter().position(|s| s.name == l);
+            }
+        }
+        None
     }
 
     /// Every server's URL, comma-separated (what `--log nats://...` takes).
