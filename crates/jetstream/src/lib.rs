@@ -22,6 +22,7 @@
 //!   records expired; reads hide expired records at once, as the embedded
 //!   store does.
 
+pub mod archive;
 pub mod codec;
 pub mod shared;
 
@@ -169,6 +170,8 @@ impl Drop for OwnedRuntime {
 pub struct JetStreamLog {
     shared: Arc<Shared>,
     handle: tokio::runtime::Handle,
+    /// Where records below the stream's first message are.
+    archive: std::sync::OnceLock<Arc<archive::Archive>>,
     _runtime: OwnedRuntime,
 }
 
@@ -219,6 +222,7 @@ impl JetStreamLog {
         let log = Arc::new(Self {
             shared,
             handle,
+            archive: std::sync::OnceLock::new(),
             _runtime: runtime,
         });
         let mut caught_up = caught_up;
@@ -278,6 +282,35 @@ impl JetStreamLog {
         }
     }
 
+    /// Reads below the stream come from `archive` from now on.
+    pub fn set_archive(&self, archive: Arc<archive::Archive>) {
+        let _ = self.archive.set(archive);
+    }
+
+    /// The archive, when there is one.
+    pub fn archive(&self) -> Option<&Arc<archive::Archive>> {
+        self.archive.get()
+    }
+
+    /// When a record expires under the log's retention policy.
+    pub fn expiry(&self, r: &Record) -> Option<i64> {
+        self.shared.policy.expires_at(
+            r.rec.owner.as_ref(),
+            &r.rec.collection,
+            &r.rec.instance,
+            r.rec.time,
+        )
+    }
+
+    /// Purges the stream's messages below stream sequence `seq` (they are
+    /// in the archive). Blocks.
+    pub fn purge_below(&self, seq: u64) -> Result<u64, StoreError> {
+        let stream = self.shared.stream.clone();
+        self.block(async move { stream.purge().sequence(seq).await })?
+            .map(|r| r.purged)
+            .map_err(|e| unavailable("purging archived messages", e))
+    }
+
     fn expired(&self, r: &Record, now: i64) -> bool {
         now != i64::MIN
             && self
@@ -307,6 +340,21 @@ impl JetStreamLog {
         }
     }
 
+    /// The stream's first sequence, when an archive may hold what is
+    /// below it (1 otherwise: nothing was purged).
+    fn first_in_stream(&self) -> Result<u64, StoreError> {
+        if self.archive.get().is_none() {
+            return Ok(1);
+        }
+        let stream = self.shared.stream.clone();
+        Ok(self
+            .block(async move { stream.get_info().await })?
+            .map_err(|e| unavailable("reading the stream's state", e))?
+            .state
+            .first_sequence
+            .max(1))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn scan_forward(
         &self,
@@ -324,36 +372,37 @@ impl JetStreamLog {
             &filter.collections,
         );
         let from = from.max(codec::position(1, 0));
-        let mut out = ScanBatch {
-            records: Vec::new(),
-            next_seq: from,
-            truncated: false,
-            damaged: Vec::new(),
-        };
-        let mut bytes = 0usize;
-        let (mut seq, _) = codec::split(from);
+        let mut c = Collector::new(from, max_records, max_bytes);
+        let accept = |r: &Record| filter.matches(&r.rec) && !self.expired(r, now) && keep(r);
+        let first = codec::position(self.first_in_stream()?, 0);
+        if from < first
+            && let Some(archive) = self.archive.get()
+        {
+            // Below the stream: sealed in the bucket.
+            archive.read(from, first, false, filter, &mut |r| {
+                let ok = accept(&r);
+                c.forward(r, ok)
+            })?;
+            if c.out.truncated {
+                return Ok(c.out);
+            }
+            c.out.next_seq = c.out.next_seq.max(first);
+        }
+        let (mut seq, _) = codec::split(c.out.next_seq);
         while let Some((at, payload)) = self.next_message(&subject, seq)? {
-            for r in self.records_of(at, &payload, &mut out.damaged) {
-                if r.seq < out.next_seq {
-                    continue;
-                }
-                if out.records.len() >= max_records || bytes >= max_bytes {
-                    out.truncated = true;
-                    return Ok(out);
-                }
-                out.next_seq = r.seq + 1;
-                if filter.matches(&r.rec) && !self.expired(&r, now) && keep(&r) {
-                    bytes += r.rec.body.len();
-                    out.records.push(r);
+            for r in self.records_of(at, &payload, &mut c.out.damaged) {
+                let ok = accept(&r);
+                if !c.forward(r, ok) {
+                    return Ok(c.out);
                 }
             }
-            out.next_seq = out.next_seq.max(codec::position(at + 1, 0));
+            c.out.next_seq = c.out.next_seq.max(codec::position(at + 1, 0));
             seq = at + 1;
         }
         // Nothing of the subject before what was acknowledged when the
         // read began: the next read can start there.
-        out.next_seq = out.next_seq.max(end);
-        Ok(out)
+        c.out.next_seq = c.out.next_seq.max(end);
+        Ok(c.out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -381,13 +430,8 @@ impl JetStreamLog {
                 .first_sequence
                 .max(1)
         };
-        let mut out = ScanBatch {
-            records: Vec::new(),
-            next_seq: before,
-            truncated: false,
-            damaged: Vec::new(),
-        };
-        let mut bytes = 0usize;
+        let mut c = Collector::new(before, max_records, max_bytes);
+        let accept = |r: &Record| filter.matches(&r.rec) && !self.expired(r, now) && keep(r);
         let (mut hi, _) = codec::split(before);
         let mut window = 64u64;
         while hi >= first {
@@ -404,33 +448,93 @@ impl JetStreamLog {
             }
             for (at, payload) in messages.into_iter().rev() {
                 for r in self
-                    .records_of(at, &payload, &mut out.damaged)
+                    .records_of(at, &payload, &mut c.out.damaged)
                     .into_iter()
                     .rev()
                 {
-                    if r.seq >= out.next_seq {
-                        continue;
-                    }
-                    if out.records.len() >= max_records || bytes >= max_bytes {
-                        out.truncated = true;
-                        return Ok(out);
-                    }
-                    out.next_seq = r.seq;
-                    if filter.matches(&r.rec) && !self.expired(&r, now) && keep(&r) {
-                        bytes += r.rec.body.len();
-                        out.records.push(r);
+                    let ok = accept(&r);
+                    if !c.backward(r, ok) {
+                        return Ok(c.out);
                     }
                 }
-                out.next_seq = out.next_seq.min(codec::position(at, 0));
+                c.out.next_seq = c.out.next_seq.min(codec::position(at, 0));
             }
-            out.next_seq = out.next_seq.min(codec::position(lo, 0));
+            c.out.next_seq = c.out.next_seq.min(codec::position(lo, 0));
             if lo <= first {
                 break;
             }
             hi = lo - 1;
             window = (window * 2).min(1 << 16);
         }
-        Ok(out)
+        // Below the stream: sealed in the bucket.
+        let first_pos = codec::position(first, 0);
+        if let Some(archive) = self.archive.get() {
+            let below = c.out.next_seq.min(first_pos);
+            archive.read(0, below, true, filter, &mut |r| {
+                let ok = accept(&r);
+                c.backward(r, ok)
+            })?;
+        }
+        Ok(c.out)
+    }
+}
+
+/// A read's answer as it fills, with its limits.
+struct Collector {
+    out: ScanBatch,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Collector {
+    fn new(next_seq: Position, max_records: usize, max_bytes: usize) -> Self {
+        Self {
+            out: ScanBatch {
+                records: Vec::new(),
+                next_seq,
+                truncated: false,
+                damaged: Vec::new(),
+            },
+            bytes: 0,
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Takes the next record of an oldest-first read (kept when `keep`);
+    /// false once a limit is reached (the answer is then truncated).
+    fn forward(&mut self, r: Record, keep: bool) -> bool {
+        if r.seq < self.out.next_seq {
+            return true;
+        }
+        if self.out.records.len() >= self.max_records || self.bytes >= self.max_bytes {
+            self.out.truncated = true;
+            return false;
+        }
+        self.out.next_seq = r.seq + 1;
+        if keep {
+            self.bytes += r.rec.body.len();
+            self.out.records.push(r);
+        }
+        true
+    }
+
+    /// Takes the next record of a newest-first read.
+    fn backward(&mut self, r: Record, keep: bool) -> bool {
+        if r.seq >= self.out.next_seq {
+            return true;
+        }
+        if self.out.records.len() >= self.max_records || self.bytes >= self.max_bytes {
+            self.out.truncated = true;
+            return false;
+        }
+        self.out.next_seq = r.seq;
+        if keep {
+            self.bytes += r.rec.body.len();
+            self.out.records.push(r);
+        }
+        true
     }
 }
 

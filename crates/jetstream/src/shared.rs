@@ -24,7 +24,7 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct SharedFiles {
     kv: kv::Store,
-    log: Arc<JetStreamLog>,
+    pub(crate) log: Arc<JetStreamLog>,
 }
 
 /// A key-value bucket, created when missing.

@@ -17,6 +17,7 @@ pub mod shared_state;
 pub mod tls;
 
 pub use tally_jetstream::JetStreamConfig;
+pub use tally_jetstream::archive::ArchiveConfig;
 
 use anyhow::Context;
 use consumers::{flows, merkle_log, reconcile};
@@ -77,6 +78,12 @@ pub struct ServerConfig {
     /// How long a worker's lease lasts without renewal (a crashed worker's
     /// consumers move to another within it).
     pub lease_ttl: Duration,
+    /// Sealed data in an S3-compatible bucket (`--archive`), on a shared log.
+    pub archive: Option<tally_jetstream::archive::ArchiveConfig>,
+    /// How much of the log stays in the stream once archived (`--log-hot`).
+    pub log_hot: Duration,
+    /// How long a segment is written before it is uploaded (`--archive-every`).
+    pub archive_every: Duration,
     /// TLS certificate chain and key (PEM); plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// PostgreSQL URL of the control database; SQLite `control.db` in the
@@ -118,6 +125,9 @@ impl ServerConfig {
             jetstream: None,
             role: Role::All,
             lease_ttl: Duration::from_secs(15),
+            archive: None,
+            log_hot: Duration::from_secs(24 * 3600),
+            archive_every: Duration::from_secs(300),
             tls: None,
             control_db: None,
             agent_report_seconds: 30,
@@ -214,6 +224,8 @@ pub struct AppState {
     pub sign_ins: Arc<api::session::SignInLimiter>,
     /// The cluster's shared files, on a JetStream log.
     pub shared_files: Option<tally_jetstream::SharedFiles>,
+    /// The JetStream log itself (the archive consumer purges it).
+    pub jetstream: Option<Arc<tally_jetstream::JetStreamLog>>,
     /// Cancelled when graceful shutdown begins: held requests (agents'
     /// long polls) answer at once so that draining does not wait for them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -474,6 +486,7 @@ impl Server {
             recordings,
             shutdown: tokio_util::sync::CancellationToken::new(),
             shared_files: cluster.as_ref().map(|c| c.files.clone()),
+            jetstream: cluster.as_ref().map(|c| c.log.clone()),
         };
         Ok(Self {
             listener,
@@ -651,6 +664,15 @@ async fn open_cluster(
     let files = tally_jetstream::SharedFiles::open(&log)
         .await
         .context("cannot open the cluster's shared files")?;
+    if let Some(a) = &config.archive {
+        let (a, f) = (a.clone(), files.clone());
+        let archive =
+            tokio::task::spawn_blocking(move || tally_jetstream::archive::Archive::open(&a, f))
+                .await
+                .context("opening the archive panicked")?
+                .context("cannot open the archive (--archive)")?;
+        log.set_archive(archive);
+    }
     let lease = match config.role {
         Role::Worker => {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -209,6 +209,25 @@ struct ServerCmd {
     /// consumers move to a standby within it
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease: std::time::Duration,
+    /// Seal the shared log's older records into an S3-compatible bucket,
+    /// `s3://bucket[/prefix]` (credentials, region and endpoint from the
+    /// AWS_* environment variables); every server and worker of the log
+    /// gives the same
+    #[arg(long, env = "TALLY_ARCHIVE", value_name = "URL")]
+    archive: Option<String>,
+    /// Local cache of archived segments (default: archive-cache in the
+    /// data directory)
+    #[arg(long, value_name = "DIR")]
+    archive_cache: Option<PathBuf>,
+    /// Size limit of that cache, in MiB
+    #[arg(long, default_value_t = 2048)]
+    archive_cache_mb: u64,
+    /// How much of the log stays in JetStream once archived
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    log_hot: std::time::Duration,
+    /// How long the worker gathers a segment before it uploads it
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    archive_every: std::time::Duration,
     /// Directory for the store and configuration.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
     data_dir: PathBuf,
@@ -359,6 +378,23 @@ async fn run_server(cmd: ServerCmd, role: tally_server::Role) -> anyhow::Result<
     config.recorder_listen = cmd.recorder_listen;
     config.role = role;
     config.lease_ttl = cmd.lease;
+    config.log_hot = cmd.log_hot;
+    config.archive_every = cmd.archive_every;
+    if let Some(url) = cmd.archive.clone().filter(|u| !u.is_empty()) {
+        if cmd.log == "embedded" {
+            anyhow::bail!(
+                "--archive seals a shared log's older records: it needs --log nats://..."
+            );
+        }
+        config.archive = Some(tally_server::ArchiveConfig {
+            url,
+            cache_dir: cmd
+                .archive_cache
+                .clone()
+                .unwrap_or_else(|| cmd.data_dir.join("archive-cache")),
+            cache_bytes: cmd.archive_cache_mb << 20,
+        });
+    }
     if cmd.log != "embedded" {
         let mut js = tally_server::JetStreamConfig::from_url(&cmd.log)
             .map_err(|e| anyhow::anyhow!("{e} (or `embedded`, the default)"))?;

@@ -37,13 +37,17 @@ async fn write_through(
 ) -> HashMap<u32, u64> {
     let acked_total = Arc::new(AtomicU64::new(0));
     let reached = Arc::new(tokio::sync::Notify::new());
+    // Every writer's instance is adopted before anything can be killed.
+    let mut ids = Vec::new();
+    for _ in 0..WRITERS {
+        ids.push(common::adopted_id(&servers[0], "tailnode").await);
+    }
     let mut writers = Vec::new();
-    for w in 0..WRITERS {
+    for (w, id) in (0..WRITERS).zip(ids) {
         let servers = servers.clone();
         let (acked_total, reached) = (acked_total.clone(), reached.clone());
         writers.push(tokio::spawn(async move {
             let c = http();
-            let id = common::adopted_id(&servers[0], "tailnode").await;
             let mut target = w as usize % servers.len();
             let mut next = 1u64;
             while next <= PER_WRITER {
@@ -430,4 +434,127 @@ async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
         );
     }
     drop(second);
+}
+
+/// The texts of every `tailnode` entry, oldest first, and the ten newest.
+async fn answers(url: &str) -> (Vec<String>, Vec<String>) {
+    let c = http();
+    let all = read_all(&c, url, "tailnode")
+        .await
+        .iter()
+        .filter_map(|e| e["text"].as_str().map(str::to_owned))
+        .collect();
+    let newest: serde_json::Value = c
+        .get(format!("{url}/c/tailnode"))
+        .bearer_auth(KEY)
+        .query(&[("order", "newest"), ("max-count", "10")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let newest = newest["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["text"].as_str().map(str::to_owned))
+        .collect();
+    (all, newest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sealed_data_in_the_bucket_answers_the_same_without_the_cache() {
+    let Some(nats) = nats::for_tests("scale-out archive", 1) else {
+        return;
+    };
+    let Some(pg) = postgres::for_tests("scale-out archive") else {
+        return;
+    };
+    let moto = common::moto::Moto::start();
+    moto.boto3("s3.create_bucket(Bucket='tally-archive')");
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.url.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "a"),
+        ("AWS_SECRET_ACCESS_KEY", "b"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (log, db) = (nats.urls(), pg.url("postgres"));
+    let flags = [
+        "--log",
+        log.as_str(),
+        "--control-db",
+        db.as_str(),
+        "--archive",
+        "s3://tally-archive/cluster-1",
+        // Everything leaves the stream as soon as it is archived.
+        "--log-hot",
+        "0s",
+        "--archive-every",
+        "1s",
+    ];
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = TestServer::start_sub_env("server", dirs[0].path(), &flags, &env);
+    let _worker = TestServer::start_sub_env("worker", dirs[1].path(), &flags, &env);
+
+    let c = http();
+    let id = common::adopted_id(&server.url, "tailnode").await;
+    for b in 0..40u64 {
+        let batch: Vec<_> = (1..=25)
+            .map(|i| {
+                let n = b * 25 + i;
+                serde_json::json!({"text": format!("e{n}"), "logtail": {"proc_id": 1, "proc_seq": n}})
+            })
+            .collect();
+        let r = c
+            .post(format!("{}/c/tailnode/{}", server.url, id.to_hex()))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let want: Vec<String> = (1..=1000).map(|n| format!("e{n}")).collect();
+    let newest: Vec<String> = (991..=1000).rev().map(|n| format!("e{n}")).collect();
+    assert_eq!(answers(&server.url).await, (want.clone(), newest.clone()));
+
+    // The worker seals the log into the bucket and purges the stream.
+    let state = tally_testkit::wait::until(
+        "the stream purged into the bucket",
+        Duration::from_secs(60),
+        || {
+            let detail = nats.stream_detail("TALLY");
+            async move {
+                let first = detail
+                    .as_ref()
+                    .map_or(0, |d| d["state"]["first_seq"].as_u64().unwrap_or(0));
+                if first > 40 {
+                    Ok(detail)
+                } else {
+                    Err(format!("stream state: {detail:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let keys = moto.boto3(
+        "for o in s3.list_objects_v2(Bucket='tally-archive', Prefix='cluster-1/segments/').get('Contents', []): print(o['Key'])",
+    );
+    assert!(
+        keys.lines().count() >= 1,
+        "no segment in the bucket: {keys}; stream {state:?}"
+    );
+
+    // The same answers, now from the bucket; and again with an empty cache.
+    assert_eq!(answers(&server.url).await, (want.clone(), newest.clone()));
+    let cache = dirs[0].path().join("archive-cache");
+    for f in std::fs::read_dir(&cache).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    assert_eq!(answers(&server.url).await, (want, newest));
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() >= 1,
+        "the answers came through the cache"
+    );
 }

@@ -16,48 +16,11 @@
 mod common;
 
 use common::TestServer;
-use common::readme::{create_api_key as change, free_port, tally_async as cli};
+use common::moto::Moto;
+use common::readme::{create_api_key as change, tally_async as cli};
 use serde_json::Value;
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server is not installed (pip install 'moto[server]'; .ci/run does)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server never listened on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Every object under `prefix`, read with AWS's own SDK (boto3, which
 /// moto depends on): (key, body), in key order.

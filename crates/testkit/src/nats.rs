@@ -162,9 +162,10 @@ impl NatsCluster {
         Ok(Self { servers, _dir: dir })
     }
 
-    /// The index in [`NatsCluster::servers`] of the server that leads
-    /// stream `stream` (asked of the first server that answers `/jsz`).
-    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+    /// Stream `stream`'s details from `/jsz` (its `state`: `messages`,
+    /// `first_seq`, `last_seq`; its `cluster`: `leader`), asked of the
+    /// first server that answers.
+    pub fn stream_detail(&self, stream: &str) -> Option<serde_json::Value> {
         use std::io::{Read, Write};
         for s in &self.servers {
             let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", s.monitor_port)) else {
@@ -180,18 +181,26 @@ impl NatsCluster {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
                 continue;
             };
-            let leader = v["account_details"]
+            let detail = v["account_details"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
                 .find(|d| d["name"] == stream)
-                .and_then(|d| d["cluster"]["leader"].as_str().map(str::to_owned));
-            if let Some(l) = leader {
-                return self.servers.iter().position(|s| s.name == l);
+                .cloned();
+            if detail.is_some() {
+                return detail;
             }
         }
         None
+    }
+
+    /// The index in [`NatsCluster::servers`] of the server that leads
+    /// stream `stream`.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let detail = self.stream_detail(stream)?;
+        let leader = detail["cluster"]["leader"].as_str()?;
+        self.servers.iter().position(|s| s.name == leader)
     }
 
     /// Every server's URL, comma-separated (what `--log nats://...` takes).

@@ -3,6 +3,7 @@
 //! transparency log, reconciliation and detection. A new consumer (detection, a
 //! streaming destination) is a new module here and one line in [`start`].
 
+pub mod archive;
 pub mod batch_chains;
 pub mod detection;
 pub mod flow_index;
@@ -80,6 +81,20 @@ pub fn start(
         );
         if let Some(d) = resume.detection.lock().take() {
             tasks.push(p.spawn(d).context("starting detection")?.1);
+        }
+        if let Some(log) = &state.jetstream
+            && let Some(a) = log.archive()
+        {
+            tasks.push(
+                p.spawn(archive::ArchiveConsumer::new(
+                    log.clone(),
+                    a.clone(),
+                    state.config.log_hot,
+                    state.config.archive_every,
+                ))
+                .context("starting the archive")?
+                .1,
+            );
         }
     }
     Ok(tasks)

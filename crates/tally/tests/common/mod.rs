@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod moto;
 pub mod readme;
 
 use futures_util::StreamExt;
@@ -73,6 +74,11 @@ impl TestServer {
     /// returns once it listens (a standby worker: once it took the lease).
     pub fn start_sub(sub: &str, data_dir: &Path, extra: &[&str]) -> Self {
         Self::spawn_sub(sub, data_dir, "127.0.0.1:0", extra, &[], false).0
+    }
+
+    /// [`TestServer::start_sub`] with extra environment variables.
+    pub fn start_sub_env(sub: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_sub(sub, data_dir, "127.0.0.1:0", extra, env, false).0
     }
 
     fn spawn(
