@@ -446,10 +446,6 @@ impl Server {
         )?;
         let config_data_dir = config.data_dir.clone();
         if let Some(c) = &cluster {
-            let (dir, files) = (config.data_dir.clone(), c.files.clone());
-            tokio::task::spawn_blocking(move || shared_state::share_keys(&dir, &files))
-                .await
-                .context("sharing the keys panicked")??;
             if let Some(lease) = &c.lease {
                 shared_state::register(&config.data_dir, c.files.clone(), lease.held_flag());
             }
@@ -692,9 +688,14 @@ async fn open_cluster(
         _ => None,
     };
     let (dir, f, everything) = (config.data_dir.clone(), files.clone(), lease.is_some());
-    let restored = tokio::task::spawn_blocking(move || shared_state::restore(&dir, &f, everything))
-        .await
-        .context("restoring shared state panicked")??;
+    let restored = tokio::task::spawn_blocking(move || {
+        let n = shared_state::restore(&dir, &f, everything)?;
+        // Before the transparency log and the streams load them.
+        shared_state::share_keys(&dir, &f)?;
+        anyhow::Ok(n)
+    })
+    .await
+    .context("restoring shared state panicked")??;
     if everything {
         tracing::info!(files = restored, "took the workers' state from the cluster");
     }

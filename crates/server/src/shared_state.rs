@@ -112,20 +112,24 @@ pub fn restore(dir: &Path, files: &SharedFiles, everything: bool) -> anyhow::Res
     Ok(n)
 }
 
-/// Shares the keys this process made (the first process's win); fails
-/// when another process made different ones at the same moment.
+/// Makes sure this process has the cluster's keys before anything loads
+/// them: the shared copy when there is one; else this process's (made
+/// now when missing) becomes the shared one; when another process shared
+/// its own at the same moment, that one wins here too. Blocks.
 pub fn share_keys(dir: &Path, files: &SharedFiles) -> anyhow::Result<()> {
+    let merkle = dir.join("merkle");
+    std::fs::create_dir_all(&merkle)?;
+    crate::consumers::merkle_log::load_key(&merkle)?;
+    crate::control::secrets::SecretBox::open(dir)?;
     for name in KEY_FILES {
         let path = dir.join(name);
+        // No file: the key comes from the environment (TALLY_SECRETS_KEY).
         let Ok(local) = std::fs::read(&path) else {
             continue;
         };
         let shared = files.get_or_create(name, || local.clone())?;
         if shared != local {
             write_private(&path, &shared)?;
-            anyhow::bail!(
-                "another process created the cluster's {name} at the same moment; start this one again (it now has the shared key)"
-            );
         }
     }
     Ok(())

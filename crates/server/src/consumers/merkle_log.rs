@@ -213,7 +213,7 @@ pub struct MerkleLog {
     policy: Arc<dyn RetentionPolicy>,
 }
 
-fn load_key(dir: &Path) -> anyhow::Result<Signer> {
+pub(crate) fn load_key(dir: &Path) -> anyhow::Result<Signer> {
     let key_path = dir.join("log-key");
     match std::fs::read_to_string(&key_path) {
         Ok(skey) => Signer::from_skey(skey.trim())

@@ -658,32 +658,43 @@ impl ControlDb {
         hash: &str,
         description: &str,
     ) -> Result<(), ControlError> {
-        let exists = sqlx::query("SELECT id FROM keys WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_some() {
+        let known = || async {
+            sqlx::query("SELECT id FROM keys WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map(|r| r.is_some())
+        };
+        if known().await? {
             return Ok(());
         }
-        let mut change = self
-            .begin_change(tailnet_id, &AuditContext::system())
+        let added = async {
+            let mut change = self
+                .begin_change(tailnet_id, &AuditContext::system())
+                .await?;
+            let spec = KeySpec {
+                user_id,
+                key_type: KeyType::Api,
+                description,
+                expiry: KeyExpiry::Never,
+                caps: &DeviceCreate::default(),
+            };
+            self.insert_key(
+                &mut change,
+                spec,
+                user_id,
+                Some(hash),
+                tally_proto::timefmt::now_nanos(),
+            )
             .await?;
-        let spec = KeySpec {
-            user_id,
-            key_type: KeyType::Api,
-            description,
-            expiry: KeyExpiry::Never,
-            caps: &DeviceCreate::default(),
-        };
-        self.insert_key(
-            &mut change,
-            spec,
-            user_id,
-            Some(hash),
-            tally_proto::timefmt::now_nanos(),
-        )
-        .await?;
-        change.commit().await
+            change.commit().await
+        }
+        .await;
+        match added {
+            // Another server sharing the database added it at the same moment.
+            Err(_) if known().await? => Ok(()),
+            other => other,
+        }
     }
 
     /// Keys of a tailnet, newest first.
