@@ -445,10 +445,10 @@ impl Server {
             Some(catalog.clone()),
         )?;
         let config_data_dir = config.data_dir.clone();
-        if let Some(c) = &cluster {
-            if let Some(lease) = &c.lease {
-                shared_state::register(&config.data_dir, c.files.clone(), lease.held_flag());
-            }
+        if let Some(c) = &cluster
+            && let Some(lease) = &c.lease
+        {
+            shared_state::register(&config.data_dir, c.files.clone(), lease.held_flag());
         }
         let state = AppState {
             instances: Arc::new(InstanceStats::open(
