@@ -696,7 +696,7 @@ pub async fn replay(
     }
     if !data_dir.join("store").is_dir() {
         anyhow::bail!(
-            "{} is not a tally server's data directory (it has no store/); give the server's --data-dir",
+            "{} has no embedded store (no store/): give the --data-dir of a tally server that keeps its log there (servers on a shared log, --log nats://, keep none)",
             data_dir.display()
         );
     }
