@@ -57,15 +57,25 @@ pub struct JetStreamConfig {
     pub dedup_window: Duration,
     /// How long to wait for the first connection and each acknowledgement.
     pub timeout: Duration,
+    /// A NATS credentials file (JWT and NKey seed), `--log-creds`.
+    pub creds: Option<std::path::PathBuf>,
+    /// A CA certificate (PEM) for `tls://` servers, `--log-ca`.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl JetStreamConfig {
     /// The settings of `--log nats://host:port[,host:port...]` with the
     /// defaults: stream `TALLY`, one replica, 2-minute duplicate window.
     pub fn from_url(url: &str) -> Result<Self, JetStreamError> {
-        let rest = url.strip_prefix("nats://").ok_or_else(|| {
+        let scheme = if url.starts_with("tls://") {
+            "tls://"
+        } else {
+            "nats://"
+        };
+        let rest = url.strip_prefix(scheme).ok_or_else(|| {
             JetStreamError::Config(format!(
-                "--log {url:?}: expected nats://host:port[,host:port...]"
+                "--log {:?}: expected nats://host:port[,host:port...] (tls:// for TLS; user:password@ before a host, or --log-creds)",
+                redact(url)
             ))
         })?;
         let servers: Vec<String> = rest
@@ -73,16 +83,17 @@ impl JetStreamConfig {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                if s.starts_with("nats://") {
+                if s.contains("://") {
                     s.to_owned()
                 } else {
-                    format!("nats://{s}")
+                    format!("{scheme}{s}")
                 }
             })
             .collect();
         if servers.is_empty() {
             return Err(JetStreamError::Config(format!(
-                "--log {url:?} names no NATS server"
+                "--log {:?} names no NATS server",
+                redact(url)
             )));
         }
         Ok(Self {
@@ -91,7 +102,29 @@ impl JetStreamConfig {
             replicas: 1,
             dedup_window: Duration::from_secs(120),
             timeout: Duration::from_secs(10),
+            creds: None,
+            ca: None,
         })
+    }
+
+    /// The servers, passwords left out (for messages and logs).
+    pub fn shown(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| redact(s))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A NATS URL without the password of its user part.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(i), Some(at)) if at > i => {
+            let user = url[i + 3..at].split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..i + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -544,16 +577,34 @@ async fn connect(
     config: JetStreamConfig,
     policy: Arc<dyn RetentionPolicy>,
 ) -> Result<(Arc<Shared>, watch::Receiver<bool>), JetStreamError> {
-    let shown = config.servers.join(",");
+    let shown = config.shown();
     let addrs = config
         .servers
         .iter()
         .map(|s| s.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| JetStreamError::Config(format!("--log {shown}: {e}")))?;
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("tally-server")
-        .connection_timeout(config.timeout)
+        .connection_timeout(config.timeout);
+    // User and password (or a token) given in a URL.
+    if let Some(a) = addrs.iter().find(|a| a.username().is_some()) {
+        let user = a.username().unwrap_or_default().to_owned();
+        options = match a.password() {
+            Some(p) => options.user_and_password(user, p.to_owned()),
+            None => options.token(user),
+        };
+    }
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| JetStreamError::Config(format!("--log-creds {}: {e}", creds.display())))?;
+    }
+    if let Some(ca) = &config.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = options
         .connect(addrs)
         .await
         .map_err(|e| JetStreamError::Connect {

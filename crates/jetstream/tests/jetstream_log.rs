@@ -273,6 +273,16 @@ async fn clear_errors_for_no_server_and_an_impossible_replica_count() {
     assert!(matches!(e, JetStreamError::Connect { .. }), "{e}");
     assert!(e.to_string().contains("nats-server -js"), "{e}");
     assert!(JetStreamConfig::from_url("http://x:4222").is_err());
+    // A password in the URL is never shown.
+    let c = JetStreamConfig::from_url("nats://tally:s3cret@a:4222,b:4222").unwrap();
+    assert_eq!(c.servers, ["nats://tally:s3cret@a:4222", "nats://b:4222"]);
+    assert_eq!(c.shown(), "nats://tally:***@a:4222,nats://b:4222");
+    let e = JetStreamConfig::from_url("http://tally:s3cret@a").unwrap_err();
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert_eq!(
+        JetStreamConfig::from_url("tls://a:4222").unwrap().servers,
+        ["tls://a:4222"]
+    );
 
     let Some(cluster) = nats::for_tests("jetstream replicas", 1) else {
         return;

@@ -190,9 +190,16 @@ struct ServerCmd {
         long,
         env = "TALLY_LOG",
         value_name = "URL",
-        default_value = "embedded"
+        default_value = "embedded",
+        hide_env_values = true
     )]
     log: String,
+    /// A NATS credentials file (JWT and seed) for the shared log
+    #[arg(long, env = "TALLY_LOG_CREDS", value_name = "FILE")]
+    log_creds: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for tls:// NATS servers
+    #[arg(long, env = "TALLY_LOG_CA", value_name = "FILE")]
+    log_ca: Option<PathBuf>,
     /// The JetStream stream of the log (and the prefix of its subjects and
     /// key-value buckets)
     #[arg(long, env = "TALLY_LOG_STREAM", default_value = "TALLY")]
@@ -401,6 +408,8 @@ async fn run_server(cmd: ServerCmd, role: tally_server::Role) -> anyhow::Result<
         js.stream = cmd.log_stream.clone();
         js.replicas = usize::from(cmd.log_replicas);
         js.dedup_window = cmd.log_dedup_window;
+        js.creds = cmd.log_creds.clone();
+        js.ca = cmd.log_ca.clone();
         config.jetstream = Some(js);
         if config.role == tally_server::Role::All {
             config.role = tally_server::Role::Api;
