@@ -135,14 +135,14 @@ pub enum JetStreamError {
     #[error("{0}")]
     Config(String),
     /// No NATS server answered.
-    #[error(
-        "cannot connect to NATS at {servers}: {why} (is nats-server running with JetStream on, `nats-server -js`?)"
-    )]
+    #[error("cannot connect to NATS at {servers}: {why} ({hint})")]
     Connect {
-        /// The servers tried.
+        /// The servers tried (passwords left out).
         servers: String,
         /// What failed.
         why: String,
+        /// What to check.
+        hint: &'static str,
     },
     /// JetStream refused the stream or is off.
     #[error("{0}")]
@@ -604,13 +604,21 @@ async fn connect(
     if let Some(ca) = &config.ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
-    let client = options
-        .connect(addrs)
-        .await
-        .map_err(|e| JetStreamError::Connect {
+    let client = options.connect(addrs).await.map_err(|e| {
+        let why = e.to_string();
+        let hint = if why.contains("authorization") || why.contains("authentication") {
+            "check the user and password in --log, or --log-creds"
+        } else if why.contains("tls") || why.contains("certificate") {
+            "check the tls:// address and --log-ca"
+        } else {
+            "is nats-server running with JetStream on, `nats-server -js`?"
+        };
+        JetStreamError::Connect {
             servers: shown.clone(),
-            why: e.to_string(),
-        })?;
+            why,
+            hint,
+        }
+    })?;
     let max_payload = client.server_info().max_payload.saturating_sub(4096);
     let mut js = jetstream::new(client.clone());
     js.set_timeout(config.timeout);
