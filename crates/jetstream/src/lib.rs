@@ -379,6 +379,11 @@ impl JetStreamLog {
         if self.archive.get().is_none() {
             return Ok(1);
         }
+        self.first_sequence()
+    }
+
+    /// The stream's first sequence (1 when it is empty from the start).
+    fn first_sequence(&self) -> Result<u64, StoreError> {
         let stream = self.shared.stream.clone();
         Ok(self
             .block(async move { stream.get_info().await })?
@@ -455,14 +460,7 @@ impl JetStreamLog {
             filter.owner.as_deref(),
             &filter.collections,
         );
-        let first = {
-            let stream = self.shared.stream.clone();
-            self.block(async move { stream.get_info().await })?
-                .map_err(|e| unavailable("reading the stream's state", e))?
-                .state
-                .first_sequence
-                .max(1)
-        };
+        let first = self.first_sequence()?;
         let mut c = Collector::new(before, max_records, max_bytes);
         let accept = |r: &Record| filter.matches(&r.rec) && !self.expired(r, now) && keep(r);
         let (mut hi, _) = codec::split(before);

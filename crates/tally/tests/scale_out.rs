@@ -23,6 +23,12 @@ use std::time::{Duration, Instant};
 use tally_testkit::{nats, postgres};
 
 const WRITERS: u32 = 4;
+
+/// `n` NATS servers and a PostgreSQL cluster for a test (`None`, with a
+/// note, when they are not installed and not required).
+fn engines(test: &str, n: usize) -> Option<(nats::NatsCluster, postgres::PgCluster)> {
+    Some((nats::for_tests(test, n)?, postgres::for_tests(test)?))
+}
 const BATCH: u64 = 25;
 const PER_WRITER: u64 = 1_000;
 
@@ -119,10 +125,7 @@ async fn assert_exactly_once(url: &str, acked: &HashMap<u32, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_share_the_log_and_a_killed_one_loses_nothing_acknowledged() {
-    let Some(nats) = nats::for_tests("scale-out servers", 1) else {
-        return;
-    };
-    let Some(pg) = postgres::for_tests("scale-out servers") else {
+    let Some((nats, pg)) = engines("scale-out servers", 1) else {
         return;
     };
     let (log, db) = (nats.urls(), pg.url("postgres"));
@@ -186,10 +189,7 @@ async fn two_servers_share_the_log_and_a_killed_one_loses_nothing_acknowledged()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_node_nats_cluster_loses_nothing_when_a_node_dies() {
-    let Some(mut nats) = nats::for_tests("scale-out R3", 3) else {
-        return;
-    };
-    let Some(pg) = postgres::for_tests("scale-out R3") else {
+    let Some((mut nats, pg)) = engines("scale-out R3", 3) else {
         return;
     };
     let (log, db) = (nats.urls(), pg.url("postgres"));
@@ -274,10 +274,7 @@ fn deliveries(bodies: &[serde_json::Value], name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
-    let Some(nats) = nats::for_tests("scale-out workers", 1) else {
-        return;
-    };
-    let Some(pg) = postgres::for_tests("scale-out workers") else {
+    let Some((nats, pg)) = engines("scale-out workers", 1) else {
         return;
     };
     let (log, db) = (nats.urls(), pg.url("postgres"));
@@ -465,10 +462,7 @@ async fn answers(url: &str) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sealed_data_in_the_bucket_answers_the_same_without_the_cache() {
-    let Some(nats) = nats::for_tests("scale-out archive", 1) else {
-        return;
-    };
-    let Some(pg) = postgres::for_tests("scale-out archive") else {
+    let Some((nats, pg)) = engines("scale-out archive", 1) else {
         return;
     };
     let moto = common::moto::Moto::start();

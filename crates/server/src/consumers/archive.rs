@@ -64,6 +64,20 @@ impl ArchiveConsumer {
         }
     }
 
+    /// Moves this consumer out (for work on a blocking thread), leaving
+    /// one without its open segment in its place.
+    fn detach(&mut self) -> Self {
+        let stand_in = Self {
+            log: self.log.clone(),
+            archive: self.archive.clone(),
+            open: None,
+            position: self.position,
+            hot: self.hot,
+            every: self.every,
+        };
+        std::mem::replace(self, stand_in)
+    }
+
     /// Uploads the open segment and records it in the manifest. Blocks.
     fn seal(&mut self) -> Result<(), ConsumerError> {
         let Some(open) = self.open.take() else {
@@ -158,17 +172,7 @@ impl Consumer for ArchiveConsumer {
     }
 
     async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
-        let mut me = std::mem::replace(
-            self,
-            Self {
-                log: self.log.clone(),
-                archive: self.archive.clone(),
-                open: None,
-                position: self.position,
-                hot: self.hot,
-                every: self.every,
-            },
-        );
+        let mut me = self.detach();
         let (me, result) = tokio::task::spawn_blocking(move || {
             let result = (|| {
                 for r in &batch.records {
@@ -226,17 +230,7 @@ impl Consumer for ArchiveConsumer {
             .open
             .as_ref()
             .is_some_and(|o| o.started.elapsed() >= self.every);
-        let mut me = std::mem::replace(
-            self,
-            Self {
-                log: self.log.clone(),
-                archive: self.archive.clone(),
-                open: None,
-                position: self.position,
-                hot: self.hot,
-                every: self.every,
-            },
-        );
+        let mut me = self.detach();
         let (me, result) = tokio::task::spawn_blocking(move || {
             let r = if due { me.seal() } else { Ok(()) }.and_then(|()| me.upkeep());
             (me, r)
