@@ -188,7 +188,7 @@ struct ServerCmd {
     /// `nats://host:4222[,host:4222...]`
     #[arg(
         long,
-        env = "TALLY_LOG",
+        env = "TALLY_LOG_URL",
         value_name = "URL",
         default_value = "embedded",
         hide_env_values = true

@@ -135,25 +135,40 @@ async fn two_servers_share_the_log_and_a_killed_one_loses_nothing_acknowledged()
     let b = TestServer::start_sub("server", dirs[1].path(), &flags);
     let _worker = TestServer::start_sub("worker", dirs[2].path(), &flags);
 
-    // Both servers sign the same checkpoints: one key for the cluster.
+    // Both servers publish the same signed checkpoint of the one log: the
+    // same key, the same tree built from the same records.
     let c = http();
-    let origin = |url: String| {
+    let checkpoint = |url: String| {
         let c = c.clone();
         async move {
-            let text = c
-                .get(format!("{url}/.well-known/tally/checkpoint"))
+            c.get(format!("{url}/.well-known/tally/checkpoint"))
                 .send()
                 .await
                 .unwrap()
                 .text()
                 .await
-                .unwrap();
-            text.lines().next().unwrap_or_default().to_owned()
+                .unwrap()
         }
     };
-    let (oa, ob) = (origin(a.url.clone()).await, origin(b.url.clone()).await);
-    assert!(oa.starts_with("tally/"), "{oa}");
-    assert_eq!(oa, ob, "both servers sign as the same log");
+    let (ca, cb) = tally_testkit::wait::until(
+        "both servers at the same checkpoint",
+        Duration::from_secs(30),
+        || {
+            let (ua, ub) = (a.url.clone(), b.url.clone());
+            let checkpoint = &checkpoint;
+            async move {
+                let (ca, cb) = (checkpoint(ua).await, checkpoint(ub).await);
+                if ca == cb {
+                    Ok((ca, cb))
+                } else {
+                    Err(format!("{ca:?} vs {cb:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(ca.starts_with("tally/"), "{ca}");
+    assert_eq!(ca, cb);
 
     let kill_a = {
         let pid = a.child.id();
