@@ -278,7 +278,7 @@ async fn compare_logs(a: &IngestArgs) -> anyhow::Result<()> {
 /// holds it); the first report is the embedded peer.
 fn render_log_table(reports: &[TallyReport]) -> String {
     let mut out = String::from(
-        "== Logs compared (the same load) ==\n\n| log, servers | entries/s | MB/s | vs embedded | p50 | p99 | max | slow s | errors | tally CPU | NATS CPU | tally peak RSS | NATS peak RSS | B/entry in log | entries per CPU-s (tally / all) | verified |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "== Logs compared (the same load) ==\n\n| log, servers | entries/s | MB/s | vs embedded | p50 | p99 | max | slow s | errors | tally CPU | NATS CPU | tally peak RSS | NATS peak RSS | NATS in / out per JSON byte | B/entry in log | entries per CPU-s (tally / all) | verified |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let base = reports.first().map_or(0.0, |r| r.summary.entries_per_sec());
     for r in reports {
@@ -301,13 +301,24 @@ fn render_log_table(reports: &[TallyReport]) -> String {
             (None, Some(d)) => format!("{d:.1} (sealed)"),
             _ => "n/a".into(),
         };
+        let json = s.mb_per_sec() * 1e6;
+        let traffic = r.nats_traffic.map_or_else(
+            || "—".into(),
+            |t| {
+                format!(
+                    "{:.1} / {:.1}",
+                    t.in_bytes / json.max(1.0),
+                    t.out_bytes / json.max(1.0)
+                )
+            },
+        );
         let per_core = r.per_core().map_or_else(
             || "n/a".into(),
             |(t, all)| format!("{} / {}", fmt_count(t), fmt_count(all)),
         );
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {:.2}x | {:.1} ms | {:.1} ms | {:.1} ms | {slow} | {errors} | {tally_cpu:.0} % | {} | {} | {} | {per_entry} | {per_core} | {} |",
+            "| {} | {} | {:.1} | {:.2}x | {:.1} ms | {:.1} ms | {:.1} ms | {slow} | {errors} | {tally_cpu:.0} % | {} | {} | {} | {traffic} | {per_entry} | {per_core} | {} |",
             r.label,
             fmt_count(s.entries_per_sec()),
             s.mb_per_sec(),
@@ -329,7 +340,7 @@ fn render_log_table(reports: &[TallyReport]) -> String {
             if r.verified_ok() { "yes" } else { "NO" },
         );
     }
-    out.push_str("\ntally CPU: servers and worker; slow s: seconds with a request over 1 s; B/entry in log: one replica of the JetStream stream, or the embedded store once sealed\n");
+    out.push_str("\ntally CPU: servers and worker; slow s: seconds with a request over 1 s; NATS in / out per JSON byte: bytes into and out of all nats-servers (clients and routes) per byte of JSON acknowledged; B/entry in log: one replica of the JetStream stream, or the embedded store once sealed\n");
     out
 }
 
@@ -1100,6 +1111,8 @@ struct TallyReport {
     nats: Option<GroupUse>,
     /// The throwaway PostgreSQL of a shared log.
     control_db: Option<GroupUse>,
+    /// The nats-servers' traffic over the window, per second.
+    nats_traffic: Option<NatsTraffic>,
     /// The JetStream stream after the load: bytes and messages (one replica).
     jetstream: Option<(u64, u64)>,
     /// Seconds the count through the query API took.
@@ -1219,6 +1232,19 @@ impl TallyReport {
                 "  nats-server:  {} ({} process(es) together)",
                 u.render(),
                 u.procs
+            );
+        }
+        if let Some(t) = &self.nats_traffic {
+            let ingest = self.summary.mb_per_sec() * 1e6;
+            let _ = writeln!(
+                out,
+                "  NATS traffic: in {:.1} MB/s ({:.0} msgs/s), out {:.1} MB/s ({:.0} msgs/s), all servers and routes; {:.1}x in and {:.1}x out of the JSON acknowledged",
+                t.in_bytes / 1e6,
+                t.in_msgs,
+                t.out_bytes / 1e6,
+                t.out_msgs,
+                t.in_bytes / ingest.max(1.0),
+                t.out_bytes / ingest.max(1.0)
             );
         }
         if let Some(u) = &self.control_db {
@@ -1484,6 +1510,7 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         worker: usage.worker,
         nats: usage.nats,
         control_db: usage.control_db,
+        nats_traffic: usage.nats_traffic,
         jetstream,
         count_seconds,
         log_notes: Vec::new(),
@@ -1916,6 +1943,51 @@ struct Usage {
     worker: Option<GroupUse>,
     nats: Option<GroupUse>,
     control_db: Option<GroupUse>,
+    /// The nats-servers' traffic over the window, per second.
+    nats_traffic: Option<NatsTraffic>,
+}
+
+/// Bytes and messages into and out of the nats-servers (all clients,
+/// routes included), from each server's `/varz`.
+#[derive(Debug, Default, Clone, Copy)]
+struct NatsTraffic {
+    in_bytes: f64,
+    out_bytes: f64,
+    in_msgs: f64,
+    out_msgs: f64,
+}
+
+impl NatsTraffic {
+    /// The counters summed over the cluster's servers now.
+    async fn read(http: &reqwest::Client, nats: &tally_testkit::nats::NatsCluster) -> Self {
+        let mut t = Self::default();
+        for s in &nats.servers {
+            let url = format!("http://127.0.0.1:{}/varz", s.monitor_port);
+            let Ok(resp) = http.get(&url).send().await else {
+                continue;
+            };
+            let Ok(v) = resp.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+            t.in_bytes += f("in_bytes");
+            t.out_bytes += f("out_bytes");
+            t.in_msgs += f("in_msgs");
+            t.out_msgs += f("out_msgs");
+        }
+        t
+    }
+
+    /// Per second between `before` and `self`.
+    fn rate_since(&self, before: &Self, secs: f64) -> Self {
+        let secs = secs.max(1e-9);
+        Self {
+            in_bytes: (self.in_bytes - before.in_bytes) / secs,
+            out_bytes: (self.out_bytes - before.out_bytes) / secs,
+            in_msgs: (self.in_msgs - before.in_msgs) / secs,
+            out_msgs: (self.out_msgs - before.out_msgs) / secs,
+        }
+    }
 }
 
 /// Samples CPU at the window's start and end, and memory at the end, of
@@ -1946,7 +2018,20 @@ async fn sample_window(w: Window, dep: &Deployment) -> Usage {
     let worker = GroupStart::new(&worker_pids);
     let nats = GroupStart::new(&nats_pids);
     let pg = GroupStart::new(&pg_pids);
+    let http = http_client(Duration::from_secs(5)).ok();
+    let traffic_start = match (&http, &dep.nats) {
+        (Some(h), Some(c)) => Some(NatsTraffic::read(h, c).await),
+        _ => None,
+    };
     tokio::time::sleep_until(tokio::time::Instant::from_std(w.end)).await;
+    let nats_traffic = match (&http, &dep.nats, traffic_start) {
+        (Some(h), Some(c), Some(before)) => Some(
+            NatsTraffic::read(h, c)
+                .await
+                .rate_since(&before, t.elapsed().as_secs_f64()),
+        ),
+        _ => None,
+    };
     let mut cpu = sampler.finish();
     let secs = t.elapsed().as_secs_f64();
     let servers: Vec<GroupUse> = each.iter().map(|g| g.finish(secs)).collect();
@@ -1962,6 +2047,7 @@ async fn sample_window(w: Window, dep: &Deployment) -> Usage {
         worker,
         nats,
         control_db,
+        nats_traffic,
     }
 }
 
