@@ -1129,6 +1129,8 @@ struct TallyReport {
     stop_seconds: f64,
     filesystem: String,
     external: bool,
+    /// The log is a NATS cluster the benchmark did not start.
+    external_log: bool,
 }
 
 impl TallyReport {
@@ -1157,12 +1159,19 @@ impl TallyReport {
     fn per_core_line(&self) -> Option<String> {
         let (tally, all) = self.per_core()?;
         let (t, n) = self.cpu_split();
+        let rest = if self.nats.is_some() {
+            format!(
+                ", {} per CPU-second of everything under test (NATS {n:.0} %)",
+                fmt_count(all)
+            )
+        } else if self.external_log {
+            " (the NATS servers are not this benchmark's: not measured)".to_owned()
+        } else {
+            String::new()
+        };
         Some(format!(
-            "{} entries per CPU-second of tally ({:.0} % of a core), {} per CPU-second of everything under test (NATS {:.0} %)",
-            fmt_count(tally),
-            t,
-            fmt_count(all),
-            n
+            "{} entries per CPU-second of tally ({t:.0} % of a core){rest}",
+            fmt_count(tally)
         ))
     }
 
@@ -1524,6 +1533,7 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         stop_seconds: 0.0,
         filesystem: String::new(),
         external: dep.servers[0].child.is_none(),
+        external_log: matches!(a.log, LogTarget::Nats(_)),
     };
     if a.log.shared() {
         eprintln!("stopping the servers (SIGTERM) ...");
