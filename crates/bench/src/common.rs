@@ -212,13 +212,18 @@ pub(crate) struct CpuWindow {
     pub(crate) machine_steal_pct: f64,
     /// Per thread name of the server: % of one core.
     pub(crate) threads: Vec<(String, f64)>,
+    /// Other processes under test beside the server (a worker,
+    /// nats-servers, a control database), set by the benchmark that
+    /// measured them: not counted as "other".
+    pub(crate) beside_pct: f64,
 }
 
 impl CpuWindow {
     /// CPU used by everything else on the machine (other users, the kernel's
     /// own threads), % of one core.
     pub(crate) fn other_pct(&self) -> f64 {
-        (self.machine_busy_pct - self.server_pct.unwrap_or(0.0) - self.client_pct).max(0.0)
+        (self.machine_busy_pct - self.server_pct.unwrap_or(0.0) - self.client_pct - self.beside_pct)
+            .max(0.0)
     }
 
     pub(crate) fn render(&self, out: &mut String, server: &str) {
@@ -228,9 +233,14 @@ impl CpuWindow {
         } else {
             "other processes (server included)"
         };
+        let beside = if self.beside_pct > 0.0 {
+            format!(", beside it {:.0}", self.beside_pct)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  cpu (% of one core): {server} {}, bench client {:.0}, {other} {:.0}; machine busy {:.0} of {} (iowait {:.0}, steal {:.0})",
+            "  cpu (% of one core): {server} {}{beside}, bench client {:.0}, {other} {:.0}; machine busy {:.0} of {} (iowait {:.0}, steal {:.0})",
             self.server_pct
                 .map_or_else(|| "n/a".to_owned(), |p| format!("{p:.0}")),
             self.client_pct,
@@ -318,6 +328,7 @@ impl CpuSampler {
             machine_iowait_pct: share(m.iowait, self.machine.iowait),
             machine_steal_pct: share(m.steal, self.machine.steal),
             threads,
+            beside_pct: 0.0,
         }
     }
 }
@@ -380,13 +391,26 @@ impl TallyServer {
         key: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn_sub(exe, "server", dir, key, extra).await
+    }
+
+    /// [`TallyServer::spawn_at`] for another subcommand that serves as
+    /// `tally server` does (`worker`: the once-per-cluster consumers on a
+    /// shared log).
+    pub(crate) async fn spawn_sub(
+        exe: &Path,
+        sub: &str,
+        dir: &Path,
+        key: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         let key = key.to_owned();
         let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut child = tokio::process::Command::new(exe)
-            .arg("server")
+            .arg(sub)
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -400,7 +424,7 @@ impl TallyServer {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {} server", exe.display()))?;
+            .with_context(|| format!("cannot start {} {sub}", exe.display()))?;
         let pid = child.id();
         let stdout = child.stdout.take().context("server stdout is not piped")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -423,7 +447,7 @@ impl TallyServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         eprintln!(
-            "started `tally server` (pid {}) at {base}, data in {}",
+            "started `tally {sub}` (pid {}) at {base}, data in {}",
             pid.unwrap_or(0),
             data_dir.display()
         );

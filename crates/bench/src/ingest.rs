@@ -4,6 +4,13 @@
 //! throwaway PostgreSQL cluster for comparison (`--postgres`). The server is
 //! the `tally` binary next to `tally-bench`, run as `tally server`.
 //!
+//! With `--log nats-r1|nats-r3|nats://...` the servers keep their log on
+//! NATS JetStream (`--servers N` of them, clients spread over them, with a
+//! `tally worker` and a PostgreSQL control database shared by all); the
+//! nats-servers' CPU and memory are measured beside the servers'.
+//! `--compare-logs` runs the embedded store and JetStream R1/R3 with one
+//! and two servers under the same load and prints a table.
+//!
 //! Everything a client does before the timed loop (generating entries,
 //! compressing batches, connecting) happens up front, so the timed loop only
 //! sends pre-built request bodies: what is measured is the server.
@@ -30,8 +37,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::{
     CpuSampler, CpuWindow, Machine, MachineCpu, TallyServer, adopt, filesystem_of, fmt_bytes,
-    fmt_count, http_client, pct_of, percentile, pg_psql, pg_sql, proc_pss_bytes, proc_status_bytes,
-    process_tree, start_pg, stop_pg, tally_exe,
+    fmt_count, http_client, pct_of, percentile, pg_psql, pg_sql, proc_cpu_ticks, proc_pss_bytes,
+    proc_status_bytes, process_tree, start_pg, stop_pg, tally_exe, temp_dir_in,
 };
 
 /// Settings of `tally bench ingest`.
@@ -94,6 +101,80 @@ pub struct IngestArgs {
     /// `--pg-conf max_wal_size=4GB`; the default is an untuned cluster.
     #[arg(long = "pg-conf")]
     pub pg_conf: Vec<String>,
+    /// Where the servers keep their log: `embedded` (files in the
+    /// server's data directory); `nats-r1` or `nats-r3` (the benchmark
+    /// starts one nats-server, or three routed into a cluster keeping 3
+    /// replicas of each message, plus a throwaway PostgreSQL as the
+    /// servers' shared --control-db); or `nats://host:4222[,host:4222...]`,
+    /// a JetStream already running (see --log-replicas, --control-db).
+    #[arg(long, value_name = "WHERE", default_value = "embedded", value_parser = LogTarget::parse)]
+    pub log: LogTarget,
+    /// `tally server` processes on the shared log, each with its own data
+    /// directory; client i posts to server i mod N. Only 1 with `embedded`.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub servers: u16,
+    /// With `--log nats://...`: replicas of the stream, should the servers
+    /// create it (`tally server --log-replicas`); `nats-r3` means 3.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub log_replicas: u16,
+    /// With `--log nats://...`: the servers' shared control database
+    /// (`postgres://...`); default: a throwaway PostgreSQL cluster.
+    #[arg(long, value_name = "URL")]
+    pub control_db: Option<String>,
+    /// On a shared log, do not start a `tally worker` beside the servers.
+    /// By default one runs, so that the cluster does the work the embedded
+    /// server does in its one process (reconciliation, detection, streams,
+    /// the audit outbox).
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Run the comparison set, one configuration after the other with the
+    /// same load: the embedded store, then nats-r1 with 1 and 2 servers and
+    /// nats-r3 with 1 and 2 servers; prints each report and a table.
+    #[arg(long, conflicts_with_all = ["log", "servers", "server", "postgres", "postgres_only"])]
+    pub compare_logs: bool,
+}
+
+/// Where the servers under test keep their log (`--log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Files in the server's data directory.
+    Embedded,
+    /// NATS servers the benchmark starts: 1 (R1) or 3 routed (R3).
+    StartNats {
+        /// Servers started, and replicas of each message.
+        replicas: u16,
+    },
+    /// A JetStream already running: `nats://host:4222[,...]`.
+    Nats(String),
+}
+
+impl LogTarget {
+    /// Parses `--log`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "embedded" => Ok(Self::Embedded),
+            "nats-r1" => Ok(Self::StartNats { replicas: 1 }),
+            "nats-r3" => Ok(Self::StartNats { replicas: 3 }),
+            u if u.starts_with("nats://") && u.len() > "nats://".len() => Ok(Self::Nats(u.into())),
+            _ => Err(format!(
+                "expected embedded, nats-r1, nats-r3 or nats://host:4222[,host:4222...], got {s:?}"
+            )),
+        }
+    }
+
+    /// Whether the log is shared (JetStream).
+    fn shared(&self) -> bool {
+        !matches!(self, Self::Embedded)
+    }
+
+    /// How the report names it.
+    fn label(&self, replicas: u16) -> String {
+        match self {
+            Self::Embedded => "embedded".into(),
+            Self::StartNats { replicas } => format!("JetStream R{replicas}"),
+            Self::Nats(u) => format!("JetStream R{replicas} at {u}"),
+        }
+    }
 }
 
 pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
@@ -107,6 +188,16 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     ensure!(
         (1..=22).contains(&a.zstd_level),
         "--zstd-level must be 1 to 22"
+    );
+    ensure!(
+        a.servers == 1 || a.log.shared(),
+        "--servers {} needs a shared log (--log nats-r1, nats-r3 or nats://...): the embedded store belongs to one server",
+        a.servers
+    );
+    ensure!(
+        a.server.is_none() || !a.log.shared(),
+        "--server measures a running server; --log {} starts servers: give one or the other",
+        a.log.label(a.log_replicas)
     );
     crate::common::install_crypto();
     let machine = Machine::detect();
@@ -123,6 +214,9 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         "workload: {} clients x {} entries/request, {} s warm-up + {} s measured, zstd level {}, seed {}",
         a.clients, a.batch_entries, a.warmup, a.duration, a.zstd_level, a.seed
     );
+    if a.compare_logs {
+        return compare_logs(&a).await;
+    }
     let tally = if a.postgres_only {
         None
     } else {
@@ -147,6 +241,107 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--compare-logs`: the embedded store, then JetStream R1 and R3 with one
+/// and two servers, the same load each; a table at the end.
+async fn compare_logs(a: &IngestArgs) -> anyhow::Result<()> {
+    let set = [
+        (LogTarget::Embedded, 1),
+        (LogTarget::StartNats { replicas: 1 }, 1),
+        (LogTarget::StartNats { replicas: 1 }, 2),
+        (LogTarget::StartNats { replicas: 3 }, 1),
+        (LogTarget::StartNats { replicas: 3 }, 2),
+    ];
+    let mut reports = Vec::new();
+    for (log, servers) in set {
+        let mut b = a.clone();
+        b.log = log;
+        b.servers = servers;
+        b.compare_logs = false;
+        let r = run_tally(&b).await?;
+        println!("\n{}", r.render());
+        reports.push(r);
+        // Let the machine settle (page cache writeback, exited processes).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    println!("\n{}", render_log_table(&reports));
+    if reports.iter().any(|r| !r.verified_ok()) {
+        bail!(
+            "verification failed: a configuration stored a different number of entries than it acknowledged (see above)"
+        );
+    }
+    Ok(())
+}
+
+/// The comparison table of `--compare-logs` (Markdown, as BENCHMARKS.md
+/// holds it); the first report is the embedded peer.
+fn render_log_table(reports: &[TallyReport]) -> String {
+    let mut out = String::from(
+        "== Logs compared (the same load) ==\n\n| log, servers | entries/s | MB/s | vs embedded | p50 | p99 | max | slow s | errors | tally CPU | NATS CPU | tally peak RSS | NATS peak RSS | NATS in / out per JSON byte | B/entry in log | entries per CPU-s (tally / all) | verified |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let base = reports.first().map_or(0.0, |r| r.summary.entries_per_sec());
+    for r in reports {
+        let s = &r.summary;
+        let errors: u64 = s.stats.statuses.values().sum::<u64>() + s.stats.transport_errors;
+        let slow = s
+            .stats
+            .per_second
+            .values()
+            .filter(|v| v.1 > 1_000_000)
+            .count();
+        let (tally_cpu, nats_cpu) = r.cpu_split();
+        let tally_rss: u64 =
+            GroupUse::sum(&r.servers).peak_rss + r.worker.as_ref().map_or(0, |w| w.peak_rss);
+        let per_entry = match (r.jetstream, r.disk_per_entry()) {
+            (Some((bytes, _)), _) => format!(
+                "{:.0} (stream)",
+                bytes as f64 / s.stats.acked_stored.max(1) as f64
+            ),
+            (None, Some(d)) => format!("{d:.1} (sealed)"),
+            _ => "n/a".into(),
+        };
+        let json = s.mb_per_sec() * 1e6;
+        let traffic = r.nats_traffic.map_or_else(
+            || "—".into(),
+            |t| {
+                format!(
+                    "{:.1} / {:.1}",
+                    t.in_bytes / json.max(1.0),
+                    t.out_bytes / json.max(1.0)
+                )
+            },
+        );
+        let per_core = r.per_core().map_or_else(
+            || "n/a".into(),
+            |(t, all)| format!("{} / {}", fmt_count(t), fmt_count(all)),
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.2}x | {:.1} ms | {:.1} ms | {:.1} ms | {slow} | {errors} | {tally_cpu:.0} % | {} | {} | {} | {traffic} | {per_entry} | {per_core} | {} |",
+            r.label,
+            fmt_count(s.entries_per_sec()),
+            s.mb_per_sec(),
+            if base > 0.0 {
+                s.entries_per_sec() / base
+            } else {
+                0.0
+            },
+            s.latency_ms(50.0),
+            s.latency_ms(99.0),
+            s.latency_ms(100.0),
+            r.nats
+                .as_ref()
+                .map_or_else(|| "—".into(), |_| format!("{nats_cpu:.0} %")),
+            fmt_bytes(tally_rss),
+            r.nats
+                .as_ref()
+                .map_or_else(|| "—".into(), |n| fmt_bytes(n.peak_rss)),
+            if r.verified_ok() { "yes" } else { "NO" },
+        );
+    }
+    out.push_str("\ntally CPU: servers and worker; slow s: seconds with a request over 1 s; NATS in / out per JSON byte: bytes into and out of all nats-servers (clients and routes) per byte of JSON acknowledged; B/entry in log: one replica of the JetStream stream, or the embedded store once sealed\n");
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -623,6 +818,8 @@ struct ClientStats {
     acked_duplicates: u64,
     /// Times the client started over with a new instance.
     wraps: u64,
+    /// Per second of the window: entries acknowledged, slowest request (µs).
+    per_second: BTreeMap<u32, (u64, u64)>,
 }
 
 impl ClientStats {
@@ -634,8 +831,12 @@ impl ClientStats {
             self.window_requests += 1;
             self.window_entries += entries as u64;
             self.window_raw_bytes += raw as u64;
-            self.latencies_us
-                .push(u64::try_from((t1 - t0).as_micros()).unwrap_or(u64::MAX));
+            let us = u64::try_from((t1 - t0).as_micros()).unwrap_or(u64::MAX);
+            self.latencies_us.push(us);
+            let second = u32::try_from((t1 - w.warm_end).as_secs()).unwrap_or(u32::MAX);
+            let slot = self.per_second.entry(second).or_default();
+            slot.0 += entries as u64;
+            slot.1 = slot.1.max(us);
         }
     }
 
@@ -657,6 +858,11 @@ impl ClientStats {
         self.acked_stored += o.acked_stored;
         self.acked_duplicates += o.acked_duplicates;
         self.wraps += o.wraps;
+        for (k, (n, max)) in o.per_second {
+            let slot = self.per_second.entry(k).or_default();
+            slot.0 += n;
+            slot.1 = slot.1.max(max);
+        }
     }
 }
 
@@ -673,6 +879,45 @@ impl LoadSummary {
 
     fn mb_per_sec(&self) -> f64 {
         self.stats.window_raw_bytes as f64 / self.seconds / 1e6
+    }
+
+    /// Latency percentile `p` of the window, in ms.
+    fn latency_ms(&self, p: f64) -> f64 {
+        let mut lat = self.stats.latencies_us.clone();
+        lat.sort_unstable();
+        percentile(&lat, p) as f64 / 1000.0
+    }
+
+    /// The window second by second: the spread of entries/s, the slowest
+    /// request, and how many seconds saw a request over 1 s (stalls).
+    fn per_second_line(&self) -> Option<String> {
+        let full = self.seconds.floor() as u32;
+        if full == 0 {
+            return None;
+        }
+        let mut rates: Vec<u64> = (0..full)
+            .map(|i| self.stats.per_second.get(&i).map_or(0, |v| v.0))
+            .collect();
+        rates.sort_unstable();
+        let (worst_sec, worst) = self
+            .stats
+            .per_second
+            .iter()
+            .max_by_key(|(_, v)| v.1)
+            .map_or((0, 0), |(k, v)| (*k, v.1));
+        let slow = self
+            .stats
+            .per_second
+            .values()
+            .filter(|v| v.1 > 1_000_000)
+            .count();
+        Some(format!(
+            "entries/s min {}, median {}, max {}; slowest request {:.1} ms (second {worst_sec}); seconds with a request over 1 s: {slow} of {full}",
+            fmt_count(rates[0] as f64),
+            fmt_count(rates[rates.len() / 2] as f64),
+            fmt_count(rates[rates.len() - 1] as f64),
+            worst as f64 / 1000.0
+        ))
     }
 
     fn render(&self, out: &mut String) {
@@ -697,6 +942,9 @@ impl LoadSummary {
             ms(99.0),
             lat.last().copied().unwrap_or(0) as f64 / 1000.0
         );
+        if let Some(line) = self.per_second_line() {
+            let _ = writeln!(out, "  per second:   {line}");
+        }
         if s.statuses.is_empty() && s.transport_errors == 0 {
             let _ = writeln!(out, "  errors:       none");
         } else {
@@ -847,10 +1095,30 @@ impl StoreDisk {
 
 /// The outcome of the Tally run.
 struct TallyReport {
+    /// The configuration: where the log is, how many servers.
+    label: String,
     summary: LoadSummary,
+    /// The servers together.
     cpu: CpuWindow,
+    /// The largest server's peak RSS and RSS at the end.
     peak_rss: Option<u64>,
     rss_end: Option<u64>,
+    /// Each server.
+    servers: Vec<GroupUse>,
+    /// The worker beside the servers on a shared log.
+    worker: Option<GroupUse>,
+    /// The nats-servers the benchmark started, together.
+    nats: Option<GroupUse>,
+    /// The throwaway PostgreSQL of a shared log.
+    control_db: Option<GroupUse>,
+    /// The nats-servers' traffic over the window, per second.
+    nats_traffic: Option<NatsTraffic>,
+    /// The JetStream stream after the load: bytes and messages (one replica).
+    jetstream: Option<(u64, u64)>,
+    /// Seconds the count through the query API took.
+    count_seconds: f64,
+    /// Warnings the processes logged, and stops that failed.
+    log_notes: Vec<String>,
     counted: Option<u64>,
     gen_seconds: f64,
     body_ratio: f64,
@@ -861,12 +1129,50 @@ struct TallyReport {
     stop_seconds: f64,
     filesystem: String,
     external: bool,
+    /// The log is a NATS cluster the benchmark did not start.
+    external_log: bool,
 }
 
 impl TallyReport {
     fn verified_ok(&self) -> bool {
         self.counted
             .is_none_or(|c| c == self.summary.stats.acked_stored)
+    }
+
+    /// CPU of the tally processes (servers and worker) and of the
+    /// nats-servers, % of one core.
+    fn cpu_split(&self) -> (f64, f64) {
+        let tally =
+            self.cpu.server_pct.unwrap_or(0.0) + self.worker.as_ref().map_or(0.0, |w| w.cpu_pct);
+        (tally, self.nats.as_ref().map_or(0.0, |n| n.cpu_pct))
+    }
+
+    /// Entries per CPU-second of the tally processes and of everything
+    /// under test (tally, nats-servers, the control database).
+    fn per_core(&self) -> Option<(f64, f64)> {
+        let (tally, nats) = self.cpu_split();
+        let pg = self.control_db.as_ref().map_or(0.0, |g| g.cpu_pct);
+        let eps = self.summary.entries_per_sec();
+        (tally > 0.0).then(|| (eps / (tally / 100.0), eps / ((tally + nats + pg) / 100.0)))
+    }
+
+    fn per_core_line(&self) -> Option<String> {
+        let (tally, all) = self.per_core()?;
+        let (t, n) = self.cpu_split();
+        let rest = if self.nats.is_some() {
+            format!(
+                ", {} per CPU-second of everything under test (NATS {n:.0} %)",
+                fmt_count(all)
+            )
+        } else if self.external_log {
+            " (the NATS servers are not this benchmark's: not measured)".to_owned()
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "{} entries per CPU-second of tally ({t:.0} % of a core){rest}",
+            fmt_count(tally)
+        ))
     }
 
     /// Bytes per entry after sealing (or at stop, when sealing was not measured).
@@ -881,7 +1187,8 @@ impl TallyReport {
         let s = &self.summary.stats;
         let _ = writeln!(
             out,
-            "== Tally{} ==",
+            "== Tally, {}{} ==",
+            self.label,
             if self.external {
                 " (external server)"
             } else {
@@ -911,10 +1218,66 @@ impl TallyReport {
         }
         let _ = writeln!(
             out,
-            "  server memory: peak RSS (VmHWM) {}, RSS at end of load {}",
+            "  server memory: peak RSS (VmHWM) {}, RSS at end of load {}{}",
             self.peak_rss.map_or_else(|| "n/a".to_owned(), fmt_bytes),
-            self.rss_end.map_or_else(|| "n/a".to_owned(), fmt_bytes)
+            self.rss_end.map_or_else(|| "n/a".to_owned(), fmt_bytes),
+            if self.servers.len() > 1 {
+                " (the largest server)"
+            } else {
+                ""
+            }
         );
+        if self.servers.len() > 1 {
+            for (i, u) in self.servers.iter().enumerate() {
+                let _ = writeln!(out, "  server {}:     {}", i + 1, u.render());
+            }
+        }
+        if let Some(u) = &self.worker {
+            let _ = writeln!(out, "  worker:       {}", u.render());
+        }
+        if let Some(u) = &self.nats {
+            let _ = writeln!(
+                out,
+                "  nats-server:  {} ({} process(es) together)",
+                u.render(),
+                u.procs
+            );
+        }
+        if let Some(t) = &self.nats_traffic {
+            let ingest = self.summary.mb_per_sec() * 1e6;
+            let _ = writeln!(
+                out,
+                "  NATS traffic: in {:.1} MB/s ({:.0} msgs/s), out {:.1} MB/s ({:.0} msgs/s), all servers and routes; {:.1}x in and {:.1}x out of the JSON acknowledged",
+                t.in_bytes / 1e6,
+                t.in_msgs,
+                t.out_bytes / 1e6,
+                t.out_msgs,
+                t.in_bytes / ingest.max(1.0),
+                t.out_bytes / ingest.max(1.0)
+            );
+        }
+        if let Some(u) = &self.control_db {
+            let _ = writeln!(
+                out,
+                "  control db:   PostgreSQL {} ({} processes)",
+                u.render(),
+                u.procs
+            );
+        }
+        if let Some((bytes, msgs)) = self.jetstream {
+            let stored = self.summary.stats.acked_stored.max(1);
+            let _ = writeln!(
+                out,
+                "  JetStream:    stream TALLY holds {} in {} messages = {:.1} B/entry ({:.1}% of raw JSON) per replica",
+                fmt_bytes(bytes),
+                msgs,
+                bytes as f64 / stored as f64,
+                pct_of(bytes as f64 / stored as f64, self.raw_per_entry)
+            );
+        }
+        if let Some(line) = self.per_core_line() {
+            let _ = writeln!(out, "  per core:     {line}");
+        }
         let _ = writeln!(
             out,
             "  acknowledged: {} requests, {} entries stored, {} duplicates, {} client restarts as new instances",
@@ -924,7 +1287,8 @@ impl TallyReport {
             Some(c) if c == s.acked_stored => {
                 let _ = writeln!(
                     out,
-                    "  verified:     the query API returns {c} entries = every acknowledged entry"
+                    "  verified:     the query API returns {c} entries = every acknowledged entry (counted in {:.1} s)",
+                    self.count_seconds
                 );
             }
             Some(c) => {
@@ -937,6 +1301,16 @@ impl TallyReport {
             None => {
                 let _ = writeln!(out, "  verified:     not checked");
             }
+        }
+        if self.disk_at_stop.is_none() && self.stop_seconds > 0.0 {
+            let _ = writeln!(
+                out,
+                "  stopped:      the tally processes (SIGTERM) in {:.1} s",
+                self.stop_seconds
+            );
+        }
+        for n in &self.log_notes {
+            let _ = writeln!(out, "  log:          {n}");
         }
         if let Some(d) = &self.disk_at_stop {
             let _ = writeln!(
@@ -1052,7 +1426,7 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
     let body_ratio = orig as f64 / comp.max(1) as f64;
     let raw_per_entry = raw as f64 / n.max(1) as f64;
 
-    let mut server = TallyServer::start(a).await?;
+    let mut dep = Deployment::start(a).await?;
     let http = http_client(Duration::from_secs(300))?;
     // Instances: each client starts over as a new instance when it has sent
     // its pool; enough generations for 2 M entries/s.
@@ -1067,7 +1441,14 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         publics.len(),
         a.collection
     );
-    adopt(&http, &server, &a.collection, &publics).await?;
+    adopt(&http, &dep.servers[0], &a.collection, &publics).await?;
+    if dep.servers.len() > 1 {
+        // The other servers learn of the adoption when their catalog
+        // reloads from the control database (every 5 s); before that
+        // their uploads would be unclaimed and capped.
+        eprintln!("waiting 6 s for the other servers' catalogs to reload ...");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
 
     let pools: Vec<Arc<Vec<TallyBatch>>> = pools.into_iter().map(Arc::new).collect();
     let mut clients = Vec::with_capacity(a.clients);
@@ -1075,20 +1456,24 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         clients.push(http_client(Duration::from_secs(120))?);
     }
     eprintln!(
-        "load: {} clients for {} s warm-up + {} s ...",
-        a.clients, a.warmup, a.duration
+        "load: {} clients over {} server(s) for {} s warm-up + {} s ...",
+        a.clients,
+        dep.servers.len(),
+        a.warmup,
+        a.duration
     );
     let window = Window::new(a.warmup, a.duration);
     let mut tasks = Vec::with_capacity(a.clients);
     for (c, (pool, client)) in pools.iter().zip(clients).enumerate() {
+        let base = &dep.servers[c % dep.servers.len()].base;
         let urls: Vec<String> = ids[c]
             .iter()
-            .map(|id| format!("{}/c/{}/{}", server.base, a.collection, id.to_hex()))
+            .map(|id| format!("{base}/c/{}/{}", a.collection, id.to_hex()))
             .collect();
         let pool = pool.clone();
         tasks.push(tokio::spawn(tally_client(client, urls, pool, window)));
     }
-    let (cpu, peak_rss, rss_end) = sample_window(window, server.pid).await;
+    let usage = sample_window(window, &dep).await;
     let mut stats = ClientStats::default();
     for t in tasks {
         stats.merge(t.await.context("a client task panicked")?);
@@ -1097,25 +1482,47 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         seconds: a.duration,
         stats,
     };
-    if let Some(Ok(Some(status))) = server.child.as_mut().map(|c| c.try_wait()) {
-        bail!(
-            "the server exited during the benchmark ({status}); its log:\n{}",
-            server.log_tail()
-        );
+    for (name, s) in dep.processes_mut() {
+        if let Some(Ok(Some(status))) = s.child.as_mut().map(|c| c.try_wait()) {
+            bail!(
+                "{name} exited during the benchmark ({status}); its log:\n{}",
+                s.log_tail()
+            );
+        }
     }
 
     eprintln!("counting stored entries through the query API ...");
-    let instance_filter = server
-        .child
-        .is_none()
+    // Only this run's instances when the server or the log may hold more.
+    let instance_filter = (dep.servers[0].child.is_none() || matches!(a.log, LogTarget::Nats(_)))
         .then(|| publics.iter().map(PublicId::to_hex).collect::<Vec<_>>());
-    let counted = count_stored(&http, &server, &a.collection, instance_filter.as_deref()).await?;
+    let t_count = Instant::now();
+    let counted = count_stored(
+        &http,
+        &dep.servers[0],
+        &a.collection,
+        instance_filter.as_deref(),
+    )
+    .await?;
+    let count_seconds = t_count.elapsed().as_secs_f64();
+    let jetstream = match &dep.nats {
+        Some(c) => jetstream_stream(&http, c).await,
+        None => None,
+    };
 
     let mut report = TallyReport {
+        label: format!("{} x{}", a.log.label(dep.replicas), dep.servers.len()),
         summary,
-        cpu,
-        peak_rss,
-        rss_end,
+        cpu: usage.cpu,
+        peak_rss: usage.servers.iter().map(|u| u.peak_rss).max(),
+        rss_end: usage.servers.iter().map(|u| u.rss_end).max(),
+        servers: usage.servers,
+        worker: usage.worker,
+        nats: usage.nats,
+        control_db: usage.control_db,
+        nats_traffic: usage.nats_traffic,
+        jetstream,
+        count_seconds,
+        log_notes: Vec::new(),
         counted: Some(counted),
         gen_seconds,
         body_ratio,
@@ -1125,12 +1532,30 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         seal_seconds: 0.0,
         stop_seconds: 0.0,
         filesystem: String::new(),
-        external: server.child.is_none(),
+        external: dep.servers[0].child.is_none(),
+        external_log: matches!(a.log, LogTarget::Nats(_)),
     };
-    if let Some(data_dir) = server.data_dir.clone() {
+    if a.log.shared() {
+        eprintln!("stopping the servers (SIGTERM) ...");
+        let t = Instant::now();
+        for (name, s) in dep.processes_mut() {
+            if let Err(e) = s.stop().await {
+                report
+                    .log_notes
+                    .push(format!("{name} did not stop cleanly: {e:#}"));
+            }
+        }
+        report.stop_seconds = t.elapsed().as_secs_f64();
+        for (name, s) in dep.processes_mut() {
+            report.log_notes.extend(log_warnings(&name, s));
+        }
+        dep.stop(a.keep).await?;
+    } else if let Some(data_dir) = dep.servers[0].data_dir.clone() {
+        let server = &mut dep.servers[0];
         report.filesystem = filesystem_of(&data_dir);
         eprintln!("stopping the server (SIGTERM) and measuring the store ...");
         report.stop_seconds = server.stop().await?.as_secs_f64();
+        report.log_notes.extend(log_warnings("server", server));
         let store_dir = data_dir.join("store");
         // A fresh store numbers entries from 1.
         let end_seq = counted + 1;
@@ -1144,6 +1569,214 @@ async fn run_tally(a: &IngestArgs) -> anyhow::Result<TallyReport> {
         }
     }
     Ok(report)
+}
+
+// ---------------------------------------------------------------------------
+// The processes under test: one server, or servers on a shared log
+// ---------------------------------------------------------------------------
+
+/// The processes under test of one configuration.
+struct Deployment {
+    /// The `tally server` processes (one, or a server given with --server).
+    servers: Vec<TallyServer>,
+    /// The `tally worker` beside the servers on a shared log.
+    worker: Option<TallyServer>,
+    /// NATS servers the benchmark started.
+    nats: Option<tally_testkit::nats::NatsCluster>,
+    /// The throwaway control database of a shared log.
+    pg: Option<tally_testkit::postgres::PgCluster>,
+    /// Replicas of the stream.
+    replicas: u16,
+    /// Holds the servers' directories (shared log).
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Deployment {
+    /// Starts what `a.log` and `a.servers` ask for.
+    async fn start(a: &IngestArgs) -> anyhow::Result<Self> {
+        let replicas = match &a.log {
+            LogTarget::Embedded => 1,
+            LogTarget::StartNats { replicas } => *replicas,
+            LogTarget::Nats(_) => a.log_replicas,
+        };
+        if !a.log.shared() {
+            return Ok(Self {
+                servers: vec![TallyServer::start(a).await?],
+                worker: None,
+                nats: None,
+                pg: None,
+                replicas,
+                tmp: None,
+            });
+        }
+        let exe = tally_exe()?;
+        let nats = match &a.log {
+            LogTarget::StartNats { replicas } => {
+                let (n, base) = (usize::from(*replicas), a.work_dir.clone());
+                eprintln!("starting {n} nats-server(s) with JetStream ...");
+                let c = tokio::task::spawn_blocking(move || {
+                    tally_testkit::nats::NatsCluster::start(n, base.as_deref())
+                })
+                .await
+                .context("starting nats-server panicked")?
+                .context("cannot start nats-server (Debian: apt-get install nats-server)")?;
+                Some(c)
+            }
+            _ => None,
+        };
+        let urls = match (&a.log, &nats) {
+            (LogTarget::Nats(u), _) => u.clone(),
+            (_, Some(c)) => c.urls(),
+            _ => bail!("a shared log without NATS servers"),
+        };
+        let (pg, db) = match &a.control_db {
+            Some(url) => (None, url.clone()),
+            None => {
+                eprintln!("starting a throwaway PostgreSQL for the servers' control database ...");
+                let pg = start_pg(a.pg_bin.clone(), a.work_dir.clone(), Vec::new()).await?;
+                let url = pg.url("postgres");
+                (Some(pg), url)
+            }
+        };
+        let tmp = temp_dir_in(a.work_dir.as_deref(), "tally-bench-")?;
+        let key = format!("bench-{:032x}", rand::random::<u128>());
+        let replicas_s = replicas.to_string();
+        let flags = [
+            "--log",
+            urls.as_str(),
+            "--log-replicas",
+            replicas_s.as_str(),
+            "--control-db",
+            db.as_str(),
+        ];
+        let mut dep = Self {
+            servers: Vec::new(),
+            worker: None,
+            nats,
+            pg,
+            replicas,
+            tmp: None,
+        };
+        for i in 0..a.servers {
+            let dir = tmp.path().join(format!("server-{}", i + 1));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dep.servers
+                .push(TallyServer::spawn_at(&exe, &dir, &key, &flags).await?);
+        }
+        if !a.no_worker {
+            let dir = tmp.path().join("worker");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dep.worker = Some(TallyServer::spawn_sub(&exe, "worker", &dir, &key, &flags).await?);
+        }
+        dep.tmp = Some(tmp);
+        Ok(dep)
+    }
+
+    /// The tally processes with the names the report gives them.
+    fn processes_mut(&mut self) -> Vec<(String, &mut TallyServer)> {
+        let n = self.servers.len();
+        let mut out: Vec<(String, &mut TallyServer)> = self
+            .servers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| {
+                let name = if n == 1 {
+                    "server".to_owned()
+                } else {
+                    format!("server {}", i + 1)
+                };
+                (name, s)
+            })
+            .collect();
+        if let Some(w) = self.worker.as_mut() {
+            out.push(("worker".to_owned(), w));
+        }
+        out
+    }
+
+    /// Stops the NATS servers and the control database (the tally
+    /// processes are stopped already); with `keep`, leaves the directories.
+    async fn stop(mut self, keep: bool) -> anyhow::Result<()> {
+        drop(self.nats.take());
+        if let Some(pg) = self.pg.take() {
+            stop_pg(pg, keep).await?;
+        }
+        if let (true, Some(tmp)) = (keep, self.tmp.take()) {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+        Ok(())
+    }
+}
+
+/// The stream's bytes and messages as a NATS server reports them (`/jsz`):
+/// what JetStream holds of one replica.
+async fn jetstream_stream(
+    http: &reqwest::Client,
+    nats: &tally_testkit::nats::NatsCluster,
+) -> Option<(u64, u64)> {
+    for s in &nats.servers {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?streams=true&config=false",
+            s.monitor_port
+        );
+        let Ok(resp) = http.get(&url).send().await else {
+            continue;
+        };
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let found = v["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|d| d["name"] == "TALLY")
+            .and_then(|d| {
+                Some((
+                    d["state"]["bytes"].as_u64()?,
+                    d["state"]["messages"].as_u64()?,
+                ))
+            });
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// Warnings and errors a process logged (tracing's ` WARN `/` ERROR `
+/// lines): how many, and the first few different ones.
+fn log_warnings(name: &str, s: &TallyServer) -> Vec<String> {
+    let Some(path) = s
+        .data_dir
+        .as_ref()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("server.log"))
+    else {
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut count = 0usize;
+    let mut first: Vec<String> = Vec::new();
+    for l in text.lines() {
+        let Some(i) = l.find(" WARN ").or_else(|| l.find(" ERROR ")) else {
+            continue;
+        };
+        count += 1;
+        let msg: String = l[i..].trim().chars().take(240).collect();
+        let key: String = msg.chars().take(60).collect();
+        if first.len() < 4 && !first.iter().any(|f| f.starts_with(&key)) {
+            first.push(msg);
+        }
+    }
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![format!("{name} logged {count} warning/error line(s)")];
+    out.extend(first.into_iter().map(|m| format!("  {name}: {m}")));
+    out
 }
 
 /// The server's answer to an upload.
@@ -1244,21 +1877,188 @@ async fn tally_client(
     st
 }
 
-/// Samples CPU at the window's start and end, and the server's memory at
-/// the end: (cpu, VmHWM, VmRSS). Without a pid (--server) only the bench
-/// and the machine are measured.
-async fn sample_window(
-    w: Window,
-    server_pid: Option<u32>,
-) -> (CpuWindow, Option<u64>, Option<u64>) {
+/// CPU and memory of a group of processes over the window.
+#[derive(Debug, Default, Clone)]
+struct GroupUse {
+    /// CPU, % of one core.
+    cpu_pct: f64,
+    /// Sum of the processes' peak RSS (VmHWM).
+    peak_rss: u64,
+    /// Sum of their RSS at the end of the load.
+    rss_end: u64,
+    /// Processes in the group.
+    procs: usize,
+}
+
+impl GroupUse {
+    /// Sums groups (e.g. every server).
+    fn sum(groups: &[GroupUse]) -> GroupUse {
+        groups.iter().fold(GroupUse::default(), |a, g| GroupUse {
+            cpu_pct: a.cpu_pct + g.cpu_pct,
+            peak_rss: a.peak_rss + g.peak_rss,
+            rss_end: a.rss_end + g.rss_end,
+            procs: a.procs + g.procs,
+        })
+    }
+
+    /// `cpu 123 %, peak RSS 45.6 MiB (end 40.1 MiB)`.
+    fn render(&self) -> String {
+        format!(
+            "cpu {:.0} % of one core, peak RSS {} (at the end of the load {})",
+            self.cpu_pct,
+            fmt_bytes(self.peak_rss),
+            fmt_bytes(self.rss_end)
+        )
+    }
+}
+
+/// CPU ticks of processes at the window's start.
+struct GroupStart(Vec<(u32, u64)>);
+
+impl GroupStart {
+    fn new(pids: &[u32]) -> Self {
+        Self(
+            pids.iter()
+                .filter_map(|p| Some((*p, proc_cpu_ticks(*p)?)))
+                .collect(),
+        )
+    }
+
+    fn finish(&self, secs: f64) -> GroupUse {
+        let hz = crate::common::clock_ticks_per_sec();
+        let ticks: u64 = self
+            .0
+            .iter()
+            .filter_map(|(p, t)| Some(proc_cpu_ticks(*p)?.saturating_sub(*t)))
+            .sum();
+        let pids = self.0.iter().map(|p| p.0);
+        GroupUse {
+            cpu_pct: ticks as f64 / hz / secs.max(1e-9) * 100.0,
+            peak_rss: pids
+                .clone()
+                .filter_map(|p| proc_status_bytes(p, "VmHWM"))
+                .sum(),
+            rss_end: pids.filter_map(|p| proc_status_bytes(p, "VmRSS")).sum(),
+            procs: self.0.len(),
+        }
+    }
+}
+
+/// What was measured of the processes during the window.
+struct Usage {
+    /// The servers together (the thread breakdown is the first server's).
+    cpu: CpuWindow,
+    /// Each server.
+    servers: Vec<GroupUse>,
+    worker: Option<GroupUse>,
+    nats: Option<GroupUse>,
+    control_db: Option<GroupUse>,
+    /// The nats-servers' traffic over the window, per second.
+    nats_traffic: Option<NatsTraffic>,
+}
+
+/// Bytes and messages into and out of the nats-servers (all clients,
+/// routes included), from each server's `/varz`.
+#[derive(Debug, Default, Clone, Copy)]
+struct NatsTraffic {
+    in_bytes: f64,
+    out_bytes: f64,
+    in_msgs: f64,
+    out_msgs: f64,
+}
+
+impl NatsTraffic {
+    /// The counters summed over the cluster's servers now.
+    async fn read(http: &reqwest::Client, nats: &tally_testkit::nats::NatsCluster) -> Self {
+        let mut t = Self::default();
+        for s in &nats.servers {
+            let url = format!("http://127.0.0.1:{}/varz", s.monitor_port);
+            let Ok(resp) = http.get(&url).send().await else {
+                continue;
+            };
+            let Ok(v) = resp.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+            t.in_bytes += f("in_bytes");
+            t.out_bytes += f("out_bytes");
+            t.in_msgs += f("in_msgs");
+            t.out_msgs += f("out_msgs");
+        }
+        t
+    }
+
+    /// Per second between `before` and `self`.
+    fn rate_since(&self, before: &Self, secs: f64) -> Self {
+        let secs = secs.max(1e-9);
+        Self {
+            in_bytes: (self.in_bytes - before.in_bytes) / secs,
+            out_bytes: (self.out_bytes - before.out_bytes) / secs,
+            in_msgs: (self.in_msgs - before.in_msgs) / secs,
+            out_msgs: (self.out_msgs - before.out_msgs) / secs,
+        }
+    }
+}
+
+/// Samples CPU at the window's start and end, and memory at the end, of
+/// every process under test. Without a pid (--server) only the bench and
+/// the machine are measured.
+async fn sample_window(w: Window, dep: &Deployment) -> Usage {
     tokio::time::sleep_until(tokio::time::Instant::from_std(w.warm_end)).await;
-    let server: Vec<u32> = server_pid.into_iter().collect();
-    let sampler = CpuSampler::start(&server, &[std::process::id()], server_pid);
+    let server_pids: Vec<u32> = dep.servers.iter().filter_map(|s| s.pid).collect();
+    let worker_pids: Vec<u32> = dep.worker.iter().filter_map(|s| s.pid).collect();
+    let nats_pids: Vec<u32> = dep
+        .nats
+        .iter()
+        .flat_map(|c| c.servers.iter().filter_map(|s| s.pid()))
+        .collect();
+    let pg_pids: Vec<u32> = dep
+        .pg
+        .as_ref()
+        .and_then(|p| p.postmaster_pid())
+        .map(process_tree)
+        .unwrap_or_default();
+    let t = Instant::now();
+    let sampler = CpuSampler::start(
+        &server_pids,
+        &[std::process::id()],
+        server_pids.first().copied(),
+    );
+    let each: Vec<GroupStart> = server_pids.iter().map(|p| GroupStart::new(&[*p])).collect();
+    let worker = GroupStart::new(&worker_pids);
+    let nats = GroupStart::new(&nats_pids);
+    let pg = GroupStart::new(&pg_pids);
+    let http = http_client(Duration::from_secs(5)).ok();
+    let traffic_start = match (&http, &dep.nats) {
+        (Some(h), Some(c)) => Some(NatsTraffic::read(h, c).await),
+        _ => None,
+    };
     tokio::time::sleep_until(tokio::time::Instant::from_std(w.end)).await;
-    let cpu = sampler.finish();
-    let hwm = server_pid.and_then(|p| proc_status_bytes(p, "VmHWM"));
-    let rss = server_pid.and_then(|p| proc_status_bytes(p, "VmRSS"));
-    (cpu, hwm, rss)
+    let nats_traffic = match (&http, &dep.nats, traffic_start) {
+        (Some(h), Some(c), Some(before)) => Some(
+            NatsTraffic::read(h, c)
+                .await
+                .rate_since(&before, t.elapsed().as_secs_f64()),
+        ),
+        _ => None,
+    };
+    let mut cpu = sampler.finish();
+    let secs = t.elapsed().as_secs_f64();
+    let servers: Vec<GroupUse> = each.iter().map(|g| g.finish(secs)).collect();
+    let opt = |g: &GroupStart| (!g.0.is_empty()).then(|| g.finish(secs));
+    let (worker, nats, control_db) = (opt(&worker), opt(&nats), opt(&pg));
+    cpu.beside_pct = [&worker, &nats, &control_db]
+        .iter()
+        .filter_map(|g| g.as_ref().map(|g| g.cpu_pct))
+        .sum();
+    Usage {
+        cpu,
+        servers,
+        worker,
+        nats,
+        control_db,
+        nats_traffic,
+    }
 }
 
 /// One page of `GET /c/<collection>`; the entries are skipped unparsed.
@@ -1737,7 +2537,33 @@ mod tests {
             postgres_only: false,
             pg_bin: None,
             pg_conf: Vec::new(),
+            log: LogTarget::Embedded,
+            servers: 1,
+            log_replicas: 1,
+            control_db: None,
+            no_worker: false,
+            compare_logs: false,
         }
+    }
+
+    #[test]
+    fn log_targets_parse_and_name_themselves() {
+        assert_eq!(LogTarget::parse("embedded"), Ok(LogTarget::Embedded));
+        assert_eq!(
+            LogTarget::parse("nats-r3"),
+            Ok(LogTarget::StartNats { replicas: 3 })
+        );
+        assert_eq!(
+            LogTarget::parse("nats://a:4222,b:4222"),
+            Ok(LogTarget::Nats("nats://a:4222,b:4222".into()))
+        );
+        assert!(LogTarget::parse("nats://").is_err());
+        assert!(LogTarget::parse("nats").is_err());
+        assert_eq!(
+            LogTarget::StartNats { replicas: 1 }.label(1),
+            "JetStream R1"
+        );
+        assert!(!LogTarget::Embedded.shared());
     }
 
     #[test]

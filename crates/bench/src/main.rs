@@ -45,7 +45,9 @@ pub enum BenchCmd {
     /// Ingest throughput: concurrent clients POST zstd batches of
     /// tailscaled-like entries; reports entries/s, MB/s, latency, server CPU
     /// and RSS, bytes on disk, and checks that every acknowledged entry was
-    /// stored. `--postgres` also loads the same entries into PostgreSQL.
+    /// stored. `--postgres` also loads the same entries into PostgreSQL;
+    /// `--log nats-r1|nats-r3|nats://...` puts the servers' log on NATS
+    /// JetStream (`--servers N`), `--compare-logs` compares the two.
     Ingest(ingest::IngestArgs),
     /// Ingest memory under the costliest entry mix: concurrent clients send
     /// bodies of tiny entries (`[{},{},...]`, as many as one body may hold,

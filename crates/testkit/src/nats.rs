@@ -87,6 +87,12 @@ impl NatsServer {
         Ok(())
     }
 
+    /// The process ID of the running `nats-server` (`None` once killed),
+    /// for benchmarks that read its CPU and memory from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
