@@ -6,9 +6,11 @@
 //!   messages only and retention purges a subject's prefix. Tokens are
 //!   escaped (`~XX` for every byte outside `[A-Za-z0-9_-]`); unclaimed
 //!   records have the owner token `~`.
-//! - **Payload**: the records' store frames (length, CRC-32C, payload;
-//!   [`tally_store::record`]), position 0 inside; at most
-//!   [`MAX_RECORDS_PER_MESSAGE`] records.
+//! - **Payload**: one format byte, then the records' store frames
+//!   (length, CRC-32C, payload; [`tally_store::record`]), position 0
+//!   inside, at most [`MAX_RECORDS_PER_MESSAGE`] records: [`RAW`] as they
+//!   are, [`ZSTD`] compressed (when that is smaller; log entries shrink
+//!   about fourfold).
 //! - **Position** of a record: `stream sequence << 16 | index in the
 //!   message`, increasing and with gaps, as the log seam allows.
 //! - **Message ID** (`Nats-Msg-Id`): a hash of the records' identities,
@@ -18,6 +20,13 @@
 use sha2::{Digest, Sha256};
 use tally_store::record::{Frame, decode_frame, encode_frame};
 use tally_store::{NewRecord, Owner, Record, StoreError, Tenant};
+
+/// Format byte: the frames as they are.
+pub const RAW: u8 = 1;
+/// Format byte: the frames compressed with zstd.
+pub const ZSTD: u8 = 2;
+/// The most a message's frames may decompress to.
+const MAX_DECOMPRESSED: usize = 64 << 20;
 
 /// Bits of a position that index a record inside its message.
 pub const INDEX_BITS: u32 = 16;
@@ -158,12 +167,43 @@ pub fn pack(
             h.update(o.subject.as_bytes());
             hex::encode(&h.finalize()[..16])
         });
+        o.payload = seal(std::mem::take(&mut o.payload));
     }
     Ok(out)
 }
 
+/// The format byte and the frames, compressed when that is smaller.
+fn seal(frames: Vec<u8>) -> Vec<u8> {
+    if frames.len() > 256
+        && let Ok(z) = zstd::bulk::compress(&frames, 1)
+        && z.len() < frames.len()
+    {
+        let mut out = Vec::with_capacity(z.len() + 1);
+        out.push(ZSTD);
+        out.extend_from_slice(&z);
+        return out;
+    }
+    let mut out = Vec::with_capacity(frames.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(&frames);
+    out
+}
+
 /// Decodes a message's records, giving each its position.
 pub fn unpack(stream_seq: u64, payload: &[u8]) -> Result<Vec<Record>, StoreError> {
+    let damaged =
+        |why: String| StoreError::Corrupt(format!("JetStream message {stream_seq}: {why}"));
+    let owned;
+    let payload: &[u8] = match payload.split_first() {
+        None => return Ok(Vec::new()),
+        Some((&RAW, frames)) => frames,
+        Some((&ZSTD, z)) => {
+            owned = zstd::bulk::decompress(z, MAX_DECOMPRESSED)
+                .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
+            &owned
+        }
+        Some((b, _)) => return Err(damaged(format!("unknown format byte {b}"))),
+    };
     let mut out = Vec::new();
     let mut at = 0;
     while at < payload.len() {
@@ -284,6 +324,36 @@ mod tests {
             pack("T", &records, 10),
             Err(StoreError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn big_messages_are_compressed_and_read_back() {
+        let records: Vec<NewRecord> = (0..200)
+            .map(|i| {
+                rec(
+                    Owner::tailnet("a"),
+                    "logs",
+                    Some((1, i)),
+                    "a fairly repetitive log line",
+                )
+            })
+            .collect();
+        let out = pack("T", &records, 1 << 20).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload[0], ZSTD);
+        let raw: usize = records.iter().map(NewRecord::frame_len).sum();
+        assert!(
+            out[0].payload.len() * 4 < raw,
+            "{} of {raw}",
+            out[0].payload.len()
+        );
+        let back = unpack(3, &out[0].payload).unwrap();
+        assert_eq!(back.len(), 200);
+        assert_eq!(back[199].rec, records[199]);
+        let mut bad = out[0].payload.clone();
+        bad[10] ^= 0xff;
+        assert!(unpack(3, &bad).is_err());
+        assert!(unpack(3, &[9, 1, 2]).is_err());
     }
 
     #[test]
