@@ -566,4 +566,31 @@ async fn sealed_data_in_the_bucket_answers_the_same_without_the_cache() {
         std::fs::read_dir(&cache).unwrap().count() >= 1,
         "the answers came through the cache"
     );
+
+    // Another tenant reads none of it, from the stream or the bucket,
+    // oldest or newest first.
+    let created: serde_json::Value = c
+        .post(format!("{}/api/v2/tailnets", server.url))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"name": "other.example"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = created["ownerKey"]["key"].as_str().expect("owner key");
+    for order in ["oldest", "newest"] {
+        let v: serde_json::Value = c
+            .get(format!("{}/c/tailnode", server.url))
+            .bearer_auth(other)
+            .query(&[("order", order), ("max-count", "100000")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["count"], 0, "another tenant read {v}");
+    }
 }

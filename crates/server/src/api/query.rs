@@ -238,6 +238,17 @@ pub async fn get_logs(
     if !state
         .catalog
         .has_collection(caller.tailnet(), collection.as_str())
+        && state.shared_files.is_some()
+    {
+        // Another server may have created it (or the tailnet) a moment ago.
+        state
+            .catalog
+            .reload_since(std::time::Instant::now(), &state.control)
+            .await?;
+    }
+    if !state
+        .catalog
+        .has_collection(caller.tailnet(), collection.as_str())
     {
         return Err(ApiError::not_found(format!(
             "collection \"{collection}\" does not exist (GET /collections lists them)"

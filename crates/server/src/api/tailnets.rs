@@ -46,6 +46,8 @@ pub async fn create(
             true,
         )
         .await?;
+    // Its collections are there for its first request, on this server.
+    state.catalog.reload(&state.control).await?;
     let key = created.key.map(|k| {
         let mut v = serde_json::to_value(&k.info).unwrap_or_default();
         v["key"] = json!(k.secret);
