@@ -440,7 +440,7 @@ async fn metrics_show_a_paused_consumer_behind_and_a_poison_record() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("flow-index, transparency-log, reconciliation"),
+            .contains("flow-index, transparency-log, recording-index, reconciliation"),
         "{out:?}"
     );
 }
