@@ -1664,12 +1664,22 @@ async fn isolation_and_registration(db: &Db<'_>) {
         )
         .await;
     assert_eq!(s, 404);
-    let (s, _) = env.call(&other_key, Method::GET, "/c/tailnode", None).await;
-    assert_eq!(s, 404);
+    // Its own (empty) built-in collections, none of the default tailnet's
+    // entries or instances.
+    let (s, v) = env.call(&other_key, Method::GET, "/c/tailnode", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["count"], 0, "{v}");
     let (_, v) = env
         .call(&other_key, Method::GET, "/collections", None)
         .await;
-    assert_eq!(v["collections"], json!({}));
+    let collections = v["collections"].as_object().expect("collections");
+    assert!(collections.contains_key("tailnode"), "{v}");
+    assert!(
+        collections
+            .values()
+            .all(|c| c["instances"].as_object().is_none_or(|i| i.is_empty())),
+        "{v}"
+    );
     let (_, v) = env
         .call(&other_key, Method::GET, "/api/v2/tailnet/-/devices", None)
         .await;
