@@ -629,12 +629,30 @@ async fn connect(
         max_message_size: -1,
         ..Default::default()
     };
-    let mut stream = js.get_or_create_stream(wanted).await.map_err(|e| {
-        JetStreamError::Stream(format!(
-            "cannot open JetStream stream {} on {shown}: {e} (JetStream must be on: `nats-server -js`; {} replicas need a cluster of at least {} servers)",
-            config.stream, config.replicas, config.replicas
-        ))
-    })?;
+    // A cluster that has just started answers only once it elected its
+    // JetStream leader: time-outs are waited out for a while.
+    let deadline = Instant::now() + STREAM_WAIT.max(config.timeout);
+    let mut told = false;
+    let mut stream = loop {
+        match js.get_or_create_stream(wanted.clone()).await {
+            Ok(s) => break s,
+            Err(e) if e.to_string().contains("timed out") && Instant::now() < deadline => {
+                if !told {
+                    tracing::info!(
+                        "waiting for JetStream on {shown} to answer (a new cluster elects its leader first)"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(JetStreamError::Stream(format!(
+                    "cannot open JetStream stream {} on {shown}: {e} (JetStream must be on: `nats-server -js`; {} replicas need a cluster of at least {} servers)",
+                    config.stream, config.replicas, config.replicas
+                )));
+            }
+        }
+    };
     let info = stream
         .info()
         .await
@@ -677,6 +695,9 @@ async fn connect(
     tokio::spawn(refresh_stream_size(shared.clone()));
     Ok((shared, caught_up))
 }
+
+/// How long opening the log waits for a JetStream that does not answer yet.
+const STREAM_WAIT: Duration = Duration::from_secs(60);
 
 /// How far back the follower starts: the dedup window of identities.
 const FOLLOW_BACK: Duration = Duration::from_secs(24 * 3600);

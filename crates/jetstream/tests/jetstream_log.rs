@@ -341,17 +341,12 @@ async fn one_lease_holder_at_a_time_and_a_crashed_holder_loses_it() {
         .await
         .unwrap();
     assert!(lease_a.is_held());
-    let b_waits = {
+    let mut b_waits = {
         let b = b.clone();
         tokio::spawn(async move { tally_jetstream::Lease::acquire(&b, "workers", "b", ttl).await })
     };
     // Renewals keep it with a for several lease times.
-    let kept = tokio::time::timeout(ttl * 3, async {
-        while !b_waits.is_finished() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let kept = tokio::time::timeout(ttl * 3, &mut b_waits).await;
     assert!(kept.is_err(), "b took a lease that a renews");
     assert!(lease_a.is_held());
 

@@ -384,6 +384,9 @@ async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
     make_keys(5, 10).await;
     let second = standby.join().expect("the standby worker starts");
     delivered(10).await;
+    // The server shows the status the worker running the stream shares.
+    let status = tally_async(&server.url, &["stream", "status", "alerts"]).await;
+    assert!(!status.contains("not running"), "{status}");
     let c = http();
     let events: serde_json::Value = c
         .get(format!(

@@ -133,7 +133,7 @@ pub async fn list(
     let mut out = Vec::new();
     for row in of_type(&state, caller.tailnet(), t).await? {
         let mut v = answered(&row, t)?;
-        v["status"] = status_of(&state, &row);
+        v["status"] = status_of(&state, &row).await;
         out.push(v);
     }
     Ok(Json(json!({ "streams": out })).into_response())
@@ -281,24 +281,35 @@ fn unconfirmed(state: &AppState, tailnet: &str) -> u64 {
 }
 
 /// A stream's status: Tailscale's fields and Tally's.
-fn status_of(state: &AppState, row: &StreamRow) -> Value {
+async fn status_of(state: &AppState, row: &StreamRow) -> Value {
     let live = state.streams.state(&row.id).map(|live| {
         let s = live.lock();
         (s.status.clone(), s.position, s.unencrypted)
     });
-    // On a shared log the worker runs the stream and shares its status.
-    let shared = || {
-        let files = state.shared_files.as_ref()?;
-        let (status, position) = crate::consumers::stream::shared_status(files, &row.id)?;
-        let unencrypted = state
-            .streams
-            .unseal(row)
+    // On a shared log the worker runs the stream and shares its status
+    // (a read from JetStream: off the async threads).
+    let shared = match (&live, &state.shared_files) {
+        (None, Some(files)) => {
+            let (files, id) = (files.clone(), row.id.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::consumers::stream::shared_status(&files, &id)
+            })
+            .await
             .ok()
-            .and_then(|c| c.validate().ok())
-            .is_some_and(|(_, u)| u);
-        Some((status, position, unencrypted))
+            .flatten()
+            .map(|(status, position)| {
+                let unencrypted = state
+                    .streams
+                    .unseal(row)
+                    .ok()
+                    .and_then(|c| c.validate().ok())
+                    .is_some_and(|(_, u)| u);
+                (status, position, unencrypted)
+            })
+        }
+        _ => None,
     };
-    let Some((status, position, unencrypted)) = live.or_else(shared) else {
+    let Some((status, position, unencrypted)) = live.or(shared) else {
         let mut v = serde_json::to_value(PublishingStatus::default()).unwrap_or_default();
         v["id"] = json!(row.id);
         v["lastError"] = json!("the stream is not running (see the server's log)");
@@ -333,7 +344,7 @@ pub async fn status(
     let Some(row) = addressed(&state, caller.tailnet(), t, &params).await? else {
         return Ok(Json(PublishingStatus::default()).into_response());
     };
-    Ok(Json(status_of(&state, &row)).into_response())
+    Ok(Json(status_of(&state, &row).await).into_response())
 }
 
 /// `POST .../stream/test` and `.../streams/{streamId}/test`: sends one
