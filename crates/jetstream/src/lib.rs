@@ -1036,7 +1036,8 @@ impl Log for JetStreamLog {
             if shared.in_flight.load(Ordering::Acquire) > 0 {
                 let _ = tokio::time::timeout(Duration::from_secs(30), idle).await;
             }
-            let _ = shared.client.flush().await;
+            // NATS may be gone: a stop never waits long for it.
+            let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
         });
         self.shared.end.send_modify(|e| e.closed = true);
     }
