@@ -392,3 +392,29 @@ async fn many_messages_read_back_whole() {
     .await;
     assert_eq!(got.len(), 5000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_returns_when_nats_is_gone() {
+    let Some(mut cluster) = nats::for_tests("jetstream close", 1) else {
+        return;
+    };
+    let log = open(&cluster.urls()).await;
+    log.append(vec![rec("t1", "logs", (1, 1), "x")])
+        .await
+        .unwrap();
+    cluster.servers[0].kill();
+    let l = log.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || l.close()),
+    )
+    .await
+    .expect("close returns although NATS is gone")
+    .unwrap();
+    assert!(log.check().is_err());
+    assert!(
+        log.append(vec![rec("t1", "logs", (1, 2), "y")])
+            .await
+            .is_err()
+    );
+}
