@@ -101,6 +101,9 @@ impl BlockMeta {
         if self.max_start < f.start || self.min_start >= f.end {
             return false;
         }
+        if self.seq_max < c.seqs.0 || self.seq_min > c.seqs.1 {
+            return false;
+        }
         if f.node.as_ref().is_some_and(|n| {
             n.as_str() < self.first_node.as_str() || n.as_str() > self.last_node.as_str()
         }) {

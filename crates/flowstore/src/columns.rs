@@ -199,6 +199,10 @@ const ADDR_DST_OK: u8 = 2;
 pub(crate) struct Compiled<'f> {
     pub f: &'f FlowFilter,
     has_addr: bool,
+    /// Store positions of the records this source answers for (inclusive):
+    /// a reader's own data above the bucket's checkpoint, the bucket's at
+    /// or below it.
+    pub seqs: (u64, u64),
 }
 
 impl<'f> Compiled<'f> {
@@ -206,6 +210,15 @@ impl<'f> Compiled<'f> {
         Self {
             f,
             has_addr: f.src.is_some() || f.dst.is_some() || f.peer.is_some(),
+            seqs: (0, u64::MAX),
+        }
+    }
+
+    /// The same filter for records at positions in `lo..=hi` only.
+    pub(crate) fn within(f: &'f FlowFilter, lo: u64, hi: u64) -> Self {
+        Self {
+            seqs: (lo, hi),
+            ..Self::new(f)
         }
     }
 
@@ -268,7 +281,11 @@ impl<'f> Compiled<'f> {
         let flags = self.addr_flags(&cols.addrs);
         let mut scanned = 0u64;
         for r in &cols.recs {
-            if node.is_some_and(|n| n != r.node) || r.start < self.f.start || r.start >= self.f.end
+            if node.is_some_and(|n| n != r.node)
+                || r.start < self.f.start
+                || r.start >= self.f.end
+                || r.seq < self.seqs.0
+                || r.seq > self.seqs.1
             {
                 continue;
             }

@@ -140,12 +140,14 @@
 
 mod block;
 mod bloom;
+pub mod bucket;
 mod codec;
 mod columns;
 mod query;
 mod segment;
 mod types;
 
+pub use bucket::{Bucket, BucketFile, BucketRole, FlowManifest, Tier};
 pub use ipnet::IpNet;
 pub use types::{
     EdgeBucket, Edges, FlowEntry, FlowFilter, FlowHit, FlowKind, FlowPage, FlowStats, PageCursor,
@@ -196,6 +198,9 @@ pub enum FlowError {
     /// The configuration is unusable.
     #[error("flow store configuration: {0}")]
     Config(String),
+    /// The cluster's bucket failed (upload, download, manifest).
+    #[error("flow bucket: {0}")]
+    Bucket(String),
 }
 
 /// Tuning of the flow store. Defaults suit a server.
@@ -247,6 +252,13 @@ struct State {
     high_water: u64,
     checkpoint: u64,
     open_entries: usize,
+    /// A reader's view of the bucket: its files per tailnet.
+    bucket: BTreeMap<String, Vec<Arc<FileMeta>>>,
+    /// A reader's split: records at or below it are answered from the
+    /// bucket's files, the rest from this store's own (0: no bucket).
+    split: u64,
+    /// The manifest as last loaded or saved (unchanged: nothing to do).
+    manifest: Option<Vec<u8>>,
 }
 
 impl State {
@@ -355,6 +367,54 @@ struct Outcome {
     errors: Vec<String>,
 }
 
+/// A sealed file a query reads: this store's own, or the bucket's.
+struct Source {
+    m: Arc<FileMeta>,
+    bucket: bool,
+}
+
+impl Source {
+    /// The file's name in messages.
+    fn name(&self) -> String {
+        match &self.m.remote {
+            Some(k) => k.clone(),
+            None => self.m.path.display().to_string(),
+        }
+    }
+}
+
+/// The filter for each side of a reader's split: its own data above the
+/// split, the bucket's at or below it (no split: all of its own).
+struct Split<'f> {
+    own: Compiled<'f>,
+    bucket: Compiled<'f>,
+}
+
+impl<'f> Split<'f> {
+    fn at(f: &'f FlowFilter, split: u64) -> Self {
+        if split == 0 {
+            return Split {
+                own: Compiled::new(f),
+                bucket: Compiled::within(f, 1, 0),
+            };
+        }
+        Split {
+            own: Compiled::within(f, split.saturating_add(1), u64::MAX),
+            bucket: Compiled::within(f, 1, split),
+        }
+    }
+
+    fn of(&self, s: &Source) -> &Compiled<'f> {
+        if s.bucket { &self.bucket } else { &self.own }
+    }
+
+    /// Whether the file may hold records of its side.
+    fn may_hold(&self, s: &Source) -> bool {
+        let c = self.of(s);
+        s.m.seq_max >= c.seqs.0 && s.m.seq_min <= c.seqs.1
+    }
+}
+
 /// The flow store of one server: open windows in memory, sealed segment
 /// files on disk. All methods take `&self`; share it with an `Arc`.
 pub struct FlowStore {
@@ -365,6 +425,7 @@ pub struct FlowStore {
     state: RwLock<State>,
     footers: Mutex<FooterCache>,
     seal_lock: Mutex<()>,
+    tier: Option<Tier>,
     next_id: AtomicU64,
     corrupt_blocks: AtomicU64,
     damaged_files: AtomicU64,
@@ -415,6 +476,18 @@ impl FlowStore {
     /// Opens (creating if needed) the store in `dir`. Returns the store and
     /// the checkpoint: the consumer replays flow records after it.
     pub fn open(dir: &Path, cfg: FlowStoreConfig) -> Result<(FlowStore, u64), FlowError> {
+        Self::open_with(dir, cfg, None)
+    }
+
+    /// Opens the store with a cluster's bucket (see [`bucket`]). An owner
+    /// takes the manifest's files and checkpoint when there is a manifest
+    /// (its own unpublished files are dropped and replayed); a reader
+    /// starts at the manifest's checkpoint when that is ahead of its own.
+    pub fn open_with(
+        dir: &Path,
+        cfg: FlowStoreConfig,
+        tier: Option<Tier>,
+    ) -> Result<(FlowStore, u64), FlowError> {
         let window_ns = i64::try_from(cfg.window.as_nanos())
             .ok()
             .filter(|w| *w >= 1_000_000_000 && w % 1_000_000_000 == 0)
@@ -450,14 +523,231 @@ impl FlowStore {
                 high_water: checkpoint,
                 checkpoint,
                 open_entries: 0,
+                bucket: BTreeMap::new(),
+                split: 0,
+                manifest: None,
             }),
             seal_lock: Mutex::new(()),
+            tier,
             next_id: AtomicU64::new(1),
             corrupt_blocks: AtomicU64::new(0),
             damaged_files: AtomicU64::new(0),
         };
         store.load_catalog()?;
+        let checkpoint = match store.tier.as_ref().map(|t| t.role) {
+            None => checkpoint,
+            Some(BucketRole::Owner) => store.adopt_manifest()?.unwrap_or(checkpoint),
+            Some(BucketRole::Reader) => {
+                store.refresh()?;
+                checkpoint.max(store.state.read().split)
+            }
+        };
         Ok((store, checkpoint))
+    }
+
+    fn bucket(&self) -> Result<&Tier, FlowError> {
+        self.tier
+            .as_ref()
+            .ok_or_else(|| FlowError::InvalidInput("this flow store has no bucket".into()))
+    }
+
+    fn load_manifest(&self) -> Result<Option<(Vec<u8>, FlowManifest)>, FlowError> {
+        let Some(b) = self
+            .bucket()?
+            .bucket
+            .load_manifest()
+            .map_err(FlowError::Bucket)?
+        else {
+            return Ok(None);
+        };
+        let m = bucket::decode(&b)?;
+        Ok(Some((b, m)))
+    }
+
+    /// Owner at open: the manifest's files replace this store's sealed
+    /// files, and its checkpoint this store's.
+    fn adopt_manifest(&self) -> Result<Option<u64>, FlowError> {
+        let Some((bytes, man)) = self.load_manifest()? else {
+            return Ok(None);
+        };
+        let mut st = self.state.write();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for m in std::mem::take(&mut st.files)
+            .into_values()
+            .flat_map(|m| m.into_values())
+        {
+            std::fs::remove_file(&m.path).map_err(io_err("remove", &m.path))?;
+            if let Some(d) = m.path.parent().filter(|d| !dirs.iter().any(|x| x == d)) {
+                dirs.push(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        st.dedup.clear();
+        st.dedup_max = 0;
+        for f in &man.files {
+            let meta = f.meta(self.next_id.fetch_add(1, Ordering::Relaxed));
+            if meta.seq_max > man.checkpoint {
+                st.dedup
+                    .entry((f.tailnet.clone(), f.window_start))
+                    .or_default()
+                    .push((meta.seq_min, meta.seq_max));
+                st.dedup_max = st.dedup_max.max(meta.seq_max);
+            }
+            st.files
+                .entry(f.tailnet.clone())
+                .or_default()
+                .insert((f.window_start, f.part), Arc::new(meta));
+        }
+        write_checkpoint(&self.dir, man.checkpoint)?;
+        st.checkpoint = man.checkpoint;
+        st.high_water = man.checkpoint;
+        st.manifest = Some(bytes);
+        Ok(Some(man.checkpoint))
+    }
+
+    /// Owner: uploads every sealed file not yet in the bucket, then saves
+    /// the manifest (all files in the bucket and the checkpoint they
+    /// cover). Returns the files uploaded. Call it after sealing.
+    pub fn publish(&self) -> Result<usize, FlowError> {
+        let tier = self.bucket()?;
+        if tier.role != BucketRole::Owner {
+            return Err(FlowError::InvalidInput(
+                "only the bucket's owner publishes".into(),
+            ));
+        }
+        // No seal in between: the checkpoint covers only files listed.
+        let _one = self.seal_lock.lock();
+        let todo: Vec<Arc<FileMeta>> = self
+            .state
+            .read()
+            .files
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|m| m.remote.is_none())
+            .cloned()
+            .collect();
+        for m in &todo {
+            let key = bucket::key_of(m);
+            tier.bucket
+                .upload(&key, &m.path)
+                .map_err(FlowError::Bucket)?;
+            let mut st = self.state.write();
+            if let Some(slot) = st
+                .files
+                .get_mut(&m.tailnet)
+                .and_then(|f| f.get_mut(&(m.window_start, m.part)))
+            {
+                let mut moved = FileMeta::clone(m);
+                moved.remote = Some(key);
+                *slot = Arc::new(moved);
+            }
+        }
+        self.save_manifest_locked()?;
+        Ok(todo.len())
+    }
+
+    /// Saves the owner's manifest if it changed (the seal lock held).
+    fn save_manifest_locked(&self) -> Result<(), FlowError> {
+        let man = {
+            let st = self.state.read();
+            FlowManifest {
+                checkpoint: st.checkpoint,
+                files: st
+                    .files
+                    .values()
+                    .flat_map(|m| m.values())
+                    .filter_map(|m| m.remote.clone().map(|k| BucketFile::of(m, k)))
+                    .collect(),
+            }
+        };
+        let bytes = bucket::encode(&man)?;
+        if self.state.read().manifest.as_ref() == Some(&bytes) {
+            return Ok(());
+        }
+        self.bucket()?
+            .bucket
+            .save_manifest(&bytes)
+            .map_err(FlowError::Bucket)?;
+        self.state.write().manifest = Some(bytes);
+        Ok(())
+    }
+
+    /// Reader: takes the manifest's files and checkpoint if they changed,
+    /// and deletes this store's files that the bucket now covers. Returns
+    /// whether anything changed. Call it every few seconds.
+    pub fn refresh(&self) -> Result<bool, FlowError> {
+        if self.bucket()?.role != BucketRole::Reader {
+            return Ok(false);
+        }
+        let Some((bytes, man)) = self.load_manifest()? else {
+            return Ok(false);
+        };
+        if self.state.read().manifest.as_ref() == Some(&bytes) {
+            return Ok(false);
+        }
+        let covered: Vec<Arc<FileMeta>> = {
+            let mut st = self.state.write();
+            // Files already known keep their id (and cached footer).
+            let known: HashMap<String, Arc<FileMeta>> = std::mem::take(&mut st.bucket)
+                .into_values()
+                .flatten()
+                .filter_map(|m| m.remote.clone().map(|k| (k, m)))
+                .collect();
+            for f in &man.files {
+                let m = match known.get(&f.key) {
+                    Some(m) => m.clone(),
+                    None => Arc::new(f.meta(self.next_id.fetch_add(1, Ordering::Relaxed))),
+                };
+                st.bucket.entry(f.tailnet.clone()).or_default().push(m);
+            }
+            for (k, m) in &known {
+                if !man.files.iter().any(|f| &f.key == k) {
+                    self.footers.lock().remove(m.id);
+                }
+            }
+            st.split = st.split.max(man.checkpoint);
+            let split = st.split;
+            // Records at or below the split are the bucket's: a new reader
+            // skips them instead of rebuilding them.
+            if split > st.high_water {
+                st.high_water = split;
+            }
+            let mut covered = Vec::new();
+            for files in st.files.values_mut() {
+                let done: Vec<(i64, u32)> = files
+                    .iter()
+                    .filter(|(_, m)| m.seq_max <= split)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in done {
+                    if let Some(m) = files.remove(&k) {
+                        covered.push(m);
+                    }
+                }
+            }
+            st.files.retain(|_, m| !m.is_empty());
+            st.manifest = Some(bytes);
+            covered
+        };
+        for m in covered {
+            self.footers.lock().remove(m.id);
+            match std::fs::remove_file(&m.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &m.path)(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Where the bytes of `m` are: its path, or the bucket's cached copy.
+    fn path_of(&self, m: &FileMeta) -> Result<PathBuf, FlowError> {
+        match &m.remote {
+            None => Ok(m.path.clone()),
+            Some(key) => self.bucket()?.bucket.fetch(key).map_err(FlowError::Bucket),
+        }
     }
 
     fn load_catalog(&self) -> Result<(), FlowError> {
@@ -751,7 +1041,8 @@ impl FlowStore {
         if let Some(f) = self.footers.lock().get(m.id) {
             return Ok(f);
         }
-        match segment::read_footer(m) {
+        let path = self.path_of(m)?;
+        match segment::read_footer(m, &path) {
             Ok(f) => {
                 let f = Arc::new(f);
                 self.footers.lock().put(m.id, f.clone(), false);
@@ -760,7 +1051,7 @@ impl FlowStore {
             Err(e) => {
                 self.damaged_files.fetch_add(1, Ordering::Relaxed);
                 let (_, footer, lost) =
-                    segment::salvage(&m.path, &m.tailnet, m.window_start, m.window_end, m.part)?;
+                    segment::salvage(&path, &m.tailnet, m.window_start, m.window_end, m.part)?;
                 tracing::warn!(error = %e, lost = ?lost, "salvaged the blocks of a flow segment whose footer is damaged");
                 let f = Arc::new(footer);
                 self.footers.lock().put(m.id, f.clone(), true);
@@ -770,16 +1061,18 @@ impl FlowStore {
     }
 
     /// The sources of a query: windows scanned in place under the lock by
-    /// `scan_open`, then frozen windows and files returned.
-    fn snapshot(
+    /// `scan_open`, then frozen windows, files and the split returned. A
+    /// reader's files are its own (above the split), then the bucket's.
+    fn snapshot<'f>(
         &self,
-        f: &FlowFilter,
-        mut scan_open: impl FnMut(&Window),
-    ) -> (Vec<Arc<Window>>, Vec<Arc<FileMeta>>) {
+        f: &'f FlowFilter,
+        mut scan_open: impl FnMut(&Window, &Compiled<'_>),
+    ) -> (Vec<Arc<Window>>, Vec<Source>, Split<'f>) {
         let st = self.state.read();
+        let split = Split::at(f, st.split);
         for w in st.open.values() {
             if w.tailnet == f.tailnet && overlaps(f, w.min_start, w.max_start) {
-                scan_open(w);
+                scan_open(w, &split.own);
             }
         }
         let sealing = st
@@ -788,12 +1081,20 @@ impl FlowStore {
             .filter(|w| w.tailnet == f.tailnet && overlaps(f, w.min_start, w.max_start))
             .cloned()
             .collect();
-        let files = st
+        let own = st
             .files
             .get(&f.tailnet)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        (sealing, files)
+            .into_iter()
+            .flat_map(|m| m.values().cloned())
+            .map(|m| Source { m, bucket: false });
+        let bucket = st
+            .bucket
+            .get(&f.tailnet)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .map(|m| Source { m, bucket: true });
+        (sealing, own.chain(bucket).collect(), split)
     }
 
     /// Runs `visit` over every block of `files` that the index lets
@@ -801,12 +1102,12 @@ impl FlowStore {
     /// ends the scan), recording work and damage in `out`.
     fn scan_files(
         &self,
-        files: &[Arc<FileMeta>],
-        c: &Compiled<'_>,
+        files: &[Source],
+        split: &Split<'_>,
         out: &mut Outcome,
         mut keep_file: impl FnMut(&FileMeta) -> bool,
         mut keep_block: impl FnMut(&block::BlockMeta) -> bool,
-        mut visit: impl FnMut(&columns::Columns, &str) -> u64,
+        mut visit: impl FnMut(&columns::Columns, &str, &Compiled<'_>) -> u64,
     ) {
         let mut zctx = match zstd::bulk::Decompressor::new() {
             Ok(z) => z,
@@ -815,23 +1116,30 @@ impl FlowStore {
                 return;
             }
         };
-        for m in files {
+        for src in files {
+            let m = &src.m;
             if !keep_file(m) {
                 break;
             }
+            let c = split.of(src);
             let footer = match self.footer(m) {
                 Ok(f) => f,
                 Err(e) => {
-                    out.errors
-                        .push(format!("{}: skipped: {e}", m.path.display()));
+                    out.errors.push(format!("{}: skipped: {e}", src.name()));
                     continue;
                 }
             };
-            let file = match File::open(&m.path) {
+            // A cached copy evicted in between is fetched again.
+            let file = match self
+                .path_of(m)
+                .and_then(|p| File::open(&p).map_err(io_err("open", &p)))
+                .or_else(|_| {
+                    self.path_of(m)
+                        .and_then(|p| File::open(&p).map_err(io_err("open", &p)))
+                }) {
                 Ok(f) => f,
                 Err(e) => {
-                    out.errors
-                        .push(format!("{}: skipped: {e}", m.path.display()));
+                    out.errors.push(format!("{}: skipped: {e}", src.name()));
                     continue;
                 }
             };
@@ -842,13 +1150,13 @@ impl FlowStore {
                 }
                 out.stats.blocks_read += 1;
                 match segment::read_block_with(&file, b, &mut zctx) {
-                    Ok(cols) => out.stats.entries_scanned += visit(&cols, &m.tailnet),
+                    Ok(cols) => out.stats.entries_scanned += visit(&cols, &m.tailnet, c),
                     Err(e) => {
                         self.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(path = %m.path.display(), offset = b.offset, error = %e, "skipping a corrupt flow block");
+                        tracing::warn!(file = %src.name(), offset = b.offset, error = %e, "skipping a corrupt flow block");
                         out.errors.push(format!(
                             "{}: block at {} ({} entries) skipped: {e}",
-                            m.path.display(),
+                            src.name(),
                             b.offset,
                             b.entries
                         ));
@@ -871,37 +1179,39 @@ impl FlowStore {
             .as_ref()
             .map(|c| PageCursor::decode(c.as_str()))
             .transpose()?;
-        let c = Compiled::new(f);
         let mut coll = Collector::new(page.limit, cursor);
         let mut stats = QueryStats::default();
         let errors = Vec::new();
-        let (sealing, files) = self.snapshot(f, |w| {
-            stats.entries_scanned += coll.scan(&w.cols, &w.tailnet, &c);
+        let (sealing, files, split) = self.snapshot(f, |w, own| {
+            stats.entries_scanned += coll.scan(&w.cols, &w.tailnet, own);
         });
         for w in &sealing {
-            stats.entries_scanned += coll.scan(&w.cols, &w.tailnet, &c);
+            stats.entries_scanned += coll.scan(&w.cols, &w.tailnet, &split.own);
         }
         stats.files = files.len() as u64;
-        let mut cands: Vec<Arc<FileMeta>> = files
+        let mut cands: Vec<Source> = files
             .into_iter()
-            .filter(|m| {
-                overlaps(f, m.min_start, m.max_start) && coll.before_cursor_possible(m.min_start)
+            .filter(|s| {
+                let m = &s.m;
+                overlaps(f, m.min_start, m.max_start)
+                    && coll.before_cursor_possible(m.min_start)
+                    && split.may_hold(s)
             })
             .collect();
         stats.files_skipped = stats.files - cands.len() as u64;
-        cands.sort_by_key(|m| std::cmp::Reverse(m.max_start));
+        cands.sort_by_key(|s| std::cmp::Reverse(s.m.max_start));
         let coll = std::cell::RefCell::new(coll);
         let mut out = Outcome { stats, errors };
         self.scan_files(
             &cands,
-            &c,
+            &split,
             &mut out,
             |m| coll.borrow_mut().may_help(m.max_start),
             |b| {
                 let mut k = coll.borrow_mut();
                 k.before_cursor_possible(b.min_start) && k.may_help(b.max_start)
             },
-            |cols, t| coll.borrow_mut().scan(cols, t, &c),
+            |cols, t, c| coll.borrow_mut().scan(cols, t, c),
         );
         let (hits, next) = coll.into_inner().finish();
         Ok(FlowPage {
@@ -921,30 +1231,29 @@ impl FlowStore {
                 "edge buckets are at least one second".into(),
             ));
         }
-        let c = Compiled::new(f);
         let mut agg = EdgeAgg::new(bucket_nanos);
         let mut stats = QueryStats::default();
         let errors = Vec::new();
-        let (sealing, files) = self.snapshot(f, |w| {
-            stats.entries_scanned += agg.scan(&w.cols, &c);
+        let (sealing, files, split) = self.snapshot(f, |w, own| {
+            stats.entries_scanned += agg.scan(&w.cols, own);
         });
         for w in &sealing {
-            stats.entries_scanned += agg.scan(&w.cols, &c);
+            stats.entries_scanned += agg.scan(&w.cols, &split.own);
         }
         stats.files = files.len() as u64;
-        let cands: Vec<Arc<FileMeta>> = files
+        let cands: Vec<Source> = files
             .into_iter()
-            .filter(|m| overlaps(f, m.min_start, m.max_start))
+            .filter(|s| overlaps(f, s.m.min_start, s.m.max_start) && split.may_hold(s))
             .collect();
         stats.files_skipped = stats.files - cands.len() as u64;
         let mut out = Outcome { stats, errors };
         self.scan_files(
             &cands,
-            &c,
+            &split,
             &mut out,
             |_| true,
             |_| true,
-            |cols, _| agg.scan(cols, &c),
+            |cols, _, c| agg.scan(cols, c),
         );
         if agg.overflow() {
             return Err(FlowError::InvalidInput(format!(
@@ -988,6 +1297,31 @@ impl FlowStore {
         let mut rep = RetentionReport::default();
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut first_err = None;
+        let (in_bucket, removed): (Vec<_>, Vec<_>) =
+            removed.into_iter().partition(|m| m.remote.is_some());
+        if !in_bucket.is_empty() {
+            // Out of the manifest first, so that no reader asks for a
+            // deleted object; then out of the bucket.
+            {
+                let _one = self.seal_lock.lock();
+                self.save_manifest_locked()?;
+            }
+            let tier = self.bucket()?;
+            for m in in_bucket {
+                self.footers.lock().remove(m.id);
+                let key = m.remote.as_deref().unwrap_or_default();
+                match tier.bucket.delete(key) {
+                    Ok(()) => {
+                        rep.files += 1;
+                        rep.bytes += m.bytes;
+                        rep.entries += m.entries;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(FlowError::Bucket(e));
+                    }
+                }
+            }
+        }
         for m in removed {
             self.footers.lock().remove(m.id);
             match std::fs::remove_file(&m.path) {
@@ -1031,6 +1365,13 @@ impl FlowStore {
             sealed_entries: files.clone().map(|m| m.entries).sum(),
             sealed_bytes: files.map(|m| m.bytes).sum(),
             footer_cache_bytes: self.footers.lock().bytes,
+            bucket_files: st.bucket.values().map(Vec::len).sum::<usize>()
+                + st.files
+                    .values()
+                    .flat_map(|m| m.values())
+                    .filter(|m| m.remote.is_some())
+                    .count(),
+            bucket_checkpoint: st.split,
             corrupt_blocks: self.corrupt_blocks.load(Ordering::Relaxed),
             damaged_files: self.damaged_files.load(Ordering::Relaxed),
         }

@@ -116,6 +116,9 @@ pub(crate) struct FileMeta {
     pub footer_off: u64,
     pub footer_len: u32,
     pub footer_crc: u32,
+    /// The object's key when the file lives in the bucket (`path` is then
+    /// not used: the bytes come through the bucket's cache).
+    pub remote: Option<String>,
 }
 
 /// The decoded footer: one index entry per block.
@@ -285,6 +288,7 @@ fn write_file(tmp: &Path, path: &Path, w: &Window, o: &WriteOpts) -> Result<File
         footer_off,
         footer_len,
         footer_crc,
+        remote: None,
     };
     let trailer = encode_trailer(&meta);
     out.write_all(&trailer).map_err(wr)?;
@@ -377,6 +381,7 @@ pub(crate) fn read_trailer(path: &Path, tailnet: &str, part: u32) -> Result<File
         footer_off: u64at(0),
         footer_len: u32at(8),
         footer_crc: u32at(12),
+        remote: None,
     };
     if m.footer_off < HEADER_LEN || m.footer_off + u64::from(m.footer_len) + TRAILER_LEN != len {
         return Err(corrupt(path, "trailer points outside the file"));
@@ -384,9 +389,9 @@ pub(crate) fn read_trailer(path: &Path, tailnet: &str, part: u32) -> Result<File
     Ok(m)
 }
 
-/// Reads and checks the footer of a file whose trailer was read.
-pub(crate) fn read_footer(m: &FileMeta) -> Result<Footer, FlowError> {
-    let path = &m.path;
+/// Reads and checks the footer of a file whose trailer was read (`path`:
+/// where its bytes are, `m.path` or the bucket's cached copy).
+pub(crate) fn read_footer(m: &FileMeta, path: &Path) -> Result<Footer, FlowError> {
     let f = File::open(path).map_err(io_err("open", path))?;
     let mut buf = vec![0u8; m.footer_len as usize];
     f.read_exact_at(&mut buf, m.footer_off)
@@ -512,6 +517,7 @@ pub(crate) fn salvage(
         footer_off: 0,
         footer_len: 0,
         footer_crc: 0,
+        remote: None,
     };
     while lost.is_none() && pos + BLOCK_HEADER as u64 <= len {
         let mut h = [0u8; BLOCK_HEADER];

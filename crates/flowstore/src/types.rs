@@ -402,6 +402,13 @@ pub struct FlowStats {
     pub sealed_bytes: u64,
     /// Bytes of decoded footers held in the footer cache.
     pub footer_cache_bytes: usize,
+    /// Sealed files in the cluster's bucket that this store knows (an
+    /// owner's uploaded files, counted in `sealed_files` too; a reader's
+    /// view of the manifest).
+    pub bucket_files: usize,
+    /// A reader's split: records at or below it are answered from the
+    /// bucket (0: none).
+    pub bucket_checkpoint: u64,
     /// Corrupt blocks met by queries since open (each skipped).
     pub corrupt_blocks: u64,
     /// Files whose trailer or footer was damaged (salvaged or skipped).
