@@ -742,6 +742,11 @@ impl FlowStore {
         Ok(true)
     }
 
+    /// This store's role with a cluster's bucket, if it has one.
+    pub fn bucket_role(&self) -> Option<BucketRole> {
+        self.tier.as_ref().map(|t| t.role)
+    }
+
     /// Where the bytes of `m` are: its path, or the bucket's cached copy.
     fn path_of(&self, m: &FileMeta) -> Result<PathBuf, FlowError> {
         match &m.remote {

@@ -178,6 +178,67 @@ impl Archive {
         ObjectPath::from(key)
     }
 
+    /// The key of object `name` under the archive's prefix.
+    pub fn object_key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+
+    /// The cluster's shared files (where manifests are kept).
+    pub fn shared_files(&self) -> &SharedFiles {
+        &self.files
+    }
+
+    /// Uploads the file at `path` as object `key`, then keeps it as the
+    /// key's cached copy. Blocks.
+    pub fn upload_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
+        let bytes = std::fs::read(path).map_err(|e| StoreError::Io {
+            what: format!("read {}", path.display()),
+            source: e,
+        })?;
+        let size = bytes.len() as u64;
+        let (store, at) = (self.store.clone(), self.object_path(key));
+        self.run(async move { store.put(&at, PutPayload::from(bytes)).await })?
+            .map_err(|e| err(&format!("uploading {key} to {}", self.label), e))?;
+        let _one = self.cache_lock.lock();
+        self.evict(size);
+        if std::fs::rename(path, self.cached_path(key)).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(size)
+    }
+
+    /// A local copy of object `key`: from the cache, or downloaded into
+    /// it (least recently used copies make room). Blocks.
+    pub fn fetch(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let path = self.cached_path(key);
+        if !path.exists() {
+            let _one = self.cache_lock.lock();
+            if !path.exists() {
+                let (store, at) = (self.store.clone(), self.object_path(key));
+                let bytes = self
+                    .run(async move {
+                        match store.get(&at).await {
+                            Ok(r) => r.bytes().await,
+                            Err(e) => Err(e),
+                        }
+                    })?
+                    .map_err(|er| err(&format!("downloading {key} from {}", self.label), er))?;
+                self.evict(bytes.len() as u64);
+                tally_store::write_atomic(&path, &bytes)?;
+            }
+        }
+        // The access time orders evictions.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        Ok(path)
+    }
+
     /// A new segment writer in the cache directory.
     pub fn writer(&self) -> Result<(SealedWriter, PathBuf), StoreError> {
         let path = self
@@ -195,26 +256,11 @@ impl Archive {
         summary: SegmentSummary,
     ) -> Result<SegmentEntry, StoreError> {
         writer.finish(path)?;
-        let bytes = std::fs::read(path).map_err(|e| StoreError::Io {
-            what: format!("read {}", path.display()),
-            source: e,
-        })?;
-        let mut key = String::new();
-        if !self.prefix.is_empty() {
-            key.push_str(&self.prefix);
-            key.push('/');
-        }
-        key.push_str(&format!(
+        let key = self.object_key(&format!(
             "segments/{:020}-{:020}.tsb",
             summary.first, summary.last
         ));
-        let size = bytes.len() as u64;
-        let (store, at) = (self.store.clone(), self.object_path(&key));
-        self.run(async move { store.put(&at, PutPayload::from(bytes)).await })?
-            .map_err(|e| err(&format!("uploading {key} to {}", self.label), e))?;
-        // Keep it cached under its key's name.
-        let cached = self.cached_path(&key);
-        let _ = std::fs::rename(path, &cached);
+        let size = self.upload_file(&key, path)?;
         Ok(SegmentEntry {
             key,
             first: summary.first,
@@ -226,7 +272,7 @@ impl Archive {
         })
     }
 
-    /// Deletes a segment's object (retention). Blocks.
+    /// Deletes an object and its cached copy (retention). Blocks.
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
         let (store, at) = (self.store.clone(), self.object_path(key));
         match self.run(async move { store.delete(&at).await })? {
@@ -243,29 +289,7 @@ impl Archive {
 
     /// The segment, from the cache or downloaded into it. Blocks.
     pub fn segment(&self, e: &SegmentEntry) -> Result<Segment, StoreError> {
-        let path = self.cached_path(&e.key);
-        if !path.exists() {
-            let _one = self.cache_lock.lock();
-            if !path.exists() {
-                let (store, at) = (self.store.clone(), self.object_path(&e.key));
-                let bytes = self
-                    .run(async move {
-                        match store.get(&at).await {
-                            Ok(r) => r.bytes().await,
-                            Err(e) => Err(e),
-                        }
-                    })?
-                    .map_err(|er| err(&format!("downloading {} from {}", e.key, self.label), er))?;
-                self.evict(bytes.len() as u64);
-                tally_store::write_atomic(&path, &bytes)?;
-            }
-        }
-        // The access time orders evictions.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        Segment::open_sealed(path, e.first)
+        Segment::open_sealed(self.fetch(&e.key)?, e.first)
     }
 
     /// Makes room for `incoming` bytes in the cache.

@@ -84,6 +84,12 @@ pub struct ServerConfig {
     pub log_hot: Duration,
     /// How long a segment is written before it is uploaded (`--archive-every`).
     pub archive_every: Duration,
+    /// How long a window of flow records stays open (in memory, queried
+    /// there) before it is sealed into a file (`--flow-window`, 1 h).
+    pub flow_window: Duration,
+    /// How long after its end a flow window waits for late records
+    /// (`--flow-grace`, 5 min).
+    pub flow_grace: Duration,
     /// TLS certificate chain and key (PEM); plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// PostgreSQL URL of the control database; SQLite `control.db` in the
@@ -128,6 +134,8 @@ impl ServerConfig {
             archive: None,
             log_hot: Duration::from_secs(24 * 3600),
             archive_every: Duration::from_secs(300),
+            flow_window: Duration::from_secs(3600),
+            flow_grace: Duration::from_secs(300),
             tls: None,
             control_db: None,
             agent_report_seconds: 30,
@@ -385,7 +393,6 @@ impl Server {
                 .await?;
             new_bootstrap_key = Some(k);
         }
-        let (flow_store, flow_checkpoint) = flows::open(&config.data_dir)?;
         let catalog = Catalog::new(rules.clone());
         let log_policy: Arc<dyn tally_store::RetentionPolicy> = rules.clone();
         catalog.reload(&control).await?;
@@ -410,6 +417,32 @@ impl Server {
                 let (store, recovery) = open_embedded(&config, rules, &catalog).await?;
                 (store.clone() as SharedLog, Some(store), recovery, None)
             }
+        };
+        // With an archive, the worker owns the bucket's flow files and the
+        // servers read them.
+        let flow_tier = cluster.as_ref().and_then(|c| {
+            let archive = c.log.archive()?.clone();
+            let held = c.lease.as_ref().map(|l| l.held_flag());
+            let role = if held.is_some() {
+                tally_flowstore::BucketRole::Owner
+            } else {
+                tally_flowstore::BucketRole::Reader
+            };
+            Some(tally_flowstore::Tier {
+                bucket: Arc::new(flows::ArchiveBucket::new(archive, held)),
+                role,
+            })
+        });
+        let flow_config = tally_flowstore::FlowStoreConfig {
+            window: config.flow_window,
+            grace: config.flow_grace,
+            ..Default::default()
+        };
+        let (flow_store, flow_checkpoint) = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || flows::open(&dir, flow_config, flow_tier))
+                .await
+                .context("opening the flow store panicked")??
         };
         let batch_ledger = {
             let store = store.clone();

@@ -95,6 +95,10 @@ pub struct Metrics {
     detect_evicted: Counter,
     detect_windows: Gauge,
     flow_open_bytes: Gauge,
+    flow_open_entries: Gauge,
+    flow_sealed_files: Gauge,
+    flow_bucket_files: Gauge,
+    flow_bucket_checkpoint: Gauge,
     rss: Gauge,
 }
 
@@ -146,6 +150,10 @@ impl Metrics {
             detect_evicted: Counter::default(),
             detect_windows: Gauge::default(),
             flow_open_bytes: Gauge::default(),
+            flow_open_entries: Gauge::default(),
+            flow_sealed_files: Gauge::default(),
+            flow_bucket_files: Gauge::default(),
+            flow_bucket_checkpoint: Gauge::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
         };
@@ -291,6 +299,26 @@ impl Metrics {
             m.flow_open_bytes.clone(),
         );
         r.register(
+            "tally_flow_open_window_entries",
+            "Flow entries in the flow store's open windows",
+            m.flow_open_entries.clone(),
+        );
+        r.register(
+            "tally_flow_sealed_files",
+            "Sealed flow files this process knows (its own and, on the worker, those it uploaded)",
+            m.flow_sealed_files.clone(),
+        );
+        r.register(
+            "tally_flow_bucket_files",
+            "Sealed flow files in the cluster's bucket that this process knows",
+            m.flow_bucket_files.clone(),
+        );
+        r.register(
+            "tally_flow_bucket_checkpoint",
+            "A server's flow split: records at or below this position are answered from the bucket",
+            m.flow_bucket_checkpoint.clone(),
+        );
+        r.register(
             "process_resident_memory_bytes",
             "Resident memory of the server process",
             m.rss.clone(),
@@ -394,6 +422,11 @@ impl Metrics {
         set_counter(&self.detect_evicted, d.evicted);
         set_gauge(&self.detect_windows, d.windows);
         set_gauge(&self.flow_open_bytes, state.flows.open_memory() as u64);
+        let f = state.flows.stats();
+        set_gauge(&self.flow_open_entries, f.open_entries);
+        set_gauge(&self.flow_sealed_files, f.sealed_files);
+        set_gauge(&self.flow_bucket_files, f.bucket_files);
+        set_gauge(&self.flow_bucket_checkpoint, f.bucket_checkpoint);
         set_gauge(&self.rss, crate::memory::rss().unwrap_or(0));
     }
 

@@ -235,6 +235,14 @@ struct ServerCmd {
     /// How long the worker gathers a segment before it uploads it
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     archive_every: std::time::Duration,
+    /// How long a window of flow records stays open (in memory) before it
+    /// is sealed into a file, and with --archive uploaded; whole seconds.
+    /// A change applies to new windows
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    flow_window: std::time::Duration,
+    /// How long after its end a flow window waits for late records
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    flow_grace: std::time::Duration,
     /// Directory for the store and configuration.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
     data_dir: PathBuf,
@@ -387,6 +395,14 @@ async fn run_server(cmd: ServerCmd, role: tally_server::Role) -> anyhow::Result<
     config.lease_ttl = cmd.lease;
     config.log_hot = cmd.log_hot;
     config.archive_every = cmd.archive_every;
+    if cmd.flow_window.as_secs() == 0 || cmd.flow_window.subsec_nanos() != 0 {
+        anyhow::bail!(
+            "--flow-window {}: give a whole number of seconds, at least 1s (e.g. 1h)",
+            humantime::format_duration(cmd.flow_window)
+        );
+    }
+    config.flow_window = cmd.flow_window;
+    config.flow_grace = cmd.flow_grace;
     if let Some(url) = cmd.archive.clone().filter(|u| !u.is_empty()) {
         if cmd.log == "embedded" {
             anyhow::bail!(

@@ -597,3 +597,189 @@ async fn sealed_data_in_the_bucket_answers_the_same_without_the_cache() {
         assert_eq!(v["count"], 0, "another tenant read {v}");
     }
 }
+
+/// The network log of the test tailnet for the last hour, as a user's
+/// client reads it (every page), failing on damage or an index behind.
+async fn flow_answers(url: &str, key: &str) -> Vec<serde_json::Value> {
+    let now = tally_proto::timefmt::now_nanos();
+    let (start, end) = (
+        tally_proto::timefmt::format_nanos(now - 3_600_000_000_000),
+        tally_proto::timefmt::format_nanos(now + 60_000_000_000),
+    );
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("start", start.clone()),
+            ("end", end.clone()),
+            ("limit", "3".to_owned()),
+        ];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let v: serde_json::Value = http()
+            .get(format!("{url}/api/v2/tailnet/-/logging/network"))
+            .bearer_auth(key)
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v.get("errors").is_none(), "damage: {v}");
+        assert!(v.get("behind").is_none(), "behind: {v}");
+        out.extend(v["logs"].as_array().expect("logs").iter().cloned());
+        match v["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Sealed flow files (`.flw`) in a server's own flow store.
+fn own_flow_files(data_dir: &std::path::Path) -> usize {
+    let Ok(tailnets) = std::fs::read_dir(data_dir.join("flows")) else {
+        return 0;
+    };
+    tailnets
+        .flatten()
+        .filter(|t| t.path().is_dir())
+        .flat_map(|t| std::fs::read_dir(t.path()).into_iter().flatten().flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".flw"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new_server() {
+    let Some((nats, pg)) = engines("scale-out flow files", 1) else {
+        return;
+    };
+    let moto = common::moto::Moto::start();
+    moto.boto3("s3.create_bucket(Bucket='tally-archive')");
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.url.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "a"),
+        ("AWS_SECRET_ACCESS_KEY", "b"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (log, db) = (nats.urls(), pg.url("postgres"));
+    let flags = [
+        "--log",
+        log.as_str(),
+        "--control-db",
+        db.as_str(),
+        "--archive",
+        "s3://tally-archive/cluster-2",
+        // Windows seal within seconds instead of an hour.
+        "--flow-window",
+        "2s",
+        "--flow-grace",
+        "1s",
+    ];
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = TestServer::start_sub_env("server", dirs[0].path(), &flags, &env);
+    let _worker = TestServer::start_sub_env("worker", dirs[1].path(), &flags, &env);
+
+    // A node registered and flow logging on, through the server; the
+    // worker learns of the node from the database.
+    let auth = common::reusable_auth_key(&server.url).await;
+    let (private, _) = common::register_node(&server.url, &auth, "web1", "100.64.0.1").await;
+    common::set_flow_logging(&server.url, true).await;
+    let now = tally_proto::timefmt::now_nanos();
+    let records: Vec<_> = (0..12i64)
+        .map(|i| {
+            let start = now - (12 - i) * 60_000_000_000;
+            serde_json::json!({
+                "nodeId": "x",
+                "start": tally_proto::timefmt::format_nanos(start),
+                "end": tally_proto::timefmt::format_nanos(start + 5_000_000_000),
+                "virtualTraffic": [{"proto": 6, "src": format!("100.64.0.1:{}", 5000 + i),
+                    "dst": "100.64.0.2:5432", "txPkts": i + 1, "txBytes": 100 * (i + 1)}],
+            })
+        })
+        .collect();
+    let r = http()
+        .post(format!("{}/c/tailtraffic/{}", server.url, private.to_hex()))
+        .json(&records)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let want = flow_answers(&server.url, KEY).await;
+    assert_eq!(want.len(), 12, "{want:?}");
+
+    // The worker seals the window and uploads it; the server follows the
+    // manifest and drops its own copy, which the bucket now covers.
+    let server_dir = dirs[0].path().to_path_buf();
+    let keys = tally_testkit::wait::until(
+        "the flow file in the bucket and the server's own copy gone",
+        Duration::from_secs(60),
+        || {
+            let keys = moto.boto3(
+                "for o in s3.list_objects_v2(Bucket='tally-archive', Prefix='cluster-2/flows/').get('Contents', []): print(o['Key'])",
+            );
+            let own = own_flow_files(&server_dir);
+            async move {
+                if keys.lines().count() >= 1 && own == 0 {
+                    Ok(keys)
+                } else {
+                    Err(format!("bucket: {keys:?}; the server's own files: {own}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(keys.lines().all(|k| k.ends_with(".flw")), "{keys}");
+
+    // From the bucket: the same answers, and again with an empty cache.
+    assert_eq!(flow_answers(&server.url, KEY).await, want);
+    let cache = dirs[0].path().join("archive-cache");
+    for f in std::fs::read_dir(&cache).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    assert_eq!(flow_answers(&server.url, KEY).await, want);
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() >= 1,
+        "the answers came through the cache"
+    );
+
+    // A new server answers the same at once, without rebuilding the
+    // index from the log: it starts at the manifest's checkpoint.
+    let fresh = TestServer::start_sub_env("server", dirs[2].path(), &flags, &env);
+    assert_eq!(flow_answers(&fresh.url, KEY).await, want);
+    let metrics = http()
+        .get(format!("{}/metrics", fresh.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(gauge("tally_flow_open_window_entries "), 0, "it indexed the log again");
+    assert_eq!(own_flow_files(dirs[2].path()), 0, "it indexed the log again");
+    assert!(gauge("tally_flow_bucket_files ") >= 1);
+    assert!(gauge("tally_flow_bucket_checkpoint ") > 0);
+
+    // Another tenant reads none of it.
+    let created: serde_json::Value = http()
+        .post(format!("{}/api/v2/tailnets", fresh.url))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"name": "other.example"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = created["ownerKey"]["key"].as_str().expect("owner key");
+    assert!(flow_answers(&fresh.url, other).await.is_empty());
+}

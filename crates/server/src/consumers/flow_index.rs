@@ -4,10 +4,11 @@
 //! and left out of the index (the raw record stays in the log).
 
 use crate::consumers::flows::entries_of;
+use crate::control::ControlDb;
 use crate::control::catalog::Catalog;
 use std::sync::Arc;
 use std::time::Duration;
-use tally_flowstore::FlowStore;
+use tally_flowstore::{BucketRole, FlowStore};
 use tally_pipeline::{Consumer, ConsumerError, FailurePolicy, Handled, Rejection};
 use tally_proto::PublicId;
 use tally_store::{Filter, Position, ReadLimits, ReadSpec, ScanBatch};
@@ -15,21 +16,57 @@ use tally_store::{Filter, Position, ReadLimits, ReadSpec, ScanBatch};
 /// Name of the flow index consumer.
 pub const NAME: &str = "flow-index";
 
+/// How far behind a record's receive time another server's clock may be:
+/// an unknown node's record received up to this long before the catalog
+/// was read may be from a node registered through another server.
+const CLOCK_SLACK_NS: i64 = 30_000_000_000;
+
 /// The flow index consumer.
 pub struct FlowIndex {
     flows: Arc<FlowStore>,
     catalog: Arc<Catalog>,
+    /// On a shared log: the control database, to reload the catalog when
+    /// a record comes from a node registered through another server.
+    shared: Option<ControlDb>,
     position: Position,
 }
 
 impl FlowIndex {
-    /// Feeds `flows` from `checkpoint` on (the flow store's own).
-    pub fn new(flows: Arc<FlowStore>, catalog: Arc<Catalog>, checkpoint: Position) -> Self {
+    /// Feeds `flows` from `checkpoint` on (the flow store's own); `shared`
+    /// on a shared log.
+    pub fn new(
+        flows: Arc<FlowStore>,
+        catalog: Arc<Catalog>,
+        shared: Option<ControlDb>,
+        checkpoint: Position,
+    ) -> Self {
         Self {
             flows,
             catalog,
+            shared,
             position: checkpoint,
         }
+    }
+
+    /// On a shared log, reloads the catalog first when the batch holds a
+    /// record of a node it does not know that is newer than the catalog.
+    async fn read_barrier(&self, batch: &ScanBatch) -> Result<(), ConsumerError> {
+        let Some(db) = &self.shared else {
+            return Ok(());
+        };
+        let read = self.catalog.read_at_nanos();
+        let unknown = batch.records.iter().any(|r| {
+            matches!(r.rec.owner, tally_store::Owner::Tailnet(_))
+                && r.rec.time >= read.saturating_sub(CLOCK_SLACK_NS)
+                && self.catalog.node(&PublicId(r.rec.instance)).is_none()
+        });
+        if unknown {
+            self.catalog
+                .reload_since(std::time::Instant::now(), db)
+                .await
+                .map_err(|e| ConsumerError::new(format!("reloading the catalog: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -65,6 +102,7 @@ impl Consumer for FlowIndex {
     }
 
     async fn handle(&mut self, batch: Arc<ScanBatch>) -> Result<Handled, ConsumerError> {
+        self.read_barrier(&batch).await?;
         let (flows, catalog) = (self.flows.clone(), self.catalog.clone());
         let handled = tokio::task::spawn_blocking(move || {
             let mut rejected = Vec::new();
@@ -113,13 +151,29 @@ impl Consumer for FlowIndex {
         Ok(())
     }
 
-    /// Seals the windows that are due.
+    /// Seals the windows that are due; with a bucket, the owner uploads
+    /// what it sealed and a reader follows the manifest.
     async fn tick(&mut self) -> Result<(), ConsumerError> {
         let flows = self.flows.clone();
-        tokio::task::spawn_blocking(move || flows.seal_due(tally_proto::timefmt::now_nanos()))
-            .await
-            .map_err(|e| ConsumerError::new(format!("sealing flow windows panicked: {e}")))?
-            .map_err(|e| ConsumerError::new(format!("sealing flow windows: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            flows
+                .seal_due(tally_proto::timefmt::now_nanos())
+                .map_err(|e| format!("sealing flow windows: {e}"))?;
+            match flows.bucket_role() {
+                Some(BucketRole::Owner) => flows
+                    .publish()
+                    .map(|_| ())
+                    .map_err(|e| format!("uploading sealed flow files: {e}")),
+                Some(BucketRole::Reader) => flows
+                    .refresh()
+                    .map(|_| ())
+                    .map_err(|e| format!("reading the flow manifest: {e}")),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| ConsumerError::new(format!("sealing flow windows panicked: {e}")))?
+        .map_err(ConsumerError::new)?;
         Ok(())
     }
 

@@ -9,21 +9,100 @@
 //! answers the network-log API. The raw records stay in the log store for
 //! [`RAW_FLOW_RETENTION_DAYS`] (replay after a crash, the logs-service
 //! API); the typed copy follows each tailnet's `flowsRetentionDays`.
+//!
+//! With an archive (`--archive s3://...`, on a shared log) the worker's
+//! flow index owns the cluster's sealed flow files: it uploads each to the
+//! bucket (`<prefix>/flows/...`) and keeps their manifest in the shared
+//! files ([`FLOW_MANIFEST`]); the servers read them through the archive's
+//! cache and index only what the manifest does not cover yet (see
+//! `tally_flowstore::bucket`).
 
 use crate::AppState;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tally_flowstore::{FlowEntry, FlowKind, FlowStore, FlowStoreConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tally_flowstore::{Bucket, FlowEntry, FlowKind, FlowStore, FlowStoreConfig, Tier};
+use tally_jetstream::archive::Archive;
 use tally_proto::flow::FlowRecord;
 
 /// Days the log store keeps raw flow records (the typed copy lasts longer).
 pub const RAW_FLOW_RETENTION_DAYS: u32 = 1;
 
-/// Opens the flow store in `<data-dir>/flows`; returns it and its checkpoint.
-pub fn open(data_dir: &std::path::Path) -> anyhow::Result<(Arc<FlowStore>, u64)> {
+/// The flow files' manifest among the cluster's shared files.
+pub const FLOW_MANIFEST: &str = "archive/flows.manifest";
+
+/// Opens the flow store in `<data-dir>/flows` (with the cluster's bucket
+/// when there is one); returns it and its checkpoint. Blocks.
+pub fn open(
+    data_dir: &Path,
+    config: FlowStoreConfig,
+    tier: Option<Tier>,
+) -> anyhow::Result<(Arc<FlowStore>, u64)> {
     let dir = data_dir.join("flows");
-    let (store, checkpoint) = FlowStore::open(&dir, FlowStoreConfig::default())
+    let (store, checkpoint) = FlowStore::open_with(&dir, config, tier)
         .map_err(|e| anyhow::anyhow!("cannot open the flow store in {}: {e}", dir.display()))?;
     Ok((Arc::new(store), checkpoint))
+}
+
+/// The archive's bucket as the flow store uses it: objects under the
+/// archive's prefix, its cache, the manifest in the shared files.
+pub struct ArchiveBucket {
+    archive: Arc<Archive>,
+    /// The worker's lease: a worker that lost it writes no manifest (its
+    /// successor's would be overwritten with an older partition).
+    lease_held: Option<Arc<AtomicBool>>,
+}
+
+impl ArchiveBucket {
+    /// The archive's bucket, for the lease holder (`lease_held`) or a reader.
+    pub fn new(archive: Arc<Archive>, lease_held: Option<Arc<AtomicBool>>) -> Self {
+        Self {
+            archive,
+            lease_held,
+        }
+    }
+}
+
+impl Bucket for ArchiveBucket {
+    fn upload(&self, key: &str, path: &Path) -> Result<(), String> {
+        self.archive
+            .upload_file(&self.archive.object_key(key), path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn fetch(&self, key: &str) -> Result<PathBuf, String> {
+        self.archive
+            .fetch(&self.archive.object_key(key))
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.archive
+            .delete(&self.archive.object_key(key))
+            .map_err(|e| e.to_string())
+    }
+
+    fn load_manifest(&self) -> Result<Option<Vec<u8>>, String> {
+        self.archive
+            .shared_files()
+            .get(FLOW_MANIFEST)
+            .map_err(|e| e.to_string())
+    }
+
+    fn save_manifest(&self, bytes: &[u8]) -> Result<(), String> {
+        if self
+            .lease_held
+            .as_ref()
+            .is_some_and(|h| !h.load(Ordering::Acquire))
+        {
+            return Err("this worker lost its lease; the flow manifest is its successor's".into());
+        }
+        self.archive
+            .shared_files()
+            .put(FLOW_MANIFEST, bytes)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The typed entries of one stored flow record, for the node that sent it.

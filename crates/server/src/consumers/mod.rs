@@ -39,16 +39,21 @@ pub fn start(
     let p = &state.pipeline;
     let role = state.config.role;
     let mut tasks = Vec::new();
-    if role.runs_indexes() {
+    // The worker indexes flows when it owns the bucket's flow files.
+    if role.runs_indexes() || state.flows.bucket_role() == Some(tally_flowstore::BucketRole::Owner)
+    {
         tasks.push(
             p.spawn(flow_index::FlowIndex::new(
                 state.flows.clone(),
                 state.catalog.clone(),
+                state.shared_files.as_ref().map(|_| state.control.clone()),
                 resume.flow_checkpoint,
             ))
             .context("starting the flow index")?
             .1,
         );
+    }
+    if role.runs_indexes() {
         tasks.push(
             p.spawn(transparency::TransparencyLog::new(state.log.clone()))
                 .context("starting the transparency log")?

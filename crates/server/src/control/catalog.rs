@@ -68,6 +68,8 @@ pub struct Catalog {
     reloading: tokio::sync::Mutex<()>,
     /// When the last completed reload began to read the database.
     read_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// The same, on the wall clock (Unix ns; 0 before the first reload).
+    read_at_wall: std::sync::atomic::AtomicI64,
     /// Tailnet → a counter bumped when what its agents are told changed
     /// (only tailnets with a waiter have one).
     agent_watch: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
@@ -81,6 +83,7 @@ impl Catalog {
             rules,
             reloading: tokio::sync::Mutex::new(()),
             read_at: parking_lot::Mutex::new(None),
+            read_at_wall: std::sync::atomic::AtomicI64::new(0),
             agent_watch: parking_lot::Mutex::new(HashMap::new()),
         }
     }
@@ -89,6 +92,14 @@ impl Catalog {
     pub async fn reload(&self, db: &ControlDb) -> Result<(), ControlError> {
         let _one_at_a_time = self.reloading.lock().await;
         self.reload_locked(db).await
+    }
+
+    /// When the last completed reload began to read the database (Unix ns
+    /// on the wall clock, 0 before the first): a record received before
+    /// it from an unknown instance is from a node that was gone already.
+    pub fn read_at_nanos(&self) -> i64 {
+        self.read_at_wall
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reloads unless a reload that began reading at or after `since`
@@ -110,6 +121,7 @@ impl Catalog {
 
     async fn reload_locked(&self, db: &ControlDb) -> Result<(), ControlError> {
         let began = std::time::Instant::now();
+        let began_wall = tally_proto::timefmt::now_nanos();
         let mut collections = db.load_collections().await?;
         let audit_days = db.audit_retention_days().await?;
         for ((tailnet, name), c) in collections.iter_mut() {
@@ -182,6 +194,8 @@ impl Catalog {
         }
         watch.retain(|_, tx| tx.receiver_count() > 0);
         *self.read_at.lock() = Some(began);
+        self.read_at_wall
+            .store(began_wall, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
