@@ -764,8 +764,16 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {metrics}"))
     };
-    assert_eq!(gauge("tally_flow_open_window_entries "), 0, "it indexed the log again");
-    assert_eq!(own_flow_files(dirs[2].path()), 0, "it indexed the log again");
+    assert_eq!(
+        gauge("tally_flow_open_window_entries "),
+        0,
+        "it indexed the log again"
+    );
+    assert_eq!(
+        own_flow_files(dirs[2].path()),
+        0,
+        "it indexed the log again"
+    );
     assert!(gauge("tally_flow_bucket_files ") >= 1);
     assert!(gauge("tally_flow_bucket_checkpoint ") > 0);
 

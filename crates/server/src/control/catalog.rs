@@ -98,8 +98,7 @@ impl Catalog {
     /// on the wall clock, 0 before the first): a record received before
     /// it from an unknown instance is from a node that was gone already.
     pub fn read_at_nanos(&self) -> i64 {
-        self.read_at_wall
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.read_at_wall.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reloads unless a reload that began reading at or after `since`
