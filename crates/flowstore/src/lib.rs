@@ -221,6 +221,9 @@ pub struct FlowStoreConfig {
     pub max_open_entries: usize,
     /// Memory for decoded footers (default 64 MiB).
     pub footer_cache_bytes: usize,
+    /// How long a reader keeps its own sealed files on disk after the
+    /// bucket covered them, for queries that listed them (default 60 s).
+    pub retire_after: Duration,
 }
 
 impl Default for FlowStoreConfig {
@@ -232,6 +235,7 @@ impl Default for FlowStoreConfig {
             zstd_level: 9,
             max_open_entries: 1_000_000,
             footer_cache_bytes: 64 << 20,
+            retire_after: Duration::from_secs(60),
         }
     }
 }
@@ -259,6 +263,9 @@ struct State {
     split: u64,
     /// The manifest as last loaded or saved (unchanged: nothing to do).
     manifest: Option<Vec<u8>>,
+    /// A reader's own files the bucket now covers, deleted a while after
+    /// (a query that listed them before may still open them).
+    retired: Vec<(std::time::Instant, Arc<FileMeta>)>,
 }
 
 impl State {
@@ -526,6 +533,7 @@ impl FlowStore {
                 bucket: BTreeMap::new(),
                 split: 0,
                 manifest: None,
+                retired: Vec::new(),
             }),
             seal_lock: Mutex::new(()),
             tier,
@@ -681,57 +689,78 @@ impl FlowStore {
         if self.bucket()?.role != BucketRole::Reader {
             return Ok(false);
         }
-        let Some((bytes, man)) = self.load_manifest()? else {
-            return Ok(false);
+        let changed = match self.load_manifest()? {
+            Some((bytes, man)) if self.state.read().manifest.as_ref() != Some(&bytes) => {
+                self.take_manifest(bytes, &man);
+                true
+            }
+            _ => false,
         };
-        if self.state.read().manifest.as_ref() == Some(&bytes) {
-            return Ok(false);
+        self.delete_retired()?;
+        Ok(changed)
+    }
+
+    /// A reader takes a new manifest: its files, its checkpoint as the
+    /// split, and retires its own files at or below the split.
+    fn take_manifest(&self, bytes: Vec<u8>, man: &FlowManifest) {
+        let mut st = self.state.write();
+        // Files already known keep their id (and cached footer).
+        let known: HashMap<String, Arc<FileMeta>> = std::mem::take(&mut st.bucket)
+            .into_values()
+            .flatten()
+            .filter_map(|m| m.remote.clone().map(|k| (k, m)))
+            .collect();
+        for f in &man.files {
+            let m = match known.get(&f.key) {
+                Some(m) => m.clone(),
+                None => Arc::new(f.meta(self.next_id.fetch_add(1, Ordering::Relaxed))),
+            };
+            st.bucket.entry(f.tailnet.clone()).or_default().push(m);
         }
-        let covered: Vec<Arc<FileMeta>> = {
-            let mut st = self.state.write();
-            // Files already known keep their id (and cached footer).
-            let known: HashMap<String, Arc<FileMeta>> = std::mem::take(&mut st.bucket)
-                .into_values()
-                .flatten()
-                .filter_map(|m| m.remote.clone().map(|k| (k, m)))
+        for (k, m) in &known {
+            if !man.files.iter().any(|f| &f.key == k) {
+                self.footers.lock().remove(m.id);
+            }
+        }
+        st.split = st.split.max(man.checkpoint);
+        let split = st.split;
+        // Records at or below the split are the bucket's: a new reader
+        // skips them instead of rebuilding them.
+        if split > st.high_water {
+            st.high_water = split;
+        }
+        let mut covered = Vec::new();
+        for files in st.files.values_mut() {
+            let done: Vec<(i64, u32)> = files
+                .iter()
+                .filter(|(_, m)| m.seq_max <= split)
+                .map(|(k, _)| *k)
                 .collect();
-            for f in &man.files {
-                let m = match known.get(&f.key) {
-                    Some(m) => m.clone(),
-                    None => Arc::new(f.meta(self.next_id.fetch_add(1, Ordering::Relaxed))),
-                };
-                st.bucket.entry(f.tailnet.clone()).or_default().push(m);
-            }
-            for (k, m) in &known {
-                if !man.files.iter().any(|f| &f.key == k) {
-                    self.footers.lock().remove(m.id);
+            for k in done {
+                if let Some(m) = files.remove(&k) {
+                    covered.push(m);
                 }
             }
-            st.split = st.split.max(man.checkpoint);
-            let split = st.split;
-            // Records at or below the split are the bucket's: a new reader
-            // skips them instead of rebuilding them.
-            if split > st.high_water {
-                st.high_water = split;
-            }
-            let mut covered = Vec::new();
-            for files in st.files.values_mut() {
-                let done: Vec<(i64, u32)> = files
-                    .iter()
-                    .filter(|(_, m)| m.seq_max <= split)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in done {
-                    if let Some(m) = files.remove(&k) {
-                        covered.push(m);
-                    }
-                }
-            }
-            st.files.retain(|_, m| !m.is_empty());
-            st.manifest = Some(bytes);
-            covered
+        }
+        st.files.retain(|_, m| !m.is_empty());
+        st.manifest = Some(bytes);
+        let now = std::time::Instant::now();
+        st.retired.extend(covered.into_iter().map(|m| (now, m)));
+    }
+
+    /// Deletes a reader's retired files once no query can still be about
+    /// to open them.
+    fn delete_retired(&self) -> Result<(), FlowError> {
+        let expired: Vec<Arc<FileMeta>> = {
+            let mut st = self.state.write();
+            let now = std::time::Instant::now();
+            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.retired)
+                .into_iter()
+                .partition(|(at, _)| now.duration_since(*at) >= self.cfg.retire_after);
+            st.retired = keep;
+            old.into_iter().map(|(_, m)| m).collect()
         };
-        for m in covered {
+        for m in expired {
             self.footers.lock().remove(m.id);
             match std::fs::remove_file(&m.path) {
                 Ok(()) => {}
@@ -739,12 +768,38 @@ impl FlowStore {
                 Err(e) => return Err(io_err("remove", &m.path)(e)),
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// This store's role with a cluster's bucket, if it has one.
     pub fn bucket_role(&self) -> Option<BucketRole> {
         self.tier.as_ref().map(|t| t.role)
+    }
+
+    /// Opens the bytes of `m`: its file, or the bucket's cached copy. A
+    /// file moved meanwhile (uploaded by the owner, or evicted from the
+    /// cache) is looked up again.
+    fn open_file(&self, m: &FileMeta) -> Result<(File, PathBuf), FlowError> {
+        let open = |m: &FileMeta| {
+            let p = self.path_of(m)?;
+            let f = File::open(&p).map_err(io_err("open", &p))?;
+            Ok::<_, FlowError>((f, p))
+        };
+        open(m).or_else(|first| {
+            let now = self
+                .state
+                .read()
+                .files
+                .get(&m.tailnet)
+                .and_then(|f| f.get(&(m.window_start, m.part)))
+                .filter(|n| n.seq_min == m.seq_min && n.seq_max == m.seq_max)
+                .cloned();
+            match now {
+                Some(n) => open(&n),
+                None if m.remote.is_some() => open(m),
+                None => Err(first),
+            }
+        })
     }
 
     /// Where the bytes of `m` are: its path, or the bucket's cached copy.
@@ -1046,8 +1101,8 @@ impl FlowStore {
         if let Some(f) = self.footers.lock().get(m.id) {
             return Ok(f);
         }
-        let path = self.path_of(m)?;
-        match segment::read_footer(m, &path) {
+        let (file, path) = self.open_file(m)?;
+        match segment::read_footer(m, &file, &path) {
             Ok(f) => {
                 let f = Arc::new(f);
                 self.footers.lock().put(m.id, f.clone(), false);
@@ -1134,15 +1189,8 @@ impl FlowStore {
                     continue;
                 }
             };
-            // A cached copy evicted in between is fetched again.
-            let file = match self
-                .path_of(m)
-                .and_then(|p| File::open(&p).map_err(io_err("open", &p)))
-                .or_else(|_| {
-                    self.path_of(m)
-                        .and_then(|p| File::open(&p).map_err(io_err("open", &p)))
-                }) {
-                Ok(f) => f,
+            let file = match self.open_file(m) {
+                Ok((f, _)) => f,
                 Err(e) => {
                     out.errors.push(format!("{}: skipped: {e}", src.name()));
                     continue;

@@ -391,8 +391,7 @@ pub(crate) fn read_trailer(path: &Path, tailnet: &str, part: u32) -> Result<File
 
 /// Reads and checks the footer of a file whose trailer was read (`path`:
 /// where its bytes are, `m.path` or the bucket's cached copy).
-pub(crate) fn read_footer(m: &FileMeta, path: &Path) -> Result<Footer, FlowError> {
-    let f = File::open(path).map_err(io_err("open", path))?;
+pub(crate) fn read_footer(m: &FileMeta, f: &File, path: &Path) -> Result<Footer, FlowError> {
     let mut buf = vec![0u8; m.footer_len as usize];
     f.read_exact_at(&mut buf, m.footer_off)
         .map_err(io_err("read", path))?;

@@ -119,6 +119,17 @@ fn feed(store: &FlowStore, from: u64, to: u64) {
     }
 }
 
+/// Sealed files on disk under a store's directory.
+fn flw_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .flat_map(|d| std::fs::read_dir(d.path()).expect("list").flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".flw"))
+        .count()
+}
+
 fn all() -> FlowFilter {
     FlowFilter::new("t", i64::MIN, i64::MAX)
 }
@@ -148,6 +159,11 @@ fn readers_answer_from_the_bucket_below_its_checkpoint_and_from_their_own_above(
         st.sealed_files < own_files_before,
         "files the bucket covers are deleted: {} of {own_files_before}",
         st.sealed_files
+    );
+    assert_eq!(
+        flw_files(&root.path().join("reader")),
+        st.sealed_files,
+        "and gone from disk (retire_after is zero here)"
     );
     // Every entry once: the bucket's up to the checkpoint, its own above.
     let want = naive(&records("t", 700), &all());
@@ -239,4 +255,36 @@ fn a_store_without_a_bucket_refuses_to_publish() {
     let (store, _) = open(dir.path(), &cfg());
     let e = store.publish().expect_err("no bucket");
     assert!(e.to_string().contains("no bucket"), "{e}");
+}
+
+#[test]
+fn covered_files_stay_on_disk_for_queries_that_listed_them() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let bucket = DirBucket::new(&root.path().join("bucket"));
+    let (owner, _) = open_as(&root.path().join("owner"), &bucket, BucketRole::Owner);
+    let dir = root.path().join("reader");
+    let (reader, _) = FlowStore::open_with(
+        &dir,
+        FlowStoreConfig {
+            retire_after: std::time::Duration::from_secs(3600),
+            ..cfg()
+        },
+        Some(Tier {
+            bucket: bucket.clone(),
+            role: BucketRole::Reader,
+        }),
+    )
+    .expect("open");
+    feed(&owner, 1, 700);
+    feed(&reader, 1, 700);
+    owner.publish().expect("publish");
+    let on_disk = flw_files(&dir);
+    assert!(reader.refresh().expect("refresh"));
+    assert!(
+        reader.stats().sealed_files < on_disk,
+        "no longer answered from"
+    );
+    assert_eq!(flw_files(&dir), on_disk, "still on disk");
+    let want = naive(&records("t", 700), &all());
+    assert_eq!(as_sorted(&drain(&reader, &all(), 500)), as_sorted(&want));
 }

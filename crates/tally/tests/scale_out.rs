@@ -637,6 +637,23 @@ async fn flow_answers(url: &str, key: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// A gauge of a server's `/metrics`.
+async fn gauge(url: &str, name: &str) -> u64 {
+    let metrics = http()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
 /// Sealed flow files (`.flw`) in a server's own flow store.
 fn own_flow_files(data_dir: &std::path::Path) -> usize {
     let Ok(tailnets) = std::fs::read_dir(data_dir.join("flows")) else {
@@ -712,20 +729,21 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
 
     // The worker seals the window and uploads it; the server follows the
     // manifest and drops its own copy, which the bucket now covers.
-    let server_dir = dirs[0].path().to_path_buf();
     let keys = tally_testkit::wait::until(
-        "the flow file in the bucket and the server's own copy gone",
+        "the flow file in the bucket and the server's own copy dropped",
         Duration::from_secs(60),
         || {
             let keys = moto.boto3(
                 "for o in s3.list_objects_v2(Bucket='tally-archive', Prefix='cluster-2/flows/').get('Contents', []): print(o['Key'])",
             );
-            let own = own_flow_files(&server_dir);
+            let url = server.url.clone();
             async move {
-                if keys.lines().count() >= 1 && own == 0 {
+                let own = gauge(&url, "tally_flow_sealed_files").await;
+                let open = gauge(&url, "tally_flow_open_window_entries").await;
+                if keys.lines().count() >= 1 && own == 0 && open == 0 {
                     Ok(keys)
                 } else {
-                    Err(format!("bucket: {keys:?}; the server's own files: {own}"))
+                    Err(format!("bucket: {keys:?}; the server's own files: {own}, open entries: {open}"))
                 }
             }
         },
@@ -749,23 +767,8 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
     // index from the log: it starts at the manifest's checkpoint.
     let fresh = TestServer::start_sub_env("server", dirs[2].path(), &flags, &env);
     assert_eq!(flow_answers(&fresh.url, KEY).await, want);
-    let metrics = http()
-        .get(format!("{}/metrics", fresh.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let gauge = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-    };
     assert_eq!(
-        gauge("tally_flow_open_window_entries "),
+        gauge(&fresh.url, "tally_flow_open_window_entries").await,
         0,
         "it indexed the log again"
     );
@@ -774,8 +777,8 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
         0,
         "it indexed the log again"
     );
-    assert!(gauge("tally_flow_bucket_files ") >= 1);
-    assert!(gauge("tally_flow_bucket_checkpoint ") > 0);
+    assert!(gauge(&fresh.url, "tally_flow_bucket_files").await >= 1);
+    assert!(gauge(&fresh.url, "tally_flow_bucket_checkpoint").await > 0);
 
     // Another tenant reads none of it.
     let created: serde_json::Value = http()

@@ -22,6 +22,7 @@ pub fn small_config() -> FlowStoreConfig {
         zstd_level: 3,
         max_open_entries: 1_000_000,
         footer_cache_bytes: 1 << 20,
+        retire_after: Duration::ZERO,
     }
 }
 
