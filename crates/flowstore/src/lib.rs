@@ -113,6 +113,22 @@
 //! records with an opaque cursor. [`FlowStore::edges`] sums packets and
 //! bytes per (time bucket, node, remote address).
 //!
+//! # Compaction
+//!
+//! [`FlowStore::compact`] merges the parts of a closed window (ended more
+//! than the grace ago, nothing of it open or sealing) into one new part,
+//! in runs of consecutive parts of at most
+//! [`FlowStoreConfig::compact_entries`] entries. The merged part holds
+//! exactly the records of the parts it replaces, over their joint seq
+//! range, so the exactly-once rules above still hold; the parts' files are
+//! deleted after [`FlowStoreConfig::retire_after`].
+//!
+//! # A cluster's bucket
+//!
+//! With a [`Tier`] the sealed files live in a bucket shared by a
+//! cluster: one owner uploads them and keeps the manifest, readers answer
+//! from it below its checkpoint (see [`bucket`]).
+//!
 //! # Retention
 //!
 //! [`FlowStore::enforce_retention`] deletes the files of windows that ended
@@ -222,8 +238,12 @@ pub struct FlowStoreConfig {
     /// Memory for decoded footers (default 64 MiB).
     pub footer_cache_bytes: usize,
     /// How long a reader keeps its own sealed files on disk after the
-    /// bucket covered them, for queries that listed them (default 60 s).
+    /// bucket covered them, and any store the parts it merged, for queries
+    /// that listed them (default 60 s).
     pub retire_after: Duration,
+    /// Most entries [`FlowStore::compact`] merges into one file (default
+    /// 2,000,000, about 120 MiB while merging).
+    pub compact_entries: usize,
 }
 
 impl Default for FlowStoreConfig {
@@ -236,6 +256,7 @@ impl Default for FlowStoreConfig {
             max_open_entries: 1_000_000,
             footer_cache_bytes: 64 << 20,
             retire_after: Duration::from_secs(60),
+            compact_entries: 2_000_000,
         }
     }
 }
@@ -265,7 +286,9 @@ struct State {
     manifest: Option<Vec<u8>>,
     /// A reader's own files the bucket now covers, deleted a while after
     /// (a query that listed them before may still open them).
-    retired: Vec<(std::time::Instant, Arc<FileMeta>)>,
+    retired: Vec<Retired>,
+    /// Windows whose parts could not be merged (damage): left as they are.
+    no_merge: std::collections::HashSet<WindowKey>,
 }
 
 impl State {
@@ -305,6 +328,14 @@ impl State {
             .get(key)
             .is_some_and(|rs| rs.iter().any(|(a, b)| *a <= seq && seq <= *b))
     }
+}
+
+/// Files out of the catalog, deleted after `retire_after`; a merge's
+/// journal goes with its parts.
+struct Retired {
+    at: std::time::Instant,
+    files: Vec<Arc<FileMeta>>,
+    journal: Option<PathBuf>,
 }
 
 struct CacheEntry {
@@ -475,6 +506,43 @@ fn write_checkpoint(dir: &Path, seq: u64) -> Result<(), FlowError> {
     sync_dir(dir)
 }
 
+/// Completes the merges a crash interrupted in a tailnet's directory: a
+/// journal `<merged>.merge` beside its merged file means the parts it
+/// names are replaced (deleted now); without the merged file the merge
+/// never happened (the journal goes).
+fn finish_merges(dir: &Path) -> Result<(), FlowError> {
+    let mut any = false;
+    for ent in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let ent = ent.map_err(io_err("list", dir))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(merged) = name.strip_suffix(".merge") else {
+            continue;
+        };
+        let journal = ent.path();
+        if dir.join(merged).exists() {
+            let names = std::fs::read_to_string(&journal).map_err(io_err("read", &journal))?;
+            for part in names
+                .lines()
+                .filter(|l| segment::parse_file_name(l).is_some())
+            {
+                let p = dir.join(part);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &p)(e)),
+                }
+            }
+            sync_dir(dir)?;
+        }
+        std::fs::remove_file(&journal).map_err(io_err("remove", &journal))?;
+        any = true;
+    }
+    if any {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 fn overlaps(f: &FlowFilter, min_start: i64, max_start: i64) -> bool {
     min_start < f.end && max_start >= f.start && min_start <= max_start
 }
@@ -534,6 +602,7 @@ impl FlowStore {
                 split: 0,
                 manifest: None,
                 retired: Vec::new(),
+                no_merge: std::collections::HashSet::new(),
             }),
             seal_lock: Mutex::new(()),
             tier,
@@ -656,6 +725,205 @@ impl FlowStore {
         Ok(todo.len())
     }
 
+    /// Merges the sealed parts of each closed window (ended more than the
+    /// grace before `now`, nothing of it open) into one file, in runs of
+    /// consecutive parts of at most [`FlowStoreConfig::compact_entries`]
+    /// entries, so that a window early-sealed in many small parts (memory
+    /// pressure, late records) ends as few files. An owner uploads each
+    /// merged file and saves the manifest before the parts go. The parts'
+    /// files (and objects) are deleted after `retire_after`. Returns how
+    /// many fewer files there are. Call it after sealing.
+    pub fn compact(&self, now: i64) -> Result<usize, FlowError> {
+        if self.bucket_role() == Some(BucketRole::Reader) {
+            return Ok(0);
+        }
+        let _one = self.seal_lock.lock();
+        let runs: Vec<Vec<Arc<FileMeta>>> = {
+            let st = self.state.read();
+            let mut runs = Vec::new();
+            for (t, files) in &st.files {
+                let mut by_window: BTreeMap<i64, Vec<Arc<FileMeta>>> = BTreeMap::new();
+                for ((start, _), m) in files {
+                    by_window.entry(*start).or_default().push(m.clone());
+                }
+                for (start, mut parts) in by_window {
+                    let key = (t.clone(), start);
+                    let closed = start
+                        .saturating_add(self.window_ns)
+                        .saturating_add(self.grace_ns)
+                        <= now;
+                    let busy = st.open.contains_key(&key)
+                        || st
+                            .sealing
+                            .iter()
+                            .any(|w| w.tailnet == *t && w.start == start);
+                    if parts.len() < 2 || !closed || busy || st.no_merge.contains(&key) {
+                        continue;
+                    }
+                    parts.sort_by_key(|m| m.seq_min);
+                    let mut run: Vec<Arc<FileMeta>> = Vec::new();
+                    let mut sum = 0u64;
+                    for m in parts {
+                        if sum + m.entries > self.cfg.compact_entries as u64 && !run.is_empty() {
+                            if run.len() >= 2 {
+                                runs.push(std::mem::take(&mut run));
+                            }
+                            run.clear();
+                            sum = 0;
+                        }
+                        sum += m.entries;
+                        run.push(m);
+                    }
+                    if run.len() >= 2 && sum <= self.cfg.compact_entries as u64 {
+                        runs.push(run);
+                    }
+                }
+            }
+            runs
+        };
+        let owner = self.bucket_role() == Some(BucketRole::Owner);
+        let mut done: Vec<Retired> = Vec::new();
+        let mut fewer = 0usize;
+        let mut first_err = None;
+        for run in runs {
+            let key = (run[0].tailnet.clone(), run[0].window_start);
+            // The owner's manifest says which files count; elsewhere a
+            // journal beside the merged file does, should this crash.
+            let (mut meta, journal) = match self.merge(&run, !owner) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, tailnet = %key.0, window = key.1, "the parts of a flow window cannot be merged; they stay as they are");
+                    self.state.write().no_merge.insert(key);
+                    continue;
+                }
+            };
+            if owner {
+                let object = bucket::key_of(&meta);
+                if let Err(e) = self.bucket()?.bucket.upload(&object, &meta.path) {
+                    let _ = std::fs::remove_file(&meta.path);
+                    first_err.get_or_insert(FlowError::Bucket(e));
+                    break;
+                }
+                meta.remote = Some(object);
+            }
+            {
+                let mut st = self.state.write();
+                if let Some(files) = st.files.get_mut(&meta.tailnet) {
+                    for m in &run {
+                        files.remove(&(m.window_start, m.part));
+                    }
+                    files.insert((meta.window_start, meta.part), Arc::new(meta));
+                }
+            }
+            fewer += run.len() - 1;
+            done.push(Retired {
+                at: std::time::Instant::now(),
+                files: run,
+                journal,
+            });
+        }
+        if owner && !done.is_empty() {
+            self.save_manifest_locked()?;
+        }
+        {
+            let mut st = self.state.write();
+            for r in &done {
+                for m in &r.files {
+                    self.footers.lock().remove(m.id);
+                }
+            }
+            st.retired.extend(done);
+        }
+        self.delete_retired()?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(fewer),
+        }
+    }
+
+    /// Writes the records of `parts` (of one window, consecutive) as one
+    /// new part; any damage aborts the merge. With `journal`, first writes
+    /// `<merged file>.merge` naming the parts: found at open beside the
+    /// merged file, it says the parts are gone (see `load_catalog`).
+    fn merge(
+        &self,
+        parts: &[Arc<FileMeta>],
+        journal: bool,
+    ) -> Result<(FileMeta, Option<PathBuf>), FlowError> {
+        let first = &parts[0];
+        let mut recs: Vec<(u64, Vec<FlowEntry>)> = Vec::new();
+        let mut zctx = zstd::bulk::Decompressor::new()
+            .map_err(|e| FlowError::Corrupt(format!("zstd: {e}")))?;
+        for m in parts {
+            let footer = self.footer(m)?;
+            let (file, path) = self.open_file(m)?;
+            for b in &footer.blocks {
+                let cols = segment::read_block_with(&file, b, &mut zctx)
+                    .map_err(|e| FlowError::Corrupt(format!("{}: {e}", path.display())))?;
+                for r in &cols.recs {
+                    let mut es: Vec<FlowEntry> = cols
+                        .ents_of(r)
+                        .iter()
+                        .map(|e| cols.entry(&m.tailnet, r, e))
+                        .collect();
+                    es.sort_by(|a, b| a.tuple_cmp(b));
+                    recs.push((r.seq, es));
+                }
+            }
+        }
+        recs.sort_by_key(|(seq, _)| *seq);
+        let part = self
+            .state
+            .read()
+            .next_part(&first.tailnet, first.window_start);
+        let mut w = Window::new(
+            first.tailnet.clone(),
+            first.window_start,
+            first.window_end,
+            part,
+        );
+        for (seq, es) in &recs {
+            let refs: Vec<&FlowEntry> = es.iter().collect();
+            w.add_record(*seq, &refs)?;
+        }
+        let dir = self.dir.join(segment::tailnet_dir_name(&first.tailnet));
+        self.ensure_dir(&dir)?;
+        let journal = if journal {
+            let path = dir.join(format!(
+                "{}.merge",
+                segment::file_name(first.window_start, part)
+            ));
+            let names: Vec<String> = parts
+                .iter()
+                .map(|m| segment::file_name(m.window_start, m.part))
+                .collect();
+            std::fs::write(&path, names.join("\n")).map_err(io_err("write", &path))?;
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("fsync", &path))?;
+            sync_dir(&dir)?;
+            Some(path)
+        } else {
+            None
+        };
+        let opts = WriteOpts {
+            block_entries: self.cfg.block_entries,
+            zstd_level: self.cfg.zstd_level,
+        };
+        match segment::write_window(&dir, &w, &opts) {
+            Ok(mut meta) => {
+                meta.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                Ok((meta, journal))
+            }
+            Err(e) => {
+                if let Some(j) = &journal {
+                    let _ = std::fs::remove_file(j);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Saves the owner's manifest if it changed (the seal lock held).
     fn save_manifest_locked(&self) -> Result<(), FlowError> {
         let man = {
@@ -745,27 +1013,55 @@ impl FlowStore {
         st.files.retain(|_, m| !m.is_empty());
         st.manifest = Some(bytes);
         let now = std::time::Instant::now();
-        st.retired.extend(covered.into_iter().map(|m| (now, m)));
+        st.retired.push(Retired {
+            at: now,
+            files: covered,
+            journal: None,
+        });
     }
 
-    /// Deletes a reader's retired files once no query can still be about
-    /// to open them.
+    /// Deletes retired files (a reader's own the bucket covers, parts
+    /// merged away) and their objects once no query can still be about to
+    /// open them.
     fn delete_retired(&self) -> Result<(), FlowError> {
-        let expired: Vec<Arc<FileMeta>> = {
+        let expired: Vec<Retired> = {
             let mut st = self.state.write();
             let now = std::time::Instant::now();
             let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.retired)
                 .into_iter()
-                .partition(|(at, _)| now.duration_since(*at) >= self.cfg.retire_after);
+                .partition(|r| now.duration_since(r.at) >= self.cfg.retire_after);
             st.retired = keep;
-            old.into_iter().map(|(_, m)| m).collect()
+            old
         };
-        for m in expired {
-            self.footers.lock().remove(m.id);
-            match std::fs::remove_file(&m.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &m.path)(e)),
+        for (i, r) in expired.iter().enumerate() {
+            let gone = r.files.iter().try_for_each(|m| {
+                self.footers.lock().remove(m.id);
+                if let Some(key) = &m.remote {
+                    return self.bucket()?.bucket.delete(key).map_err(FlowError::Bucket);
+                }
+                match std::fs::remove_file(&m.path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io_err("remove", &m.path)(e)),
+                }
+            });
+            if let Err(e) = gone {
+                // Tried again by the next call.
+                self.state
+                    .write()
+                    .retired
+                    .extend(expired.into_iter().skip(i));
+                return Err(e);
+            }
+            if let Some(j) = &r.journal {
+                if let Some(d) = j.parent() {
+                    sync_dir(d)?;
+                }
+                match std::fs::remove_file(j) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", j)(e)),
+                }
             }
         }
         Ok(())
@@ -824,6 +1120,7 @@ impl FlowStore {
                 tracing::warn!(path = %path.display(), "ignoring a directory that is not a tailnet's");
                 continue;
             };
+            finish_merges(&path)?;
             let files = std::fs::read_dir(&path).map_err(io_err("list", &path))?;
             let mut removed_tmp = false;
             for f in files {

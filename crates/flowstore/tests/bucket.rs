@@ -288,3 +288,133 @@ fn covered_files_stay_on_disk_for_queries_that_listed_them() {
     let want = naive(&records("t", 700), &all());
     assert_eq!(as_sorted(&drain(&reader, &all(), 500)), as_sorted(&want));
 }
+
+/// A store whose windows are sealed early in many small parts.
+fn pressed() -> FlowStoreConfig {
+    FlowStoreConfig {
+        max_open_entries: 40,
+        ..cfg()
+    }
+}
+
+/// The window start (seconds) of each object in the bucket, one per key.
+fn object_windows(bucket: &DirBucket) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&bucket.objects)
+        .expect("list")
+        .flatten()
+        .map(|f| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let file = name.rsplit('_').next().unwrap_or_default().to_owned();
+            let tailnet = name.split('_').nth(1).unwrap_or_default().to_owned();
+            format!("{tailnet}/{}", file.split('.').next().unwrap_or_default())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_closed_windows_parts_merge_into_one_object_and_readers_follow() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let bucket = DirBucket::new(&root.path().join("bucket"));
+    let tier = |role| {
+        Some(Tier {
+            bucket: bucket.clone() as Arc<dyn Bucket>,
+            role,
+        })
+    };
+    let (owner, _) = FlowStore::open_with(
+        &root.path().join("owner"),
+        pressed(),
+        tier(BucketRole::Owner),
+    )
+    .expect("open");
+    feed(&owner, 1, 700);
+    owner.seal_all().expect("seal");
+    owner.publish().expect("publish");
+    let before = object_windows(&bucket);
+    let mut windows = before.clone();
+    windows.dedup();
+    assert!(
+        before.len() > 2 * windows.len(),
+        "many parts per window: {before:?}"
+    );
+    let (reader, _) = open_as(&root.path().join("reader"), &bucket, BucketRole::Reader);
+    let want = naive(&records("t", 700), &all());
+    assert_eq!(as_sorted(&drain(&reader, &all(), 500)), as_sorted(&want));
+
+    // Every window is closed by then: one object each, the parts' objects
+    // deleted once the manifest no longer lists them.
+    let merged = owner.compact(BASE + 10_000 * SEC).expect("compact");
+    assert_eq!(merged, before.len() - windows.len());
+    assert_eq!(object_windows(&bucket), windows);
+    assert_eq!(owner.stats().sealed_files, windows.len());
+    assert!(reader.refresh().expect("refresh"));
+    assert_eq!(as_sorted(&drain(&reader, &all(), 500)), as_sorted(&want));
+    assert_eq!(
+        reader.edges(&all(), 10 * SEC).expect("edges").buckets,
+        naive_edges(&records("t", 700), &all(), 10 * SEC)
+    );
+    assert_eq!(owner.compact(BASE + 10_000 * SEC).expect("again"), 0);
+
+    // A new owner resumes from the merged files without duplicates.
+    drop(owner);
+    let (next, start) = open_as(&root.path().join("next"), &bucket, BucketRole::Owner);
+    assert_eq!(start, 700);
+    assert_eq!(next.insert(700, &record("t", 700)).expect("replay"), 0);
+    assert_eq!(as_sorted(&drain(&next, &all(), 500)), as_sorted(&want));
+}
+
+#[test]
+fn parts_merge_on_a_lone_server_and_a_crash_midway_is_completed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Parts kept an hour after the merge: a crash comes before they go.
+    let keep = FlowStoreConfig {
+        retire_after: std::time::Duration::from_secs(3600),
+        ..pressed()
+    };
+    let (store, _) = FlowStore::open(dir.path(), keep.clone()).expect("open");
+    feed(&store, 1, 700);
+    store.seal_all().expect("seal");
+    let parts = flw_files(dir.path());
+    let fewer = store.compact(BASE + 10_000 * SEC).expect("compact");
+    assert!(fewer > 0, "{parts} parts");
+    let want = naive(&records("t", 700), &all());
+    assert_eq!(as_sorted(&drain(&store, &all(), 500)), as_sorted(&want));
+    assert!(flw_files(dir.path()) > parts, "the parts are still on disk");
+    // A journal whose merge never wrote its file is dropped, and the file
+    // it names stays (the one part of u's window).
+    let tdir = dir.path().join("t");
+    let udir = dir.path().join("u");
+    let u_file = std::fs::read_dir(&udir)
+        .expect("list")
+        .flatten()
+        .map(|f| f.file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".flw"))
+        .expect("u's part");
+    std::fs::write(udir.join("99.7.flw.merge"), &u_file).expect("journal");
+    drop(store);
+
+    let (store, checkpoint) = FlowStore::open(dir.path(), keep).expect("reopen");
+    assert_eq!(checkpoint, 700);
+    assert_eq!(
+        flw_files(dir.path()),
+        parts - fewer,
+        "the merge was completed"
+    );
+    assert_eq!(store.stats().sealed_files, parts - fewer);
+    for d in [&tdir, &udir] {
+        assert!(
+            !std::fs::read_dir(d)
+                .expect("list")
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().ends_with(".merge")),
+            "journals are gone"
+        );
+    }
+    assert!(
+        udir.join(&u_file).exists(),
+        "a journal without its merge deletes nothing"
+    );
+    assert_eq!(as_sorted(&drain(&store, &all(), 500)), as_sorted(&want));
+}

@@ -74,6 +74,17 @@ pub struct Manifest {
     pub segments: Vec<SegmentEntry>,
 }
 
+/// What [`Archive::get_if_changed`] found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// No such object.
+    Missing,
+    /// The object still has the entity tag given.
+    Unchanged,
+    /// The object's bytes and entity tag.
+    Body(Vec<u8>, Option<String>),
+}
+
 /// The bucket, its manifest and the local cache.
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
@@ -187,9 +198,33 @@ impl Archive {
         }
     }
 
-    /// The cluster's shared files (where manifests are kept).
-    pub fn shared_files(&self) -> &SharedFiles {
-        &self.files
+    /// Writes `bytes` as object `key` (small objects: manifests). Blocks.
+    pub fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let (store, at) = (self.store.clone(), self.object_path(key));
+        self.run(async move { store.put(&at, PutPayload::from(bytes)).await })?
+            .map(|_| ())
+            .map_err(|e| err(&format!("writing {key} to {}", self.label), e))
+    }
+
+    /// Object `key` unless its entity tag is still `etag`. Blocks.
+    pub fn get_if_changed(&self, key: &str, etag: Option<String>) -> Result<Fetched, StoreError> {
+        let (store, at) = (self.store.clone(), self.object_path(key));
+        let got = self.run(async move {
+            let opts = object_store::GetOptions {
+                if_none_match: etag,
+                ..Default::default()
+            };
+            match store.get_opts(&at, opts).await {
+                Ok(r) => {
+                    let etag = r.meta.e_tag.clone();
+                    r.bytes().await.map(|b| Fetched::Body(b.to_vec(), etag))
+                }
+                Err(object_store::Error::NotModified { .. }) => Ok(Fetched::Unchanged),
+                Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Missing),
+                Err(e) => Err(e),
+            }
+        })?;
+        got.map_err(|e| err(&format!("reading {key} from {}", self.label), e))
     }
 
     /// Uploads the file at `path` as object `key`, then keeps it as the

@@ -451,6 +451,76 @@ async fn a_standby_worker_takes_over_without_duplicating_what_it_writes() {
     drop(second);
 }
 
+/// NATS, PostgreSQL and an S3-compatible server (moto) with the bucket
+/// `tally-archive`, for a cluster with an archive.
+struct ArchiveLab {
+    nats: nats::NatsCluster,
+    _pg: postgres::PgCluster,
+    moto: common::moto::Moto,
+    log: String,
+    db: String,
+}
+
+impl ArchiveLab {
+    /// `None` (with a note) when the engines are not installed and not required.
+    fn start(test: &str) -> Option<Self> {
+        let (nats, pg) = engines(test, 1)?;
+        let moto = common::moto::Moto::start();
+        moto.boto3("s3.create_bucket(Bucket='tally-archive')");
+        let (log, db) = (nats.urls(), pg.url("postgres"));
+        Some(Self {
+            nats,
+            _pg: pg,
+            moto,
+            log,
+            db,
+        })
+    }
+
+    /// The `AWS_*` variables every process of the cluster gets.
+    fn env(&self) -> [(&str, &str); 5] {
+        [
+            ("AWS_ENDPOINT_URL", self.moto.url.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "b"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+
+    /// The flags every process of the cluster gets, then `extra`.
+    fn flags<'a>(&'a self, archive: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut f = vec![
+            "--log",
+            self.log.as_str(),
+            "--control-db",
+            self.db.as_str(),
+            "--archive",
+            archive,
+        ];
+        f.extend_from_slice(extra);
+        f
+    }
+}
+
+/// A new tailnet's owner key, made through `url`.
+async fn other_tenant_key(url: &str) -> String {
+    let created: serde_json::Value = http()
+        .post(format!("{url}/api/v2/tailnets"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"name": "other.example"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["ownerKey"]["key"]
+        .as_str()
+        .expect("owner key")
+        .to_owned()
+}
+
 /// The texts of every `tailnode` entry, oldest first, and the ten newest.
 async fn answers(url: &str) -> (Vec<String>, Vec<String>) {
     let c = http();
@@ -480,32 +550,15 @@ async fn answers(url: &str) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sealed_data_in_the_bucket_answers_the_same_without_the_cache() {
-    let Some((nats, pg)) = engines("scale-out archive", 1) else {
+    let Some(lab) = ArchiveLab::start("scale-out archive") else {
         return;
     };
-    let moto = common::moto::Moto::start();
-    moto.boto3("s3.create_bucket(Bucket='tally-archive')");
-    let env = [
-        ("AWS_ENDPOINT_URL", moto.url.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "a"),
-        ("AWS_SECRET_ACCESS_KEY", "b"),
-        ("AWS_REGION", "us-east-1"),
-    ];
-    let (log, db) = (nats.urls(), pg.url("postgres"));
-    let flags = [
-        "--log",
-        log.as_str(),
-        "--control-db",
-        db.as_str(),
-        "--archive",
+    let (nats, moto, env) = (&lab.nats, &lab.moto, lab.env());
+    let flags = lab.flags(
         "s3://tally-archive/cluster-1",
         // Everything leaves the stream as soon as it is archived.
-        "--log-hot",
-        "0s",
-        "--archive-every",
-        "1s",
-    ];
+        &["--log-hot", "0s", "--archive-every", "1s"],
+    );
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let server = TestServer::start_sub_env("server", dirs[0].path(), &flags, &env);
     let _worker = TestServer::start_sub_env("worker", dirs[1].path(), &flags, &env);
@@ -572,21 +625,11 @@ async fn sealed_data_in_the_bucket_answers_the_same_without_the_cache() {
 
     // Another tenant reads none of it, from the stream or the bucket,
     // oldest or newest first.
-    let created: serde_json::Value = c
-        .post(format!("{}/api/v2/tailnets", server.url))
-        .bearer_auth(KEY)
-        .json(&serde_json::json!({"name": "other.example"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let other = created["ownerKey"]["key"].as_str().expect("owner key");
+    let other = other_tenant_key(&server.url).await;
     for order in ["oldest", "newest"] {
         let v: serde_json::Value = c
             .get(format!("{}/c/tailnode", server.url))
-            .bearer_auth(other)
+            .bearer_auth(&other)
             .query(&[("order", order), ("max-count", "100000")])
             .send()
             .await
@@ -669,32 +712,15 @@ fn own_flow_files(data_dir: &std::path::Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new_server() {
-    let Some((nats, pg)) = engines("scale-out flow files", 1) else {
+    let Some(lab) = ArchiveLab::start("scale-out flow files") else {
         return;
     };
-    let moto = common::moto::Moto::start();
-    moto.boto3("s3.create_bucket(Bucket='tally-archive')");
-    let env = [
-        ("AWS_ENDPOINT_URL", moto.url.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "a"),
-        ("AWS_SECRET_ACCESS_KEY", "b"),
-        ("AWS_REGION", "us-east-1"),
-    ];
-    let (log, db) = (nats.urls(), pg.url("postgres"));
-    let flags = [
-        "--log",
-        log.as_str(),
-        "--control-db",
-        db.as_str(),
-        "--archive",
+    let (moto, env) = (&lab.moto, lab.env());
+    let flags = lab.flags(
         "s3://tally-archive/cluster-2",
         // Windows seal within seconds instead of an hour.
-        "--flow-window",
-        "2s",
-        "--flow-grace",
-        "1s",
-    ];
+        &["--flow-window", "2s", "--flow-grace", "1s"],
+    );
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let server = TestServer::start_sub_env("server", dirs[0].path(), &flags, &env);
     let _worker = TestServer::start_sub_env("worker", dirs[1].path(), &flags, &env);
@@ -781,16 +807,6 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
     assert!(gauge(&fresh.url, "tally_flow_bucket_checkpoint").await > 0);
 
     // Another tenant reads none of it.
-    let created: serde_json::Value = http()
-        .post(format!("{}/api/v2/tailnets", fresh.url))
-        .bearer_auth(KEY)
-        .json(&serde_json::json!({"name": "other.example"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let other = created["ownerKey"]["key"].as_str().expect("owner key");
-    assert!(flow_answers(&fresh.url, other).await.is_empty());
+    let other = other_tenant_key(&fresh.url).await;
+    assert!(flow_answers(&fresh.url, &other).await.is_empty());
 }

@@ -23,6 +23,7 @@ pub fn small_config() -> FlowStoreConfig {
         max_open_entries: 1_000_000,
         footer_cache_bytes: 1 << 20,
         retire_after: Duration::ZERO,
+        compact_entries: 2_000_000,
     }
 }
 

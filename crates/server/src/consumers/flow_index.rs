@@ -151,14 +151,19 @@ impl Consumer for FlowIndex {
         Ok(())
     }
 
-    /// Seals the windows that are due; with a bucket, the owner uploads
-    /// what it sealed and a reader follows the manifest.
+    /// Seals the windows that are due and merges closed windows' parts;
+    /// with a bucket, the owner uploads what it sealed and a reader
+    /// follows the manifest.
     async fn tick(&mut self) -> Result<(), ConsumerError> {
         let flows = self.flows.clone();
         tokio::task::spawn_blocking(move || {
+            let now = tally_proto::timefmt::now_nanos();
             flows
-                .seal_due(tally_proto::timefmt::now_nanos())
+                .seal_due(now)
                 .map_err(|e| format!("sealing flow windows: {e}"))?;
+            flows
+                .compact(now)
+                .map_err(|e| format!("merging the parts of flow windows: {e}"))?;
             match flows.bucket_role() {
                 Some(BucketRole::Owner) => flows
                     .publish()

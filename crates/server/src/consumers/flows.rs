@@ -12,8 +12,9 @@
 //!
 //! With an archive (`--archive s3://...`, on a shared log) the worker's
 //! flow index owns the cluster's sealed flow files: it uploads each to the
-//! bucket (`<prefix>/flows/...`) and keeps their manifest in the shared
-//! files ([`FLOW_MANIFEST`]); the servers read them through the archive's
+//! bucket (`<prefix>/flows/...`) and keeps their manifest beside them
+//! ([`FLOW_MANIFEST`], an object: no size limit; readers ask for it only
+//! if its entity tag changed); the servers read them through the archive's
 //! cache and index only what the manifest does not cover yet (see
 //! `tally_flowstore::bucket`).
 
@@ -22,14 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_flowstore::{Bucket, FlowEntry, FlowKind, FlowStore, FlowStoreConfig, Tier};
-use tally_jetstream::archive::Archive;
+use tally_jetstream::archive::{Archive, Fetched};
 use tally_proto::flow::FlowRecord;
 
 /// Days the log store keeps raw flow records (the typed copy lasts longer).
 pub const RAW_FLOW_RETENTION_DAYS: u32 = 1;
 
-/// The flow files' manifest among the cluster's shared files.
-pub const FLOW_MANIFEST: &str = "archive/flows.manifest";
+/// The flow files' manifest: an object under the archive's prefix.
+pub const FLOW_MANIFEST: &str = "manifests/flows.zst";
 
 /// Opens the flow store in `<data-dir>/flows` (with the cluster's bucket
 /// when there is one); returns it and its checkpoint. Blocks.
@@ -51,6 +52,8 @@ pub struct ArchiveBucket {
     /// The worker's lease: a worker that lost it writes no manifest (its
     /// successor's would be overwritten with an older partition).
     lease_held: Option<Arc<AtomicBool>>,
+    /// The manifest as last read, with its entity tag.
+    last: parking_lot::Mutex<Option<(Option<String>, Vec<u8>)>>,
 }
 
 impl ArchiveBucket {
@@ -59,6 +62,7 @@ impl ArchiveBucket {
         Self {
             archive,
             lease_held,
+            last: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -84,10 +88,20 @@ impl Bucket for ArchiveBucket {
     }
 
     fn load_manifest(&self) -> Result<Option<Vec<u8>>, String> {
-        self.archive
-            .shared_files()
-            .get(FLOW_MANIFEST)
-            .map_err(|e| e.to_string())
+        let etag = self.last.lock().as_ref().and_then(|(t, _)| t.clone());
+        let key = self.archive.object_key(FLOW_MANIFEST);
+        match self
+            .archive
+            .get_if_changed(&key, etag)
+            .map_err(|e| e.to_string())?
+        {
+            Fetched::Missing => Ok(None),
+            Fetched::Unchanged => Ok(self.last.lock().as_ref().map(|(_, b)| b.clone())),
+            Fetched::Body(bytes, etag) => {
+                *self.last.lock() = Some((etag, bytes.clone()));
+                Ok(Some(bytes))
+            }
+        }
     }
 
     fn save_manifest(&self, bytes: &[u8]) -> Result<(), String> {
@@ -99,8 +113,7 @@ impl Bucket for ArchiveBucket {
             return Err("this worker lost its lease; the flow manifest is its successor's".into());
         }
         self.archive
-            .shared_files()
-            .put(FLOW_MANIFEST, bytes)
+            .put_bytes(&self.archive.object_key(FLOW_MANIFEST), bytes.to_vec())
             .map_err(|e| e.to_string())
     }
 }
