@@ -502,10 +502,43 @@ async fn audit_in_sql(url: &str) -> usize {
     v["logs"].as_array().expect("logs").len()
 }
 
+/// Waits until the outbox saved its position past `events` audit events
+/// (one tailnet): a server killed before that copies them again at its
+/// next start, and a failpoint would fire there instead of at the change.
+async fn outbox_saved(dir: &std::path::Path, events: usize) {
+    let path = dir.join("audit-outbox.json");
+    tally_testkit::wait::until(
+        "the outbox's position saved",
+        Duration::from_secs(30),
+        || {
+            let saved: i64 = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<BTreeMap<String, i64>>(&b).ok())
+                .map_or(0, |m| m.values().sum());
+            async move {
+                if saved >= events as i64 {
+                    Ok(())
+                } else {
+                    Err(format!("saved through {saved} of {events}"))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Starts a server without failpoints, waits until every audit event is
+/// copied once and the outbox saved that, then kills it.
+async fn copy_all(dir: &std::path::Path) {
+    let server = TestServer::start(dir, &[]);
+    let copies = audit_copied_once(&server.url).await;
+    outbox_saved(dir, copies.len()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_reach_the_store_exactly_once_across_crashes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    audit_copied_once(&TestServer::start(dir.path(), &[]).url).await;
+    copy_all(dir.path()).await;
     // 1. A change is committed; the server dies before appending it.
     // 2. On the next start the outbox appends it and dies before saving
     //    its position. 3. A start without failpoints copies it (again).
@@ -518,7 +551,7 @@ async fn audit_events_reach_the_store_exactly_once_across_crashes() {
         ("audit-outbox-after-append", Some(32)),
     ] {
         if failpoint.is_empty() {
-            audit_copied_once(&TestServer::start(dir.path(), &[]).url).await;
+            copy_all(dir.path()).await;
             continue;
         }
         let mut server = TestServer::start_env(dir.path(), &[], &[("TALLY_FAILPOINTS", failpoint)]);
