@@ -3810,14 +3810,70 @@ async fn part_store(
     cfg.nodes = a.store_nodes;
     cfg.hours = a.store_hours;
     let dir = cfg.dir.clone();
+    // The files in a cluster's bucket too, when an S3 server can run here.
+    let moto = match crate::stream::find_program("moto_server", &[]) {
+        Some(_) => Some(crate::stream::Moto::start(work).await?),
+        None => {
+            println!("(moto_server is not installed: the bucket phase is left out)");
+            None
+        }
+    };
+    let bucket = match &moto {
+        Some(m) => Some(flow_bucket(m, work).await?),
+        None => None,
+    };
     let r = tokio::task::spawn_blocking(move || {
-        tally_bench::flowstore::run(&cfg, &mut |l| eprintln!("{l}"))
+        tally_bench::flowstore::run_with(&cfg, bucket, &mut |l| eprintln!("{l}"))
     })
     .await
     .context("the flow store benchmark panicked")?
     .map_err(|e| anyhow!("the flow store benchmark failed: {e}"))?;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir.with_extension("reader"));
+    if let Some(mut m) = moto {
+        m.stop().await;
+    }
     Ok(r)
+}
+
+/// A bucket on `moto` as the servers use one (object store and cache),
+/// once for the owner and once for a new server with an empty cache.
+async fn flow_bucket(
+    moto: &crate::stream::Moto,
+    work: &Path,
+) -> anyhow::Result<tally_bench::flowstore::BucketPair> {
+    use tally_jetstream::bucket::ObjectBucket;
+    use tally_server::consumers::flows::ArchiveBucket;
+    moto.boto3("s3.create_bucket(Bucket='flow-bench')").await?;
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&moto.url)
+            .with_allow_http(true)
+            .with_bucket_name("flow-bench")
+            .with_access_key_id("a")
+            .with_secret_access_key("s")
+            .with_region("us-east-1")
+            .build()
+            .context("configuring the bucket on moto")?,
+    );
+    let handle = tokio::runtime::Handle::current();
+    let open = |cache: &str| {
+        ObjectBucket::with_store(
+            store.clone(),
+            "moto",
+            "bench",
+            &work.join(cache),
+            8 << 30,
+            handle.clone(),
+        )
+        .map(|b| Arc::new(ArchiveBucket::new(b, None)) as Arc<dyn tally_flowstore::Bucket>)
+    };
+    Ok(tally_bench::flowstore::BucketPair {
+        owner: open("owner-cache")?,
+        reader: open("reader-cache")?,
+        reader_cache: work.join("reader-cache"),
+        label: format!("moto_server at {}", moto.url),
+    })
 }
 
 fn render_store(r: &tally_bench::flowstore::BenchReport, goals: &mut Vec<Goal>) -> String {

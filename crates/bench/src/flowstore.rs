@@ -16,10 +16,45 @@
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_flowstore::{
-    FlowEntry, FlowError, FlowFilter, FlowKind, FlowStore, FlowStoreConfig, PageRequest,
+    Bucket, BucketRole, FlowEntry, FlowError, FlowFilter, FlowKind, FlowStore, FlowStoreConfig,
+    PageRequest, Tier,
 };
+
+/// A bucket for the bucket phase: the owner's handle and a reader's, each
+/// with its own cache (the reader's starts empty).
+pub struct BucketPair {
+    /// What the owner uploads through.
+    pub owner: Arc<dyn Bucket>,
+    /// What a new server reads through.
+    pub reader: Arc<dyn Bucket>,
+    /// The reader's cache directory (its size is what was downloaded).
+    pub reader_cache: PathBuf,
+    /// Where the bucket is, for the report.
+    pub label: String,
+}
+
+/// The flow store's files in a cluster's bucket.
+#[derive(Debug, Clone, Default)]
+pub struct BucketFigures {
+    /// Where the bucket is.
+    pub label: String,
+    /// Files uploaded and the time the owner's `publish` took.
+    pub files: usize,
+    /// Time to upload every file and save the manifest.
+    pub upload_time: Duration,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// A new server's first node-pair query (its cache empty).
+    pub pair_cold: Duration,
+    /// Bytes the new server downloaded for it.
+    pub cold_bytes: u64,
+    /// The same node pairs as the local store's, through the bucket's
+    /// cache once warm.
+    pub pair: Latency,
+}
 
 /// What to generate and measure.
 #[derive(Debug, Clone)]
@@ -154,6 +189,8 @@ pub struct BenchReport {
     pub edges_time: Duration,
     /// Edge rows returned.
     pub edges_rows: usize,
+    /// The bucket phase, when a bucket was given.
+    pub bucket: Option<BucketFigures>,
 }
 
 impl BenchReport {
@@ -226,8 +263,79 @@ impl std::fmt::Display for BenchReport {
             self.hours,
             ms(self.edges_time),
             self.edges_rows
-        )
+        )?;
+        if let Some(b) = &self.bucket {
+            write!(
+                f,
+                "\n  bucket ({}): {} files, {:.1} MiB uploaded in {:.2} s ({:.1} MiB/s); a new server's first pair query {:.0} ms (downloaded {:.1} MiB); then {}",
+                b.label,
+                b.files,
+                b.bytes as f64 / 1048576.0,
+                b.upload_time.as_secs_f64(),
+                b.bytes as f64 / 1048576.0 / b.upload_time.as_secs_f64().max(1e-9),
+                ms(b.pair_cold),
+                b.cold_bytes as f64 / 1048576.0,
+                b.pair
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// Times node-pair queries over `[base, end)`, every page; returns the
+/// first query's time, the rest's latency, blocks read in all and the
+/// blocks of the period.
+fn time_pairs(
+    store: &FlowStore,
+    tailnet: &str,
+    pairs: &[(String, Vec<IpNet>)],
+    (base, end): (i64, i64),
+) -> Result<(Duration, Latency, u64, u64), FlowError> {
+    let mut times = Vec::new();
+    let (mut cold, mut blocks_read, mut blocks_total) = (Duration::ZERO, 0u64, 0u64);
+    for (q, (node, peer)) in pairs.iter().enumerate() {
+        let mut f = FlowFilter::new(tailnet, base, end);
+        f.node = Some(node.clone());
+        f.peer = Some(peer.clone());
+        let t = Instant::now();
+        let mut page = PageRequest::first(1000);
+        let mut hits = 0;
+        loop {
+            let p = store.query(&f, &page)?;
+            if let Some(e) = p.errors.first() {
+                return Err(FlowError::Corrupt(format!("a pair query met damage: {e}")));
+            }
+            hits += p.hits.len();
+            blocks_read += p.stats.blocks_read;
+            if q == 0 {
+                blocks_total = blocks_total.max(p.stats.blocks);
+            }
+            match p.next {
+                Some(c) => page.cursor = Some(c),
+                None => break,
+            }
+        }
+        let d = t.elapsed();
+        if q == 0 {
+            cold = d;
+        } else {
+            times.push((d, hits));
+        }
+    }
+    Ok((cold, Latency::of(times), blocks_read, blocks_total))
+}
+
+/// Bytes of the files directly in `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// SplitMix64: small, fast, seeded.
@@ -468,6 +576,16 @@ fn interval(
 /// Generates, ingests, seals and queries; `progress` gets a line now and
 /// then.
 pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<BenchReport, FlowError> {
+    run_with(cfg, None, progress)
+}
+
+/// [`run`], then with `bucket`: the owner uploads the sealed files, and a
+/// new server (an empty cache) asks the same node pairs through it.
+pub fn run_with(
+    cfg: &BenchConfig,
+    bucket: Option<BucketPair>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, FlowError> {
     let tailnet = "bench-tailnet";
     let mut rng = Rng(cfg.seed);
     let mut nodes = make_nodes(cfg.nodes, &mut rng, cfg.activity);
@@ -526,37 +644,20 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<BenchRep
     let end = base + intervals * len;
     let clients: Vec<usize> = (0..nodes.len()).filter(|i| !nodes[*i].server).collect();
     let host = |a: IpAddr| IpNet::from(a);
-    let mut pair_times = Vec::new();
-    let mut blocks_read = 0u64;
-    for q in 0..cfg.pair_queries {
-        let a = clients[rng.below(clients.len() as u64) as usize];
-        let b = nodes[a].peers[rng.below(nodes[a].peers.len() as u64) as usize];
-        let mut f = FlowFilter::new(tailnet, base, end);
-        f.node = Some(nodes[a].id.clone());
-        f.peer = Some(vec![host(nodes[b].v4), host(nodes[b].v6)]);
-        let t = Instant::now();
-        let mut page = PageRequest::first(1000);
-        let mut hits = 0;
-        loop {
-            let p = store.query(&f, &page)?;
-            hits += p.hits.len();
-            blocks_read += p.stats.blocks_read;
-            if q == 0 {
-                rep.blocks_total = rep.blocks_total.max(p.stats.blocks);
-            }
-            match p.next {
-                Some(c) => page.cursor = Some(c),
-                None => break,
-            }
-        }
-        let d = t.elapsed();
-        if q == 0 {
-            rep.pair_cold = d;
-        } else {
-            pair_times.push((d, hits));
-        }
-    }
-    rep.pair = Latency::of(pair_times);
+    let pairs: Vec<(String, Vec<IpNet>)> = (0..cfg.pair_queries)
+        .map(|_| {
+            let a = clients[rng.below(clients.len() as u64) as usize];
+            let b = nodes[a].peers[rng.below(nodes[a].peers.len() as u64) as usize];
+            (
+                nodes[a].id.clone(),
+                vec![host(nodes[b].v4), host(nodes[b].v6)],
+            )
+        })
+        .collect();
+    let (cold, pair, blocks_read, blocks_total) = time_pairs(&store, tailnet, &pairs, (base, end))?;
+    rep.pair_cold = cold;
+    rep.pair = pair;
+    rep.blocks_total = blocks_total;
     rep.pair_blocks_read = blocks_read as f64 / cfg.pair_queries.max(1) as f64;
     let mut first = Vec::new();
     let mut all = Vec::new();
@@ -587,5 +688,38 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<BenchRep
     rep.edges_time = t.elapsed();
     rep.edges_rows = e.buckets.len();
     rep.footer_bytes = store.stats().footer_cache_bytes;
+    drop(store);
+    if let Some(b) = bucket {
+        progress("  uploading the sealed files to the bucket");
+        let t = Instant::now();
+        let tier = |bucket, role| Some(Tier { bucket, role });
+        let (owner, _) = FlowStore::open_with(
+            &cfg.dir,
+            cfg.store.clone(),
+            tier(b.owner.clone(), BucketRole::Owner),
+        )?;
+        let files = owner.publish()?;
+        let upload_time = t.elapsed();
+        drop(owner);
+        progress("  a new server asks the same node pairs through the bucket");
+        let (reader, _) = FlowStore::open_with(
+            &cfg.dir.with_extension("reader"),
+            cfg.store.clone(),
+            tier(b.reader.clone(), BucketRole::Reader),
+        )?;
+        let first = &pairs[..pairs.len().min(1)];
+        let (pair_cold, _, _, _) = time_pairs(&reader, tailnet, first, (base, end))?;
+        let cold_bytes = dir_bytes(&b.reader_cache);
+        let (_, pair, _, _) = time_pairs(&reader, tailnet, &pairs, (base, end))?;
+        rep.bucket = Some(BucketFigures {
+            label: b.label,
+            files,
+            upload_time,
+            bytes: rep.disk_bytes,
+            pair_cold,
+            cold_bytes,
+            pair,
+        });
+    }
     Ok(rep)
 }

@@ -411,7 +411,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// `name` on PATH, or an absolute path that exists.
-fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(name))
@@ -608,14 +608,14 @@ impl LineCounter {
 }
 
 /// moto_server, an S3 for tests.
-struct Moto {
+pub(crate) struct Moto {
     child: tokio::process::Child,
     pid: Option<u32>,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Moto {
-    async fn start(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Self> {
         let bin = find_program("moto_server", &[])
             .context("moto_server is not installed (pip install 'moto[server]')")?;
         let port = free_port()?;
@@ -640,7 +640,7 @@ impl Moto {
     }
 
     /// Runs a boto3 script (`s3` is a client of this server); its stdout.
-    async fn boto3(&self, body: &str) -> anyhow::Result<String> {
+    pub(crate) async fn boto3(&self, body: &str) -> anyhow::Result<String> {
         let script = format!(
             "import boto3, json\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='s')\n{body}",
             self.url
@@ -660,7 +660,7 @@ impl Moto {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }
 

@@ -17,8 +17,7 @@
 //!   (and reads hide expired records at once, as everywhere).
 
 use crate::SharedFiles;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use crate::bucket::ObjectBucket;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -74,90 +73,45 @@ pub struct Manifest {
     pub segments: Vec<SegmentEntry>,
 }
 
-/// What [`Archive::get_if_changed`] found.
-#[derive(Debug)]
-pub enum Fetched {
-    /// No such object.
-    Missing,
-    /// The object still has the entity tag given.
-    Unchanged,
-    /// The object's bytes and entity tag.
-    Body(Vec<u8>, Option<String>),
-}
-
-/// The bucket, its manifest and the local cache.
+/// The bucket (with its cache) and the segments' manifest.
 pub struct Archive {
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
-    label: String,
+    bucket: Arc<ObjectBucket>,
     files: SharedFiles,
-    handle: tokio::runtime::Handle,
     manifest: Mutex<Manifest>,
-    cache_dir: PathBuf,
-    cache_bytes: u64,
-    /// Serializes cache fills and evictions.
-    cache_lock: Mutex<()>,
-}
-
-fn err(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("{what}: {e}"))
 }
 
 impl Archive {
     /// Opens the bucket named by `config.url`; the manifest comes from
     /// `files`.
     pub fn open(config: &ArchiveConfig, files: SharedFiles) -> Result<Arc<Self>, StoreError> {
-        let rest = config.url.strip_prefix("s3://").ok_or_else(|| {
-            StoreError::Unavailable(format!(
-                "--archive {:?}: expected s3://bucket[/prefix]",
-                config.url
-            ))
-        })?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "--archive {:?} names no bucket",
-                config.url
-            )));
-        }
-        let store = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| err("configuring the archive's bucket (AWS_* variables)", e))?;
-        std::fs::create_dir_all(&config.cache_dir).map_err(|e| StoreError::Io {
-            what: format!("create {}", config.cache_dir.display()),
-            source: e,
-        })?;
+        let bucket = ObjectBucket::open(
+            &config.url,
+            &config.cache_dir,
+            config.cache_bytes,
+            files.log.handle.clone(),
+        )?;
         let archive = Self {
-            store: Arc::new(store),
-            prefix: prefix.trim_matches('/').to_owned(),
-            label: format!("s3://{bucket}"),
-            handle: files.log.handle.clone(),
+            bucket,
             files,
             manifest: Mutex::new(Manifest::default()),
-            cache_dir: config.cache_dir.clone(),
-            cache_bytes: config.cache_bytes.max(64 << 20),
-            cache_lock: Mutex::new(()),
         };
         archive.refresh()?;
         Ok(Arc::new(archive))
     }
 
-    /// `s3://bucket`, for messages.
-    pub fn label(&self) -> &str {
-        &self.label
+    /// The bucket and its cache (the flow store keeps its files there too).
+    pub fn bucket(&self) -> &Arc<ObjectBucket> {
+        &self.bucket
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| StoreError::Unavailable("the archive's client stopped".into()))
+    /// `s3://bucket`, for messages.
+    pub fn label(&self) -> &str {
+        self.bucket.label()
+    }
+
+    /// Deletes a segment's object and its cached copy (retention). Blocks.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.bucket.delete(key)
     }
 
     /// Re-reads the manifest from the shared files. Blocks.
@@ -185,99 +139,11 @@ impl Archive {
         Ok(())
     }
 
-    fn object_path(&self, key: &str) -> ObjectPath {
-        ObjectPath::from(key)
-    }
-
-    /// The key of object `name` under the archive's prefix.
-    pub fn object_key(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}/{name}", self.prefix)
-        }
-    }
-
-    /// Writes `bytes` as object `key` (small objects: manifests). Blocks.
-    pub fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let (store, at) = (self.store.clone(), self.object_path(key));
-        self.run(async move { store.put(&at, PutPayload::from(bytes)).await })?
-            .map(|_| ())
-            .map_err(|e| err(&format!("writing {key} to {}", self.label), e))
-    }
-
-    /// Object `key` unless its entity tag is still `etag`. Blocks.
-    pub fn get_if_changed(&self, key: &str, etag: Option<String>) -> Result<Fetched, StoreError> {
-        let (store, at) = (self.store.clone(), self.object_path(key));
-        let got = self.run(async move {
-            let opts = object_store::GetOptions {
-                if_none_match: etag,
-                ..Default::default()
-            };
-            match store.get_opts(&at, opts).await {
-                Ok(r) => {
-                    let etag = r.meta.e_tag.clone();
-                    r.bytes().await.map(|b| Fetched::Body(b.to_vec(), etag))
-                }
-                Err(object_store::Error::NotModified { .. }) => Ok(Fetched::Unchanged),
-                Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Missing),
-                Err(e) => Err(e),
-            }
-        })?;
-        got.map_err(|e| err(&format!("reading {key} from {}", self.label), e))
-    }
-
-    /// Uploads the file at `path` as object `key`, then keeps it as the
-    /// key's cached copy. Blocks.
-    pub fn upload_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
-        let bytes = std::fs::read(path).map_err(|e| StoreError::Io {
-            what: format!("read {}", path.display()),
-            source: e,
-        })?;
-        let size = bytes.len() as u64;
-        let (store, at) = (self.store.clone(), self.object_path(key));
-        self.run(async move { store.put(&at, PutPayload::from(bytes)).await })?
-            .map_err(|e| err(&format!("uploading {key} to {}", self.label), e))?;
-        let _one = self.cache_lock.lock();
-        self.evict(size);
-        if std::fs::rename(path, self.cached_path(key)).is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(size)
-    }
-
-    /// A local copy of object `key`: from the cache, or downloaded into
-    /// it (least recently used copies make room). Blocks.
-    pub fn fetch(&self, key: &str) -> Result<PathBuf, StoreError> {
-        let path = self.cached_path(key);
-        if !path.exists() {
-            let _one = self.cache_lock.lock();
-            if !path.exists() {
-                let (store, at) = (self.store.clone(), self.object_path(key));
-                let bytes = self
-                    .run(async move {
-                        match store.get(&at).await {
-                            Ok(r) => r.bytes().await,
-                            Err(e) => Err(e),
-                        }
-                    })?
-                    .map_err(|er| err(&format!("downloading {key} from {}", self.label), er))?;
-                self.evict(bytes.len() as u64);
-                tally_store::write_atomic(&path, &bytes)?;
-            }
-        }
-        // The access time orders evictions.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        Ok(path)
-    }
-
     /// A new segment writer in the cache directory.
     pub fn writer(&self) -> Result<(SealedWriter, PathBuf), StoreError> {
         let path = self
-            .cache_dir
+            .bucket
+            .cache_dir()
             .join(format!("writing-{}.tsb", std::process::id()));
         Ok((SealedWriter::create(&path, 3, 1 << 20)?, path))
     }
@@ -291,11 +157,11 @@ impl Archive {
         summary: SegmentSummary,
     ) -> Result<SegmentEntry, StoreError> {
         writer.finish(path)?;
-        let key = self.object_key(&format!(
+        let key = self.bucket.object_key(&format!(
             "segments/{:020}-{:020}.tsb",
             summary.first, summary.last
         ));
-        let size = self.upload_file(&key, path)?;
+        let size = self.bucket.upload_file(&key, path)?;
         Ok(SegmentEntry {
             key,
             first: summary.first,
@@ -307,49 +173,9 @@ impl Archive {
         })
     }
 
-    /// Deletes an object and its cached copy (retention). Blocks.
-    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let (store, at) = (self.store.clone(), self.object_path(key));
-        match self.run(async move { store.delete(&at).await })? {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(err(&format!("deleting {key}"), e)),
-        }
-        let _ = std::fs::remove_file(self.cached_path(key));
-        Ok(())
-    }
-
-    fn cached_path(&self, key: &str) -> PathBuf {
-        self.cache_dir.join(key.replace('/', "_"))
-    }
-
     /// The segment, from the cache or downloaded into it. Blocks.
     pub fn segment(&self, e: &SegmentEntry) -> Result<Segment, StoreError> {
-        Segment::open_sealed(self.fetch(&e.key)?, e.first)
-    }
-
-    /// Makes room for `incoming` bytes in the cache.
-    fn evict(&self, incoming: u64) {
-        let Ok(dir) = std::fs::read_dir(&self.cache_dir) else {
-            return;
-        };
-        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with("writing-"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum::<u64>() + incoming;
-        files.sort();
-        for (_, len, path) in files {
-            if total <= self.cache_bytes {
-                break;
-            }
-            if std::fs::remove_file(&path).is_ok() {
-                total -= len;
-            }
-        }
+        Segment::open_sealed(self.bucket.fetch(&e.key)?, e.first)
     }
 
     /// Reads archived records at positions in `[from, below)` in order

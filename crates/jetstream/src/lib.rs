@@ -23,6 +23,7 @@
 //!   store does.
 
 pub mod archive;
+pub mod bucket;
 pub mod codec;
 pub mod shared;
 

@@ -421,7 +421,7 @@ impl Server {
         // With an archive, the worker owns the bucket's flow files and the
         // servers read them.
         let flow_tier = cluster.as_ref().and_then(|c| {
-            let archive = c.log.archive()?.clone();
+            let archive = c.log.archive()?.bucket().clone();
             let held = c.lease.as_ref().map(|l| l.held_flag());
             let role = if held.is_some() {
                 tally_flowstore::BucketRole::Owner

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_flowstore::{Bucket, FlowEntry, FlowKind, FlowStore, FlowStoreConfig, Tier};
-use tally_jetstream::archive::{Archive, Fetched};
+use tally_jetstream::bucket::{Fetched, ObjectBucket};
 use tally_proto::flow::FlowRecord;
 
 /// Days the log store keeps raw flow records (the typed copy lasts longer).
@@ -48,7 +48,7 @@ pub fn open(
 /// The archive's bucket as the flow store uses it: objects under the
 /// archive's prefix, its cache, the manifest in the shared files.
 pub struct ArchiveBucket {
-    archive: Arc<Archive>,
+    archive: Arc<ObjectBucket>,
     /// The worker's lease: a worker that lost it writes no manifest (its
     /// successor's would be overwritten with an older partition).
     lease_held: Option<Arc<AtomicBool>>,
@@ -58,7 +58,7 @@ pub struct ArchiveBucket {
 
 impl ArchiveBucket {
     /// The archive's bucket, for the lease holder (`lease_held`) or a reader.
-    pub fn new(archive: Arc<Archive>, lease_held: Option<Arc<AtomicBool>>) -> Self {
+    pub fn new(archive: Arc<ObjectBucket>, lease_held: Option<Arc<AtomicBool>>) -> Self {
         Self {
             archive,
             lease_held,
