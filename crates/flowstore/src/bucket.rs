@@ -17,11 +17,13 @@
 //! always names the same records: an owner that took over from another
 //! never overwrites an object a reader has cached.
 
-use crate::segment::FileMeta;
-use crate::{FlowError, segment};
+use crate::segment::{FileMeta, io_err, sync_dir};
+use crate::{FlowError, FlowStore, Retired, segment, write_checkpoint};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// A bucket and its local cache, as the flow store needs them. Every
 /// method blocks; errors say what failed.
@@ -176,6 +178,212 @@ pub(crate) fn decode(b: &[u8]) -> Result<FlowManifest, FlowError> {
     let json = zstd::stream::decode_all(b)
         .map_err(|e| FlowError::Corrupt(format!("the flow manifest does not decompress: {e}")))?;
     serde_json::from_slice(&json).map_err(|e| FlowError::Corrupt(format!("the flow manifest: {e}")))
+}
+
+impl FlowStore {
+    pub(crate) fn bucket(&self) -> Result<&Tier, FlowError> {
+        self.tier
+            .as_ref()
+            .ok_or_else(|| FlowError::InvalidInput("this flow store has no bucket".into()))
+    }
+
+    pub(crate) fn load_manifest(&self) -> Result<Option<(Vec<u8>, FlowManifest)>, FlowError> {
+        let Some(b) = self
+            .bucket()?
+            .bucket
+            .load_manifest()
+            .map_err(FlowError::Bucket)?
+        else {
+            return Ok(None);
+        };
+        let m = decode(&b)?;
+        Ok(Some((b, m)))
+    }
+
+    /// Owner at open: the manifest's files replace this store's sealed
+    /// files, and its checkpoint this store's.
+    pub(crate) fn adopt_manifest(&self) -> Result<Option<u64>, FlowError> {
+        let Some((bytes, man)) = self.load_manifest()? else {
+            return Ok(None);
+        };
+        let mut st = self.state.write();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for m in std::mem::take(&mut st.files)
+            .into_values()
+            .flat_map(|m| m.into_values())
+        {
+            std::fs::remove_file(&m.path).map_err(io_err("remove", &m.path))?;
+            if let Some(d) = m.path.parent().filter(|d| !dirs.iter().any(|x| x == d)) {
+                dirs.push(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        st.dedup.clear();
+        st.dedup_max = 0;
+        for f in &man.files {
+            let meta = f.meta(self.next_id.fetch_add(1, Ordering::Relaxed));
+            if meta.seq_max > man.checkpoint {
+                st.dedup
+                    .entry((f.tailnet.clone(), f.window_start))
+                    .or_default()
+                    .push((meta.seq_min, meta.seq_max));
+                st.dedup_max = st.dedup_max.max(meta.seq_max);
+            }
+            st.files
+                .entry(f.tailnet.clone())
+                .or_default()
+                .insert((f.window_start, f.part), Arc::new(meta));
+        }
+        write_checkpoint(&self.dir, man.checkpoint)?;
+        st.checkpoint = man.checkpoint;
+        st.high_water = man.checkpoint;
+        st.manifest = Some(bytes);
+        Ok(Some(man.checkpoint))
+    }
+
+    /// Owner: uploads every sealed file not yet in the bucket, then saves
+    /// the manifest (all files in the bucket and the checkpoint they
+    /// cover). Returns the files uploaded. Call it after sealing.
+    pub fn publish(&self) -> Result<usize, FlowError> {
+        let tier = self.bucket()?;
+        if tier.role != BucketRole::Owner {
+            return Err(FlowError::InvalidInput(
+                "only the bucket's owner publishes".into(),
+            ));
+        }
+        // No seal in between: the checkpoint covers only files listed.
+        let _one = self.seal_lock.lock();
+        let todo: Vec<Arc<FileMeta>> = self
+            .state
+            .read()
+            .files
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|m| m.remote.is_none())
+            .cloned()
+            .collect();
+        for m in &todo {
+            let key = key_of(m);
+            tier.bucket
+                .upload(&key, &m.path)
+                .map_err(FlowError::Bucket)?;
+            let mut st = self.state.write();
+            if let Some(slot) = st
+                .files
+                .get_mut(&m.tailnet)
+                .and_then(|f| f.get_mut(&(m.window_start, m.part)))
+            {
+                let mut moved = FileMeta::clone(m);
+                moved.remote = Some(key);
+                *slot = Arc::new(moved);
+            }
+        }
+        self.save_manifest_locked()?;
+        Ok(todo.len())
+    }
+
+    /// Saves the owner's manifest if it changed (the seal lock held).
+    pub(crate) fn save_manifest_locked(&self) -> Result<(), FlowError> {
+        let man = {
+            let st = self.state.read();
+            FlowManifest {
+                checkpoint: st.checkpoint,
+                files: st
+                    .files
+                    .values()
+                    .flat_map(|m| m.values())
+                    .filter_map(|m| m.remote.clone().map(|k| BucketFile::of(m, k)))
+                    .collect(),
+            }
+        };
+        let bytes = encode(&man)?;
+        if self.state.read().manifest.as_ref() == Some(&bytes) {
+            return Ok(());
+        }
+        self.bucket()?
+            .bucket
+            .save_manifest(&bytes)
+            .map_err(FlowError::Bucket)?;
+        self.state.write().manifest = Some(bytes);
+        Ok(())
+    }
+
+    /// Reader: takes the manifest's files and checkpoint if they changed,
+    /// and deletes this store's files that the bucket now covers. Returns
+    /// whether anything changed. Call it every few seconds.
+    pub fn refresh(&self) -> Result<bool, FlowError> {
+        if self.bucket()?.role != BucketRole::Reader {
+            return Ok(false);
+        }
+        let changed = match self.load_manifest()? {
+            Some((bytes, man)) if self.state.read().manifest.as_ref() != Some(&bytes) => {
+                self.take_manifest(bytes, &man);
+                true
+            }
+            _ => false,
+        };
+        self.delete_retired()?;
+        Ok(changed)
+    }
+
+    /// A reader takes a new manifest: its files, its checkpoint as the
+    /// split, and retires its own files at or below the split.
+    pub(crate) fn take_manifest(&self, bytes: Vec<u8>, man: &FlowManifest) {
+        let mut st = self.state.write();
+        // Files already known keep their id (and cached footer).
+        let known: HashMap<String, Arc<FileMeta>> = std::mem::take(&mut st.bucket)
+            .into_values()
+            .flatten()
+            .filter_map(|m| m.remote.clone().map(|k| (k, m)))
+            .collect();
+        for f in &man.files {
+            let m = match known.get(&f.key) {
+                Some(m) => m.clone(),
+                None => Arc::new(f.meta(self.next_id.fetch_add(1, Ordering::Relaxed))),
+            };
+            st.bucket.entry(f.tailnet.clone()).or_default().push(m);
+        }
+        for (k, m) in &known {
+            if !man.files.iter().any(|f| &f.key == k) {
+                self.footers.lock().remove(m.id);
+            }
+        }
+        st.split = st.split.max(man.checkpoint);
+        let split = st.split;
+        // Records at or below the split are the bucket's: a new reader
+        // skips them instead of rebuilding them.
+        if split > st.high_water {
+            st.high_water = split;
+        }
+        let mut covered = Vec::new();
+        for files in st.files.values_mut() {
+            let done: Vec<(i64, u32)> = files
+                .iter()
+                .filter(|(_, m)| m.seq_max <= split)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in done {
+                if let Some(m) = files.remove(&k) {
+                    covered.push(m);
+                }
+            }
+        }
+        st.files.retain(|_, m| !m.is_empty());
+        st.manifest = Some(bytes);
+        let now = std::time::Instant::now();
+        st.retired.push(Retired {
+            at: now,
+            files: covered,
+            journal: None,
+        });
+    }
+
+    /// This store's role with a cluster's bucket, if it has one.
+    pub fn bucket_role(&self) -> Option<BucketRole> {
+        self.tier.as_ref().map(|t| t.role)
+    }
 }
 
 #[cfg(test)]

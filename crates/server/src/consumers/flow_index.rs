@@ -29,6 +29,9 @@ pub struct FlowIndex {
     /// a record comes from a node registered through another server.
     shared: Option<ControlDb>,
     position: Position,
+    /// The bucket's last error, said once when it begins and once when
+    /// it ends (the index goes on meanwhile: files wait on disk).
+    bucket_error: Option<String>,
 }
 
 impl FlowIndex {
@@ -45,6 +48,7 @@ impl FlowIndex {
             catalog,
             shared,
             position: checkpoint,
+            bucket_error: None,
         }
     }
 
@@ -156,29 +160,43 @@ impl Consumer for FlowIndex {
     /// follows the manifest.
     async fn tick(&mut self) -> Result<(), ConsumerError> {
         let flows = self.flows.clone();
-        tokio::task::spawn_blocking(move || {
+        let bucket = tokio::task::spawn_blocking(move || {
             let now = tally_proto::timefmt::now_nanos();
             flows
                 .seal_due(now)
                 .map_err(|e| format!("sealing flow windows: {e}"))?;
-            flows
+            // Sealed files wait on disk while the bucket is unreachable:
+            // the index goes on, and the bucket's error is its own.
+            let bucket = flows
                 .compact(now)
-                .map_err(|e| format!("merging the parts of flow windows: {e}"))?;
-            match flows.bucket_role() {
-                Some(BucketRole::Owner) => flows
-                    .publish()
-                    .map(|_| ())
-                    .map_err(|e| format!("uploading sealed flow files: {e}")),
-                Some(BucketRole::Reader) => flows
-                    .refresh()
-                    .map(|_| ())
-                    .map_err(|e| format!("reading the flow manifest: {e}")),
-                None => Ok(()),
-            }
+                .map_err(|e| format!("merging the parts of flow windows: {e}"))
+                .and_then(|_| match flows.bucket_role() {
+                    Some(BucketRole::Owner) => flows
+                        .publish()
+                        .map(|_| ())
+                        .map_err(|e| format!("uploading sealed flow files: {e}")),
+                    Some(BucketRole::Reader) => flows
+                        .refresh()
+                        .map(|_| ())
+                        .map_err(|e| format!("reading the flow manifest: {e}")),
+                    None => Ok(()),
+                });
+            Ok::<_, String>(bucket.err())
         })
         .await
         .map_err(|e| ConsumerError::new(format!("sealing flow windows panicked: {e}")))?
         .map_err(ConsumerError::new)?;
+        match (&self.bucket_error, bucket) {
+            (None, Some(e)) => {
+                tracing::error!("flow index: {e} (the index goes on; tried again every 5 s)");
+                self.bucket_error = Some(e);
+            }
+            (Some(_), None) => {
+                tracing::info!("flow index: the bucket answers again");
+                self.bucket_error = None;
+            }
+            _ => {}
+        }
         Ok(())
     }
 
