@@ -78,6 +78,11 @@ impl FlowStore {
             // journal beside the merged file does, should this crash.
             let (mut meta, journal) = match self.merge(&run, !owner) {
                 Ok(m) => m,
+                // The bucket unreachable: tried again by the next call.
+                Err(e @ FlowError::Bucket(_)) => {
+                    first_err.get_or_insert(e);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, tailnet = %key.0, window = key.1, "the parts of a flow window cannot be merged; they stay as they are");
                     self.state.write().no_merge.insert(key);
