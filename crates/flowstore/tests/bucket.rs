@@ -19,6 +19,8 @@ struct DirBucket {
     cache: PathBuf,
     manifest: Mutex<Option<Vec<u8>>>,
     downloads: Mutex<u64>,
+    /// Every call fails while set (an outage).
+    down: std::sync::atomic::AtomicBool,
 }
 
 fn flat(key: &str) -> String {
@@ -32,6 +34,7 @@ impl DirBucket {
             cache: root.join("cache"),
             manifest: Mutex::new(None),
             downloads: Mutex::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
         };
         std::fs::create_dir_all(&b.objects).expect("objects");
         std::fs::create_dir_all(&b.cache).expect("cache");
@@ -40,6 +43,17 @@ impl DirBucket {
 
     fn object_count(&self) -> usize {
         std::fs::read_dir(&self.objects).expect("list").count()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("connection refused".into());
+        }
+        Ok(())
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn empty_cache(&self) {
@@ -51,6 +65,7 @@ impl DirBucket {
 
 impl Bucket for DirBucket {
     fn upload(&self, key: &str, path: &Path) -> Result<(), String> {
+        self.check()?;
         std::fs::copy(path, self.objects.join(flat(key))).map_err(|e| e.to_string())?;
         std::fs::rename(path, self.cache.join(flat(key))).map_err(|e| e.to_string())
     }
@@ -58,6 +73,7 @@ impl Bucket for DirBucket {
     fn fetch(&self, key: &str) -> Result<PathBuf, String> {
         let cached = self.cache.join(flat(key));
         if !cached.exists() {
+            self.check()?;
             std::fs::copy(self.objects.join(flat(key)), &cached)
                 .map_err(|e| format!("{key}: {e}"))?;
             *self.downloads.lock() += 1;
@@ -66,6 +82,7 @@ impl Bucket for DirBucket {
     }
 
     fn delete(&self, key: &str) -> Result<(), String> {
+        self.check()?;
         let _ = std::fs::remove_file(self.cache.join(flat(key)));
         match std::fs::remove_file(self.objects.join(flat(key))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
@@ -74,10 +91,12 @@ impl Bucket for DirBucket {
     }
 
     fn load_manifest(&self) -> Result<Option<Vec<u8>>, String> {
+        self.check()?;
         Ok(self.manifest.lock().clone())
     }
 
     fn save_manifest(&self, bytes: &[u8]) -> Result<(), String> {
+        self.check()?;
         *self.manifest.lock() = Some(bytes.to_vec());
         Ok(())
     }
@@ -417,4 +436,44 @@ fn parts_merge_on_a_lone_server_and_a_crash_midway_is_completed_at_open() {
         "a journal without its merge deletes nothing"
     );
     assert_eq!(as_sorted(&drain(&store, &all(), 500)), as_sorted(&want));
+}
+
+#[test]
+fn an_outage_of_the_bucket_loses_nothing_and_says_so() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let bucket = DirBucket::new(&root.path().join("bucket"));
+    let (owner, _) = open_as(&root.path().join("owner"), &bucket, BucketRole::Owner);
+    let (reader, _) = open_as(&root.path().join("reader"), &bucket, BucketRole::Reader);
+    feed(&owner, 1, 350);
+    feed(&reader, 1, 350);
+    owner.publish().expect("publish");
+    assert!(reader.refresh().expect("refresh"));
+
+    // Down: the owner's files wait on disk, the reader keeps its view and
+    // answers from what it holds; both say what failed.
+    bucket.set_down(true);
+    feed(&owner, 351, 700);
+    feed(&reader, 351, 700);
+    let e = owner.publish().expect_err("the bucket is down");
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    let e = reader.refresh().expect_err("the bucket is down");
+    assert!(e.to_string().contains("flow bucket"), "{e}");
+    let want = naive(&records("t", 700), &all());
+    assert_eq!(as_sorted(&drain(&reader, &all(), 500)), as_sorted(&want));
+
+    // Back: everything sealed meanwhile goes up, and the reader follows.
+    bucket.set_down(false);
+    assert!(owner.publish().expect("publish") > 0);
+    assert!(reader.refresh().expect("refresh"));
+    assert_eq!(as_sorted(&drain(&reader, &all(), 500)), as_sorted(&want));
+    let (fresh, _) = open_as(&root.path().join("fresh"), &bucket, BucketRole::Reader);
+    let below = owner.stats().checkpoint;
+    let want_below: Vec<_> = records("t", 700)
+        .into_iter()
+        .filter(|(seq, _)| *seq <= below)
+        .collect();
+    assert_eq!(
+        as_sorted(&drain(&fresh, &all(), 500)),
+        as_sorted(&naive(&want_below, &all()))
+    );
 }
