@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tally_bench::flowstore::dir_bytes;
 use tally_proto::timefmt::{format_nanos, now_nanos};
 
 /// Goal: packets per second through parse + table update on one core.
@@ -2690,18 +2691,6 @@ fn version_of(program: &str, arg: &str) -> String {
             Some(format!("{program} {v}"))
         })
         .unwrap_or_else(|| format!("{program} (version unknown)"))
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// nfcapd's "Sequence Errors" (export datagrams it missed), from its log.

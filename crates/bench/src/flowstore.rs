@@ -326,7 +326,7 @@ fn time_pairs(
 }
 
 /// Bytes of the files directly in `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
