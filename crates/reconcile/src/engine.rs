@@ -805,7 +805,9 @@ impl Reconciler {
             ns.session = Some((session, to));
             self.add_coverage(node, from, start);
         }
-        self.track_seq(s, node, o.proc_seq, start, end);
+        if o.sequenced {
+            self.track_seq(s, node, o.proc_seq, start, end);
+        }
         self.integrity(node, o, start, end);
     }
 

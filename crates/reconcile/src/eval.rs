@@ -1152,6 +1152,7 @@ pub fn generate(sc: &Scenario) -> Generated {
                         instance: nd.instance.clone(),
                         proc_id: sess.proc_id,
                         proc_seq: nd.seq,
+                        sequenced: true,
                         index,
                         integrity,
                         sent,

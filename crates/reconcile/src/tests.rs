@@ -46,6 +46,7 @@ fn obs(a: u8, b: u8, i: i64, skew: i64, tx: u64, rx: u64, seq: u64, index: u32) 
         instance: Arc::from(format!("inst{a}").as_str()),
         proc_id: 7,
         proc_seq: seq,
+        sequenced: true,
         index,
         integrity: None,
         sent: None,
@@ -130,6 +131,39 @@ fn deleted_for_one_peer_is_suspicious() {
     assert!(f.iter().all(|f| f.node == "n2"), "{f:#?}");
     assert_eq!(f[0].node, "n2");
     assert_eq!(f[0].peer.as_deref(), Some("n1"));
+}
+
+/// Records sent without a logtail identity carry the server's positions,
+/// whose gaps are other records': both halves there, no finding.
+#[test]
+fn positions_standing_in_for_a_sequence_make_no_gap() {
+    let mut r = setup();
+    let mut v = Vec::new();
+    for i in 0..20 {
+        // Positions 65,536 apart, as on a shared log.
+        let pos = (i as u64 + 1) << 16;
+        for (a, b, tx, rx) in [(1, 2, 50_000, 10_000), (2, 1, 10_000, 50_000)] {
+            let mut o = obs(a, b, i, 0, tx, rx, pos, 0);
+            o.sequenced = false;
+            v.push(o);
+        }
+    }
+    let f = run(&mut r, &v);
+    assert!(f.is_empty(), "{f:#?}");
+    // The same positions claimed as a sequence are gaps.
+    let mut r = setup();
+    let v: Vec<_> = v
+        .into_iter()
+        .map(|mut o| {
+            o.sequenced = true;
+            o
+        })
+        .collect();
+    let f = run(&mut r, &v);
+    assert!(
+        f.iter().any(|f| f.class == FindingClass::SequenceGap),
+        "{f:#?}"
+    );
 }
 
 #[test]
@@ -342,6 +376,7 @@ fn short_connections_pair_at_any_phase_offset() {
                     instance: Arc::from(format!("inst{me}").as_str()),
                     proc_id: 7,
                     proc_seq: seq[node as usize],
+                    sequenced: true,
                     index: i as u32,
                     integrity: None,
                     // The upload's send time: a record may wait in the

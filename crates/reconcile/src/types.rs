@@ -56,6 +56,11 @@ pub struct FlowObservation {
     pub proc_id: u32,
     /// logtail `proc_seq` of the record.
     pub proc_seq: u64,
+    /// Whether `proc_seq` is the sender's own sequence, so that a gap in it
+    /// is a finding. False for a record sent without a logtail identity:
+    /// the server's store position then stands in for it (it tells records
+    /// apart, but its gaps are other records').
+    pub sequenced: bool,
     /// Position of this entry inside its record (0-based); entries of one
     /// record arrive together and in order.
     pub index: u32,

@@ -44,6 +44,7 @@ prop_compose! {
             instance: Arc::from(format!("i{node}").as_str()),
             proc_id: 1,
             proc_seq: seq,
+            sequenced: true,
             index,
             integrity: None,
             sent: None,

@@ -730,26 +730,7 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
     let auth = common::reusable_auth_key(&server.url).await;
     let (private, _) = common::register_node(&server.url, &auth, "web1", "100.64.0.1").await;
     common::set_flow_logging(&server.url, true).await;
-    let now = tally_proto::timefmt::now_nanos();
-    let records: Vec<_> = (0..12i64)
-        .map(|i| {
-            let start = now - (12 - i) * 60_000_000_000;
-            serde_json::json!({
-                "nodeId": "x",
-                "start": tally_proto::timefmt::format_nanos(start),
-                "end": tally_proto::timefmt::format_nanos(start + 5_000_000_000),
-                "virtualTraffic": [{"proto": 6, "src": format!("100.64.0.1:{}", 5000 + i),
-                    "dst": "100.64.0.2:5432", "txPkts": i + 1, "txBytes": 100 * (i + 1)}],
-            })
-        })
-        .collect();
-    let r = http()
-        .post(format!("{}/c/tailtraffic/{}", server.url, private.to_hex()))
-        .json(&records)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    post_flows(&server.url, &private, 12, 5000).await;
     let want = flow_answers(&server.url, KEY).await;
     assert_eq!(want.len(), 12, "{want:?}");
 
@@ -809,4 +790,114 @@ async fn flow_files_in_the_bucket_answer_the_same_without_the_cache_and_on_a_new
     // Another tenant reads none of it.
     let other = other_tenant_key(&fresh.url).await;
     assert!(flow_answers(&fresh.url, &other).await.is_empty());
+}
+
+/// Posts one flow record per minute of the last `n` minutes for `node`,
+/// each with one connection from port `first_port + i`.
+async fn post_flows(url: &str, private: &tally_proto::PrivateId, n: i64, first_port: i64) {
+    let now = tally_proto::timefmt::now_nanos();
+    let records: Vec<_> = (0..n)
+        .map(|i| {
+            let start = now - (n - i) * 60_000_000_000;
+            serde_json::json!({
+                "nodeId": "x",
+                "start": tally_proto::timefmt::format_nanos(start),
+                "end": tally_proto::timefmt::format_nanos(start + 5_000_000_000),
+                "virtualTraffic": [{"proto": 6, "src": format!("100.64.0.1:{}", first_port + i),
+                    "dst": "100.64.0.2:5432", "txPkts": 1, "txBytes": 100}],
+            })
+        })
+        .collect();
+    let r = http()
+        .post(format!("{url}/c/tailtraffic/{}", private.to_hex()))
+        .json(&records)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Waits until the server's flow store answers everything up to a bucket
+/// checkpoint above `after` from the bucket (nothing of its own left).
+async fn bucket_covers(url: &str, after: u64) -> u64 {
+    tally_testkit::wait::until(
+        "the bucket covering what the server holds",
+        Duration::from_secs(60),
+        || async move {
+            let split = gauge(url, "tally_flow_bucket_checkpoint").await;
+            let own = gauge(url, "tally_flow_sealed_files").await;
+            let open = gauge(url, "tally_flow_open_window_entries").await;
+            if split > after && own == 0 && open == 0 {
+                Ok(split)
+            } else {
+                Err(format!(
+                    "split {split}, own files {own}, open entries {open}"
+                ))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_worker_takes_the_flow_files_over_without_duplicates() {
+    let Some(lab) = ArchiveLab::start("scale-out flow takeover") else {
+        return;
+    };
+    let env = lab.env();
+    let flags = lab.flags(
+        "s3://tally-archive/cluster-3",
+        &["--flow-window", "2s", "--flow-grace", "1s", "--lease", "3s"],
+    );
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = TestServer::start_sub_env("server", dirs[0].path(), &flags, &env);
+    let mut first = TestServer::start_sub_env("worker", dirs[1].path(), &flags, &env);
+    // The standby listens only once it holds the lease.
+    let standby = {
+        let dir = dirs[2].path().to_path_buf();
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        std::thread::spawn(move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            TestServer::start_sub_env("worker", &dir, &flags, &env)
+        })
+    };
+    let auth = common::reusable_auth_key(&server.url).await;
+    let (private, _) = common::register_node(&server.url, &auth, "web1", "100.64.0.1").await;
+    common::set_flow_logging(&server.url, true).await;
+
+    // The first worker seals and uploads the first records, then dies.
+    post_flows(&server.url, &private, 12, 5000).await;
+    let split = bucket_covers(&server.url, 0).await;
+    first.kill9();
+    // The standby takes the manifest over and uploads what came since.
+    post_flows(&server.url, &private, 12, 6000).await;
+    let _standby = standby.join().expect("the standby worker");
+    bucket_covers(&server.url, split).await;
+
+    // Every connection once, all of it from the bucket, on a new server.
+    let fresh = TestServer::start_sub_env("server", dirs[3].path(), &flags, &env);
+    let answers = flow_answers(&fresh.url, KEY).await;
+    let mut ports: Vec<String> = answers
+        .iter()
+        .flat_map(|r| r["virtualTraffic"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["src"].as_str().map(str::to_owned))
+        .collect();
+    ports.sort();
+    let mut want: Vec<String> = (5000..5012)
+        .chain(6000..6012)
+        .map(|p| format!("100.64.0.1:{p}"))
+        .collect();
+    want.sort();
+    assert_eq!(ports, want, "every connection exactly once");
+    assert_eq!(
+        gauge(&fresh.url, "tally_flow_open_window_entries").await,
+        0,
+        "all of it from the bucket"
+    );
 }

@@ -327,6 +327,7 @@ fn observations_of(
             instance: instance.clone(),
             proc_id,
             proc_seq,
+            sequenced: r.rec.identity.is_some(),
             index: u32::try_from(i).unwrap_or(u32::MAX),
             integrity,
             sent,
