@@ -41,7 +41,7 @@ pub struct BucketPair {
 pub struct BucketFigures {
     /// Where the bucket is.
     pub label: String,
-    /// Files uploaded and the time the owner's `publish` took.
+    /// Files uploaded.
     pub files: usize,
     /// Time to upload every file and save the manifest.
     pub upload_time: Duration,

@@ -240,6 +240,7 @@ impl FlowStore {
         st.checkpoint = man.checkpoint;
         st.high_water = man.checkpoint;
         st.manifest = Some(bytes);
+        st.published = Some(man.checkpoint);
         Ok(Some(man.checkpoint))
     }
 
@@ -264,6 +265,12 @@ impl FlowStore {
             .filter(|m| m.remote.is_none())
             .cloned()
             .collect();
+        {
+            let st = self.state.read();
+            if todo.is_empty() && st.published == Some(st.checkpoint) {
+                return Ok(0);
+            }
+        }
         for m in &todo {
             let key = key_of(m);
             tier.bucket
@@ -299,14 +306,15 @@ impl FlowStore {
             }
         };
         let bytes = encode(&man)?;
-        if self.state.read().manifest.as_ref() == Some(&bytes) {
-            return Ok(());
+        if self.state.read().manifest.as_ref() != Some(&bytes) {
+            self.bucket()?
+                .bucket
+                .save_manifest(&bytes)
+                .map_err(FlowError::Bucket)?;
         }
-        self.bucket()?
-            .bucket
-            .save_manifest(&bytes)
-            .map_err(FlowError::Bucket)?;
-        self.state.write().manifest = Some(bytes);
+        let mut st = self.state.write();
+        st.manifest = Some(bytes);
+        st.published = Some(man.checkpoint);
         Ok(())
     }
 

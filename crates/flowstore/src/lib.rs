@@ -285,6 +285,9 @@ struct State {
     split: u64,
     /// The manifest as last loaded or saved (unchanged: nothing to do).
     manifest: Option<Vec<u8>>,
+    /// An owner's checkpoint in the manifest last saved: with no file to
+    /// upload and the same checkpoint, `publish` has nothing to do.
+    published: Option<u64>,
     /// A reader's own files the bucket now covers, deleted a while after
     /// (a query that listed them before may still open them).
     retired: Vec<Retired>,
@@ -565,6 +568,7 @@ impl FlowStore {
                 bucket: BTreeMap::new(),
                 split: 0,
                 manifest: None,
+                published: None,
                 retired: Vec::new(),
                 no_merge: std::collections::HashSet::new(),
             }),
